@@ -1,0 +1,207 @@
+//! netsyncd's configuration: command-line flags, then `NETSYNC_*` environment
+//! variables, then an optional TOML file, then defaults (first one set wins).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Default API address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default database.
+pub const DEFAULT_DB: &str = "sqlite://netsync.db";
+/// How long in-flight calls may run on after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// netsyncd: keeps a lossless, persisted copy of network devices' configuration
+/// and state, synced over gNMI, and serves it over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "netsyncd", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; without one, netsyncd serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl Cli {
+    /// The serve flags, wherever they were given.
+    pub fn serve_args(self) -> ServeArgs {
+        match self.command {
+            Some(Command::Serve(args)) => args,
+            None => self.serve,
+        }
+    }
+}
+
+/// netsyncd's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the netsync API (the default).
+    Serve(ServeArgs),
+}
+
+/// Flags of `netsyncd serve`.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// Address the gRPC API listens on [default: 127.0.0.1:50051].
+    #[arg(long, env = "NETSYNC_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// SQLite database, as sqlite://PATH or a file path; created if missing
+    /// [default: sqlite://netsync.db].
+    #[arg(long, env = "NETSYNC_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// TOML configuration file (keys: listen, db, log_format).
+    #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log line format [default: text]; the filter comes from RUST_LOG.
+    #[arg(long, env = "NETSYNC_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Keys accepted in the TOML configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    db: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// The resolved configuration of a netsyncd process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address the API listens on.
+    pub listen: String,
+    /// Database URL or path.
+    pub db: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// How long in-flight calls may run on after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// A configuration with every default, using database `db`.
+    pub fn with_db(db: impl Into<String>) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            db: db.into(),
+            log_format: LogFormat::Text,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// Merges flags and environment (already in `args`) over the file, over defaults.
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            db: args.db.or(file.db).unwrap_or_else(|| DEFAULT_DB.into()),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        })
+    }
+}
+
+/// Why the configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        Cli::try_parse_from(std::iter::once("netsyncd").chain(args.iter().copied()))
+            .unwrap()
+            .serve_args()
+    }
+
+    #[test]
+    fn serve_is_the_default_subcommand() {
+        assert_eq!(parse(&["--listen", "0.0.0.0:1"]).listen.as_deref(), Some("0.0.0.0:1"));
+        assert_eq!(parse(&["serve", "--listen", "0.0.0.0:2"]).listen.as_deref(), Some("0.0.0.0:2"));
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netsync.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9\"\ndb = \"file.db\"\nlog_format = \"json\"\n")
+            .unwrap();
+        let config = Config::resolve(ServeArgs {
+            db: Some("flag.db".into()),
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9");
+        assert_eq!(config.db, "flag.db");
+        assert_eq!(config.log_format, LogFormat::Json);
+        let defaults = Config::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(defaults.listen, DEFAULT_LISTEN);
+        assert_eq!(defaults.db, DEFAULT_DB);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "listn = \"x\"\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+}

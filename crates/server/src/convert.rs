@@ -1,0 +1,349 @@
+//! The one place where wire types (`netsync.v1`) become domain types and back.
+//! Input conversions validate and name the offending field; output conversions
+//! never carry secrets.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use netsync_core::Path;
+use netsync_core::datastore::{
+    self, Credentials, DatastoreSpec, Encoding, FieldError, ListKey, RevertSpec, Secret,
+    SyncMode, SyncSpec, TargetSpec, TlsSpec,
+};
+use netsync_proto::netsync::v1 as pb;
+
+/// Whether secrets go into the output: only the store may keep them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Keep passwords and keys (for the store).
+    Keep,
+    /// Blank them (for every API response).
+    Redact,
+}
+
+/// Validates a datastore as a client sent it. `field` is the prefix for error
+/// messages, e.g. `datastore`.
+pub fn datastore_from_proto(ds: pb::Datastore, field: &str) -> Result<DatastoreSpec, FieldError> {
+    datastore::validate_name(&ds.name).map_err(|m| FieldError::new(format!("{field}.name"), m))?;
+    let target = ds
+        .target
+        .ok_or_else(|| FieldError::new(format!("{field}.target"), "is required"))?;
+    let target = target_from_proto(target, &format!("{field}.target"))?;
+    let sync = sync_from_proto(ds.sync.unwrap_or_default(), &format!("{field}.sync"))?;
+    let revert = revert_from_proto(ds.revert.unwrap_or_default(), &format!("{field}.revert"))?;
+    Ok(DatastoreSpec {
+        name: ds.name,
+        target,
+        sync,
+        revert,
+    })
+}
+
+fn target_from_proto(t: pb::Target, field: &str) -> Result<TargetSpec, FieldError> {
+    if t.address.is_empty() {
+        return Err(FieldError::new(
+            format!("{field}.address"),
+            "is required (host:port)",
+        ));
+    }
+    datastore::validate_address(&t.address)
+        .map_err(|m| FieldError::new(format!("{field}.address"), m))?;
+    let encoding = match pb::Encoding::try_from(t.encoding) {
+        Ok(pb::Encoding::Unspecified | pb::Encoding::JsonIetf) => Encoding::JsonIetf,
+        Ok(pb::Encoding::Json) => Encoding::Json,
+        Ok(pb::Encoding::Proto) => Encoding::Proto,
+        Ok(pb::Encoding::Ascii) => Encoding::Ascii,
+        Err(_) => return Err(unknown_enum(format!("{field}.encoding"), t.encoding)),
+    };
+    let tls = t
+        .tls
+        .map(|tls| {
+            if tls.cert_pem.is_empty() != tls.key_pem.is_empty() {
+                return Err(FieldError::new(
+                    format!("{field}.tls"),
+                    "cert_pem and key_pem go together: give both for mutual TLS, or neither",
+                ));
+            }
+            Ok(TlsSpec {
+                ca_pem: tls.ca_pem,
+                cert_pem: tls.cert_pem,
+                key_pem: Secret::new(tls.key_pem),
+                insecure_skip_verify: tls.insecure_skip_verify,
+                server_name: tls.server_name,
+            })
+        })
+        .transpose()?;
+    let credentials = t.credentials.map(|c| Credentials {
+        username: c.username,
+        password: Secret::new(c.password),
+    });
+    if credentials.as_ref().is_some_and(|c| c.username.is_empty() && !c.password.is_empty()) {
+        return Err(FieldError::new(
+            format!("{field}.credentials.username"),
+            "is required when a password is given",
+        ));
+    }
+    Ok(TargetSpec {
+        address: t.address,
+        tls,
+        credentials,
+        encoding,
+        target_name: t.target_name,
+    })
+}
+
+fn sync_from_proto(s: pb::SyncConfig, field: &str) -> Result<SyncSpec, FieldError> {
+    let mode = match pb::SyncMode::try_from(s.mode) {
+        Ok(pb::SyncMode::Unspecified | pb::SyncMode::OnChange) => SyncMode::OnChange,
+        Ok(pb::SyncMode::Sample) => SyncMode::Sample,
+        Ok(pb::SyncMode::Once) => SyncMode::Once,
+        Ok(pb::SyncMode::Poll) => SyncMode::Poll,
+        Ok(pb::SyncMode::Get) => SyncMode::Get,
+        Err(_) => return Err(unknown_enum(format!("{field}.mode"), s.mode)),
+    };
+    let mut paths = Vec::with_capacity(s.paths.len().max(1));
+    for (i, text) in s.paths.iter().enumerate() {
+        let path = Path::parse(text)
+            .map_err(|e| FieldError::new(format!("{field}.paths[{i}]"), e.to_string()))?;
+        paths.push(path);
+    }
+    if paths.is_empty() {
+        paths.push(Path::root());
+    }
+    let interval = duration_from_proto(s.interval, &format!("{field}.interval"), Positive::Yes)?
+        .unwrap_or(SyncSpec::DEFAULT_INTERVAL);
+    let commit_interval = duration_from_proto(
+        s.commit_interval,
+        &format!("{field}.commit_interval"),
+        Positive::Yes,
+    )?
+    .unwrap_or(SyncSpec::DEFAULT_COMMIT_INTERVAL);
+    let mut list_keys = Vec::with_capacity(s.list_keys.len());
+    for (i, text) in s.list_keys.iter().enumerate() {
+        let key = ListKey::parse(text)
+            .map_err(|m| FieldError::new(format!("{field}.list_keys[{i}]"), m))?;
+        list_keys.push(key);
+    }
+    Ok(SyncSpec {
+        mode,
+        paths,
+        interval,
+        commit_interval,
+        list_keys,
+    })
+}
+
+fn revert_from_proto(r: pb::RevertConfig, field: &str) -> Result<RevertSpec, FieldError> {
+    let debounce = duration_from_proto(r.debounce, &format!("{field}.debounce"), Positive::No)?
+        .unwrap_or(RevertSpec::DEFAULT_DEBOUNCE);
+    Ok(RevertSpec {
+        enabled: r.enabled,
+        debounce,
+    })
+}
+
+/// Whether a duration must be above zero.
+#[derive(PartialEq)]
+enum Positive {
+    Yes,
+    No,
+}
+
+/// Converts an optional protobuf duration; `None` when absent (use the default).
+fn duration_from_proto(
+    d: Option<prost_types::Duration>,
+    field: &str,
+    positive: Positive,
+) -> Result<Option<Duration>, FieldError> {
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(FieldError::new(field, "must not be negative"));
+    }
+    if d.nanos >= 1_000_000_000 {
+        return Err(FieldError::new(field, "nanos must be below 1,000,000,000"));
+    }
+    let value = Duration::new(d.seconds as u64, d.nanos as u32);
+    if positive == Positive::Yes && value.is_zero() {
+        return Err(FieldError::new(field, "must be above zero"));
+    }
+    Ok(Some(value))
+}
+
+fn unknown_enum(field: String, value: i32) -> FieldError {
+    FieldError::new(field, format!("unknown value {value}"))
+}
+
+/// The wire form of a datastore's declared parts (no status, no create time).
+pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datastore {
+    let secret = |s: &Secret| match secrets {
+        Secrets::Keep => s.expose().to_string(),
+        Secrets::Redact => String::new(),
+    };
+    let t = &spec.target;
+    pb::Datastore {
+        name: spec.name.clone(),
+        target: Some(pb::Target {
+            address: t.address.clone(),
+            tls: t.tls.as_ref().map(|tls| pb::TlsConfig {
+                ca_pem: tls.ca_pem.clone(),
+                cert_pem: tls.cert_pem.clone(),
+                key_pem: secret(&tls.key_pem),
+                insecure_skip_verify: tls.insecure_skip_verify,
+                server_name: tls.server_name.clone(),
+            }),
+            credentials: t.credentials.as_ref().map(|c| pb::Credentials {
+                username: c.username.clone(),
+                password: secret(&c.password),
+            }),
+            encoding: match t.encoding {
+                Encoding::JsonIetf => pb::Encoding::JsonIetf,
+                Encoding::Json => pb::Encoding::Json,
+                Encoding::Proto => pb::Encoding::Proto,
+                Encoding::Ascii => pb::Encoding::Ascii,
+            } as i32,
+            target_name: t.target_name.clone(),
+        }),
+        sync: Some(pb::SyncConfig {
+            mode: match spec.sync.mode {
+                SyncMode::OnChange => pb::SyncMode::OnChange,
+                SyncMode::Sample => pb::SyncMode::Sample,
+                SyncMode::Once => pb::SyncMode::Once,
+                SyncMode::Poll => pb::SyncMode::Poll,
+                SyncMode::Get => pb::SyncMode::Get,
+            } as i32,
+            paths: spec.sync.paths.iter().map(ToString::to_string).collect(),
+            interval: Some(duration_to_proto(spec.sync.interval)),
+            commit_interval: Some(duration_to_proto(spec.sync.commit_interval)),
+            list_keys: spec.sync.list_keys.iter().map(ToString::to_string).collect(),
+        }),
+        revert: Some(pb::RevertConfig {
+            enabled: spec.revert.enabled,
+            debounce: Some(duration_to_proto(spec.revert.debounce)),
+        }),
+        status: None,
+        create_time: None,
+    }
+}
+
+/// A std duration as a protobuf duration.
+pub fn duration_to_proto(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A wall-clock time as a protobuf timestamp.
+pub fn timestamp_to_proto(t: SystemTime) -> prost_types::Timestamp {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> pb::Datastore {
+        pb::Datastore {
+            name: "r1".into(),
+            target: Some(pb::Target {
+                address: "127.0.0.1:57400".into(),
+                credentials: Some(pb::Credentials {
+                    username: "admin".into(),
+                    password: "s3cret".into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let spec = datastore_from_proto(valid(), "datastore").unwrap();
+        assert_eq!(spec.sync.mode, SyncMode::OnChange);
+        assert_eq!(spec.sync.paths, vec![Path::root()]);
+        assert_eq!(spec.sync.interval, Duration::from_secs(30));
+        assert_eq!(spec.sync.commit_interval, Duration::from_secs(1));
+        assert_eq!(spec.revert.debounce, Duration::from_secs(1));
+        assert_eq!(spec.target.encoding, Encoding::JsonIetf);
+    }
+
+    #[test]
+    fn round_trip_keeps_or_redacts_secrets() {
+        let spec = datastore_from_proto(valid(), "datastore").unwrap();
+        let kept = datastore_to_proto(&spec, Secrets::Keep);
+        assert_eq!(kept.target.as_ref().unwrap().credentials.as_ref().unwrap().password, "s3cret");
+        assert_eq!(datastore_from_proto(kept, "x").unwrap(), spec);
+        let redacted = datastore_to_proto(&spec, Secrets::Redact);
+        assert_eq!(redacted.target.unwrap().credentials.unwrap().password, "");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(fn(&mut pb::Datastore), &str)> = vec![
+            (|d| d.name = "Bad Name".into(), "datastore.name"),
+            (|d| d.target = None, "datastore.target"),
+            (|d| d.target.as_mut().unwrap().address = "nohost".into(), "datastore.target.address"),
+            (|d| d.target.as_mut().unwrap().encoding = 42, "datastore.target.encoding"),
+            (
+                |d| d.sync = Some(pb::SyncConfig { mode: 9, ..Default::default() }),
+                "datastore.sync.mode",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        paths: vec!["/ok".into(), "/a[b".into()],
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.paths[1]",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        commit_interval: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.commit_interval",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        interval: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.interval",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        list_keys: vec!["/interfaces/interface".into()],
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.list_keys[0]",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut ds = valid();
+            mutate(&mut ds);
+            let err = datastore_from_proto(ds, "datastore").unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn zero_debounce_means_at_once() {
+        let mut ds = valid();
+        ds.revert = Some(pb::RevertConfig {
+            enabled: true,
+            debounce: Some(prost_types::Duration::default()),
+        });
+        assert_eq!(datastore_from_proto(ds, "d").unwrap().revert.debounce, Duration::ZERO);
+    }
+}

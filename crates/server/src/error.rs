@@ -1,0 +1,76 @@
+//! The server's error type and the one place that decides which gRPC code a
+//! failure becomes.
+
+use tonic::Status;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client sent something invalid; `field` names it as the API spells it.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// Dotted field path, e.g. `datastore.target.address`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The named thing does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// What kind of thing, e.g. "datastore".
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A thing of that name exists already.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists {
+        /// What kind of thing.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The capability belongs to a later part of netsync that this build lacks.
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    /// The store failed. The detail is logged, never sent to the client.
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+    /// Data read back from the store does not decode. Logged, never sent.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// An INVALID_ARGUMENT error naming `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<netsync_core::datastore::FieldError> for Error {
+    fn from(e: netsync_core::datastore::FieldError) -> Self {
+        Self::InvalidArgument {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            Error::NotFound { .. } => Status::not_found(error.to_string()),
+            Error::AlreadyExists { .. } => Status::already_exists(error.to_string()),
+            Error::Unimplemented(what) => Status::unimplemented(what),
+            Error::Store(_) | Error::Corrupt(_) => {
+                tracing::error!(%error, "internal error");
+                Status::internal("internal error; the server log has the details")
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! netsyncd as a library: [`serve`] is the seam that both `main` and the
+//! integration tests use.
+
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+
+use netsync_proto::netsync::v1::net_sync_server::NetSyncServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+pub use config::Config;
+pub use store::Store;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] store::StoreOpenError),
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Service names served, as reflection lists them.
+const SERVED: [&str; 4] = [
+    "netsync.v1.NetSync",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Opens the database, then serves the API on `listener` until `shutdown`
+/// completes. Health turns SERVING once the database is open and migrated, and
+/// NOT_SERVING as soon as shutdown starts; in-flight calls then get
+/// `config.shutdown_grace` to finish before they are cut off.
+pub async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let store = Store::open(&config.db).await?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NetSyncServer<api::NetSyncService>>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let reflection = || {
+        SERVED.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(netsync_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(NetSyncServer::new(api::NetSyncService::new(store.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tracing::info!(db = %config.db, "netsyncd serving");
+
+    let result = tokio::select! {
+        result = &mut server => result.map_err(ServeError::from),
+        () = shutdown => {
+            tracing::info!("shutdown requested: refusing new calls, finishing in-flight ones");
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_not_serving::<NetSyncServer<api::NetSyncService>>().await;
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(result) => result.map_err(ServeError::from),
+                Err(_) => {
+                    tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls cut off after the shutdown grace period");
+                    Ok(())
+                }
+            }
+        }
+    };
+    store.close().await;
+    tracing::info!("netsyncd stopped");
+    result
+}

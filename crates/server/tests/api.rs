@@ -1,0 +1,259 @@
+//! The datastore registry over gRPC: CRUD, every error code, secrets, the
+//! RPCs whose engine is not built yet, and persistence across a restart.
+
+mod common;
+
+use common::{TestServer, create, datastore};
+use netsync_proto::netsync::v1 as pb;
+use tonic::Code;
+
+/// Asserts `status` has `code` and a message mentioning every one of `words`.
+fn assert_status(status: &tonic::Status, code: Code, words: &[&str]) {
+    assert_eq!(status.code(), code, "{status:?}");
+    for word in words {
+        assert!(status.message().contains(word), "{word:?} not in {:?}", status.message());
+    }
+}
+
+/// Asserts no secret appears anywhere in a returned datastore.
+fn assert_no_secrets(ds: &pb::Datastore) {
+    let debug = format!("{ds:?}");
+    assert!(!debug.contains("TOP-SECRET"), "secret returned: {debug}");
+    let target = ds.target.as_ref().unwrap();
+    assert_eq!(target.credentials.as_ref().unwrap().password, "");
+    assert_eq!(target.tls.as_ref().unwrap().key_pem, "");
+}
+
+#[tokio::test]
+async fn crud_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let mut client = server.client().await;
+
+    let created = client.create_datastore(create(datastore("r2"))).await.unwrap().into_inner();
+    assert_eq!(created.name, "r2");
+    assert_no_secrets(&created);
+    assert!(created.create_time.is_some());
+    let target = created.target.as_ref().unwrap();
+    assert_eq!(target.address, "127.0.0.1:57400");
+    assert_eq!(target.credentials.as_ref().unwrap().username, "admin");
+    assert_eq!(target.encoding, pb::Encoding::Proto as i32);
+    let sync = created.sync.as_ref().unwrap();
+    assert_eq!(sync.paths, ["/interfaces", "/system/aaa"]);
+    assert_eq!(sync.list_keys, ["/interfaces/interface[name]"]);
+    let status = created.status.as_ref().unwrap();
+    assert_eq!(status.revision, 0);
+    assert_eq!(status.stats.as_ref().unwrap().dropped, 0);
+
+    client.create_datastore(create(datastore("r1"))).await.unwrap();
+
+    let got = client
+        .get_datastore(pb::GetDatastoreRequest { name: "r2".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, created);
+
+    let listed = client
+        .list_datastores(pb::ListDatastoresRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .datastores;
+    let names: Vec<_> = listed.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["r1", "r2"]);
+    listed.iter().for_each(assert_no_secrets);
+
+    client
+        .delete_datastore(pb::DeleteDatastoreRequest { name: "r2".into() })
+        .await
+        .unwrap();
+    let gone = client
+        .get_datastore(pb::GetDatastoreRequest { name: "r2".into() })
+        .await
+        .unwrap_err();
+    assert_status(&gone, Code::NotFound, &["datastore", "r2"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn defaults_are_filled_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let mut client = server.client().await;
+    let minimal = pb::Datastore {
+        name: "min".into(),
+        target: Some(pb::Target {
+            address: "[::1]:57400".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ds = client.create_datastore(create(minimal)).await.unwrap().into_inner();
+    let sync = ds.sync.unwrap();
+    assert_eq!(sync.mode, pb::SyncMode::OnChange as i32);
+    assert_eq!(sync.paths, ["/"]);
+    assert_eq!(sync.interval.unwrap().seconds, 30);
+    assert_eq!(sync.commit_interval.unwrap().seconds, 1);
+    assert_eq!(ds.target.unwrap().encoding, pb::Encoding::JsonIetf as i32);
+    assert_eq!(ds.revert.unwrap().debounce.unwrap().seconds, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let mut client = server.client().await;
+
+    type Mutation = fn(&mut pb::Datastore);
+    let invalid: Vec<(Mutation, &[&str])> = vec![
+        (|d| d.name = "Router_1".into(), &["datastore.name", "Router_1"]),
+        (|d| d.name = String::new(), &["datastore.name", "empty"]),
+        (|d| d.name = "a".repeat(64), &["datastore.name", "63"]),
+        (|d| d.target = None, &["datastore.target", "required"]),
+        (|d| d.target.as_mut().unwrap().address = "r1".into(), &["datastore.target.address", "host:port"]),
+        (|d| d.target.as_mut().unwrap().address = "r1:99999".into(), &["datastore.target.address", "port"]),
+        (|d| d.target.as_mut().unwrap().encoding = 17, &["datastore.target.encoding", "17"]),
+        (|d| d.sync.as_mut().unwrap().mode = 8, &["datastore.sync.mode", "8"]),
+        (|d| d.sync.as_mut().unwrap().paths.push("/a//b".into()), &["datastore.sync.paths[2]"]),
+        (|d| d.sync.as_mut().unwrap().paths.push("/a[k=v".into()), &["datastore.sync.paths[2]"]),
+        (
+            |d| d.sync.as_mut().unwrap().commit_interval = Some(prost_types::Duration::default()),
+            &["datastore.sync.commit_interval", "above zero"],
+        ),
+        (
+            |d| d.sync.as_mut().unwrap().interval = Some(prost_types::Duration { seconds: 0, nanos: -5 }),
+            &["datastore.sync.interval", "negative"],
+        ),
+        (
+            |d| d.revert.as_mut().unwrap().debounce = Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+            &["datastore.revert.debounce", "negative"],
+        ),
+        (
+            |d| d.sync.as_mut().unwrap().list_keys.push("/interfaces/interface".into()),
+            &["datastore.sync.list_keys[1]"],
+        ),
+        (
+            |d| d.target.as_mut().unwrap().tls.as_mut().unwrap().key_pem = String::new(),
+            &["datastore.target.tls", "cert_pem"],
+        ),
+    ];
+    for (mutate, words) in invalid {
+        let mut ds = datastore("r1");
+        mutate(&mut ds);
+        let err = client.create_datastore(create(ds)).await.unwrap_err();
+        assert_status(&err, Code::InvalidArgument, words);
+        assert!(!err.message().contains("TOP-SECRET"), "{err:?}");
+    }
+    let err = client
+        .create_datastore(pb::CreateDatastoreRequest { datastore: None })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, &["datastore", "required"]);
+
+    // Nothing invalid was stored.
+    let listed = client.list_datastores(pb::ListDatastoresRequest {}).await.unwrap();
+    assert!(listed.into_inner().datastores.is_empty());
+
+    client.create_datastore(create(datastore("r1"))).await.unwrap();
+    let err = client.create_datastore(create(datastore("r1"))).await.unwrap_err();
+    assert_status(&err, Code::AlreadyExists, &["datastore", "r1"]);
+
+    let err = client
+        .get_datastore(pb::GetDatastoreRequest { name: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::NotFound, &["datastore", "nope"]);
+    let err = client
+        .delete_datastore(pb::DeleteDatastoreRequest { name: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::NotFound, &["datastore", "nope"]);
+    let err = client
+        .get_datastore(pb::GetDatastoreRequest { name: String::new() })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, &["name", "required"]);
+    let err = client
+        .delete_datastore(pb::DeleteDatastoreRequest { name: "UPPER".into() })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::InvalidArgument, &["name"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn engine_rpcs_say_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let mut client = server.client().await;
+    client.create_datastore(create(datastore("r1"))).await.unwrap();
+
+    let resync = |name: &str| pb::ResyncRequest { name: name.into() };
+    let err = client.resync(resync("r1")).await.unwrap_err();
+    assert_status(&err, Code::Unimplemented, &["sync engine"]);
+    let err = client.resync(resync("zz")).await.unwrap_err();
+    assert_status(&err, Code::NotFound, &["zz"]);
+
+    let running = |ds: &str, path: &str| pb::GetRunningRequest {
+        datastore: ds.into(),
+        path: path.into(),
+        min_revision: 0,
+    };
+    let err = client.get_running(running("r1", "/")).await.unwrap_err();
+    assert_status(&err, Code::Unimplemented, &["running"]);
+    let err = client.get_running(running("r1", "/a[")).await.unwrap_err();
+    assert_status(&err, Code::InvalidArgument, &["path"]);
+    let err = client.get_running(running("", "/")).await.unwrap_err();
+    assert_status(&err, Code::InvalidArgument, &["datastore"]);
+
+    let err = client
+        .watch_sync(pb::WatchSyncRequest { datastore: "r1".into(), from_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unimplemented, &["watch"]);
+    let err = client
+        .set_intent(pb::SetIntentRequest { datastore: "r1".into(), intent: None })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unimplemented, &["intents"]);
+    let err = client
+        .list_intents(pb::ListIntentsRequest { datastore: "zz".into() })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::NotFound, &["zz"]);
+    let err = client
+        .get_deviations(pb::GetDeviationsRequest { datastore: "r1".into() })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::Unimplemented, &["deviations"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn datastores_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("netsync.db");
+    let server = TestServer::start(&db).await;
+    let mut client = server.client().await;
+    let created = client.create_datastore(create(datastore("r1"))).await.unwrap().into_inner();
+    client.create_datastore(create(datastore("r2"))).await.unwrap();
+    client
+        .delete_datastore(pb::DeleteDatastoreRequest { name: "r2".into() })
+        .await
+        .unwrap();
+    drop(client);
+    server.stop().await;
+
+    let server = TestServer::start(&db).await;
+    let mut client = server.client().await;
+    let listed = client
+        .list_datastores(pb::ListDatastoresRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .datastores;
+    assert_eq!(listed, vec![created]);
+    server.stop().await;
+}
