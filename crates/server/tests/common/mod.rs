@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::Path;
 

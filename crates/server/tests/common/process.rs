@@ -1,0 +1,75 @@
+//! netsyncd as a real process: started from the built binary on an ephemeral
+//! port, its address read from its first JSON log line, stopped with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Longest wait for the process to start listening or to exit.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running netsyncd process; killed on drop if still running.
+pub struct Netsyncd {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Netsyncd {
+    /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db`.
+    pub fn start(db: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_netsyncd"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--db"])
+            .arg(db)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("netsyncd starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Keeps draining stderr so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("netsyncd: {line}");
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(listen) = json.get("listen").and_then(|v| v.as_str())
+                {
+                    let _ = tx.send(listen.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(DEADLINE).expect("netsyncd logs its address");
+        Self { child, addr }
+    }
+
+    /// `http://addr`, for tonic clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "netsyncd did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Netsyncd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
