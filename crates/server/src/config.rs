@@ -168,16 +168,25 @@ mod tests {
 
     #[test]
     fn serve_is_the_default_subcommand() {
-        assert_eq!(parse(&["--listen", "0.0.0.0:1"]).listen.as_deref(), Some("0.0.0.0:1"));
-        assert_eq!(parse(&["serve", "--listen", "0.0.0.0:2"]).listen.as_deref(), Some("0.0.0.0:2"));
+        assert_eq!(
+            parse(&["--listen", "0.0.0.0:1"]).listen.as_deref(),
+            Some("0.0.0.0:1")
+        );
+        assert_eq!(
+            parse(&["serve", "--listen", "0.0.0.0:2"]).listen.as_deref(),
+            Some("0.0.0.0:2")
+        );
     }
 
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("netsync.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:9\"\ndb = \"file.db\"\nlog_format = \"json\"\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9\"\ndb = \"file.db\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
         let config = Config::resolve(ServeArgs {
             db: Some("flag.db".into()),
             config: Some(file),

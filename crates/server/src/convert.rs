@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netsync_core::Path;
 use netsync_core::datastore::{
-    self, Credentials, DatastoreSpec, Encoding, FieldError, ListKey, RevertSpec, Secret,
-    SyncMode, SyncSpec, TargetSpec, TlsSpec,
+    self, Credentials, DatastoreSpec, Encoding, FieldError, ListKey, RevertSpec, Secret, SyncMode,
+    SyncSpec, TargetSpec, TlsSpec,
 };
 use netsync_proto::netsync::v1 as pb;
 
@@ -76,7 +76,10 @@ fn target_from_proto(t: pb::Target, field: &str) -> Result<TargetSpec, FieldErro
         username: c.username,
         password: Secret::new(c.password),
     });
-    if credentials.as_ref().is_some_and(|c| c.username.is_empty() && !c.password.is_empty()) {
+    if credentials
+        .as_ref()
+        .is_some_and(|c| c.username.is_empty() && !c.password.is_empty())
+    {
         return Err(FieldError::new(
             format!("{field}.credentials.username"),
             "is required when a password is given",
@@ -213,7 +216,12 @@ pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datasto
             paths: spec.sync.paths.iter().map(ToString::to_string).collect(),
             interval: Some(duration_to_proto(spec.sync.interval)),
             commit_interval: Some(duration_to_proto(spec.sync.commit_interval)),
-            list_keys: spec.sync.list_keys.iter().map(ToString::to_string).collect(),
+            list_keys: spec
+                .sync
+                .list_keys
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }),
         revert: Some(pb::RevertConfig {
             enabled: spec.revert.enabled,
@@ -275,7 +283,16 @@ mod tests {
     fn round_trip_keeps_or_redacts_secrets() {
         let spec = datastore_from_proto(valid(), "datastore").unwrap();
         let kept = datastore_to_proto(&spec, Secrets::Keep);
-        assert_eq!(kept.target.as_ref().unwrap().credentials.as_ref().unwrap().password, "s3cret");
+        assert_eq!(
+            kept.target
+                .as_ref()
+                .unwrap()
+                .credentials
+                .as_ref()
+                .unwrap()
+                .password,
+            "s3cret"
+        );
         assert_eq!(datastore_from_proto(kept, "x").unwrap(), spec);
         let redacted = datastore_to_proto(&spec, Secrets::Redact);
         assert_eq!(redacted.target.unwrap().credentials.unwrap().password, "");
@@ -283,13 +300,25 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: Vec<(fn(&mut pb::Datastore), &str)> = vec![
+        type Mutation = fn(&mut pb::Datastore);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|d| d.name = "Bad Name".into(), "datastore.name"),
             (|d| d.target = None, "datastore.target"),
-            (|d| d.target.as_mut().unwrap().address = "nohost".into(), "datastore.target.address"),
-            (|d| d.target.as_mut().unwrap().encoding = 42, "datastore.target.encoding"),
             (
-                |d| d.sync = Some(pb::SyncConfig { mode: 9, ..Default::default() }),
+                |d| d.target.as_mut().unwrap().address = "nohost".into(),
+                "datastore.target.address",
+            ),
+            (
+                |d| d.target.as_mut().unwrap().encoding = 42,
+                "datastore.target.encoding",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        mode: 9,
+                        ..Default::default()
+                    })
+                },
                 "datastore.sync.mode",
             ),
             (
@@ -304,7 +333,10 @@ mod tests {
             (
                 |d| {
                     d.sync = Some(pb::SyncConfig {
-                        commit_interval: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+                        commit_interval: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 0,
+                        }),
                         ..Default::default()
                     })
                 },
@@ -313,7 +345,10 @@ mod tests {
             (
                 |d| {
                     d.sync = Some(pb::SyncConfig {
-                        interval: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+                        interval: Some(prost_types::Duration {
+                            seconds: -1,
+                            nanos: 0,
+                        }),
                         ..Default::default()
                     })
                 },
@@ -344,6 +379,9 @@ mod tests {
             enabled: true,
             debounce: Some(prost_types::Duration::default()),
         });
-        assert_eq!(datastore_from_proto(ds, "d").unwrap().revert.debounce, Duration::ZERO);
+        assert_eq!(
+            datastore_from_proto(ds, "d").unwrap().revert.debounce,
+            Duration::ZERO
+        );
     }
 }

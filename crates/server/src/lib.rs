@@ -52,7 +52,9 @@ pub async fn serve(
     let store = Store::open(&config.db).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<NetSyncServer<api::NetSyncService>>().await;
+    health
+        .set_serving::<NetSyncServer<api::NetSyncService>>()
+        .await;
     health.set_service_status("", ServingStatus::Serving).await;
 
     let reflection = || {

@@ -132,9 +132,10 @@ pub enum StoreOpenError {
 fn decode_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<StoredDatastore, Error> {
     let bytes: &[u8] = row.try_get("spec")?;
     let corrupt = |detail: String| Error::Corrupt(format!("datastore {name:?}: {detail}"));
-    let proto = netsync_proto::netsync::v1::Datastore::decode(bytes)
-        .map_err(|e| corrupt(e.to_string()))?;
-    let spec = convert::datastore_from_proto(proto, "stored").map_err(|e| corrupt(e.to_string()))?;
+    let proto =
+        netsync_proto::netsync::v1::Datastore::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let spec =
+        convert::datastore_from_proto(proto, "stored").map_err(|e| corrupt(e.to_string()))?;
     let micros: i64 = row.try_get("create_time_us")?;
     Ok(StoredDatastore {
         spec,

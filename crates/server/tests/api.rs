@@ -11,7 +11,11 @@ use tonic::Code;
 fn assert_status(status: &tonic::Status, code: Code, words: &[&str]) {
     assert_eq!(status.code(), code, "{status:?}");
     for word in words {
-        assert!(status.message().contains(word), "{word:?} not in {:?}", status.message());
+        assert!(
+            status.message().contains(word),
+            "{word:?} not in {:?}",
+            status.message()
+        );
     }
 }
 
@@ -30,7 +34,11 @@ async fn crud_round_trip() {
     let server = TestServer::start(&dir.path().join("netsync.db")).await;
     let mut client = server.client().await;
 
-    let created = client.create_datastore(create(datastore("r2"))).await.unwrap().into_inner();
+    let created = client
+        .create_datastore(create(datastore("r2")))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(created.name, "r2");
     assert_no_secrets(&created);
     assert!(created.create_time.is_some());
@@ -45,7 +53,10 @@ async fn crud_round_trip() {
     assert_eq!(status.revision, 0);
     assert_eq!(status.stats.as_ref().unwrap().dropped, 0);
 
-    client.create_datastore(create(datastore("r1"))).await.unwrap();
+    client
+        .create_datastore(create(datastore("r1")))
+        .await
+        .unwrap();
 
     let got = client
         .get_datastore(pb::GetDatastoreRequest { name: "r2".into() })
@@ -89,7 +100,11 @@ async fn defaults_are_filled_in() {
         }),
         ..Default::default()
     };
-    let ds = client.create_datastore(create(minimal)).await.unwrap().into_inner();
+    let ds = client
+        .create_datastore(create(minimal))
+        .await
+        .unwrap()
+        .into_inner();
     let sync = ds.sync.unwrap();
     assert_eq!(sync.mode, pb::SyncMode::OnChange as i32);
     assert_eq!(sync.paths, ["/"]);
@@ -108,30 +123,67 @@ async fn bad_input_gets_clear_errors() {
 
     type Mutation = fn(&mut pb::Datastore);
     let invalid: Vec<(Mutation, &[&str])> = vec![
-        (|d| d.name = "Router_1".into(), &["datastore.name", "Router_1"]),
+        (
+            |d| d.name = "Router_1".into(),
+            &["datastore.name", "Router_1"],
+        ),
         (|d| d.name = String::new(), &["datastore.name", "empty"]),
         (|d| d.name = "a".repeat(64), &["datastore.name", "63"]),
         (|d| d.target = None, &["datastore.target", "required"]),
-        (|d| d.target.as_mut().unwrap().address = "r1".into(), &["datastore.target.address", "host:port"]),
-        (|d| d.target.as_mut().unwrap().address = "r1:99999".into(), &["datastore.target.address", "port"]),
-        (|d| d.target.as_mut().unwrap().encoding = 17, &["datastore.target.encoding", "17"]),
-        (|d| d.sync.as_mut().unwrap().mode = 8, &["datastore.sync.mode", "8"]),
-        (|d| d.sync.as_mut().unwrap().paths.push("/a//b".into()), &["datastore.sync.paths[2]"]),
-        (|d| d.sync.as_mut().unwrap().paths.push("/a[k=v".into()), &["datastore.sync.paths[2]"]),
+        (
+            |d| d.target.as_mut().unwrap().address = "r1".into(),
+            &["datastore.target.address", "host:port"],
+        ),
+        (
+            |d| d.target.as_mut().unwrap().address = "r1:99999".into(),
+            &["datastore.target.address", "port"],
+        ),
+        (
+            |d| d.target.as_mut().unwrap().encoding = 17,
+            &["datastore.target.encoding", "17"],
+        ),
+        (
+            |d| d.sync.as_mut().unwrap().mode = 8,
+            &["datastore.sync.mode", "8"],
+        ),
+        (
+            |d| d.sync.as_mut().unwrap().paths.push("/a//b".into()),
+            &["datastore.sync.paths[2]"],
+        ),
+        (
+            |d| d.sync.as_mut().unwrap().paths.push("/a[k=v".into()),
+            &["datastore.sync.paths[2]"],
+        ),
         (
             |d| d.sync.as_mut().unwrap().commit_interval = Some(prost_types::Duration::default()),
             &["datastore.sync.commit_interval", "above zero"],
         ),
         (
-            |d| d.sync.as_mut().unwrap().interval = Some(prost_types::Duration { seconds: 0, nanos: -5 }),
+            |d| {
+                d.sync.as_mut().unwrap().interval = Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: -5,
+                })
+            },
             &["datastore.sync.interval", "negative"],
         ),
         (
-            |d| d.revert.as_mut().unwrap().debounce = Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+            |d| {
+                d.revert.as_mut().unwrap().debounce = Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                })
+            },
             &["datastore.revert.debounce", "negative"],
         ),
         (
-            |d| d.sync.as_mut().unwrap().list_keys.push("/interfaces/interface".into()),
+            |d| {
+                d.sync
+                    .as_mut()
+                    .unwrap()
+                    .list_keys
+                    .push("/interfaces/interface".into())
+            },
             &["datastore.sync.list_keys[1]"],
         ),
         (
@@ -153,30 +205,47 @@ async fn bad_input_gets_clear_errors() {
     assert_status(&err, Code::InvalidArgument, &["datastore", "required"]);
 
     // Nothing invalid was stored.
-    let listed = client.list_datastores(pb::ListDatastoresRequest {}).await.unwrap();
+    let listed = client
+        .list_datastores(pb::ListDatastoresRequest {})
+        .await
+        .unwrap();
     assert!(listed.into_inner().datastores.is_empty());
 
-    client.create_datastore(create(datastore("r1"))).await.unwrap();
-    let err = client.create_datastore(create(datastore("r1"))).await.unwrap_err();
+    client
+        .create_datastore(create(datastore("r1")))
+        .await
+        .unwrap();
+    let err = client
+        .create_datastore(create(datastore("r1")))
+        .await
+        .unwrap_err();
     assert_status(&err, Code::AlreadyExists, &["datastore", "r1"]);
 
     let err = client
-        .get_datastore(pb::GetDatastoreRequest { name: "nope".into() })
+        .get_datastore(pb::GetDatastoreRequest {
+            name: "nope".into(),
+        })
         .await
         .unwrap_err();
     assert_status(&err, Code::NotFound, &["datastore", "nope"]);
     let err = client
-        .delete_datastore(pb::DeleteDatastoreRequest { name: "nope".into() })
+        .delete_datastore(pb::DeleteDatastoreRequest {
+            name: "nope".into(),
+        })
         .await
         .unwrap_err();
     assert_status(&err, Code::NotFound, &["datastore", "nope"]);
     let err = client
-        .get_datastore(pb::GetDatastoreRequest { name: String::new() })
+        .get_datastore(pb::GetDatastoreRequest {
+            name: String::new(),
+        })
         .await
         .unwrap_err();
     assert_status(&err, Code::InvalidArgument, &["name", "required"]);
     let err = client
-        .delete_datastore(pb::DeleteDatastoreRequest { name: "UPPER".into() })
+        .delete_datastore(pb::DeleteDatastoreRequest {
+            name: "UPPER".into(),
+        })
         .await
         .unwrap_err();
     assert_status(&err, Code::InvalidArgument, &["name"]);
@@ -188,7 +257,10 @@ async fn engine_rpcs_say_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("netsync.db")).await;
     let mut client = server.client().await;
-    client.create_datastore(create(datastore("r1"))).await.unwrap();
+    client
+        .create_datastore(create(datastore("r1")))
+        .await
+        .unwrap();
 
     let resync = |name: &str| pb::ResyncRequest { name: name.into() };
     let err = client.resync(resync("r1")).await.unwrap_err();
@@ -209,22 +281,32 @@ async fn engine_rpcs_say_what_is_missing() {
     assert_status(&err, Code::InvalidArgument, &["datastore"]);
 
     let err = client
-        .watch_sync(pb::WatchSyncRequest { datastore: "r1".into(), from_revision: 0 })
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 0,
+        })
         .await
         .unwrap_err();
     assert_status(&err, Code::Unimplemented, &["watch"]);
     let err = client
-        .set_intent(pb::SetIntentRequest { datastore: "r1".into(), intent: None })
+        .set_intent(pb::SetIntentRequest {
+            datastore: "r1".into(),
+            intent: None,
+        })
         .await
         .unwrap_err();
     assert_status(&err, Code::Unimplemented, &["intents"]);
     let err = client
-        .list_intents(pb::ListIntentsRequest { datastore: "zz".into() })
+        .list_intents(pb::ListIntentsRequest {
+            datastore: "zz".into(),
+        })
         .await
         .unwrap_err();
     assert_status(&err, Code::NotFound, &["zz"]);
     let err = client
-        .get_deviations(pb::GetDeviationsRequest { datastore: "r1".into() })
+        .get_deviations(pb::GetDeviationsRequest {
+            datastore: "r1".into(),
+        })
         .await
         .unwrap_err();
     assert_status(&err, Code::Unimplemented, &["deviations"]);
@@ -237,8 +319,15 @@ async fn datastores_survive_a_restart() {
     let db = dir.path().join("netsync.db");
     let server = TestServer::start(&db).await;
     let mut client = server.client().await;
-    let created = client.create_datastore(create(datastore("r1"))).await.unwrap().into_inner();
-    client.create_datastore(create(datastore("r2"))).await.unwrap();
+    let created = client
+        .create_datastore(create(datastore("r1")))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .create_datastore(create(datastore("r2")))
+        .await
+        .unwrap();
     client
         .delete_datastore(pb::DeleteDatastoreRequest { name: "r2".into() })
         .await

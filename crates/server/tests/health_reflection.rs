@@ -5,12 +5,14 @@ mod common;
 
 use common::TestServer;
 use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 fn check(service: &str) -> HealthCheckRequest {
-    HealthCheckRequest { service: service.into() }
+    HealthCheckRequest {
+        service: service.into(),
+    }
 }
 
 #[tokio::test]
@@ -19,13 +21,22 @@ async fn health_is_serving_then_not_serving_on_shutdown() {
     let server = TestServer::start(&dir.path().join("netsync.db")).await;
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "netsync.v1.NetSync"] {
-        let status = health.check(check(service)).await.unwrap().into_inner().status;
+        let status = health
+            .check(check(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
         assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
     }
     let err = health.check(check("no.such.Service")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 
-    let mut watch = health.watch(check("netsync.v1.NetSync")).await.unwrap().into_inner();
+    let mut watch = health
+        .watch(check("netsync.v1.NetSync"))
+        .await
+        .unwrap()
+        .into_inner();
     let first = watch.next().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
 
@@ -39,17 +50,17 @@ async fn health_is_serving_then_not_serving_on_shutdown() {
 }
 
 mod v1 {
+    pub use tonic_reflection::pb::v1::ServerReflectionRequest;
     pub use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     pub use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     pub use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    pub use tonic_reflection::pb::v1::ServerReflectionRequest;
 }
 
 mod v1alpha {
+    pub use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     pub use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     pub use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     pub use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    pub use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
 }
 
 /// Asks one reflection question over v1 and returns the answer.
@@ -64,11 +75,20 @@ async fn ask_v1(server: &TestServer, request: v1::MessageRequest) -> v1::Message
         .await
         .unwrap()
         .into_inner();
-    answers.next().await.unwrap().unwrap().message_response.unwrap()
+    answers
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
 }
 
 /// Asks one reflection question over v1alpha and returns the answer.
-async fn ask_v1alpha(server: &TestServer, request: v1alpha::MessageRequest) -> v1alpha::MessageResponse {
+async fn ask_v1alpha(
+    server: &TestServer,
+    request: v1alpha::MessageRequest,
+) -> v1alpha::MessageResponse {
     let mut client = v1alpha::ServerReflectionClient::new(server.channel().await);
     let request = v1alpha::ServerReflectionRequest {
         host: String::new(),
@@ -79,7 +99,13 @@ async fn ask_v1alpha(server: &TestServer, request: v1alpha::MessageRequest) -> v
         .await
         .unwrap()
         .into_inner();
-    answers.next().await.unwrap().unwrap().message_response.unwrap()
+    answers
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
 }
 
 const EXPECTED_SERVICES: [&str; 4] = [
@@ -103,8 +129,16 @@ async fn reflection_v1_lists_and_describes() {
     assert_eq!(names, EXPECTED_SERVICES);
 
     // The gNMI types used in the API, and the health service, are describable.
-    for symbol in ["netsync.v1.NetSync", "gnmi.TypedValue", "grpc.health.v1.Health"] {
-        let answer = ask_v1(&server, v1::MessageRequest::FileContainingSymbol(symbol.into())).await;
+    for symbol in [
+        "netsync.v1.NetSync",
+        "gnmi.TypedValue",
+        "grpc.health.v1.Health",
+    ] {
+        let answer = ask_v1(
+            &server,
+            v1::MessageRequest::FileContainingSymbol(symbol.into()),
+        )
+        .await;
         let v1::MessageResponse::FileDescriptorResponse(files) = answer else {
             panic!("{symbol}: no descriptor: {answer:?}");
         };
@@ -117,8 +151,11 @@ async fn reflection_v1_lists_and_describes() {
 async fn reflection_v1alpha_lists_and_describes() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("netsync.db")).await;
-    let v1alpha::MessageResponse::ListServicesResponse(list) =
-        ask_v1alpha(&server, v1alpha::MessageRequest::ListServices(String::new())).await
+    let v1alpha::MessageResponse::ListServicesResponse(list) = ask_v1alpha(
+        &server,
+        v1alpha::MessageRequest::ListServices(String::new()),
+    )
+    .await
     else {
         panic!("not a service list");
     };

@@ -20,7 +20,10 @@ async fn sigterm_exits_cleanly_and_restart_keeps_datastores() {
     let db = dir.path().join("netsync.db");
     let daemon = Netsyncd::start(&db);
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
-    client.create_datastore(create(datastore("r1"))).await.unwrap();
+    client
+        .create_datastore(create(datastore("r1")))
+        .await
+        .unwrap();
     drop(client);
     let status = daemon.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status}");
@@ -64,7 +67,10 @@ fn grpcurl() -> Option<PathBuf> {
 }
 
 fn run(grpcurl: &PathBuf, args: &[&str]) -> Output {
-    Command::new(grpcurl).args(args).output().expect("grpcurl runs")
+    Command::new(grpcurl)
+        .args(args)
+        .output()
+        .expect("grpcurl runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -94,23 +100,46 @@ fn grpcurl_walkthrough() {
     assert!(services.contains("grpc.health.v1.Health"), "{services}");
     let described = stdout(&g(&[&addr, "describe", "netsync.v1.NetSync"]));
     assert!(described.contains("rpc CreateDatastore"), "{described}");
-    let health = stdout(&g(&["-d", r#"{"service":"netsync.v1.NetSync"}"#, &addr, "grpc.health.v1.Health/Check"]));
+    let health = stdout(&g(&[
+        "-d",
+        r#"{"service":"netsync.v1.NetSync"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ]));
     assert!(health.contains("SERVING"), "{health}");
 
     let body = r#"{"datastore":{"name":"r1","target":{"address":"127.0.0.1:57400",
         "credentials":{"username":"admin","password":"TOP-SECRET"}},
         "sync":{"mode":"SYNC_MODE_ON_CHANGE","paths":["/interfaces"],"commitInterval":"0.5s"}}}"#;
-    let created = stdout(&g(&["-d", body, &addr, "netsync.v1.NetSync/CreateDatastore"]));
+    let created = stdout(&g(&[
+        "-d",
+        body,
+        &addr,
+        "netsync.v1.NetSync/CreateDatastore",
+    ]));
     assert!(created.contains("\"name\": \"r1\""), "{created}");
     assert!(!created.contains("TOP-SECRET"), "{created}");
 
-    let bad = g(&["-d", r#"{"datastore":{"name":"R 1"}}"#, &addr, "netsync.v1.NetSync/CreateDatastore"]);
+    let bad = g(&[
+        "-d",
+        r#"{"datastore":{"name":"R 1"}}"#,
+        &addr,
+        "netsync.v1.NetSync/CreateDatastore",
+    ]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("InvalidArgument") && err.contains("datastore.name"), "{err}");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("datastore.name"),
+        "{err}"
+    );
     let dup = g(&["-d", body, &addr, "netsync.v1.NetSync/CreateDatastore"]);
     assert!(String::from_utf8_lossy(&dup.stderr).contains("AlreadyExists"));
-    let missing = g(&["-d", r#"{"name":"zz"}"#, &addr, "netsync.v1.NetSync/GetDatastore"]);
+    let missing = g(&[
+        "-d",
+        r#"{"name":"zz"}"#,
+        &addr,
+        "netsync.v1.NetSync/GetDatastore",
+    ]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
 
     assert!(daemon.terminate().success());

@@ -14,8 +14,7 @@ use crate::error::Error;
 use crate::store::{self, Store, StoredDatastore};
 
 /// What the sync-related RPCs answer until the sync engine is part of the build.
-const NO_ENGINE: &str =
-    "the sync engine is not part of this build yet: running, watch, resync, intents and deviations are unavailable";
+const NO_ENGINE: &str = "the sync engine is not part of this build yet: running, watch, resync, intents and deviations are unavailable";
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -114,7 +113,8 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::ResyncRequest>,
     ) -> Result<Response<pb::ResyncResponse>, Status> {
-        self.require_datastore("name", &request.into_inner().name).await?;
+        self.require_datastore("name", &request.into_inner().name)
+            .await?;
         Err(Error::Unimplemented(NO_ENGINE).into())
     }
 

@@ -90,13 +90,22 @@ pub fn datastore(name: &str) -> pb::Datastore {
         sync: Some(pb::SyncConfig {
             mode: pb::SyncMode::OnChange as i32,
             paths: vec!["/interfaces".into(), "/system/aaa".into()],
-            interval: Some(prost_types::Duration { seconds: 10, nanos: 0 }),
-            commit_interval: Some(prost_types::Duration { seconds: 0, nanos: 500_000_000 }),
+            interval: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            commit_interval: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 500_000_000,
+            }),
             list_keys: vec!["/interfaces/interface[name]".into()],
         }),
         revert: Some(pb::RevertConfig {
             enabled: true,
-            debounce: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+            debounce: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
         }),
         status: None,
         create_time: None,
@@ -105,5 +114,7 @@ pub fn datastore(name: &str) -> pb::Datastore {
 
 /// A create request for `ds`.
 pub fn create(ds: pb::Datastore) -> pb::CreateDatastoreRequest {
-    pb::CreateDatastoreRequest { datastore: Some(ds) }
+    pb::CreateDatastoreRequest {
+        datastore: Some(ds),
+    }
 }

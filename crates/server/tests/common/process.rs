@@ -22,7 +22,14 @@ impl Netsyncd {
     /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db`.
     pub fn start(db: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_netsyncd"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--db"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--db",
+            ])
             .arg(db)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
@@ -42,7 +49,9 @@ impl Netsyncd {
                 }
             }
         });
-        let addr = rx.recv_timeout(DEADLINE).expect("netsyncd logs its address");
+        let addr = rx
+            .recv_timeout(DEADLINE)
+            .expect("netsyncd logs its address");
         Self { child, addr }
     }
 
@@ -61,7 +70,10 @@ impl Netsyncd {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "netsyncd did not exit after SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "netsyncd did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
