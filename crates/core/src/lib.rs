@@ -2,6 +2,10 @@
 //! sync engine. Knows neither SQLite nor the netsync gRPC API.
 
 pub mod datastore;
+pub mod notification;
 pub mod path;
+pub mod running;
+pub mod sync;
+pub mod target;
 
 pub use path::{Path, PathElem, PathError};

@@ -1,0 +1,946 @@
+//! One datastore's sync: an ingest task that reads the device and a committer
+//! task that turns what was read into revisions of running.
+//!
+//! ```text
+//! device --Subscribe--> [ingest] --coalesce by path--> Pending --swap, O(1)--> [committer]
+//!                                                                 |-- apply to running
+//!                                                                 |-- persist (durable first)
+//!                                                                 '-- publish snapshot + event
+//! ```
+//!
+//! The ingest never waits on the committer, the store or watchers: it only
+//! takes the `Pending` lock for the time of one notification. Memory is bounded
+//! by the number of distinct paths (a [`Delta`] coalesces), and a hard cap on
+//! the open delta makes the ingest stop reading, so that HTTP/2 flow control
+//! pushes back on the device instead of anything being dropped.
+//!
+//! `Pending` holds at most three deltas, each a segment of the stream:
+//! - `dump`: the current generation's initial dump, until its `sync_response`;
+//!   never committed before that (it would prune what has not arrived yet);
+//! - `sealed`: a complete dump closed by `sync_response`, exactly the
+//!   notifications received before it: the next commit, a replace, on its own;
+//! - `open`: changes received after the last barrier.
+//!
+//! Sealing a dump supersedes `open` and any older `sealed`: the dump is the
+//! device's whole state within the subscribed paths, so the older changes are
+//! already reflected in it (or were undone on the device).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use netsync_proto::gnmi;
+use rand::Rng;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
+use crate::notification::Decoder;
+use crate::running::{Change, Delta, Running};
+use crate::target::Target;
+
+/// Where a datastore's sync stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncState {
+    /// Opening the connection or subscription.
+    Connecting,
+    /// Receiving the initial dump.
+    InitialSync,
+    /// The dump is committed; changes stream in.
+    InSync,
+    /// The connection ended; a reconnect is scheduled.
+    Disconnected,
+    /// The sync was stopped.
+    Stopped,
+}
+
+/// Running at one revision, as readers see it.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The revision; 0 before the first commit.
+    pub revision: u64,
+    /// When that revision was committed.
+    pub time: Option<SystemTime>,
+    /// The leaves.
+    pub running: Running,
+}
+
+/// Something that happened to a datastore, in revision order.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The revision it made (commits) or was observed at (everything else).
+    pub revision: u64,
+    /// When.
+    pub time: SystemTime,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// The kinds of [`Event`].
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// The sync moved to another state.
+    StateChanged {
+        /// The new state.
+        state: SyncState,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A revision was committed.
+    Commit {
+        /// A replace (the first commit of a connection or cycle).
+        replace: bool,
+        /// Its net change.
+        change: Arc<Change>,
+    },
+}
+
+/// A commit to make durable.
+#[derive(Debug)]
+pub struct Committed<'a> {
+    /// Its revision (previous + 1).
+    pub revision: u64,
+    /// When it was made.
+    pub time: SystemTime,
+    /// Whether it is a replace.
+    pub replace: bool,
+    /// Its net change.
+    pub change: &'a Change,
+    /// Running after it.
+    pub running: &'a Running,
+}
+
+/// Where commits go to be durable. Implemented by the server's SQLite store.
+pub trait Persist: Send + Sync + 'static {
+    /// Makes `commit` durable. Nobody sees a revision before this returns `Ok`.
+    fn persist<'a>(
+        &'a self,
+        datastore: &'a str,
+        commit: Committed<'a>,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Counters of one sync, since it started in this process.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Notifications read.
+    pub notifications: AtomicU64,
+    /// Leaf updates read (after JSON flattening).
+    pub updates: AtomicU64,
+    /// Deletes read.
+    pub deletes: AtomicU64,
+    /// Revisions committed.
+    pub commits: AtomicU64,
+    /// Forced resyncs (API or engine).
+    pub resyncs: AtomicU64,
+    /// Reconnects after a stream ended or failed.
+    pub reconnects: AtomicU64,
+    /// Changes lost. Never incremented: the engine resyncs instead of dropping.
+    pub dropped: AtomicU64,
+}
+
+/// A point-in-time status.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The state.
+    pub state: SyncState,
+    /// Most recent error, empty if none.
+    pub last_error: String,
+    /// Whether ingest is paused because the open delta reached its cap.
+    pub backpressure: bool,
+    /// Changes received and not yet committed.
+    pub pending: u64,
+}
+
+/// Limits of one sync; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct SyncLimits {
+    /// An open delta this large is committed without waiting for `commit_interval`.
+    pub commit_threshold: usize,
+    /// An open delta this large stops the ingest until the committer takes it.
+    pub pending_cap: usize,
+    /// Buffered events per datastore; a watcher further behind is cut off.
+    pub event_buffer: usize,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        Self {
+            commit_threshold: 100_000,
+            pending_cap: 1_000_000,
+            event_buffer: 4096,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    dump: Option<Delta>,
+    sealed: Option<Sealed>,
+    open: Delta,
+    /// When the oldest change in `open` arrived.
+    open_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Sealed {
+    delta: Delta,
+    /// The first dump of a connection: committed even when it changes nothing,
+    /// and marks the sync IN_SYNC once durable.
+    initial: bool,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.open.len()
+            + self.dump.as_ref().map_or(0, Delta::len)
+            + self.sealed.as_ref().map_or(0, |s| s.delta.len())
+    }
+}
+
+/// What the ingest is told from outside.
+#[derive(Debug)]
+enum Control {
+    Resync(String),
+}
+
+/// State shared by the tasks of one sync and its handle.
+struct Shared {
+    name: String,
+    pending: Mutex<Pending>,
+    status: Mutex<Status>,
+    stats: Stats,
+    snapshot: watch::Sender<Snapshot>,
+    events: broadcast::Sender<Arc<Event>>,
+    /// Wakes the committer: something was added to `pending`.
+    committer_wake: Notify,
+    /// Wakes the ingest: the committer took the open delta (backpressure).
+    ingest_wake: Notify,
+    control: mpsc::Sender<Control>,
+}
+
+impl Shared {
+    fn set_state(&self, state: SyncState, reason: impl Into<String>) {
+        let reason = reason.into();
+        {
+            let mut status = self.status.lock().expect("status lock");
+            if status.state == state {
+                return;
+            }
+            status.state = state;
+        }
+        tracing::info!(datastore = %self.name, ?state, %reason, "sync state");
+        let revision = self.snapshot.borrow().revision;
+        let _ = self.events.send(Arc::new(Event {
+            revision,
+            time: SystemTime::now(),
+            kind: EventKind::StateChanged { state, reason },
+        }));
+    }
+
+    fn set_error(&self, error: impl Into<String>) {
+        self.status.lock().expect("status lock").last_error = error.into();
+    }
+}
+
+/// A running sync. Dropping it stops the sync (see [`SyncHandle::stop`] to
+/// wait for the tasks to end).
+pub struct SyncHandle {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for SyncHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncHandle")
+            .field("datastore", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncHandle {
+    /// Starts syncing `spec` from `target`, with running starting at `initial`
+    /// (what the store had), committing through `persist`.
+    pub fn start(
+        spec: DatastoreSpec,
+        target: Arc<dyn Target>,
+        persist: Arc<dyn Persist>,
+        initial: Snapshot,
+        limits: SyncLimits,
+    ) -> Self {
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let (events, _) = broadcast::channel(limits.event_buffer.max(1));
+        let shared = Arc::new(Shared {
+            name: spec.name.clone(),
+            pending: Mutex::new(Pending::default()),
+            status: Mutex::new(Status {
+                state: SyncState::Connecting,
+                last_error: String::new(),
+                backpressure: false,
+                pending: 0,
+            }),
+            stats: Stats::default(),
+            snapshot: watch::Sender::new(initial),
+            events,
+            committer_wake: Notify::new(),
+            ingest_wake: Notify::new(),
+            control: control_tx,
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stopped = futures::FutureExt::shared(async move {
+            let _ = stop_rx.await;
+        });
+        let ingest = Ingest {
+            shared: shared.clone(),
+            spec: spec.clone(),
+            target,
+            decoder: Decoder::new(&spec.sync.list_keys),
+            limits: limits.clone(),
+            control: control_rx,
+        };
+        let committer = Committer {
+            shared: shared.clone(),
+            persist,
+            commit_interval: spec.sync.commit_interval,
+            threshold: limits.commit_threshold,
+        };
+        let stop_ingest = stopped.clone();
+        let tasks = vec![
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = ingest.run() => {}
+                    () = stop_ingest => {}
+                }
+            }),
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = committer.run() => {}
+                    () = stopped => {}
+                }
+            }),
+        ];
+        Self {
+            shared,
+            tasks,
+            stop: Some(stop_tx),
+        }
+    }
+
+    /// The datastore's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Running at the latest committed revision.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot.borrow().clone()
+    }
+
+    /// A receiver that sees every new snapshot (for `min_revision` waits).
+    pub fn watch_snapshot(&self) -> watch::Receiver<Snapshot> {
+        self.shared.snapshot.subscribe()
+    }
+
+    /// Subscribes to events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.events.subscribe()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        let mut status = self.shared.status.lock().expect("status lock").clone();
+        status.pending = self.shared.pending.lock().expect("pending lock").len() as u64;
+        status
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Forces a full resync: the stream is reopened and its dump replaces running.
+    pub fn resync(&self) {
+        // A full queue means a resync is already on its way.
+        let _ = self
+            .shared
+            .control
+            .try_send(Control::Resync("resync requested".into()));
+    }
+
+    /// Stops the sync and waits for its tasks to end.
+    pub async fn stop(mut self) {
+        self.signal_stop();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+            self.shared.set_state(SyncState::Stopped, "stopped");
+        }
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+/// The ingest task: connects, subscribes, reads, reconnects.
+struct Ingest {
+    shared: Arc<Shared>,
+    spec: DatastoreSpec,
+    target: Arc<dyn Target>,
+    decoder: Decoder,
+    limits: SyncLimits,
+    control: mpsc::Receiver<Control>,
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// Told to resync: reconnect at once.
+    Resync(String),
+    /// The stream failed or ended: reconnect after a backoff.
+    Failed(String),
+}
+
+impl Ingest {
+    async fn run(mut self) {
+        let mut backoff = self.limits.backoff_min;
+        let mut first = true;
+        loop {
+            if !first {
+                self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            self.shared.set_state(SyncState::Connecting, "connecting");
+            let reached_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ended = match self.spec.sync.mode {
+                SyncMode::OnChange | SyncMode::Sample => self.stream(&reached_sync).await,
+                SyncMode::Once | SyncMode::Poll | SyncMode::Get => self.cycles(&reached_sync).await,
+            };
+            let delay = match ended {
+                Ended::Resync(reason) => {
+                    self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    self.shared.set_state(SyncState::Disconnected, reason);
+                    continue;
+                }
+                Ended::Failed(reason) => {
+                    tracing::warn!(datastore = %self.shared.name, %reason, "sync connection ended");
+                    self.shared.set_error(reason.clone());
+                    self.shared.set_state(SyncState::Disconnected, reason);
+                    if reached_sync.load(Ordering::Relaxed) {
+                        backoff = self.limits.backoff_min;
+                    }
+                    let delay = jitter(backoff);
+                    backoff = (backoff * 2).min(self.limits.backoff_max);
+                    delay
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                control = self.control.recv() => match control {
+                    Some(Control::Resync(_)) => {
+                        self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Starts a new generation: its dump will replace running within the
+    /// subscribed paths.
+    fn begin_dump(&self) {
+        let mut pending = self.shared.pending.lock().expect("pending lock");
+        pending.dump = Some(Delta::replacing(&self.spec.sync.paths));
+    }
+
+    /// Closes the dump at its `sync_response`: it becomes the next commit.
+    fn seal_dump(&self, initial: bool) {
+        {
+            let mut pending = self.shared.pending.lock().expect("pending lock");
+            let Some(dump) = pending.dump.take() else {
+                return;
+            };
+            pending.sealed = Some(Sealed {
+                delta: dump,
+                // An unconsumed initial seal stays initial when superseded.
+                initial: initial || pending.sealed.as_ref().is_some_and(|s| s.initial),
+            });
+            pending.open = Delta::new();
+            pending.open_since = None;
+        }
+        self.shared.committer_wake.notify_one();
+    }
+
+    /// Applies one notification to the segment it belongs to.
+    fn ingest(&self, n: &gnmi::Notification) -> Result<(), String> {
+        let stats = &self.shared.stats;
+        stats.notifications.fetch_add(1, Ordering::Relaxed);
+        let counts = {
+            let mut pending = self.shared.pending.lock().expect("pending lock");
+            let pending = &mut *pending;
+            let (delta, is_open) = match pending.dump.as_mut() {
+                Some(dump) => (dump, false),
+                None => (&mut pending.open, true),
+            };
+            let counts = self.decoder.apply(n, delta).map_err(|e| e.to_string())?;
+            let first_open_change =
+                is_open && pending.open_since.is_none() && !pending.open.is_empty();
+            if first_open_change {
+                pending.open_since = Some(Instant::now());
+            }
+            (counts, first_open_change)
+        };
+        let (counts, first_open_change) = counts;
+        if first_open_change {
+            // The committer has no deadline yet: let it set one.
+            self.shared.committer_wake.notify_one();
+        }
+        stats.updates.fetch_add(counts.updates, Ordering::Relaxed);
+        stats.deletes.fetch_add(counts.deletes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Waits while the open delta is at its cap, so the device is pushed back
+    /// by flow control instead of anything being dropped.
+    async fn respect_cap(&self) {
+        loop {
+            let wake = self.shared.ingest_wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let full = self.shared.pending.lock().expect("pending lock").open.len()
+                >= self.limits.pending_cap;
+            self.shared.status.lock().expect("status lock").backpressure = full;
+            if !full {
+                return;
+            }
+            self.shared.committer_wake.notify_one();
+            wake.await;
+        }
+    }
+
+    fn subscription(&self, mode: gnmi::subscription_list::Mode) -> gnmi::SubscribeRequest {
+        let sub_mode = match self.spec.sync.mode {
+            SyncMode::Sample => gnmi::SubscriptionMode::Sample,
+            _ => gnmi::SubscriptionMode::OnChange,
+        };
+        let interval = u64::try_from(self.spec.sync.interval.as_nanos()).unwrap_or(u64::MAX);
+        let subscription = self
+            .spec
+            .sync
+            .paths
+            .iter()
+            .map(|p| gnmi::Subscription {
+                path: Some(p.to_gnmi()),
+                mode: sub_mode as i32,
+                sample_interval: if sub_mode == gnmi::SubscriptionMode::Sample {
+                    interval
+                } else {
+                    0
+                },
+                ..Default::default()
+            })
+            .collect();
+        gnmi::SubscribeRequest {
+            request: Some(gnmi::subscribe_request::Request::Subscribe(
+                gnmi::SubscriptionList {
+                    prefix: self.prefix(),
+                    subscription,
+                    mode: mode as i32,
+                    encoding: gnmi_encoding(self.spec.target.encoding) as i32,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn prefix(&self) -> Option<gnmi::Path> {
+        (!self.spec.target.target_name.is_empty()).then(|| gnmi::Path {
+            target: self.spec.target.target_name.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// ON_CHANGE and SAMPLE: one long-lived STREAM subscription.
+    async fn stream(&mut self, reached_sync: &std::sync::atomic::AtomicBool) -> Ended {
+        let (requests, requests_rx) = mpsc::channel(4);
+        let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Stream));
+        // `requests` stays alive (the request side open) for the whole stream.
+        let mut responses = match self.target.subscribe(requests_rx).await {
+            Ok(r) => r,
+            Err(e) => return Ended::Failed(format!("subscribe: {e}")),
+        };
+        self.begin_dump();
+        self.shared
+            .set_state(SyncState::InitialSync, "receiving the initial dump");
+        let mut in_dump = true;
+        loop {
+            self.respect_cap().await;
+            let next = tokio::select! {
+                next = responses.next() => next,
+                control = self.control.recv() => return match control {
+                    Some(Control::Resync(reason)) => Ended::Resync(reason),
+                    None => Ended::Failed("stopped".into()),
+                },
+            };
+            match next {
+                None => return Ended::Failed("the device ended the subscription".into()),
+                Some(Err(e)) => return Ended::Failed(format!("subscription failed: {e}")),
+                Some(Ok(response)) => match response.response {
+                    Some(gnmi::subscribe_response::Response::Update(n)) => {
+                        if let Err(e) = self.ingest(&n) {
+                            return self.bad_input(e);
+                        }
+                        if !in_dump {
+                            self.wake_committer_if_due();
+                        }
+                    }
+                    Some(gnmi::subscribe_response::Response::SyncResponse(_)) if in_dump => {
+                        in_dump = false;
+                        reached_sync.store(true, Ordering::Relaxed);
+                        self.seal_dump(true);
+                    }
+                    Some(gnmi::subscribe_response::Response::SyncResponse(_)) => {}
+                    other => {
+                        if let Some(error) = device_error(other) {
+                            return Ended::Failed(error);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// ONCE, POLL and GET: a full dump every `interval`, each a replace.
+    async fn cycles(&mut self, reached_sync: &std::sync::atomic::AtomicBool) -> Ended {
+        let mut initial = true;
+        let mut poll: Option<(
+            mpsc::Sender<gnmi::SubscribeRequest>,
+            crate::target::ResponseStream,
+        )> = None;
+        loop {
+            self.begin_dump();
+            if initial {
+                self.shared
+                    .set_state(SyncState::InitialSync, "receiving the initial dump");
+            }
+            let result = match self.spec.sync.mode {
+                SyncMode::Get => self.get_cycle().await,
+                SyncMode::Once => self.once_cycle().await,
+                _ => self.poll_cycle(&mut poll).await,
+            };
+            match result {
+                Ok(()) => {
+                    reached_sync.store(true, Ordering::Relaxed);
+                    self.seal_dump(initial);
+                    initial = false;
+                }
+                Err(ended) => {
+                    // An incomplete dump is never committed.
+                    self.shared.pending.lock().expect("pending lock").dump = None;
+                    return ended;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.spec.sync.interval) => {}
+                control = self.control.recv() => return match control {
+                    Some(Control::Resync(reason)) => Ended::Resync(reason),
+                    None => Ended::Failed("stopped".into()),
+                },
+            }
+        }
+    }
+
+    async fn get_cycle(&mut self) -> Result<(), Ended> {
+        let request = gnmi::GetRequest {
+            prefix: self.prefix(),
+            path: self.spec.sync.paths.iter().map(|p| p.to_gnmi()).collect(),
+            r#type: gnmi::get_request::DataType::All as i32,
+            encoding: gnmi_encoding(self.spec.target.encoding) as i32,
+            ..Default::default()
+        };
+        let response = tokio::select! {
+            r = self.target.get(request) => r.map_err(|e| Ended::Failed(format!("get: {e}")))?,
+            control = self.control.recv() => return Err(match control {
+                Some(Control::Resync(reason)) => Ended::Resync(reason),
+                None => Ended::Failed("stopped".into()),
+            }),
+        };
+        for n in &response.notification {
+            self.ingest(n).map_err(|e| self.bad_input(e))?;
+        }
+        Ok(())
+    }
+
+    async fn once_cycle(&mut self) -> Result<(), Ended> {
+        let (requests, requests_rx) = mpsc::channel(1);
+        let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Once));
+        let mut responses = self
+            .target
+            .subscribe(requests_rx)
+            .await
+            .map_err(|e| Ended::Failed(format!("subscribe: {e}")))?;
+        self.read_dump(&mut responses).await
+    }
+
+    async fn poll_cycle(
+        &mut self,
+        poll: &mut Option<(
+            mpsc::Sender<gnmi::SubscribeRequest>,
+            crate::target::ResponseStream,
+        )>,
+    ) -> Result<(), Ended> {
+        if poll.is_none() {
+            let (requests, requests_rx) = mpsc::channel(4);
+            let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Poll));
+            let responses = self
+                .target
+                .subscribe(requests_rx)
+                .await
+                .map_err(|e| Ended::Failed(format!("subscribe: {e}")))?;
+            *poll = Some((requests, responses));
+            // The first dump comes without a Poll.
+        } else if let Some((requests, _)) = poll.as_ref() {
+            let message = gnmi::SubscribeRequest {
+                request: Some(gnmi::subscribe_request::Request::Poll(gnmi::Poll {})),
+                ..Default::default()
+            };
+            if requests.send(message).await.is_err() {
+                *poll = None;
+                return Err(Ended::Failed("poll stream closed".into()));
+            }
+        }
+        let Some((_, responses)) = poll.as_mut() else {
+            unreachable!()
+        };
+        let mut responses = std::mem::replace(responses, Box::pin(futures::stream::empty()));
+        let result = self.read_dump(&mut responses).await;
+        match (&result, poll.as_mut()) {
+            (Ok(()), Some((_, slot))) => *slot = responses,
+            _ => *poll = None,
+        }
+        result
+    }
+
+    /// Reads notifications into the dump until `sync_response`.
+    async fn read_dump(
+        &mut self,
+        responses: &mut crate::target::ResponseStream,
+    ) -> Result<(), Ended> {
+        loop {
+            let next = tokio::select! {
+                next = responses.next() => next,
+                control = self.control.recv() => return Err(match control {
+                    Some(Control::Resync(reason)) => Ended::Resync(reason),
+                    None => Ended::Failed("stopped".into()),
+                }),
+            };
+            match next {
+                None => {
+                    return Err(Ended::Failed(
+                        "the device ended the stream before sync_response".into(),
+                    ));
+                }
+                Some(Err(e)) => return Err(Ended::Failed(format!("subscription failed: {e}"))),
+                Some(Ok(response)) => match response.response {
+                    Some(gnmi::subscribe_response::Response::Update(n)) => {
+                        self.ingest(&n).map_err(|e| self.bad_input(e))?;
+                    }
+                    Some(gnmi::subscribe_response::Response::SyncResponse(_)) => return Ok(()),
+                    other => {
+                        if let Some(error) = device_error(other) {
+                            return Err(Ended::Failed(error));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// A notification that cannot be applied: nothing of it was applied, and
+    /// skipping it would lose data, so the connection is restarted (its dump
+    /// replaces running) and the error reported.
+    fn bad_input(&self, error: String) -> Ended {
+        tracing::error!(datastore = %self.shared.name, %error, "unusable notification; resyncing");
+        Ended::Failed(format!("unusable notification: {error}"))
+    }
+
+    fn wake_committer_if_due(&self) {
+        let due = self.shared.pending.lock().expect("pending lock").open.len()
+            >= self.limits.commit_threshold;
+        if due {
+            self.shared.committer_wake.notify_one();
+        }
+    }
+}
+
+/// The committer task: takes deltas, applies them, persists, publishes.
+struct Committer {
+    shared: Arc<Shared>,
+    persist: Arc<dyn Persist>,
+    commit_interval: Duration,
+    threshold: usize,
+}
+
+impl Committer {
+    async fn run(self) {
+        loop {
+            let (delta, replace, initial) = self.next_delta().await;
+            self.shared.ingest_wake.notify_one();
+            self.commit(delta, replace, initial).await;
+        }
+    }
+
+    /// Waits until a commit is due and takes its delta (an O(1) swap).
+    async fn next_delta(&self) -> (Delta, bool, bool) {
+        loop {
+            let wake = self.shared.committer_wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let deadline = {
+                let mut pending = self.shared.pending.lock().expect("pending lock");
+                if let Some(sealed) = pending.sealed.take() {
+                    return (sealed.delta, true, sealed.initial);
+                }
+                match pending.open_since {
+                    Some(since)
+                        if pending.open.len() >= self.threshold
+                            || since.elapsed() >= self.commit_interval =>
+                    {
+                        pending.open_since = None;
+                        return (std::mem::take(&mut pending.open), false, false);
+                    }
+                    Some(since) => Some(since + self.commit_interval),
+                    None => None,
+                }
+            };
+            match deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        () = &mut wake => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => wake.await,
+            }
+        }
+    }
+
+    async fn commit(&self, delta: Delta, replace: bool, initial: bool) {
+        let base = self.shared.snapshot.borrow().clone();
+        let (running, change) = if delta.len() > 10_000 {
+            // Large deltas are applied off the async workers so the ingest keeps reading.
+            let base = base.running.clone();
+            match tokio::task::spawn_blocking(move || base.apply(delta)).await {
+                Ok(result) => result,
+                Err(e) => {
+                    self.fail(format!("applying a commit failed: {e}"));
+                    return;
+                }
+            }
+        } else {
+            base.running.apply(delta)
+        };
+        if change.is_empty() && !initial {
+            return;
+        }
+        let revision = base.revision + 1;
+        let time = SystemTime::now();
+        let committed = Committed {
+            revision,
+            time,
+            replace,
+            change: &change,
+            running: &running,
+        };
+        if let Err(e) = self.persist.persist(&self.shared.name, committed).await {
+            self.fail(format!("cannot persist revision {revision}: {e}"));
+            return;
+        }
+        let leaves = running.len();
+        self.shared.snapshot.send_replace(Snapshot {
+            revision,
+            time: Some(time),
+            running,
+        });
+        self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            datastore = %self.shared.name, revision, replace, updates = change.updates.len(),
+            deletes = change.deletes.len(), leaves, "committed"
+        );
+        let _ = self.shared.events.send(Arc::new(Event {
+            revision,
+            time,
+            kind: EventKind::Commit {
+                replace,
+                change: Arc::new(change),
+            },
+        }));
+        if initial {
+            self.shared.set_error(String::new());
+            self.shared
+                .set_state(SyncState::InSync, "initial dump committed");
+        }
+    }
+
+    /// A commit could not be made: its delta is gone from pending, so the only
+    /// way not to lose it is a resync, whose dump brings it back.
+    fn fail(&self, error: String) {
+        tracing::error!(datastore = %self.shared.name, %error, "commit failed; forcing a resync");
+        self.shared.set_error(error.clone());
+        if self
+            .shared
+            .control
+            .try_send(Control::Resync(error))
+            .is_err()
+        {
+            tracing::warn!(datastore = %self.shared.name, "resync already queued");
+        }
+    }
+}
+
+/// The text of a (deprecated, but still sent by some devices) in-stream error.
+#[allow(
+    deprecated,
+    reason = "devices may still send the deprecated error message"
+)]
+fn device_error(response: Option<gnmi::subscribe_response::Response>) -> Option<String> {
+    match response {
+        Some(gnmi::subscribe_response::Response::Error(e)) => {
+            Some(format!("device error {}: {}", e.code, e.message))
+        }
+        _ => None,
+    }
+}
+
+/// gNMI's encoding for ours.
+fn gnmi_encoding(encoding: Encoding) -> gnmi::Encoding {
+    match encoding {
+        Encoding::JsonIetf => gnmi::Encoding::JsonIetf,
+        Encoding::Json => gnmi::Encoding::Json,
+        Encoding::Proto => gnmi::Encoding::Proto,
+        Encoding::Ascii => gnmi::Encoding::Ascii,
+    }
+}
+
+/// `base` plus or minus up to half of it, so reconnecting fleets spread out.
+fn jitter(base: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.5..1.5);
+    base.mul_f64(factor)
+}

@@ -1,0 +1,213 @@
+//! The device end of a sync: the [`Target`] trait (subscribe, get, set,
+//! capabilities), its gNMI implementation over tonic, and errors that know
+//! whether a retry can help.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use netsync_proto::gnmi;
+use netsync_proto::gnmi::g_nmi_client::GNmiClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::datastore::TargetSpec;
+
+pub mod fake;
+
+/// Responses of a Subscribe call.
+pub type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<gnmi::SubscribeResponse, TargetError>> + Send>>;
+
+/// Requests of a Subscribe call: the subscription, then (POLL) Poll messages.
+/// The call's request side stays open until the sender is dropped.
+pub type RequestStream = tokio::sync::mpsc::Receiver<gnmi::SubscribeRequest>;
+
+/// A device that speaks gNMI, or something standing in for one.
+pub trait Target: Send + Sync + 'static {
+    /// Opens a Subscribe stream fed by `requests`.
+    fn subscribe(
+        &self,
+        requests: RequestStream,
+    ) -> BoxFuture<'_, Result<ResponseStream, TargetError>>;
+    /// One gNMI Get.
+    fn get(
+        &self,
+        request: gnmi::GetRequest,
+    ) -> BoxFuture<'_, Result<gnmi::GetResponse, TargetError>>;
+    /// One gNMI Set (atomic on the device).
+    fn set(
+        &self,
+        request: gnmi::SetRequest,
+    ) -> BoxFuture<'_, Result<gnmi::SetResponse, TargetError>>;
+    /// gNMI Capabilities.
+    fn capabilities(&self) -> BoxFuture<'_, Result<gnmi::CapabilityResponse, TargetError>>;
+}
+
+/// A failed call to the device, with the gRPC code it ended with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct TargetError {
+    /// The gRPC code.
+    pub code: tonic::Code,
+    /// What the device (or the transport) said.
+    pub message: String,
+}
+
+impl TargetError {
+    /// An error with `code`.
+    pub fn new(code: tonic::Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Whether trying again later may succeed (the device or the path to it is
+    /// temporarily unable), as opposed to a request the device will always refuse.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.code,
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Aborted
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        )
+    }
+}
+
+impl From<tonic::Status> for TargetError {
+    fn from(status: tonic::Status) -> Self {
+        Self::new(status.code(), status.message())
+    }
+}
+
+fn convert_response(
+    r: Result<gnmi::SubscribeResponse, tonic::Status>,
+) -> Result<gnmi::SubscribeResponse, TargetError> {
+    r.map_err(TargetError::from)
+}
+
+/// How long connecting to a device may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A real device over gNMI: one lazily connected HTTP/2 channel, credentials
+/// sent as `username`/`password` metadata on every call.
+#[derive(Clone)]
+pub struct GnmiTarget {
+    client: GNmiClient<Channel>,
+    credentials: Option<(
+        MetadataValue<tonic::metadata::Ascii>,
+        MetadataValue<tonic::metadata::Ascii>,
+    )>,
+}
+
+impl std::fmt::Debug for GnmiTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GnmiTarget").finish_non_exhaustive()
+    }
+}
+
+impl GnmiTarget {
+    /// A target for `spec`. Connects on first use; never fails for an
+    /// unreachable device (the calls do).
+    pub fn new(spec: &TargetSpec) -> Result<Self, TargetError> {
+        if spec.tls.is_some() {
+            return Err(TargetError::new(
+                tonic::Code::Unimplemented,
+                "TLS towards devices is not supported by this build yet",
+            ));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", spec.address))
+            .map_err(|e| {
+                TargetError::new(
+                    tonic::Code::InvalidArgument,
+                    format!("address {}: {e}", spec.address),
+                )
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let client = GNmiClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let credentials = match &spec.credentials {
+            Some(c) if !c.username.is_empty() => {
+                let bad = |what: &str| {
+                    TargetError::new(
+                        tonic::Code::InvalidArgument,
+                        format!("{what} holds characters that cannot travel as gRPC metadata"),
+                    )
+                };
+                Some((
+                    c.username.parse().map_err(|_| bad("username"))?,
+                    c.password.expose().parse().map_err(|_| bad("password"))?,
+                ))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            client,
+            credentials,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some((user, password)) = &self.credentials {
+            request.metadata_mut().insert("username", user.clone());
+            request.metadata_mut().insert("password", password.clone());
+        }
+        request
+    }
+}
+
+impl Target for GnmiTarget {
+    fn subscribe(
+        &self,
+        requests: RequestStream,
+    ) -> BoxFuture<'_, Result<ResponseStream, TargetError>> {
+        let request = self.request(tokio_stream::wrappers::ReceiverStream::new(requests));
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let responses = client.subscribe(request).await?.into_inner();
+            let stream: ResponseStream = Box::pin(responses.map(convert_response));
+            Ok(stream)
+        })
+    }
+
+    fn get(
+        &self,
+        request: gnmi::GetRequest,
+    ) -> BoxFuture<'_, Result<gnmi::GetResponse, TargetError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            Ok(client.get(self.request(request)).await?.into_inner())
+        })
+    }
+
+    fn set(
+        &self,
+        request: gnmi::SetRequest,
+    ) -> BoxFuture<'_, Result<gnmi::SetResponse, TargetError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            Ok(client.set(self.request(request)).await?.into_inner())
+        })
+    }
+
+    fn capabilities(&self) -> BoxFuture<'_, Result<gnmi::CapabilityResponse, TargetError>> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            Ok(client
+                .capabilities(self.request(gnmi::CapabilityRequest::default()))
+                .await?
+                .into_inner())
+        })
+    }
+}
