@@ -232,6 +232,17 @@ impl Running {
         })
     }
 
+    /// Applies a net change as a commit event or the change log carries it:
+    /// leaf deletes, then leaf updates.
+    pub fn apply_change(&mut self, change: &Change) {
+        for key in &change.deletes {
+            self.leaves.remove(key);
+        }
+        for (key, value) in &change.updates {
+            self.leaves.insert(key.clone(), value.clone());
+        }
+    }
+
     /// Applies `delta` (deletes first, then updates; see [`Delta`]) and returns
     /// the new running with the net change. `self` is left as it was.
     pub fn apply(&self, delta: Delta) -> (Running, Change) {

@@ -30,6 +30,12 @@ pub enum Error {
         /// Its name.
         name: String,
     },
+    /// A wait did not finish within the caller's deadline.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The requested revision is no longer kept.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The capability belongs to a later part of netsync that this build lacks.
     #[error("{0}")]
     Unimplemented(&'static str),
@@ -67,6 +73,8 @@ impl From<Error> for Status {
             Error::NotFound { .. } => Status::not_found(error.to_string()),
             Error::AlreadyExists { .. } => Status::already_exists(error.to_string()),
             Error::Unimplemented(what) => Status::unimplemented(what),
+            Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            Error::OutOfRange(m) => Status::out_of_range(m),
             Error::Store(_) | Error::Corrupt(_) => {
                 tracing::error!(%error, "internal error");
                 Status::internal("internal error; the server log has the details")

@@ -4,11 +4,18 @@
 pub mod api;
 pub mod config;
 pub mod convert;
+pub mod engine;
 pub mod error;
+pub mod log;
 pub mod store;
 pub mod telemetry;
 
 use std::future::Future;
+use std::sync::Arc;
+
+use engine::Engine;
+use log::{CommitLog, Retention};
+use netsync_core::sync::SyncLimits;
 
 use netsync_proto::netsync::v1::net_sync_server::NetSyncServer;
 use tokio::net::TcpListener;
@@ -24,6 +31,9 @@ pub enum ServeError {
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] store::StoreOpenError),
+    /// Stored datastores could not be loaded.
+    #[error("loading stored datastores: {0}")]
+    Load(error::Error),
     /// The reflection service could not be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -50,6 +60,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let store = Store::open(&config.db).await?;
+    let engine = Arc::new(Engine::new(
+        CommitLog::new(store.clone(), Retention::default()),
+        SyncLimits::default(),
+    ));
+    // Every stored datastore's running is loaded and served at once; its sync
+    // then resumes with a resync.
+    for ds in store.list_datastores().await.map_err(ServeError::Load)? {
+        engine.start(&ds.spec).await.map_err(ServeError::Load)?;
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -71,7 +90,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(NetSyncServer::new(api::NetSyncService::new(store.clone())))
+        .add_service(NetSyncServer::new(api::NetSyncService::new(
+            store.clone(),
+            engine.clone(),
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });
@@ -94,6 +116,7 @@ pub async fn serve(
             }
         }
     };
+    engine.stop_all().await;
     store.close().await;
     tracing::info!("netsyncd stopped");
     result

@@ -111,6 +111,11 @@ impl Store {
         Ok(())
     }
 
+    /// The connection pool, for the other tables' code.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Waits for open connections to finish and closes the database cleanly
     /// (checkpointing the WAL).
     pub async fn close(&self) {
@@ -149,11 +154,13 @@ pub fn now() -> SystemTime {
     from_micros(to_micros(SystemTime::now()))
 }
 
-fn to_micros(t: SystemTime) -> i64 {
+/// Microseconds since the epoch, as stored.
+pub fn to_micros(t: SystemTime) -> i64 {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn from_micros(micros: i64) -> SystemTime {
+/// A stored microsecond time.
+pub fn from_micros(micros: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
 }

@@ -2,33 +2,43 @@
 //! decode, call the store (later the engine), encode.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures::Stream;
 use netsync_core::datastore;
+use netsync_core::sync::{SyncHandle, SyncState};
 use netsync_proto::netsync::v1 as pb;
 use pb::net_sync_server::NetSync;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, Secrets};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::store::{self, Store, StoredDatastore};
 
-/// What the sync-related RPCs answer until the sync engine is part of the build.
-const NO_ENGINE: &str = "the sync engine is not part of this build yet: running, watch, resync, intents and deviations are unavailable";
+mod running;
+mod watch;
+
+/// What the intent RPCs answer until intents are part of the build.
+const NO_INTENTS: &str =
+    "intents and deviations are not part of this build yet (they come with the reconcile queue)";
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Implements the netsync API over the store.
+/// Implements the netsync API over the store and the engine.
 #[derive(Debug, Clone)]
 pub struct NetSyncService {
     store: Store,
+    engine: Arc<Engine>,
 }
 
 impl NetSyncService {
-    /// A service answering from `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// A service answering from `store` and `engine`.
+    pub fn new(store: Store, engine: Arc<Engine>) -> Self {
+        Self { store, engine }
     }
 
     /// Checks that `name` (sent in request field `field`) is a well-formed
@@ -36,6 +46,30 @@ impl NetSyncService {
     async fn require_datastore(&self, field: &str, name: &str) -> Result<StoredDatastore, Error> {
         check_name(field, name)?;
         self.store.get_datastore(name).await
+    }
+
+    /// The running sync of datastore `name` (given in request field `field`).
+    fn require_sync(&self, field: &str, name: &str) -> Result<Arc<SyncHandle>, Error> {
+        check_name(field, name)?;
+        self.engine.get(name).ok_or_else(|| Error::NotFound {
+            kind: "datastore",
+            name: name.to_string(),
+        })
+    }
+
+    /// The API view of a stored datastore: secrets blanked, live status filled in.
+    fn datastore_view(&self, ds: &StoredDatastore) -> pb::Datastore {
+        let mut out = convert::datastore_to_proto(&ds.spec, Secrets::Redact);
+        out.create_time = Some(convert::timestamp_to_proto(ds.create_time));
+        out.status = Some(match self.engine.get(&ds.spec.name) {
+            Some(sync) => status_view(&sync),
+            None => pb::DatastoreStatus {
+                state: pb::SyncState::Stopped as i32,
+                stats: Some(pb::SyncStats::default()),
+                ..Default::default()
+            },
+        });
+        out
     }
 }
 
@@ -47,16 +81,59 @@ fn check_name(field: &str, name: &str) -> Result<(), Error> {
     datastore::validate_name(name).map_err(|m| Error::invalid(field, m))
 }
 
-/// The API view of a stored datastore: secrets blanked, status filled in.
-fn datastore_view(ds: &StoredDatastore) -> pb::Datastore {
-    let mut out = convert::datastore_to_proto(&ds.spec, Secrets::Redact);
-    out.create_time = Some(convert::timestamp_to_proto(ds.create_time));
-    out.status = Some(pb::DatastoreStatus {
-        state: pb::SyncState::Stopped as i32,
-        stats: Some(pb::SyncStats::default()),
-        ..Default::default()
-    });
-    out
+/// A sync state on the wire.
+pub fn state_to_proto(state: SyncState) -> pb::SyncState {
+    match state {
+        SyncState::Connecting => pb::SyncState::Connecting,
+        SyncState::InitialSync => pb::SyncState::InitialSync,
+        SyncState::InSync => pb::SyncState::InSync,
+        SyncState::Disconnected => pb::SyncState::Disconnected,
+        SyncState::Stopped => pb::SyncState::Stopped,
+    }
+}
+
+fn status_view(sync: &SyncHandle) -> pb::DatastoreStatus {
+    let status = sync.status();
+    let snapshot = sync.snapshot();
+    let stats = sync.stats();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut last_error = status.last_error;
+    if status.backpressure {
+        last_error = format!("ingest paused: too many uncommitted changes; {last_error}");
+    }
+    pb::DatastoreStatus {
+        state: state_to_proto(status.state) as i32,
+        revision: snapshot.revision,
+        last_commit_time: snapshot.time.map(convert::timestamp_to_proto),
+        last_error,
+        leaves: snapshot.running.len() as u64,
+        stats: Some(pb::SyncStats {
+            notifications_received: get(&stats.notifications),
+            updates_received: get(&stats.updates),
+            deletes_received: get(&stats.deletes),
+            commits: get(&stats.commits),
+            resyncs: get(&stats.resyncs),
+            reconnects: get(&stats.reconnects),
+            dropped: get(&stats.dropped),
+            pending: status.pending,
+        }),
+    }
+}
+
+/// The deadline a client set through `grpc-timeout`, if any.
+fn request_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 #[tonic::async_trait]
@@ -75,8 +152,9 @@ impl NetSync for NetSyncService {
             create_time: store::now(),
         };
         self.store.create_datastore(&stored).await?;
+        self.engine.start_new(&stored.spec);
         tracing::info!(datastore = %stored.spec.name, address = %stored.spec.target.address, "datastore created");
-        Ok(Response::new(datastore_view(&stored)))
+        Ok(Response::new(self.datastore_view(&stored)))
     }
 
     async fn get_datastore(
@@ -85,7 +163,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::Datastore>, Status> {
         let name = request.into_inner().name;
         let ds = self.require_datastore("name", &name).await?;
-        Ok(Response::new(datastore_view(&ds)))
+        Ok(Response::new(self.datastore_view(&ds)))
     }
 
     async fn list_datastores(
@@ -94,7 +172,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::ListDatastoresResponse>, Status> {
         let datastores = self.store.list_datastores().await?;
         Ok(Response::new(pb::ListDatastoresResponse {
-            datastores: datastores.iter().map(datastore_view).collect(),
+            datastores: datastores.iter().map(|d| self.datastore_view(d)).collect(),
         }))
     }
 
@@ -103,7 +181,8 @@ impl NetSync for NetSyncService {
         request: Request<pb::DeleteDatastoreRequest>,
     ) -> Result<Response<pb::DeleteDatastoreResponse>, Status> {
         let name = request.into_inner().name;
-        check_name("name", &name)?;
+        self.require_datastore("name", &name).await?;
+        self.engine.stop(&name).await;
         self.store.delete_datastore(&name).await?;
         tracing::info!(datastore = %name, "datastore deleted");
         Ok(Response::new(pb::DeleteDatastoreResponse {}))
@@ -113,9 +192,9 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::ResyncRequest>,
     ) -> Result<Response<pb::ResyncResponse>, Status> {
-        self.require_datastore("name", &request.into_inner().name)
-            .await?;
-        Err(Error::Unimplemented(NO_ENGINE).into())
+        let sync = self.require_sync("name", &request.into_inner().name)?;
+        sync.resync();
+        Ok(Response::new(pb::ResyncResponse {}))
     }
 
     type GetRunningStream = ResponseStream<pb::GetRunningResponse>;
@@ -124,13 +203,11 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::GetRunningRequest>,
     ) -> Result<Response<Self::GetRunningStream>, Status> {
+        let timeout = request_timeout(&request);
         let req = request.into_inner();
-        self.require_datastore("datastore", &req.datastore).await?;
-        if !req.path.is_empty() {
-            netsync_core::Path::parse(&req.path)
-                .map_err(|e| Error::invalid("path", e.to_string()))?;
-        }
-        Err(Error::Unimplemented(NO_ENGINE).into())
+        let sync = self.require_sync("datastore", &req.datastore)?;
+        let stream = running::get_running(&sync, &req.path, req.min_revision, timeout).await?;
+        Ok(Response::new(stream))
     }
 
     type WatchSyncStream = ResponseStream<pb::SyncEvent>;
@@ -139,9 +216,10 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::WatchSyncRequest>,
     ) -> Result<Response<Self::WatchSyncStream>, Status> {
-        self.require_datastore("datastore", &request.into_inner().datastore)
-            .await?;
-        Err(Error::Unimplemented(NO_ENGINE).into())
+        let req = request.into_inner();
+        let sync = self.require_sync("datastore", &req.datastore)?;
+        let stream = watch::watch(sync, self.engine.log().clone(), req.from_revision).await?;
+        Ok(Response::new(stream))
     }
 
     async fn set_intent(
@@ -150,7 +228,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::Intent>, Status> {
         self.require_datastore("datastore", &request.into_inner().datastore)
             .await?;
-        Err(Error::Unimplemented(NO_ENGINE).into())
+        Err(Error::Unimplemented(NO_INTENTS).into())
     }
 
     async fn get_intent(
@@ -159,7 +237,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::Intent>, Status> {
         self.require_datastore("datastore", &request.into_inner().datastore)
             .await?;
-        Err(Error::Unimplemented(NO_ENGINE).into())
+        Err(Error::Unimplemented(NO_INTENTS).into())
     }
 
     async fn list_intents(
@@ -168,7 +246,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::ListIntentsResponse>, Status> {
         self.require_datastore("datastore", &request.into_inner().datastore)
             .await?;
-        Err(Error::Unimplemented(NO_ENGINE).into())
+        Err(Error::Unimplemented(NO_INTENTS).into())
     }
 
     async fn delete_intent(
@@ -177,7 +255,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::DeleteIntentResponse>, Status> {
         self.require_datastore("datastore", &request.into_inner().datastore)
             .await?;
-        Err(Error::Unimplemented(NO_ENGINE).into())
+        Err(Error::Unimplemented(NO_INTENTS).into())
     }
 
     async fn get_deviations(
@@ -186,6 +264,6 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::GetDeviationsResponse>, Status> {
         self.require_datastore("datastore", &request.into_inner().datastore)
             .await?;
-        Err(Error::Unimplemented(NO_ENGINE).into())
+        Err(Error::Unimplemented(NO_INTENTS).into())
     }
 }

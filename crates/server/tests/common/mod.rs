@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod device;
 pub mod process;
 
 use std::net::SocketAddr;

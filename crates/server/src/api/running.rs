@@ -1,0 +1,100 @@
+//! GetRunning: one consistent revision per call, a subtree filter, batches of
+//! at most about 1 MiB, and `min_revision` waits within the caller's deadline.
+
+use std::time::Duration;
+
+use netsync_core::Path;
+use netsync_core::running::Subtree;
+use netsync_core::sync::SyncHandle;
+use netsync_proto::netsync::v1 as pb;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::ResponseStream;
+use crate::error::Error;
+
+/// Target encoded size of one response message.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Longest `min_revision` wait when the caller set no deadline.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// Streams running (or the subtree at `path`) of `sync` at one revision, once
+/// that revision is at least `min_revision`.
+pub async fn get_running(
+    sync: &SyncHandle,
+    path: &str,
+    min_revision: u64,
+    timeout: Option<Duration>,
+) -> Result<ResponseStream<pb::GetRunningResponse>, Error> {
+    let path = Path::parse(path).map_err(|e| Error::invalid("path", e.to_string()))?;
+    let mut snapshots = sync.watch_snapshot();
+    // Answer a little before the caller gives up, so it gets our explanation.
+    let wait = timeout.map_or(DEFAULT_WAIT, |t| t.mul_f64(0.9));
+    let waited = tokio::time::timeout(wait, async {
+        snapshots
+            .wait_for(|s| s.revision >= min_revision)
+            .await
+            .map(|s| s.clone())
+    })
+    .await;
+    let snapshot = match waited {
+        Ok(Ok(snapshot)) => snapshot,
+        Ok(Err(_)) => {
+            return Err(Error::NotFound {
+                kind: "datastore",
+                name: sync.name().to_string(),
+            });
+        }
+        Err(_) => {
+            let now = sync.snapshot().revision;
+            return Err(Error::DeadlineExceeded(format!(
+                "running of {:?} is at revision {now}; min_revision {min_revision} was not reached in time",
+                sync.name()
+            )));
+        }
+    };
+    let (tx, rx) = mpsc::channel(2);
+    // Batches are built as the client reads them; the task ends with the call.
+    tokio::spawn(async move {
+        let revision = snapshot.revision;
+        let subtree = (!path.is_root() || path.origin().is_some()).then(|| Subtree::new(&path));
+        let leaves: Box<dyn Iterator<Item = _> + Send> = match &subtree {
+            Some(subtree) => Box::new(snapshot.running.subtree(subtree)),
+            None => Box::new(snapshot.running.iter()),
+        };
+        let mut batch = pb::GetRunningResponse {
+            revision,
+            leaves: Vec::new(),
+        };
+        let mut size = 0;
+        let mut sent = false;
+        for (key, value) in leaves {
+            let leaf = pb::Leaf {
+                path: key.to_string(),
+                value: Some(value.clone()),
+            };
+            size += leaf.encoded_len() + 4;
+            batch.leaves.push(leaf);
+            if size >= BATCH_BYTES {
+                let full = std::mem::replace(
+                    &mut batch,
+                    pb::GetRunningResponse {
+                        revision,
+                        leaves: Vec::new(),
+                    },
+                );
+                size = 0;
+                sent = true;
+                if tx.send(Ok(full)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !batch.leaves.is_empty() || !sent {
+            let _ = tx.send(Ok(batch)).await;
+        }
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}

@@ -1,0 +1,310 @@
+//! Running on disk: the per-commit change log and the snapshots that bound
+//! restart work, in the same SQLite database as the registry.
+//!
+//! A commit is one transaction: its log row and, when due, a snapshot of the
+//! whole running. A snapshot is due once the changes logged since the last one
+//! outnumber twice the leaves of running (so restart replays at most about
+//! twice a snapshot's worth), which also keeps the first full dump from being
+//! written twice. The log keeps at least `retain_commits` commits and at least
+//! `retain_age`; older rows are compacted away, but never past the newest
+//! snapshot, which restart needs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use netsync_core::running::{Change, Key, Running};
+use netsync_core::sync::{Committed, Persist, Snapshot};
+use netsync_proto::netsync::v1 as pb;
+use prost::Message;
+use sqlx::Row;
+
+use crate::error::Error;
+use crate::store::{Store, from_micros, to_micros};
+
+/// How long and how much of the change log is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// At least this many newest commits.
+    pub commits: u64,
+    /// At least the commits of this long ago.
+    pub age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            commits: 10_000,
+            age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One logged commit, as WatchSync replays it.
+#[derive(Debug, Clone)]
+pub struct LoggedCommit {
+    /// Its revision.
+    pub revision: u64,
+    /// When it was made.
+    pub time: SystemTime,
+    /// Whether it was a replace.
+    pub replace: bool,
+    /// Its net change.
+    pub change: Change,
+}
+
+/// Writes commits of every datastore to the store. One per process.
+#[derive(Debug)]
+pub struct CommitLog {
+    store: Store,
+    retention: Retention,
+    /// Leaf changes logged since each datastore's last snapshot.
+    since_snapshot: Mutex<HashMap<String, u64>>,
+}
+
+impl CommitLog {
+    /// A log writing to `store`.
+    pub fn new(store: Store, retention: Retention) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            retention,
+            since_snapshot: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn write(&self, datastore: &str, commit: Committed<'_>) -> Result<(), Error> {
+        let changed = (commit.change.updates.len() + commit.change.deletes.len()) as u64;
+        let since = {
+            let mut map = self.since_snapshot.lock().expect("lock");
+            let entry = map.entry(datastore.to_string()).or_insert(0);
+            *entry += changed;
+            *entry
+        };
+        let snapshot_due = since > 2 * commit.running.len() as u64 + 1000;
+        let body = compress(&change_to_proto(commit.replace, commit.change));
+        let snapshot =
+            snapshot_due.then(|| compress(&running_to_proto(commit.revision, commit.running)));
+        let time_us = to_micros(commit.time);
+        let revision = i64::try_from(commit.revision).unwrap_or(i64::MAX);
+
+        let mut tx = self.store.pool().begin().await?;
+        sqlx::query("INSERT INTO commits (datastore, revision, time_us, replace, body) VALUES (?, ?, ?, ?, ?)")
+            .bind(datastore)
+            .bind(revision)
+            .bind(time_us)
+            .bind(commit.replace)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(snapshot) = snapshot {
+            sqlx::query(
+                "INSERT INTO snapshots (datastore, revision, time_us, body) VALUES (?, ?, ?, ?)",
+            )
+            .bind(datastore)
+            .bind(revision)
+            .bind(time_us)
+            .bind(snapshot)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM snapshots WHERE datastore = ? AND revision < ?")
+                .bind(datastore)
+                .bind(revision)
+                .execute(&mut *tx)
+                .await?;
+            let keep_after = revision - i64::try_from(self.retention.commits).unwrap_or(i64::MAX);
+            let old = to_micros(
+                commit
+                    .time
+                    .checked_sub(self.retention.age)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            );
+            sqlx::query(
+                "DELETE FROM commits WHERE datastore = ? AND revision <= ? AND revision <= ? AND time_us < ?",
+            )
+            .bind(datastore)
+            .bind(keep_after)
+            .bind(revision)
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        if snapshot_due {
+            self.since_snapshot
+                .lock()
+                .expect("lock")
+                .insert(datastore.to_string(), 0);
+        }
+        Ok(())
+    }
+
+    /// Forgets a deleted datastore's counters.
+    pub fn forget(&self, datastore: &str) {
+        self.since_snapshot.lock().expect("lock").remove(datastore);
+    }
+
+    /// Loads running at its last committed revision: the newest snapshot, then
+    /// the log after it.
+    pub async fn load(&self, datastore: &str) -> Result<Snapshot, Error> {
+        let corrupt = |what: String| Error::Corrupt(format!("datastore {datastore:?}: {what}"));
+        let snapshot = sqlx::query("SELECT revision, time_us, body FROM snapshots WHERE datastore = ? ORDER BY revision DESC LIMIT 1")
+            .bind(datastore)
+            .fetch_optional(self.store.pool())
+            .await?;
+        let (mut running, mut revision, mut time) = match snapshot {
+            Some(row) => {
+                let body: Vec<u8> = row.try_get("body")?;
+                let proto = pb::GetRunningResponse::decode(&*decompress(&body).map_err(corrupt)?)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let running = Running::from_leaves(
+                    proto
+                        .leaves
+                        .into_iter()
+                        .map(|l| (Key::from(l.path), l.value.unwrap_or_default())),
+                );
+                let revision: i64 = row.try_get("revision")?;
+                let time: i64 = row.try_get("time_us")?;
+                (running, revision as u64, Some(from_micros(time)))
+            }
+            None => (Running::new(), 0, None),
+        };
+        let mut replayed = 0u64;
+        let mut after = revision;
+        loop {
+            let batch = self.read(datastore, after + 1, 256).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.revision;
+            for commit in batch {
+                if commit.revision != revision + 1 {
+                    return Err(corrupt(format!(
+                        "change log jumps from revision {revision} to {}",
+                        commit.revision
+                    )));
+                }
+                running.apply_change(&commit.change);
+                replayed += (commit.change.updates.len() + commit.change.deletes.len()) as u64;
+                revision = commit.revision;
+                time = Some(commit.time);
+            }
+        }
+        self.since_snapshot
+            .lock()
+            .expect("lock")
+            .insert(datastore.to_string(), replayed);
+        Ok(Snapshot {
+            revision,
+            time,
+            running,
+        })
+    }
+
+    /// Up to `limit` logged commits from revision `from` on, in order.
+    pub async fn read(
+        &self,
+        datastore: &str,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<LoggedCommit>, Error> {
+        let rows = sqlx::query(
+            "SELECT revision, time_us, replace, body FROM commits WHERE datastore = ? AND revision >= ? ORDER BY revision LIMIT ?",
+        )
+        .bind(datastore)
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let revision: i64 = row.try_get("revision")?;
+                let corrupt = |what: String| {
+                    Error::Corrupt(format!(
+                        "datastore {datastore:?} revision {revision}: {what}"
+                    ))
+                };
+                let body: Vec<u8> = row.try_get("body")?;
+                let proto = pb::Commit::decode(&*decompress(&body).map_err(corrupt)?)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                Ok(LoggedCommit {
+                    revision: revision as u64,
+                    time: from_micros(row.try_get("time_us")?),
+                    replace: row.try_get("replace")?,
+                    change: change_from_proto(proto),
+                })
+            })
+            .collect()
+    }
+
+    /// The oldest revision still in the log, if any.
+    pub async fn oldest(&self, datastore: &str) -> Result<Option<u64>, Error> {
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(revision) FROM commits WHERE datastore = ?")
+                .bind(datastore)
+                .fetch_one(self.store.pool())
+                .await?;
+        Ok(oldest.map(|r| r as u64))
+    }
+}
+
+impl Persist for CommitLog {
+    fn persist<'a>(
+        &'a self,
+        datastore: &'a str,
+        commit: Committed<'a>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.write(datastore, commit).await.map_err(|e| {
+                tracing::error!(datastore, error = %e, "cannot persist a commit");
+                e.to_string()
+            })
+        })
+    }
+}
+
+/// A commit's net change as the API's `Commit` message.
+pub fn change_to_proto(replace: bool, change: &Change) -> pb::Commit {
+    pb::Commit {
+        replace,
+        updates: change
+            .updates
+            .iter()
+            .map(|(k, v)| pb::Leaf {
+                path: k.to_string(),
+                value: Some(v.clone()),
+            })
+            .collect(),
+        deletes: change.deletes.iter().map(|k| k.to_string()).collect(),
+    }
+}
+
+fn change_from_proto(commit: pb::Commit) -> Change {
+    Change {
+        updates: commit
+            .updates
+            .into_iter()
+            .map(|l| (Key::from(l.path), l.value.unwrap_or_default()))
+            .collect(),
+        deletes: commit.deletes.into_iter().map(Key::from).collect(),
+    }
+}
+
+fn running_to_proto(revision: u64, running: &Running) -> pb::GetRunningResponse {
+    pb::GetRunningResponse {
+        revision,
+        leaves: running
+            .iter()
+            .map(|(k, v)| pb::Leaf {
+                path: k.to_string(),
+                value: Some(v.clone()),
+            })
+            .collect(),
+    }
+}
+
+fn compress(message: &impl Message) -> Vec<u8> {
+    lz4_flex::compress_prepend_size(&message.encode_to_vec())
+}
+
+fn decompress(body: &[u8]) -> Result<Vec<u8>, String> {
+    lz4_flex::decompress_size_prepended(body).map_err(|e| e.to_string())
+}
