@@ -257,7 +257,7 @@ impl Shared {
 pub struct SyncHandle {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for SyncHandle {
@@ -296,10 +296,12 @@ impl SyncHandle {
             ingest_wake: Notify::new(),
             control: control_tx,
         });
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let stopped = futures::FutureExt::shared(async move {
-            let _ = stop_rx.await;
-        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let stop_ingest = stopped(stop_rx.clone());
+        let stop_committer = stopped(stop_rx);
         let ingest = Ingest {
             shared: shared.clone(),
             spec: spec.clone(),
@@ -314,7 +316,6 @@ impl SyncHandle {
             commit_interval: spec.sync.commit_interval,
             threshold: limits.commit_threshold,
         };
-        let stop_ingest = stopped.clone();
         let tasks = vec![
             tokio::spawn(async move {
                 tokio::select! {
@@ -325,7 +326,7 @@ impl SyncHandle {
             tokio::spawn(async move {
                 tokio::select! {
                     () = committer.run() => {}
-                    () = stopped => {}
+                    () = stop_committer => {}
                 }
             }),
         ];
@@ -347,6 +348,8 @@ impl SyncHandle {
     }
 
     /// A receiver that sees every new snapshot (for `min_revision` waits).
+    /// Clone what it yields and drop the guard at once: a guard held across an
+    /// await blocks the committer.
     pub fn watch_snapshot(&self) -> watch::Receiver<Snapshot> {
         self.shared.snapshot.subscribe()
     }
@@ -387,7 +390,7 @@ impl SyncHandle {
 
     fn signal_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
             self.shared.set_state(SyncState::Stopped, "stopped");
         }
     }
