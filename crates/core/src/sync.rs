@@ -25,12 +25,13 @@
 //! device's whole state within the subscribed paths, so the older changes are
 //! already reflected in it (or were undone on the device).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use netsync_proto::gnmi;
 use rand::Rng;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
@@ -232,7 +233,7 @@ impl Shared {
     fn set_state(&self, state: SyncState, reason: impl Into<String>) {
         let reason = reason.into();
         {
-            let mut status = self.status.lock().expect("status lock");
+            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             if status.state == state {
                 return;
             }
@@ -248,7 +249,10 @@ impl Shared {
     }
 
     fn set_error(&self, error: impl Into<String>) {
-        self.status.lock().expect("status lock").last_error = error.into();
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_error = error.into();
     }
 }
 
@@ -319,13 +323,13 @@ impl SyncHandle {
         let tasks = vec![
             tokio::spawn(async move {
                 tokio::select! {
-                    () = ingest.run() => {}
+                    () = ingest.supervised() => {}
                     () = stop_ingest => {}
                 }
             }),
             tokio::spawn(async move {
                 tokio::select! {
-                    () = committer.run() => {}
+                    () = committer.supervised() => {}
                     () = stop_committer => {}
                 }
             }),
@@ -361,8 +365,18 @@ impl SyncHandle {
 
     /// The current status.
     pub fn status(&self) -> Status {
-        let mut status = self.shared.status.lock().expect("status lock").clone();
-        status.pending = self.shared.pending.lock().expect("pending lock").len() as u64;
+        let mut status = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        status.pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len() as u64;
         status
     }
 
@@ -421,7 +435,28 @@ enum Ended {
 }
 
 impl Ingest {
-    async fn run(mut self) {
+    /// Runs the ingest; if it panics (a bug), starts it again: the new
+    /// connection's dump replaces running, so nothing it held is lost.
+    async fn supervised(mut self) {
+        loop {
+            match AssertUnwindSafe(self.run()).catch_unwind().await {
+                Ok(()) => return,
+                Err(_) => {
+                    tracing::error!(datastore = %self.shared.name, "ingest task panicked; restarting it with a resync");
+                    self.shared
+                        .set_error("internal error in the ingest; resynced");
+                    self.shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .dump = None;
+                    self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn run(&mut self) {
         let mut backoff = self.limits.backoff_min;
         let mut first = true;
         loop {
@@ -468,14 +503,22 @@ impl Ingest {
     /// Starts a new generation: its dump will replace running within the
     /// subscribed paths.
     fn begin_dump(&self) {
-        let mut pending = self.shared.pending.lock().expect("pending lock");
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         pending.dump = Some(Delta::replacing(&self.spec.sync.paths));
     }
 
     /// Closes the dump at its `sync_response`: it becomes the next commit.
     fn seal_dump(&self, initial: bool) {
         {
-            let mut pending = self.shared.pending.lock().expect("pending lock");
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let Some(dump) = pending.dump.take() else {
                 return;
             };
@@ -495,7 +538,11 @@ impl Ingest {
         let stats = &self.shared.stats;
         stats.notifications.fetch_add(1, Ordering::Relaxed);
         let counts = {
-            let mut pending = self.shared.pending.lock().expect("pending lock");
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let pending = &mut *pending;
             let (delta, is_open) = match pending.dump.as_mut() {
                 Some(dump) => (dump, false),
@@ -526,9 +573,19 @@ impl Ingest {
             let wake = self.shared.ingest_wake.notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            let full = self.shared.pending.lock().expect("pending lock").open.len()
+            let full = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .open
+                .len()
                 >= self.limits.pending_cap;
-            self.shared.status.lock().expect("status lock").backpressure = full;
+            self.shared
+                .status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .backpressure = full;
             if !full {
                 return;
             }
@@ -656,7 +713,11 @@ impl Ingest {
                 }
                 Err(ended) => {
                     // An incomplete dump is never committed.
-                    self.shared.pending.lock().expect("pending lock").dump = None;
+                    self.shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .dump = None;
                     return ended;
                 }
             }
@@ -785,7 +846,13 @@ impl Ingest {
     }
 
     fn wake_committer_if_due(&self) {
-        let due = self.shared.pending.lock().expect("pending lock").open.len()
+        let due = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open
+            .len()
             >= self.limits.commit_threshold;
         if due {
             self.shared.committer_wake.notify_one();
@@ -802,7 +869,17 @@ struct Committer {
 }
 
 impl Committer {
-    async fn run(self) {
+    /// Runs the committer; if it panics (a bug), the delta it held is gone, so
+    /// it forces a resync and starts again.
+    async fn supervised(self) {
+        loop {
+            if AssertUnwindSafe(self.run()).catch_unwind().await.is_err() {
+                self.fail("internal error in the committer".into());
+            }
+        }
+    }
+
+    async fn run(&self) {
         loop {
             let (delta, replace, initial) = self.next_delta().await;
             self.shared.ingest_wake.notify_one();
@@ -817,7 +894,11 @@ impl Committer {
             tokio::pin!(wake);
             wake.as_mut().enable();
             let deadline = {
-                let mut pending = self.shared.pending.lock().expect("pending lock");
+                let mut pending = self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if let Some(sealed) = pending.sealed.take() {
                     return (sealed.delta, true, sealed.initial);
                 }

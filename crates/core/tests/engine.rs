@@ -27,6 +27,8 @@ struct TestPersist {
     gate: Semaphore,
     /// Fail the next this-many commits.
     fail_next: Mutex<u32>,
+    /// Panic in the next this-many commits (a bug somewhere below the committer).
+    panic_next: Mutex<u32>,
     revisions: Mutex<Vec<u64>>,
 }
 
@@ -41,6 +43,7 @@ impl TestPersist {
         Arc::new(Self {
             gate: Semaphore::new(0),
             fail_next: Mutex::new(0),
+            panic_next: Mutex::new(0),
             revisions: Mutex::new(Vec::new()),
         })
     }
@@ -61,6 +64,13 @@ impl Persist for TestPersist {
                 Ok(permit) => permit.forget(),
                 Err(_closed) => {}
             }
+            let panic_now = {
+                let mut panics = self.panic_next.lock().unwrap();
+                let now = *panics > 0;
+                *panics = panics.saturating_sub(1);
+                now
+            };
+            assert!(!panic_now, "injected panic");
             {
                 let mut fail = self.fail_next.lock().unwrap();
                 if *fail > 0 {
@@ -487,6 +497,33 @@ async fn resync_replaces_running() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    drop(conn);
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_committer_is_restarted_with_a_resync() {
+    let (target, mut device) = FakeTarget::new();
+    let persist = TestPersist::open();
+    *persist.panic_next.lock().unwrap() = 1;
+    let handle = SyncHandle::start(
+        spec(SyncMode::OnChange, Duration::from_millis(5)),
+        Arc::new(target),
+        persist.clone(),
+        Snapshot::default(),
+        limits(),
+    );
+    let conn = device.accept().await;
+    send(&conn, update("/a", "1"));
+    send(&conn, sync_response());
+    let conn2 = tokio::time::timeout(DEADLINE, device.accept())
+        .await
+        .expect("a resync");
+    send(&conn2, update("/a", "1"));
+    send(&conn2, sync_response());
+    until(&handle, "recovered", |h| leaf(h, "/a").is_some()).await;
+    assert!(handle.status().last_error.is_empty() || handle.status().state == SyncState::InSync);
+    assert_eq!(handle.snapshot().revision, 1);
     drop(conn);
     handle.stop().await;
 }
