@@ -157,7 +157,7 @@ pub struct Status {
 }
 
 /// Limits of one sync; the defaults suit production.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncLimits {
     /// An open delta this large is committed without waiting for `commit_interval`.
     pub commit_threshold: usize,

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use netsync_core::sync::SyncLimits;
 use serde::Deserialize;
+
+use crate::log::Retention;
 
 /// Default API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -54,12 +57,26 @@ pub struct ServeArgs {
     /// [default: sqlite://netsync.db].
     #[arg(long, env = "NETSYNC_DB", value_name = "URL")]
     pub db: Option<String>,
-    /// TOML configuration file (keys: listen, db, log_format).
+    /// TOML configuration file (keys as the long flags, with `_`: listen, db,
+    /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log line format [default: text]; the filter comes from RUST_LOG.
     #[arg(long, env = "NETSYNC_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Commits the change log keeps at least, per datastore [default: 10000].
+    #[arg(long, env = "NETSYNC_RETAIN_COMMITS", value_name = "N")]
+    pub retain_commits: Option<u64>,
+    /// Seconds of commits the change log keeps at least [default: 3600].
+    #[arg(long, env = "NETSYNC_RETAIN_SECONDS", value_name = "SECONDS")]
+    pub retain_seconds: Option<u64>,
+    /// Uncommitted changes per datastore past which ingest pauses [default: 1000000].
+    #[arg(long, env = "NETSYNC_PENDING_CAP", value_name = "N")]
+    pub pending_cap: Option<usize>,
+    /// Events buffered per datastore for watchers; a watcher further behind is
+    /// cut off [default: 4096].
+    #[arg(long, env = "NETSYNC_WATCH_BUFFER", value_name = "N")]
+    pub watch_buffer: Option<usize>,
 }
 
 /// How log lines are written.
@@ -80,6 +97,10 @@ struct FileConfig {
     listen: Option<String>,
     db: Option<String>,
     log_format: Option<LogFormat>,
+    retain_commits: Option<u64>,
+    retain_seconds: Option<u64>,
+    pending_cap: Option<usize>,
+    watch_buffer: Option<usize>,
 }
 
 /// The resolved configuration of a netsyncd process.
@@ -93,6 +114,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long in-flight calls may run on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// What the change log keeps.
+    pub retention: Retention,
+    /// Limits of each datastore's sync.
+    pub limits: SyncLimits,
 }
 
 impl Config {
@@ -103,6 +128,8 @@ impl Config {
             db: db.into(),
             log_format: LogFormat::Text,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            retention: Retention::default(),
+            limits: SyncLimits::default(),
         }
     }
 
@@ -112,7 +139,32 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let defaults = SyncLimits::default();
+        let positive = |name: &str, value: Option<usize>| match value {
+            Some(0) => Err(ConfigError::Invalid(format!("{name} must be above zero"))),
+            other => Ok(other),
+        };
+        let limits = SyncLimits {
+            pending_cap: positive("pending_cap", args.pending_cap.or(file.pending_cap))?
+                .unwrap_or(defaults.pending_cap),
+            event_buffer: positive("watch_buffer", args.watch_buffer.or(file.watch_buffer))?
+                .unwrap_or(defaults.event_buffer),
+            ..defaults
+        };
+        let retention_default = Retention::default();
+        let retention = Retention {
+            commits: args
+                .retain_commits
+                .or(file.retain_commits)
+                .unwrap_or(retention_default.commits),
+            age: args
+                .retain_seconds
+                .or(file.retain_seconds)
+                .map_or(retention_default.age, Duration::from_secs),
+        };
         Ok(Self {
+            retention,
+            limits,
             listen: args
                 .listen
                 .or(file.listen)
@@ -135,6 +187,9 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// A setting is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
     /// The file is not valid TOML or has unknown keys.
     #[error("invalid config file {path}: {source}")]
     Parse {
@@ -199,6 +254,29 @@ mod tests {
         let defaults = Config::resolve(ServeArgs::default()).unwrap();
         assert_eq!(defaults.listen, DEFAULT_LISTEN);
         assert_eq!(defaults.db, DEFAULT_DB);
+    }
+
+    #[test]
+    fn engine_limits_come_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netsync.toml");
+        std::fs::write(&file, "pending_cap = 10\nretain_seconds = 60\n").unwrap();
+        let config = Config::resolve(ServeArgs {
+            config: Some(file.clone()),
+            watch_buffer: Some(7),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.limits.pending_cap, 10);
+        assert_eq!(config.limits.event_buffer, 7);
+        assert_eq!(config.retention.age, Duration::from_secs(60));
+        assert_eq!(config.retention.commits, 10_000);
+        let err = Config::resolve(ServeArgs {
+            pending_cap: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("pending_cap"), "{err}");
     }
 
     #[test]

@@ -14,8 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use engine::Engine;
-use log::{CommitLog, Retention};
-use netsync_core::sync::SyncLimits;
+use log::CommitLog;
 
 use netsync_proto::netsync::v1::net_sync_server::NetSyncServer;
 use tokio::net::TcpListener;
@@ -61,8 +60,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Store::open(&config.db).await?;
     let engine = Arc::new(Engine::new(
-        CommitLog::new(store.clone(), Retention::default()),
-        SyncLimits::default(),
+        CommitLog::new(store.clone(), config.retention),
+        config.limits.clone(),
     ));
     // Every stored datastore's running is loaded and served at once; its sync
     // then resumes with a resync.

@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::store::{Store, from_micros, to_micros};
 
 /// How long and how much of the change log is kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// At least this many newest commits.
     pub commits: u64,

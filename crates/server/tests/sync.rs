@@ -288,3 +288,89 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
     drop(client);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
+    let device = Device::start(&[("/a", "0")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        netsync_server::Config::with_db(format!("sqlite://{}", dir.path().join("n.db").display()));
+    config.limits.event_buffer = 8;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(create(datastore("r1", &device)))
+        .await
+        .unwrap();
+    running(&mut client, "r1", 1).await;
+
+    // A watcher that does not read while hundreds of commits go by.
+    let mut slow = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Large values fill the HTTP/2 windows (2 MiB per stream on the client)
+    // quickly, so the backlog reaches the server's buffers after ~100 commits.
+    let filler = "x".repeat(64 * 1024);
+    let mut last_revision = 1;
+    for i in 0..150 {
+        device.set("/a", &format!("{i}{filler}"));
+        last_revision = converge(&mut client, "r1", &device).await;
+    }
+    assert!(last_revision > 8 + 64, "only {last_revision} revisions");
+    // The sync went on regardless: running is current.
+    assert_eq!(running(&mut client, "r1", 0).await.1, device.leaves());
+
+    let mut received = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(DEADLINE, slow.next()).await.unwrap() {
+            Some(Ok(event)) => {
+                if let Some(pb::sync_event::Event::Commit(_)) = event.event {
+                    received.push(event.revision);
+                }
+            }
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without an error"),
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let resume: u64 = status
+        .message()
+        .split("from_revision=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("the message names from_revision=N");
+    assert_eq!(
+        resume,
+        received.last().map_or(2, |r| r + 1),
+        "N is the first revision not received"
+    );
+
+    let mut resumed = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: resume,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = resume;
+    while next <= last_revision {
+        let event = tokio::time::timeout(DEADLINE, resumed.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(pb::sync_event::Event::Commit(_)) = event.event {
+            assert_eq!(event.revision, next, "no gap, no duplicate");
+            next += 1;
+        }
+    }
+    drop((slow, resumed, client));
+    server.stop().await;
+}

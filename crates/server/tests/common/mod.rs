@@ -28,9 +28,13 @@ pub struct TestServer {
 impl TestServer {
     /// Starts netsyncd on 127.0.0.1:0 with the SQLite file `db`.
     pub async fn start(db: &Path) -> Self {
+        Self::start_with(Config::with_db(format!("sqlite://{}", db.display()))).await
+    }
+
+    /// Starts netsyncd on 127.0.0.1:0 with `config` (its `listen` is ignored).
+    pub async fn start_with(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = Config::with_db(format!("sqlite://{}", db.display()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             netsync_server::serve(&config, listener, async {
