@@ -7,6 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use common::device::Device;
 use common::process::Netsyncd;
 use common::{create, datastore};
 use netsync_proto::netsync::v1 as pb;
@@ -153,5 +154,161 @@ fn grpcurl_walkthrough() {
     let listed = stdout(&g(&[&addr, "netsync.v1.NetSync/ListDatastores"]));
     assert!(listed.contains("\"name\": \"r1\""), "{listed}");
     assert!(!listed.contains("TOP-SECRET"), "{listed}");
+    assert!(daemon.terminate().success());
+}
+
+/// One commit as a watcher saw it: (revision, replace, updates, deletes).
+type SeenCommit = (u64, bool, Vec<(String, String)>, Vec<String>);
+
+fn seen(event: pb::SyncEvent) -> Option<SeenCommit> {
+    let Some(pb::sync_event::Event::Commit(commit)) = event.event else {
+        return None;
+    };
+    let updates = commit
+        .updates
+        .into_iter()
+        .map(|l| (l.path, format!("{:?}", l.value)))
+        .collect();
+    Some((event.revision, commit.replace, updates, commit.deletes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() {
+    use tokio_stream::StreamExt;
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+    let device = Device::start(&[("/system/hostname", "r1")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("netsync.db");
+    let daemon = Netsyncd::start(&db);
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    let ds = pb::Datastore {
+        name: "r1".into(),
+        target: Some(pb::Target {
+            address: device.addr.to_string(),
+            encoding: pb::Encoding::Proto as i32,
+            ..Default::default()
+        }),
+        sync: Some(pb::SyncConfig {
+            commit_interval: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 5_000_000,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    client.create_datastore(create(ds)).await.unwrap();
+    let mut watch = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A burst the device keeps sending while netsyncd is killed.
+    let burst_device = device.clone();
+    let burst = tokio::spawn(async move {
+        // Paced (10 changes a millisecond) so that the kill lands in the middle.
+        let mut pace = tokio::time::interval(std::time::Duration::from_millis(1));
+        for i in 0..3000 {
+            burst_device.set(
+                &format!("/interfaces/interface[name=eth{}]/counter", i % 300),
+                &i.to_string(),
+            );
+            if i % 10 == 0 {
+                pace.tick().await;
+            }
+        }
+    });
+    let mut before: Vec<SeenCommit> = Vec::new();
+    while before.len() < 5 {
+        let event = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        before.extend(seen(event));
+    }
+    daemon.kill_hard();
+    assert!(!burst.is_finished(), "the kill landed after the burst");
+    drop(watch);
+    drop(client);
+    burst.await.unwrap();
+
+    let daemon = Netsyncd::start(&db);
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    // Converges to the device.
+    let expected = device.leaves();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut revision;
+    loop {
+        let mut stream = client
+            .get_running(pb::GetRunningRequest {
+                datastore: "r1".into(),
+                path: String::new(),
+                min_revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut leaves = std::collections::BTreeMap::new();
+        revision = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.unwrap();
+            revision = batch.revision;
+            for leaf in batch.leaves {
+                let Some(netsync_proto::gnmi::typed_value::Value::StringVal(v)) =
+                    leaf.value.and_then(|v| v.value)
+                else {
+                    panic!("not a string")
+                };
+                leaves.insert(leaf.path, v);
+            }
+        }
+        if leaves == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "running did not converge after kill -9"
+        );
+        let mut wait = tonic::Request::new(pb::GetRunningRequest {
+            datastore: "r1".into(),
+            path: String::new(),
+            min_revision: revision + 1,
+        });
+        wait.set_timeout(std::time::Duration::from_secs(2));
+        let _ = client.get_running(wait).await;
+    }
+    // Every revision a watcher saw before the kill means the same after it.
+    let mut replay = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut after: Vec<SeenCommit> = Vec::new();
+    while after.last().is_none_or(|c| c.0 < revision) {
+        let event = tokio::time::timeout(DEADLINE, replay.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        after.extend(seen(event));
+    }
+    for (i, commit) in after.iter().enumerate() {
+        assert_eq!(commit.0, i as u64 + 1, "consecutive revisions");
+    }
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "a revision was reused with other content"
+    );
+    drop((replay, client));
     assert!(daemon.terminate().success());
 }
