@@ -21,6 +21,14 @@ pub mod netsync {
     pub mod v1 {
         tonic::include_proto!("netsync.v1");
     }
+
+    /// Run-time control of netsync-sim, the gNMI device simulator.
+    pub mod sim {
+        /// Version 1 of the simulator control API.
+        pub mod v1 {
+            tonic::include_proto!("netsync.sim.v1");
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every file under `proto/` (and the well-known
