@@ -5,6 +5,7 @@
 
 pub mod device;
 pub mod process;
+pub mod sim;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,534 @@
+//! The engine end to end against netsync-sim, a real gNMI device over
+//! loopback: the seed failure, the sync-response barrier with delayed
+//! delivery, reconnect with pruning, every sync mode, JSON flattening with
+//! list keys, and churn with injected faults.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::sim::{Sim, generated, string};
+use common::{TestServer, create};
+use netsync_proto::gnmi;
+use netsync_proto::netsync::sim::v1 as simpb;
+use netsync_proto::netsync::v1 as pb;
+use pb::net_sync_client::NetSyncClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn millis(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn datastore(name: &str, sim: &Sim, mode: pb::SyncMode, commit_ms: u64) -> pb::Datastore {
+    pb::Datastore {
+        name: name.into(),
+        target: Some(pb::Target {
+            address: sim.addr.to_string(),
+            encoding: pb::Encoding::Proto as i32,
+            ..Default::default()
+        }),
+        sync: Some(pb::SyncConfig {
+            mode: mode as i32,
+            interval: Some(millis(300)),
+            commit_interval: Some(millis(commit_ms)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Running at `min_revision` or later, as path -> value.
+async fn running(
+    client: &mut NetSyncClient<Channel>,
+    name: &str,
+    min_revision: u64,
+    timeout: Duration,
+) -> Result<(u64, BTreeMap<String, gnmi::TypedValue>), tonic::Status> {
+    let mut request = tonic::Request::new(pb::GetRunningRequest {
+        datastore: name.into(),
+        path: String::new(),
+        min_revision,
+    });
+    request.set_timeout(timeout);
+    let mut stream = client.get_running(request).await?.into_inner();
+    let mut leaves = BTreeMap::new();
+    let mut revision = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        revision = batch.revision;
+        for leaf in batch.leaves {
+            leaves.insert(leaf.path, leaf.value.unwrap_or_default());
+        }
+    }
+    Ok((revision, leaves))
+}
+
+/// Waits until `check` holds for running, re-reading at each new revision.
+async fn until_running(
+    client: &mut NetSyncClient<Channel>,
+    name: &str,
+    what: &str,
+    mut check: impl FnMut(&BTreeMap<String, gnmi::TypedValue>) -> bool,
+) -> u64 {
+    let deadline = Instant::now() + DEADLINE;
+    let mut revision = 0;
+    loop {
+        if let Ok((r, leaves)) = running(client, name, revision, Duration::from_secs(2)).await {
+            if check(&leaves) {
+                return r;
+            }
+            revision = r + 1;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    }
+}
+
+/// Waits until running equals the device.
+async fn converge(client: &mut NetSyncClient<Channel>, name: &str, sim: &Sim) -> u64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let device = sim.leaves().await;
+        let revision = until_running(client, name, "running to equal the device", |r| {
+            *r == device
+        })
+        .await;
+        // The device may have moved on meanwhile (churn): check again.
+        if sim.leaves().await == running(client, name, revision, DEADLINE).await.unwrap().1 {
+            return revision;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "running never settled on the device"
+        );
+    }
+}
+
+async fn status(client: &mut NetSyncClient<Channel>, name: &str) -> pb::DatastoreStatus {
+    client
+        .get_datastore(pb::GetDatastoreRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+async fn start() -> (tempfile::TempDir, TestServer, NetSyncClient<Channel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let client = server.client().await;
+    (dir, server, client)
+}
+
+/// The seed failure: a user entry whose mandatory password arrives in a burst
+/// right after `sync_response`, while a watcher holds up everything it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_failure_loses_nothing() {
+    let sim = Sim::start(generated(300)).await;
+    let user = "/system/aaa/authentication/users/user[username=ops]";
+    sim.set_leaves(
+        vec![
+            (format!("{user}/username"), string("ops")),
+            (format!("{user}/config/username"), string("ops")),
+        ],
+        vec![],
+    )
+    .await;
+    let (_dir, server, mut client) = start().await;
+    let commit_interval = Duration::from_millis(500);
+    client
+        .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 500)))
+        .await
+        .unwrap();
+    let mut events = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // A watcher that never reads: whatever would wait on it is held forever.
+    let _stalled = server
+        .client()
+        .await
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap();
+    // The first commit: the user without its password.
+    let first = loop {
+        let event = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(pb::sync_event::Event::Commit(c)) = event.event {
+            break c;
+        }
+    };
+    assert!(first.replace);
+    assert!(
+        first
+            .updates
+            .iter()
+            .any(|l| l.path == format!("{user}/username"))
+    );
+    assert!(!first.updates.iter().any(|l| l.path.ends_with("/password")));
+
+    // At once, a burst of 500 changes, the password among them.
+    let mut burst: Vec<(String, gnmi::TypedValue)> = (0..499)
+        .map(|i| {
+            (
+                format!("/system/burst/leaf-{i:03}"),
+                string(&format!("v{i}")),
+            )
+        })
+        .collect();
+    burst.insert(
+        250,
+        (format!("{user}/config/password"), string("$6$mandatory")),
+    );
+    let sent = Instant::now();
+    sim.set_leaves(burst.clone(), vec![]).await;
+    until_running(&mut client, "r1", "the whole burst", |r| {
+        burst.iter().all(|(path, value)| r.get(path) == Some(value))
+    })
+    .await;
+    let took = sent.elapsed();
+    assert!(
+        took < commit_interval + Duration::from_secs(2),
+        "the burst took {took:?} to reach running"
+    );
+    converge(&mut client, "r1", &sim).await;
+    let st = status(&mut client, "r1").await;
+    assert_eq!(st.stats.unwrap().dropped, 0);
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}
+
+/// The first commit of a connection holds exactly what preceded
+/// `sync_response`, however slowly the dump was delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_barrier_holds_with_delayed_delivery() {
+    let mut config = generated(2000);
+    config.notification_batch = 7;
+    let sim = Sim::start(config).await;
+    let device = sim.leaves().await;
+    // Every Subscribe stream sends nothing for a while: the dump is delayed.
+    sim.control()
+        .await
+        .set_faults(simpb::SetFaultsRequest {
+            faults: Some(simpb::Faults {
+                subscribe_stall: Some(millis(1500)),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let (_dir, server, mut client) = start().await;
+    client
+        .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 20)))
+        .await
+        .unwrap();
+    let mut events = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (revision, first) = loop {
+        let event = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(pb::sync_event::Event::Commit(c)) = event.event {
+            break (event.revision, c);
+        }
+    };
+    assert_eq!(revision, 1);
+    assert!(first.replace);
+    let committed: BTreeMap<String, gnmi::TypedValue> = first
+        .updates
+        .into_iter()
+        .map(|l| (l.path, l.value.unwrap()))
+        .collect();
+    assert_eq!(
+        committed.len(),
+        device.len(),
+        "no more and no less than the dump"
+    );
+    assert_eq!(committed, device);
+    let (_, at_one) = running(&mut client, "r1", 1, DEADLINE).await.unwrap();
+    assert_eq!(at_one.len(), device.len());
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}
+
+/// Leaves removed, changed and added while the device was "offline" are
+/// pruned, changed and added by the replace commit of the reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_prunes_and_converges() {
+    let sim = Sim::start(generated(1000)).await;
+    let (_dir, server, mut client) = start().await;
+    client
+        .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 20)))
+        .await
+        .unwrap();
+    let before = converge(&mut client, "r1", &sim).await;
+    let mut events = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: before + 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    sim.control()
+        .await
+        .restart(simpb::RestartRequest {
+            remove: 40,
+            change: 30,
+            add: 20,
+            seed: 3,
+            stay_offline: false,
+        })
+        .await
+        .unwrap();
+    let replace = loop {
+        let event = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(pb::sync_event::Event::Commit(c)) = event.event {
+            break c;
+        }
+    };
+    assert!(replace.replace);
+    assert!(
+        replace.deletes.len() >= 40,
+        "pruned {}",
+        replace.deletes.len()
+    );
+    converge(&mut client, "r1", &sim).await;
+    let st = status(&mut client, "r1").await;
+    assert_eq!(st.state, pb::SyncState::InSync as i32);
+    assert!(st.stats.unwrap().reconnects >= 1);
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}
+
+/// Every sync mode converges to the device, initially and after a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_converges() {
+    let sim = Sim::start(generated(500)).await;
+    let (_dir, server, mut client) = start().await;
+    let modes = [
+        ("on-change", pb::SyncMode::OnChange),
+        ("sample", pb::SyncMode::Sample),
+        ("once", pb::SyncMode::Once),
+        ("poll", pb::SyncMode::Poll),
+        ("get", pb::SyncMode::Get),
+    ];
+    for (name, mode) in modes {
+        client
+            .create_datastore(create(datastore(name, &sim, mode, 50)))
+            .await
+            .unwrap();
+    }
+    for (name, _) in modes {
+        converge(&mut client, name, &sim).await;
+    }
+    let some_leaf = sim.leaves().await.into_keys().nth(10).unwrap();
+    sim.set_leaves(
+        vec![("/system/mode-test".into(), string("x"))],
+        vec![some_leaf.clone()],
+    )
+    .await;
+    // SAMPLE only updates: a leaf that stops being sampled stays until the
+    // next resync, which prunes it.
+    until_running(&mut client, "sample", "the new sampled leaf", |r| {
+        r.contains_key("/system/mode-test")
+    })
+    .await;
+    assert!(
+        running(&mut client, "sample", 0, DEADLINE)
+            .await
+            .unwrap()
+            .1
+            .contains_key(&some_leaf)
+    );
+    client
+        .resync(pb::ResyncRequest {
+            name: "sample".into(),
+        })
+        .await
+        .unwrap();
+    for (name, _) in modes {
+        converge(&mut client, name, &sim).await;
+        let st = status(&mut client, name).await;
+        assert_eq!(st.state, pb::SyncState::InSync as i32, "{name}");
+    }
+    server.stop().await;
+    sim.stop().await;
+}
+
+/// JSON_IETF documents are flattened into the same leaves a PROTO sync has,
+/// with list entries keyed by `list_keys` and key leaves of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_ietf_documents_flatten_into_leaves() {
+    let sim = Sim::start(generated(800)).await;
+    let device = sim.leaves().await;
+    // The device's lists and their keys, as an operator would configure them.
+    let mut list_keys = BTreeSet::new();
+    for path in device.keys() {
+        let parsed = netsync_core::Path::parse(path).unwrap();
+        let mut names = String::new();
+        for elem in parsed.elems() {
+            names.push('/');
+            names.push_str(elem.name());
+            if !elem.keys().is_empty() {
+                let keys: String = elem.keys().keys().map(|k| format!("[{k}]")).collect();
+                list_keys.insert(format!("{names}{keys}"));
+            }
+        }
+    }
+    let (_dir, server, mut client) = start().await;
+    let mut ds = datastore("json", &sim, pb::SyncMode::Get, 20);
+    ds.target.as_mut().unwrap().encoding = pb::Encoding::JsonIetf as i32;
+    ds.sync.as_mut().unwrap().list_keys = list_keys.into_iter().collect();
+    client.create_datastore(create(ds)).await.unwrap();
+    let expected: BTreeSet<String> = device.keys().cloned().collect();
+    until_running(&mut client, "json", "flattened leaves", |r| {
+        r.keys().cloned().collect::<BTreeSet<_>>() == expected
+    })
+    .await;
+    let (_, leaves) = running(&mut client, "json", 0, DEADLINE).await.unwrap();
+    // Values keep their JSON_IETF type; a string leaf holds its JSON text.
+    let (path, value) = device
+        .iter()
+        .find(|(_, v)| matches!(v.value, Some(gnmi::typed_value::Value::StringVal(_))))
+        .unwrap();
+    let Some(gnmi::typed_value::Value::StringVal(text)) = &value.value else {
+        unreachable!()
+    };
+    assert_eq!(
+        leaves[path].value,
+        Some(gnmi::typed_value::Value::JsonIetfVal(
+            serde_json::to_vec(text).unwrap()
+        ))
+    );
+    server.stop().await;
+    sim.stop().await;
+}
+
+/// Churn with faults injected along the way: streams dropped mid-dump and
+/// after N messages, a stalled stream, a restart with changed state. Running
+/// converges to the device every time, and nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_under_churn_and_faults() {
+    let sim = Sim::start(generated(2000)).await;
+    let (_dir, server, mut client) = start().await;
+    client
+        .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 50)))
+        .await
+        .unwrap();
+    converge(&mut client, "r1", &sim).await;
+    let mut control = sim.control().await;
+    let faults = [
+        simpb::Faults {
+            disconnect_after_messages: 5,
+            ..Default::default()
+        },
+        simpb::Faults {
+            drop_dump_after_updates: 500,
+            ..Default::default()
+        },
+        simpb::Faults {
+            subscribe_stall: Some(millis(500)),
+            ..Default::default()
+        },
+    ];
+    for (i, fault) in faults.into_iter().enumerate() {
+        control
+            .start_churn(simpb::StartChurnRequest {
+                rate: 2000.0,
+                delete_share: 0.2,
+                seed: i as u64,
+            })
+            .await
+            .unwrap();
+        control
+            .set_faults(simpb::SetFaultsRequest {
+                faults: Some(fault),
+            })
+            .await
+            .unwrap();
+        // Let the fault bite: the engine sees the stream end and reconnects.
+        let mut events = client
+            .watch_sync(pb::WatchSyncRequest {
+                datastore: "r1".into(),
+                from_revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        control
+            .disconnect(simpb::DisconnectRequest { after_messages: 0 })
+            .await
+            .unwrap();
+        loop {
+            let event = tokio::time::timeout(DEADLINE, events.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Some(pb::sync_event::Event::StateChanged(change)) = event.event
+                && change.state == pb::SyncState::Disconnected as i32
+            {
+                break;
+            }
+        }
+        drop(events);
+        control
+            .clear_faults(simpb::ClearFaultsRequest {})
+            .await
+            .unwrap();
+        control
+            .stop_churn(simpb::StopChurnRequest {})
+            .await
+            .unwrap();
+        converge(&mut client, "r1", &sim).await;
+    }
+    control
+        .restart(simpb::RestartRequest {
+            remove: 100,
+            change: 100,
+            add: 100,
+            seed: 9,
+            stay_offline: false,
+        })
+        .await
+        .unwrap();
+    converge(&mut client, "r1", &sim).await;
+    let st = status(&mut client, "r1").await;
+    assert_eq!(st.stats.unwrap().dropped, 0);
+    server.stop().await;
+    sim.stop().await;
+}
