@@ -532,3 +532,64 @@ async fn converges_under_churn_and_faults() {
     server.stop().await;
     sim.stop().await;
 }
+
+/// TLS towards the device: its CA and the name to verify; a wrong CA fails
+/// with a clear last_error and the sync keeps retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_device() {
+    let device_cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let mut config = generated(300);
+    config.tls = Some(netsync_sim::TlsIdentity {
+        cert_pem: device_cert.cert.pem().into_bytes(),
+        key_pem: device_cert.signing_key.serialize_pem().into_bytes(),
+    });
+    let sim = Sim::start(config).await;
+    let (_dir, server, mut client) = start().await;
+    let with_ca = |name: &str, ca: String| {
+        let mut ds = datastore(name, &sim, pb::SyncMode::OnChange, 20);
+        ds.target.as_mut().unwrap().tls = Some(pb::TlsConfig {
+            ca_pem: ca,
+            server_name: "localhost".into(),
+            ..Default::default()
+        });
+        ds
+    };
+    client
+        .create_datastore(create(with_ca("good", device_cert.cert.pem())))
+        .await
+        .unwrap();
+    client
+        .create_datastore(create(with_ca("wrong-ca", other_ca.cert.pem())))
+        .await
+        .unwrap();
+    let revision = until_running(&mut client, "good", "a TLS sync", |r| r.len() == 300).await;
+    assert!(revision >= 1);
+    let deadline = Instant::now() + DEADLINE;
+    let mut events = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "wrong-ca".into(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let st = status(&mut client, "wrong-ca").await;
+        if st.state == pb::SyncState::Disconnected as i32 && !st.last_error.is_empty() {
+            // e.g. "subscribe: Unavailable: invalid peer certificate: BadSignature"
+            assert!(st.last_error.contains("certificate"), "{}", st.last_error);
+            assert_eq!(st.revision, 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clear error for a wrong CA: {st:?}"
+        );
+        // The next state change is the event to wait for.
+        let _ = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+    }
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}

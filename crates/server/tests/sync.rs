@@ -374,3 +374,70 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
     drop((slow, resumed, client));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_revisions_are_out_of_range() {
+    let device = Device::start(&[("/a", "0")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        netsync_server::Config::with_db(format!("sqlite://{}", dir.path().join("n.db").display()));
+    config.retention = netsync_server::log::Retention {
+        commits: 2,
+        age: Duration::ZERO,
+    };
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(create(datastore("r1", &device)))
+        .await
+        .unwrap();
+    running(&mut client, "r1", 1).await;
+    // Enough changed leaves over a few commits that a snapshot is due, which
+    // is when the log is compacted.
+    for round in 0..6 {
+        for i in 0..400 {
+            device.set(&format!("/bulk/l{i}"), &round.to_string());
+        }
+        converge(&mut client, "r1", &device).await;
+    }
+    let err = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("GetRunning"), "{}", err.message());
+
+    // What is kept still replays, and a restart still loads running exactly.
+    let (revision, leaves) = running(&mut client, "r1", 0).await;
+    let mut watch = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: revision,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let event = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(pb::sync_event::Event::Commit(_)) = event.event {
+            assert_eq!(event.revision, revision);
+            break;
+        }
+    }
+    drop((watch, client));
+    server.stop().await;
+    let server = TestServer::start(&dir.path().join("n.db")).await;
+    let mut client = server.client().await;
+    let (after, reloaded) = running(&mut client, "r1", 0).await;
+    assert!(after >= revision);
+    assert_eq!(reloaded, leaves);
+    drop(client);
+    server.stop().await;
+}

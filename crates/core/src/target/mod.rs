@@ -10,9 +10,9 @@ use futures::{Stream, StreamExt};
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::g_nmi_client::GNmiClient;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::datastore::TargetSpec;
+use crate::datastore::{TargetSpec, TlsSpec};
 
 pub mod fake;
 
@@ -92,6 +92,29 @@ fn convert_response(
     r.map_err(TargetError::from)
 }
 
+/// The client TLS settings for a device: its CA (else the webpki roots), an
+/// optional client identity for mutual TLS, and the name to verify.
+fn tls_config(tls: &TlsSpec) -> Result<ClientTlsConfig, TargetError> {
+    if tls.insecure_skip_verify {
+        return Err(TargetError::new(
+            tonic::Code::Unimplemented,
+            "tls.insecure_skip_verify is not supported by this build yet; give the device's CA in tls.ca_pem",
+        ));
+    }
+    let mut config = if tls.ca_pem.is_empty() {
+        ClientTlsConfig::new().with_webpki_roots()
+    } else {
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem))
+    };
+    if !tls.cert_pem.is_empty() {
+        config = config.identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.expose()));
+    }
+    if !tls.server_name.is_empty() {
+        config = config.domain_name(tls.server_name.clone());
+    }
+    Ok(config)
+}
+
 /// How long connecting to a device may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -116,13 +139,8 @@ impl GnmiTarget {
     /// A target for `spec`. Connects on first use; never fails for an
     /// unreachable device (the calls do).
     pub fn new(spec: &TargetSpec) -> Result<Self, TargetError> {
-        if spec.tls.is_some() {
-            return Err(TargetError::new(
-                tonic::Code::Unimplemented,
-                "TLS towards devices is not supported by this build yet",
-            ));
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{}", spec.address))
+        let scheme = if spec.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", spec.address))
             .map_err(|e| {
                 TargetError::new(
                     tonic::Code::InvalidArgument,
@@ -133,6 +151,11 @@ impl GnmiTarget {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
+        if let Some(tls) = &spec.tls {
+            endpoint = endpoint.tls_config(tls_config(tls)?).map_err(|e| {
+                TargetError::new(tonic::Code::InvalidArgument, format!("TLS settings: {e}"))
+            })?;
+        }
         let client = GNmiClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
