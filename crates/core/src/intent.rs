@@ -29,6 +29,8 @@ pub struct Intent {
     pub deletes: Vec<Subtree>,
     /// Applied once; later drift is reported, not reverted.
     pub non_revertive: bool,
+    /// Revision of running when the intent was last written.
+    pub revision: u64,
 }
 
 /// A leaf where running differs from the winning intent.
@@ -293,6 +295,7 @@ mod tests {
                 .map(|p| Subtree::new(&Path::parse(p).unwrap()))
                 .collect(),
             non_revertive: false,
+            revision: 0,
         }
     }
 

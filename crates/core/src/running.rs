@@ -36,6 +36,9 @@ pub struct Subtree {
     /// Whether the root's last element has no keys, so that list entries below
     /// it (`root[k=v]...`) belong to the subtree too.
     lists_below: bool,
+    /// Whether this is the root (`/`: every leaf of every origin; `oc:/`:
+    /// every leaf of that origin).
+    root: bool,
 }
 
 impl Subtree {
@@ -44,6 +47,7 @@ impl Subtree {
         Self {
             path: path.to_string().into(),
             lists_below: path.elems().last().is_some_and(|e| e.keys().is_empty()),
+            root: path.is_root(),
         }
     }
 
@@ -67,13 +71,14 @@ impl Subtree {
     /// root itself, the others are prefixes.
     fn prefixes(&self) -> impl Iterator<Item = (String, bool)> + '_ {
         let root = &*self.path;
-        // The root of everything (optionally within an origin) ends with '/'.
-        let (exact, below): (Option<String>, String) = if root.ends_with('/') {
-            (None, root.to_string())
-        } else {
-            (Some(root.to_string()), format!("{root}/"))
+        let (exact, below): (Option<String>, String) = match (self.root, root) {
+            // The root without an origin covers every origin: a device may
+            // answer a subscription to `/` with origin-qualified paths.
+            (true, "/") => (None, String::new()),
+            (true, _) => (None, root.to_string()),
+            (false, _) => (Some(root.to_string()), format!("{root}/")),
         };
-        let lists = (self.lists_below && !root.ends_with('/')).then(|| format!("{root}["));
+        let lists = (self.lists_below && !self.root).then(|| format!("{root}["));
         exact
             .map(|e| (e, true))
             .into_iter()
@@ -321,6 +326,20 @@ mod tests {
         assert!(!keyed.contains("/interfaces/interface[name=eth0][x=1]/mtu"));
         let root = subtree("/");
         assert!(root.contains("/anything/at/all"));
+        assert!(
+            root.contains("openconfig:/interfaces/x"),
+            "the root covers every origin"
+        );
+        let oc = subtree("oc:/");
+        assert!(oc.contains("oc:/a"));
+        assert!(!oc.contains("/a"));
+        // A name ending in an escaped '/' is not a root.
+        let odd = subtree("/a\\/");
+        assert!(odd.contains("/a\\/"));
+        assert!(
+            !odd.contains("/a\\/x"),
+            "a sibling named a/x is not below a/"
+        );
     }
 
     #[test]

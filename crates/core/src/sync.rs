@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
+use crate::intent::{Deviation, Intended, Intent};
 use crate::notification::Decoder;
 use crate::running::{Change, Delta, Running};
 use crate::target::Target;
@@ -196,8 +197,11 @@ struct Pending {
 struct Sealed {
     delta: Delta,
     /// The first dump of a connection: committed even when it changes nothing,
-    /// and marks the sync IN_SYNC once durable.
+    /// and marks the sync IN_SYNC once durable (if its connection is still the
+    /// current one).
     initial: bool,
+    /// The connection it came from.
+    generation: u64,
 }
 
 impl Pending {
@@ -227,6 +231,15 @@ struct Shared {
     /// Wakes the ingest: the committer took the open delta (backpressure).
     ingest_wake: Notify,
     control: mpsc::Sender<Control>,
+    /// The datastore's intents and deviations; also locked while a commit is
+    /// published, so that both change together.
+    intended: Mutex<Intended>,
+    /// The current connection; each (re)connection takes the next number.
+    generation: AtomicU64,
+    /// The revision of the last commit event sent. Held while an event is
+    /// sent, so events leave in revision order and state changes carry the
+    /// revision of the last commit event before them.
+    last_event: Mutex<u64>,
 }
 
 impl Shared {
@@ -240,9 +253,12 @@ impl Shared {
             status.state = state;
         }
         tracing::info!(datastore = %self.name, ?state, %reason, "sync state");
-        let revision = self.snapshot.borrow().revision;
+        let last_event = self
+            .last_event
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let _ = self.events.send(Arc::new(Event {
-            revision,
+            revision: *last_event,
             time: SystemTime::now(),
             kind: EventKind::StateChanged { state, reason },
         }));
@@ -260,8 +276,8 @@ impl Shared {
 /// wait for the tasks to end).
 pub struct SyncHandle {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
-    stop: Option<watch::Sender<bool>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stop: Mutex<Option<watch::Sender<bool>>>,
 }
 
 impl std::fmt::Debug for SyncHandle {
@@ -283,6 +299,8 @@ impl SyncHandle {
         limits: SyncLimits,
     ) -> Self {
         let (control_tx, control_rx) = mpsc::channel(16);
+        let initial_revision = initial.revision;
+        let durable = Mutex::new(initial.clone());
         let (events, _) = broadcast::channel(limits.event_buffer.max(1));
         let shared = Arc::new(Shared {
             name: spec.name.clone(),
@@ -295,6 +313,9 @@ impl SyncHandle {
             }),
             stats: Stats::default(),
             snapshot: watch::Sender::new(initial),
+            intended: Mutex::new(Intended::new()),
+            generation: AtomicU64::new(0),
+            last_event: Mutex::new(initial_revision),
             events,
             committer_wake: Notify::new(),
             ingest_wake: Notify::new(),
@@ -319,6 +340,7 @@ impl SyncHandle {
             persist,
             commit_interval: spec.sync.commit_interval,
             threshold: limits.commit_threshold,
+            durable,
         };
         let tasks = vec![
             tokio::spawn(async move {
@@ -336,8 +358,8 @@ impl SyncHandle {
         ];
         Self {
             shared,
-            tasks,
-            stop: Some(stop_tx),
+            tasks: Mutex::new(tasks),
+            stop: Mutex::new(Some(stop_tx)),
         }
     }
 
@@ -385,6 +407,61 @@ impl SyncHandle {
         &self.shared.stats
     }
 
+    /// Adds or replaces an intent; returns the revision its deviations were
+    /// computed at.
+    pub fn set_intent(&self, intent: Intent) -> u64 {
+        let mut intended = self
+            .shared
+            .intended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let snapshot = self.snapshot();
+        intended.set(intent, &snapshot.running);
+        snapshot.revision
+    }
+
+    /// Removes an intent; returns it if it existed.
+    pub fn remove_intent(&self, name: &str) -> Option<Intent> {
+        let mut intended = self
+            .shared
+            .intended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let snapshot = self.snapshot();
+        intended.remove(name, &snapshot.running)
+    }
+
+    /// One intent.
+    pub fn intent(&self, name: &str) -> Option<Intent> {
+        self.shared
+            .intended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Every intent, sorted by name.
+    pub fn intents(&self) -> Vec<Intent> {
+        let intended = self
+            .shared
+            .intended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        intended.intents().cloned().collect()
+    }
+
+    /// The deviations, with the revision of running they describe.
+    pub fn deviations(&self) -> (u64, Vec<Deviation>) {
+        let intended = self
+            .shared
+            .intended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let revision = self.shared.snapshot.borrow().revision;
+        (revision, intended.deviations().cloned().collect())
+    }
+
     /// Forces a full resync: the stream is reopened and its dump replaces running.
     pub fn resync(&self) {
         // A full queue means a resync is already on its way.
@@ -395,15 +472,34 @@ impl SyncHandle {
     }
 
     /// Stops the sync and waits for its tasks to end.
-    pub async fn stop(mut self) {
+    /// Works through a shared reference, so that whoever else holds the handle
+    /// (a reader waiting for a revision) cannot keep a deleted datastore syncing.
+    pub async fn stop(&self) {
         self.signal_stop();
-        for task in self.tasks.drain(..) {
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for task in tasks {
             let _ = task.await;
         }
+        // A task that was mid-way may have set another state meanwhile.
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state = SyncState::Stopped;
     }
 
-    fn signal_stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+    fn signal_stop(&self) {
+        if let Some(stop) = self
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             let _ = stop.send(true);
             self.shared.set_state(SyncState::Stopped, "stopped");
         }
@@ -451,6 +547,8 @@ impl Ingest {
                         .unwrap_or_else(PoisonError::into_inner)
                         .dump = None;
                     self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    // A bug that panics every time must not spin against the device.
+                    tokio::time::sleep(self.limits.backoff_max.min(Duration::from_secs(1))).await;
                 }
             }
         }
@@ -464,12 +562,19 @@ impl Ingest {
                 self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             first = false;
+            self.shared.generation.fetch_add(1, Ordering::SeqCst);
             self.shared.set_state(SyncState::Connecting, "connecting");
             let reached_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let ended = match self.spec.sync.mode {
                 SyncMode::OnChange | SyncMode::Sample => self.stream(&reached_sync).await,
                 SyncMode::Once | SyncMode::Poll | SyncMode::Get => self.cycles(&reached_sync).await,
             };
+            // A dump cut short is incomplete: it is never committed.
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .dump = None;
             let delay = match ended {
                 Ended::Resync(reason) => {
                     self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -526,6 +631,7 @@ impl Ingest {
                 delta: dump,
                 // An unconsumed initial seal stays initial when superseded.
                 initial: initial || pending.sealed.as_ref().is_some_and(|s| s.initial),
+                generation: self.shared.generation.load(Ordering::SeqCst),
             });
             pending.open = Delta::new();
             pending.open_since = None;
@@ -866,6 +972,10 @@ struct Committer {
     persist: Arc<dyn Persist>,
     commit_interval: Duration,
     threshold: usize,
+    /// Running at the last durable revision: the base of the next commit.
+    /// Updated as soon as a commit is durable, before it is published, so a
+    /// failure in between can never make a revision number be used twice.
+    durable: Mutex<Snapshot>,
 }
 
 impl Committer {
@@ -875,20 +985,23 @@ impl Committer {
         loop {
             if AssertUnwindSafe(self.run()).catch_unwind().await.is_err() {
                 self.fail("internal error in the committer".into());
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 
     async fn run(&self) {
         loop {
-            let (delta, replace, initial) = self.next_delta().await;
+            let (delta, replace, initial, generation) = self.next_delta().await;
             self.shared.ingest_wake.notify_one();
-            self.commit(delta, replace, initial).await;
+            self.commit(delta, replace, initial, generation).await;
         }
     }
 
     /// Waits until a commit is due and takes its delta (an O(1) swap).
-    async fn next_delta(&self) -> (Delta, bool, bool) {
+    /// Returns the delta, whether it is a replace, whether it is a
+    /// connection's initial dump, and the connection it came from.
+    async fn next_delta(&self) -> (Delta, bool, bool, u64) {
         loop {
             let wake = self.shared.committer_wake.notified();
             tokio::pin!(wake);
@@ -900,7 +1013,7 @@ impl Committer {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
                 if let Some(sealed) = pending.sealed.take() {
-                    return (sealed.delta, true, sealed.initial);
+                    return (sealed.delta, true, sealed.initial, sealed.generation);
                 }
                 match pending.open_since {
                     Some(since)
@@ -908,7 +1021,7 @@ impl Committer {
                             || since.elapsed() >= self.commit_interval =>
                     {
                         pending.open_since = None;
-                        return (std::mem::take(&mut pending.open), false, false);
+                        return (std::mem::take(&mut pending.open), false, false, 0);
                     }
                     Some(since) => Some(since + self.commit_interval),
                     None => None,
@@ -926,8 +1039,12 @@ impl Committer {
         }
     }
 
-    async fn commit(&self, delta: Delta, replace: bool, initial: bool) {
-        let base = self.shared.snapshot.borrow().clone();
+    async fn commit(&self, delta: Delta, replace: bool, initial: bool, generation: u64) {
+        let base = self
+            .durable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let (running, change) = if delta.len() > 10_000 {
             // Large deltas are applied off the async workers so the ingest keeps reading.
             let base = base.running.clone();
@@ -957,26 +1074,51 @@ impl Committer {
             self.fail(format!("cannot persist revision {revision}: {e}"));
             return;
         }
-        let leaves = running.len();
-        self.shared.snapshot.send_replace(Snapshot {
+        *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Snapshot {
             revision,
             time: Some(time),
-            running,
-        });
+            running: running.clone(),
+        };
+        let leaves = running.len();
+        {
+            // Publishing and updating the deviations under the intents lock
+            // keeps them consistent with each other for intent writers.
+            let mut intended = self
+                .shared
+                .intended
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            intended.on_commit(&change, &running);
+            self.shared.snapshot.send_replace(Snapshot {
+                revision,
+                time: Some(time),
+                running,
+            });
+        }
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             datastore = %self.shared.name, revision, replace, updates = change.updates.len(),
             deletes = change.deletes.len(), leaves, "committed"
         );
-        let _ = self.shared.events.send(Arc::new(Event {
-            revision,
-            time,
-            kind: EventKind::Commit {
-                replace,
-                change: Arc::new(change),
-            },
-        }));
-        if initial {
+        {
+            let mut last_event = self
+                .shared
+                .last_event
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let _ = self.shared.events.send(Arc::new(Event {
+                revision,
+                time,
+                kind: EventKind::Commit {
+                    replace,
+                    change: Arc::new(change),
+                },
+            }));
+            *last_event = revision;
+        }
+        // Only the current connection's dump makes the sync IN_SYNC: an older
+        // one committed late says nothing about the connection now.
+        if initial && generation == self.shared.generation.load(Ordering::SeqCst) {
             self.shared.set_error(String::new());
             self.shared
                 .set_state(SyncState::InSync, "initial dump committed");
@@ -988,6 +1130,18 @@ impl Committer {
     fn fail(&self, error: String) {
         tracing::error!(datastore = %self.shared.name, %error, "commit failed; forcing a resync");
         self.shared.set_error(error.clone());
+        // Changes after the lost delta would be committed on the wrong base,
+        // giving a running the device never had; the resync brings them back.
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.open = Delta::new();
+            pending.open_since = None;
+        }
+        self.shared.ingest_wake.notify_one();
         if self
             .shared
             .control

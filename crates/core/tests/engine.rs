@@ -424,7 +424,10 @@ async fn ingest_pauses_at_the_cap_and_loses_nothing() {
     assert!(read < 100, "read {read} despite the cap");
     persist.release_all();
     until(&handle, "every leaf", |h| h.snapshot().running.len() == 100).await;
-    assert!(!handle.status().backpressure);
+    until(&handle, "ingest reading again", |h| {
+        !h.status().backpressure
+    })
+    .await;
     assert_eq!(
         handle
             .stats()
@@ -521,9 +524,62 @@ async fn a_panicking_committer_is_restarted_with_a_resync() {
         .expect("a resync");
     send(&conn2, update("/a", "1"));
     send(&conn2, sync_response());
-    until(&handle, "recovered", |h| leaf(h, "/a").is_some()).await;
-    assert!(handle.status().last_error.is_empty() || handle.status().state == SyncState::InSync);
+    until(&handle, "recovered", |h| {
+        h.status().state == SyncState::InSync
+    })
+    .await;
+    assert!(leaf(&handle, "/a").is_some());
+    assert!(handle.status().last_error.is_empty());
     assert_eq!(handle.snapshot().revision, 1);
     drop(conn);
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_of_an_old_connection_does_not_claim_in_sync() {
+    let (target, mut device) = FakeTarget::new();
+    let persist = TestPersist::held();
+    let handle = SyncHandle::start(
+        spec(SyncMode::OnChange, Duration::from_millis(5)),
+        Arc::new(target),
+        persist.clone(),
+        Snapshot::default(),
+        limits(),
+    );
+    let conn = device.accept().await;
+    send(&conn, update("/a", "1"));
+    send(&conn, sync_response());
+    // Its commit is held; the link drops and a new connection starts its dump.
+    conn.responses
+        .send(Err(netsync_core::target::TargetError::new(
+            tonic::Code::Unavailable,
+            "link down",
+        )))
+        .unwrap();
+    let conn2 = tokio::time::timeout(DEADLINE, device.accept())
+        .await
+        .unwrap();
+    until(&handle, "the second dump", |h| {
+        h.status().state == SyncState::InitialSync
+    })
+    .await;
+    persist.gate.add_permits(1);
+    until(&handle, "the old dump committed", |h| {
+        h.snapshot().revision == 1
+    })
+    .await;
+    assert_eq!(
+        handle.status().state,
+        SyncState::InitialSync,
+        "the new connection is not in sync yet"
+    );
+    send(&conn2, update("/a", "2"));
+    send(&conn2, sync_response());
+    persist.release_all();
+    until(&handle, "in sync", |h| {
+        h.status().state == SyncState::InSync
+    })
+    .await;
+    assert_eq!(leaf(&handle, "/a").as_deref(), Some("2"));
     handle.stop().await;
 }

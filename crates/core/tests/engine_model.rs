@@ -277,6 +277,8 @@ async fn scenario(ops: Vec<Op>) {
     tokio::time::timeout(DEADLINE, handle.stop())
         .await
         .expect("the sync stops");
+    // The last handle gone, the event stream ends.
+    drop(handle);
     // Stopped: no commit comes after this one.
     let final_revision = snapshots.borrow().revision;
     drop(model);

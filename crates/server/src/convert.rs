@@ -2,6 +2,7 @@
 //! Input conversions validate and name the offending field; output conversions
 //! never carry secrets.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netsync_core::Path;
@@ -9,6 +10,8 @@ use netsync_core::datastore::{
     self, Credentials, DatastoreSpec, Encoding, FieldError, ListKey, RevertSpec, Secret, SyncMode,
     SyncSpec, TargetSpec, TlsSpec,
 };
+use netsync_core::intent::{Deviation, Intent};
+use netsync_core::running::{Key, Subtree};
 use netsync_proto::netsync::v1 as pb;
 
 /// Whether secrets go into the output: only the store may keep them.
@@ -229,6 +232,97 @@ pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datasto
         }),
         status: None,
         create_time: None,
+    }
+}
+
+/// Validates an intent as a client sent it; `field` prefixes error messages.
+pub fn intent_from_proto(intent: pb::Intent, field: &str) -> Result<Intent, FieldError> {
+    datastore::validate_name(&intent.name)
+        .map_err(|m| FieldError::new(format!("{field}.name"), m))?;
+    let mut updates = BTreeMap::new();
+    for (i, leaf) in intent.updates.into_iter().enumerate() {
+        let path = Path::parse(&leaf.path)
+            .map_err(|e| FieldError::new(format!("{field}.updates[{i}].path"), e.to_string()))?;
+        if path.is_root() {
+            return Err(FieldError::new(
+                format!("{field}.updates[{i}].path"),
+                "must name a leaf, not the root",
+            ));
+        }
+        let value = leaf
+            .value
+            .filter(|v| v.value.is_some())
+            .ok_or_else(|| FieldError::new(format!("{field}.updates[{i}].value"), "is required"))?;
+        let key: Key = path.to_string().into();
+        if updates.insert(key.clone(), value).is_some() {
+            return Err(FieldError::new(
+                format!("{field}.updates[{i}].path"),
+                format!("{key} is given more than once"),
+            ));
+        }
+    }
+    let mut deletes = Vec::with_capacity(intent.deletes.len());
+    for (i, text) in intent.deletes.iter().enumerate() {
+        let path = Path::parse(text)
+            .map_err(|e| FieldError::new(format!("{field}.deletes[{i}]"), e.to_string()))?;
+        if path.is_root() {
+            return Err(FieldError::new(
+                format!("{field}.deletes[{i}]"),
+                "the root cannot be required absent",
+            ));
+        }
+        let subtree = Subtree::new(&path);
+        if let Some(clash) = updates.keys().find(|k| subtree.contains(k)) {
+            return Err(FieldError::new(
+                format!("{field}.deletes[{i}]"),
+                format!(
+                    "{} must be absent, but the same intent sets {clash}",
+                    subtree.path()
+                ),
+            ));
+        }
+        deletes.push(subtree);
+    }
+    Ok(Intent {
+        name: intent.name,
+        priority: intent.priority,
+        updates,
+        deletes,
+        non_revertive: intent.non_revertive,
+        revision: intent.revision,
+    })
+}
+
+/// The wire form of an intent.
+pub fn intent_to_proto(intent: &Intent) -> pb::Intent {
+    pb::Intent {
+        name: intent.name.clone(),
+        priority: intent.priority,
+        updates: intent
+            .updates
+            .iter()
+            .map(|(k, v)| pb::Leaf {
+                path: k.to_string(),
+                value: Some(v.clone()),
+            })
+            .collect(),
+        deletes: intent
+            .deletes
+            .iter()
+            .map(|d| d.path().to_string())
+            .collect(),
+        non_revertive: intent.non_revertive,
+        revision: intent.revision,
+    }
+}
+
+/// The wire form of a deviation.
+pub fn deviation_to_proto(d: &Deviation) -> pb::Deviation {
+    pb::Deviation {
+        path: d.path.to_string(),
+        intent: d.intent.clone(),
+        expected: d.expected.clone(),
+        actual: d.actual.clone(),
     }
 }
 

@@ -12,12 +12,14 @@ use netsync_proto::gnmi;
 
 use crate::error::Error;
 use crate::log::CommitLog;
+use crate::store::Store;
 
 /// Every running sync, by datastore name.
 pub struct Engine {
     log: Arc<CommitLog>,
     limits: SyncLimits,
     syncs: Mutex<HashMap<String, Arc<SyncHandle>>>,
+    intent_writes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -33,6 +35,7 @@ impl Engine {
             log,
             limits,
             syncs: Mutex::new(HashMap::new()),
+            intent_writes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -42,10 +45,19 @@ impl Engine {
     }
 
     /// Starts syncing `spec`, with running as the store has it.
-    pub async fn start(&self, spec: &DatastoreSpec) -> Result<(), Error> {
+    pub async fn start(&self, spec: &DatastoreSpec, store: &Store) -> Result<(), Error> {
         let initial = self.log.load(&spec.name).await?;
-        self.start_with(spec, initial);
+        let intents = store.list_intents(&spec.name).await?;
+        let handle = self.start_with(spec, initial);
+        for intent in intents {
+            handle.set_intent(intent);
+        }
         Ok(())
+    }
+
+    /// Serialises intent writes, so the store and the engine agree on them.
+    pub async fn intent_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.intent_writes.lock().await
     }
 
     /// Starts syncing a datastore that has nothing committed yet.
@@ -53,24 +65,25 @@ impl Engine {
         self.start_with(spec, Snapshot::default());
     }
 
-    fn start_with(&self, spec: &DatastoreSpec, initial: Snapshot) {
+    fn start_with(&self, spec: &DatastoreSpec, initial: Snapshot) -> Arc<SyncHandle> {
         let target: Arc<dyn Target> = match GnmiTarget::new(&spec.target) {
             Ok(target) => Arc::new(target),
             Err(error) => Arc::new(Unusable(error)),
         };
-        let handle = SyncHandle::start(
+        let handle = Arc::new(SyncHandle::start(
             spec.clone(),
             target,
             self.log.clone(),
             initial,
             self.limits.clone(),
-        );
+        ));
         let old = self
             .syncs
             .lock()
             .expect("lock")
-            .insert(spec.name.clone(), Arc::new(handle));
+            .insert(spec.name.clone(), handle.clone());
         debug_assert!(old.is_none(), "a datastore is synced once");
+        handle
     }
 
     /// The sync of `name`, if it runs.
@@ -102,13 +115,10 @@ impl Engine {
     }
 }
 
-/// Stops a sync; if a reader still holds the handle, dropping the last clone
-/// stops it instead.
+/// Stops a sync and waits for its tasks, even while readers still hold the
+/// handle.
 async fn stop_handle(handle: Arc<SyncHandle>) {
-    match Arc::try_unwrap(handle) {
-        Ok(handle) => handle.stop().await,
-        Err(shared) => drop(shared),
-    }
+    handle.stop().await;
 }
 
 /// A target that cannot be built (e.g. unsupported settings): every call fails

@@ -66,7 +66,10 @@ pub async fn serve(
     // Every stored datastore's running is loaded and served at once; its sync
     // then resumes with a resync.
     for ds in store.list_datastores().await.map_err(ServeError::Load)? {
-        engine.start(&ds.spec).await.map_err(ServeError::Load)?;
+        engine
+            .start(&ds.spec, &store)
+            .await
+            .map_err(ServeError::Load)?;
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -119,13 +119,21 @@ impl CommitLog {
                     .checked_sub(self.retention.age)
                     .unwrap_or(SystemTime::UNIX_EPOCH),
             );
+            // Only a prefix of the log goes, so what is kept has no holes even
+            // if the wall clock stepped back: everything below the oldest
+            // commit that is young enough, below the retained count, and at or
+            // below the snapshot just written.
             sqlx::query(
-                "DELETE FROM commits WHERE datastore = ? AND revision <= ? AND revision <= ? AND time_us < ?",
+                "DELETE FROM commits WHERE datastore = ? AND revision <= ? AND revision <= ? \
+                 AND revision < COALESCE( \
+                     (SELECT MIN(revision) FROM commits WHERE datastore = ? AND time_us >= ?), ?)",
             )
             .bind(datastore)
             .bind(keep_after)
             .bind(revision)
+            .bind(datastore)
             .bind(old)
+            .bind(revision + 1)
             .execute(&mut *tx)
             .await?;
         }

@@ -41,7 +41,7 @@ impl Store {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -109,6 +109,63 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Creates or replaces an intent of `datastore`.
+    pub async fn put_intent(
+        &self,
+        datastore: &str,
+        intent: &netsync_core::intent::Intent,
+    ) -> Result<(), Error> {
+        let body = convert::intent_to_proto(intent).encode_to_vec();
+        sqlx::query(
+            "INSERT INTO intents (datastore, name, body) VALUES (?, ?, ?) \
+             ON CONFLICT (datastore, name) DO UPDATE SET body = excluded.body",
+        )
+        .bind(datastore)
+        .bind(&intent.name)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes an intent; `NotFound` if it does not exist.
+    pub async fn delete_intent(&self, datastore: &str, name: &str) -> Result<(), Error> {
+        let done = sqlx::query("DELETE FROM intents WHERE datastore = ? AND name = ?")
+            .bind(datastore)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound {
+                kind: "intent",
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every intent of `datastore`.
+    pub async fn list_intents(
+        &self,
+        datastore: &str,
+    ) -> Result<Vec<netsync_core::intent::Intent>, Error> {
+        let rows = sqlx::query("SELECT name, body FROM intents WHERE datastore = ? ORDER BY name")
+            .bind(datastore)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let name: &str = row.try_get("name")?;
+                let corrupt =
+                    |d: String| Error::Corrupt(format!("intent {name:?} of {datastore:?}: {d}"));
+                let body: &[u8] = row.try_get("body")?;
+                let proto = netsync_proto::netsync::v1::Intent::decode(body)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                convert::intent_from_proto(proto, "stored").map_err(|e| corrupt(e.to_string()))
+            })
+            .collect()
     }
 
     /// The connection pool, for the other tables' code.

@@ -260,7 +260,7 @@ async fn bad_input_gets_clear_errors() {
 }
 
 #[tokio::test]
-async fn unknown_datastores_and_missing_features_are_named() {
+async fn unknown_datastores_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("netsync.db")).await;
     let mut client = server.client().await;
@@ -301,7 +301,7 @@ async fn unknown_datastores_and_missing_features_are_named() {
         })
         .await
         .unwrap_err();
-    assert_status(&err, Code::Unimplemented, &["intents"]);
+    assert_status(&err, Code::InvalidArgument, &["intent", "required"]);
     let err = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "zz".into(),
@@ -311,11 +311,11 @@ async fn unknown_datastores_and_missing_features_are_named() {
     assert_status(&err, Code::NotFound, &["zz"]);
     let err = client
         .get_deviations(pb::GetDeviationsRequest {
-            datastore: "r1".into(),
+            datastore: "zz".into(),
         })
         .await
         .unwrap_err();
-    assert_status(&err, Code::Unimplemented, &["deviations"]);
+    assert_status(&err, Code::NotFound, &["zz"]);
     server.stop().await;
 }
 

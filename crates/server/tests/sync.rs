@@ -273,6 +273,19 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
     request.set_timeout(Duration::from_millis(200));
     let err = client.get_running(request).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    let err = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains("does not exist yet"),
+        "{}",
+        err.message()
+    );
     assert!(err.message().contains("1000"));
 
     let err = client

@@ -21,10 +21,6 @@ use crate::store::{self, Store, StoredDatastore};
 mod running;
 mod watch;
 
-/// What the intent RPCs answer until intents are part of the build.
-const NO_INTENTS: &str =
-    "intents and deviations are not part of this build yet (they come with the reconcile queue)";
-
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -226,44 +222,73 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::SetIntentRequest>,
     ) -> Result<Response<pb::Intent>, Status> {
-        self.require_datastore("datastore", &request.into_inner().datastore)
-            .await?;
-        Err(Error::Unimplemented(NO_INTENTS).into())
+        let req = request.into_inner();
+        let sync = self.require_sync("datastore", &req.datastore)?;
+        let intent = req
+            .intent
+            .ok_or_else(|| Error::invalid("intent", "is required"))?;
+        let mut intent = convert::intent_from_proto(intent, "intent").map_err(Error::from)?;
+        let _writing = self.engine.intent_writes().await;
+        intent.revision = sync.snapshot().revision;
+        self.store.put_intent(&req.datastore, &intent).await?;
+        let reply = convert::intent_to_proto(&intent);
+        tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
+        sync.set_intent(intent);
+        Ok(Response::new(reply))
     }
 
     async fn get_intent(
         &self,
         request: Request<pb::GetIntentRequest>,
     ) -> Result<Response<pb::Intent>, Status> {
-        self.require_datastore("datastore", &request.into_inner().datastore)
-            .await?;
-        Err(Error::Unimplemented(NO_INTENTS).into())
+        let req = request.into_inner();
+        let sync = self.require_sync("datastore", &req.datastore)?;
+        let intent = sync.intent(&req.name).ok_or_else(|| Error::NotFound {
+            kind: "intent",
+            name: req.name.clone(),
+        })?;
+        Ok(Response::new(convert::intent_to_proto(&intent)))
     }
 
     async fn list_intents(
         &self,
         request: Request<pb::ListIntentsRequest>,
     ) -> Result<Response<pb::ListIntentsResponse>, Status> {
-        self.require_datastore("datastore", &request.into_inner().datastore)
-            .await?;
-        Err(Error::Unimplemented(NO_INTENTS).into())
+        let sync = self.require_sync("datastore", &request.into_inner().datastore)?;
+        Ok(Response::new(pb::ListIntentsResponse {
+            intents: sync
+                .intents()
+                .iter()
+                .map(convert::intent_to_proto)
+                .collect(),
+        }))
     }
 
     async fn delete_intent(
         &self,
         request: Request<pb::DeleteIntentRequest>,
     ) -> Result<Response<pb::DeleteIntentResponse>, Status> {
-        self.require_datastore("datastore", &request.into_inner().datastore)
-            .await?;
-        Err(Error::Unimplemented(NO_INTENTS).into())
+        let req = request.into_inner();
+        let sync = self.require_sync("datastore", &req.datastore)?;
+        if req.name.is_empty() {
+            return Err(Error::invalid("name", "is required").into());
+        }
+        let _writing = self.engine.intent_writes().await;
+        self.store.delete_intent(&req.datastore, &req.name).await?;
+        sync.remove_intent(&req.name);
+        tracing::info!(datastore = %req.datastore, intent = %req.name, "intent deleted");
+        Ok(Response::new(pb::DeleteIntentResponse {}))
     }
 
     async fn get_deviations(
         &self,
         request: Request<pb::GetDeviationsRequest>,
     ) -> Result<Response<pb::GetDeviationsResponse>, Status> {
-        self.require_datastore("datastore", &request.into_inner().datastore)
-            .await?;
-        Err(Error::Unimplemented(NO_INTENTS).into())
+        let sync = self.require_sync("datastore", &request.into_inner().datastore)?;
+        let (revision, deviations) = sync.deviations();
+        Ok(Response::new(pb::GetDeviationsResponse {
+            revision,
+            deviations: deviations.iter().map(convert::deviation_to_proto).collect(),
+        }))
     }
 }

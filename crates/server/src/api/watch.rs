@@ -34,6 +34,15 @@ pub async fn watch(
     let live = sync.subscribe();
     let current = sync.snapshot().revision;
     let name = sync.name().to_string();
+    if from > current + 1 {
+        // Revisions are consecutive from 1: a later one does not exist yet.
+        // Waiting for it would hide that the client holds revisions of another
+        // history (a re-created datastore, a restored database).
+        return Err(Error::OutOfRange(format!(
+            "revision {from} of {name:?} does not exist yet (latest: {current}); read running with \
+             GetRunning and watch from its revision + 1"
+        )));
+    }
     if from > 0 && from <= current {
         let oldest = log.oldest(&name).await?;
         if oldest.is_none_or(|oldest| from < oldest) {
@@ -71,10 +80,15 @@ async fn run(
     replay: bool,
     first: pb::SyncEvent,
 ) {
-    if tx.send(Ok(first)).await.is_err() {
+    if replay && replay_log(&name, &log, &tx, &mut next).await.is_err() {
         return;
     }
-    if replay && replay_log(&name, &log, &tx, &mut next).await.is_err() {
+    // The state as of the last revision sent, so revisions never go back.
+    let first = pb::SyncEvent {
+        revision: next - 1,
+        ..first
+    };
+    if tx.send(Ok(first)).await.is_err() {
         return;
     }
     loop {
@@ -109,6 +123,10 @@ async fn run(
                 if event.revision < next {
                     continue;
                 }
+                if event.revision > next {
+                    let _ = tx.send(Err(gap(&name, next))).await;
+                    return;
+                }
             }
             next = event.revision + 1;
         }
@@ -137,6 +155,11 @@ async fn replay_log(
             return Ok(());
         }
         for commit in batch {
+            if commit.revision != *next {
+                // Compacted between our check and this read.
+                let _ = tx.send(Err(gap(name, *next))).await;
+                return Err(());
+            }
             *next = commit.revision + 1;
             let event = pb::SyncEvent {
                 datastore: name.to_string(),
@@ -150,6 +173,14 @@ async fn replay_log(
             tx.send(Ok(event)).await.map_err(|_| ())?;
         }
     }
+}
+
+/// The error for a revision the log no longer has.
+fn gap(name: &str, missing: u64) -> Status {
+    Status::out_of_range(format!(
+        "revision {missing} of {name:?} is no longer kept; read running with GetRunning and watch \
+         from its revision + 1"
+    ))
 }
 
 /// An engine event on the wire.

@@ -1,0 +1,350 @@
+//! Intents over gRPC: validation, CRUD, persistence, and deviations that
+//! follow both intent changes and the device.
+
+mod common;
+
+use std::time::Duration;
+
+use common::device::Device;
+use common::{TestServer, create};
+use netsync_proto::gnmi::{TypedValue, typed_value};
+use netsync_proto::netsync::v1 as pb;
+use pb::net_sync_client::NetSyncClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn string(s: &str) -> TypedValue {
+    TypedValue {
+        value: Some(typed_value::Value::StringVal(s.into())),
+    }
+}
+
+fn intent(name: &str, priority: i32, updates: &[(&str, &str)], deletes: &[&str]) -> pb::Intent {
+    pb::Intent {
+        name: name.into(),
+        priority,
+        updates: updates
+            .iter()
+            .map(|(p, v)| pb::Leaf {
+                path: p.to_string(),
+                value: Some(string(v)),
+            })
+            .collect(),
+        deletes: deletes.iter().map(|d| d.to_string()).collect(),
+        non_revertive: false,
+        revision: 0,
+    }
+}
+
+fn set(ds: &str, intent: pb::Intent) -> pb::SetIntentRequest {
+    pb::SetIntentRequest {
+        datastore: ds.into(),
+        intent: Some(intent),
+    }
+}
+
+fn datastore(device: &Device) -> pb::Datastore {
+    pb::Datastore {
+        name: "r1".into(),
+        target: Some(pb::Target {
+            address: device.addr.to_string(),
+            ..Default::default()
+        }),
+        sync: Some(pb::SyncConfig {
+            commit_interval: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 10_000_000,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Deviations as (path, intent, expected, actual) with string values.
+async fn deviations(
+    client: &mut NetSyncClient<Channel>,
+) -> Vec<(String, String, Option<String>, Option<String>)> {
+    let text = |v: Option<TypedValue>| {
+        v.map(|v| match v.value {
+            Some(typed_value::Value::StringVal(s)) => s,
+            other => format!("{other:?}"),
+        })
+    };
+    client
+        .get_deviations(pb::GetDeviationsRequest {
+            datastore: "r1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deviations
+        .into_iter()
+        .map(|d| (d.path, d.intent, text(d.expected), text(d.actual)))
+        .collect()
+}
+
+/// Waits until the deviations are `expected`, re-reading at each revision.
+async fn until_deviations(
+    client: &mut NetSyncClient<Channel>,
+    expected: &[(&str, &str, Option<&str>, Option<&str>)],
+) {
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(p, i, e, a)| {
+            (
+                p.to_string(),
+                i.to_string(),
+                e.map(String::from),
+                a.map(String::from),
+            )
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let got = deviations(client).await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deviations {got:?}, expected {expected:?}"
+        );
+        let revision = client
+            .get_deviations(pb::GetDeviationsRequest {
+                datastore: "r1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .revision;
+        let mut wait = tonic::Request::new(pb::GetRunningRequest {
+            datastore: "r1".into(),
+            path: "/none".into(),
+            min_revision: revision + 1,
+        });
+        wait.set_timeout(Duration::from_secs(1));
+        let _ = client.get_running(wait).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_intents_get_clear_errors() {
+    let device = Device::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("n.db")).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(create(datastore(&device)))
+        .await
+        .unwrap();
+    let cases: Vec<(pb::Intent, &[&str])> = vec![
+        (intent("Bad Name", 0, &[], &[]), &["intent.name"]),
+        (
+            intent("i", 0, &[("/a[", "x")], &[]),
+            &["intent.updates[0].path"],
+        ),
+        (
+            intent("i", 0, &[("/", "x")], &[]),
+            &["intent.updates[0].path", "root"],
+        ),
+        (
+            intent("i", 0, &[("/a", "x"), ("a", "y")], &[]),
+            &["intent.updates[1].path", "more than once"],
+        ),
+        (intent("i", 0, &[], &["/"]), &["intent.deletes[0]", "root"]),
+        (intent("i", 0, &[], &["/a]"]), &["intent.deletes[0]"]),
+        (
+            intent("i", 0, &[("/a/b", "x")], &["/a"]),
+            &["intent.deletes[0]", "/a/b"],
+        ),
+        (
+            pb::Intent {
+                updates: vec![pb::Leaf {
+                    path: "/a".into(),
+                    value: None,
+                }],
+                ..intent("i", 0, &[], &[])
+            },
+            &["intent.updates[0].value", "required"],
+        ),
+    ];
+    for (bad, words) in cases {
+        let err = client.set_intent(set("r1", bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        for word in words {
+            assert!(
+                err.message().contains(word),
+                "{word:?} not in {:?}",
+                err.message()
+            );
+        }
+    }
+    let err = client
+        .set_intent(set("zz", intent("i", 0, &[], &[])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .get_intent(pb::GetIntentRequest {
+            datastore: "r1".into(),
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("nope"));
+    let err = client
+        .delete_intent(pb::DeleteIntentRequest {
+            datastore: "r1".into(),
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        client
+            .list_intents(pb::ListIntentsRequest {
+                datastore: "r1".into()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .intents
+            .is_empty()
+    );
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
+    let device = Device::start(&[
+        ("/system/hostname", "old"),
+        ("/users/user[name=eve]/name", "eve"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("n.db");
+    let server = TestServer::start(&db).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(create(datastore(&device)))
+        .await
+        .unwrap();
+    let mut first = tonic::Request::new(pb::GetRunningRequest {
+        datastore: "r1".into(),
+        path: String::new(),
+        min_revision: 1,
+    });
+    first.set_timeout(DEADLINE);
+    client.get_running(first).await.unwrap();
+
+    let written = client
+        .set_intent(set(
+            "r1",
+            intent(
+                "base",
+                10,
+                &[("/system/hostname", "r1"), ("/system/domain", "lab")],
+                &["/users/user"],
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(written.revision >= 1);
+    until_deviations(
+        &mut client,
+        &[
+            ("/system/domain", "base", Some("lab"), None),
+            ("/system/hostname", "base", Some("r1"), Some("old")),
+            ("/users/user[name=eve]/name", "base", None, Some("eve")),
+        ],
+    )
+    .await;
+
+    // A stronger intent wins where they overlap.
+    client
+        .set_intent(set(
+            "r1",
+            intent("override", 1, &[("/system/hostname", "core1")], &[]),
+        ))
+        .await
+        .unwrap();
+    until_deviations(
+        &mut client,
+        &[
+            ("/system/domain", "base", Some("lab"), None),
+            ("/system/hostname", "override", Some("core1"), Some("old")),
+            ("/users/user[name=eve]/name", "base", None, Some("eve")),
+        ],
+    )
+    .await;
+
+    // The device comes round: fixed deviations disappear.
+    device.set("/system/hostname", "core1");
+    device.set("/system/domain", "lab");
+    device.delete("/users/user[name=eve]/name");
+    until_deviations(&mut client, &[]).await;
+
+    // Drift shows up again.
+    device.set("/system/domain", "other");
+    until_deviations(
+        &mut client,
+        &[("/system/domain", "base", Some("lab"), Some("other"))],
+    )
+    .await;
+
+    let listed = client
+        .list_intents(pb::ListIntentsRequest {
+            datastore: "r1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .intents;
+    let names: Vec<_> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["base", "override"]);
+    let got = client
+        .get_intent(pb::GetIntentRequest {
+            datastore: "r1".into(),
+            name: "base".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, written);
+
+    drop(client);
+    server.stop().await;
+    let server = TestServer::start(&db).await;
+    let mut client = server.client().await;
+    let listed = client
+        .list_intents(pb::ListIntentsRequest {
+            datastore: "r1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .intents;
+    assert_eq!(listed.len(), 2);
+    until_deviations(
+        &mut client,
+        &[("/system/domain", "base", Some("lab"), Some("other"))],
+    )
+    .await;
+
+    client
+        .delete_intent(pb::DeleteIntentRequest {
+            datastore: "r1".into(),
+            name: "base".into(),
+        })
+        .await
+        .unwrap();
+    until_deviations(&mut client, &[]).await;
+    drop(client);
+    server.stop().await;
+}
