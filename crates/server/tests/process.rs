@@ -143,6 +143,23 @@ fn grpcurl_walkthrough() {
     ]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
 
+    // The README's intent example.
+    let intent = r#"{"datastore": "r1", "intent": {"name": "base", "priority": 10,
+        "updates": [{"path": "/system/config/hostname", "value": {"stringVal": "leaf1"}}],
+        "deletes": ["/system/aaa/authentication/users/user[username=guest]"]}}"#;
+    let written = stdout(&g(&["-d", intent, &addr, "netsync.v1.NetSync/SetIntent"]));
+    assert!(written.contains("\"name\": \"base\""), "{written}");
+    let deviations = stdout(&g(&[
+        "-d",
+        r#"{"datastore": "r1"}"#,
+        &addr,
+        "netsync.v1.NetSync/GetDeviations",
+    ]));
+    assert!(
+        deviations.contains("/system/config/hostname"),
+        "{deviations}"
+    );
+
     assert!(daemon.terminate().success());
     let daemon = Netsyncd::start(&db);
     let addr = daemon.addr.to_string();
