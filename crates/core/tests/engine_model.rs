@@ -88,6 +88,9 @@ struct Model {
     leaves: BTreeMap<String, u8>,
     device: FakeDevice,
     conn: Connection,
+    /// Notifications sent to the engine; it reads every one, in order, since
+    /// a link drop only follows what was sent before it.
+    sent: u64,
 }
 
 impl Model {
@@ -216,16 +219,19 @@ async fn scenario(ops: Vec<Op>) {
         leaves,
         device,
         conn,
+        sent: 1,
     };
     for op in ops {
         match op {
             Op::Update(p, v) => {
                 let n = model.apply(p, Some(v));
-                let _ = model.conn.responses.send(response(n));
+                model.conn.responses.send(response(n)).unwrap();
+                model.sent += 1;
             }
             Op::Delete(p) => {
                 let n = model.apply(p, None);
-                let _ = model.conn.responses.send(response(n));
+                model.conn.responses.send(response(n)).unwrap();
+                model.sent += 1;
             }
             // While commits stall and the open delta is at its cap, the ingest
             // does not read, so it cannot notice a disconnect either: the stall
@@ -233,6 +239,7 @@ async fn scenario(ops: Vec<Op>) {
             Op::Disconnect => {
                 let _ = stall.send(false);
                 model.reconnect().await;
+                model.sent += 1;
             }
             Op::ChangeWhileOffline(changes) => {
                 let _ = stall.send(false);
@@ -244,6 +251,7 @@ async fn scenario(ops: Vec<Op>) {
                     model.apply(p, v);
                 }
                 model.conn = Model::connect(&mut model.device, &model.leaves).await;
+                model.sent += 1;
             }
             Op::StallCommits(on) => {
                 let _ = stall.send(on);
@@ -254,12 +262,27 @@ async fn scenario(ops: Vec<Op>) {
 
     let expected = model.leaves.clone();
     let mut snapshots = handle.watch_snapshot();
-    // The guard `wait_for` returns holds running's read lock: drop it at once.
+    // Quiescence: the engine has read every notification sent, nothing is
+    // pending, and the last connection is in sync. Only then is running
+    // compared with the device (an earlier state may equal it by chance).
+    let quiet = |h: &SyncHandle| {
+        let status = h.status();
+        h.stats()
+            .notifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == model.sent
+            && status.pending == 0
+            && status.state == netsync_core::sync::SyncState::InSync
+    };
     let converged = tokio::time::timeout(DEADLINE, async {
-        snapshots
-            .wait_for(|s| as_map(s) == expected)
-            .await
-            .map(|_| ())
+        let mut events = handle.subscribe();
+        while !(quiet(&handle) && as_map(&handle.snapshot()) == expected) {
+            tokio::select! {
+                _ = snapshots.changed() => {}
+                _ = events.recv() => {}
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
     })
     .await;
     let last = as_map(&handle.snapshot());
