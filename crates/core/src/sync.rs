@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
 use crate::intent::{Deviation, Intended, Intent};
 use crate::notification::Decoder;
-use crate::running::{Change, Delta, Running};
+use crate::running::{Change, Delta, Key, Running, Value};
 use crate::target::Target;
 
 /// Where a datastore's sync stands.
@@ -98,6 +98,36 @@ pub enum EventKind {
         /// Its net change.
         change: Arc<Change>,
     },
+    /// A reconcile job (apply or revert) moved to another phase.
+    Revert(RevertEvent),
+}
+
+/// Phases of a reconcile job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevertPhase {
+    /// Waiting to run.
+    Queued,
+    /// Its Set is on its way to the device.
+    Applying,
+    /// The device took it and running shows the result.
+    Applied,
+    /// Given up: a permanent error or too many attempts.
+    Failed,
+}
+
+/// One phase of a reconcile job, as watchers see it.
+#[derive(Debug, Clone)]
+pub struct RevertEvent {
+    /// The phase.
+    pub phase: RevertPhase,
+    /// Attempt number (0 while queued).
+    pub attempt: u32,
+    /// Leaves the job sets.
+    pub updates: Vec<(Key, Value)>,
+    /// Paths the job deletes.
+    pub deletes: Vec<Key>,
+    /// Why it failed, if it did.
+    pub error: String,
 }
 
 /// A commit to make durable.
@@ -236,6 +266,10 @@ struct Shared {
     intended: Mutex<Intended>,
     /// The current connection; each (re)connection takes the next number.
     generation: AtomicU64,
+    /// The device.
+    target: Arc<dyn Target>,
+    /// What was declared.
+    spec: DatastoreSpec,
     /// The revision of the last commit event sent. Held while an event is
     /// sent, so events leave in revision order and state changes carry the
     /// revision of the last commit event before them.
@@ -315,6 +349,8 @@ impl SyncHandle {
             snapshot: watch::Sender::new(initial),
             intended: Mutex::new(Intended::new()),
             generation: AtomicU64::new(0),
+            target: target.clone(),
+            spec: spec.clone(),
             last_event: Mutex::new(initial_revision),
             events,
             committer_wake: Notify::new(),
@@ -460,6 +496,30 @@ impl SyncHandle {
             .unwrap_or_else(PoisonError::into_inner);
         let revision = self.shared.snapshot.borrow().revision;
         (revision, intended.deviations().cloned().collect())
+    }
+
+    /// Publishes a reconcile job's phase to watchers, at the current revision.
+    pub fn publish_revert(&self, event: RevertEvent) {
+        let last_event = self
+            .shared
+            .last_event
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _ = self.shared.events.send(Arc::new(Event {
+            revision: *last_event,
+            time: SystemTime::now(),
+            kind: EventKind::Revert(event),
+        }));
+    }
+
+    /// The target this sync talks to (reconcile jobs send their Set through it).
+    pub fn target(&self) -> Arc<dyn Target> {
+        self.shared.target.clone()
+    }
+
+    /// The datastore's declared spec.
+    pub fn spec(&self) -> &DatastoreSpec {
+        &self.shared.spec
     }
 
     /// Forces a full resync: the stream is reopened and its dump replaces running.

@@ -9,6 +9,7 @@ use netsync_core::sync::SyncLimits;
 use serde::Deserialize;
 
 use crate::log::Retention;
+use crate::reconcile::ReconcileConfig;
 
 /// Default API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -118,6 +119,8 @@ pub struct Config {
     pub retention: Retention,
     /// Limits of each datastore's sync.
     pub limits: SyncLimits,
+    /// Timing of reconcile jobs.
+    pub reconcile: ReconcileConfig,
 }
 
 impl Config {
@@ -130,6 +133,7 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             retention: Retention::default(),
             limits: SyncLimits::default(),
+            reconcile: ReconcileConfig::default(),
         }
     }
 
@@ -165,6 +169,7 @@ impl Config {
         Ok(Self {
             retention,
             limits,
+            reconcile: ReconcileConfig::default(),
             listen: args
                 .listen
                 .or(file.listen)

@@ -4,22 +4,39 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
 use futures::future::BoxFuture;
 use netsync_core::datastore::DatastoreSpec;
-use netsync_core::sync::{Snapshot, SyncHandle, SyncLimits};
+use netsync_core::intent::Intent;
+use netsync_core::sync::{RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncLimits};
 use netsync_core::target::{GnmiTarget, RequestStream, ResponseStream, Target, TargetError};
 use netsync_proto::gnmi;
 
 use crate::error::Error;
 use crate::log::CommitLog;
+use crate::reconcile::{self, ReconcileConfig, Trigger, Worker};
 use crate::store::Store;
+
+/// One datastore's running parts: its sync and its reconcile worker.
+struct Entry {
+    sync: Arc<SyncHandle>,
+    /// Wakes the reconcile worker when a job is queued.
+    wake: Arc<Notify>,
+    /// Serialises reconcile jobs with intent writes of this datastore.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    stop_worker: watch::Sender<bool>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
 
 /// Every running sync, by datastore name.
 pub struct Engine {
+    store: Store,
     log: Arc<CommitLog>,
     limits: SyncLimits,
-    syncs: Mutex<HashMap<String, Arc<SyncHandle>>>,
-    intent_writes: tokio::sync::Mutex<()>,
+    reconcile: ReconcileConfig,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -29,13 +46,19 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine committing through `log`.
-    pub fn new(log: Arc<CommitLog>, limits: SyncLimits) -> Self {
+    /// An engine committing through `log` and queueing jobs in `store`.
+    pub fn new(
+        store: Store,
+        log: Arc<CommitLog>,
+        limits: SyncLimits,
+        reconcile: ReconcileConfig,
+    ) -> Self {
         Self {
+            store,
             log,
             limits,
-            syncs: Mutex::new(HashMap::new()),
-            intent_writes: tokio::sync::Mutex::new(()),
+            reconcile,
+            entries: Mutex::new(HashMap::new()),
         }
     }
 
@@ -44,81 +67,133 @@ impl Engine {
         &self.log
     }
 
-    /// Starts syncing `spec`, with running as the store has it.
-    pub async fn start(&self, spec: &DatastoreSpec, store: &Store) -> Result<(), Error> {
+    /// Starts syncing a stored datastore: running and intents as the store has
+    /// them, and any reconcile job left from before.
+    pub async fn start(&self, spec: &DatastoreSpec) -> Result<(), Error> {
         let initial = self.log.load(&spec.name).await?;
-        let intents = store.list_intents(&spec.name).await?;
-        let handle = self.start_with(spec, initial);
-        for intent in intents {
-            handle.set_intent(intent);
-        }
+        let intents = self.store.list_intents(&spec.name).await?;
+        self.start_with(spec, initial, intents);
         Ok(())
     }
 
-    /// Serialises intent writes, so the store and the engine agree on them.
-    pub async fn intent_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.intent_writes.lock().await
-    }
-
-    /// Starts syncing a datastore that has nothing committed yet.
+    /// Starts syncing a datastore that has nothing stored yet.
     pub fn start_new(&self, spec: &DatastoreSpec) {
-        self.start_with(spec, Snapshot::default());
+        self.start_with(spec, Snapshot::default(), Vec::new());
     }
 
-    fn start_with(&self, spec: &DatastoreSpec, initial: Snapshot) -> Arc<SyncHandle> {
+    fn start_with(&self, spec: &DatastoreSpec, initial: Snapshot, intents: Vec<Intent>) {
         let target: Arc<dyn Target> = match GnmiTarget::new(&spec.target) {
             Ok(target) => Arc::new(target),
             Err(error) => Arc::new(Unusable(error)),
         };
-        let handle = Arc::new(SyncHandle::start(
+        let sync = Arc::new(SyncHandle::start(
             spec.clone(),
             target,
             self.log.clone(),
             initial,
             self.limits.clone(),
         ));
+        for intent in intents {
+            sync.set_intent(intent);
+        }
+        let wake = Arc::new(Notify::new());
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let (stop_worker, stopped) = watch::channel(false);
+        let worker = Worker {
+            sync: sync.clone(),
+            store: self.store.clone(),
+            config: self.reconcile.clone(),
+            wake: wake.clone(),
+            lock: lock.clone(),
+        };
+        let entry = Arc::new(Entry {
+            sync,
+            wake,
+            lock,
+            stop_worker,
+            worker: Mutex::new(Some(tokio::spawn(worker.run(stopped)))),
+        });
         let old = self
-            .syncs
+            .entries
             .lock()
             .expect("lock")
-            .insert(spec.name.clone(), handle.clone());
+            .insert(spec.name.clone(), entry);
         debug_assert!(old.is_none(), "a datastore is synced once");
-        handle
     }
 
     /// The sync of `name`, if it runs.
     pub fn get(&self, name: &str) -> Option<Arc<SyncHandle>> {
-        self.syncs.lock().expect("lock").get(name).cloned()
+        self.entries
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map(|e| e.sync.clone())
     }
 
-    /// Stops the sync of `name` and waits for it to end.
+    /// Holds off reconcile jobs of `name` while an intent is written, so the
+    /// store, the engine and the device see intent changes one at a time.
+    pub async fn intent_lock(&self, name: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = self
+            .entries
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map(|e| e.lock.clone())?;
+        Some(lock.lock_owned().await)
+    }
+
+    /// Queues a reconcile job for `name` and wakes its worker.
+    pub async fn enqueue(&self, name: &str, trigger: &Trigger) -> Result<(), Error> {
+        let created = reconcile::enqueue(&self.store, name, trigger).await?;
+        let entry = self.entries.lock().expect("lock").get(name).cloned();
+        if let Some(entry) = entry {
+            if created {
+                entry.sync.publish_revert(RevertEvent {
+                    phase: RevertPhase::Queued,
+                    attempt: 0,
+                    updates: Vec::new(),
+                    deletes: Vec::new(),
+                    error: String::new(),
+                });
+            }
+            entry.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Stops the sync and the worker of `name` and waits for them to end.
     pub async fn stop(&self, name: &str) {
-        let handle = self.syncs.lock().expect("lock").remove(name);
-        if let Some(handle) = handle {
-            stop_handle(handle).await;
+        let entry = self.entries.lock().expect("lock").remove(name);
+        if let Some(entry) = entry {
+            stop_entry(entry).await;
         }
         self.log.forget(name);
     }
 
-    /// Stops every sync.
+    /// Stops everything.
     pub async fn stop_all(&self) {
-        let handles: Vec<_> = self
-            .syncs
+        let entries: Vec<_> = self
+            .entries
             .lock()
             .expect("lock")
             .drain()
-            .map(|(_, h)| h)
+            .map(|(_, e)| e)
             .collect();
-        for handle in handles {
-            stop_handle(handle).await;
+        for entry in entries {
+            stop_entry(entry).await;
         }
     }
 }
 
-/// Stops a sync and waits for its tasks, even while readers still hold the
-/// handle.
-async fn stop_handle(handle: Arc<SyncHandle>) {
-    handle.stop().await;
+/// Stops a datastore's worker and sync and waits for them, even while
+/// readers still hold the sync handle.
+async fn stop_entry(entry: Arc<Entry>) {
+    let _ = entry.stop_worker.send(true);
+    let worker = entry.worker.lock().expect("lock").take();
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
+    entry.sync.stop().await;
 }
 
 /// A target that cannot be built (e.g. unsupported settings): every call fails

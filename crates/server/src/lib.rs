@@ -7,6 +7,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod log;
+pub mod reconcile;
 pub mod store;
 pub mod telemetry;
 
@@ -60,16 +61,15 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Store::open(&config.db).await?;
     let engine = Arc::new(Engine::new(
+        store.clone(),
         CommitLog::new(store.clone(), config.retention),
         config.limits.clone(),
+        config.reconcile.clone(),
     ));
     // Every stored datastore's running is loaded and served at once; its sync
     // then resumes with a resync.
     for ds in store.list_datastores().await.map_err(ServeError::Load)? {
-        engine
-            .start(&ds.spec, &store)
-            .await
-            .map_err(ServeError::Load)?;
+        engine.start(&ds.spec).await.map_err(ServeError::Load)?;
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();

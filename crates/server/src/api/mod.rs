@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, Secrets};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::reconcile::Trigger;
 use crate::store::{self, Store, StoredDatastore};
 
 mod running;
@@ -228,12 +229,17 @@ impl NetSync for NetSyncService {
             .intent
             .ok_or_else(|| Error::invalid("intent", "is required"))?;
         let mut intent = convert::intent_from_proto(intent, "intent").map_err(Error::from)?;
-        let _writing = self.engine.intent_writes().await;
+        let _writing = self.engine.intent_lock(&req.datastore).await;
         intent.revision = sync.snapshot().revision;
         self.store.put_intent(&req.datastore, &intent).await?;
         let reply = convert::intent_to_proto(&intent);
         tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
+        let name = intent.name.clone();
         sync.set_intent(intent);
+        // Applied through the reconcile queue, even when non-revertive.
+        self.engine
+            .enqueue(&req.datastore, &Trigger::Apply(name))
+            .await?;
         Ok(Response::new(reply))
     }
 
@@ -273,9 +279,16 @@ impl NetSync for NetSyncService {
         if req.name.is_empty() {
             return Err(Error::invalid("name", "is required").into());
         }
-        let _writing = self.engine.intent_writes().await;
+        let _writing = self.engine.intent_lock(&req.datastore).await;
         self.store.delete_intent(&req.datastore, &req.name).await?;
-        sync.remove_intent(&req.name);
+        // Its leaves leave the device too, unless another intent provides them.
+        let withdrawn: Vec<_> = sync
+            .remove_intent(&req.name)
+            .map(|i| i.updates.into_keys().collect())
+            .unwrap_or_default();
+        self.engine
+            .enqueue(&req.datastore, &Trigger::Withdraw(withdrawn))
+            .await?;
         tracing::info!(datastore = %req.datastore, intent = %req.name, "intent deleted");
         Ok(Response::new(pb::DeleteIntentResponse {}))
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use netsync_core::sync::{Event, EventKind, SyncHandle};
+use netsync_core::sync::{Event, EventKind, RevertPhase, SyncHandle};
 use netsync_proto::netsync::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -199,6 +199,25 @@ fn event_to_proto(name: &str, event: &Event) -> pb::SyncEvent {
             EventKind::Commit { replace, change } => {
                 pb::sync_event::Event::Commit(change_to_proto(*replace, change))
             }
+            EventKind::Revert(revert) => pb::sync_event::Event::Revert(pb::Revert {
+                phase: match revert.phase {
+                    RevertPhase::Queued => pb::RevertPhase::Queued,
+                    RevertPhase::Applying => pb::RevertPhase::Applying,
+                    RevertPhase::Applied => pb::RevertPhase::Applied,
+                    RevertPhase::Failed => pb::RevertPhase::Failed,
+                } as i32,
+                attempt: revert.attempt,
+                updates: revert
+                    .updates
+                    .iter()
+                    .map(|(k, v)| pb::Leaf {
+                        path: k.to_string(),
+                        value: Some(v.clone()),
+                    })
+                    .collect(),
+                deletes: revert.deletes.iter().map(|k| k.to_string()).collect(),
+                error: revert.error.clone(),
+            }),
         }),
     }
 }

@@ -1,0 +1,516 @@
+//! Reconcile jobs against netsync-sim: apply on SetIntent, drift reverted,
+//! non-revertive drift reported, DeleteIntent, priority conflicts, failing
+//! Sets retried then FAILED, a job resumed after a restart, and the seed
+//! failure in full: a stalled revert never holds up the sync.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::sim::{Sim, generated, string};
+use common::{TestServer, create};
+use netsync_proto::gnmi;
+use netsync_proto::netsync::sim::v1 as simpb;
+use netsync_proto::netsync::v1 as pb;
+use netsync_server::Config;
+use pb::net_sync_client::NetSyncClient;
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn millis(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn config(db: &std::path::Path) -> Config {
+    let mut config = Config::with_db(format!("sqlite://{}", db.display()));
+    config.reconcile.backoff_min = Duration::from_millis(50);
+    config.reconcile.backoff_max = Duration::from_millis(200);
+    config.reconcile.max_attempts = 3;
+    config.reconcile.attempt_timeout = Duration::from_secs(90);
+    config
+}
+
+fn datastore(sim: &Sim, revert: bool) -> pb::Datastore {
+    pb::Datastore {
+        name: "r1".into(),
+        target: Some(pb::Target {
+            address: sim.addr.to_string(),
+            encoding: pb::Encoding::Proto as i32,
+            ..Default::default()
+        }),
+        sync: Some(pb::SyncConfig {
+            commit_interval: Some(millis(200)),
+            ..Default::default()
+        }),
+        revert: Some(pb::RevertConfig {
+            enabled: revert,
+            debounce: Some(millis(0)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn intent(
+    name: &str,
+    priority: i32,
+    updates: &[(&str, &str)],
+    deletes: &[&str],
+    non_revertive: bool,
+) -> pb::Intent {
+    pb::Intent {
+        name: name.into(),
+        priority,
+        updates: updates
+            .iter()
+            .map(|(p, v)| pb::Leaf {
+                path: p.to_string(),
+                value: Some(string(v)),
+            })
+            .collect(),
+        deletes: deletes.iter().map(|d| d.to_string()).collect(),
+        non_revertive,
+        revision: 0,
+    }
+}
+
+async fn set_intent(client: &mut NetSyncClient<Channel>, intent: pb::Intent) {
+    client
+        .set_intent(pb::SetIntentRequest {
+            datastore: "r1".into(),
+            intent: Some(intent),
+        })
+        .await
+        .unwrap();
+}
+
+async fn watch(client: &mut NetSyncClient<Channel>) -> Streaming<pb::SyncEvent> {
+    client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next reconcile event in `phase`, skipping everything else.
+async fn next_revert(events: &mut Streaming<pb::SyncEvent>, phase: pb::RevertPhase) -> pb::Revert {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.next().await.unwrap().unwrap();
+            if let Some(pb::sync_event::Event::Revert(r)) = event.event
+                && r.phase == phase as i32
+            {
+                return r;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {phase:?} event"))
+}
+
+async fn device_leaf(sim: &Sim, path: &str) -> Option<gnmi::TypedValue> {
+    sim.leaves().await.remove(path)
+}
+
+async fn deviations(client: &mut NetSyncClient<Channel>) -> BTreeMap<String, String> {
+    client
+        .get_deviations(pb::GetDeviationsRequest {
+            datastore: "r1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deviations
+        .into_iter()
+        .map(|d| (d.path, d.intent))
+        .collect()
+}
+
+async fn start(sim: &Sim, revert: bool) -> (tempfile::TempDir, TestServer, NetSyncClient<Channel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config(&dir.path().join("n.db"))).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(create(datastore(sim, revert)))
+        .await
+        .unwrap();
+    let mut first = tonic::Request::new(pb::GetRunningRequest {
+        datastore: "r1".into(),
+        path: "/none".into(),
+        min_revision: 1,
+    });
+    first.set_timeout(DEADLINE);
+    client.get_running(first).await.unwrap();
+    (dir, server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_revert_priority_and_delete() {
+    let sim = Sim::start(generated(200)).await;
+    let (_dir, server, mut client) = start(&sim, true).await;
+    let mut events = watch(&mut client).await;
+
+    // Apply: SetIntent brings the device to the intent.
+    set_intent(
+        &mut client,
+        intent(
+            "base",
+            10,
+            &[
+                ("/system/intent/motd", "hello"),
+                ("/system/intent/shared", "base"),
+            ],
+            &[],
+            false,
+        ),
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Queued).await;
+    let applying = next_revert(&mut events, pb::RevertPhase::Applying).await;
+    assert_eq!(applying.attempt, 1);
+    assert_eq!(applying.updates.len(), 2);
+    next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/motd").await,
+        Some(string("hello"))
+    );
+    assert!(deviations(&mut client).await.is_empty());
+
+    // Drift on the device is reverted.
+    sim.set_leaves(
+        vec![("/system/intent/motd".into(), string("hacked"))],
+        vec![],
+    )
+    .await;
+    let revert = next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(revert.updates[0].path, "/system/intent/motd");
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/motd").await,
+        Some(string("hello"))
+    );
+
+    // Priority: the lower number wins where intents overlap.
+    set_intent(
+        &mut client,
+        intent(
+            "override",
+            1,
+            &[("/system/intent/shared", "override")],
+            &[],
+            false,
+        ),
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/shared").await,
+        Some(string("override"))
+    );
+
+    // Deleting the winner applies the next intent's value; deleting the last
+    // removes the leaf from the device.
+    client
+        .delete_intent(pb::DeleteIntentRequest {
+            datastore: "r1".into(),
+            name: "override".into(),
+        })
+        .await
+        .unwrap();
+    next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/shared").await,
+        Some(string("base"))
+    );
+    client
+        .delete_intent(pb::DeleteIntentRequest {
+            datastore: "r1".into(),
+            name: "base".into(),
+        })
+        .await
+        .unwrap();
+    let removed = next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(removed.deletes.len(), 2, "{removed:?}");
+    assert_eq!(device_leaf(&sim, "/system/intent/motd").await, None);
+    assert_eq!(device_leaf(&sim, "/system/intent/shared").await, None);
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_revertive_drift_is_reported_not_reverted() {
+    let sim = Sim::start(generated(200)).await;
+    let (_dir, server, mut client) = start(&sim, true).await;
+    let mut events = watch(&mut client).await;
+    set_intent(
+        &mut client,
+        intent("soft", 5, &[("/system/intent/soft", "v1")], &[], true),
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/soft").await,
+        Some(string("v1")),
+        "applied on SetIntent"
+    );
+    set_intent(
+        &mut client,
+        intent("hard", 5, &[("/system/intent/hard", "h")], &[], false),
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Applied).await;
+
+    // Both drift; only the revertive one is put back.
+    sim.set_leaves(
+        vec![
+            ("/system/intent/soft".into(), string("x")),
+            ("/system/intent/hard".into(), string("x")),
+        ],
+        vec![],
+    )
+    .await;
+    let revert = next_revert(&mut events, pb::RevertPhase::Applied).await;
+    let paths: Vec<_> = revert.updates.iter().map(|l| l.path.as_str()).collect();
+    assert_eq!(paths, ["/system/intent/hard"]);
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/soft").await,
+        Some(string("x"))
+    );
+    let deviations = deviations(&mut client).await;
+    assert_eq!(
+        deviations.get("/system/intent/soft").map(String::as_str),
+        Some("soft")
+    );
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_sets_are_retried_then_failed() {
+    let sim = Sim::start(generated(100)).await;
+    let (_dir, server, mut client) = start(&sim, false).await;
+    let mut events = watch(&mut client).await;
+    let mut control = sim.control().await;
+    let fail = |code: tonic::Code| simpb::SetFaultsRequest {
+        faults: Some(simpb::Faults {
+            set_failure: Some(simpb::SetFailure {
+                code: code as i32,
+                message: String::new(),
+                count: 0,
+            }),
+            ..Default::default()
+        }),
+    };
+    // Transient: retried with backoff, then FAILED after the last attempt.
+    control
+        .set_faults(fail(tonic::Code::Unavailable))
+        .await
+        .unwrap();
+    set_intent(
+        &mut client,
+        intent("a", 0, &[("/system/intent/a", "1")], &[], false),
+    )
+    .await;
+    let failed = next_revert(&mut events, pb::RevertPhase::Failed).await;
+    assert_eq!(failed.attempt, 3);
+    assert!(failed.error.contains("3 attempts"), "{}", failed.error);
+    // Permanent: FAILED at once.
+    control
+        .set_faults(fail(tonic::Code::InvalidArgument))
+        .await
+        .unwrap();
+    set_intent(
+        &mut client,
+        intent("b", 0, &[("/system/intent/b", "1")], &[], false),
+    )
+    .await;
+    let failed = next_revert(&mut events, pb::RevertPhase::Failed).await;
+    assert_eq!(failed.attempt, 1);
+    assert!(failed.error.contains("InvalidArgument"), "{}", failed.error);
+    // Once the device takes Sets again, a job applies its intent; with revert
+    // off, the failed intents stay reported as deviations until set again.
+    control
+        .clear_faults(simpb::ClearFaultsRequest {})
+        .await
+        .unwrap();
+    set_intent(
+        &mut client,
+        intent("c", 0, &[("/system/intent/c", "1")], &[], false),
+    )
+    .await;
+    let applied = next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(applied.updates.len(), 1);
+    let left: Vec<_> = deviations(&mut client).await.into_values().collect();
+    assert_eq!(left, ["a", "b"]);
+    set_intent(
+        &mut client,
+        intent("a", 0, &[("/system/intent/a", "1")], &[], false),
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/a").await,
+        Some(string("1"))
+    );
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_interrupted_by_a_restart_runs_after_it() {
+    let sim = Sim::start(generated(100)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("n.db");
+    let server = TestServer::start_with(config(&db)).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(create(datastore(&sim, false)))
+        .await
+        .unwrap();
+    let mut control = sim.control().await;
+    control
+        .set_faults(simpb::SetFaultsRequest {
+            faults: Some(simpb::Faults {
+                set_failure: Some(simpb::SetFailure {
+                    code: tonic::Code::Unavailable as i32,
+                    message: String::new(),
+                    count: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut events = watch(&mut client).await;
+    set_intent(
+        &mut client,
+        intent("a", 0, &[("/system/intent/a", "1")], &[], false),
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Applying).await;
+    drop((events, client));
+    server.stop().await;
+
+    control
+        .clear_faults(simpb::ClearFaultsRequest {})
+        .await
+        .unwrap();
+    let server = TestServer::start_with(config(&db)).await;
+    let deadline = Instant::now() + DEADLINE;
+    while device_leaf(&sim, "/system/intent/a").await != Some(string("1")) {
+        assert!(Instant::now() < deadline, "the interrupted job never ran");
+        let mut client = server.client().await;
+        let mut events = watch(&mut client).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            next_revert(&mut events, pb::RevertPhase::Applied),
+        )
+        .await;
+    }
+    server.stop().await;
+    sim.stop().await;
+}
+
+/// The seed failure in full: the device answers Set only after 60 s. A drift
+/// starts a revert that stalls; meanwhile 2,000 more changes arrive, and
+/// running shows every one on time; then the revert completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_revert_never_holds_up_the_sync() {
+    let sim = Sim::start(generated(500)).await;
+    let (_dir, server, mut client) = start(&sim, true).await;
+    let mut events = watch(&mut client).await;
+    set_intent(
+        &mut client,
+        intent("base", 0, &[("/system/intent/pw", "secret")], &[], false),
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Applied).await;
+
+    let mut control = sim.control().await;
+    control
+        .set_faults(simpb::SetFaultsRequest {
+            faults: Some(simpb::Faults {
+                set_delay: Some(millis(60_000)),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    sim.set_leaves(
+        vec![("/system/intent/pw".into(), string("drifted"))],
+        vec![],
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Applying).await;
+
+    // While the revert's Set hangs, the device changes 2,000 times.
+    let burst: Vec<(String, gnmi::TypedValue)> = (0..2000)
+        .map(|i| {
+            (
+                format!("/system/churn/leaf-{i:04}"),
+                string(&format!("v{i}")),
+            )
+        })
+        .collect();
+    let sent = Instant::now();
+    sim.set_leaves(burst.clone(), vec![]).await;
+    let mut revision = 0;
+    loop {
+        let mut request = tonic::Request::new(pb::GetRunningRequest {
+            datastore: "r1".into(),
+            path: "/system/churn".into(),
+            min_revision: revision + 1,
+        });
+        request.set_timeout(Duration::from_secs(5));
+        let mut stream = client.get_running(request).await.unwrap().into_inner();
+        let mut count = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.unwrap();
+            revision = batch.revision;
+            count += batch.leaves.len();
+        }
+        if count == burst.len() {
+            break;
+        }
+    }
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_millis(200) + Duration::from_secs(2),
+        "the burst took {took:?}"
+    );
+    let st = client
+        .get_datastore(pb::GetDatastoreRequest { name: "r1".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(st.stats.unwrap().dropped, 0);
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/pw").await,
+        Some(string("drifted")),
+        "the revert is still stalled"
+    );
+
+    // Then the revert completes.
+    let applied = next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(applied.updates[0].path, "/system/intent/pw");
+    assert_eq!(
+        device_leaf(&sim, "/system/intent/pw").await,
+        Some(string("secret"))
+    );
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}
