@@ -59,7 +59,8 @@ pub struct ServeArgs {
     #[arg(long, env = "NETSYNC_DB", value_name = "URL")]
     pub db: Option<String>,
     /// TOML configuration file (keys as the long flags, with `_`: listen, db,
-    /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer).
+    /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer,
+    /// set_timeout_seconds).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log line format [default: text]; the filter comes from RUST_LOG.
@@ -78,6 +79,9 @@ pub struct ServeArgs {
     /// cut off [default: 4096].
     #[arg(long, env = "NETSYNC_WATCH_BUFFER", value_name = "N")]
     pub watch_buffer: Option<usize>,
+    /// Longest wait for one gNMI Set of a reconcile job, in seconds [default: 60].
+    #[arg(long, env = "NETSYNC_SET_TIMEOUT_SECONDS", value_name = "SECONDS")]
+    pub set_timeout_seconds: Option<u64>,
 }
 
 /// How log lines are written.
@@ -102,6 +106,7 @@ struct FileConfig {
     retain_seconds: Option<u64>,
     pending_cap: Option<usize>,
     watch_buffer: Option<usize>,
+    set_timeout_seconds: Option<u64>,
 }
 
 /// The resolved configuration of a netsyncd process.
@@ -169,7 +174,18 @@ impl Config {
         Ok(Self {
             retention,
             limits,
-            reconcile: ReconcileConfig::default(),
+            reconcile: ReconcileConfig {
+                attempt_timeout: match args.set_timeout_seconds.or(file.set_timeout_seconds) {
+                    Some(0) => {
+                        return Err(ConfigError::Invalid(
+                            "set_timeout_seconds must be above zero".into(),
+                        ));
+                    }
+                    Some(s) => Duration::from_secs(s),
+                    None => ReconcileConfig::default().attempt_timeout,
+                },
+                ..ReconcileConfig::default()
+            },
             listen: args
                 .listen
                 .or(file.listen)
