@@ -14,7 +14,7 @@ use netsync_core::running::Key;
 use netsync_core::sync::{
     Committed, Event, EventKind, Persist, Snapshot, SyncHandle, SyncLimits, SyncState,
 };
-use netsync_core::target::fake::{Connection, FakeTarget};
+use netsync_core::target::fake::{Connection, FakeDevice, FakeTarget};
 use netsync_proto::gnmi::{self, typed_value};
 use tokio::sync::{Semaphore, broadcast};
 
@@ -160,6 +160,20 @@ fn send(conn: &Connection, response: gnmi::SubscribeResponse) {
     conn.responses.send(Ok(response)).unwrap();
 }
 
+/// An ON_CHANGE sync of `/` committing every `commit_ms` through `persist`,
+/// and the scripted device it talks to.
+fn start(commit_ms: u64, persist: Arc<TestPersist>) -> (SyncHandle, FakeDevice) {
+    let (target, device) = FakeTarget::new();
+    let handle = SyncHandle::start(
+        spec(SyncMode::OnChange, Duration::from_millis(commit_ms)),
+        Arc::new(target),
+        persist,
+        Snapshot::default(),
+        limits(),
+    );
+    (handle, device)
+}
+
 /// The next commit event.
 async fn next_commit(
     events: &mut broadcast::Receiver<Arc<Event>>,
@@ -206,15 +220,8 @@ fn leaf(handle: &SyncHandle, path: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_commit_holds_exactly_the_pre_sync_response_notifications() {
-    let (target, mut device) = FakeTarget::new();
     let persist = TestPersist::held();
-    let handle = SyncHandle::start(
-        spec(SyncMode::OnChange, Duration::from_millis(20)),
-        Arc::new(target),
-        persist.clone(),
-        Snapshot::default(),
-        limits(),
-    );
+    let (handle, mut device) = start(20, persist.clone());
     let mut events = handle.subscribe();
     let mut conn = device.accept().await;
     let subscription = tokio::time::timeout(DEADLINE, conn.requests.recv())
@@ -265,15 +272,8 @@ async fn first_commit_holds_exactly_the_pre_sync_response_notifications() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_while_commits_stall() {
-    let (target, mut device) = FakeTarget::new();
     let persist = TestPersist::held();
-    let handle = SyncHandle::start(
-        spec(SyncMode::OnChange, Duration::from_millis(50)),
-        Arc::new(target),
-        persist.clone(),
-        Snapshot::default(),
-        limits(),
-    );
+    let (handle, mut device) = start(50, persist.clone());
     let conn = device.accept().await;
     // The seed failure: a user without its password, then a burst that adds it.
     send(
@@ -315,14 +315,7 @@ async fn nothing_is_lost_while_commits_stall() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_order_is_kept() {
-    let (target, mut device) = FakeTarget::new();
-    let handle = SyncHandle::start(
-        spec(SyncMode::OnChange, Duration::from_millis(20)),
-        Arc::new(target),
-        TestPersist::open(),
-        Snapshot::default(),
-        limits(),
-    );
+    let (handle, mut device) = start(20, TestPersist::open());
     let conn = device.accept().await;
     send(&conn, update("/a/x", "1"));
     send(&conn, update("/b/l[k=1]/v", "1"));
@@ -343,14 +336,7 @@ async fn stream_order_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_prunes_what_vanished_while_disconnected() {
-    let (target, mut device) = FakeTarget::new();
-    let handle = SyncHandle::start(
-        spec(SyncMode::OnChange, Duration::from_millis(20)),
-        Arc::new(target),
-        TestPersist::open(),
-        Snapshot::default(),
-        limits(),
-    );
+    let (handle, mut device) = start(20, TestPersist::open());
     let mut events = handle.subscribe();
     let conn = device.accept().await;
     send(
@@ -440,16 +426,9 @@ async fn ingest_pauses_at_the_cap_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_that_cannot_be_persisted_forces_a_resync() {
-    let (target, mut device) = FakeTarget::new();
     let persist = TestPersist::open();
     *persist.fail_next.lock().unwrap() = 1;
-    let handle = SyncHandle::start(
-        spec(SyncMode::OnChange, Duration::from_millis(5)),
-        Arc::new(target),
-        persist.clone(),
-        Snapshot::default(),
-        limits(),
-    );
+    let (handle, mut device) = start(5, persist.clone());
     let conn = device.accept().await;
     send(&conn, update("/a", "1"));
     send(&conn, sync_response());
@@ -473,14 +452,7 @@ async fn a_commit_that_cannot_be_persisted_forces_a_resync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_replaces_running() {
-    let (target, mut device) = FakeTarget::new();
-    let handle = SyncHandle::start(
-        spec(SyncMode::OnChange, Duration::from_millis(5)),
-        Arc::new(target),
-        TestPersist::open(),
-        Snapshot::default(),
-        limits(),
-    );
+    let (handle, mut device) = start(5, TestPersist::open());
     let conn = device.accept().await;
     send(&conn, notification(&[("/a", "1"), ("/b", "1")], &[]));
     send(&conn, sync_response());
@@ -506,16 +478,9 @@ async fn resync_replaces_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_committer_is_restarted_with_a_resync() {
-    let (target, mut device) = FakeTarget::new();
     let persist = TestPersist::open();
     *persist.panic_next.lock().unwrap() = 1;
-    let handle = SyncHandle::start(
-        spec(SyncMode::OnChange, Duration::from_millis(5)),
-        Arc::new(target),
-        persist.clone(),
-        Snapshot::default(),
-        limits(),
-    );
+    let (handle, mut device) = start(5, persist.clone());
     let conn = device.accept().await;
     send(&conn, update("/a", "1"));
     send(&conn, sync_response());
@@ -537,15 +502,8 @@ async fn a_panicking_committer_is_restarted_with_a_resync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_commit_of_an_old_connection_does_not_claim_in_sync() {
-    let (target, mut device) = FakeTarget::new();
     let persist = TestPersist::held();
-    let handle = SyncHandle::start(
-        spec(SyncMode::OnChange, Duration::from_millis(5)),
-        Arc::new(target),
-        persist.clone(),
-        Snapshot::default(),
-        limits(),
-    );
+    let (handle, mut device) = start(5, persist.clone());
     let conn = device.accept().await;
     send(&conn, update("/a", "1"));
     send(&conn, sync_response());
