@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::sim::{Sim, generated, string};
-use common::{TestServer, create};
+use common::{TestServer, create, millis};
 use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
@@ -20,13 +20,6 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn millis(ms: u64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
-}
 
 fn config(db: &std::path::Path) -> Config {
     let mut config = Config::with_db(format!("sqlite://{}", db.display()));

@@ -124,3 +124,11 @@ pub fn create(ds: pb::Datastore) -> pb::CreateDatastoreRequest {
         datastore: Some(ds),
     }
 }
+
+/// A protobuf duration of `ms` milliseconds.
+pub fn millis(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
