@@ -3,6 +3,7 @@
 
 pub mod datastore;
 pub mod intent;
+mod leaves;
 pub mod notification;
 pub mod path;
 pub mod running;

@@ -1157,8 +1157,8 @@ impl Committer {
         }
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
-            datastore = %self.shared.name, revision, replace, updates = change.updates.len(),
-            deletes = change.deletes.len(), leaves, "committed"
+            datastore = %self.shared.name, revision, replace, updates = change.update_count(),
+            deletes = change.delete_count(), leaves, "committed"
         );
         {
             let mut last_event = self

@@ -410,8 +410,10 @@ impl Worker {
         }
         let mut snapshots = self.sync.watch_snapshot();
         let shows_result = |s: &netsync_core::sync::Snapshot| {
-            updates.iter().all(|(k, v)| s.running.get(k) == Some(v))
-                && deletes.iter().all(|k| s.running.get(k).is_none())
+            updates
+                .iter()
+                .all(|(k, v)| s.running.get(k).as_ref() == Some(v))
+                && deletes.iter().all(|k| !s.running.contains(k))
         };
         let confirmed = tokio::time::timeout(self.config.confirm_timeout, async {
             snapshots.wait_for(|s| shows_result(s)).await.map(|_| ())
