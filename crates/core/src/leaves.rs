@@ -181,22 +181,22 @@ impl Leaves {
     /// reporting each net change to `change` (if given). Deletes apply first:
     /// a leaf both deleted and updated ends with the update, and is a change
     /// only if its value differs from before. `self` is unchanged.
-    pub(crate) fn merge<'u>(
+    pub(crate) fn merge(
         &self,
-        updates: impl Iterator<Item = (&'u str, &'u [u8])>,
+        mut updates: impl Source,
         deletes: &Ranges,
         mut change: Option<&mut ChangeSink>,
     ) -> Leaves {
-        let mut updates = updates.peekable();
         let mut out = Builder::new();
         let mut deleted = deletes.cursor();
         let mut key = String::new();
         let count = self.chunks.len();
         for (i, chunk) in self.chunks.iter().enumerate() {
             let next_first = (i + 1 < count).then(|| self.chunks[i + 1].first_key());
-            let below_next = |k: &str| next_first.is_none_or(|n| k < n);
             let lo = if i == 0 { "" } else { chunk.first_key() };
-            let touched = updates.peek().is_some_and(|(k, _)| below_next(k))
+            let touched = updates
+                .current()
+                .is_some_and(|(k, _)| next_first.is_none_or(|n| k < n))
                 || deleted.overlaps(lo, next_first);
             if !touched && out.pending_entries() == 0 {
                 out.push_chunk(chunk);
@@ -211,43 +211,293 @@ impl Leaves {
             // fall in its range.
             let mut cursor = chunk.cursor();
             while let Some(old) = cursor.next(&mut key) {
-                while let Some((k, v)) = updates.next_if(|(k, _)| *k < key.as_str()) {
-                    out.push(k, v);
-                    if let Some(c) = change.as_deref_mut() {
-                        c.updates.push(k, v);
-                    }
-                }
-                match updates.next_if(|(k, _)| *k == key.as_str()) {
-                    Some((k, v)) => {
+                take_below(&mut updates, &mut out, &mut change, Some(&key));
+                match updates.current() {
+                    Some((k, v)) if k == key => {
                         out.push(k, v);
                         if v != old
                             && let Some(c) = change.as_deref_mut()
                         {
                             c.updates.push(k, v);
                         }
+                        updates.advance();
                     }
-                    None if deleted.contains(&key) => {
+                    _ if deleted.contains(&key) => {
                         if let Some(c) = change.as_deref_mut() {
                             c.deletes.push(&key, &[]);
                         }
                     }
-                    None => out.push(&key, old),
+                    _ => out.push(&key, old),
                 }
             }
-            while let Some((k, v)) = updates.next_if(|(k, _)| below_next(k)) {
-                out.push(k, v);
-                if let Some(c) = change.as_deref_mut() {
-                    c.updates.push(k, v);
-                }
-            }
+            take_below(&mut updates, &mut out, &mut change, next_first);
         }
-        for (k, v) in updates {
-            out.push(k, v);
-            if let Some(c) = change.as_deref_mut() {
-                c.updates.push(k, v);
-            }
-        }
+        take_below(&mut updates, &mut out, &mut change, None);
         out.finish()
+    }
+
+    /// A [`Source`] reading this set in order.
+    pub(crate) fn source(&self) -> LeavesSource<'_> {
+        let mut source = LeavesSource {
+            cursor: self.cursor(),
+            key: String::new(),
+            value: None,
+        };
+        source.advance();
+        source
+    }
+
+    /// Appends this set to `out` in a self-delimiting form that
+    /// [`Leaves::read`] reads back: the chunks as they are, so writing a
+    /// snapshot costs a copy.
+    pub(crate) fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut head = Vec::with_capacity(16);
+        write_varint(&mut head, self.chunks.len());
+        out.write_all(&head)?;
+        for chunk in self.chunks.iter() {
+            head.clear();
+            write_varint(&mut head, chunk.entries as usize);
+            write_varint(&mut head, chunk.bytes.len());
+            out.write_all(&head)?;
+            out.write_all(&chunk.bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`Leaves::write`] wrote from the front of `bytes`, advancing
+    /// it. Everything is checked (bounds, UTF-8, key order), so a damaged
+    /// buffer is an error, never a panic or a wrong set.
+    pub(crate) fn read(bytes: &mut &[u8]) -> Result<Leaves, String> {
+        let chunks = checked_varint(bytes)?;
+        let mut out = Vec::with_capacity(chunks.min(bytes.len()));
+        let mut len = 0usize;
+        let mut previous = String::new();
+        for _ in 0..chunks {
+            let entries = checked_varint(bytes)?;
+            let size = checked_varint(bytes)?;
+            if size > bytes.len() || entries == 0 || entries > u32::MAX as usize {
+                return Err("damaged chunk header".into());
+            }
+            let (body, rest) = bytes.split_at(size);
+            *bytes = rest;
+            check_chunk(body, entries, &mut previous)?;
+            len += entries;
+            out.push(Arc::new(Chunk {
+                entries: entries as u32,
+                bytes: body.into(),
+            }));
+        }
+        Ok(Leaves {
+            chunks: out.into(),
+            len,
+        })
+    }
+}
+
+/// Copies every update below `bound` (all, if `None`) to the output and the
+/// change.
+fn take_below<S: Source>(
+    updates: &mut S,
+    out: &mut Builder,
+    change: &mut Option<&mut ChangeSink>,
+    bound: Option<&str>,
+) {
+    while let Some((k, v)) = updates.current() {
+        if bound.is_some_and(|b| k >= b) {
+            break;
+        }
+        out.push(k, v);
+        if let Some(c) = change.as_deref_mut() {
+            c.updates.push(k, v);
+        }
+        updates.advance();
+    }
+}
+
+fn checked_varint(bytes: &mut &[u8]) -> Result<usize, String> {
+    let mut value = 0usize;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes.split_first().ok_or("truncated")?;
+        *bytes = rest;
+        value |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("varint too long".into())
+}
+
+/// Checks that `body` holds exactly `entries` well-formed entries whose keys
+/// continue strictly after `previous` (updated to the last key).
+fn check_chunk(mut body: &[u8], entries: usize, previous: &mut String) -> Result<(), String> {
+    let mut key = String::new();
+    for i in 0..entries {
+        let shared = checked_varint(&mut body)?;
+        let len = checked_varint(&mut body)?;
+        if (i == 0 && shared != 0) || shared > key.len() || !key.is_char_boundary(shared) {
+            return Err("damaged key prefix".into());
+        }
+        if len > body.len() {
+            return Err("truncated key".into());
+        }
+        let (suffix, rest) = body.split_at(len);
+        body = rest;
+        key.truncate(shared);
+        key.push_str(std::str::from_utf8(suffix).map_err(|e| e.to_string())?);
+        if !previous.is_empty() && key.as_str() <= previous.as_str() {
+            return Err(format!("key {key:?} out of order"));
+        }
+        let value = checked_varint(&mut body)?;
+        if value > body.len() {
+            return Err("truncated value".into());
+        }
+        body = &body[value..];
+        previous.clear();
+        previous.push_str(&key);
+    }
+    if body.is_empty() {
+        Ok(())
+    } else {
+        Err("trailing bytes in a chunk".into())
+    }
+}
+
+/// Sorted, distinct entries read one at a time; the current entry borrows
+/// from the source, so sources can rebuild keys in a buffer of their own.
+pub(crate) trait Source {
+    /// The current entry, or `None` when done.
+    fn current(&self) -> Option<(&str, &[u8])>;
+    /// Moves to the next entry.
+    fn advance(&mut self);
+}
+
+/// A [`Source`] over an iterator of borrowed entries.
+pub(crate) struct IterSource<'a, I: Iterator<Item = (&'a str, &'a [u8])>> {
+    iter: I,
+    current: Option<(&'a str, &'a [u8])>,
+}
+
+impl<'a, I: Iterator<Item = (&'a str, &'a [u8])>> IterSource<'a, I> {
+    pub(crate) fn new(mut iter: I) -> Self {
+        let current = iter.next();
+        Self { iter, current }
+    }
+}
+
+impl<'a, I: Iterator<Item = (&'a str, &'a [u8])>> Source for IterSource<'a, I> {
+    fn current(&self) -> Option<(&str, &[u8])> {
+        self.current
+    }
+
+    fn advance(&mut self) {
+        self.current = self.iter.next();
+    }
+}
+
+/// A [`Source`] over a [`Leaves`].
+pub(crate) struct LeavesSource<'a> {
+    cursor: Cursor<'a>,
+    key: String,
+    value: Option<&'a [u8]>,
+}
+
+impl Source for LeavesSource<'_> {
+    fn current(&self) -> Option<(&str, &[u8])> {
+        self.value.map(|v| (self.key.as_str(), v))
+    }
+
+    fn advance(&mut self) {
+        self.value = self.cursor.next(&mut self.key);
+    }
+}
+
+impl<S: Source + ?Sized> Source for &mut S {
+    fn current(&self) -> Option<(&str, &[u8])> {
+        (**self).current()
+    }
+
+    fn advance(&mut self) {
+        (**self).advance();
+    }
+}
+
+/// The union of several sources; where a key is in more than one, the entry
+/// of the last source wins (sources are given oldest first).
+///
+/// The sources with entries left are kept ordered by current key (newest
+/// first among equals). A dump arrives nearly sorted, so its runs barely
+/// overlap, and a source that moves on usually stays in front: one comparison
+/// per entry instead of one per source.
+pub(crate) struct Union<S: Source> {
+    sources: Vec<S>,
+    /// Indexes of sources with a current entry, in order.
+    order: Vec<usize>,
+    /// The key being passed, copied out of its source.
+    passing: String,
+}
+
+impl<S: Source> Union<S> {
+    pub(crate) fn new(sources: Vec<S>) -> Self {
+        let mut union = Self {
+            order: Vec::with_capacity(sources.len()),
+            sources,
+            passing: String::new(),
+        };
+        for i in 0..union.sources.len() {
+            union.place(i);
+        }
+        union
+    }
+
+    /// Whether source `a` goes before source `b`.
+    fn before(&self, a: usize, b: usize) -> bool {
+        match (self.sources[a].current(), self.sources[b].current()) {
+            (Some((ka, _)), Some((kb, _))) => ka < kb || (ka == kb && a > b),
+            _ => false,
+        }
+    }
+
+    /// Inserts source `i` at its place in `order`, if it has an entry.
+    fn place(&mut self, i: usize) {
+        if self.sources[i].current().is_none() {
+            return;
+        }
+        let at = (0..self.order.len())
+            .find(|&p| self.before(i, self.order[p]))
+            .unwrap_or(self.order.len());
+        self.order.insert(at, i);
+    }
+}
+
+impl<S: Source> Source for Union<S> {
+    fn current(&self) -> Option<(&str, &[u8])> {
+        self.sources[*self.order.first()?].current()
+    }
+
+    fn advance(&mut self) {
+        let Some(&first) = self.order.first() else {
+            return;
+        };
+        self.passing.clear();
+        if let Some((k, _)) = self.sources[first].current() {
+            self.passing.push_str(k);
+        }
+        // Every source at this key moves on; they are all at the front.
+        let mut at_key = 0;
+        while at_key < self.order.len()
+            && self.sources[self.order[at_key]]
+                .current()
+                .is_some_and(|(k, _)| k == self.passing)
+        {
+            at_key += 1;
+        }
+        // A moved source's next key is past `passing`, so it is placed
+        // behind the others still at it.
+        for _ in 0..at_key {
+            let i = self.order.remove(0);
+            self.sources[i].advance();
+            self.place(i);
+        }
     }
 }
 
@@ -607,7 +857,7 @@ mod tests {
 
             let mut sink = ChangeSink::default();
             let new = old.merge(
-                updates.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                IterSource::new(updates.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
                 &ranges,
                 Some(&mut sink),
             );
@@ -640,7 +890,7 @@ mod tests {
             (0..1000).map(|i| (format!("/k/{i:05}"), vec![1])).collect();
         let old = build(&map);
         let new = old.merge(
-            std::iter::once(("/k/00500", &[2u8][..])),
+            IterSource::new(std::iter::once(("/k/00500", &[2u8][..]))),
             &Ranges::default(),
             None,
         );
@@ -655,6 +905,55 @@ mod tests {
             old.chunks.len()
         );
         assert_eq!(new.get("/k/00500"), Some(vec![2]));
+    }
+
+    proptest! {
+        /// What is written reads back equal; any damage is an error, not a
+        /// panic.
+        #[test]
+        fn write_read_round_trip(
+            start in prop::collection::btree_map(arb_key(), prop::collection::vec(0u8..3, 0..3), 0..200),
+            flip in 0usize..4000,
+            cut in 0usize..4000,
+        ) {
+            let leaves = build(&start);
+            let mut bytes = Vec::new();
+            leaves.write(&mut bytes).unwrap();
+            let mut reader = &bytes[..];
+            prop_assert_eq!(Leaves::read(&mut reader), Ok(leaves));
+            prop_assert!(reader.is_empty());
+            if !bytes.is_empty() {
+                let mut damaged = bytes.clone();
+                damaged[flip % bytes.len()] ^= 0x5a;
+                let _ = Leaves::read(&mut &damaged[..]);
+                let _ = Leaves::read(&mut &bytes[..cut % bytes.len()]);
+            }
+        }
+
+        /// A union of sources is the map union, later sources winning.
+        #[test]
+        fn union_prefers_later_sources(
+            maps in prop::collection::vec(
+                prop::collection::btree_map(arb_key(), prop::collection::vec(0u8..3, 0..3), 0..30),
+                0..5,
+            ),
+        ) {
+            let sets: Vec<Leaves> = maps.iter().map(build).collect();
+            let mut union = Union::new(sets.iter().map(Leaves::source).collect());
+            let mut got = BTreeMap::new();
+            let mut last: Option<String> = None;
+            while let Some((k, v)) = union.current() {
+                prop_assert!(last.as_deref().is_none_or(|l| l < k));
+                last = Some(k.to_string());
+                got.insert(k.to_string(), v.to_vec());
+                union.advance();
+            }
+            let mut expected = BTreeMap::new();
+            for m in &maps {
+                expected.extend(m.clone());
+            }
+            prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]

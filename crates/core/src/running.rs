@@ -14,7 +14,7 @@ use std::sync::Arc;
 use netsync_proto::gnmi::TypedValue;
 use prost::Message;
 
-use crate::leaves::{self, Builder, ChangeSink, Cursor, Leaves, Ranges};
+use crate::leaves::{self, Builder, ChangeSink, Cursor, IterSource, Leaves, Ranges, Union};
 use crate::path::Path;
 
 /// A leaf's canonical path, shared between running, deltas and events.
@@ -120,11 +120,34 @@ impl Default for Updates {
     }
 }
 
-/// Updates in arrival order: keys and encoded values back to back in one buffer.
+/// A dump's updates: sorted runs (oldest first) built from earlier batches,
+/// then the latest updates in arrival order, keys and encoded values back to
+/// back in one buffer.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Log {
+    runs: Vec<Leaves>,
     bytes: Vec<u8>,
     entries: Vec<LogEntry>,
+}
+
+/// Updates of a dump taken out to be sorted off the ingest (see
+/// [`Delta::take_batch`]).
+#[derive(Debug)]
+pub struct Batch(Log);
+
+/// A sorted [`Batch`], to be given back with [`Delta::add_run`].
+#[derive(Debug)]
+pub struct Run(Leaves);
+
+impl Batch {
+    /// Sorts the batch (last update of a key wins).
+    pub fn sort(mut self) -> Run {
+        let mut out = Builder::new();
+        for (k, v) in self.0.sorted() {
+            out.push(k, v);
+        }
+        Run(out.finish())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -156,7 +179,7 @@ impl Log {
         &self.bytes[start..start + e.value_len as usize]
     }
 
-    /// The entries sorted by key, the last of equal keys only.
+    /// The arrival-order entries sorted by key, the last of equal keys only.
     fn sorted(&mut self) -> impl Iterator<Item = (&str, &[u8])> {
         // Stable: of equal keys the one received last stays last.
         let bytes = &self.bytes;
@@ -213,6 +236,39 @@ impl Delta {
         }
     }
 
+    /// For a dump: takes the updates that arrived since the last batch, if
+    /// there are at least `min`, so that they can be sorted elsewhere. The
+    /// caller gives the sorted [`Run`] back with [`add_run`](Self::add_run)
+    /// before taking another batch and before any delete is recorded: runs
+    /// must come back in the order their batches were taken.
+    pub fn take_batch(&mut self, min: usize) -> Option<Batch> {
+        match &mut self.updates {
+            Updates::Log(log) if log.entries.len() >= min.max(1) => Some(Batch(Log {
+                runs: Vec::new(),
+                bytes: std::mem::take(&mut log.bytes),
+                entries: std::mem::take(&mut log.entries),
+            })),
+            _ => None,
+        }
+    }
+
+    /// Number of updates a [`take_batch`](Self::take_batch) would take now.
+    pub fn unsorted(&self) -> usize {
+        match &self.updates {
+            Updates::Log(log) => log.entries.len(),
+            Updates::Map(_) => 0,
+        }
+    }
+
+    /// Gives back a sorted batch: it holds updates older than any update
+    /// received since it was taken.
+    pub fn add_run(&mut self, run: Run) {
+        match &mut self.updates {
+            Updates::Log(log) => log.runs.push(run.0),
+            Updates::Map(_) => unreachable!("a delete was recorded while a batch was out"),
+        }
+    }
+
     /// Records the delete of a subtree (a single leaf is a subtree too).
     pub fn delete(&mut self, subtree: Subtree) {
         let updates = self.map();
@@ -232,14 +288,15 @@ impl Delta {
     /// The updates as a map, converting an arrival-order log first.
     fn map(&mut self) -> &mut BTreeMap<Key, Value> {
         if let Updates::Log(log) = &mut self.updates {
-            let map = log
-                .entries
-                .iter()
-                .map(|e| {
-                    let value = Value::decode(log.value(e)).unwrap_or_default();
-                    (Key::from(log.key(e)), value)
-                })
-                .collect();
+            let mut map = BTreeMap::new();
+            for run in &log.runs {
+                run.for_each(|k, v| {
+                    map.insert(Key::from(k), decode(v));
+                });
+            }
+            for e in &log.entries {
+                map.insert(Key::from(log.key(e)), decode(log.value(e)));
+            }
             self.updates = Updates::Map(map);
         }
         match &mut self.updates {
@@ -253,7 +310,9 @@ impl Delta {
     pub fn len(&self) -> usize {
         let updates = match &self.updates {
             Updates::Map(map) => map.len(),
-            Updates::Log(log) => log.entries.len(),
+            Updates::Log(log) => {
+                log.entries.len() + log.runs.iter().map(Leaves::len).sum::<usize>()
+            }
         };
         updates + self.deletes.len()
     }
@@ -369,93 +428,22 @@ impl Change {
     pub fn for_each_delete(&self, mut f: impl FnMut(&str)) {
         self.deletes.for_each(|k, _| f(k));
     }
-}
 
-/// Builds a [`Change`] from updates and deletes each pushed in strictly
-/// increasing key order, values already protobuf-encoded (a logged commit
-/// read back).
-#[derive(Debug, Default)]
-pub struct ChangeBuilder {
-    updates: Builder,
-    deletes: Builder,
-    last_update: Option<String>,
-    last_delete: Option<String>,
-}
-
-/// Entries given to a builder out of order.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("leaf {0:?} is out of order")]
-pub struct OutOfOrder(pub String);
-
-impl ChangeBuilder {
-    /// An empty builder.
-    pub fn new() -> Self {
-        Self::default()
+    /// Writes the change in netsync's own compact form (what
+    /// [`Change::read`] reads back); about a copy of its memory.
+    pub fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.updates.write(out)?;
+        self.deletes.write(out)
     }
 
-    /// Adds an updated leaf.
-    pub fn update(&mut self, key: &str, value: &[u8]) -> Result<(), OutOfOrder> {
-        check_order(&mut self.last_update, key)?;
-        self.updates.push(key, value);
-        Ok(())
-    }
-
-    /// Adds a deleted leaf.
-    pub fn delete(&mut self, key: &str) -> Result<(), OutOfOrder> {
-        check_order(&mut self.last_delete, key)?;
-        self.deletes.push(key, &[]);
-        Ok(())
-    }
-
-    /// The change.
-    pub fn finish(self) -> Change {
-        Change {
-            updates: self.updates.finish(),
-            deletes: self.deletes.finish(),
+    /// Reads what [`Change::write`] wrote, checking it throughout.
+    pub fn read(mut bytes: &[u8]) -> Result<Change, String> {
+        let updates = Leaves::read(&mut bytes)?;
+        let deletes = Leaves::read(&mut bytes)?;
+        if !bytes.is_empty() {
+            return Err("trailing bytes after a change".into());
         }
-    }
-}
-
-fn check_order(last: &mut Option<String>, key: &str) -> Result<(), OutOfOrder> {
-    if last.as_deref().is_some_and(|l| l >= key) {
-        return Err(OutOfOrder(key.to_string()));
-    }
-    match last {
-        Some(l) => {
-            l.clear();
-            l.push_str(key);
-        }
-        None => *last = Some(key.to_string()),
-    }
-    Ok(())
-}
-
-/// Builds [`Running`] from leaves in strictly increasing key order, values
-/// protobuf-encoded (a snapshot read back).
-#[derive(Debug, Default)]
-pub struct RunningBuilder {
-    leaves: Builder,
-    last: Option<String>,
-}
-
-impl RunningBuilder {
-    /// An empty builder.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a leaf.
-    pub fn push(&mut self, key: &str, value: &[u8]) -> Result<(), OutOfOrder> {
-        check_order(&mut self.last, key)?;
-        self.leaves.push(key, value);
-        Ok(())
-    }
-
-    /// The running.
-    pub fn finish(self) -> Running {
-        Running {
-            leaves: self.leaves.finish(),
-        }
+        Ok(Change { updates, deletes })
     }
 }
 
@@ -554,6 +542,21 @@ impl Running {
         self.leaves.for_each(f);
     }
 
+    /// Writes running in netsync's own compact form (what [`Running::read`]
+    /// reads back); about a copy of its memory.
+    pub fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.leaves.write(out)
+    }
+
+    /// Reads what [`Running::write`] wrote, checking it throughout.
+    pub fn read(mut bytes: &[u8]) -> Result<Running, String> {
+        let leaves = Leaves::read(&mut bytes)?;
+        if !bytes.is_empty() {
+            return Err("trailing bytes after running".into());
+        }
+        Ok(Running { leaves })
+    }
+
     /// The leaves from `start` on (inclusive), sorted by key.
     pub fn iter_from(&self, start: &str) -> Iter<'_> {
         Iter::new(self.leaves.cursor_from(start))
@@ -588,7 +591,7 @@ impl Running {
         let updates = updates
             .iter()
             .map(|&(ks, kl, vs, vl)| (&keys[ks..ks + kl], &values[vs..vs + vl]));
-        self.leaves = self.leaves.merge(updates, &deletes, None);
+        self.leaves = self.leaves.merge(IterSource::new(updates), &deletes, None);
     }
 
     /// Applies `delta` (deletes first, then updates; see [`Delta`]) and returns
@@ -600,8 +603,17 @@ impl Running {
         let first = self.is_empty();
         let leaves = match &mut delta.updates {
             Updates::Log(log) => {
+                let newest = Batch(Log {
+                    runs: Vec::new(),
+                    bytes: std::mem::take(&mut log.bytes),
+                    entries: std::mem::take(&mut log.entries),
+                })
+                .sort();
+                let mut runs = std::mem::take(&mut log.runs);
+                runs.push(newest.0);
+                let sources = runs.iter().map(Leaves::source).collect();
                 self.leaves
-                    .merge(log.sorted(), &deletes, (!first).then_some(&mut sink))
+                    .merge(Union::new(sources), &deletes, (!first).then_some(&mut sink))
             }
             Updates::Map(map) => {
                 let mut values = Vec::new();
@@ -615,8 +627,11 @@ impl Running {
                     .keys()
                     .zip(starts.zip(ends.iter().copied()))
                     .map(|(k, (s, e))| (&**k, &values[s..e]));
-                self.leaves
-                    .merge(updates, &deletes, (!first).then_some(&mut sink))
+                self.leaves.merge(
+                    IterSource::new(updates),
+                    &deletes,
+                    (!first).then_some(&mut sink),
+                )
             }
         };
         let change = if first {
@@ -842,6 +857,38 @@ mod tests {
                 rebuilt.insert(k, i);
             }
             prop_assert_eq!(rebuilt, expected);
+        }
+
+        /// A dump's log, sorted in batches taken at any points, applies like
+        /// the same operations held in a map.
+        #[test]
+        fn batched_dump_equals_replay(
+            start in prop::collection::btree_map(arb_path(), 0i64..3, 0..12),
+            ops in prop::collection::vec((arb_op(), 0usize..4), 0..40),
+        ) {
+            let start: BTreeMap<String, i64> =
+                start.into_iter().map(|(k, v)| (key(&k).to_string(), v)).collect();
+            let before = Running::from_leaves(start.iter().map(|(k, v)| (Key::from(k.as_str()), int(*v))));
+            let mut delta = Delta::replacing(&[]);
+            for (op, batch) in &ops {
+                match op {
+                    Op::Update(p, v) => delta.update_ref(&key(p), &int(*v)),
+                    Op::Delete(p) => delta.delete(subtree(p)),
+                }
+                if let Some(b) = delta.take_batch(*batch) {
+                    delta.add_run(b.sort());
+                }
+            }
+            let plain: Vec<Op> = ops.iter().map(|(op, _)| op.clone()).collect();
+            let (after, _) = before.apply(delta);
+            let got: BTreeMap<String, i64> = after
+                .iter()
+                .map(|(k, v)| {
+                    let Some(typed_value::Value::IntVal(i)) = v.value else { unreachable!() };
+                    (k, i)
+                })
+                .collect();
+            prop_assert_eq!(got, replay(&start, &plain));
         }
     }
 }

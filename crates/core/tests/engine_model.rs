@@ -197,6 +197,8 @@ async fn scenario(ops: Vec<Op>) {
             backoff_max: Duration::from_millis(5),
             pending_cap: 8,
             commit_threshold: 4,
+            // Dumps are sorted in many small batches, deletes in between.
+            sort_batch: 2,
             ..SyncLimits::default()
         },
     );

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
-use netsync_core::running::{Change, ChangeBuilder, Running, RunningBuilder};
+use std::io::{Read, Write};
+
+use netsync_core::running::{Change, Running};
 use netsync_core::sync::{Committed, Persist, Snapshot};
 use netsync_proto::netsync::v1 as pb;
 use sqlx::Row;
@@ -81,8 +83,8 @@ impl CommitLog {
             *entry
         };
         let snapshot_due = since > 2 * commit.running.len() as u64 + 1000;
-        let body = encode_commit(commit.replace, commit.change);
-        let snapshot = snapshot_due.then(|| encode_snapshot(commit.revision, commit.running));
+        let body = encode_commit(commit.change);
+        let snapshot = snapshot_due.then(|| encode_snapshot(commit.running));
         let time_us = to_micros(commit.time);
         let revision = i64::try_from(commit.revision).unwrap_or(i64::MAX);
 
@@ -274,213 +276,51 @@ pub fn change_to_proto(replace: bool, change: &Change) -> pb::Commit {
     }
 }
 
-// Log bodies are the API's messages (`Commit` for a commit, `GetRunningResponse`
-// for a snapshot) in protobuf encoding, compressed as one LZ4 frame. They are
-// written and read field by field straight from and into running's compact
-// form: values are stored encoded, so they are copied as bytes, and a
-// million-leaf body never exists as a million message structs.
+// Log bodies are netsync's own compact form of running and of a change (the
+// front-coded chunks running keeps in memory, see netsync-core's `leaves`)
+// behind a format byte, compressed as one LZ4 frame. Writing one copies the
+// chunks; reading one checks every entry and keeps the chunks as they are, so
+// a million-leaf body never becomes a million separate objects.
 
-/// Protobuf field numbers of the messages the log stores.
-mod field {
-    pub const COMMIT_REPLACE: u32 = 1;
-    pub const COMMIT_UPDATES: u32 = 2;
-    pub const COMMIT_DELETES: u32 = 3;
-    pub const SNAPSHOT_REVISION: u32 = 1;
-    pub const SNAPSHOT_LEAVES: u32 = 2;
-    pub const LEAF_PATH: u32 = 1;
-    pub const LEAF_VALUE: u32 = 2;
+/// The body format written; a body of another format is refused as corrupt.
+const FORMAT: u8 = 1;
+
+fn encode_commit(change: &Change) -> Vec<u8> {
+    let mut out = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    // Writing into a Vec cannot fail.
+    let _ = out.write_all(&[FORMAT]);
+    let _ = change.write(&mut out);
+    out.finish().unwrap_or_default()
 }
 
-const VARINT: u32 = 0;
-const LEN: u32 = 2;
-
-fn encode_commit(replace: bool, change: &Change) -> Vec<u8> {
-    let mut out = FrameWriter::new();
-    if replace {
-        out.varint_field(field::COMMIT_REPLACE, 1);
-    }
-    change.for_each_update_encoded(|path, value| out.leaf(field::COMMIT_UPDATES, path, value));
-    change.for_each_delete(|path| out.bytes_field(field::COMMIT_DELETES, path.as_bytes()));
-    out.finish()
-}
-
-fn encode_snapshot(revision: u64, running: &Running) -> Vec<u8> {
-    let mut out = FrameWriter::new();
-    out.varint_field(field::SNAPSHOT_REVISION, revision);
-    running.for_each_encoded(|path, value| out.leaf(field::SNAPSHOT_LEAVES, path, value));
-    out.finish()
+fn encode_snapshot(running: &Running) -> Vec<u8> {
+    let mut out = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    let _ = out.write_all(&[FORMAT]);
+    let _ = running.write(&mut out);
+    out.finish().unwrap_or_default()
 }
 
 fn decode_commit(body: &[u8]) -> Result<Change, String> {
-    let bytes = decompress(body)?;
-    let mut change = ChangeBuilder::new();
-    let mut reader = Reader::new(&bytes);
-    while let Some((number, value)) = reader.field()? {
-        match (number, value) {
-            (field::COMMIT_UPDATES, Field::Bytes(leaf)) => {
-                let (path, value) = read_leaf(leaf)?;
-                change.update(path, value).map_err(|e| e.to_string())?;
-            }
-            (field::COMMIT_DELETES, Field::Bytes(path)) => {
-                let path = std::str::from_utf8(path).map_err(|e| e.to_string())?;
-                change.delete(path).map_err(|e| e.to_string())?;
-            }
-            _ => {}
-        }
-    }
-    Ok(change.finish())
+    Change::read(payload(&decompress(body)?)?)
 }
 
 fn decode_snapshot(body: &[u8]) -> Result<Running, String> {
-    let bytes = decompress(body)?;
-    let mut running = RunningBuilder::new();
-    let mut reader = Reader::new(&bytes);
-    while let Some((number, value)) = reader.field()? {
-        if let (field::SNAPSHOT_LEAVES, Field::Bytes(leaf)) = (number, value) {
-            let (path, value) = read_leaf(leaf)?;
-            running.push(path, value).map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(running.finish())
+    Running::read(payload(&decompress(body)?)?)
 }
 
-/// A `Leaf` message: its path and its value, still encoded.
-fn read_leaf(bytes: &[u8]) -> Result<(&str, &[u8]), String> {
-    let (mut path, mut value) = ("", &[][..]);
-    let mut reader = Reader::new(bytes);
-    while let Some((number, field)) = reader.field()? {
-        match (number, field) {
-            (field::LEAF_PATH, Field::Bytes(p)) => {
-                path = std::str::from_utf8(p).map_err(|e| e.to_string())?;
-            }
-            (field::LEAF_VALUE, Field::Bytes(v)) => value = v,
-            _ => {}
-        }
-    }
-    Ok((path, value))
-}
-
-/// Writes protobuf fields into an LZ4 frame.
-struct FrameWriter {
-    encoder: lz4_flex::frame::FrameEncoder<Vec<u8>>,
-    scratch: Vec<u8>,
-}
-
-impl FrameWriter {
-    fn new() -> Self {
-        Self {
-            encoder: lz4_flex::frame::FrameEncoder::new(Vec::new()),
-            scratch: Vec::with_capacity(512),
-        }
-    }
-
-    fn varint_field(&mut self, number: u32, value: u64) {
-        self.scratch.clear();
-        prost::encoding::encode_key(number, prost::encoding::WireType::Varint, &mut self.scratch);
-        prost::encoding::encode_varint(value, &mut self.scratch);
-        self.write_scratch();
-    }
-
-    fn bytes_field(&mut self, number: u32, bytes: &[u8]) {
-        self.scratch.clear();
-        prost::encoding::encode_key(
-            number,
-            prost::encoding::WireType::LengthDelimited,
-            &mut self.scratch,
-        );
-        prost::encoding::encode_varint(bytes.len() as u64, &mut self.scratch);
-        self.scratch.extend_from_slice(bytes);
-        self.write_scratch();
-    }
-
-    /// A `Leaf` message as field `number`.
-    fn leaf(&mut self, number: u32, path: &str, value: &[u8]) {
-        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-        let body = 1
-            + encoded_len_varint(path.len() as u64)
-            + path.len()
-            + 1
-            + encoded_len_varint(value.len() as u64)
-            + value.len();
-        self.scratch.clear();
-        encode_key(number, WireType::LengthDelimited, &mut self.scratch);
-        encode_varint(body as u64, &mut self.scratch);
-        encode_key(
-            field::LEAF_PATH,
-            WireType::LengthDelimited,
-            &mut self.scratch,
-        );
-        encode_varint(path.len() as u64, &mut self.scratch);
-        self.scratch.extend_from_slice(path.as_bytes());
-        encode_key(
-            field::LEAF_VALUE,
-            WireType::LengthDelimited,
-            &mut self.scratch,
-        );
-        encode_varint(value.len() as u64, &mut self.scratch);
-        self.scratch.extend_from_slice(value);
-        self.write_scratch();
-    }
-
-    fn write_scratch(&mut self) {
-        // Writing into a Vec cannot fail.
-        let _ = std::io::Write::write_all(&mut self.encoder, &self.scratch);
-    }
-
-    fn finish(self) -> Vec<u8> {
-        self.encoder.finish().unwrap_or_default()
-    }
-}
-
-/// One protobuf field's value.
-enum Field<'a> {
-    Varint,
-    Bytes(&'a [u8]),
-}
-
-/// Reads protobuf fields from a buffer.
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes }
-    }
-
-    fn varint(&mut self) -> Result<u64, String> {
-        prost::encoding::decode_varint(&mut self.bytes).map_err(|e| e.to_string())
-    }
-
-    /// The next field, or `None` at the end.
-    fn field(&mut self) -> Result<Option<(u32, Field<'a>)>, String> {
-        if self.bytes.is_empty() {
-            return Ok(None);
-        }
-        let key = self.varint()?;
-        let number = u32::try_from(key >> 3).map_err(|e| e.to_string())?;
-        match (key & 7) as u32 {
-            VARINT => {
-                self.varint()?;
-                Ok(Some((number, Field::Varint)))
-            }
-            LEN => {
-                let len = usize::try_from(self.varint()?).map_err(|e| e.to_string())?;
-                if len > self.bytes.len() {
-                    return Err("truncated field".into());
-                }
-                let (value, rest) = self.bytes.split_at(len);
-                self.bytes = rest;
-                Ok(Some((number, Field::Bytes(value))))
-            }
-            other => Err(format!("unexpected wire type {other}")),
-        }
+/// The body after its format byte.
+fn payload(bytes: &[u8]) -> Result<&[u8], String> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => Ok(rest),
+        Some((other, _)) => Err(format!("unknown body format {other}")),
+        None => Err("empty body".into()),
     }
 }
 
 fn decompress(body: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut lz4_flex::frame::FrameDecoder::new(body), &mut out)
+    lz4_flex::frame::FrameDecoder::new(body)
+        .read_to_end(&mut out)
         .map_err(|e| e.to_string())?;
     Ok(out)
 }

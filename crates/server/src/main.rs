@@ -6,6 +6,12 @@ use clap::Parser;
 use netsync_server::config::{Cli, Config};
 use tokio::net::TcpListener;
 
+/// mimalloc: decoding a gNMI stream allocates and frees a few small strings
+/// per leaf update; glibc's allocator took a quarter of the ingest's time
+/// (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::resolve(Cli::parse().serve_args())?;
