@@ -2,6 +2,7 @@
 //! sync engine. Knows neither SQLite nor the netsync gRPC API.
 
 pub mod datastore;
+pub mod histogram;
 pub mod intent;
 mod leaves;
 pub mod notification;

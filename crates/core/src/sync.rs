@@ -37,8 +37,10 @@ use rand::Rng;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
+use crate::histogram::Histogram;
 use crate::intent::{Deviation, Intended, Intent};
 use crate::notification::Decoder;
 use crate::running::{Batch, Change, Delta, Key, Running, Value};
@@ -172,6 +174,8 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Changes lost. Never incremented: the engine resyncs instead of dropping.
     pub dropped: AtomicU64,
+    /// Time from taking a delta to publishing its revision, per revision made.
+    pub commit_duration: Histogram,
 }
 
 /// A point-in-time status.
@@ -393,16 +397,19 @@ impl SyncHandle {
             sort_batch: limits.sort_batch.max(1),
             durable,
         };
+        // Every log line of this sync, a dependency's too, names the datastore.
+        let span = tracing::info_span!(parent: None, "sync", datastore = %spec.name);
+        let committer_span = span.clone();
         let tasks = vec![
             tokio::spawn(async move {
                 tokio::select! {
-                    () = ingest.supervised() => {}
+                    () = ingest.supervised().instrument(span) => {}
                     () = stop_ingest => {}
                 }
             }),
             tokio::spawn(async move {
                 tokio::select! {
-                    () = committer.supervised() => {}
+                    () = committer.supervised().instrument(committer_span) => {}
                     () = stop_committer => {}
                 }
             }),
@@ -1123,7 +1130,13 @@ impl Committer {
                     generation,
                 } => {
                     self.shared.ingest_wake.notify_one();
-                    self.commit(delta, replace, initial, generation).await;
+                    // A trace of its own per commit (not a child of the long-lived sync span).
+                    let span = tracing::info_span!(parent: None, "commit", datastore = %self.shared.name,
+                        replace, revision = tracing::field::Empty, updates = tracing::field::Empty,
+                        deletes = tracing::field::Empty);
+                    self.commit(delta, replace, initial, generation)
+                        .instrument(span)
+                        .await;
                 }
                 Work::Sort { seq, batch } => self.sort(seq, batch).await,
             }
@@ -1267,6 +1280,11 @@ impl Committer {
             return;
         }
         let revision = base.revision + 1;
+        // As i64: OpenTelemetry attributes have no unsigned integers.
+        tracing::Span::current()
+            .record("revision", revision as i64)
+            .record("updates", change.update_count() as i64)
+            .record("deletes", change.delete_count() as i64);
         let time = SystemTime::now();
         let committed = Committed {
             revision,
@@ -1303,6 +1321,7 @@ impl Committer {
             });
         }
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.commit_duration.record(started.elapsed());
         tracing::debug!(
             datastore = %self.shared.name, revision, replace, updates = change.update_count(),
             deletes = change.delete_count(), leaves, ?applied, ?persisted, "committed"

@@ -7,7 +7,9 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod log;
+pub mod metrics;
 pub mod reconcile;
+pub mod rpc_layer;
 pub mod store;
 pub mod telemetry;
 
@@ -40,6 +42,14 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Service names served, as reflection lists them.
@@ -59,6 +69,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // Bound first, so that a taken port fails start-up before anything runs.
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| ServeError::Metrics {
+                    addr: addr.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let store = Store::open(&config.db).await?;
     let engine = Arc::new(Engine::new(
         store.clone(),
@@ -87,8 +109,14 @@ pub async fn serve(
         )
     };
 
+    let metrics = Arc::new(metrics::Metrics::new(store.clone(), engine.clone()));
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = metrics_listener
+        .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), metrics_stopped)));
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .layer(rpc_layer::RpcLayer::new(metrics.rpc()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -119,6 +147,10 @@ pub async fn serve(
         }
     };
     engine.stop_all().await;
+    let _ = stop_metrics.send(true);
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     store.close().await;
     tracing::info!("netsyncd stopped");
     result

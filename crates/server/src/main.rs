@@ -1,5 +1,5 @@
-//! netsyncd: parses configuration, sets up logging, binds, and serves until
-//! SIGTERM or ctrl-c.
+//! netsyncd: parses configuration, sets up logging and tracing, binds, and
+//! serves until SIGTERM or ctrl-c.
 
 use anyhow::Context;
 use clap::Parser;
@@ -15,13 +15,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::resolve(Cli::parse().serve_args())?;
-    netsync_server::telemetry::init(config.log_format)
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    let telemetry = netsync_server::telemetry::init(config.log_format)
+        .map_err(|e| anyhow::anyhow!("cannot set up logging and tracing: {e}"))?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "listening");
-    netsync_server::serve(&config, listener, shutdown_signal()).await?;
+    let served = netsync_server::serve(&config, listener, shutdown_signal()).await;
+    // Even after an error: the spans that explain it are among the last.
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }
 
