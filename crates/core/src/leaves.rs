@@ -236,6 +236,44 @@ impl Leaves {
         out.finish()
     }
 
+    /// The smallest key.
+    fn first_key(&self) -> Option<&str> {
+        self.chunks.first().map(|c| c.first_key())
+    }
+
+    /// The largest key.
+    fn last_key(&self) -> Option<String> {
+        let chunk = self.chunks.last()?;
+        let mut key = String::new();
+        let mut cursor = chunk.cursor();
+        while cursor.next(&mut key).is_some() {}
+        Some(key)
+    }
+
+    /// The sets one after the other, if each one's keys all sort before the
+    /// next one's: then the chunks are shared, nothing is copied. A dump
+    /// arrives nearly sorted, so its sorted batches usually are disjoint.
+    pub(crate) fn concat_disjoint(parts: &[Leaves]) -> Option<Leaves> {
+        let parts: Vec<&Leaves> = parts.iter().filter(|p| p.len > 0).collect();
+        for pair in parts.windows(2) {
+            let last = pair[0].last_key()?;
+            if pair[1]
+                .first_key()
+                .is_none_or(|first| first <= last.as_str())
+            {
+                return None;
+            }
+        }
+        let chunks: Vec<Arc<Chunk>> = parts
+            .iter()
+            .flat_map(|p| p.chunks.iter().cloned())
+            .collect();
+        Some(Leaves {
+            chunks: chunks.into(),
+            len: parts.iter().map(|p| p.len).sum(),
+        })
+    }
+
     /// A [`Source`] reading this set in order.
     pub(crate) fn source(&self) -> LeavesSource<'_> {
         let mut source = LeavesSource {
@@ -954,6 +992,23 @@ mod tests {
             }
             prop_assert_eq!(got, expected);
         }
+    }
+
+    #[test]
+    fn disjoint_sets_concatenate() {
+        let part = |range: std::ops::Range<u32>| {
+            build(&range.map(|i| (format!("/k/{i:05}"), vec![1])).collect())
+        };
+        let (a, b, c) = (part(0..100), part(100..150), part(150..400));
+        let joined =
+            Leaves::concat_disjoint(&[a.clone(), Leaves::default(), b.clone(), c]).unwrap();
+        assert_eq!(joined, part(0..400));
+        assert!(Leaves::concat_disjoint(&[b.clone(), a.clone()]).is_none());
+        assert!(
+            Leaves::concat_disjoint(&[a.clone(), a]).is_none(),
+            "a shared key"
+        );
+        assert_eq!(Leaves::concat_disjoint(&[]), Some(Leaves::default()));
     }
 
     #[test]

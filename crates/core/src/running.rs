@@ -611,9 +611,19 @@ impl Running {
                 .sort();
                 let mut runs = std::mem::take(&mut log.runs);
                 runs.push(newest.0);
-                let sources = runs.iter().map(Leaves::source).collect();
-                self.leaves
-                    .merge(Union::new(sources), &deletes, (!first).then_some(&mut sink))
+                match Leaves::concat_disjoint(&runs) {
+                    // The first dump of a device: nothing to merge with.
+                    Some(all) if first => all,
+                    Some(all) => self.leaves.merge(all.source(), &deletes, Some(&mut sink)),
+                    None => {
+                        let sources = runs.iter().map(Leaves::source).collect();
+                        self.leaves.merge(
+                            Union::new(sources),
+                            &deletes,
+                            (!first).then_some(&mut sink),
+                        )
+                    }
+                }
             }
             Updates::Map(map) => {
                 let mut values = Vec::new();
