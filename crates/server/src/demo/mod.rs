@@ -90,8 +90,12 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
         return Ok(());
     }
     let out = Out::new(Instant::now());
+    // Everything that can fail comes before the first task is spawned, so an
+    // error here leaves nothing running.
     let leaves = usize::try_from(args.leaves).context("--leaves is too large")?;
-    let sim = Background::sim(leaves).await?;
+    let sim_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen for the simulated device")?;
     let (listener, note) = bind_api(args.listen.as_deref()).await?;
     let api = reachable(listener.local_addr()?);
     let dir = tempfile::Builder::new()
@@ -102,6 +106,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut config = Config::with_db(format!("sqlite://{}", db.display()));
     config.listen = api.to_string();
     config.shutdown_grace = SHUTDOWN_GRACE;
+    let sim = Background::sim(leaves, sim_listener)?;
     let server = Background::netsyncd(config, listener, api);
 
     out.line("netsyncd demo: netsync end to end, against a simulated device, in this one process");
@@ -151,9 +156,10 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let stopped = server.stop().await.context("netsyncd");
     let sim_stopped = sim.stop().await.context("netsync-sim");
     drop(dir);
-    result?;
+    // A server that failed is the likely cause of whatever the script saw.
     stopped?;
     sim_stopped?;
+    result?;
     out.line("Stopped; the temporary database is removed.");
     Ok(())
 }
@@ -175,11 +181,8 @@ impl<E: std::error::Error + Send + Sync + 'static> Background<E> {
 }
 
 impl Background<netsync_sim::ServeError> {
-    /// The simulated device on an ephemeral loopback port.
-    async fn sim(leaves: usize) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("cannot listen for the simulated device")?;
+    /// The simulated device, a generated one of `leaves` leaves, on `listener`.
+    fn sim(leaves: usize, listener: TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let config = netsync_sim::SimConfig {
             initial: netsync_sim::InitialState::Generated { leaves, seed: 1 },
@@ -637,6 +640,34 @@ fn summary(out: &Out, seen: &Seen, api: SocketAddr, sim: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn demo_is_a_subcommand_with_its_own_flags() {
+        use crate::config::{Cli, Command};
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("netsyncd").chain(args.iter().copied()))
+        };
+        let Some(Command::Demo(args)) = parse(&["demo", "--exit", "--leaves", "500"])
+            .unwrap()
+            .command
+        else {
+            panic!("not the demo");
+        };
+        assert!(args.exit);
+        assert_eq!(args.leaves, 500);
+        assert_eq!(args.listen, None);
+        let Some(Command::Demo(defaults)) = parse(&["demo"]).unwrap().command else {
+            panic!("not the demo");
+        };
+        assert_eq!(defaults.leaves, 20_000);
+        assert!(!defaults.exit);
+        assert!(parse(&["demo", "--leaves", "5"]).is_err(), "too few leaves");
+        assert!(
+            parse(&["demo", "--db", "x.db"]).is_err(),
+            "serve flags are not demo flags"
+        );
+    }
 
     #[test]
     fn an_unspecified_bind_address_is_reached_on_loopback() {
