@@ -32,11 +32,11 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The serve flags, wherever they were given.
+    /// The serve flags, wherever they were given (defaults for `demo`).
     pub fn serve_args(self) -> ServeArgs {
         match self.command {
             Some(Command::Serve(args)) => args,
-            None => self.serve,
+            Some(Command::Demo(_)) | None => self.serve,
         }
     }
 }
@@ -46,6 +46,9 @@ impl Cli {
 pub enum Command {
     /// Serve the netsync API (the default).
     Serve(ServeArgs),
+    /// Show netsync at work: a simulated device synced, an intent applied,
+    /// drift reverted, live; then serve on for grpcurl until Ctrl-C.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Flags of `netsyncd serve`.

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod convert;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod log;

