@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod device;
+pub mod pki;
 pub mod process;
 pub mod sim;
 
