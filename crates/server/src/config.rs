@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use netsync_core::sync::SyncLimits;
 use serde::Deserialize;
 
+use crate::limits::{ApiLimits, LimitArgs, LimitsFile};
 use crate::log::Retention;
 use crate::reconcile::ReconcileConfig;
 
@@ -60,7 +61,7 @@ pub struct ServeArgs {
     pub db: Option<String>,
     /// TOML configuration file (keys as the long flags, with `_`: listen, db,
     /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer,
-    /// set_timeout_seconds).
+    /// set_timeout_seconds; table [limits] with the limit flags).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log line format [default: text]; the filter comes from RUST_LOG.
@@ -82,6 +83,9 @@ pub struct ServeArgs {
     /// Longest wait for one gNMI Set of a reconcile job, in seconds [default: 60].
     #[arg(long, env = "NETSYNC_SET_TIMEOUT_SECONDS", value_name = "SECONDS")]
     pub set_timeout_seconds: Option<u64>,
+    /// Limits against bad clients.
+    #[command(flatten)]
+    pub api_limits: LimitArgs,
 }
 
 /// How log lines are written.
@@ -107,6 +111,7 @@ struct FileConfig {
     pending_cap: Option<usize>,
     watch_buffer: Option<usize>,
     set_timeout_seconds: Option<u64>,
+    limits: Option<LimitsFile>,
 }
 
 /// The resolved configuration of a netsyncd process.
@@ -126,6 +131,8 @@ pub struct Config {
     pub limits: SyncLimits,
     /// Timing of reconcile jobs.
     pub reconcile: ReconcileConfig,
+    /// Limits against bad clients.
+    pub api_limits: ApiLimits,
 }
 
 impl Config {
@@ -139,6 +146,7 @@ impl Config {
             retention: Retention::default(),
             limits: SyncLimits::default(),
             reconcile: ReconcileConfig::default(),
+            api_limits: ApiLimits::default(),
         }
     }
 
@@ -172,6 +180,7 @@ impl Config {
                 .map_or(retention_default.age, Duration::from_secs),
         };
         Ok(Self {
+            api_limits: ApiLimits::resolve(&args.api_limits, file.limits.as_ref())?,
             retention,
             limits,
             reconcile: ReconcileConfig {

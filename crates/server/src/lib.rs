@@ -6,6 +6,7 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod limits;
 pub mod log;
 pub mod reconcile;
 pub mod store;
@@ -89,13 +90,21 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits))
+        .layer(limits::CallLimitsLayer::new(&config.api_limits))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(NetSyncServer::new(api::NetSyncService::new(
-            store.clone(),
-            engine.clone(),
-        )))
+        .add_service(
+            NetSyncServer::new(api::NetSyncService::new(
+                store.clone(),
+                engine.clone(),
+                &config.api_limits,
+            ))
+            // Our layer answers first, with RESOURCE_EXHAUSTED; tonic's check
+            // (OUT_OF_RANGE) is set to match so it never refuses less.
+            .max_decoding_message_size(config.api_limits.max_message_bytes),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });
