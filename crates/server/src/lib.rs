@@ -11,6 +11,7 @@ pub mod log;
 pub mod reconcile;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -89,8 +90,12 @@ pub async fn serve(
     };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits))
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits));
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
         .layer(limits::CallLimitsLayer::new(&config.api_limits))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -109,7 +114,7 @@ pub async fn serve(
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
-    tracing::info!(db = %config.db, "netsyncd serving");
+    tracing::info!(db = %config.db, tls = config.tls.is_some(), client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "netsyncd serving");
 
     let result = tokio::select! {
         result = &mut server => result.map_err(ServeError::from),

@@ -1,6 +1,6 @@
 //! netsyncd as an operator runs it: a real process, driven over loopback by
-//! the generated client and by grpcurl, stopped with SIGTERM, restarted on the
-//! same database.
+//! the generated client and by grpcurl (also over mutual TLS), stopped with
+//! SIGTERM, restarted on the same database.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::device::Device;
+use common::pki::Ca;
 use common::process::Netsyncd;
 use common::{create, datastore};
 use netsync_proto::netsync::v1 as pb;
@@ -328,4 +329,113 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
     );
     drop((replay, client));
     assert!(daemon.terminate().success());
+}
+
+/// The README's TLS examples: grpcurl talks to netsyncd serving mutual TLS
+/// with certificates from files; without a client certificate, or in
+/// plaintext, it is refused.
+#[test]
+fn grpcurl_over_mutual_tls() {
+    let Some(grpcurl) = grpcurl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("netsync CA");
+    let client_ca = Ca::new("operators CA");
+    let server = ca.server(&["localhost", "127.0.0.1"]);
+    let operator = client_ca.client("operator");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca_pem = file("ca.pem", &ca.cert_pem);
+    let server_cert = file("server.pem", &server.cert_pem);
+    let server_key = file("server-key.pem", &server.key_pem);
+    let client_ca_pem = file("client-ca.pem", &client_ca.cert_pem);
+    let client_cert = file("client.pem", &operator.cert_pem);
+    let client_key = file("client-key.pem", &operator.key_pem);
+
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("netsync.db"),
+        &[
+            "--tls-cert",
+            &server_cert,
+            "--tls-key",
+            &server_key,
+            "--tls-client-ca",
+            &client_ca_pem,
+        ],
+    );
+    let addr = daemon.addr.to_string();
+    let g = |args: &[&str]| {
+        let mut all = vec![
+            "-cacert",
+            &ca_pem,
+            "-cert",
+            &client_cert,
+            "-key",
+            &client_key,
+        ];
+        all.extend_from_slice(args);
+        run(&grpcurl, &all)
+    };
+    let services = stdout(&g(&[&addr, "list"]));
+    assert!(services.contains("netsync.v1.NetSync"), "{services}");
+    let health = stdout(&g(&[
+        "-d",
+        r#"{"service":"netsync.v1.NetSync"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ]));
+    assert!(health.contains("SERVING"), "{health}");
+    let body = r#"{"datastore":{"name":"r1","target":{"address":"127.0.0.1:57400",
+        "credentials":{"username":"admin","password":"TOP-SECRET"}}}}"#;
+    let created = stdout(&g(&[
+        "-d",
+        body,
+        &addr,
+        "netsync.v1.NetSync/CreateDatastore",
+    ]));
+    assert!(created.contains("\"name\": \"r1\""), "{created}");
+    assert!(!created.contains("TOP-SECRET"), "{created}");
+    // The name in the certificate, when dialled by another.
+    let by_name = stdout(&g(&[
+        &format!("localhost:{}", daemon.addr.port()),
+        "netsync.v1.NetSync/ListDatastores",
+    ]));
+    assert!(by_name.contains("\"name\": \"r1\""), "{by_name}");
+
+    let anonymous = run(&grpcurl, &["-cacert", &ca_pem, &addr, "list"]);
+    assert!(
+        !anonymous.status.success(),
+        "served without a client certificate"
+    );
+    let plaintext = run(&grpcurl, &["-plaintext", &addr, "list"]);
+    assert!(!plaintext.status.success(), "served in plaintext");
+    assert!(daemon.terminate().success());
+}
+
+/// A TLS setting netsyncd cannot use stops it at start-up, naming the flag.
+#[test]
+fn bad_tls_settings_stop_netsyncd_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("netsync.db");
+    let db = db.to_str().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    for (args, words) in [
+        (vec!["--tls-cert", missing], vec!["--tls-key"]),
+        (
+            vec!["--tls-cert", missing, "--tls-key", missing],
+            vec!["--tls-cert", "missing.pem", "cannot read"],
+        ),
+    ] {
+        let mut all = vec!["--db", db];
+        all.extend(args);
+        let output = Netsyncd::run_to_exit(&all);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for word in words {
+            assert!(stderr.contains(word), "{word:?} not in {stderr}");
+        }
+    }
 }

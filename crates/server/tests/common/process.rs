@@ -1,10 +1,11 @@
 //! netsyncd as a real process: started from the built binary on an ephemeral
 //! port, its address read from its first JSON log line, stopped with SIGTERM.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -21,6 +22,12 @@ pub struct Netsyncd {
 impl Netsyncd {
     /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db`.
     pub fn start(db: &Path) -> Self {
+        Self::start_with(db, &[] as &[&str])
+    }
+
+    /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db` and
+    /// the flags `args`.
+    pub fn start_with(db: &Path, args: &[impl AsRef<OsStr>]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_netsyncd"))
             .args([
                 "serve",
@@ -31,6 +38,7 @@ impl Netsyncd {
                 "--db",
             ])
             .arg(db)
+            .args(args)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -53,6 +61,30 @@ impl Netsyncd {
             .recv_timeout(DEADLINE)
             .expect("netsyncd logs its address");
         Self { child, addr }
+    }
+
+    /// Runs `netsyncd serve` with `args` (on 127.0.0.1:0) expecting it to
+    /// exit by itself, as with a bad configuration; killed if it does not.
+    pub fn run_to_exit(args: &[impl AsRef<OsStr>]) -> Output {
+        let child = Command::new(env!("CARGO_BIN_EXE_netsyncd"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("netsyncd starts");
+        let pid = child.id().to_string();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(DEADLINE) {
+            Ok(output) => output.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("netsyncd did not exit by itself");
+            }
+        }
     }
 
     /// `http://addr`, for tonic clients.
