@@ -439,3 +439,122 @@ fn bad_tls_settings_stop_netsyncd_with_a_clear_error() {
         }
     }
 }
+
+/// Device credentials go to the device as gNMI metadata (the simulator
+/// refuses calls without them) and nowhere else: not into any log line, even
+/// at trace level, nor into any response. Likewise the client key for TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_secrets_reach_the_device_and_nothing_else() {
+    use tokio_stream::StreamExt;
+    const PASSWORD: &str = "TOP-SECRET-PASSWORD";
+
+    let ca = Ca::new("device CA");
+    let client_ca = Ca::new("client CA");
+    let device_identity = ca.server(&["127.0.0.1"]);
+    let client_identity = client_ca.client("netsync");
+    let mut config = common::sim::generated(50);
+    config.tls = Some(netsync_sim::TlsIdentity {
+        cert_pem: device_identity.cert_pem.into_bytes(),
+        key_pem: device_identity.key_pem.into_bytes(),
+    });
+    config.tls_client_ca = Some(client_ca.cert_pem.clone().into_bytes());
+    config.credentials = Some(netsync_sim::Credentials {
+        username: "admin".into(),
+        password: PASSWORD.into(),
+    });
+    let sim = common::sim::Sim::start(config).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Netsyncd::start_logging(&dir.path().join("netsync.db"), &[] as &[&str], "trace");
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    let spec = |name: &str, password: &str| pb::Datastore {
+        name: name.into(),
+        target: Some(pb::Target {
+            address: sim.addr.to_string(),
+            encoding: pb::Encoding::Proto as i32,
+            tls: Some(pb::TlsConfig {
+                ca_pem: ca.cert_pem.clone(),
+                cert_pem: client_identity.cert_pem.clone(),
+                key_pem: client_identity.key_pem.clone(),
+                ..Default::default()
+            }),
+            credentials: Some(pb::Credentials {
+                username: "admin".into(),
+                password: password.into(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut responses = Vec::new();
+    for (name, password) in [("good", PASSWORD), ("wrong", "TOP-SECRET-WRONG")] {
+        let created = client.create_datastore(create(spec(name, password))).await;
+        responses.push(format!("{:?}", created.unwrap().into_inner()));
+    }
+    // Each sync settles: the right password syncs, the wrong one is refused.
+    for (name, settled) in [
+        ("good", pb::SyncState::InSync),
+        ("wrong", pb::SyncState::Disconnected),
+    ] {
+        let mut events = client
+            .watch_sync(pb::WatchSyncRequest {
+                datastore: name.into(),
+                from_revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let reached = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(event) = events.next().await {
+                if let Some(pb::sync_event::Event::StateChanged(change)) = event.unwrap().event
+                    && change.state == settled as i32
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "{name} did not reach {settled:?}");
+    }
+    let wrong = client
+        .get_datastore(pb::GetDatastoreRequest {
+            name: "wrong".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last_error = &wrong.status.as_ref().unwrap().last_error;
+    assert!(last_error.contains("Unauthenticated"), "{last_error}");
+    responses.push(format!("{wrong:?}"));
+    let listed = client
+        .list_datastores(pb::ListDatastoresRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    responses.push(format!("{listed:?}"));
+    drop(client);
+    let (status, log) = daemon.terminate_with_log();
+    assert!(status.success());
+    sim.stop().await;
+
+    // The key's base64 lines, any of which would betray it.
+    let key_lines: Vec<&str> = client_identity
+        .key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(log.len() > 50, "trace logging is on: {} lines", log.len());
+    for (what, text) in log
+        .iter()
+        .map(|l| ("log line", l))
+        .chain(responses.iter().map(|r| ("response", r)))
+    {
+        assert!(
+            !text.contains("TOP-SECRET"),
+            "a password in a {what}: {text}"
+        );
+        for key_line in &key_lines {
+            assert!(!text.contains(key_line), "the TLS key in a {what}: {text}");
+        }
+    }
+}

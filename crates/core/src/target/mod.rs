@@ -112,7 +112,7 @@ fn convert_response(
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A real device over gNMI: one lazily connected HTTP/2 channel, credentials
-/// sent as `username`/`password` metadata on every call.
+/// sent as `username`/`password` metadata on every call, and nowhere else.
 #[derive(Clone)]
 pub struct GnmiTarget {
     client: GNmiClient<Channel>,
@@ -158,10 +158,12 @@ impl GnmiTarget {
                         format!("{what} holds characters that cannot travel as gRPC metadata"),
                     )
                 };
-                Some((
-                    c.username.parse().map_err(|_| bad("username"))?,
-                    c.password.expose().parse().map_err(|_| bad("password"))?,
-                ))
+                let mut password: MetadataValue<tonic::metadata::Ascii> =
+                    c.password.expose().parse().map_err(|_| bad("password"))?;
+                // Never indexed by HPACK (no compression side channel, no
+                // proxy table keeps it), and `Debug` prints "Sensitive".
+                password.set_sensitive(true);
+                Some((c.username.parse().map_err(|_| bad("username"))?, password))
             }
             _ => None,
         };
@@ -223,5 +225,34 @@ impl Target for GnmiTarget {
                 .await?
                 .into_inner())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{Credentials, Encoding, Secret};
+
+    #[tokio::test]
+    async fn credentials_travel_as_metadata_and_print_nowhere() {
+        let target = GnmiTarget::new(&TargetSpec {
+            address: "127.0.0.1:57400".into(),
+            tls: None,
+            credentials: Some(Credentials {
+                username: "admin".into(),
+                password: Secret::new("hunter2"),
+            }),
+            encoding: Encoding::Proto,
+            target_name: String::new(),
+        })
+        .unwrap();
+        let request = target.request(());
+        let metadata = request.metadata();
+        assert_eq!(metadata.get("username").unwrap(), "admin");
+        let password = metadata.get("password").unwrap();
+        assert_eq!(password, "hunter2");
+        assert!(password.is_sensitive());
+        assert!(!format!("{request:?}").contains("hunter2"));
+        assert!(!format!("{target:?}").contains("hunter2"));
     }
 }

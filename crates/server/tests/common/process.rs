@@ -1,5 +1,6 @@
 //! netsyncd as a real process: started from the built binary on an ephemeral
-//! port, its address read from its first JSON log line, stopped with SIGTERM.
+//! port, its address read from its first JSON log line, stopped with SIGTERM;
+//! its log is kept for the test to read.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -7,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Longest wait for the process to start listening or to exit.
@@ -17,6 +19,8 @@ pub struct Netsyncd {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Reads stderr until the process ends; returns every line.
+    reader: Option<JoinHandle<Vec<String>>>,
 }
 
 impl Netsyncd {
@@ -28,6 +32,12 @@ impl Netsyncd {
     /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db` and
     /// the flags `args`.
     pub fn start_with(db: &Path, args: &[impl AsRef<OsStr>]) -> Self {
+        Self::start_logging(db, args, "info")
+    }
+
+    /// As [`Netsyncd::start_with`], logging what the `RUST_LOG` filter
+    /// `rust_log` lets through.
+    pub fn start_logging(db: &Path, args: &[impl AsRef<OsStr>], rust_log: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_netsyncd"))
             .args([
                 "serve",
@@ -39,7 +49,7 @@ impl Netsyncd {
             ])
             .arg(db)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -47,7 +57,8 @@ impl Netsyncd {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         // Keeps draining stderr so the process never blocks on a full pipe.
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("netsyncd: {line}");
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
@@ -55,12 +66,18 @@ impl Netsyncd {
                 {
                     let _ = tx.send(listen.parse::<SocketAddr>().unwrap());
                 }
+                lines.push(line);
             }
+            lines
         });
         let addr = rx
             .recv_timeout(DEADLINE)
             .expect("netsyncd logs its address");
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            reader: Some(reader),
+        }
     }
 
     /// Runs `netsyncd serve` with `args` (on 127.0.0.1:0) expecting it to
@@ -98,8 +115,20 @@ impl Netsyncd {
         self.child.wait().unwrap();
     }
 
+    /// Sends SIGTERM, waits for the exit; returns the exit status and every
+    /// line the process logged.
+    pub fn terminate_with_log(mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.wait_terminated();
+        let log = self.reader.take().unwrap().join().unwrap();
+        (status, log)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> ExitStatus {
+        self.wait_terminated()
+    }
+
+    fn wait_terminated(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success(), "kill -TERM {pid}");
