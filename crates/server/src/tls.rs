@@ -4,6 +4,7 @@
 //! mistake stops netsyncd with a message naming the setting.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use netsync_core::datastore::Secret;
@@ -11,6 +12,10 @@ use serde::Deserialize;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::ConfigError;
+
+/// Longest a client may take over its TLS handshake; one that opens a
+/// connection and sends nothing is dropped then instead of holding it.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS flags of `netsyncd serve`.
 #[derive(Debug, Default, Args)]
@@ -107,7 +112,8 @@ impl ApiTls {
     /// client CA is set.
     pub fn server_config(&self) -> ServerTlsConfig {
         let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, self.key_pem.expose()));
+            .identity(Identity::from_pem(&self.cert_pem, self.key_pem.expose()))
+            .timeout(HANDSHAKE_TIMEOUT);
         match &self.client_ca_pem {
             Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
             None => config,
