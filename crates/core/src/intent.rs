@@ -115,11 +115,17 @@ impl Intended {
 
     /// Rechecks the leaves a commit changed.
     pub fn on_commit(&mut self, change: &Change, running: &Running) {
-        let touched = change
-            .updates
-            .iter()
-            .map(|(k, _)| k.clone())
-            .chain(change.deletes.iter().cloned());
+        // Without intents nothing can deviate: a large first commit then
+        // costs nothing here.
+        if self.leaf_claims.is_empty()
+            && self.absent_claims.is_empty()
+            && self.deviations.is_empty()
+        {
+            return;
+        }
+        let mut touched = Vec::new();
+        change.for_each_update_encoded(|k, _| touched.push(Key::from(k)));
+        change.for_each_delete(|k| touched.push(Key::from(k)));
         self.recheck(touched, running);
     }
 
@@ -129,7 +135,7 @@ impl Intended {
         self.deviations.clear();
         let mut touched: BTreeSet<Key> = self.leaf_claims.keys().cloned().collect();
         for (subtree, _) in self.absent_claims.values() {
-            touched.extend(running.subtree(subtree).map(|(k, _)| k.clone()));
+            touched.extend(running.subtree(subtree).map(|(k, _)| Key::from(k)));
         }
         self.recheck(touched, running);
     }
@@ -193,7 +199,7 @@ impl Intended {
             .cloned();
         running
             .subtree(subtree)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| Key::from(k))
             .chain(claimed)
             .collect()
     }
@@ -202,17 +208,19 @@ impl Intended {
         for key in keys {
             let actual = running.get(&key);
             let deviation = match self.winner(&key) {
-                Some((intent, Some(expected))) if actual != Some(expected) => Some(Deviation {
-                    path: key.clone(),
-                    intent: intent.to_string(),
-                    expected: Some(expected.clone()),
-                    actual: actual.cloned(),
-                }),
+                Some((intent, Some(expected))) if actual.as_ref() != Some(expected) => {
+                    Some(Deviation {
+                        path: key.clone(),
+                        intent: intent.to_string(),
+                        expected: Some(expected.clone()),
+                        actual,
+                    })
+                }
                 Some((intent, None)) if actual.is_some() => Some(Deviation {
                     path: key.clone(),
                     intent: intent.to_string(),
                     expected: None,
-                    actual: actual.cloned(),
+                    actual,
                 }),
                 _ => None,
             };
@@ -347,10 +355,7 @@ mod tests {
             ]
         );
         // The device drifts: /a changes, /b goes away, /c appears.
-        let change = Change {
-            updates: vec![(key("/a"), int(9)), (key("/c"), int(3))],
-            deletes: vec![key("/b")],
-        };
+        let change = Change::new([(key("/a"), int(9)), (key("/c"), int(3))], [key("/b")]);
         r.apply_change(&change);
         i.on_commit(&change, &r);
         assert_eq!(
@@ -389,13 +394,13 @@ mod tests {
         let mut r = running(&[]);
         let mut i = Intended::new();
         i.set(intent("no-users", 0, &[], &["/users/user"]), &r);
-        let change = Change {
-            updates: vec![
+        let change = Change::new(
+            [
                 (key("/users/user[name=eve]/name"), int(1)),
                 (key("/users/userx"), int(1)),
             ],
-            deletes: vec![],
-        };
+            [],
+        );
         r.apply_change(&change);
         i.on_commit(&change, &r);
         assert_eq!(
@@ -427,7 +432,7 @@ mod tests {
         intents: &[Intent],
         r: &Running,
     ) -> Vec<(String, String, Option<i64>, Option<i64>)> {
-        let mut paths: BTreeSet<Key> = r.iter().map(|(k, _)| k.clone()).collect();
+        let mut paths: BTreeSet<Key> = r.iter().map(|(k, _)| Key::from(k)).collect();
         for i in intents {
             paths.extend(i.updates.keys().cloned());
         }
@@ -453,6 +458,7 @@ mod tests {
                     _ => panic!(),
                 })
             };
+            let actual = actual.as_ref();
             if let Some(((_, name), expected)) = best
                 && expected != actual
             {

@@ -2,7 +2,9 @@
 //! sync engine. Knows neither SQLite nor the netsync gRPC API.
 
 pub mod datastore;
+pub mod histogram;
 pub mod intent;
+mod leaves;
 pub mod notification;
 pub mod path;
 pub mod running;

@@ -23,7 +23,7 @@ use netsync_proto::gnmi::{self, typed_value};
 use serde_json::Value as Json;
 
 use crate::datastore::ListKey;
-use crate::path::{Path, PathElem, PathError};
+use crate::path::{Path, PathElem, PathError, write_canonical_gnmi};
 use crate::running::{Delta, Key, Subtree, Value};
 
 /// Why a notification could not be applied.
@@ -46,6 +46,14 @@ pub enum NotificationError {
         /// The parser's complaint.
         message: String,
     },
+}
+
+/// An update checked and waiting to be applied.
+enum Pending<'n> {
+    /// A scalar: its key's place in the key buffer, and its value.
+    Scalar(std::ops::Range<usize>, &'n gnmi::TypedValue),
+    /// A JSON value: its leaves' places in the flattened list.
+    Flattened(std::ops::Range<usize>),
 }
 
 /// What one notification contributed.
@@ -88,36 +96,66 @@ impl Decoder {
         for path in &n.delete {
             deletes.push(Subtree::new(&Path::from_gnmi(prefix, path)?));
         }
+        // Everything is checked before anything is applied. Scalar updates
+        // (the common case) keep their canonical paths back to back in one
+        // buffer and borrow their values, so a notification of a thousand
+        // updates allocates a handful of times, not thousands.
+        let mut keys = String::new();
+        let mut scratch = String::new();
         let mut updates = Vec::with_capacity(n.update.len());
+        let mut flattened = Vec::new();
+        let empty = gnmi::Path::default();
         for update in &n.update {
-            let path = match &update.path {
-                Some(p) => Path::from_gnmi(prefix, p)?,
-                None => Path::from_gnmi(prefix, &gnmi::Path::default())?,
+            let path = update.path.as_ref().unwrap_or(&empty);
+            write_canonical_gnmi(prefix, path, &mut scratch)?;
+            let Some(value) = update.val.as_ref().filter(|v| v.value.is_some()) else {
+                return Err(NotificationError::NoValue { path: scratch });
             };
-            let Some(value) = update.val.as_ref().and_then(|v| v.value.as_ref()) else {
-                return Err(NotificationError::NoValue {
-                    path: path.to_string(),
-                });
+            let encoding = match &value.value {
+                Some(typed_value::Value::JsonIetfVal(_)) => Some(Encoding::JsonIetf),
+                Some(typed_value::Value::JsonVal(_)) => Some(Encoding::Json),
+                _ => None,
             };
-            match value {
-                typed_value::Value::JsonIetfVal(bytes) => {
-                    self.flatten_bytes(path, bytes, Encoding::JsonIetf, &mut updates)?
+            match (encoding, &value.value) {
+                (
+                    Some(encoding),
+                    Some(
+                        typed_value::Value::JsonIetfVal(bytes) | typed_value::Value::JsonVal(bytes),
+                    ),
+                ) => {
+                    let start = flattened.len();
+                    let path = Path::from_gnmi(prefix, path)?;
+                    self.flatten_bytes(path, bytes, encoding, &mut flattened)?;
+                    updates.push(Pending::Flattened(start..flattened.len()));
                 }
-                typed_value::Value::JsonVal(bytes) => {
-                    self.flatten_bytes(path, bytes, Encoding::Json, &mut updates)?
+                _ => {
+                    let start = keys.len();
+                    keys.push_str(&scratch);
+                    updates.push(Pending::Scalar(start..keys.len(), value));
                 }
-                _ => updates.push((key_of(&path), update.val.clone().unwrap_or_default())),
             }
         }
-        let counts = Counts {
-            updates: updates.len() as u64,
+        let mut counts = Counts {
+            updates: 0,
             deletes: deletes.len() as u64,
         };
         for subtree in deletes {
             delta.delete(subtree);
         }
-        for (key, value) in updates {
-            delta.update(key, value);
+        let mut flattened = flattened.into_iter();
+        for update in updates {
+            match update {
+                Pending::Scalar(range, value) => {
+                    counts.updates += 1;
+                    delta.update_ref(&keys[range], value);
+                }
+                Pending::Flattened(range) => {
+                    for (key, value) in flattened.by_ref().take(range.len()) {
+                        counts.updates += 1;
+                        delta.update(key, value);
+                    }
+                }
+            }
         }
         Ok(counts)
     }
@@ -375,7 +413,7 @@ mod tests {
         let (after, change) = before.apply(delta);
         assert_eq!(after.len(), 1);
         assert!(after.get("/a/b/c").is_some());
-        assert_eq!(change.deletes, vec![Key::from("/a/b/old")]);
+        assert_eq!(change.deletes().collect::<Vec<_>>(), vec!["/a/b/old"]);
     }
 
     #[test]

@@ -423,6 +423,89 @@ impl Path {
     }
 }
 
+/// Writes the canonical form of `prefix` joined with `path` into `out`
+/// (replacing what it held): the same text as [`Path::from_gnmi`] followed by
+/// `Display`, with the same errors, but without building a [`Path`]. This is
+/// the ingest's hot path, run once per leaf update.
+pub fn write_canonical_gnmi(
+    prefix: Option<&gnmi::Path>,
+    path: &gnmi::Path,
+    out: &mut String,
+) -> Result<(), PathError> {
+    let usable = |p: &gnmi::Path| {
+        #[allow(deprecated, reason = "the deprecated field is read only to reject it")]
+        let uses_element = !p.element.is_empty();
+        !uses_element
+            && is_valid_origin(&p.origin)
+            && p.elem
+                .iter()
+                .all(|e| !e.name.is_empty() && !e.key.contains_key(""))
+    };
+    if !prefix.is_none_or(usable) || !usable(path) {
+        // Something is wrong: the full conversion says what.
+        let full = Path::from_gnmi(prefix, path)?;
+        out.clear();
+        let _ = write!(out, "{full}");
+        return Ok(());
+    }
+    out.clear();
+    let origin = if path.origin.is_empty() {
+        prefix.map_or("", |p| p.origin.as_str())
+    } else {
+        path.origin.as_str()
+    };
+    if !origin.is_empty() {
+        out.push_str(origin);
+        out.push(':');
+    }
+    let prefix_elems = prefix.map_or(&[][..], |p| p.elem.as_slice());
+    if prefix_elems.is_empty() && path.elem.is_empty() {
+        out.push('/');
+        return Ok(());
+    }
+    for elem in prefix_elems.iter().chain(&path.elem) {
+        out.push('/');
+        push_escaped(out, &elem.name, is_name_special);
+        if elem.key.len() <= 1 {
+            for (key, value) in &elem.key {
+                push_key(out, key, value);
+            }
+        } else {
+            let mut keys: Vec<_> = elem.key.iter().collect();
+            keys.sort_unstable();
+            for (key, value) in keys {
+                push_key(out, key, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn push_key(out: &mut String, key: &str, value: &str) {
+    out.push('[');
+    push_escaped(out, key, is_key_special);
+    out.push('=');
+    push_escaped(out, value, is_key_special);
+    out.push(']');
+}
+
+/// Appends `text` with a `\` before every byte for which `is_special` holds.
+fn push_escaped(out: &mut String, text: &str, is_special: impl Fn(u8) -> bool) {
+    if !text.bytes().any(&is_special) {
+        out.push_str(text);
+        return;
+    }
+    let mut run_start = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if is_special(b) {
+            out.push_str(&text[run_start..i]);
+            out.push('\\');
+            run_start = i;
+        }
+    }
+    out.push_str(&text[run_start..]);
+}
+
 /// Whether `origin` can be printed as `origin:/...` and parsed back.
 fn is_valid_origin(origin: &str) -> bool {
     !origin.bytes().any(is_origin_delimiter)
@@ -1512,6 +1595,32 @@ mod tests {
     }
 
     proptest! {
+        /// The ingest's direct canonicalisation writes what building a `Path`
+        /// and printing it writes, errors included.
+        #[test]
+        fn canonical_gnmi_matches_path(
+            prefix in arb_path(),
+            path in arb_path(),
+            use_prefix: bool,
+            empty_name in proptest::option::of(0usize..5),
+            empty_key: bool,
+        ) {
+            let prefix = use_prefix.then(|| prefix.to_gnmi());
+            let mut path = path.to_gnmi();
+            if let Some(i) = empty_name
+                && let Some(e) = path.elem.get_mut(i)
+            {
+                e.name.clear();
+            }
+            if empty_key && let Some(e) = path.elem.first_mut() {
+                e.key.insert(String::new(), "v".into());
+            }
+            let mut out = String::from("stale");
+            let direct = write_canonical_gnmi(prefix.as_ref(), &path, &mut out).map(|()| out);
+            let full = Path::from_gnmi(prefix.as_ref(), &path).map(|p| p.to_string());
+            prop_assert_eq!(direct, full);
+        }
+
         #[test]
         fn parse_print_round_trip(path in arb_path()) {
             let printed = path.to_string();

@@ -12,7 +12,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use netsync_proto::gnmi::TypedValue;
+use prost::Message;
 
+use crate::leaves::{self, Builder, ChangeSink, Cursor, IterSource, Leaves, Ranges, Union};
 use crate::path::Path;
 
 /// A leaf's canonical path, shared between running, deltas and events.
@@ -25,7 +27,7 @@ pub type Value = TypedValue;
 /// an independent snapshot: later commits never change it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Running {
-    leaves: imbl::OrdMap<Key, Value>,
+    leaves: Leaves,
 }
 
 /// A subtree to delete: every leaf whose canonical path is `path` or lies below it.
@@ -95,10 +97,106 @@ impl Subtree {
 /// earlier operation inside the subtree, so all operations still held were
 /// received after every delete that covers them, and applying the deletes
 /// first and then the updates gives the same result as replaying the stream.
+///
+/// A dump (see [`Delta::replacing`]) sends each leaf once, so its updates are
+/// appended to a compact log instead of a map (about a third of the memory and
+/// no allocation per leaf), and sorted once when committed; a delete arriving
+/// in the middle of a dump turns the log into the map first.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
     deletes: BTreeSet<Subtree>,
-    updates: BTreeMap<Key, Value>,
+    updates: Updates,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Updates {
+    Map(BTreeMap<Key, Value>),
+    Log(Log),
+}
+
+impl Default for Updates {
+    fn default() -> Self {
+        Self::Map(BTreeMap::new())
+    }
+}
+
+/// A dump's updates: sorted runs (oldest first) built from earlier batches,
+/// then the latest updates in arrival order, keys and encoded values back to
+/// back in one buffer.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Log {
+    runs: Vec<Leaves>,
+    bytes: Vec<u8>,
+    entries: Vec<LogEntry>,
+}
+
+/// Updates of a dump taken out to be sorted off the ingest (see
+/// [`Delta::take_batch`]).
+#[derive(Debug)]
+pub struct Batch(Log);
+
+/// A sorted [`Batch`], to be given back with [`Delta::add_run`].
+#[derive(Debug)]
+pub struct Run(Leaves);
+
+impl Batch {
+    /// Sorts the batch (last update of a key wins).
+    pub fn sort(mut self) -> Run {
+        let mut out = Builder::new();
+        for (k, v) in self.0.sorted() {
+            out.push(k, v);
+        }
+        Run(out.finish())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LogEntry {
+    start: usize,
+    key_len: u32,
+    value_len: u32,
+}
+
+impl Log {
+    fn push(&mut self, key: &str, value: &Value) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key.as_bytes());
+        value.encode_raw(&mut self.bytes);
+        self.entries.push(LogEntry {
+            start,
+            key_len: key.len() as u32,
+            value_len: (self.bytes.len() - start - key.len()) as u32,
+        });
+    }
+
+    fn key(&self, e: &LogEntry) -> &str {
+        let bytes = &self.bytes[e.start..e.start + e.key_len as usize];
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    fn value(&self, e: &LogEntry) -> &[u8] {
+        let start = e.start + e.key_len as usize;
+        &self.bytes[start..start + e.value_len as usize]
+    }
+
+    /// The arrival-order entries sorted by key, the last of equal keys only.
+    fn sorted(&mut self) -> impl Iterator<Item = (&str, &[u8])> {
+        // Stable: of equal keys the one received last stays last.
+        let bytes = &self.bytes;
+        let key = |e: &LogEntry| &bytes[e.start..e.start + e.key_len as usize];
+        self.entries.sort_by(|a, b| key(a).cmp(key(b)));
+        let log = &*self;
+        let mut iter = log.entries.iter().peekable();
+        std::iter::from_fn(move || {
+            loop {
+                let e = iter.next()?;
+                if iter.peek().is_some_and(|n| log.key(n) == log.key(e)) {
+                    continue;
+                }
+                return Some((log.key(e), log.value(e)));
+            }
+        })
+    }
 }
 
 impl Delta {
@@ -114,20 +212,70 @@ impl Delta {
         for root in roots {
             delta.delete(Subtree::new(root));
         }
+        delta.updates = Updates::Log(Log::default());
         delta
     }
 
     /// Records an update of leaf `key` to `value`.
     pub fn update(&mut self, key: Key, value: Value) {
-        self.updates.insert(key, value);
+        match &mut self.updates {
+            Updates::Map(map) => {
+                map.insert(key, value);
+            }
+            Updates::Log(log) => log.push(&key, &value),
+        }
+    }
+
+    /// Records an update of leaf `key` to `value`, copying only what it keeps.
+    pub fn update_ref(&mut self, key: &str, value: &Value) {
+        match &mut self.updates {
+            Updates::Map(map) => {
+                map.insert(key.into(), value.clone());
+            }
+            Updates::Log(log) => log.push(key, value),
+        }
+    }
+
+    /// For a dump: takes the updates that arrived since the last batch, if
+    /// there are at least `min`, so that they can be sorted elsewhere. The
+    /// caller gives the sorted [`Run`] back with [`add_run`](Self::add_run)
+    /// before taking another batch and before any delete is recorded: runs
+    /// must come back in the order their batches were taken.
+    pub fn take_batch(&mut self, min: usize) -> Option<Batch> {
+        match &mut self.updates {
+            Updates::Log(log) if log.entries.len() >= min.max(1) => Some(Batch(Log {
+                runs: Vec::new(),
+                bytes: std::mem::take(&mut log.bytes),
+                entries: std::mem::take(&mut log.entries),
+            })),
+            _ => None,
+        }
+    }
+
+    /// Number of updates a [`take_batch`](Self::take_batch) would take now.
+    pub fn unsorted(&self) -> usize {
+        match &self.updates {
+            Updates::Log(log) => log.entries.len(),
+            Updates::Map(_) => 0,
+        }
+    }
+
+    /// Gives back a sorted batch: it holds updates older than any update
+    /// received since it was taken.
+    pub fn add_run(&mut self, run: Run) {
+        match &mut self.updates {
+            Updates::Log(log) => log.runs.push(run.0),
+            Updates::Map(_) => unreachable!("a delete was recorded while a batch was out"),
+        }
     }
 
     /// Records the delete of a subtree (a single leaf is a subtree too).
     pub fn delete(&mut self, subtree: Subtree) {
+        let updates = self.map();
         // Earlier updates and deletes inside the subtree are superseded.
-        let doomed: Vec<Key> = range_in(&self.updates, &subtree).cloned().collect();
+        let doomed: Vec<Key> = range_in(updates, &subtree).cloned().collect();
         for key in doomed {
-            self.updates.remove(&key);
+            updates.remove(&key);
         }
         self.deletes
             .retain(|d| !subtree.contains(&d.path) || *d == subtree);
@@ -137,14 +285,57 @@ impl Delta {
         }
     }
 
-    /// Number of distinct operations held (updates plus subtree deletes).
+    /// The updates as a map, converting an arrival-order log first.
+    fn map(&mut self) -> &mut BTreeMap<Key, Value> {
+        if let Updates::Log(log) = &mut self.updates {
+            let mut map = BTreeMap::new();
+            for run in &log.runs {
+                run.for_each(|k, v| {
+                    map.insert(Key::from(k), decode(v));
+                });
+            }
+            for e in &log.entries {
+                map.insert(Key::from(log.key(e)), decode(log.value(e)));
+            }
+            self.updates = Updates::Map(map);
+        }
+        match &mut self.updates {
+            Updates::Map(map) => map,
+            Updates::Log(_) => unreachable!("converted above"),
+        }
+    }
+
+    /// Number of operations held (updates plus subtree deletes). Counts every
+    /// update of a dump's log, repeated keys included.
     pub fn len(&self) -> usize {
-        self.updates.len() + self.deletes.len()
+        let updates = match &self.updates {
+            Updates::Map(map) => map.len(),
+            Updates::Log(log) => {
+                log.entries.len() + log.runs.iter().map(Leaves::len).sum::<usize>()
+            }
+        };
+        updates + self.deletes.len()
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.updates.is_empty() && self.deletes.is_empty()
+        self.len() == 0
+    }
+
+    /// The deletes as key ranges.
+    fn ranges(&self) -> Ranges {
+        let mut ranges = Ranges::default();
+        for subtree in &self.deletes {
+            for (prefix, exact) in subtree.prefixes() {
+                if exact {
+                    ranges.add_exact(&prefix);
+                } else {
+                    ranges.add_prefix(&prefix);
+                }
+            }
+        }
+        ranges.normalise();
+        ranges
     }
 }
 
@@ -169,20 +360,137 @@ fn range_in<'a, V>(
 }
 
 /// The net change one commit made: each leaf at most once, either updated (new
-/// or changed value) or deleted. Sorted by key.
+/// or changed value) or deleted. Both sides are sorted by key and stored as
+/// compactly as running, so the first commit of a large device does not hold a
+/// second full copy of it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Change {
-    /// Leaves created or changed, with their new values.
-    pub updates: Vec<(Key, Value)>,
-    /// Leaves removed (never a subtree root that was not itself a leaf).
-    pub deletes: Vec<Key>,
+    updates: Leaves,
+    deletes: Leaves,
 }
 
 impl Change {
+    /// A change of these updates and deletes, given in any order (a key
+    /// repeated keeps its last value). A key must not be both updated and
+    /// deleted.
+    pub fn new(
+        updates: impl IntoIterator<Item = (Key, Value)>,
+        deletes: impl IntoIterator<Item = Key>,
+    ) -> Self {
+        Self {
+            updates: leaves::from_unsorted(
+                updates
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.encode_to_vec()))
+                    .collect(),
+            ),
+            deletes: leaves::from_unsorted(
+                deletes
+                    .into_iter()
+                    .map(|k| (k.to_string(), Vec::new()))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Whether the commit changed nothing.
     pub fn is_empty(&self) -> bool {
-        self.updates.is_empty() && self.deletes.is_empty()
+        self.updates.len() == 0 && self.deletes.len() == 0
     }
+
+    /// Number of leaves updated.
+    pub fn update_count(&self) -> usize {
+        self.updates.len()
+    }
+
+    /// Number of leaves deleted.
+    pub fn delete_count(&self) -> usize {
+        self.deletes.len()
+    }
+
+    /// Leaves created or changed, with their new values, sorted by key.
+    pub fn updates(&self) -> Iter<'_> {
+        Iter::new(self.updates.cursor())
+    }
+
+    /// Leaves removed (never a subtree root that was not itself a leaf),
+    /// sorted.
+    pub fn deletes(&self) -> impl Iterator<Item = String> + '_ {
+        Iter::new(self.deletes.cursor()).map(|(k, _)| k)
+    }
+
+    /// Calls `f` with every update, its value protobuf-encoded, in key order.
+    pub fn for_each_update_encoded(&self, f: impl FnMut(&str, &[u8])) {
+        self.updates.for_each(f);
+    }
+
+    /// Calls `f` with every deleted key, in order.
+    pub fn for_each_delete(&self, mut f: impl FnMut(&str)) {
+        self.deletes.for_each(|k, _| f(k));
+    }
+
+    /// Writes the change in netsync's own compact form (what
+    /// [`Change::read`] reads back); about a copy of its memory.
+    pub fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.updates.write(out)?;
+        self.deletes.write(out)
+    }
+
+    /// Reads what [`Change::write`] wrote, checking it throughout.
+    pub fn read(mut bytes: &[u8]) -> Result<Change, String> {
+        let updates = Leaves::read(&mut bytes)?;
+        let deletes = Leaves::read(&mut bytes)?;
+        if !bytes.is_empty() {
+            return Err("trailing bytes after a change".into());
+        }
+        Ok(Change { updates, deletes })
+    }
+}
+
+/// Leaves with their values decoded, in key order.
+pub struct Iter<'a> {
+    cursor: Cursor<'a>,
+    key: String,
+    /// Stop at the first key not starting with this (a subtree range).
+    within: Option<(String, bool)>,
+}
+
+impl<'a> Iter<'a> {
+    fn new(cursor: Cursor<'a>) -> Self {
+        Self {
+            cursor,
+            key: String::new(),
+            within: None,
+        }
+    }
+}
+
+impl Iterator for Iter<'_> {
+    type Item = (String, Value);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let value = self.cursor.next(&mut self.key)?;
+        if let Some((prefix, exact)) = &self.within {
+            let inside = if *exact {
+                self.key == *prefix
+            } else {
+                self.key.starts_with(prefix.as_str())
+            };
+            if !inside {
+                // Park the cursor: nothing further can be inside.
+                self.within = Some((String::new(), true));
+                self.cursor = Cursor::empty();
+                return None;
+            }
+        }
+        Some((self.key.clone(), decode(value)))
+    }
+}
+
+/// A stored value. Values are encoded by this module, so decoding cannot fail;
+/// a default value stands in if it ever did.
+fn decode(bytes: &[u8]) -> Value {
+    Value::decode(bytes).unwrap_or_default()
 }
 
 impl Running {
@@ -191,10 +499,16 @@ impl Running {
         Self::default()
     }
 
-    /// Running holding exactly `leaves`.
+    /// Running holding exactly `leaves` (in any order; a key repeated keeps
+    /// its last value).
     pub fn from_leaves(leaves: impl IntoIterator<Item = (Key, Value)>) -> Self {
         Self {
-            leaves: leaves.into_iter().collect(),
+            leaves: leaves::from_unsorted(
+                leaves
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.encode_to_vec()))
+                    .collect(),
+            ),
         }
     }
 
@@ -205,85 +519,133 @@ impl Running {
 
     /// Whether there are no leaves.
     pub fn is_empty(&self) -> bool {
-        self.leaves.is_empty()
+        self.leaves.len() == 0
     }
 
     /// The value of one leaf.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.leaves.get(key)
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.leaves.get(key).map(|v| decode(&v))
+    }
+
+    /// Whether leaf `key` exists.
+    pub fn contains(&self, key: &str) -> bool {
+        self.leaves.get(key).is_some()
     }
 
     /// Every leaf, sorted by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
-        self.leaves.iter()
+    pub fn iter(&self) -> Iter<'_> {
+        Iter::new(self.leaves.cursor())
+    }
+
+    /// Calls `f` with every leaf, its value protobuf-encoded, in key order.
+    pub fn for_each_encoded(&self, f: impl FnMut(&str, &[u8])) {
+        self.leaves.for_each(f);
+    }
+
+    /// Writes running in netsync's own compact form (what [`Running::read`]
+    /// reads back); about a copy of its memory.
+    pub fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.leaves.write(out)
+    }
+
+    /// Reads what [`Running::write`] wrote, checking it throughout.
+    pub fn read(mut bytes: &[u8]) -> Result<Running, String> {
+        let leaves = Leaves::read(&mut bytes)?;
+        if !bytes.is_empty() {
+            return Err("trailing bytes after running".into());
+        }
+        Ok(Running { leaves })
+    }
+
+    /// The leaves from `start` on (inclusive), sorted by key.
+    pub fn iter_from(&self, start: &str) -> Iter<'_> {
+        Iter::new(self.leaves.cursor_from(start))
     }
 
     /// The leaves of a subtree, sorted by key.
     pub fn subtree<'a>(
         &'a self,
         subtree: &'a Subtree,
-    ) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+    ) -> impl Iterator<Item = (String, Value)> + 'a {
         subtree.prefixes().flat_map(move |(prefix, exact)| {
-            let start: Key = prefix.clone().into();
-            self.leaves
-                .range::<_, Key>((Bound::Included(start), Bound::Unbounded))
-                .take_while(move |(k, _)| {
-                    if exact {
-                        ***k == *prefix
-                    } else {
-                        k.starts_with(prefix.as_str())
-                    }
-                })
+            let mut iter = Iter::new(self.leaves.cursor_from(&prefix));
+            iter.within = Some((prefix, exact));
+            iter
         })
     }
 
     /// Applies a net change as a commit event or the change log carries it:
     /// leaf deletes, then leaf updates.
     pub fn apply_change(&mut self, change: &Change) {
-        for key in &change.deletes {
-            self.leaves.remove(key);
-        }
-        for (key, value) in &change.updates {
-            self.leaves.insert(key.clone(), value.clone());
-        }
+        let mut deletes = Ranges::default();
+        change.deletes.for_each(|k, _| deletes.add_exact(k));
+        deletes.normalise();
+        let mut updates = Vec::with_capacity(change.updates.len());
+        let mut keys = String::new();
+        let mut values = Vec::new();
+        change.updates.for_each(|k, v| {
+            updates.push((keys.len(), k.len(), values.len(), v.len()));
+            keys.push_str(k);
+            values.extend_from_slice(v);
+        });
+        let updates = updates
+            .iter()
+            .map(|&(ks, kl, vs, vl)| (&keys[ks..ks + kl], &values[vs..vs + vl]));
+        self.leaves = self.leaves.merge(IterSource::new(updates), &deletes, None);
     }
 
     /// Applies `delta` (deletes first, then updates; see [`Delta`]) and returns
     /// the new running with the net change. `self` is left as it was.
-    pub fn apply(&self, delta: Delta) -> (Running, Change) {
-        let mut next = self.leaves.clone();
-        // Old values of removed leaves, to tell a delete-then-same-value apart
-        // from a real change.
-        let mut removed: BTreeMap<Key, Value> = BTreeMap::new();
-        for subtree in &delta.deletes {
-            let doomed: Vec<Key> = Running {
-                leaves: next.clone(),
+    pub fn apply(&self, mut delta: Delta) -> (Running, Change) {
+        let deletes = delta.ranges();
+        let mut sink = ChangeSink::default();
+        // With nothing before, the change is everything after: share it.
+        let first = self.is_empty();
+        let leaves = match &mut delta.updates {
+            Updates::Log(log) => {
+                let newest = Batch(Log {
+                    runs: Vec::new(),
+                    bytes: std::mem::take(&mut log.bytes),
+                    entries: std::mem::take(&mut log.entries),
+                })
+                .sort();
+                let mut runs = std::mem::take(&mut log.runs);
+                runs.push(newest.0);
+                let sources = runs.iter().map(Leaves::source).collect();
+                self.leaves
+                    .merge(Union::new(sources), &deletes, (!first).then_some(&mut sink))
             }
-            .subtree(subtree)
-            .map(|(k, _)| k.clone())
-            .collect();
-            for key in doomed {
-                if let Some(old) = next.remove(&key) {
-                    removed.insert(key, old);
+            Updates::Map(map) => {
+                let mut values = Vec::new();
+                let mut ends = Vec::with_capacity(map.len());
+                for value in map.values() {
+                    value.encode_raw(&mut values);
+                    ends.push(values.len());
                 }
+                let starts = std::iter::once(0).chain(ends.iter().copied());
+                let updates = map
+                    .keys()
+                    .zip(starts.zip(ends.iter().copied()))
+                    .map(|(k, (s, e))| (&**k, &values[s..e]));
+                self.leaves.merge(
+                    IterSource::new(updates),
+                    &deletes,
+                    (!first).then_some(&mut sink),
+                )
             }
-        }
-        let mut updates = Vec::with_capacity(delta.updates.len());
-        for (key, value) in delta.updates {
-            let old = next.insert(key.clone(), value.clone());
-            let unchanged = match old {
-                Some(old) => old == value,
-                None => removed.remove(&key).is_some_and(|old| old == value),
-            };
-            if !unchanged {
-                updates.push((key, value));
-            }
-        }
-        let change = Change {
-            updates,
-            deletes: removed.into_keys().collect(),
         };
-        (Running { leaves: next }, change)
+        let change = if first {
+            Change {
+                updates: leaves.clone(),
+                deletes: Leaves::default(),
+            }
+        } else {
+            Change {
+                updates: sink.updates.finish(),
+                deletes: sink.deletes.finish(),
+            }
+        };
+        (Running { leaves }, change)
     }
 }
 
@@ -349,8 +711,8 @@ mod tests {
         d.delete(subtree("/a/b"));
         let (r, change) = running(&[("/a/b", 0)]).apply(d);
         assert!(r.is_empty());
-        assert_eq!(change.deletes, vec![key("/a/b")]);
-        assert!(change.updates.is_empty());
+        assert_eq!(change.deletes().collect::<Vec<_>>(), vec!["/a/b"]);
+        assert_eq!(change.update_count(), 0);
     }
 
     #[test]
@@ -361,8 +723,11 @@ mod tests {
         let before = running(&[("/a/x[k=1]/v", 1), ("/a/y", 1), ("/b", 1)]);
         let (r, change) = before.apply(d);
         assert_eq!(r, running(&[("/a/x[k=1]/v", 2), ("/b", 1)]));
-        assert_eq!(change.deletes, vec![key("/a/y")]);
-        assert_eq!(change.updates, vec![(key("/a/x[k=1]/v"), int(2))]);
+        assert_eq!(change.deletes().collect::<Vec<_>>(), vec!["/a/y"]);
+        assert_eq!(
+            change.updates().collect::<Vec<_>>(),
+            vec![("/a/x[k=1]/v".to_string(), int(2))]
+        );
     }
 
     #[test]
@@ -383,7 +748,7 @@ mod tests {
         d.update(key("/a/x"), int(1));
         let (r, change) = before.apply(d);
         assert_eq!(r, running(&[("/a/x", 1), ("/b/z", 1)]));
-        assert_eq!(change.deletes, vec![key("/a/y")]);
+        assert_eq!(change.deletes().collect::<Vec<_>>(), vec!["/a/y"]);
     }
 
     #[test]
@@ -393,8 +758,8 @@ mod tests {
         let mut d = Delta::new();
         d.update(key("/a"), int(2));
         let (after, _) = before.apply(d);
-        assert_eq!(snapshot.get("/a"), Some(&int(1)));
-        assert_eq!(after.get("/a"), Some(&int(2)));
+        assert_eq!(snapshot.get("/a"), Some(int(1)));
+        assert_eq!(after.get("/a"), Some(int(2)));
     }
 
     #[test]
@@ -483,15 +848,47 @@ mod tests {
 
             // Applying the change to the old map gives the new one.
             let mut rebuilt = start.clone();
-            for k in &change.deletes {
-                prop_assert!(rebuilt.remove(&**k).is_some(), "deleted leaf {} was not there", k);
+            for k in change.deletes() {
+                prop_assert!(rebuilt.remove(&k).is_some(), "deleted leaf {} was not there", k);
             }
-            for (k, v) in &change.updates {
+            for (k, v) in change.updates() {
                 let Some(typed_value::Value::IntVal(i)) = v.value else { unreachable!() };
-                prop_assert!(start.get(&**k) != Some(&i), "unchanged leaf {} reported", k);
-                rebuilt.insert(k.to_string(), i);
+                prop_assert!(start.get(&k) != Some(&i), "unchanged leaf {} reported", k);
+                rebuilt.insert(k, i);
             }
             prop_assert_eq!(rebuilt, expected);
+        }
+
+        /// A dump's log, sorted in batches taken at any points, applies like
+        /// the same operations held in a map.
+        #[test]
+        fn batched_dump_equals_replay(
+            start in prop::collection::btree_map(arb_path(), 0i64..3, 0..12),
+            ops in prop::collection::vec((arb_op(), 0usize..4), 0..40),
+        ) {
+            let start: BTreeMap<String, i64> =
+                start.into_iter().map(|(k, v)| (key(&k).to_string(), v)).collect();
+            let before = Running::from_leaves(start.iter().map(|(k, v)| (Key::from(k.as_str()), int(*v))));
+            let mut delta = Delta::replacing(&[]);
+            for (op, batch) in &ops {
+                match op {
+                    Op::Update(p, v) => delta.update_ref(&key(p), &int(*v)),
+                    Op::Delete(p) => delta.delete(subtree(p)),
+                }
+                if let Some(b) = delta.take_batch(*batch) {
+                    delta.add_run(b.sort());
+                }
+            }
+            let plain: Vec<Op> = ops.iter().map(|(op, _)| op.clone()).collect();
+            let (after, _) = before.apply(delta);
+            let got: BTreeMap<String, i64> = after
+                .iter()
+                .map(|(k, v)| {
+                    let Some(typed_value::Value::IntVal(i)) = v.value else { unreachable!() };
+                    (k, i)
+                })
+                .collect();
+            prop_assert_eq!(got, replay(&start, &plain));
         }
     }
 }

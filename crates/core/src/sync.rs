@@ -37,11 +37,13 @@ use rand::Rng;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
+use crate::histogram::Histogram;
 use crate::intent::{Deviation, Intended, Intent};
 use crate::notification::Decoder;
-use crate::running::{Change, Delta, Key, Running, Value};
+use crate::running::{Batch, Change, Delta, Key, Running, Value};
 use crate::target::Target;
 
 /// Where a datastore's sync stands.
@@ -172,6 +174,8 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Changes lost. Never incremented: the engine resyncs instead of dropping.
     pub dropped: AtomicU64,
+    /// Time from taking a delta to publishing its revision, per revision made.
+    pub commit_duration: Histogram,
 }
 
 /// A point-in-time status.
@@ -196,6 +200,11 @@ pub struct SyncLimits {
     pub pending_cap: usize,
     /// Buffered events per datastore; a watcher further behind is cut off.
     pub event_buffer: usize,
+    /// A dump's updates are sorted in batches of this many by the committer
+    /// while the dump is still arriving (on the other core), so that its
+    /// commit has little left to do, and received updates wait in compact
+    /// sorted runs.
+    pub sort_batch: usize,
     /// First reconnect delay.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
@@ -208,6 +217,7 @@ impl Default for SyncLimits {
             commit_threshold: 100_000,
             pending_cap: 1_000_000,
             event_buffer: 4096,
+            sort_batch: 1 << 16,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
         }
@@ -217,6 +227,12 @@ impl Default for SyncLimits {
 #[derive(Debug, Default)]
 struct Pending {
     dump: Option<Delta>,
+    /// Numbers dumps, so that a sorted batch goes back to the dump it came
+    /// from, or nowhere if that dump was dropped meanwhile.
+    dump_seq: u64,
+    /// Whether the committer is sorting a batch of the dump. A delete must
+    /// wait until it is back (the batch's updates came before it).
+    batch_out: bool,
     sealed: Option<Sealed>,
     open: Delta,
     /// When the oldest change in `open` arrived.
@@ -232,6 +248,8 @@ struct Sealed {
     initial: bool,
     /// The connection it came from.
     generation: u64,
+    /// The dump it was.
+    seq: u64,
 }
 
 impl Pending {
@@ -376,18 +394,22 @@ impl SyncHandle {
             persist,
             commit_interval: spec.sync.commit_interval,
             threshold: limits.commit_threshold,
+            sort_batch: limits.sort_batch.max(1),
             durable,
         };
+        // Every log line of this sync, a dependency's too, names the datastore.
+        let span = tracing::info_span!(parent: None, "sync", datastore = %spec.name);
+        let committer_span = span.clone();
         let tasks = vec![
             tokio::spawn(async move {
                 tokio::select! {
-                    () = ingest.supervised() => {}
+                    () = ingest.supervised().instrument(span) => {}
                     () = stop_ingest => {}
                 }
             }),
             tokio::spawn(async move {
                 tokio::select! {
-                    () = committer.supervised() => {}
+                    () = committer.supervised().instrument(committer_span) => {}
                     () = stop_committer => {}
                 }
             }),
@@ -674,6 +696,7 @@ impl Ingest {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         pending.dump = Some(Delta::replacing(&self.spec.sync.paths));
+        pending.dump_seq += 1;
     }
 
     /// Closes the dump at its `sync_response`: it becomes the next commit.
@@ -692,11 +715,35 @@ impl Ingest {
                 // An unconsumed initial seal stays initial when superseded.
                 initial: initial || pending.sealed.as_ref().is_some_and(|s| s.initial),
                 generation: self.shared.generation.load(Ordering::SeqCst),
+                seq: pending.dump_seq,
             });
             pending.open = Delta::new();
             pending.open_since = None;
         }
         self.shared.committer_wake.notify_one();
+    }
+
+    /// Waits, if `n` deletes something, until no batch of the dump is out
+    /// being sorted: the delete must apply after the updates in it.
+    async fn ready_for(&self, n: &gnmi::Notification) {
+        if n.delete.is_empty() {
+            return;
+        }
+        loop {
+            let wake = self.shared.ingest_wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let out = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .batch_out;
+            if !out {
+                return;
+            }
+            wake.await;
+        }
     }
 
     /// Applies one notification to the segment it belongs to.
@@ -715,16 +762,18 @@ impl Ingest {
                 None => (&mut pending.open, true),
             };
             let counts = self.decoder.apply(n, delta).map_err(|e| e.to_string())?;
+            let batch_due =
+                !is_open && !pending.batch_out && delta.unsorted() >= self.limits.sort_batch.max(1);
             let first_open_change =
                 is_open && pending.open_since.is_none() && !pending.open.is_empty();
             if first_open_change {
                 pending.open_since = Some(Instant::now());
             }
-            (counts, first_open_change)
+            (counts, first_open_change || batch_due)
         };
-        let (counts, first_open_change) = counts;
-        if first_open_change {
-            // The committer has no deadline yet: let it set one.
+        let (counts, wake_committer) = counts;
+        if wake_committer {
+            // The committer has no deadline yet, or a batch to sort.
             self.shared.committer_wake.notify_one();
         }
         stats.updates.fetch_add(counts.updates, Ordering::Relaxed);
@@ -830,6 +879,7 @@ impl Ingest {
                 Some(Err(e)) => return Ended::Failed(format!("subscription failed: {e}")),
                 Some(Ok(response)) => match response.response {
                     Some(gnmi::subscribe_response::Response::Update(n)) => {
+                        self.ready_for(&n).await;
                         if let Err(e) = self.ingest(&n) {
                             return self.bad_input(e);
                         }
@@ -913,6 +963,7 @@ impl Ingest {
             }),
         };
         for n in &response.notification {
+            self.ready_for(n).await;
             self.ingest(n).map_err(|e| self.bad_input(e))?;
         }
         Ok(())
@@ -990,6 +1041,7 @@ impl Ingest {
                 Some(Err(e)) => return Err(Ended::Failed(format!("subscription failed: {e}"))),
                 Some(Ok(response)) => match response.response {
                     Some(gnmi::subscribe_response::Response::Update(n)) => {
+                        self.ready_for(&n).await;
                         self.ingest(&n).map_err(|e| self.bad_input(e))?;
                     }
                     Some(gnmi::subscribe_response::Response::SyncResponse(_)) => return Ok(()),
@@ -1026,12 +1078,29 @@ impl Ingest {
     }
 }
 
+/// What the committer does next.
+enum Work {
+    /// Commit a delta.
+    Commit {
+        delta: Delta,
+        /// Whether it is a replace (a dump).
+        replace: bool,
+        /// Whether it is a connection's initial dump.
+        initial: bool,
+        /// The connection it came from.
+        generation: u64,
+    },
+    /// Sort a batch of dump `seq`.
+    Sort { seq: u64, batch: Batch },
+}
+
 /// The committer task: takes deltas, applies them, persists, publishes.
 struct Committer {
     shared: Arc<Shared>,
     persist: Arc<dyn Persist>,
     commit_interval: Duration,
     threshold: usize,
+    sort_batch: usize,
     /// Running at the last durable revision: the base of the next commit.
     /// Updated as soon as a commit is durable, before it is published, so a
     /// failure in between can never make a revision number be used twice.
@@ -1044,6 +1113,7 @@ impl Committer {
     async fn supervised(self) {
         loop {
             if AssertUnwindSafe(self.run()).catch_unwind().await.is_err() {
+                self.drop_batch();
                 self.fail("internal error in the committer".into());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -1052,16 +1122,81 @@ impl Committer {
 
     async fn run(&self) {
         loop {
-            let (delta, replace, initial, generation) = self.next_delta().await;
-            self.shared.ingest_wake.notify_one();
-            self.commit(delta, replace, initial, generation).await;
+            match self.next_work().await {
+                Work::Commit {
+                    delta,
+                    replace,
+                    initial,
+                    generation,
+                } => {
+                    self.shared.ingest_wake.notify_one();
+                    // A trace of its own per commit (not a child of the long-lived sync span).
+                    let span = tracing::info_span!(parent: None, "commit", datastore = %self.shared.name,
+                        replace, revision = tracing::field::Empty, updates = tracing::field::Empty,
+                        deletes = tracing::field::Empty);
+                    self.commit(delta, replace, initial, generation)
+                        .instrument(span)
+                        .await;
+                }
+                Work::Sort { seq, batch } => self.sort(seq, batch).await,
+            }
         }
     }
 
-    /// Waits until a commit is due and takes its delta (an O(1) swap).
-    /// Returns the delta, whether it is a replace, whether it is a
-    /// connection's initial dump, and the connection it came from.
-    async fn next_delta(&self) -> (Delta, bool, bool, u64) {
+    /// Sorts a batch of dump `seq` off the async workers and gives it back.
+    async fn sort(&self, seq: u64, batch: Batch) {
+        let run = match tokio::task::spawn_blocking(move || batch.sort()).await {
+            Ok(run) => run,
+            Err(e) => {
+                self.drop_batch();
+                self.fail(format!("sorting a dump failed: {e}"));
+                return;
+            }
+        };
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let pending = &mut *pending;
+            pending.batch_out = false;
+            // The dump may have been sealed meanwhile, or dropped (then so is
+            // the run).
+            if pending.dump_seq == seq {
+                if let Some(dump) = pending.dump.as_mut() {
+                    dump.add_run(run);
+                } else if let Some(sealed) = pending.sealed.as_mut().filter(|s| s.seq == seq) {
+                    sealed.delta.add_run(run);
+                }
+            }
+        }
+        // A delete may be waiting for the batch.
+        self.shared.ingest_wake.notify_one();
+    }
+
+    /// A batch out for sorting is lost: so is its dump.
+    fn drop_batch(&self) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.batch_out {
+            pending.batch_out = false;
+            pending.dump = None;
+            let seq = pending.dump_seq;
+            if pending.sealed.as_ref().is_some_and(|s| s.seq == seq) {
+                pending.sealed = None;
+            }
+        }
+        drop(pending);
+        self.shared.ingest_wake.notify_one();
+    }
+
+    /// Waits until a commit is due and takes its delta (an O(1) swap), or
+    /// until a batch of the dump is due for sorting.
+    async fn next_work(&self) -> Work {
         loop {
             let wake = self.shared.committer_wake.notified();
             tokio::pin!(wake);
@@ -1073,7 +1208,24 @@ impl Committer {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
                 if let Some(sealed) = pending.sealed.take() {
-                    return (sealed.delta, true, sealed.initial, sealed.generation);
+                    return Work::Commit {
+                        delta: sealed.delta,
+                        replace: true,
+                        initial: sealed.initial,
+                        generation: sealed.generation,
+                    };
+                }
+                if !pending.batch_out
+                    && let Some(batch) = pending
+                        .dump
+                        .as_mut()
+                        .and_then(|d| d.take_batch(self.sort_batch))
+                {
+                    pending.batch_out = true;
+                    return Work::Sort {
+                        seq: pending.dump_seq,
+                        batch,
+                    };
                 }
                 match pending.open_since {
                     Some(since)
@@ -1081,7 +1233,12 @@ impl Committer {
                             || since.elapsed() >= self.commit_interval =>
                     {
                         pending.open_since = None;
-                        return (std::mem::take(&mut pending.open), false, false, 0);
+                        return Work::Commit {
+                            delta: std::mem::take(&mut pending.open),
+                            replace: false,
+                            initial: false,
+                            generation: 0,
+                        };
                     }
                     Some(since) => Some(since + self.commit_interval),
                     None => None,
@@ -1105,6 +1262,7 @@ impl Committer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let started = Instant::now();
         let (running, change) = if delta.len() > 10_000 {
             // Large deltas are applied off the async workers so the ingest keeps reading.
             let base = base.running.clone();
@@ -1122,6 +1280,11 @@ impl Committer {
             return;
         }
         let revision = base.revision + 1;
+        // As i64: OpenTelemetry attributes have no unsigned integers.
+        tracing::Span::current()
+            .record("revision", revision as i64)
+            .record("updates", change.update_count() as i64)
+            .record("deletes", change.delete_count() as i64);
         let time = SystemTime::now();
         let committed = Committed {
             revision,
@@ -1130,10 +1293,12 @@ impl Committer {
             change: &change,
             running: &running,
         };
+        let applied = started.elapsed();
         if let Err(e) = self.persist.persist(&self.shared.name, committed).await {
             self.fail(format!("cannot persist revision {revision}: {e}"));
             return;
         }
+        let persisted = started.elapsed() - applied;
         *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Snapshot {
             revision,
             time: Some(time),
@@ -1156,9 +1321,10 @@ impl Committer {
             });
         }
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.commit_duration.record(started.elapsed());
         tracing::debug!(
-            datastore = %self.shared.name, revision, replace, updates = change.updates.len(),
-            deletes = change.deletes.len(), leaves, "committed"
+            datastore = %self.shared.name, revision, replace, updates = change.update_count(),
+            deletes = change.delete_count(), leaves, ?applied, ?persisted, "committed"
         );
         {
             let mut last_event = self

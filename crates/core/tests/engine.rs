@@ -10,7 +10,6 @@ use netsync_core::Path;
 use netsync_core::datastore::{
     DatastoreSpec, Encoding, RevertSpec, SyncMode, SyncSpec, TargetSpec,
 };
-use netsync_core::running::Key;
 use netsync_core::sync::{
     Committed, Event, EventKind, Persist, Snapshot, SyncHandle, SyncLimits, SyncState,
 };
@@ -208,7 +207,7 @@ async fn until(handle: &SyncHandle, what: &str, check: impl Fn(&SyncHandle) -> b
 }
 
 fn keys(change: &netsync_core::running::Change) -> Vec<String> {
-    change.updates.iter().map(|(k, _)| k.to_string()).collect()
+    change.updates().map(|(k, _)| k).collect()
 }
 
 fn leaf(handle: &SyncHandle, path: &str) -> Option<String> {
@@ -362,7 +361,7 @@ async fn reconnect_prunes_what_vanished_while_disconnected() {
     assert_eq!(revision, 2);
     assert!(replace);
     assert_eq!(keys(&change), ["/c", "/d"]);
-    assert_eq!(change.deletes, vec![Key::from("/b")]);
+    assert_eq!(change.deletes().collect::<Vec<_>>(), vec!["/b"]);
     until(&handle, "in sync", |h| {
         h.status().state == SyncState::InSync
     })

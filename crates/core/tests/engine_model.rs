@@ -197,6 +197,8 @@ async fn scenario(ops: Vec<Op>) {
             backoff_max: Duration::from_millis(5),
             pending_cap: 8,
             commit_threshold: 4,
+            // Dumps are sorted in many small batches, deletes in between.
+            sort_batch: 2,
             ..SyncLimits::default()
         },
     );
@@ -313,18 +315,18 @@ async fn scenario(ops: Vec<Op>) {
     let mut rebuilt: BTreeMap<String, u8> = BTreeMap::new();
     for (i, (revision, change)) in commits.iter().enumerate() {
         assert_eq!(*revision, i as u64 + 1, "revisions are consecutive from 1");
-        for k in &change.deletes {
+        for k in change.deletes() {
             assert!(
-                rebuilt.remove(&**k).is_some(),
+                rebuilt.remove(&k).is_some(),
                 "revision {revision} deletes absent {k}"
             );
         }
-        for (k, v) in &change.updates {
+        for (k, v) in change.updates() {
             let Some(typed_value::Value::UintVal(u)) = v.value else {
                 panic!()
             };
             assert_ne!(
-                rebuilt.insert(k.to_string(), u as u8),
+                rebuilt.insert(k.clone(), u as u8),
                 Some(u as u8),
                 "no-op update of {k}"
             );

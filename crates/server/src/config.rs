@@ -62,8 +62,8 @@ pub struct ServeArgs {
     pub db: Option<String>,
     /// TOML configuration file (keys as the long flags, with `_`: listen, db,
     /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer,
-    /// set_timeout_seconds; tables [tls] with cert, key, client_ca and
-    /// [limits] with the limit flags).
+    /// set_timeout_seconds, metrics_listen; tables [tls] with cert, key,
+    /// client_ca and [limits] with the limit flags).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log line format [default: text]; the filter comes from RUST_LOG.
@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// Limits against bad clients.
     #[command(flatten)]
     pub api_limits: LimitArgs,
+    /// Address to serve Prometheus metrics on, at /metrics over plain HTTP
+    /// [default: off]; a `:0` port is chosen by the system and logged.
+    #[arg(long, env = "NETSYNC_METRICS_LISTEN", value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 /// How log lines are written.
@@ -118,6 +122,7 @@ struct FileConfig {
     set_timeout_seconds: Option<u64>,
     tls: Option<TlsFile>,
     limits: Option<LimitsFile>,
+    metrics_listen: Option<String>,
 }
 
 /// The resolved configuration of a netsyncd process.
@@ -141,6 +146,8 @@ pub struct Config {
     pub tls: Option<ApiTls>,
     /// Limits against bad clients.
     pub api_limits: ApiLimits,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_listen: Option<String>,
 }
 
 impl Config {
@@ -156,6 +163,7 @@ impl Config {
             reconcile: ReconcileConfig::default(),
             tls: None,
             api_limits: ApiLimits::default(),
+            metrics_listen: None,
         }
     }
 
@@ -212,6 +220,7 @@ impl Config {
             db: args.db.or(file.db).unwrap_or_else(|| DEFAULT_DB.into()),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
         })
     }
 }
@@ -311,6 +320,7 @@ mod tests {
         assert_eq!(config.limits.event_buffer, 7);
         assert_eq!(config.retention.age, Duration::from_secs(60));
         assert_eq!(config.retention.commits, 10_000);
+        assert_eq!(config.metrics_listen, None);
         let err = Config::resolve(ServeArgs {
             pending_cap: Some(0),
             ..Default::default()
@@ -359,6 +369,23 @@ mod tests {
         std::fs::write(&file, "[limits]\nmax_datastore = 5\n").unwrap();
         let err = Config::resolve(args(&[])).unwrap_err().to_string();
         assert!(err.contains("max_datastore"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_comes_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netsync.toml");
+        std::fs::write(&file, "metrics_listen = \"127.0.0.1:9100\"\n").unwrap();
+        let from_file = Config::resolve(ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.metrics_listen.as_deref(), Some("127.0.0.1:9100"));
+        let mut args = parse(&["--metrics-listen", "0.0.0.0:9200"]);
+        args.config = Some(file);
+        let from_flag = Config::resolve(args).unwrap();
+        assert_eq!(from_flag.metrics_listen.as_deref(), Some("0.0.0.0:9200"));
     }
 
     #[test]

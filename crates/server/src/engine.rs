@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use futures::future::BoxFuture;
 use netsync_core::datastore::DatastoreSpec;
@@ -16,7 +17,7 @@ use netsync_proto::gnmi;
 
 use crate::error::Error;
 use crate::log::CommitLog;
-use crate::reconcile::{self, ReconcileConfig, Trigger, Worker};
+use crate::reconcile::{self, JobStats, ReconcileConfig, Trigger, Worker};
 use crate::store::Store;
 
 /// One datastore's running parts: its sync and its reconcile worker.
@@ -28,6 +29,8 @@ struct Entry {
     lock: Arc<tokio::sync::Mutex<()>>,
     stop_worker: watch::Sender<bool>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Reconcile jobs that ended, for metrics.
+    jobs: Arc<JobStats>,
 }
 
 /// Every running sync, by datastore name.
@@ -99,19 +102,23 @@ impl Engine {
         let wake = Arc::new(Notify::new());
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let (stop_worker, stopped) = watch::channel(false);
+        let jobs = Arc::new(JobStats::default());
         let worker = Worker {
             sync: sync.clone(),
             store: self.store.clone(),
             config: self.reconcile.clone(),
             wake: wake.clone(),
             lock: lock.clone(),
+            stats: jobs.clone(),
         };
+        let span = tracing::info_span!(parent: None, "reconcile_worker", datastore = %spec.name);
         let entry = Arc::new(Entry {
             sync,
             wake,
             lock,
             stop_worker,
-            worker: Mutex::new(Some(tokio::spawn(worker.run(stopped)))),
+            worker: Mutex::new(Some(tokio::spawn(worker.run(stopped).instrument(span)))),
+            jobs,
         });
         let old = self
             .entries
@@ -133,6 +140,19 @@ impl Engine {
             .expect("lock")
             .get(name)
             .map(|e| e.sync.clone())
+    }
+
+    /// Every running datastore's sync and reconcile counters, sorted by name.
+    pub fn datastores(&self) -> Vec<(Arc<SyncHandle>, Arc<JobStats>)> {
+        let mut all: Vec<_> = self
+            .entries
+            .lock()
+            .expect("lock")
+            .values()
+            .map(|e| (e.sync.clone(), e.jobs.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+        all
     }
 
     /// Holds off reconcile jobs of `name` while an intent is written, so the

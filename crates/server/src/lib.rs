@@ -8,7 +8,9 @@ pub mod engine;
 pub mod error;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod reconcile;
+pub mod rpc_layer;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
@@ -42,6 +44,14 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Service names served, as reflection lists them.
@@ -61,6 +71,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // Bound first, so that a taken port fails start-up before anything runs.
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| ServeError::Metrics {
+                    addr: addr.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let store = Store::open(&config.db).await?;
     let engine = Arc::new(Engine::new(
         store.clone(),
@@ -89,6 +111,11 @@ pub async fn serve(
         )
     };
 
+    let metrics = Arc::new(metrics::Metrics::new(store.clone(), engine.clone()));
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = metrics_listener
+        .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), metrics_stopped)));
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits));
@@ -96,6 +123,8 @@ pub async fn serve(
         builder = builder.tls_config(tls.server_config())?;
     }
     let server = builder
+        // Outermost first: calls refused by the limits are measured too.
+        .layer(rpc_layer::RpcLayer::new(metrics.rpc()))
         .layer(limits::CallLimitsLayer::new(&config.api_limits))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -133,6 +162,10 @@ pub async fn serve(
         }
     };
     engine.stop_all().await;
+    let _ = stop_metrics.send(true);
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     store.close().await;
     tracing::info!("netsyncd stopped");
     result

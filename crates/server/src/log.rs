@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
-use netsync_core::running::{Change, Key, Running};
+use std::io::{Read, Write};
+
+use netsync_core::running::{Change, Running};
 use netsync_core::sync::{Committed, Persist, Snapshot};
 use netsync_proto::netsync::v1 as pb;
-use prost::Message;
 use sqlx::Row;
 
 use crate::error::Error;
@@ -74,7 +75,7 @@ impl CommitLog {
     }
 
     async fn write(&self, datastore: &str, commit: Committed<'_>) -> Result<(), Error> {
-        let changed = (commit.change.updates.len() + commit.change.deletes.len()) as u64;
+        let changed = (commit.change.update_count() + commit.change.delete_count()) as u64;
         let since = {
             let mut map = self.since_snapshot.lock().expect("lock");
             let entry = map.entry(datastore.to_string()).or_insert(0);
@@ -82,9 +83,8 @@ impl CommitLog {
             *entry
         };
         let snapshot_due = since > 2 * commit.running.len() as u64 + 1000;
-        let body = compress(&change_to_proto(commit.replace, commit.change));
-        let snapshot =
-            snapshot_due.then(|| compress(&running_to_proto(commit.revision, commit.running)));
+        let body = encode_commit(commit.change);
+        let snapshot = snapshot_due.then(|| encode_snapshot(commit.running));
         let time_us = to_micros(commit.time);
         let revision = i64::try_from(commit.revision).unwrap_or(i64::MAX);
 
@@ -163,14 +163,7 @@ impl CommitLog {
         let (mut running, mut revision, mut time) = match snapshot {
             Some(row) => {
                 let body: Vec<u8> = row.try_get("body")?;
-                let proto = pb::GetRunningResponse::decode(&*decompress(&body).map_err(corrupt)?)
-                    .map_err(|e| corrupt(e.to_string()))?;
-                let running = Running::from_leaves(
-                    proto
-                        .leaves
-                        .into_iter()
-                        .map(|l| (Key::from(l.path), l.value.unwrap_or_default())),
-                );
+                let running = decode_snapshot(&body).map_err(corrupt)?;
                 let revision: i64 = row.try_get("revision")?;
                 let time: i64 = row.try_get("time_us")?;
                 (running, revision as u64, Some(from_micros(time)))
@@ -191,7 +184,7 @@ impl CommitLog {
                     )));
                 }
                 running.apply_change(&commit.change);
-                replayed += (commit.change.updates.len() + commit.change.deletes.len()) as u64;
+                replayed += (commit.change.update_count() + commit.change.delete_count()) as u64;
                 revision = commit.revision;
                 time = Some(commit.time);
             }
@@ -231,13 +224,12 @@ impl CommitLog {
                     ))
                 };
                 let body: Vec<u8> = row.try_get("body")?;
-                let proto = pb::Commit::decode(&*decompress(&body).map_err(corrupt)?)
-                    .map_err(|e| corrupt(e.to_string()))?;
+                let change = decode_commit(&body).map_err(corrupt)?;
                 Ok(LoggedCommit {
                     revision: revision as u64,
                     time: from_micros(row.try_get("time_us")?),
                     replace: row.try_get("replace")?,
-                    change: change_from_proto(proto),
+                    change,
                 })
             })
             .collect()
@@ -274,45 +266,61 @@ pub fn change_to_proto(replace: bool, change: &Change) -> pb::Commit {
     pb::Commit {
         replace,
         updates: change
-            .updates
-            .iter()
-            .map(|(k, v)| pb::Leaf {
-                path: k.to_string(),
-                value: Some(v.clone()),
+            .updates()
+            .map(|(path, value)| pb::Leaf {
+                path,
+                value: Some(value),
             })
             .collect(),
-        deletes: change.deletes.iter().map(|k| k.to_string()).collect(),
+        deletes: change.deletes().collect(),
     }
 }
 
-fn change_from_proto(commit: pb::Commit) -> Change {
-    Change {
-        updates: commit
-            .updates
-            .into_iter()
-            .map(|l| (Key::from(l.path), l.value.unwrap_or_default()))
-            .collect(),
-        deletes: commit.deletes.into_iter().map(Key::from).collect(),
-    }
+// Log bodies are netsync's own compact form of running and of a change (the
+// front-coded chunks running keeps in memory, see netsync-core's `leaves`)
+// behind a format byte, compressed as one LZ4 frame. Writing one copies the
+// chunks; reading one checks every entry and keeps the chunks as they are, so
+// a million-leaf body never becomes a million separate objects.
+
+/// The body format written; a body of another format is refused as corrupt.
+const FORMAT: u8 = 1;
+
+fn encode_commit(change: &Change) -> Vec<u8> {
+    let mut out = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    // Writing into a Vec cannot fail.
+    let _ = out.write_all(&[FORMAT]);
+    let _ = change.write(&mut out);
+    out.finish().unwrap_or_default()
 }
 
-fn running_to_proto(revision: u64, running: &Running) -> pb::GetRunningResponse {
-    pb::GetRunningResponse {
-        revision,
-        leaves: running
-            .iter()
-            .map(|(k, v)| pb::Leaf {
-                path: k.to_string(),
-                value: Some(v.clone()),
-            })
-            .collect(),
-    }
+fn encode_snapshot(running: &Running) -> Vec<u8> {
+    let mut out = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    let _ = out.write_all(&[FORMAT]);
+    let _ = running.write(&mut out);
+    out.finish().unwrap_or_default()
 }
 
-fn compress(message: &impl Message) -> Vec<u8> {
-    lz4_flex::compress_prepend_size(&message.encode_to_vec())
+fn decode_commit(body: &[u8]) -> Result<Change, String> {
+    Change::read(payload(&decompress(body)?)?)
+}
+
+fn decode_snapshot(body: &[u8]) -> Result<Running, String> {
+    Running::read(payload(&decompress(body)?)?)
+}
+
+/// The body after its format byte.
+fn payload(bytes: &[u8]) -> Result<&[u8], String> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => Ok(rest),
+        Some((other, _)) => Err(format!("unknown body format {other}")),
+        None => Err("empty body".into()),
+    }
 }
 
 fn decompress(body: &[u8]) -> Result<Vec<u8>, String> {
-    lz4_flex::decompress_size_prepended(body).map_err(|e| e.to_string())
+    let mut out = Vec::new();
+    lz4_flex::frame::FrameDecoder::new(body)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
 }

@@ -1,21 +1,30 @@
-//! netsyncd: parses configuration, sets up logging, binds, and serves until
-//! SIGTERM or ctrl-c.
+//! netsyncd: parses configuration, sets up logging and tracing, binds, and
+//! serves until SIGTERM or ctrl-c.
 
 use anyhow::Context;
 use clap::Parser;
 use netsync_server::config::{Cli, Config};
 use tokio::net::TcpListener;
 
+/// mimalloc: decoding a gNMI stream allocates and frees a few small strings
+/// per leaf update; glibc's allocator took a quarter of the ingest's time
+/// (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::resolve(Cli::parse().serve_args())?;
-    netsync_server::telemetry::init(config.log_format)
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    let telemetry = netsync_server::telemetry::init(config.log_format)
+        .map_err(|e| anyhow::anyhow!("cannot set up logging and tracing: {e}"))?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "listening");
-    netsync_server::serve(&config, listener, shutdown_signal()).await?;
+    let served = netsync_server::serve(&config, listener, shutdown_signal()).await;
+    // Even after an error: the spans that explain it are among the last.
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }
 

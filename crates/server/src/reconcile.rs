@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use netsync_core::Path;
@@ -20,6 +21,7 @@ use netsync_core::sync::{EventKind, RevertEvent, RevertPhase, SyncHandle};
 use netsync_proto::gnmi;
 use sqlx::Row;
 use tokio::sync::{Mutex, Notify, broadcast, watch};
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::store::{Store, from_micros, to_micros};
@@ -69,6 +71,81 @@ struct Job {
     not_before: Option<SystemTime>,
     apply: BTreeSet<String>,
     withdrawn: BTreeSet<Key>,
+}
+
+impl Job {
+    /// What the job was queued for, as traces show it: `apply`, `withdraw`,
+    /// both (`apply+withdraw`, coalesced), or `revert` (neither: drift only).
+    fn kind(&self) -> &'static str {
+        match (self.apply.is_empty(), self.withdrawn.is_empty()) {
+            (false, true) => "apply",
+            (true, false) => "withdraw",
+            (false, false) => "apply+withdraw",
+            (true, true) => "revert",
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The device took the Set and running shows it.
+    Applied,
+    /// A permanent error, or the last attempt failed.
+    Failed,
+    /// The device already matched: no Set was sent.
+    NothingToDo,
+}
+
+impl Outcome {
+    /// Every outcome, in the order metrics list them.
+    pub const ALL: [Outcome; 3] = [Outcome::Applied, Outcome::Failed, Outcome::NothingToDo];
+
+    /// The outcome's name in metrics and traces.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Failed => "failed",
+            Outcome::NothingToDo => "nothing_to_do",
+        }
+    }
+}
+
+/// Jobs of one datastore that ended, by outcome, since its worker started.
+#[derive(Debug, Default)]
+pub struct JobStats {
+    ended: [AtomicU64; Outcome::ALL.len()],
+}
+
+impl JobStats {
+    /// Jobs that ended with `outcome`.
+    pub fn ended(&self, outcome: Outcome) -> u64 {
+        self.ended[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    fn record(&self, outcome: Outcome) {
+        self.ended[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Jobs in the queue of each datastore that has any: `(datastore, running, count)`.
+/// `running` is false for the queued job, true for the one being run.
+pub async fn queue_depth(store: &Store) -> Result<Vec<(String, bool, u64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT datastore, running, COUNT(*) AS jobs FROM reconcile_jobs GROUP BY datastore, running",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let jobs: i64 = row.try_get("jobs")?;
+            Ok((
+                row.try_get("datastore")?,
+                row.try_get("running")?,
+                u64::try_from(jobs).unwrap_or(0),
+            ))
+        })
+        .collect()
 }
 
 /// Queues a job for `datastore` (coalescing into a queued one). Returns
@@ -143,6 +220,8 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     /// Held by a running job and by intent writes of this datastore.
     pub lock: Arc<Mutex<()>>,
+    /// Where ended jobs are counted.
+    pub stats: Arc<JobStats>,
 }
 
 impl Worker {
@@ -163,8 +242,15 @@ impl Worker {
             };
             match next {
                 Ok(job) => {
+                    // A trace of its own per job (not a child of the worker's span).
+                    let span = tracing::info_span!(parent: None, "reconcile", datastore = %name,
+                        kind = job.kind(), attempts = tracing::field::Empty,
+                        outcome = tracing::field::Empty);
                     tokio::select! {
-                        () = self.execute(job) => {}
+                        outcome = self.execute(job).instrument(span.clone()) => {
+                            span.record("outcome", outcome.as_str());
+                            self.stats.record(outcome);
+                        }
                         () = stopped(&mut stop) => return,
                     }
                     if let Err(e) = self.finish().await {
@@ -320,14 +406,16 @@ impl Worker {
         (updates, deletes)
     }
 
-    async fn execute(&self, job: Job) {
+    async fn execute(&self, job: Job) -> Outcome {
         let _serialised = self.lock.lock().await;
         let (updates, deletes) = self.plan(&job);
         if updates.is_empty() && deletes.is_empty() {
-            return;
+            return Outcome::NothingToDo;
         }
         let mut delay = self.config.backoff_min;
         for attempt in 1..=self.config.max_attempts {
+            // As i64: OpenTelemetry attributes have no unsigned integers.
+            tracing::Span::current().record("attempts", i64::from(attempt));
             self.publish(
                 RevertPhase::Applying,
                 attempt,
@@ -335,7 +423,20 @@ impl Worker {
                 &deletes,
                 String::new(),
             );
-            let error = match self.attempt(&updates, &deletes).await {
+            let span = tracing::info_span!(
+                "reconcile_attempt",
+                attempt = i64::from(attempt),
+                error = tracing::field::Empty
+            );
+            let result = self
+                .attempt(&updates, &deletes)
+                .instrument(span.clone())
+                .await;
+            if let Err((error, _)) = &result {
+                span.record("error", error.as_str());
+            }
+            drop(span);
+            let error = match result {
                 Ok(()) => {
                     self.publish(
                         RevertPhase::Applied,
@@ -344,11 +445,11 @@ impl Worker {
                         &deletes,
                         String::new(),
                     );
-                    return;
+                    return Outcome::Applied;
                 }
                 Err((error, retryable)) if !retryable => {
                     self.publish(RevertPhase::Failed, attempt, &updates, &deletes, error);
-                    return;
+                    return Outcome::Failed;
                 }
                 Err((error, _)) => error,
             };
@@ -356,11 +457,13 @@ impl Worker {
             if attempt == self.config.max_attempts {
                 let error = format!("gave up after {attempt} attempts: {error}");
                 self.publish(RevertPhase::Failed, attempt, &updates, &deletes, error);
-                return;
+                return Outcome::Failed;
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(self.config.backoff_max);
         }
+        // Only with max_attempts 0: no attempt was allowed.
+        Outcome::Failed
     }
 
     /// One Set, then the wait until running shows its result. The error says
@@ -410,8 +513,10 @@ impl Worker {
         }
         let mut snapshots = self.sync.watch_snapshot();
         let shows_result = |s: &netsync_core::sync::Snapshot| {
-            updates.iter().all(|(k, v)| s.running.get(k) == Some(v))
-                && deletes.iter().all(|k| s.running.get(k).is_none())
+            updates
+                .iter()
+                .all(|(k, v)| s.running.get(k).as_ref() == Some(v))
+                && deletes.iter().all(|k| !s.running.contains(k))
         };
         let confirmed = tokio::time::timeout(self.config.confirm_timeout, async {
             snapshots.wait_for(|s| shows_result(s)).await.map(|_| ())

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use common::device::Device;
 use common::pki::Ca;
-use common::process::Netsyncd;
+use common::process::{Netsyncd, Options};
 use common::{create, datastore};
 use netsync_proto::netsync::v1 as pb;
 use pb::net_sync_client::NetSyncClient;
@@ -356,14 +356,17 @@ fn grpcurl_over_mutual_tls() {
 
     let daemon = Netsyncd::start_with(
         &dir.path().join("netsync.db"),
-        &[
-            "--tls-cert",
-            &server_cert,
-            "--tls-key",
-            &server_key,
-            "--tls-client-ca",
-            &client_ca_pem,
-        ],
+        Options {
+            args: vec![
+                "--tls-cert".into(),
+                server_cert.clone(),
+                "--tls-key".into(),
+                server_key.clone(),
+                "--tls-client-ca".into(),
+                client_ca_pem.clone(),
+            ],
+            ..Options::default()
+        },
     );
     let addr = daemon.addr.to_string();
     let g = |args: &[&str]| {
@@ -465,7 +468,13 @@ async fn device_secrets_reach_the_device_and_nothing_else() {
     let sim = common::sim::Sim::start(config).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Netsyncd::start_logging(&dir.path().join("netsync.db"), &[] as &[&str], "trace");
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("netsync.db"),
+        Options {
+            env: vec![("RUST_LOG".into(), "trace".into())],
+            ..Options::default()
+        },
+    );
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
     let spec = |name: &str, password: &str| pb::Datastore {
         name: name.into(),
@@ -533,7 +542,8 @@ async fn device_secrets_reach_the_device_and_nothing_else() {
         .into_inner();
     responses.push(format!("{listed:?}"));
     drop(client);
-    let (status, log) = daemon.terminate_with_log();
+    let (status, log) = daemon.terminate_with_logs();
+    let log: Vec<String> = log.iter().map(|line| line.to_string()).collect();
     assert!(status.success());
     sim.stop().await;
 

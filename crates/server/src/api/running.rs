@@ -72,8 +72,8 @@ pub async fn get_running(
         let mut sent = false;
         for (key, value) in leaves {
             let leaf = pb::Leaf {
-                path: key.to_string(),
-                value: Some(value.clone()),
+                path: key,
+                value: Some(value),
             };
             size += leaf.encoded_len() + 4;
             batch.leaves.push(leaf);

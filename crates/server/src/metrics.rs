@@ -1,0 +1,424 @@
+//! Prometheus metrics, served as text on `--metrics-listen`: each datastore's
+//! figures read from its sync at scrape time (the hot path only bumps the
+//! atomic counters it always had), reconcile queue depth read from the store,
+//! and RPC counts and latency recorded by [`crate::rpc_layer`].
+//! `docs/OBSERVABILITY.md` lists every metric.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use netsync_core::histogram::{BUCKETS, HistogramSnapshot};
+use netsync_core::sync::SyncState;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::engine::Engine;
+use crate::reconcile::{self, Outcome};
+use crate::store::Store;
+
+/// Labels of the RPC metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    service: String,
+    method: String,
+    code: &'static str,
+}
+
+/// RPC counts and latency, by service, method and gRPC code. Cheap to clone:
+/// clones record into the same families.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    handled: Family<RpcLabels, Counter>,
+    duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        Self {
+            handled: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+        }
+    }
+}
+
+impl RpcMetrics {
+    /// Records one finished call.
+    pub fn observe(&self, service: String, method: String, code: &'static str, took: Duration) {
+        let labels = RpcLabels {
+            service,
+            method,
+            code,
+        };
+        self.handled.get_or_create(&labels).inc();
+        self.duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// Everything `/metrics` shows.
+#[derive(Debug)]
+pub struct Metrics {
+    rpc: RpcMetrics,
+    engine: Arc<Engine>,
+    store: Store,
+}
+
+impl Metrics {
+    /// Metrics of `engine`'s datastores and `store`'s reconcile queue.
+    pub fn new(store: Store, engine: Arc<Engine>) -> Self {
+        Self {
+            rpc: RpcMetrics::default(),
+            engine,
+            store,
+        }
+    }
+
+    /// Where the RPC layer records.
+    pub fn rpc(&self) -> RpcMetrics {
+        self.rpc.clone()
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) as of now.
+    pub async fn render(&self) -> String {
+        let mut samples: Vec<DatastoreSample> = self
+            .engine
+            .datastores()
+            .into_iter()
+            .map(|(sync, jobs)| {
+                let stats = sync.stats();
+                let status = sync.status();
+                let snapshot = sync.snapshot();
+                DatastoreSample {
+                    name: sync.name().to_string(),
+                    notifications: stats.notifications.load(Ordering::Relaxed),
+                    updates: stats.updates.load(Ordering::Relaxed),
+                    deletes: stats.deletes.load(Ordering::Relaxed),
+                    commits: stats.commits.load(Ordering::Relaxed),
+                    resyncs: stats.resyncs.load(Ordering::Relaxed),
+                    reconnects: stats.reconnects.load(Ordering::Relaxed),
+                    dropped: stats.dropped.load(Ordering::Relaxed),
+                    commit_duration: stats.commit_duration.snapshot(),
+                    pending: status.pending,
+                    backpressure: status.backpressure,
+                    state: status.state,
+                    revision: snapshot.revision,
+                    leaves: snapshot.running.len() as u64,
+                    jobs: Outcome::ALL.map(|o| jobs.ended(o)),
+                    queued: 0,
+                    running_jobs: 0,
+                }
+            })
+            .collect();
+        match reconcile::queue_depth(&self.store).await {
+            Ok(depths) => {
+                for (datastore, running, jobs) in depths {
+                    if let Some(sample) = samples.iter_mut().find(|s| s.name == datastore) {
+                        match running {
+                            true => sample.running_jobs = jobs,
+                            false => sample.queued = jobs,
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the reconcile queue"),
+        }
+
+        // A registry per scrape: the datastore figures are gathered above
+        // (the queue depth needs an await, which a collector cannot do).
+        let mut registry = Registry::with_prefix("netsync");
+        registry.register(
+            "rpc_handled",
+            "RPCs finished, by service, method and gRPC code (UNIMPLEMENTED ones as service and method \"unknown\")",
+            self.rpc.handled.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "Time from an RPC's request to its last response message and status",
+            self.rpc.duration.clone(),
+        );
+        registry.register_collector(Box::new(Datastores(samples)));
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// One datastore's figures at scrape time.
+#[derive(Debug)]
+struct DatastoreSample {
+    name: String,
+    notifications: u64,
+    updates: u64,
+    deletes: u64,
+    commits: u64,
+    resyncs: u64,
+    reconnects: u64,
+    dropped: u64,
+    commit_duration: HistogramSnapshot,
+    pending: u64,
+    backpressure: bool,
+    state: SyncState,
+    revision: u64,
+    leaves: u64,
+    /// Ended reconcile jobs, in [`Outcome::ALL`] order.
+    jobs: [u64; Outcome::ALL.len()],
+    queued: u64,
+    running_jobs: u64,
+}
+
+/// Every datastore's figures, encoded as labelled families. Help texts end
+/// with a full stop, as the registry adds one to those of registered metrics.
+#[derive(Debug)]
+struct Datastores(Vec<DatastoreSample>);
+
+/// Sync states as the `state` label spells them.
+const STATES: [(SyncState, &str); 5] = [
+    (SyncState::Connecting, "CONNECTING"),
+    (SyncState::InitialSync, "INITIAL_SYNC"),
+    (SyncState::InSync, "IN_SYNC"),
+    (SyncState::Disconnected, "DISCONNECTED"),
+    (SyncState::Stopped, "STOPPED"),
+];
+
+/// A figure with one value per datastore: name, help, how to read it.
+type Figure = (&'static str, &'static str, fn(&DatastoreSample) -> u64);
+
+/// One labelled value of a datastore: `(extra label, value)`.
+type Value = (Option<(&'static str, &'static str)>, u64);
+
+impl Datastores {
+    /// One family: per sample, its values labelled with `datastore` and their
+    /// extra label, if any.
+    fn family(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        (name, help): (&str, &str),
+        kind: MetricType,
+        values: impl Fn(&DatastoreSample) -> Vec<Value>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+        for sample in &self.0 {
+            for (extra, value) in values(sample) {
+                let mut labels = vec![("datastore", sample.name.as_str())];
+                labels.extend(extra);
+                let mut family = metric.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => {
+                        family.encode_counter::<NoLabelSet, _, u64>(&value, None)?
+                    }
+                    _ => family.encode_gauge(&value)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Datastores {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let counters: [Figure; 7] = [
+            ("sync_notifications", "gNMI notifications read.", |s| {
+                s.notifications
+            }),
+            (
+                "sync_updates",
+                "Leaf updates read (after JSON flattening).",
+                |s| s.updates,
+            ),
+            ("sync_deletes", "Deletes read.", |s| s.deletes),
+            ("sync_commits", "Revisions committed.", |s| s.commits),
+            (
+                "sync_dropped",
+                "Changes lost; always 0, the engine resyncs instead.",
+                |s| s.dropped,
+            ),
+            (
+                "sync_reconnects",
+                "Reconnects after the stream ended or failed.",
+                |s| s.reconnects,
+            ),
+            ("sync_resyncs", "Forced resyncs (API or engine).", |s| {
+                s.resyncs
+            }),
+        ];
+        for (name, help, value) in counters {
+            self.family(&mut encoder, (name, help), MetricType::Counter, |s| {
+                vec![(None, value(s))]
+            })?;
+        }
+        let gauges: [Figure; 4] = [
+            (
+                "sync_pending",
+                "Changes received and not yet committed.",
+                |s| s.pending,
+            ),
+            (
+                "sync_backpressure",
+                "1 while ingest is paused at the pending cap.",
+                |s| u64::from(s.backpressure),
+            ),
+            ("sync_revision", "Latest committed revision.", |s| {
+                s.revision
+            }),
+            (
+                "running_leaves",
+                "Leaves in running at the latest revision.",
+                |s| s.leaves,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            self.family(&mut encoder, (name, help), MetricType::Gauge, |s| {
+                vec![(None, value(s))]
+            })?;
+        }
+        self.family(
+            &mut encoder,
+            (
+                "sync_state",
+                "1 for the state the sync is in, 0 for the others.",
+            ),
+            MetricType::Gauge,
+            |s| {
+                STATES
+                    .iter()
+                    .map(|(state, name)| (Some(("state", *name)), u64::from(s.state == *state)))
+                    .collect()
+            },
+        )?;
+        let mut commit_duration = encoder.encode_descriptor(
+            "sync_commit_duration_seconds",
+            "Time from taking a delta to publishing its revision (apply, persist, publish).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for sample in &self.0 {
+            let h = &sample.commit_duration;
+            commit_duration
+                .encode_family(&[("datastore", sample.name.as_str())])?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
+        }
+        self.family(
+            &mut encoder,
+            (
+                "reconcile_queue_depth",
+                "Reconcile jobs in the durable queue: queued (waiting) and running.",
+            ),
+            MetricType::Gauge,
+            |s| {
+                vec![
+                    (Some(("state", "queued")), s.queued),
+                    (Some(("state", "running")), s.running_jobs),
+                ]
+            },
+        )?;
+        self.family(
+            &mut encoder,
+            ("reconcile_jobs", "Reconcile jobs ended, by outcome."),
+            MetricType::Counter,
+            |s| {
+                Outcome::ALL
+                    .iter()
+                    .zip(s.jobs)
+                    .map(|(outcome, ended)| (Some(("outcome", outcome.as_str())), ended))
+                    .collect()
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` over plain HTTP/1.1 on `listener` until `stop` turns
+/// true; connections still open then (a keep-alive scraper) are closed.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut stop) => break,
+            // Reaps finished connections so the set does not grow.
+            Some(_) = connections.join_next() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: try again shortly.
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(answer(&metrics, &request).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "metrics: connection ended with an error");
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn answer(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &'static str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    };
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            prometheus_text::CONTENT_TYPE,
+            metrics.render().await,
+        ),
+        (_, "/metrics") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "metrics are at /metrics\n".into(),
+        ),
+    }
+}
+
+/// Binds `addr` for [`serve`] and logs the bound address (a `:0` port
+/// becomes the one the system chose).
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(metrics_listen = %listener.local_addr()?, "serving metrics at /metrics");
+    Ok(listener)
+}

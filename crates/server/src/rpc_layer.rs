@@ -1,0 +1,291 @@
+//! The tower layer around every RPC: one span per call, a child of the
+//! caller's W3C trace context (`traceparent` metadata), and the call counted
+//! and timed by method and gRPC code.
+//!
+//! A call ends when its response body ends (for a stream, when the stream
+//! does), when the body is dropped unfinished (counted as CANCELLED), or at
+//! once for a trailers-only response (an error before any message).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tonic::Code;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::metrics::RpcMetrics;
+
+/// Wraps a gRPC server's services with a span and metrics per call.
+#[derive(Debug, Clone)]
+pub struct RpcLayer {
+    metrics: RpcMetrics,
+}
+
+impl RpcLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: RpcMetrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`RpcLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    metrics: RpcMetrics,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RpcService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .unwrap_or(("", path));
+        // Not a child of whatever span the connection task is in: the parent,
+        // if any, is the caller's.
+        let span = tracing::info_span!(
+            parent: None,
+            "rpc",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let caller = TraceContextPropagator::new().extract(&Metadata(request.headers()));
+        // Fails only when no OpenTelemetry layer is installed (traces off).
+        let _ = span.set_parent(caller);
+        let call = Call {
+            service: service.to_string(),
+            method: method.to_string(),
+            started: Instant::now(),
+            metrics: self.metrics.clone(),
+            span,
+        };
+        let inner = {
+            let _entered = call.span.enter();
+            self.inner.call(request)
+        };
+        ResponseFuture {
+            inner,
+            call: Some(call),
+        }
+    }
+}
+
+/// One call in progress.
+struct Call {
+    service: String,
+    method: String,
+    started: Instant,
+    metrics: RpcMetrics,
+    /// Kept until the call ends, so that the span covers a whole stream.
+    span: Span,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        // Unknown services and methods are UNIMPLEMENTED: counting them under
+        // their own names would let any client add label values without end.
+        let (service, method) = match code {
+            Code::Unimplemented => ("unknown".to_string(), "unknown".to_string()),
+            _ => (self.service, self.method),
+        };
+        self.metrics
+            .observe(service, method, code_name(code), self.started.elapsed());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RpcService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ObservedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _entered = this.call.as_ref().map(|call| call.span.enter());
+            ready!(this.inner.poll(cx))
+        };
+        let Some(call) = this.call.take() else {
+            panic!("ResponseFuture polled after completion");
+        };
+        Poll::Ready(match result {
+            Ok(response) => match grpc_status(response.headers()) {
+                // Trailers-only: the status is in the headers and the call is over.
+                Some(code) => {
+                    call.finish(code);
+                    Ok(response.map(|inner| ObservedBody { inner, call: None }))
+                }
+                None => Ok(response.map(|inner| ObservedBody {
+                    inner,
+                    call: Some(call),
+                })),
+            },
+            Err(error) => {
+                call.finish(Code::Unknown);
+                Err(error)
+            }
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its call's span and records its metrics at
+    /// its trailers, its end, or its drop.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its trailers: the client went away, or the server
+            // cut the stream off at shutdown.
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = {
+            // A stream's messages are produced while the body is polled.
+            let _entered = this.call.as_ref().map(|call| call.span.enter());
+            ready!(this.inner.poll_frame(cx))
+        };
+        let ended = match &frame {
+            Some(Ok(frame)) => frame.trailers_ref().map(grpc_status),
+            Some(Err(_)) => Some(Some(Code::Unknown)),
+            None => Some(None),
+        };
+        if let Some(code) = ended
+            && let Some(call) = this.call.take()
+        {
+            // A gRPC response always ends with a status; one without is broken.
+            call.finish(code.unwrap_or(Code::Unknown));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads W3C trace context from request metadata.
+struct Metadata<'a>(&'a HeaderMap);
+
+impl Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The `grpc-status` of a header or trailer block, if it has one.
+fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(Code::from_i32(value.parse().ok()?))
+}
+
+/// Codes that mean the server failed, as OpenTelemetry's gRPC conventions
+/// list them; the others are the caller's business.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// A code's name as gRPC spells it (`NOT_FOUND`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

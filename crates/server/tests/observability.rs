@@ -1,0 +1,522 @@
+//! Observability of a real netsyncd process syncing netsync-sim: a Prometheus
+//! scrape over plain HTTP, traces received by an OTLP collector (a tonic
+//! TraceService in this test), and JSON log lines that name their datastore.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::create;
+use common::process::{Netsyncd, Options};
+use common::sim::{Sim, generated, string};
+use netsync_proto::netsync::v1 as pb;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
+use pb::net_sync_client::NetSyncClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The caller's trace context sent with CreateDatastore (W3C `traceparent`).
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
+
+fn datastore(sim: &Sim) -> pb::Datastore {
+    pb::Datastore {
+        name: "r1".into(),
+        target: Some(pb::Target {
+            address: sim.addr.to_string(),
+            encoding: pb::Encoding::Proto as i32,
+            ..Default::default()
+        }),
+        sync: Some(pb::SyncConfig {
+            commit_interval: Some(common::millis(100)),
+            ..Default::default()
+        }),
+        revert: Some(pb::RevertConfig {
+            enabled: false,
+            debounce: Some(common::millis(0)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Waits until running reaches its first revision (the initial dump committed).
+async fn first_revision(client: &mut NetSyncClient<Channel>) {
+    let mut request = tonic::Request::new(pb::GetRunningRequest {
+        datastore: "r1".into(),
+        path: "/none".into(),
+        min_revision: 1,
+    });
+    request.set_timeout(DEADLINE);
+    client.get_running(request).await.unwrap();
+}
+
+/// Sets an intent on a sim leaf and waits until its apply job is APPLIED.
+async fn apply_intent(client: &mut NetSyncClient<Channel>) {
+    let mut events = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .set_intent(pb::SetIntentRequest {
+            datastore: "r1".into(),
+            intent: Some(pb::Intent {
+                name: "motd".into(),
+                priority: 1,
+                updates: vec![pb::Leaf {
+                    path: "/system/intent/motd".into(),
+                    value: Some(string("hello")),
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.next().await.unwrap().unwrap();
+            if let Some(pb::sync_event::Event::Revert(r)) = event.event
+                && r.phase == pb::RevertPhase::Applied as i32
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the intent is applied");
+}
+
+/// Stops the daemon with SIGTERM off the async workers (it blocks until the
+/// process exits, while this runtime must keep serving the collector).
+async fn terminate(daemon: Netsyncd) {
+    let status = tokio::task::spawn_blocking(move || daemon.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// `GET path` over a fresh plain TCP connection: (status line, headers, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_lowercase(), body.to_string())
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a number"))
+}
+
+/// Scrapes until `ready` holds for the exposition (or the deadline passes):
+/// some figures are updated just after the event the test waited for.
+async fn scrape_until(addr: SocketAddr, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, _, body) = http_get(addr, "/metrics").await;
+        if ready(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never scraped {what}:\n{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
+    let sim = Sim::start(generated(50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("n.db"),
+        Options {
+            args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+            ..Default::default()
+        },
+    );
+    let metrics: SocketAddr = daemon.wait_for_log("the metrics address", |line| {
+        line.get("metrics_listen")?.as_str()?.parse().ok()
+    });
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    client
+        .create_datastore(create(datastore(&sim)))
+        .await
+        .unwrap();
+    first_revision(&mut client).await;
+    let missing = client
+        .get_datastore(pb::GetDatastoreRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    apply_intent(&mut client).await;
+
+    let (status, headers, _) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        headers.contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    // The watcher of apply_intent was dropped: its stream ends CANCELLED;
+    // the apply job is counted just after its APPLIED event.
+    let text = scrape_until(metrics, "the job outcome and the cancelled watch", |text| {
+        sample(text, r#"netsync_reconcile_jobs_total{datastore="r1",outcome="applied"}"#)
+            == Some(1.0)
+            && sample(
+                text,
+                r#"netsync_rpc_handled_total{service="netsync.v1.NetSync",method="WatchSync",code="CANCELLED"}"#,
+            ) == Some(1.0)
+    })
+    .await;
+
+    let ds = |name: &str| format!(r#"netsync_{name}{{datastore="r1"}}"#);
+    let value = |series: &str| {
+        sample(&text, series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    };
+    // The initial dump: 50 generated leaves, read and committed.
+    assert!(value(&ds("sync_notifications_total")) >= 1.0);
+    assert!(value(&ds("sync_updates_total")) >= 50.0);
+    value(&ds("sync_deletes_total"));
+    let commits = value(&ds("sync_commits_total"));
+    assert!(commits >= 2.0, "the dump and the applied intent: {commits}");
+    assert_eq!(value(&ds("sync_dropped_total")), 0.0);
+    value(&ds("sync_reconnects_total"));
+    value(&ds("sync_resyncs_total"));
+    value(&ds("sync_pending"));
+    assert!(value(&ds("running_leaves")) >= 51.0);
+    assert_eq!(value(&ds("sync_revision")), commits);
+    assert_eq!(
+        value(r#"netsync_sync_state{datastore="r1",state="IN_SYNC"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"netsync_sync_state{datastore="r1",state="DISCONNECTED"}"#),
+        0.0
+    );
+    // Every commit is in the duration histogram, and its buckets add up.
+    assert!(text.contains("# TYPE netsync_sync_commit_duration_seconds histogram"));
+    assert_eq!(value(&ds("sync_commit_duration_seconds_count")), commits);
+    assert_eq!(
+        value(r#"netsync_sync_commit_duration_seconds_bucket{datastore="r1",le="+Inf"}"#),
+        commits
+    );
+    value(&ds("sync_commit_duration_seconds_sum"));
+    assert_eq!(
+        value(r#"netsync_reconcile_queue_depth{datastore="r1",state="queued"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(r#"netsync_reconcile_jobs_total{datastore="r1",outcome="failed"}"#),
+        0.0
+    );
+    // RPCs by method and code, a trailers-only error included.
+    let rpc = |method: &str, code: &str| {
+        format!(r#"service="netsync.v1.NetSync",method="{method}",code="{code}""#)
+    };
+    assert_eq!(
+        value(&format!(
+            "netsync_rpc_handled_total{{{}}}",
+            rpc("CreateDatastore", "OK")
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "netsync_rpc_handled_total{{{}}}",
+            rpc("GetDatastore", "NOT_FOUND")
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "netsync_rpc_duration_seconds_count{{{}}}",
+            rpc("SetIntent", "OK")
+        )),
+        1.0
+    );
+    assert!(text.contains("# TYPE netsync_rpc_duration_seconds histogram"));
+
+    let (status, _, _) = http_get(metrics, "/other").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    drop(client);
+    terminate(daemon).await;
+}
+
+// ----------------------------------------------------------------- traces
+
+/// A received span with its resource's attributes (`service.name`, ...).
+type Received = (Vec<KeyValue>, Span);
+
+/// An OTLP/gRPC trace collector: keeps every span it is sent.
+#[derive(Clone)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans.resource.unwrap_or_default().attributes;
+            for scope_spans in resource_spans.scope_spans {
+                spans.extend(scope_spans.spans.into_iter().map(|s| (resource.clone(), s)));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A span attribute's value, as a string or an integer.
+fn attribute(attributes: &[KeyValue], key: &str) -> Option<any_value::Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.clone())
+        .and_then(|v: AnyValue| v.value)
+}
+
+fn text(value: &str) -> Option<any_value::Value> {
+    Some(any_value::Value::StringValue(value.into()))
+}
+
+fn int(value: i64) -> Option<any_value::Value> {
+    Some(any_value::Value::IntValue(value))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_collector() {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let collector = Collector {
+        spans: received.clone(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    let (stop_collector, collector_stopped) = tokio::sync::oneshot::channel::<()>();
+    let collector_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = collector_stopped.await;
+            }),
+    );
+
+    let sim = Sim::start(generated(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("n.db"),
+        Options {
+            env: vec![(
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{collector_addr}"),
+            )],
+            ..Default::default()
+        },
+    );
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    let mut request = tonic::Request::new(create(datastore(&sim)));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01")
+            .parse()
+            .unwrap(),
+    );
+    client.create_datastore(request).await.unwrap();
+    first_revision(&mut client).await;
+    apply_intent(&mut client).await;
+    drop(client);
+    // The batch exporter waits 5 s between exports by default: the spans
+    // must arrive through the flush at shutdown, before the process exits.
+    terminate(daemon).await;
+
+    let spans = received.lock().unwrap().clone();
+    let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
+    let (resource, rpc) = spans
+        .iter()
+        .find(|(_, s)| s.name == "netsync.v1.NetSync/CreateDatastore")
+        .unwrap_or_else(|| panic!("no CreateDatastore span among {names:?}"));
+    assert_eq!(attribute(resource, "service.name"), text("netsyncd"));
+    assert_eq!(hex(&rpc.trace_id), TRACE_ID, "the caller's trace");
+    assert_eq!(
+        hex(&rpc.parent_span_id),
+        CALLER_SPAN_ID,
+        "the caller's span"
+    );
+    assert_eq!(rpc.kind, SpanKind::Server as i32);
+    assert_eq!(attribute(&rpc.attributes, "rpc.system"), text("grpc"));
+    assert_eq!(
+        attribute(&rpc.attributes, "rpc.service"),
+        text("netsync.v1.NetSync")
+    );
+    assert_eq!(
+        attribute(&rpc.attributes, "rpc.method"),
+        text("CreateDatastore")
+    );
+    assert_eq!(attribute(&rpc.attributes, "rpc.grpc.status_code"), int(0));
+
+    // Each commit is a trace of its own, with its datastore, revision and counts.
+    let (_, commit) = spans
+        .iter()
+        .find(|(_, s)| s.name == "commit" && attribute(&s.attributes, "revision") == int(1))
+        .unwrap_or_else(|| panic!("no commit span of revision 1 among {spans:#?}"));
+    assert_eq!(attribute(&commit.attributes, "datastore"), text("r1"));
+    assert!(commit.parent_span_id.is_empty(), "a commit is a root span");
+    assert_ne!(hex(&commit.trace_id), TRACE_ID);
+    let Some(any_value::Value::IntValue(updates)) = attribute(&commit.attributes, "updates") else {
+        panic!("the commit span counts its updates");
+    };
+    assert!(updates >= 20, "the initial dump's leaves: {updates}");
+    assert_eq!(attribute(&commit.attributes, "deletes"), int(0));
+
+    // The apply job, with its kind, attempts and outcome; its attempt a child.
+    let (_, job) = spans
+        .iter()
+        .find(|(_, s)| s.name == "reconcile")
+        .unwrap_or_else(|| panic!("no reconcile span among {names:?}"));
+    assert_eq!(attribute(&job.attributes, "datastore"), text("r1"));
+    assert_eq!(attribute(&job.attributes, "kind"), text("apply"));
+    assert_eq!(attribute(&job.attributes, "attempts"), int(1));
+    assert_eq!(attribute(&job.attributes, "outcome"), text("applied"));
+    let (_, attempt) = spans
+        .iter()
+        .find(|(_, s)| s.name == "reconcile_attempt")
+        .unwrap_or_else(|| panic!("no reconcile_attempt span among {names:?}"));
+    assert_eq!(attempt.parent_span_id, job.span_id);
+    assert_eq!(attribute(&attempt.attributes, "attempt"), int(1));
+
+    // The long-lived per-datastore spans stay out of the traces.
+    assert!(!names.contains(&"sync") && !names.contains(&"reconcile_worker"));
+    let _ = stop_collector.send(());
+    collector_task.await.unwrap().unwrap();
+}
+
+// ------------------------------------------------------------------- logs
+
+/// The datastore a JSON log line is about: its own field, or one of its spans'.
+fn datastore_of(line: &serde_json::Value) -> Option<&str> {
+    let spans = line.get("spans").and_then(|s| s.as_array());
+    line.get("datastore")
+        .or_else(|| spans?.iter().rev().find_map(|span| span.get("datastore")))
+        .and_then(|v| v.as_str())
+}
+
+/// The log lines of `target` whose `field` starts with `prefix`.
+fn lines_of<'a>(
+    logs: &'a [serde_json::Value],
+    target: &str,
+    field: &str,
+    prefix: &str,
+) -> Vec<&'a serde_json::Value> {
+    logs.iter()
+        .filter(|l| {
+            l["target"] == target && l[field].as_str().is_some_and(|s| s.starts_with(prefix))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_of_a_sync_names_its_datastore() {
+    let sim = Sim::start(generated(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("n.db"),
+        Options {
+            // Dependencies log from inside the sync too: the store's
+            // statements, the connection to the device.
+            env: vec![(
+                "RUST_LOG".into(),
+                "info,netsync_core=debug,sqlx::query=debug,hyper_util=debug".into(),
+            )],
+            ..Default::default()
+        },
+    );
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    client
+        .create_datastore(create(datastore(&sim)))
+        .await
+        .unwrap();
+    first_revision(&mut client).await;
+    apply_intent(&mut client).await;
+    drop(client);
+    // Lines arrive in order: once this one is read, so is every line before it.
+    daemon.wait_for_log("the applied job", |line| {
+        (line.get("message")?.as_str()? == "reconcile" && line.get("phase")?.as_str()? == "Applied")
+            .then_some(())
+    });
+    let logs = daemon.logs();
+    terminate(daemon).await;
+
+    let core: Vec<_> = logs
+        .iter()
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("netsync_core"))
+        })
+        .collect();
+    assert!(core.iter().any(|l| l["message"] == "committed"));
+    for line in &core {
+        assert_eq!(datastore_of(line), Some("r1"), "{line}");
+    }
+    // A dependency's lines too: the connection to the device (ingest), the
+    // statements writing a commit (committer) and taking a job (worker).
+    let connecting = lines_of(
+        &logs,
+        "hyper_util::client::legacy::connect::http",
+        "message",
+        &format!("connecting to {}", sim.addr),
+    );
+    let commit_writes = lines_of(&logs, "sqlx::query", "summary", "INSERT INTO commits");
+    let job_takes = lines_of(&logs, "sqlx::query", "summary", "UPDATE reconcile_jobs");
+    for (what, lines) in [
+        ("hyper-util's connect", &connecting),
+        ("sqlx's INSERT INTO commits", &commit_writes),
+        ("sqlx's UPDATE reconcile_jobs", &job_takes),
+    ] {
+        assert!(!lines.is_empty(), "{what} logs no line at debug any more");
+        for line in lines {
+            assert_eq!(datastore_of(line), Some("r1"), "{line}");
+        }
+    }
+    for line in commit_writes {
+        assert_eq!(line["span"]["name"], "commit", "{line}");
+    }
+}
