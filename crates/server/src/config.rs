@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use netsync_core::sync::SyncLimits;
 use serde::Deserialize;
 
+use crate::limits::{ApiLimits, LimitArgs, LimitsFile};
 use crate::log::Retention;
 use crate::reconcile::ReconcileConfig;
+use crate::tls::{ApiTls, TlsArgs, TlsFile};
 
 /// Default API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -35,7 +37,7 @@ impl Cli {
     /// The serve flags, wherever they were given (defaults for `demo`).
     pub fn serve_args(self) -> ServeArgs {
         match self.command {
-            Some(Command::Serve(args)) => args,
+            Some(Command::Serve(args)) => *args,
             Some(Command::Demo(_)) | None => self.serve,
         }
     }
@@ -45,7 +47,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the netsync API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show netsync at work: a simulated device synced, an intent applied,
     /// drift reverted, live; then serve on for grpcurl until Ctrl-C.
     Demo(crate::demo::DemoArgs),
@@ -63,7 +65,8 @@ pub struct ServeArgs {
     pub db: Option<String>,
     /// TOML configuration file (keys as the long flags, with `_`: listen, db,
     /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer,
-    /// set_timeout_seconds, metrics_listen).
+    /// set_timeout_seconds, metrics_listen; tables [tls] with cert, key,
+    /// client_ca and [limits] with the limit flags).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log line format [default: text]; the filter comes from RUST_LOG.
@@ -85,6 +88,12 @@ pub struct ServeArgs {
     /// Longest wait for one gNMI Set of a reconcile job, in seconds [default: 60].
     #[arg(long, env = "NETSYNC_SET_TIMEOUT_SECONDS", value_name = "SECONDS")]
     pub set_timeout_seconds: Option<u64>,
+    /// TLS on the API.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Limits against bad clients.
+    #[command(flatten)]
+    pub api_limits: LimitArgs,
     /// Address to serve Prometheus metrics on, at /metrics over plain HTTP
     /// [default: off]; a `:0` port is chosen by the system and logged.
     #[arg(long, env = "NETSYNC_METRICS_LISTEN", value_name = "HOST:PORT")]
@@ -114,6 +123,8 @@ struct FileConfig {
     pending_cap: Option<usize>,
     watch_buffer: Option<usize>,
     set_timeout_seconds: Option<u64>,
+    tls: Option<TlsFile>,
+    limits: Option<LimitsFile>,
     metrics_listen: Option<String>,
 }
 
@@ -134,6 +145,10 @@ pub struct Config {
     pub limits: SyncLimits,
     /// Timing of reconcile jobs.
     pub reconcile: ReconcileConfig,
+    /// TLS on the API; `None`: plaintext.
+    pub tls: Option<ApiTls>,
+    /// Limits against bad clients.
+    pub api_limits: ApiLimits,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_listen: Option<String>,
 }
@@ -149,6 +164,8 @@ impl Config {
             retention: Retention::default(),
             limits: SyncLimits::default(),
             reconcile: ReconcileConfig::default(),
+            tls: None,
+            api_limits: ApiLimits::default(),
             metrics_listen: None,
         }
     }
@@ -183,6 +200,8 @@ impl Config {
                 .map_or(retention_default.age, Duration::from_secs),
         };
         Ok(Self {
+            tls: ApiTls::resolve(&args.tls, file.tls.as_ref())?,
+            api_limits: ApiLimits::resolve(&args.api_limits, file.limits.as_ref())?,
             retention,
             limits,
             reconcile: ReconcileConfig {
@@ -311,6 +330,48 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("pending_cap"), "{err}");
+    }
+
+    #[test]
+    fn api_limits_and_tls_come_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netsync.toml");
+        std::fs::write(
+            &file,
+            "[limits]\nmax_datastores = 5\nrequest_timeout_seconds = 9\n\
+             [tls]\ncert = \"/nonexistent/cert.pem\"\n",
+        )
+        .unwrap();
+        let args = |extra: &[&str]| {
+            let mut all = vec!["--config", file.to_str().unwrap()];
+            all.extend_from_slice(extra);
+            parse(&all)
+        };
+        // The file's cert alone is refused, naming the missing key.
+        let err = Config::resolve(args(&[])).unwrap_err().to_string();
+        assert!(err.contains("--tls-key"), "{err}");
+
+        std::fs::write(
+            &file,
+            "[limits]\nmax_datastores = 5\nrequest_timeout_seconds = 9\n",
+        )
+        .unwrap();
+        let config = Config::resolve(args(&["--max-datastores", "7"])).unwrap();
+        assert_eq!(config.api_limits.max_datastores, 7);
+        assert_eq!(config.api_limits.request_timeout, Duration::from_secs(9));
+        assert_eq!(
+            config.api_limits.max_watchers_per_datastore,
+            ApiLimits::default().max_watchers_per_datastore
+        );
+        assert_eq!(config.tls, None);
+        let err = Config::resolve(args(&["--max-concurrent-streams", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_concurrent_streams"), "{err}");
+
+        std::fs::write(&file, "[limits]\nmax_datastore = 5\n").unwrap();
+        let err = Config::resolve(args(&[])).unwrap_err().to_string();
+        assert!(err.contains("max_datastore"), "{err}");
     }
 
     #[test]

@@ -128,6 +128,11 @@ impl Engine {
         debug_assert!(old.is_none(), "a datastore is synced once");
     }
 
+    /// How many datastores are synced.
+    pub fn count(&self) -> usize {
+        self.entries.lock().expect("lock").len()
+    }
+
     /// The sync of `name`, if it runs.
     pub fn get(&self, name: &str) -> Option<Arc<SyncHandle>> {
         self.entries

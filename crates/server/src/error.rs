@@ -36,6 +36,9 @@ pub enum Error {
     /// The requested revision is no longer kept.
     #[error("{0}")]
     OutOfRange(String),
+    /// A limit of this server is reached; the message names the setting.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The capability belongs to a later part of netsync that this build lacks.
     #[error("{0}")]
     Unimplemented(&'static str),
@@ -75,6 +78,7 @@ impl From<Error> for Status {
             Error::Unimplemented(what) => Status::unimplemented(what),
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             Error::OutOfRange(m) => Status::out_of_range(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::Store(_) | Error::Corrupt(_) => {
                 tracing::error!(%error, "internal error");
                 Status::internal("internal error; the server log has the details")

@@ -7,12 +7,14 @@ pub mod convert;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod reconcile;
 pub mod rpc_layer;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -116,20 +118,33 @@ pub async fn serve(
         .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), metrics_stopped)));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits));
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
+        // Outermost first: calls refused by the limits are measured too.
         .layer(rpc_layer::RpcLayer::new(metrics.rpc()))
+        .layer(limits::CallLimitsLayer::new(&config.api_limits))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(NetSyncServer::new(api::NetSyncService::new(
-            store.clone(),
-            engine.clone(),
-        )))
+        .add_service(
+            NetSyncServer::new(api::NetSyncService::new(
+                store.clone(),
+                engine.clone(),
+                &config.api_limits,
+            ))
+            // Our layer answers first, with RESOURCE_EXHAUSTED; tonic's check
+            // (OUT_OF_RANGE) is set to match so it never refuses less.
+            .max_decoding_message_size(config.api_limits.max_message_bytes),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
-    tracing::info!(db = %config.db, "netsyncd serving");
+    tracing::info!(db = %config.db, tls = config.tls.is_some(), client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "netsyncd serving");
 
     let result = tokio::select! {
         result = &mut server => result.map_err(ServeError::from),

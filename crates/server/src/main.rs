@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Demo(args)) => {
             return netsync_server::demo::run(args, shutdown_signal()).await;
         }
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         None => cli.serve,
     };
     let config = Config::resolve(args)?;

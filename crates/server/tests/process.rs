@@ -1,6 +1,6 @@
 //! netsyncd as an operator runs it: a real process, driven over loopback by
-//! the generated client and by grpcurl, stopped with SIGTERM, restarted on the
-//! same database.
+//! the generated client and by grpcurl (also over mutual TLS), stopped with
+//! SIGTERM, restarted on the same database.
 
 mod common;
 
@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::device::Device;
-use common::process::Netsyncd;
+use common::pki::Ca;
+use common::process::{Netsyncd, Options};
 use common::{create, datastore};
 use netsync_proto::netsync::v1 as pb;
 use pb::net_sync_client::NetSyncClient;
@@ -306,4 +307,244 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
     );
     drop((replay, client));
     assert!(daemon.terminate().success());
+}
+
+/// The README's TLS examples: grpcurl talks to netsyncd serving mutual TLS
+/// with certificates from files; without a client certificate, or in
+/// plaintext, it is refused.
+#[test]
+fn grpcurl_over_mutual_tls() {
+    let Some(grpcurl) = common::grpcurl::find() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("netsync CA");
+    let client_ca = Ca::new("operators CA");
+    let server = ca.server(&["localhost", "127.0.0.1"]);
+    let operator = client_ca.client("operator");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca_pem = file("ca.pem", &ca.cert_pem);
+    let server_cert = file("server.pem", &server.cert_pem);
+    let server_key = file("server-key.pem", &server.key_pem);
+    let client_ca_pem = file("client-ca.pem", &client_ca.cert_pem);
+    let client_cert = file("client.pem", &operator.cert_pem);
+    let client_key = file("client-key.pem", &operator.key_pem);
+
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("netsync.db"),
+        Options {
+            args: vec![
+                "--tls-cert".into(),
+                server_cert.clone(),
+                "--tls-key".into(),
+                server_key.clone(),
+                "--tls-client-ca".into(),
+                client_ca_pem.clone(),
+            ],
+            ..Options::default()
+        },
+    );
+    let addr = daemon.addr.to_string();
+    let g = |args: &[&str]| {
+        let mut all = vec![
+            "-cacert",
+            &ca_pem,
+            "-cert",
+            &client_cert,
+            "-key",
+            &client_key,
+        ];
+        all.extend_from_slice(args);
+        run(&grpcurl, &all)
+    };
+    let services = stdout(&g(&[&addr, "list"]));
+    assert!(services.contains("netsync.v1.NetSync"), "{services}");
+    let health = stdout(&g(&[
+        "-d",
+        r#"{"service":"netsync.v1.NetSync"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ]));
+    assert!(health.contains("SERVING"), "{health}");
+    let body = r#"{"datastore":{"name":"r1","target":{"address":"127.0.0.1:57400",
+        "credentials":{"username":"admin","password":"TOP-SECRET"}}}}"#;
+    let created = stdout(&g(&[
+        "-d",
+        body,
+        &addr,
+        "netsync.v1.NetSync/CreateDatastore",
+    ]));
+    assert!(created.contains("\"name\": \"r1\""), "{created}");
+    assert!(!created.contains("TOP-SECRET"), "{created}");
+    // The name in the certificate, when dialled by another.
+    let by_name = stdout(&g(&[
+        &format!("localhost:{}", daemon.addr.port()),
+        "netsync.v1.NetSync/ListDatastores",
+    ]));
+    assert!(by_name.contains("\"name\": \"r1\""), "{by_name}");
+
+    let anonymous = run(&grpcurl, &["-cacert", &ca_pem, &addr, "list"]);
+    assert!(
+        !anonymous.status.success(),
+        "served without a client certificate"
+    );
+    let plaintext = run(&grpcurl, &["-plaintext", &addr, "list"]);
+    assert!(!plaintext.status.success(), "served in plaintext");
+    assert!(daemon.terminate().success());
+}
+
+/// A TLS setting netsyncd cannot use stops it at start-up, naming the flag.
+#[test]
+fn bad_tls_settings_stop_netsyncd_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("netsync.db");
+    let db = db.to_str().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    for (args, words) in [
+        (vec!["--tls-cert", missing], vec!["--tls-key"]),
+        (
+            vec!["--tls-cert", missing, "--tls-key", missing],
+            vec!["--tls-cert", "missing.pem", "cannot read"],
+        ),
+    ] {
+        let mut all = vec!["--db", db];
+        all.extend(args);
+        let output = Netsyncd::run_to_exit(&all);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for word in words {
+            assert!(stderr.contains(word), "{word:?} not in {stderr}");
+        }
+    }
+}
+
+/// Device credentials go to the device as gNMI metadata (the simulator
+/// refuses calls without them) and nowhere else: not into any log line, even
+/// at trace level, nor into any response. Likewise the client key for TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_secrets_reach_the_device_and_nothing_else() {
+    use tokio_stream::StreamExt;
+    const PASSWORD: &str = "TOP-SECRET-PASSWORD";
+
+    let ca = Ca::new("device CA");
+    let client_ca = Ca::new("client CA");
+    let device_identity = ca.server(&["127.0.0.1"]);
+    let client_identity = client_ca.client("netsync");
+    let mut config = common::sim::generated(50);
+    config.tls = Some(netsync_sim::TlsIdentity {
+        cert_pem: device_identity.cert_pem.into_bytes(),
+        key_pem: device_identity.key_pem.into_bytes(),
+    });
+    config.tls_client_ca = Some(client_ca.cert_pem.clone().into_bytes());
+    config.credentials = Some(netsync_sim::Credentials {
+        username: "admin".into(),
+        password: PASSWORD.into(),
+    });
+    let sim = common::sim::Sim::start(config).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("netsync.db"),
+        Options {
+            env: vec![("RUST_LOG".into(), "trace".into())],
+            ..Options::default()
+        },
+    );
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    let spec = |name: &str, password: &str| pb::Datastore {
+        name: name.into(),
+        target: Some(pb::Target {
+            address: sim.addr.to_string(),
+            encoding: pb::Encoding::Proto as i32,
+            tls: Some(pb::TlsConfig {
+                ca_pem: ca.cert_pem.clone(),
+                cert_pem: client_identity.cert_pem.clone(),
+                key_pem: client_identity.key_pem.clone(),
+                ..Default::default()
+            }),
+            credentials: Some(pb::Credentials {
+                username: "admin".into(),
+                password: password.into(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut responses = Vec::new();
+    for (name, password) in [("good", PASSWORD), ("wrong", "TOP-SECRET-WRONG")] {
+        let created = client.create_datastore(create(spec(name, password))).await;
+        responses.push(format!("{:?}", created.unwrap().into_inner()));
+    }
+    // Each sync settles: the right password syncs, the wrong one is refused.
+    for (name, settled) in [
+        ("good", pb::SyncState::InSync),
+        ("wrong", pb::SyncState::Disconnected),
+    ] {
+        let mut events = client
+            .watch_sync(pb::WatchSyncRequest {
+                datastore: name.into(),
+                from_revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let reached = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(event) = events.next().await {
+                if let Some(pb::sync_event::Event::StateChanged(change)) = event.unwrap().event
+                    && change.state == settled as i32
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "{name} did not reach {settled:?}");
+    }
+    let wrong = client
+        .get_datastore(pb::GetDatastoreRequest {
+            name: "wrong".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last_error = &wrong.status.as_ref().unwrap().last_error;
+    assert!(last_error.contains("Unauthenticated"), "{last_error}");
+    responses.push(format!("{wrong:?}"));
+    let listed = client
+        .list_datastores(pb::ListDatastoresRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    responses.push(format!("{listed:?}"));
+    drop(client);
+    let (status, log) = daemon.terminate_with_logs();
+    let log: Vec<String> = log.iter().map(|line| line.to_string()).collect();
+    assert!(status.success());
+    sim.stop().await;
+
+    // The key's base64 lines, any of which would betray it.
+    let key_lines: Vec<&str> = client_identity
+        .key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(log.len() > 50, "trace logging is on: {} lines", log.len());
+    for (what, text) in log
+        .iter()
+        .map(|l| ("log line", l))
+        .chain(responses.iter().map(|r| ("response", r)))
+    {
+        assert!(
+            !text.contains("TOP-SECRET"),
+            "a password in a {what}: {text}"
+        );
+        for key_line in &key_lines {
+            assert!(!text.contains(key_line), "the TLS key in a {what}: {text}");
+        }
+    }
 }

@@ -66,6 +66,9 @@ pub struct SimConfig {
     pub credentials: Option<Credentials>,
     /// TLS identity; plaintext without one.
     pub tls: Option<TlsIdentity>,
+    /// PEM CA bundle for mutual TLS: with TLS, clients must present a
+    /// certificate it signed.
+    pub tls_client_ca: Option<Vec<u8>>,
     /// Most updates per notification in dumps and change streams.
     pub notification_batch: usize,
     /// How many change batches a subscriber may fall behind before it is cut
@@ -89,6 +92,7 @@ impl Default for SimConfig {
             list_keys: ListKeys::default(),
             credentials: None,
             tls: None,
+            tls_client_ca: None,
             notification_batch: 1000,
             queue_batches: 4096,
             churn: None,
@@ -260,8 +264,12 @@ pub async fn serve(
         .initial_stream_window_size(Some(8 << 20));
     if let Some(tls) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        builder =
-            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        let mut tls_config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &config.tls_client_ca {
+            tls_config =
+                tls_config.client_ca_root(tonic::transport::Certificate::from_pem(ca.clone()));
+        }
+        builder = builder.tls_config(tls_config)?;
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = builder
@@ -277,7 +285,11 @@ pub async fn serve(
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
-    tracing::info!(tls = config.tls.is_some(), "netsync-sim serving");
+    tracing::info!(
+        tls = config.tls.is_some(),
+        client_certificates = config.tls.is_some() && config.tls_client_ca.is_some(),
+        "netsync-sim serving"
+    );
 
     let result = tokio::select! {
         result = &mut server => result.map_err(ServeError::from),

@@ -55,6 +55,9 @@ struct Cli {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for mutual TLS: clients must present a certificate it signed.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
     /// Most updates per notification (initial dumps and change batches).
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -137,6 +140,12 @@ impl Cli {
             }),
             _ => None,
         };
+        let tls_client_ca = match &self.tls_client_ca {
+            Some(ca) => {
+                Some(std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?)
+            }
+            None => None,
+        };
         let churn = match self.churn {
             Some(rate) if rate.is_finite() && rate > 0.0 => Some(ChurnSpec {
                 rate,
@@ -177,6 +186,7 @@ impl Cli {
                 .zip(self.password.clone())
                 .map(|(username, password)| Credentials { username, password }),
             tls,
+            tls_client_ca,
             notification_batch: self.batch.max(1),
             queue_batches: self.queue_batches.max(1),
             churn,

@@ -10,11 +10,12 @@ use futures::{Stream, StreamExt};
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::g_nmi_client::GNmiClient;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
-use crate::datastore::{TargetSpec, TlsSpec};
+use crate::datastore::TargetSpec;
 
 pub mod fake;
+mod tls;
 
 /// Responses of a Subscribe call.
 pub type ResponseStream =
@@ -82,7 +83,22 @@ impl TargetError {
 
 impl From<tonic::Status> for TargetError {
     fn from(status: tonic::Status) -> Self {
-        Self::new(status.code(), status.message())
+        // A TLS failure is told in terms of the datastore's settings. Other
+        // transport failures get their root cause: tonic's own message for
+        // them is often only "transport error".
+        if let Some(explained) = tls::explain(&status) {
+            return Self::new(status.code(), explained);
+        }
+        let mut root: &(dyn std::error::Error + 'static) = &status;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        let cause = root.to_string();
+        if std::ptr::addr_eq(root, &status) || status.message().contains(&cause) {
+            Self::new(status.code(), status.message())
+        } else {
+            Self::new(status.code(), format!("{}: {cause}", status.message()))
+        }
     }
 }
 
@@ -92,34 +108,11 @@ fn convert_response(
     r.map_err(TargetError::from)
 }
 
-/// The client TLS settings for a device: its CA (else the webpki roots), an
-/// optional client identity for mutual TLS, and the name to verify.
-fn tls_config(tls: &TlsSpec) -> Result<ClientTlsConfig, TargetError> {
-    if tls.insecure_skip_verify {
-        return Err(TargetError::new(
-            tonic::Code::Unimplemented,
-            "tls.insecure_skip_verify is not supported by this build yet; give the device's CA in tls.ca_pem",
-        ));
-    }
-    let mut config = if tls.ca_pem.is_empty() {
-        ClientTlsConfig::new().with_webpki_roots()
-    } else {
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem))
-    };
-    if !tls.cert_pem.is_empty() {
-        config = config.identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.expose()));
-    }
-    if !tls.server_name.is_empty() {
-        config = config.domain_name(tls.server_name.clone());
-    }
-    Ok(config)
-}
-
 /// How long connecting to a device may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A real device over gNMI: one lazily connected HTTP/2 channel, credentials
-/// sent as `username`/`password` metadata on every call.
+/// sent as `username`/`password` metadata on every call, and nowhere else.
 #[derive(Clone)]
 pub struct GnmiTarget {
     client: GNmiClient<Channel>,
@@ -152,9 +145,7 @@ impl GnmiTarget {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
         if let Some(tls) = &spec.tls {
-            endpoint = endpoint.tls_config(tls_config(tls)?).map_err(|e| {
-                TargetError::new(tonic::Code::InvalidArgument, format!("TLS settings: {e}"))
-            })?;
+            endpoint = tls::configure(endpoint, tls, &spec.address)?;
         }
         let client = GNmiClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(usize::MAX)
@@ -167,10 +158,12 @@ impl GnmiTarget {
                         format!("{what} holds characters that cannot travel as gRPC metadata"),
                     )
                 };
-                Some((
-                    c.username.parse().map_err(|_| bad("username"))?,
-                    c.password.expose().parse().map_err(|_| bad("password"))?,
-                ))
+                let mut password: MetadataValue<tonic::metadata::Ascii> =
+                    c.password.expose().parse().map_err(|_| bad("password"))?;
+                // Never indexed by HPACK (no compression side channel, no
+                // proxy table keeps it), and `Debug` prints "Sensitive".
+                password.set_sensitive(true);
+                Some((c.username.parse().map_err(|_| bad("username"))?, password))
             }
             _ => None,
         };
@@ -232,5 +225,34 @@ impl Target for GnmiTarget {
                 .await?
                 .into_inner())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{Credentials, Encoding, Secret};
+
+    #[tokio::test]
+    async fn credentials_travel_as_metadata_and_print_nowhere() {
+        let target = GnmiTarget::new(&TargetSpec {
+            address: "127.0.0.1:57400".into(),
+            tls: None,
+            credentials: Some(Credentials {
+                username: "admin".into(),
+                password: Secret::new("hunter2"),
+            }),
+            encoding: Encoding::Proto,
+            target_name: String::new(),
+        })
+        .unwrap();
+        let request = target.request(());
+        let metadata = request.metadata();
+        assert_eq!(metadata.get("username").unwrap(), "admin");
+        let password = metadata.get("password").unwrap();
+        assert_eq!(password, "hunter2");
+        assert!(password.is_sensitive());
+        assert!(!format!("{request:?}").contains("hunter2"));
+        assert!(!format!("{target:?}").contains("hunter2"));
     }
 }

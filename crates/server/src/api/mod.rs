@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, Secrets};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::limits::{ApiLimits, WatcherSlots};
 use crate::reconcile::Trigger;
 use crate::store::{self, Store, StoredDatastore};
 
@@ -30,12 +31,24 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 pub struct NetSyncService {
     store: Store,
     engine: Arc<Engine>,
+    max_datastores: usize,
+    /// Held from the datastore count check to the datastore's start, so
+    /// concurrent creates cannot pass `max_datastores` together. A tokio
+    /// mutex: the store write in between awaits.
+    creating: Arc<tokio::sync::Mutex<()>>,
+    watchers: Arc<WatcherSlots>,
 }
 
 impl NetSyncService {
-    /// A service answering from `store` and `engine`.
-    pub fn new(store: Store, engine: Arc<Engine>) -> Self {
-        Self { store, engine }
+    /// A service answering from `store` and `engine`, within `limits`.
+    pub fn new(store: Store, engine: Arc<Engine>, limits: &ApiLimits) -> Self {
+        Self {
+            store,
+            engine,
+            max_datastores: limits.max_datastores,
+            creating: Arc::new(tokio::sync::Mutex::new(())),
+            watchers: WatcherSlots::new(limits.max_watchers_per_datastore),
+        }
     }
 
     /// Checks that `name` (sent in request field `field`) is a well-formed
@@ -117,20 +130,11 @@ fn status_view(sync: &SyncHandle) -> pb::DatastoreStatus {
     }
 }
 
-/// The deadline a client set through `grpc-timeout`, if any.
+/// The call's deadline: the client's, or the server's default or cap (the
+/// call limits layer writes the one in force into `grpc-timeout`).
 fn request_timeout<T>(request: &Request<T>) -> Option<Duration> {
     let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    crate::limits::calls::parse_grpc_timeout(text)
 }
 
 #[tonic::async_trait]
@@ -148,6 +152,14 @@ impl NetSync for NetSyncService {
             spec,
             create_time: store::now(),
         };
+        let _creating = self.creating.lock().await;
+        if self.engine.count() >= self.max_datastores {
+            return Err(Error::ResourceExhausted(format!(
+                "datastore limit of {} reached (max_datastores); delete one before creating another",
+                self.max_datastores
+            ))
+            .into());
+        }
         self.store.create_datastore(&stored).await?;
         self.engine.start_new(&stored.spec);
         tracing::info!(datastore = %stored.spec.name, address = %stored.spec.target.address, "datastore created");
@@ -215,8 +227,11 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<Self::WatchSyncStream>, Status> {
         let req = request.into_inner();
         let sync = self.require_sync("datastore", &req.datastore)?;
+        let slot = self.watchers.take(&req.datastore)?;
         let stream = watch::watch(sync, self.engine.log().clone(), req.from_revision).await?;
-        Ok(Response::new(stream))
+        // The slot is given back when the client's stream is dropped, not when
+        // the watch task notices: that may wait for the next event.
+        Ok(Response::new(Box::pin(slot.hold(stream))))
     }
 
     async fn set_intent(

@@ -5,6 +5,7 @@
 
 pub mod device;
 pub mod grpcurl;
+pub mod pki;
 pub mod process;
 pub mod sim;
 

@@ -1,11 +1,13 @@
 //! netsyncd as a real process: started from the built binary on an ephemeral
-//! port, its address read from its JSON log, stopped with SIGTERM.
+//! port, its address read from its JSON log, stopped with SIGTERM; or run
+//! with a bad configuration, to exit by itself.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Longest wait for the process to start listening or to exit.
@@ -18,6 +20,8 @@ pub struct Netsyncd {
     pub addr: SocketAddr,
     /// Its JSON log lines so far; notified at each new one.
     logs: Arc<(Mutex<Vec<serde_json::Value>>, Condvar)>,
+    /// Reads stderr until the process ends.
+    reader: Option<JoinHandle<()>>,
 }
 
 /// Extra flags and environment for [`Netsyncd::start_with`].
@@ -59,7 +63,7 @@ impl Netsyncd {
         let logs = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let sink = logs.clone();
         // Keeps draining stderr so the process never blocks on a full pipe.
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("netsyncd: {line}");
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
@@ -72,6 +76,7 @@ impl Netsyncd {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             logs,
+            reader: Some(reader),
         };
         daemon.addr = daemon.wait_for_log("its address", |line| {
             line.get("listen")?.as_str()?.parse().ok()
@@ -118,8 +123,44 @@ impl Netsyncd {
         self.child.wait().unwrap();
     }
 
+    /// Runs `netsyncd serve` with `args` (on 127.0.0.1:0) expecting it to
+    /// exit by itself, as with a bad configuration; killed if it does not.
+    pub fn run_to_exit(args: &[&str]) -> Output {
+        let child = Command::new(env!("CARGO_BIN_EXE_netsyncd"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("netsyncd starts");
+        let pid = child.id().to_string();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(DEADLINE) {
+            Ok(output) => output.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("netsyncd did not exit by itself");
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for the exit; returns the exit status and every
+    /// JSON line the process logged, to its last.
+    pub fn terminate_with_logs(mut self) -> (ExitStatus, Vec<serde_json::Value>) {
+        let status = self.wait_terminated();
+        self.reader.take().unwrap().join().unwrap();
+        (status, self.logs())
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> ExitStatus {
+        self.wait_terminated()
+    }
+
+    fn wait_terminated(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success(), "kill -TERM {pid}");

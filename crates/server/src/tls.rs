@@ -1,0 +1,186 @@
+//! TLS on the API: the server's certificate and key (`--tls-cert`,
+//! `--tls-key`) and, for mutual TLS, the CA that client certificates must be
+//! signed by (`--tls-client-ca`). Files are read and checked at start-up, so a
+//! mistake stops netsyncd with a message naming the setting.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use netsync_core::datastore::Secret;
+use serde::Deserialize;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::config::ConfigError;
+
+/// Longest a client may take over its TLS handshake; one that opens a
+/// connection and sends nothing is dropped then instead of holding it.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS flags of `netsyncd serve`.
+#[derive(Debug, Default, Args)]
+pub struct TlsArgs {
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "NETSYNC_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "NETSYNC_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: require client certificates signed by this CA bundle (PEM).
+    #[arg(long, env = "NETSYNC_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// The `[tls]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+/// The API's TLS settings, read from their files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    /// Certificate chain, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM; `Debug` does not print it.
+    pub key_pem: Secret,
+    /// CA bundle that signs client certificates, PEM; `None`: no client
+    /// certificate is asked for.
+    pub client_ca_pem: Option<String>,
+}
+
+impl ApiTls {
+    /// Flags and environment (in `args`) over the file's `[tls]`: `None`
+    /// for plaintext. Reads and checks the files.
+    pub fn resolve(args: &TlsArgs, file: Option<&TlsFile>) -> Result<Option<Self>, ConfigError> {
+        let pick = |flag: &Option<PathBuf>, key: fn(&TlsFile) -> &Option<PathBuf>| {
+            flag.clone().or_else(|| file.and_then(|f| key(f).clone()))
+        };
+        let cert = pick(&args.tls_cert, |f| &f.cert);
+        let key = pick(&args.tls_key, |f| &f.key);
+        let client_ca = pick(&args.tls_client_ca, |f| &f.client_ca);
+        let (cert, key) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if client_ca.is_none() => return Ok(None),
+            (None, None) => {
+                return Err(invalid(
+                    "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "--tls-cert and --tls-key go together: give both to serve TLS, or neither",
+                ));
+            }
+        };
+        let tls = Self {
+            cert_pem: read("--tls-cert", &cert)?,
+            key_pem: Secret::new(read("--tls-key", &key)?),
+            client_ca_pem: client_ca
+                .map(|ca| read("--tls-client-ca", &ca))
+                .transpose()?,
+        };
+        // Built once here only to check the files: the same call at serve
+        // time then cannot fail.
+        tonic::transport::Server::builder()
+            .tls_config(tls.server_config())
+            .map_err(|e| {
+                let mut detail = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    detail = format!("{detail}: {s}");
+                    source = s.source();
+                }
+                invalid(format!(
+                    "--tls-cert {}, --tls-key {}{}: {detail}",
+                    cert.display(),
+                    key.display(),
+                    if tls.client_ca_pem.is_some() {
+                        ", --tls-client-ca"
+                    } else {
+                        ""
+                    }
+                ))
+            })?;
+        Ok(Some(tls))
+    }
+
+    /// tonic's server TLS settings: client certificates are required when a
+    /// client CA is set.
+    pub fn server_config(&self) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, self.key_pem.expose()))
+            .timeout(HANDSHAKE_TIMEOUT);
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+fn read(flag: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("{flag} {}: cannot read: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cert: Option<&Path>, key: Option<&Path>, ca: Option<&Path>) -> TlsArgs {
+        TlsArgs {
+            tls_cert: cert.map(Path::to_owned),
+            tls_key: key.map(Path::to_owned),
+            tls_client_ca: ca.map(Path::to_owned),
+        }
+    }
+
+    fn error(args: &TlsArgs) -> String {
+        ApiTls::resolve(args, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let garbage = dir.path().join("garbage.pem");
+        let missing = dir.path().join("missing.pem");
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&garbage, "not a key").unwrap();
+
+        assert_eq!(ApiTls::resolve(&TlsArgs::default(), None).unwrap(), None);
+        let tls = ApiTls::resolve(&args(Some(&cert), Some(&key), Some(&cert)), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.cert_pem, certified.cert.pem());
+        assert!(tls.client_ca_pem.is_some());
+        assert!(!format!("{tls:?}").contains("PRIVATE KEY"));
+
+        let only_cert = error(&args(Some(&cert), None, None));
+        assert!(only_cert.contains("--tls-key"), "{only_cert}");
+        let only_key = error(&args(None, Some(&key), None));
+        assert!(only_key.contains("--tls-cert"), "{only_key}");
+        let only_ca = error(&args(None, None, Some(&cert)));
+        assert!(only_ca.contains("--tls-client-ca"), "{only_ca}");
+        let unreadable = error(&args(Some(&cert), Some(&missing), None));
+        assert!(
+            unreadable.contains("--tls-key") && unreadable.contains("missing.pem"),
+            "{unreadable}"
+        );
+        let bad_key = error(&args(Some(&cert), Some(&garbage), None));
+        assert!(
+            bad_key.contains("garbage.pem") && bad_key.contains("private key"),
+            "{bad_key}"
+        );
+    }
+}
