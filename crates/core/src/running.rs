@@ -611,7 +611,9 @@ impl Running {
                 .sort();
                 let mut runs = std::mem::take(&mut log.runs);
                 runs.push(newest.0);
-                match Leaves::concat_disjoint(&runs) {
+                let disjoint = Leaves::concat_disjoint(&runs);
+                tracing::debug!(runs = runs.len(), disjoint = disjoint.is_some(), "merging a dump");
+                match disjoint {
                     // The first dump of a device: nothing to merge with.
                     Some(all) if first => all,
                     Some(all) => self.leaves.merge(all.source(), &deletes, Some(&mut sink)),
