@@ -577,21 +577,15 @@ impl Running {
     /// Applies a net change as a commit event or the change log carries it:
     /// leaf deletes, then leaf updates.
     pub fn apply_change(&mut self, change: &Change) {
+        if self.is_empty() && change.deletes.len() == 0 {
+            // Loading the first commit of a log: it is running.
+            self.leaves = change.updates.clone();
+            return;
+        }
         let mut deletes = Ranges::default();
         change.deletes.for_each(|k, _| deletes.add_exact(k));
         deletes.normalise();
-        let mut updates = Vec::with_capacity(change.updates.len());
-        let mut keys = String::new();
-        let mut values = Vec::new();
-        change.updates.for_each(|k, v| {
-            updates.push((keys.len(), k.len(), values.len(), v.len()));
-            keys.push_str(k);
-            values.extend_from_slice(v);
-        });
-        let updates = updates
-            .iter()
-            .map(|&(ks, kl, vs, vl)| (&keys[ks..ks + kl], &values[vs..vs + vl]));
-        self.leaves = self.leaves.merge(IterSource::new(updates), &deletes, None);
+        self.leaves = self.leaves.merge(change.updates.source(), &deletes, None);
     }
 
     /// Applies `delta` (deletes first, then updates; see [`Delta`]) and returns
