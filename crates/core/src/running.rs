@@ -606,7 +606,11 @@ impl Running {
                 let mut runs = std::mem::take(&mut log.runs);
                 runs.push(newest.0);
                 let disjoint = Leaves::concat_disjoint(&runs);
-                tracing::debug!(runs = runs.len(), disjoint = disjoint.is_some(), "merging a dump");
+                tracing::debug!(
+                    runs = runs.len(),
+                    disjoint = disjoint.is_some(),
+                    "merging a dump"
+                );
                 match disjoint {
                     // The first dump of a device: nothing to merge with.
                     Some(all) if first => all,

@@ -26,7 +26,7 @@
 //! already reflected in it (or were undone on the device).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -387,6 +387,7 @@ impl SyncHandle {
             target,
             decoder: Decoder::new(&spec.sync.list_keys),
             limits: limits.clone(),
+            at_cap: AtomicBool::new(false),
             control: control_rx,
         };
         let committer = Committer {
@@ -601,6 +602,9 @@ struct Ingest {
     target: Arc<dyn Target>,
     decoder: Decoder,
     limits: SyncLimits,
+    /// Set when the open delta reached `pending_cap`; cleared once it is
+    /// taken. Lets the per-notification cap check skip the locks.
+    at_cap: AtomicBool,
     control: mpsc::Receiver<Control>,
 }
 
@@ -769,7 +773,12 @@ impl Ingest {
             if first_open_change {
                 pending.open_since = Some(Instant::now());
             }
-            (counts, first_open_change || batch_due)
+            let open = if is_open { pending.open.len() } else { 0 };
+            if open >= self.limits.pending_cap {
+                self.at_cap.store(true, Ordering::Relaxed);
+            }
+            let threshold_due = open >= self.limits.commit_threshold;
+            (counts, first_open_change || batch_due || threshold_due)
         };
         let (counts, wake_committer) = counts;
         if wake_committer {
@@ -784,6 +793,10 @@ impl Ingest {
     /// Waits while the open delta is at its cap, so the device is pushed back
     /// by flow control instead of anything being dropped.
     async fn respect_cap(&self) {
+        // Checked without locks: this runs once per notification.
+        if !self.at_cap.load(Ordering::Relaxed) {
+            return;
+        }
         loop {
             let wake = self.shared.ingest_wake.notified();
             tokio::pin!(wake);
@@ -802,6 +815,7 @@ impl Ingest {
                 .unwrap_or_else(PoisonError::into_inner)
                 .backpressure = full;
             if !full {
+                self.at_cap.store(false, Ordering::Relaxed);
                 return;
             }
             self.shared.committer_wake.notify_one();
@@ -882,9 +896,6 @@ impl Ingest {
                         self.ready_for(&n).await;
                         if let Err(e) = self.ingest(&n) {
                             return self.bad_input(e);
-                        }
-                        if !in_dump {
-                            self.wake_committer_if_due();
                         }
                     }
                     Some(gnmi::subscribe_response::Response::SyncResponse(_)) if in_dump => {
@@ -1061,20 +1072,6 @@ impl Ingest {
     fn bad_input(&self, error: String) -> Ended {
         tracing::error!(datastore = %self.shared.name, %error, "unusable notification; resyncing");
         Ended::Failed(format!("unusable notification: {error}"))
-    }
-
-    fn wake_committer_if_due(&self) {
-        let due = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .open
-            .len()
-            >= self.limits.commit_threshold;
-        if due {
-            self.shared.committer_wake.notify_one();
-        }
     }
 }
 
