@@ -81,6 +81,54 @@ pub struct Event {
     pub time: SystemTime,
     /// What.
     pub kind: EventKind,
+    /// The event in a consumer's own form, made by the first consumer that
+    /// asks and shared by the rest (every watcher sends the same message).
+    pub encoded: Encoded,
+}
+
+/// A value computed once per [`Event`] by whoever needs it first.
+#[derive(Default)]
+pub struct Encoded(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Encoded {
+    /// The value, made by `make` if nobody made one yet. `T` must be the same
+    /// type for every caller of one event; a different type gets `make`'s
+    /// value without caching it.
+    pub fn get_or_make<T: std::any::Any + Clone + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> T {
+        let mut make = Some(make);
+        let stored = self.0.get_or_init(|| match make.take() {
+            Some(make) => Box::new(make()),
+            None => Box::new(()),
+        });
+        if let Some(value) = stored.downcast_ref::<T>() {
+            return value.clone();
+        }
+        match make {
+            Some(make) => make(),
+            // `make` was taken only to store a `T`, which the downcast found.
+            None => unreachable!("an event's encoded form is a T"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Encoded(..)"
+        } else {
+            "Encoded(-)"
+        })
+    }
+}
+
+impl Clone for Encoded {
+    /// A clone starts without an encoded form.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 /// The kinds of [`Event`].
@@ -313,6 +361,7 @@ impl Shared {
             revision: *last_event,
             time: SystemTime::now(),
             kind: EventKind::StateChanged { state, reason },
+            encoded: Encoded::default(),
         }));
     }
 
@@ -532,6 +581,7 @@ impl SyncHandle {
             revision: *last_event,
             time: SystemTime::now(),
             kind: EventKind::Revert(event),
+            encoded: Encoded::default(),
         }));
     }
 
@@ -1336,6 +1386,7 @@ impl Committer {
                     replace,
                     change: Arc::new(change),
                 },
+                encoded: Encoded::default(),
             }));
             *last_event = revision;
         }

@@ -130,7 +130,11 @@ async fn run(
             }
             next = event.revision + 1;
         }
-        if tx.send(Ok(event_to_proto(&name, &event))).await.is_err() {
+        // Converted once, by the first watcher; the others copy it.
+        let message = event
+            .encoded
+            .get_or_make(|| Arc::new(event_to_proto(&name, &event)));
+        if tx.send(Ok(pb::SyncEvent::clone(&message))).await.is_err() {
             return;
         }
     }
