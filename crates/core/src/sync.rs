@@ -922,7 +922,7 @@ impl Ingest {
         let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Stream));
         // `requests` stays alive (the request side open) for the whole stream.
         let mut responses = match self.target.subscribe(requests_rx).await {
-            Ok(r) => r,
+            Ok(r) => read_ahead(r),
             Err(e) => return Ended::Failed(format!("subscribe: {e}")),
         };
         self.begin_dump();
@@ -1037,6 +1037,7 @@ impl Ingest {
             .target
             .subscribe(requests_rx)
             .await
+            .map(read_ahead)
             .map_err(|e| Ended::Failed(format!("subscribe: {e}")))?;
         self.read_dump(&mut responses).await
     }
@@ -1055,6 +1056,7 @@ impl Ingest {
                 .target
                 .subscribe(requests_rx)
                 .await
+                .map(read_ahead)
                 .map_err(|e| Ended::Failed(format!("subscribe: {e}")))?;
             *poll = Some((requests, responses));
             // The first dump comes without a Poll.
@@ -1424,6 +1426,45 @@ impl Committer {
         {
             tracing::warn!(datastore = %self.shared.name, "resync already queued");
         }
+    }
+}
+
+/// Messages decoded ahead of the ingest, at most.
+const READ_AHEAD: usize = 16;
+
+/// Reads `responses` on a task of its own, so that decoding the device's
+/// messages (the largest single cost of a sync) runs on one core while the
+/// ingest applies earlier ones on another. At most [`READ_AHEAD`] messages
+/// wait in between, so flow control still pushes back on the device when the
+/// ingest stops reading. The task ends with the returned stream, or at the
+/// end of the device's stream.
+fn read_ahead(mut responses: crate::target::ResponseStream) -> crate::target::ResponseStream {
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    let reader = tokio::spawn(
+        async move {
+            while let Some(item) = responses.next().await {
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    let reader = AbortOnDrop(reader);
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        // Owning the reader here ties its life to the stream's.
+        let _owned = &reader;
+        rx.poll_recv(cx)
+    }))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
