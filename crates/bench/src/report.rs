@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 /// One metric: JSON key, value, how a person reads it.
 struct Metric {
     key: &'static str,
-    value: f64,
+    /// `None`: could not be measured in this run.
+    value: Option<f64>,
     json: Value,
     shown: String,
 }
@@ -45,10 +46,45 @@ impl Report {
     fn push(&mut self, key: &'static str, value: f64, json: Value, shown: String) {
         self.metrics.push(Metric {
             key,
-            value,
+            value: Some(value),
             json,
             shown,
         });
+    }
+
+    /// A metric this run could not measure: `null` in the JSON, and any
+    /// target on it not met.
+    pub fn absent(&mut self, key: &'static str) {
+        self.metrics.push(Metric {
+            key,
+            value: None,
+            json: Value::Null,
+            shown: "n/a".into(),
+        });
+    }
+
+    /// A rate per second, if measured.
+    pub fn rate_if(&mut self, key: &'static str, value: Option<f64>) {
+        match value {
+            Some(value) => self.rate(key, value),
+            None => self.absent(key),
+        }
+    }
+
+    /// A number, if measured.
+    pub fn number_if(&mut self, key: &'static str, value: Option<f64>) {
+        match value {
+            Some(value) => self.number(key, value),
+            None => self.absent(key),
+        }
+    }
+
+    /// A duration in milliseconds, if measured.
+    pub fn millis_if(&mut self, key: &'static str, value: Option<Duration>) {
+        match value {
+            Some(value) => self.millis(key, value),
+            None => self.absent(key),
+        }
     }
 
     /// A count.
@@ -130,11 +166,13 @@ impl Report {
 
     fn met(&self, target: &Target) -> Option<bool> {
         let metric = self.metrics.iter().find(|m| m.key == target.key)?;
-        Some(if target.at_most {
-            metric.value <= target.limit
-        } else {
-            metric.value >= target.limit
-        })
+        Some(metric.value.is_some_and(|value| {
+            if target.at_most {
+                value <= target.limit
+            } else {
+                value >= target.limit
+            }
+        }))
     }
 
     /// The JSON line: `{"scenario", "metrics", "targets", "quick"}`.
@@ -244,8 +282,10 @@ mod tests {
         let mut report = Report::new("x", true);
         report.number("ratio", 1.2);
         report.rate("rate", 400_000.0);
+        report.absent("latency");
         report.at_most("ratio", 1.5);
         report.at_least("rate", 500_000.0);
+        report.at_most("latency", 1.0);
         let json = report.json();
         assert_eq!(json["scenario"], "x");
         assert_eq!(json["quick"], true);

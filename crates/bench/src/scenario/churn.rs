@@ -71,25 +71,28 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.count("leaves", leaves);
     report.rate("churn_rate_asked", sizes.churn_rate);
     report.rate("bare_updates_per_second", bare_rate);
-    report.rate("device_updates_per_second", phase.device_rate());
-    report.rate("committed_updates_per_second", window.committed_rate);
-    report.number("ratio", window.committed_rate / bare_rate);
+    report.rate("device_changes_per_second", phase.device_rate());
+    report.rate_if("committed_updates_per_second", window.committed_rate);
+    report.number_if("ratio", window.committed_rate.map(|r| r / bare_rate));
     report.rate("ingest_updates_per_second", phase.ingest_rate());
     report.number("commits_per_second", phase.commits as f64 / phase.seconds());
     report.number("commit_interval_ms", interval_ms);
-    report.millis("latency_p50_ms", window.p50);
-    report.millis("latency_p99_ms", window.p99);
-    report.millis("latency_max_ms", window.max);
+    report.millis_if("latency_p50_ms", window.latency.map(|l| l.p50));
+    report.millis_if("latency_p99_ms", window.latency.map(|l| l.p99));
+    report.millis_if("latency_max_ms", window.latency.map(|l| l.max));
     report.count("markers", window.markers as u64);
     report.count("reconnects", stats.reconnects);
+    report.count("resyncs", stats.resyncs);
     report.count("dropped", dropped);
     report.flag("running_equals_device", true);
     report.at_least("committed_updates_per_second", 500_000.0);
     report.at_least("ratio", 0.8);
     report.at_most("latency_p99_ms", interval_ms + 100.0);
+    report.at_most("reconnects", 0.0);
     report.note(format!(
         "window {:.1} s after {:.1} s of warm-up; committed = device updates covered by a durable \
-         revision per second (markers); ratio = committed / bare; device = what the simulator sent",
+         revision per second (markers); ratio = committed / bare; device = changes the simulator \
+         made; reconnects = netsyncd's stream cut by the simulator for falling behind",
         sizes.window.as_secs_f64(),
         sizes.warmup.as_secs_f64()
     ));

@@ -210,10 +210,13 @@ pub struct Phase {
     pub to: Instant,
     /// Updates and deletes netsyncd read from the device (its status).
     pub received: u64,
-    /// Updates and deletes the simulator sent (its counters).
-    pub sent: u64,
+    /// Leaf changes made on the device (its counters).
+    pub changes: u64,
     /// Commits netsyncd made.
     pub commits: u64,
+    /// Times netsyncd connected to the device again (the simulator cuts a
+    /// subscriber that falls too far behind).
+    pub reconnects: u64,
     /// gNMI Sets the simulator received.
     pub sets: u64,
     /// Largest resident set of netsyncd sampled.
@@ -240,12 +243,17 @@ impl Phase {
         let commits = |s: &netsync_proto::netsync::v1::DatastoreStatus| {
             s.stats.as_ref().map_or(0, |s| s.commits)
         };
+        let reconnects = |s: &netsync_proto::netsync::v1::DatastoreStatus| {
+            s.stats.as_ref().map_or(0, |s| s.reconnects)
+        };
         Ok(Self {
             from,
             to,
             received: api::received(&status_after).saturating_sub(api::received(&status)),
-            sent: (counters_after.updates_sent + counters_after.deletes_sent)
-                .saturating_sub(counters.updates_sent + counters.deletes_sent),
+            changes: counters_after
+                .changes_committed
+                .saturating_sub(counters.changes_committed),
+            reconnects: reconnects(&status_after).saturating_sub(reconnects(&status)),
             commits: commits(&status_after).saturating_sub(commits(&status)),
             sets: counters_after
                 .sets_received
@@ -264,9 +272,9 @@ impl Phase {
         self.received as f64 / self.seconds()
     }
 
-    /// Updates and deletes the device sent, per second.
+    /// Leaf changes made on the device, per second.
     pub fn device_rate(&self) -> f64 {
-        self.sent as f64 / self.seconds()
+        self.changes as f64 / self.seconds()
     }
 }
 

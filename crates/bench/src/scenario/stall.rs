@@ -108,13 +108,18 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.rate("ingest_updates_per_second", free.ingest_rate());
     report.rate("stalled_ingest_updates_per_second", stalled.ingest_rate());
     report.number("ratio", stalled.ingest_rate() / free.ingest_rate());
-    report.rate("committed_updates_per_second", free_window.committed_rate);
-    report.rate(
+    report.rate_if("committed_updates_per_second", free_window.committed_rate);
+    report.rate_if(
         "stalled_committed_updates_per_second",
         stalled_window.committed_rate,
     );
-    report.millis("latency_p99_ms", free_window.p99);
-    report.millis("stalled_latency_p99_ms", stalled_window.p99);
+    report.millis_if("latency_p99_ms", free_window.latency.map(|l| l.p99));
+    report.millis_if(
+        "stalled_latency_p99_ms",
+        stalled_window.latency.map(|l| l.p99),
+    );
+    report.count("markers", free_window.markers as u64);
+    report.count("stalled_markers", stalled_window.markers as u64);
     report.bytes("rss_bytes", free.largest_rss);
     report.bytes("stalled_rss_bytes", stalled.largest_rss);
     report.number(
@@ -126,12 +131,14 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.count("reverts_applying", phase(pb::RevertPhase::Applying));
     report.count("reverts_applied", phase(pb::RevertPhase::Applied));
     report.count("reverts_failed", phase(pb::RevertPhase::Failed));
+    report.count("reconnects", free.reconnects + stalled.reconnects);
     report.count("dropped", dropped);
     report.flag("running_equals_device", true);
     report.at_least("ratio", 0.95);
     report.at_most("rss_growth", 0.10);
     report.at_least("sets_held", 1.0);
     report.at_most("dropped", 0.0);
+    report.at_most("reconnects", 0.0);
     report.note(format!(
         "windows {:.1} s (Sets answered) then {:.1} s (every Set held {:.1} s); ingest = updates \
          and deletes netsyncd read (its status), per second; rss = largest VmRSS sampled every \

@@ -83,21 +83,28 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.count("leaves", leaves);
     report.count("watchers", sizes.watchers as u64);
     report.rate("churn_rate_asked", sizes.watchers_churn_rate);
-    report.rate("device_updates_per_second", crowded.device_rate());
-    report.millis("latency_p50_ms", alone_window.p50);
-    report.millis("latency_p99_ms", alone_window.p99);
-    report.millis("crowded_latency_p50_ms", crowded_window.p50);
-    report.millis("crowded_latency_p99_ms", crowded_window.p99);
-    report.number(
+    report.rate("device_changes_per_second", crowded.device_rate());
+    let (quiet, busy) = (alone_window.latency, crowded_window.latency);
+    report.millis_if("latency_p50_ms", quiet.map(|l| l.p50));
+    report.millis_if("latency_p99_ms", quiet.map(|l| l.p99));
+    report.millis_if("crowded_latency_p50_ms", busy.map(|l| l.p50));
+    report.millis_if("crowded_latency_p99_ms", busy.map(|l| l.p99));
+    report.number_if(
         "p99_ratio",
-        crowded_window.p99.as_secs_f64() / alone_window.p99.as_secs_f64(),
+        quiet
+            .zip(busy)
+            .map(|(q, b)| b.p99.as_secs_f64() / q.p99.as_secs_f64()),
     );
+    report.count("markers", alone_window.markers as u64);
+    report.count("crowded_markers", crowded_window.markers as u64);
     report.count("fewest_commits_per_watcher", fewest_commits);
     report.count("watchers_ended", ended.len() as u64);
+    report.count("reconnects", alone.reconnects + crowded.reconnects);
     report.bytes("rss_bytes", crowded.largest_rss);
     report.flag("running_equals_device", true);
     report.at_most("p99_ratio", 1.2);
     report.at_most("watchers_ended", 0.0);
+    report.at_most("reconnects", 0.0);
     if let Some(why) = ended.first() {
         report.note(format!("a watcher's stream ended: {why}"));
     }
