@@ -15,6 +15,8 @@ pub struct Binaries {
     pub netsyncd: PathBuf,
     /// netsync-sim.
     pub sim: PathBuf,
+    /// Extra arguments for every netsyncd started (`--netsyncd-arg`).
+    pub netsyncd_args: Vec<String>,
 }
 
 /// Finds (and, under cargo, builds) the executables. Paths given win.
@@ -32,6 +34,7 @@ pub fn locate(netsyncd: Option<PathBuf>, sim: Option<PathBuf>) -> anyhow::Result
     let found = Binaries {
         netsyncd: netsyncd.unwrap_or_else(|| dir.join(executable("netsyncd"))),
         sim: sim.unwrap_or_else(|| dir.join(executable("netsync-sim"))),
+        netsyncd_args: Vec::new(),
     };
     for path in [&found.netsyncd, &found.sim] {
         ensure!(

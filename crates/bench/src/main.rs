@@ -53,6 +53,10 @@ struct Cli {
     /// netsync-sim to run (default: built by cargo next to this program).
     #[arg(long, value_name = "PATH")]
     sim: Option<PathBuf>,
+    /// Extra argument for netsyncd, e.g. `--netsyncd-arg=--watch-buffer=64`
+    /// (repeat for several).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    netsyncd_arg: Vec<String>,
     /// Leaves of the large device (initial-sync, restart).
     #[arg(long, value_name = "N")]
     leaves: Option<usize>,
@@ -120,8 +124,10 @@ async fn main() -> ExitCode {
 
 /// Runs the scenarios asked for; `Ok(false)` if one of them broke.
 async fn run(cli: &Cli) -> anyhow::Result<bool> {
+    let mut bins = binaries::locate(cli.netsyncd.clone(), cli.sim.clone())?;
+    bins.netsyncd_args.clone_from(&cli.netsyncd_arg);
     let ctx = Ctx {
-        bins: binaries::locate(cli.netsyncd.clone(), cli.sim.clone())?,
+        bins,
         sizes: cli.sizes()?,
         quick: cli.quick,
     };
@@ -130,9 +136,10 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
         one => vec![one],
     };
     eprintln!(
-        "netsync-bench: {} core(s); netsyncd {}; netsync-sim {}",
+        "netsync-bench: {} core(s); netsyncd {} {}; netsync-sim {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         ctx.bins.netsyncd.display(),
+        ctx.bins.netsyncd_args.join(" "),
         ctx.bins.sim.display()
     );
     let started = Instant::now();

@@ -158,7 +158,8 @@ pub async fn start_sim(bins: &Binaries, dir: &Path, leaves: usize) -> anyhow::Re
     Process::spawn("netsync-sim", command, dir.join("netsync-sim.log")).await
 }
 
-/// Starts netsyncd with its database in `dir` (created or reused).
+/// Starts netsyncd with its database in `dir` (created or reused), with
+/// `bins.netsyncd_args` after the harness's own flags.
 pub async fn start_netsyncd(bins: &Binaries, dir: &Path) -> anyhow::Result<Process> {
     std::fs::create_dir_all(dir)?;
     let mut command = Command::new(&bins.netsyncd);
@@ -166,6 +167,7 @@ pub async fn start_netsyncd(bins: &Binaries, dir: &Path) -> anyhow::Result<Proce
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .arg("--db")
         .arg(dir.join("netsync.db"))
+        .args(&bins.netsyncd_args)
         .current_dir(dir);
     // A restarted process gets a log of its own, next to the first one.
     Process::spawn("netsyncd", command, next_log(dir, "netsyncd")).await

@@ -81,6 +81,8 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.millis_if("latency_p99_ms", window.latency.map(|l| l.p99));
     report.millis_if("latency_max_ms", window.latency.map(|l| l.max));
     report.count("markers", window.markers as u64);
+    report.bytes("rss_bytes", phase.largest_rss);
+    report.number("rss_growth", phase.rss_growth());
     report.count("reconnects", stats.reconnects);
     report.count("resyncs", stats.resyncs);
     report.count("dropped", dropped);

@@ -219,6 +219,8 @@ pub struct Phase {
     pub reconnects: u64,
     /// gNMI Sets the simulator received.
     pub sets: u64,
+    /// Resident set of netsyncd when the window started.
+    pub first_rss: u64,
     /// Largest resident set of netsyncd sampled.
     pub largest_rss: u64,
 }
@@ -235,6 +237,7 @@ impl Phase {
     ) -> anyhow::Result<Self> {
         let status = api.status(name).await?;
         let counters = device.counters().await?;
+        let first_rss = netsyncd.memory()?.rss;
         let from = Instant::now();
         let largest_rss = hold(window, sim, netsyncd).await?;
         let to = Instant::now();
@@ -258,6 +261,7 @@ impl Phase {
             sets: counters_after
                 .sets_received
                 .saturating_sub(counters.sets_received),
+            first_rss,
             largest_rss,
         })
     }
@@ -270,6 +274,12 @@ impl Phase {
     /// Updates and deletes netsyncd read, per second.
     pub fn ingest_rate(&self) -> f64 {
         self.received as f64 / self.seconds()
+    }
+
+    /// How much netsyncd's resident set grew during the window, as a share
+    /// of what it was at the start.
+    pub fn rss_growth(&self) -> f64 {
+        self.largest_rss as f64 / self.first_rss.max(1) as f64 - 1.0
     }
 
     /// Leaf changes made on the device, per second.

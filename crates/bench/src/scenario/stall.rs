@@ -126,6 +126,8 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         "rss_growth",
         stalled.largest_rss as f64 / free.largest_rss.max(1) as f64 - 1.0,
     );
+    // For comparison: what the same churn grows it by with Sets answered.
+    report.number("unstalled_rss_growth", free.rss_growth());
     report.count("sets", free.sets);
     report.count("sets_held", stalled.sets);
     report.count("reverts_applying", phase(pb::RevertPhase::Applying));
@@ -142,7 +144,8 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.note(format!(
         "windows {:.1} s (Sets answered) then {:.1} s (every Set held {:.1} s); ingest = updates \
          and deletes netsyncd read (its status), per second; rss = largest VmRSS sampled every \
-         100 ms; sets_held = gNMI Sets that reached the device in the held window",
+         100 ms; rss_growth = stalled rss / rss - 1; unstalled_rss_growth = growth within the \
+         first window; sets_held = gNMI Sets that reached the device in the held window",
         sizes.window.as_secs_f64(),
         sizes.stall_window.as_secs_f64(),
         sizes.stall_hold.as_secs_f64()
