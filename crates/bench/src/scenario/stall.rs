@@ -108,10 +108,16 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.rate("ingest_updates_per_second", free.ingest_rate());
     report.rate("stalled_ingest_updates_per_second", stalled.ingest_rate());
     report.number("ratio", stalled.ingest_rate() / free.ingest_rate());
-    report.rate_if("committed_updates_per_second", free_window.committed_rate);
+    // As in `churn`: a window with a cut stream sustained nothing.
+    report.rate_if(
+        "committed_updates_per_second",
+        free_window.committed_rate.filter(|_| free.reconnects == 0),
+    );
     report.rate_if(
         "stalled_committed_updates_per_second",
-        stalled_window.committed_rate,
+        stalled_window
+            .committed_rate
+            .filter(|_| stalled.reconnects == 0),
     );
     report.millis_if("latency_p99_ms", free_window.latency.map(|l| l.p99));
     report.millis_if(
