@@ -171,7 +171,7 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                     "\n{name}: FAILED: {error}\n  (logs and database kept in {})",
                     kept.display()
                 );
-                println!("{}", report::error_json(name, cli.quick, &error));
+                println!("{}", report::error_json_line(name, cli.quick, &error));
             }
         }
     }

@@ -236,13 +236,27 @@ impl Report {
         for note in &self.notes {
             println!("  {note}");
         }
-        println!("{}", self.json());
+        println!("{}", self.json_line());
+    }
+
+    /// The JSON line as printed: the same object as [`Report::json`], with
+    /// `scenario` first for people reading it (serde_json sorts keys).
+    pub fn json_line(&self) -> String {
+        let json = self.json();
+        format!(
+            r#"{{"scenario":{},"metrics":{},"targets":{},"quick":{}}}"#,
+            json["scenario"], json["metrics"], json["targets"], json["quick"]
+        )
     }
 }
 
 /// The JSON line of a scenario that could not run to the end.
-pub fn error_json(scenario: &str, quick: bool, error: &str) -> Value {
-    json!({ "scenario": scenario, "error": error, "quick": quick })
+pub fn error_json_line(scenario: &str, quick: bool, error: &str) -> String {
+    format!(
+        r#"{{"scenario":{},"error":{},"quick":{quick}}}"#,
+        json!(scenario),
+        json!(error)
+    )
 }
 
 /// `value` rounded to `digits` decimals.
