@@ -54,10 +54,11 @@ pub struct Sent {
     pub device_changes_before: u64,
 }
 
-/// Sets a marker every period until stopped.
+/// Sets a marker every period until stopped (or dropped).
 pub struct Markers {
     stop: watch::Sender<bool>,
-    task: JoinHandle<anyhow::Result<Vec<Sent>>>,
+    /// `None` once stopped.
+    task: Option<JoinHandle<anyhow::Result<Vec<Sent>>>>,
 }
 
 impl Markers {
@@ -102,13 +103,25 @@ impl Markers {
             }
             Ok(sent)
         });
-        Self { stop, task }
+        Self {
+            stop,
+            task: Some(task),
+        }
     }
 
     /// Stops and returns the markers set.
-    pub async fn stop(self) -> anyhow::Result<Vec<Sent>> {
+    pub async fn stop(mut self) -> anyhow::Result<Vec<Sent>> {
         let _ = self.stop.send(true);
-        self.task.await.context("the marker task panicked")?
+        let task = self.task.take().context("markers stopped twice")?;
+        task.await.context("the marker task panicked")?
+    }
+}
+
+impl Drop for Markers {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -135,10 +148,9 @@ struct Shared {
 }
 
 /// A WatchSync client that notes what it receives (walking, not decoding,
-/// the events: see `wire.rs`).
+/// the events: see `wire.rs`). Dropping it ends the watch.
 pub struct Watcher {
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -173,16 +185,11 @@ impl Watcher {
             log: Mutex::new(WatchLog::default()),
             changed: Notify::new(),
         });
-        let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn({
             let shared = Arc::clone(&shared);
             async move {
                 loop {
-                    let next = tokio::select! {
-                        biased;
-                        _ = stopped.changed() => return,
-                        next = stream.message() => next,
-                    };
+                    let next = stream.message().await;
                     let at = Instant::now();
                     let mut log = shared.log.lock().unwrap_or_else(PoisonError::into_inner);
                     match next {
@@ -199,7 +206,7 @@ impl Watcher {
                 }
             }
         });
-        Ok(Self { shared, stop, task })
+        Ok(Self { shared, task })
     }
 
     /// A copy of what it has seen.
@@ -240,9 +247,14 @@ impl Watcher {
 
     /// Stops watching; returns what it saw.
     pub fn stop(self) -> WatchLog {
-        let _ = self.stop.send(true);
-        self.task.abort();
+        // Drop aborts the task.
         self.log()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
