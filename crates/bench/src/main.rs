@@ -1,0 +1,183 @@
+//! netsync-bench: end-to-end benchmarks of netsyncd (issue 6). netsyncd and
+//! netsync-sim run as separate processes on loopback and are driven through
+//! their gRPC APIs only.
+//!
+//! ```text
+//! cargo run --release -p netsync-bench -- <initial-sync|churn|stall|restart|fleet|watchers|all> [--quick]
+//! ```
+//!
+//! Each scenario prints a table (metric, value, target, met or not) and one
+//! JSON line `{"scenario", "metrics", "targets", "quick"}` on stdout; progress
+//! goes to stderr. Targets are reported, not enforced: the exit status is 0
+//! when every scenario ran to the end, and 1 when one could not (a process
+//! died, running differed from the device, a wait timed out).
+//!
+//! Errors are `anyhow` throughout: this program reports to a person and has
+//! no caller that would act on a kind of error.
+
+mod api;
+mod binaries;
+mod device;
+mod markers;
+mod process;
+mod report;
+mod scenario;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use scenario::{Ctx, Scenario, Sizes};
+
+/// The same allocator as netsync-sim: the bare gNMI client is the physical
+/// limit netsyncd is compared with, so it should not be slowed by glibc's
+/// allocator (`MEASURED-LIMITS.md`: about 15 % faster decoding with mimalloc).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// End-to-end benchmarks of netsyncd against netsync-sim.
+#[derive(Debug, Parser)]
+#[command(name = "netsync-bench")]
+struct Cli {
+    /// The scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Small sizes, every scenario in seconds: a smoke test for CI.
+    #[arg(long)]
+    quick: bool,
+    /// netsyncd to run (default: built by cargo next to this program).
+    #[arg(long, value_name = "PATH")]
+    netsyncd: Option<PathBuf>,
+    /// netsync-sim to run (default: built by cargo next to this program).
+    #[arg(long, value_name = "PATH")]
+    sim: Option<PathBuf>,
+    /// Extra argument for netsyncd, e.g. `--netsyncd-arg=--watch-buffer=64`
+    /// (repeat for several).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    netsyncd_arg: Vec<String>,
+    /// Leaves of the large device (initial-sync, restart).
+    #[arg(long, value_name = "N")]
+    leaves: Option<usize>,
+    /// Changes per second asked of the simulator (churn, stall).
+    #[arg(long, value_name = "RATE")]
+    churn_rate: Option<f64>,
+    /// Changes per second asked of the simulator in watchers.
+    #[arg(long, value_name = "RATE")]
+    watchers_churn_rate: Option<f64>,
+    /// Length of each measuring window, seconds.
+    #[arg(long, value_name = "SECONDS")]
+    window: Option<f64>,
+    /// commit_interval of the datastores, milliseconds.
+    #[arg(long, value_name = "MS")]
+    commit_interval_ms: Option<u64>,
+    /// Keep every scenario's directory (databases, logs); a failed scenario's
+    /// is always kept.
+    #[arg(long)]
+    keep: bool,
+}
+
+impl Cli {
+    /// The sizes of the mode, with the overrides given.
+    fn sizes(&self) -> anyhow::Result<Sizes> {
+        let mut sizes = if self.quick {
+            Sizes::quick()
+        } else {
+            Sizes::full()
+        };
+        if let Some(leaves) = self.leaves {
+            sizes.initial_leaves = leaves;
+            sizes.restart_leaves = leaves;
+        }
+        if let Some(rate) = self.churn_rate {
+            anyhow::ensure!(rate > 0.0, "--churn-rate must be above 0");
+            sizes.churn_rate = rate;
+        }
+        if let Some(rate) = self.watchers_churn_rate {
+            anyhow::ensure!(rate > 0.0, "--watchers-churn-rate must be above 0");
+            sizes.watchers_churn_rate = rate;
+        }
+        if let Some(window) = self.window {
+            sizes.window = Duration::try_from_secs_f64(window)?;
+        }
+        if let Some(ms) = self.commit_interval_ms {
+            anyhow::ensure!(ms > 0, "--commit-interval-ms must be above 0");
+            sizes.commit_interval = Duration::from_millis(ms);
+        }
+        Ok(sizes)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("netsync-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the scenarios asked for; `Ok(false)` if one of them broke.
+async fn run(cli: &Cli) -> anyhow::Result<bool> {
+    let mut bins = binaries::locate(cli.netsyncd.clone(), cli.sim.clone())?;
+    bins.netsyncd_args.clone_from(&cli.netsyncd_arg);
+    let ctx = Ctx {
+        bins,
+        sizes: cli.sizes()?,
+        quick: cli.quick,
+    };
+    let scenarios = match cli.scenario {
+        Scenario::All => Scenario::EACH.to_vec(),
+        one => vec![one],
+    };
+    eprintln!(
+        "netsync-bench: {} core(s); netsyncd {} {}; netsync-sim {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        ctx.bins.netsyncd.display(),
+        ctx.bins.netsyncd_args.join(" "),
+        ctx.bins.sim.display()
+    );
+    let started = Instant::now();
+    let mut all_ran = true;
+    for scenario in scenarios {
+        let name = scenario.name();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("netsync-bench-{name}-"))
+            .tempdir()?;
+        eprintln!("netsync-bench: {name} in {}", dir.path().display());
+        let began = Instant::now();
+        let result = scenario::run(scenario, &ctx, dir.path()).await;
+        eprintln!(
+            "netsync-bench: {name} took {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+        match result {
+            Ok(report) => {
+                report.print();
+                if cli.keep {
+                    eprintln!("netsync-bench: kept {}", dir.keep().display());
+                }
+            }
+            Err(e) => {
+                all_ran = false;
+                let kept = dir.keep();
+                let error = format!("{e:#}");
+                println!(
+                    "\n{name}: FAILED: {error}\n  (logs and database kept in {})",
+                    kept.display()
+                );
+                println!("{}", report::error_json_line(name, cli.quick, &error));
+            }
+        }
+    }
+    eprintln!(
+        "netsync-bench: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(all_ran)
+}

@@ -1,0 +1,456 @@
+//! The scenarios of issue 6 and what they share: their sizes, the churn
+//! measurement windows, and the end-of-run check that running equals the
+//! device.
+
+mod churn;
+mod fleet;
+mod initial_sync;
+mod restart;
+mod stall;
+mod watchers;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use netsync_proto::gnmi;
+
+use crate::api::{self, Netsync};
+use crate::binaries::Binaries;
+use crate::device::{Device, uint};
+use crate::markers::{Markers, Sent, WatchLog, Watcher};
+use crate::process::Process;
+use crate::report::Report;
+
+/// A scenario, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// A 1,000,000-leaf device's initial sync against a bare gNMI client.
+    InitialSync,
+    /// 100,000 leaves churning as fast as the simulator goes.
+    Churn,
+    /// Churn while every revert Set is held for 30 s.
+    Stall,
+    /// netsyncd restarted with 1,000,000 leaves in SQLite.
+    Restart,
+    /// 1,000 datastores of 2,000 leaves on one netsyncd.
+    Fleet,
+    /// 100 WatchSync clients on one churning datastore.
+    Watchers,
+    /// Every scenario, in this order.
+    All,
+}
+
+impl Scenario {
+    /// Every scenario `all` runs, in order.
+    pub const EACH: [Scenario; 6] = [
+        Scenario::InitialSync,
+        Scenario::Churn,
+        Scenario::Stall,
+        Scenario::Restart,
+        Scenario::Fleet,
+        Scenario::Watchers,
+    ];
+
+    /// The name used on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::InitialSync => "initial-sync",
+            Scenario::Churn => "churn",
+            Scenario::Stall => "stall",
+            Scenario::Restart => "restart",
+            Scenario::Fleet => "fleet",
+            Scenario::Watchers => "watchers",
+            Scenario::All => "all",
+        }
+    }
+}
+
+/// How big each scenario is.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// Leaves of the `initial-sync` device.
+    pub initial_leaves: usize,
+    /// Leaves of the `churn` and `stall` device.
+    pub churn_leaves: usize,
+    /// Changes per second asked of the simulator in `churn` and `stall`.
+    pub churn_rate: f64,
+    /// Churn before a measuring window starts.
+    pub warmup: Duration,
+    /// Length of a measuring window.
+    pub window: Duration,
+    /// The datastores' `commit_interval`.
+    pub commit_interval: Duration,
+    /// How long each Set is held in `stall`.
+    pub stall_hold: Duration,
+    /// The stalled window of `stall` (longer than the hold, so that a held
+    /// Set lies inside it).
+    pub stall_window: Duration,
+    /// Leaves the `stall` intent claims.
+    pub intent_leaves: usize,
+    /// Leaves of the `restart` device.
+    pub restart_leaves: usize,
+    /// Datastores in `fleet`.
+    pub fleet_datastores: usize,
+    /// Leaves of each `fleet` device.
+    pub fleet_leaves: usize,
+    /// Extra watchers in `watchers`.
+    pub watchers: usize,
+    /// Leaves of the `watchers` device.
+    pub watchers_leaves: usize,
+    /// Churn rate in `watchers`.
+    pub watchers_churn_rate: f64,
+    /// Time between markers.
+    pub marker_period: Duration,
+    /// Generous deadline of every wait (a sync, a state, a marker).
+    pub deadline: Duration,
+}
+
+impl Sizes {
+    /// The sizes of issue 6.
+    pub fn full() -> Self {
+        Self {
+            initial_leaves: 1_000_000,
+            churn_leaves: 100_000,
+            churn_rate: 500_000.0,
+            warmup: Duration::from_secs(2),
+            window: Duration::from_secs(10),
+            commit_interval: Duration::from_secs(1),
+            stall_hold: Duration::from_secs(30),
+            stall_window: Duration::from_secs(45),
+            intent_leaves: 100,
+            restart_leaves: 1_000_000,
+            fleet_datastores: 1_000,
+            fleet_leaves: 2_000,
+            watchers: 100,
+            watchers_leaves: 100_000,
+            watchers_churn_rate: 10_000.0,
+            marker_period: Duration::from_millis(10),
+            deadline: Duration::from_secs(300),
+        }
+    }
+
+    /// Small sizes: every scenario in a few seconds, for CI.
+    pub fn quick() -> Self {
+        Self {
+            initial_leaves: 20_000,
+            churn_leaves: 20_000,
+            churn_rate: 10_000.0,
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(2),
+            commit_interval: Duration::from_millis(250),
+            stall_hold: Duration::from_secs(2),
+            stall_window: Duration::from_secs(3),
+            intent_leaves: 20,
+            restart_leaves: 20_000,
+            fleet_datastores: 20,
+            fleet_leaves: 500,
+            watchers: 10,
+            watchers_leaves: 20_000,
+            watchers_churn_rate: 2_000.0,
+            marker_period: Duration::from_millis(10),
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What every scenario gets.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The executables.
+    pub bins: Binaries,
+    /// The sizes.
+    pub sizes: Sizes,
+    /// Whether these are the quick sizes.
+    pub quick: bool,
+}
+
+/// Runs one scenario (not `all`) with its files under `dir`.
+pub async fn run(scenario: Scenario, ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
+    match scenario {
+        Scenario::InitialSync => initial_sync::run(ctx, dir).await,
+        Scenario::Churn => churn::run(ctx, dir).await,
+        Scenario::Stall => stall::run(ctx, dir).await,
+        Scenario::Restart => restart::run(ctx, dir).await,
+        Scenario::Fleet => fleet::run(ctx, dir).await,
+        Scenario::Watchers => watchers::run(ctx, dir).await,
+        Scenario::All => bail!("`all` is a list of scenarios, not one"),
+    }
+}
+
+/// Lets `window` pass, checking every 100 ms that both processes still run
+/// and sampling netsyncd's resident set; returns the largest sample.
+pub async fn hold(
+    window: Duration,
+    sim: &mut Process,
+    netsyncd: &mut Process,
+) -> anyhow::Result<u64> {
+    let end = Instant::now() + window;
+    let mut largest = 0;
+    loop {
+        sim.check_running()?;
+        netsyncd.check_running()?;
+        largest = largest.max(netsyncd.memory()?.rss);
+        let now = Instant::now();
+        if now >= end {
+            return Ok(largest);
+        }
+        tokio::time::sleep((end - now).min(Duration::from_millis(100))).await;
+    }
+}
+
+/// Counters of one measuring window, read from both sides at its ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Phase {
+    /// When it started.
+    pub from: Instant,
+    /// When it ended.
+    pub to: Instant,
+    /// Updates and deletes netsyncd read from the device (its status).
+    pub received: u64,
+    /// Leaf changes made on the device (its counters).
+    pub changes: u64,
+    /// Commits netsyncd made.
+    pub commits: u64,
+    /// Times netsyncd connected to the device again (the simulator cuts a
+    /// subscriber that falls too far behind).
+    pub reconnects: u64,
+    /// gNMI Sets the simulator received.
+    pub sets: u64,
+    /// Resident set of netsyncd when the window started.
+    pub first_rss: u64,
+    /// Largest resident set of netsyncd sampled.
+    pub largest_rss: u64,
+}
+
+impl Phase {
+    /// Measures a window of `window` on datastore `name`.
+    pub async fn measure(
+        window: Duration,
+        name: &str,
+        device: &mut Device,
+        api: &mut Netsync,
+        sim: &mut Process,
+        netsyncd: &mut Process,
+    ) -> anyhow::Result<Self> {
+        let status = api.status(name).await?;
+        let counters = device.counters().await?;
+        let first_rss = netsyncd.memory()?.rss;
+        let from = Instant::now();
+        let largest_rss = hold(window, sim, netsyncd).await?;
+        let to = Instant::now();
+        let status_after = api.status(name).await?;
+        let counters_after = device.counters().await?;
+        let commits = |s: &netsync_proto::netsync::v1::DatastoreStatus| {
+            s.stats.as_ref().map_or(0, |s| s.commits)
+        };
+        let reconnects = |s: &netsync_proto::netsync::v1::DatastoreStatus| {
+            s.stats.as_ref().map_or(0, |s| s.reconnects)
+        };
+        Ok(Self {
+            from,
+            to,
+            received: api::received(&status_after).saturating_sub(api::received(&status)),
+            changes: counters_after
+                .changes_committed
+                .saturating_sub(counters.changes_committed),
+            reconnects: reconnects(&status_after).saturating_sub(reconnects(&status)),
+            commits: commits(&status_after).saturating_sub(commits(&status)),
+            sets: counters_after
+                .sets_received
+                .saturating_sub(counters.sets_received),
+            first_rss,
+            largest_rss,
+        })
+    }
+
+    /// Its length in seconds.
+    pub fn seconds(&self) -> f64 {
+        self.to.duration_since(self.from).as_secs_f64()
+    }
+
+    /// Updates and deletes netsyncd read, per second.
+    pub fn ingest_rate(&self) -> f64 {
+        self.received as f64 / self.seconds()
+    }
+
+    /// How much netsyncd's resident set grew during the window, as a share
+    /// of what it was at the start.
+    pub fn rss_growth(&self) -> f64 {
+        self.largest_rss as f64 / self.first_rss.max(1) as f64 - 1.0
+    }
+
+    /// Leaf changes made on the device, per second.
+    pub fn device_rate(&self) -> f64 {
+        self.changes as f64 / self.seconds()
+    }
+}
+
+/// The leaf that [`settle_and_compare`] sets to know running has caught up.
+const FENCE_PATH: &str = "/netsync-bench/fence";
+
+/// Values of the fence leaf: unique within this process, so each one is a change.
+static FENCE: AtomicU64 = AtomicU64::new(1);
+
+/// Once the device has stopped changing, checks that running of each of
+/// `datastores` equals the device exactly. Returns the leaves compared.
+///
+/// How: note the device's change count, set a fence leaf to a new value, wait
+/// until running shows it (the stream is ordered, so running then holds every
+/// change made before), read the device and running, and compare them if the
+/// device made no other change meanwhile (else try again: a revert may still
+/// be on its way).
+pub async fn settle_and_compare(
+    device: &mut Device,
+    api: &mut Netsync,
+    datastores: &[&str],
+    deadline: Duration,
+) -> anyhow::Result<usize> {
+    let give_up = Instant::now() + deadline;
+    loop {
+        let before = device.counters().await?.changes_committed;
+        let fence = FENCE.fetch_add(1, Ordering::Relaxed);
+        device.set_leaf(FENCE_PATH, uint(fence)).await?;
+        for name in datastores {
+            wait_for_leaf(api, name, FENCE_PATH, &uint(fence), give_up).await?;
+        }
+        let expected = device.leaves().await?;
+        let mut differences = Vec::new();
+        for name in datastores {
+            if let Err(e) = compare(api, name, &expected).await {
+                differences.push(format!("{e:#}"));
+            }
+        }
+        let after = device.counters().await?.changes_committed;
+        if after == before + 1 {
+            if differences.is_empty() {
+                return Ok(expected.len());
+            }
+            bail!("{}", differences.join("; "));
+        }
+        // The device changed meanwhile: not settled yet.
+        if Instant::now() >= give_up {
+            bail!("the device kept changing for {deadline:?} after the scenario stopped it");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls running of `name` until `path` holds `value`.
+async fn wait_for_leaf(
+    api: &mut Netsync,
+    name: &str,
+    path: &str,
+    value: &gnmi::TypedValue,
+    give_up: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        if api.leaves(name, path).await?.get(path) == Some(value) {
+            return Ok(());
+        }
+        if Instant::now() >= give_up {
+            bail!("{name}: the device's change of {path} never reached running");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Compares running of `name` with `expected`, leaf by leaf.
+async fn compare(
+    api: &mut Netsync,
+    name: &str,
+    expected: &HashMap<String, gnmi::TypedValue>,
+) -> anyhow::Result<()> {
+    let mut stream = api.running(name, "/").await?;
+    let mut matched = 0usize;
+    let mut extra = Vec::new();
+    let mut changed = Vec::new();
+    while let Some(message) = stream.message().await.context("GetRunning")? {
+        for leaf in message.leaves {
+            match expected.get(&leaf.path) {
+                None => extra.push(leaf.path),
+                Some(value) if Some(value) != leaf.value.as_ref() => changed.push(leaf.path),
+                Some(_) => matched += 1,
+            }
+        }
+    }
+    let missing = expected.len() - matched - changed.len();
+    if extra.is_empty() && changed.is_empty() && missing == 0 {
+        return Ok(());
+    }
+    let examples = |paths: &[String]| paths.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    let mut missing_examples = Vec::new();
+    if missing > 0 {
+        let running = api.leaves(name, "/").await?;
+        missing_examples.extend(
+            expected
+                .keys()
+                .filter(|p| !running.contains_key(*p))
+                .take(3)
+                .cloned(),
+        );
+    }
+    bail!(
+        "running of {name} differs from the device: {missing} leaves missing ({}), {} extra ({}), \
+         {} with another value ({})",
+        missing_examples.join(", "),
+        extra.len(),
+        examples(&extra),
+        changed.len(),
+        examples(&changed),
+    )
+}
+
+/// Fails if netsyncd says it dropped anything.
+pub fn check_nothing_dropped(
+    name: &str,
+    status: &netsync_proto::netsync::v1::DatastoreStatus,
+) -> anyhow::Result<u64> {
+    let dropped = status.stats.as_ref().map_or(0, |s| s.dropped);
+    if dropped > 0 {
+        bail!("netsyncd reports {dropped} dropped changes on {name}");
+    }
+    Ok(dropped)
+}
+
+/// Churn on the device with markers set and watched: the set-up of every
+/// latency and throughput measurement.
+pub struct Churning {
+    watcher: Watcher,
+    markers: Markers,
+}
+
+impl Churning {
+    /// Starts churn at `rate` on the device of datastore `name`, a watcher of
+    /// `name` and markers every `period`.
+    pub async fn start(
+        device: &mut Device,
+        netsyncd: &Process,
+        name: &str,
+        rate: f64,
+        period: Duration,
+    ) -> anyhow::Result<Self> {
+        device.fix_churn_population().await?;
+        let watcher = Watcher::open(&netsyncd.url(), name).await?;
+        device.start_churn(rate, 2).await?;
+        let markers = Markers::start(device.control.clone(), period, 0);
+        Ok(Self { watcher, markers })
+    }
+
+    /// Stops churn and markers, waits (up to `deadline`) for the last marker's
+    /// commit, and returns the markers and what the watcher saw.
+    pub async fn stop(
+        self,
+        device: &mut Device,
+        deadline: Duration,
+    ) -> anyhow::Result<(Vec<Sent>, WatchLog)> {
+        device.stop_churn().await?;
+        let sent = self.markers.stop().await?;
+        if let Some(last) = sent.last() {
+            self.watcher.wait_marker(last.id, deadline).await?;
+        }
+        Ok((sent, self.watcher.stop()))
+    }
+}

@@ -1,0 +1,210 @@
+//! `stall`: `churn` on a datastore with a revertive intent, so that churn
+//! drifts the intent's leaves and netsyncd sends revert Sets. First a window
+//! with Sets answered at once, then one with every Set held by the device
+//! (the simulator's `set_delay` fault). netsyncd's ingest must not slow down,
+//! its memory must not grow, nothing may be dropped, and running must equal
+//! the device at the end.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use netsync_core::Path as GnmiPath;
+use netsync_proto::netsync::v1 as pb;
+
+use super::{Churning, Ctx, Phase, check_nothing_dropped, hold, settle_and_compare};
+use crate::api::{Netsync, datastore, duration};
+use crate::device::Device;
+use crate::markers::analyse;
+use crate::process::{start_netsyncd, start_sim};
+use crate::report::Report;
+
+/// The datastore's name.
+const NAME: &str = "stall";
+
+/// Runs the scenario.
+pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
+    let sizes = &ctx.sizes;
+    let mut sim = start_sim(&ctx.bins, &dir.join("sim"), sizes.churn_leaves).await?;
+    let mut netsyncd = start_netsyncd(&ctx.bins, &dir.join("netsyncd")).await?;
+    let mut device = Device::connect(sim.addr).await?;
+    let mut api = Netsync::connect(&netsyncd.url(), sizes.deadline).await?;
+    let leaves = device.counters().await?.leaves;
+
+    let mut spec = datastore(NAME, sim.addr, sizes.commit_interval);
+    // No debounce: under churn a leaf never stays put for the default second,
+    // and a revert would never be queued.
+    spec.revert = Some(pb::RevertConfig {
+        enabled: true,
+        debounce: Some(duration(Duration::ZERO)),
+    });
+    api.create(spec).await?;
+    api.wait_in_sync(NAME, sizes.deadline).await?;
+    let intent = intent(&device, sizes.intent_leaves).await?;
+    let claimed = intent.updates.len();
+    api.client
+        .set_intent(pb::SetIntentRequest {
+            datastore: NAME.into(),
+            intent: Some(intent),
+        })
+        .await
+        .context("SetIntent")?;
+
+    let churning = Churning::start(
+        &mut device,
+        &netsyncd,
+        NAME,
+        sizes.churn_rate,
+        sizes.marker_period,
+    )
+    .await?;
+    hold(sizes.warmup, &mut sim, &mut netsyncd).await?;
+    let free = Phase::measure(
+        sizes.window,
+        NAME,
+        &mut device,
+        &mut api,
+        &mut sim,
+        &mut netsyncd,
+    )
+    .await?;
+    device.hold_sets(sizes.stall_hold).await?;
+    let stalled = Phase::measure(
+        sizes.stall_window,
+        NAME,
+        &mut device,
+        &mut api,
+        &mut sim,
+        &mut netsyncd,
+    )
+    .await?;
+    device.hold_sets(Duration::ZERO).await?;
+    let (sent, log) = churning
+        .stop(&mut device, sizes.commit_interval + sizes.deadline)
+        .await?;
+    let free_window = analyse(&sent, &log.arrivals, free.from, free.to)
+        .context("commit latency without stall")?;
+    let stalled_window = analyse(&sent, &log.arrivals, stalled.from, stalled.to)
+        .context("commit latency with Sets held")?;
+    // A Set held when the fault was cleared still waits its time out.
+    settle_and_compare(
+        &mut device,
+        &mut api,
+        &[NAME],
+        sizes.stall_hold + sizes.deadline,
+    )
+    .await?;
+    let status = api.status(NAME).await?;
+    let dropped = check_nothing_dropped(NAME, &status)?;
+    sim.check_running()?;
+    netsyncd.check_running()?;
+
+    let phase = |p: pb::RevertPhase| log.revert_phases[p as usize];
+    let mut report = Report::new("stall", ctx.quick);
+    report.count("leaves", leaves);
+    report.count("intent_leaves", claimed as u64);
+    report.rate("churn_rate_asked", sizes.churn_rate);
+    report.seconds("set_hold_seconds", sizes.stall_hold);
+    report.rate("ingest_updates_per_second", free.ingest_rate());
+    report.rate("stalled_ingest_updates_per_second", stalled.ingest_rate());
+    report.number("ratio", stalled.ingest_rate() / free.ingest_rate());
+    // As in `churn`: a window with a cut stream sustained nothing.
+    report.rate_if(
+        "committed_updates_per_second",
+        free_window.committed_rate.filter(|_| free.reconnects == 0),
+    );
+    report.rate_if(
+        "stalled_committed_updates_per_second",
+        stalled_window
+            .committed_rate
+            .filter(|_| stalled.reconnects == 0),
+    );
+    report.millis_if("latency_p99_ms", free_window.latency.map(|l| l.p99));
+    report.millis_if(
+        "stalled_latency_p99_ms",
+        stalled_window.latency.map(|l| l.p99),
+    );
+    report.count("markers", free_window.markers as u64);
+    report.count("stalled_markers", stalled_window.markers as u64);
+    report.bytes("rss_bytes", free.largest_rss);
+    report.bytes("stalled_rss_bytes", stalled.largest_rss);
+    report.number(
+        "rss_growth",
+        stalled.largest_rss as f64 / free.largest_rss.max(1) as f64 - 1.0,
+    );
+    // For comparison: what the same churn grows it by with Sets answered.
+    report.number("unstalled_rss_growth", free.rss_growth());
+    report.count("sets", free.sets);
+    report.count("sets_held", stalled.sets);
+    report.count("reverts_applying", phase(pb::RevertPhase::Applying));
+    report.count("reverts_applied", phase(pb::RevertPhase::Applied));
+    report.count("reverts_failed", phase(pb::RevertPhase::Failed));
+    report.count("reconnects", free.reconnects + stalled.reconnects);
+    report.count("dropped", dropped);
+    report.flag("running_equals_device", true);
+    report.at_least("ratio", 0.95);
+    report.at_most("rss_growth", 0.10);
+    report.at_least("sets_held", 1.0);
+    report.at_most("dropped", 0.0);
+    report.at_most("reconnects", 0.0);
+    report.note(format!(
+        "windows {:.1} s (Sets answered) then {:.1} s (every Set held {:.1} s); ingest = updates \
+         and deletes netsyncd read (its status), per second; rss = largest VmRSS sampled every \
+         100 ms; rss_growth = stalled rss / rss - 1; unstalled_rss_growth = growth within the \
+         first window; sets_held = gNMI Sets that reached the device in the held window",
+        sizes.window.as_secs_f64(),
+        sizes.stall_window.as_secs_f64(),
+        sizes.stall_hold.as_secs_f64()
+    ));
+    Ok(report)
+}
+
+/// An intent claiming `count` leaves of the device, spread evenly over it, at
+/// their current values. List keys are left out: churn never changes them.
+async fn intent(device: &Device, count: usize) -> anyhow::Result<pb::Intent> {
+    let leaves = device.leaves().await?;
+    let mut paths: Vec<&String> = leaves
+        .keys()
+        .filter(|p| !is_key_leaf(p) && !p.starts_with("/netsync-bench/"))
+        .collect();
+    paths.sort();
+    let step = (paths.len() / count.max(1)).max(1);
+    let updates = paths
+        .iter()
+        .step_by(step)
+        .take(count)
+        .map(|p| pb::Leaf {
+            path: (*p).clone(),
+            value: leaves.get(*p).cloned(),
+        })
+        .collect();
+    Ok(pb::Intent {
+        name: "bench-stall".into(),
+        priority: 10,
+        updates,
+        ..Default::default()
+    })
+}
+
+/// Whether `path` is a list entry's key leaf (`/l[k=v]/k`).
+fn is_key_leaf(path: &str) -> bool {
+    let Ok(path) = GnmiPath::parse(path) else {
+        return false;
+    };
+    match path.elems() {
+        [.., entry, leaf] => entry.key(leaf.name()).is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_leaves_are_recognised() {
+        assert!(is_key_leaf("/interfaces/interface[name=e1]/name"));
+        assert!(!is_key_leaf("/interfaces/interface[name=e1]/config/name"));
+        assert!(!is_key_leaf("/system/hostname"));
+    }
+}

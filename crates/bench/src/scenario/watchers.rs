@@ -1,0 +1,118 @@
+//! `watchers`: one churning datastore, commit latency measured by one
+//! watcher alone, then with many more WatchSync clients connected and reading
+//! every event (each on its own connection, as separate controllers would
+//! be). The latency with the crowd should stay close to the latency alone.
+
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+
+use super::{Churning, Ctx, Phase, hold, settle_and_compare};
+use crate::api::{Netsync, datastore};
+use crate::device::Device;
+use crate::markers::{Watcher, analyse};
+use crate::process::{start_netsyncd, start_sim};
+use crate::report::Report;
+
+/// The datastore's name.
+const NAME: &str = "watched";
+
+/// Runs the scenario.
+pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
+    let sizes = &ctx.sizes;
+    let mut sim = start_sim(&ctx.bins, &dir.join("sim"), sizes.watchers_leaves).await?;
+    let mut netsyncd = start_netsyncd(&ctx.bins, &dir.join("netsyncd")).await?;
+    let mut device = Device::connect(sim.addr).await?;
+    let mut api = Netsync::connect(&netsyncd.url(), sizes.deadline).await?;
+    let leaves = device.counters().await?.leaves;
+    api.create(datastore(NAME, sim.addr, sizes.commit_interval))
+        .await?;
+    api.wait_in_sync(NAME, sizes.deadline).await?;
+
+    let churning = Churning::start(
+        &mut device,
+        &netsyncd,
+        NAME,
+        sizes.watchers_churn_rate,
+        sizes.marker_period,
+    )
+    .await?;
+    hold(sizes.warmup, &mut sim, &mut netsyncd).await?;
+    let alone = Phase::measure(
+        sizes.window,
+        NAME,
+        &mut device,
+        &mut api,
+        &mut sim,
+        &mut netsyncd,
+    )
+    .await?;
+    let url = netsyncd.url();
+    let crowd: Vec<Watcher> =
+        futures::future::try_join_all((0..sizes.watchers).map(|_| Watcher::open(&url, NAME)))
+            .await
+            .context("opening the extra watchers")?;
+    let crowded = Phase::measure(
+        sizes.window,
+        NAME,
+        &mut device,
+        &mut api,
+        &mut sim,
+        &mut netsyncd,
+    )
+    .await?;
+    let (sent, log) = churning
+        .stop(&mut device, sizes.commit_interval + sizes.deadline)
+        .await?;
+    let alone_window = analyse(&sent, &log.arrivals, alone.from, alone.to)
+        .context("commit latency with one watcher")?;
+    let crowded_window = analyse(&sent, &log.arrivals, crowded.from, crowded.to)
+        .context("commit latency with the extra watchers")?;
+    let crowd: Vec<_> = crowd.into_iter().map(Watcher::stop).collect();
+    let ended: Vec<&String> = crowd.iter().filter_map(|l| l.ended.as_ref()).collect();
+    let fewest_commits = crowd.iter().map(|l| l.commits).min().unwrap_or(0);
+    ensure!(
+        crowd.is_empty() || fewest_commits > 0,
+        "an extra watcher received no commit"
+    );
+    settle_and_compare(&mut device, &mut api, &[NAME], sizes.deadline).await?;
+    sim.check_running()?;
+    netsyncd.check_running()?;
+
+    let mut report = Report::new("watchers", ctx.quick);
+    report.count("leaves", leaves);
+    report.count("watchers", sizes.watchers as u64);
+    report.rate("churn_rate_asked", sizes.watchers_churn_rate);
+    report.rate("device_changes_per_second", crowded.device_rate());
+    let (quiet, busy) = (alone_window.latency, crowded_window.latency);
+    report.millis_if("latency_p50_ms", quiet.map(|l| l.p50));
+    report.millis_if("latency_p99_ms", quiet.map(|l| l.p99));
+    report.millis_if("crowded_latency_p50_ms", busy.map(|l| l.p50));
+    report.millis_if("crowded_latency_p99_ms", busy.map(|l| l.p99));
+    report.number_if(
+        "p99_ratio",
+        quiet
+            .zip(busy)
+            .map(|(q, b)| b.p99.as_secs_f64() / q.p99.as_secs_f64()),
+    );
+    report.count("markers", alone_window.markers as u64);
+    report.count("crowded_markers", crowded_window.markers as u64);
+    report.count("fewest_commits_per_watcher", fewest_commits);
+    report.count("watchers_ended", ended.len() as u64);
+    report.count("reconnects", alone.reconnects + crowded.reconnects);
+    report.bytes("rss_bytes", crowded.largest_rss);
+    report.flag("running_equals_device", true);
+    report.at_most("p99_ratio", 1.2);
+    report.at_most("watchers_ended", 0.0);
+    report.at_most("reconnects", 0.0);
+    if let Some(why) = ended.first() {
+        report.note(format!("a watcher's stream ended: {why}"));
+    }
+    report.note(format!(
+        "windows of {:.1} s: one watcher, then {} more; latency = marker set on the device to \
+         its WatchSync commit event at the measuring watcher",
+        sizes.window.as_secs_f64(),
+        sizes.watchers
+    ));
+    Ok(report)
+}
