@@ -7,7 +7,7 @@
 //! by that string; a subtree (a path and everything below it) is then a set of
 //! contiguous ranges, found by prefix.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -60,13 +60,16 @@ impl Subtree {
 
     /// Whether the leaf `key` lies in this subtree.
     pub fn contains(&self, key: &str) -> bool {
-        self.prefixes().any(|(prefix, exact)| {
-            if exact {
-                key == prefix
-            } else {
-                key.starts_with(prefix.as_str())
-            }
-        })
+        let root = &*self.path;
+        if self.root {
+            // `/` covers every origin; `origin:/` its own.
+            return root == "/" || key.starts_with(root);
+        }
+        match key.strip_prefix(root) {
+            Some("") => true,
+            Some(rest) => rest.starts_with('/') || (self.lists_below && rest.starts_with('[')),
+            None => false,
+        }
     }
 
     /// The key ranges the subtree covers, as `(text, exact)`: `exact` is the
@@ -104,7 +107,8 @@ impl Subtree {
 /// in the middle of a dump turns the log into the map first.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
-    deletes: BTreeSet<Subtree>,
+    /// Subtree deletes by root path; none lies inside another.
+    deletes: BTreeMap<Key, Subtree>,
     updates: Updates,
 }
 
@@ -229,9 +233,13 @@ impl Delta {
     /// Records an update of leaf `key` to `value`, copying only what it keeps.
     pub fn update_ref(&mut self, key: &str, value: &Value) {
         match &mut self.updates {
-            Updates::Map(map) => {
-                map.insert(key.into(), value.clone());
-            }
+            Updates::Map(map) => match map.get_mut(key) {
+                // Churn changes the same leaves again and again: keep the key.
+                Some(held) => held.clone_from(value),
+                None => {
+                    map.insert(key.into(), value.clone());
+                }
+            },
             Updates::Log(log) => log.push(key, value),
         }
     }
@@ -272,17 +280,28 @@ impl Delta {
     /// Records the delete of a subtree (a single leaf is a subtree too).
     pub fn delete(&mut self, subtree: Subtree) {
         let updates = self.map();
-        // Earlier updates and deletes inside the subtree are superseded.
+        // Earlier updates inside the subtree are superseded.
         let doomed: Vec<Key> = range_in(updates, &subtree).cloned().collect();
         for key in doomed {
             updates.remove(&key);
         }
-        self.deletes
-            .retain(|d| !subtree.contains(&d.path) || *d == subtree);
-        // A delete already covered by a wider one adds nothing.
-        if !self.deletes.iter().any(|d| d.contains(&subtree.path)) {
-            self.deletes.insert(subtree);
+        // A delete covered by one already held adds nothing. Only the
+        // subtrees rooted at the new root's ancestors can cover it, so this
+        // is a few lookups, not a scan: churn deletes leaves by the thousand.
+        let covered = ancestor_candidates(&subtree.path).any(|root| {
+            self.deletes
+                .get(root)
+                .is_some_and(|d| d.contains(&subtree.path))
+        });
+        if covered {
+            return;
         }
+        // Earlier deletes inside the subtree are superseded.
+        let inside: Vec<Key> = range_in(&self.deletes, &subtree).cloned().collect();
+        for key in inside {
+            self.deletes.remove(&key);
+        }
+        self.deletes.insert(subtree.path.clone(), subtree);
     }
 
     /// The updates as a map, converting an arrival-order log first.
@@ -325,7 +344,7 @@ impl Delta {
     /// The deletes as key ranges.
     fn ranges(&self) -> Ranges {
         let mut ranges = Ranges::default();
-        for subtree in &self.deletes {
+        for subtree in self.deletes.values() {
             for (prefix, exact) in subtree.prefixes() {
                 if exact {
                     ranges.add_exact(&prefix);
@@ -337,6 +356,31 @@ impl Delta {
         ranges.normalise();
         ranges
     }
+}
+
+/// The roots of every subtree that can hold `key`: the root `/`, the origin's
+/// root, `key` itself, and `key` cut before each unescaped `/` or `[` (a few
+/// cuts inside key values too, which match nothing).
+fn ancestor_candidates(key: &str) -> impl Iterator<Item = &str> {
+    let mut cuts = Vec::new();
+    let mut escaped = false;
+    for (i, b) in key.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'/' | b'[' if i > 0 => cuts.push(i),
+            _ => {}
+        }
+    }
+    let origin_root = key
+        .find(":/")
+        .filter(|&i| !key[..i].contains(['/', '[']))
+        .map(|i| &key[..i + 2]);
+    ["/"]
+        .into_iter()
+        .chain(origin_root)
+        .chain(cuts.into_iter().map(move |i| &key[..i]))
+        .chain(std::iter::once(key))
 }
 
 /// Keys of `map` inside `subtree`, in order.
@@ -800,7 +844,13 @@ mod tests {
             Just("l[k=2]".to_string()),
             Just("l".to_string()),
         ];
-        prop::collection::vec(elem, 1..4).prop_map(|e| format!("/{}", e.join("/")))
+        let origin = prop_oneof![4 => Just(""), 1 => Just("oc:")];
+        let root = prop_oneof![Just("/".to_string()), Just("oc:/".to_string())];
+        prop_oneof![
+            8 => (origin, prop::collection::vec(elem, 1..4))
+                .prop_map(|(o, e)| format!("{o}/{}", e.join("/"))),
+            1 => root,
+        ]
     }
 
     fn arb_op() -> impl Strategy<Value = Op> {
