@@ -169,7 +169,12 @@ pub async fn start_netsyncd(bins: &Binaries, dir: &Path) -> anyhow::Result<Proce
         .arg(dir.join("netsync.db"))
         // The scenarios open more than the defaults let a client have: 1,000
         // datastores (the default cap exactly) and 101 watchers of one.
-        .args(["--max-datastores", "2000", "--max-watchers-per-datastore", "1000"])
+        .args([
+            "--max-datastores",
+            "2000",
+            "--max-watchers-per-datastore",
+            "1000",
+        ])
         .args(&bins.netsyncd_args)
         .current_dir(dir);
     // A restarted process gets a log of its own, next to the first one.

@@ -25,6 +25,7 @@
 //! device's whole state within the subscribed paths, so the older changes are
 //! already reflected in it (or were undone on the device).
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -86,9 +87,43 @@ pub struct Event {
     pub encoded: Encoded,
 }
 
-/// A value computed once per [`Event`] by whoever needs it first.
+/// A commit event's change. Buffered events are kept for watchers that are a
+/// little behind, but a few large commits would hold gigabytes that way: the
+/// committer evicts the changes of older events once the buffered ones
+/// outgrow [`SyncLimits::event_leaves`]. A watcher that meets an evicted
+/// change reads that revision from the change log, where it is durable.
+#[derive(Debug, Default)]
+pub struct Payload(Mutex<Option<Arc<Change>>>);
+
+impl Payload {
+    /// A payload holding `change`.
+    pub fn new(change: Arc<Change>) -> Self {
+        Self(Mutex::new(Some(change)))
+    }
+
+    /// The change, unless it was evicted.
+    pub fn get(&self) -> Option<Arc<Change>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn evict(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+impl Clone for Payload {
+    fn clone(&self) -> Self {
+        Self(Mutex::new(self.get()))
+    }
+}
+
+/// A value computed once per [`Event`] by whoever needs it first; dropped
+/// with the event's payload.
 #[derive(Default)]
-pub struct Encoded(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+pub struct Encoded(Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>);
 
 impl Encoded {
     /// The value, made by `make` if nobody made one yet. `T` must be the same
@@ -98,29 +133,30 @@ impl Encoded {
         &self,
         make: impl FnOnce() -> T,
     ) -> T {
-        let mut make = Some(make);
-        let stored = self.0.get_or_init(|| match make.take() {
-            Some(make) => Box::new(make()),
-            None => Box::new(()),
-        });
-        if let Some(value) = stored.downcast_ref::<T>() {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(value) = slot.as_ref().and_then(|v| v.downcast_ref::<T>()) {
             return value.clone();
         }
-        match make {
-            Some(make) => make(),
-            // `make` was taken only to store a `T`, which the downcast found.
-            None => unreachable!("an event's encoded form is a T"),
+        let value = make();
+        if slot.is_none() {
+            *slot = Some(Arc::new(value.clone()));
         }
+        value
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
 
 impl std::fmt::Debug for Encoded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "Encoded(..)"
-        } else {
-            "Encoded(-)"
-        })
+        let made = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        f.write_str(if made { "Encoded(..)" } else { "Encoded(-)" })
     }
 }
 
@@ -145,8 +181,8 @@ pub enum EventKind {
     Commit {
         /// A replace (the first commit of a connection or cycle).
         replace: bool,
-        /// Its net change.
-        change: Arc<Change>,
+        /// Its net change, while the event is among the recent ones.
+        change: Payload,
     },
     /// A reconcile job (apply or revert) moved to another phase.
     Revert(RevertEvent),
@@ -248,6 +284,9 @@ pub struct SyncLimits {
     pub pending_cap: usize,
     /// Buffered events per datastore; a watcher further behind is cut off.
     pub event_buffer: usize,
+    /// Leaves (updated plus deleted) the buffered commit events may hold in
+    /// all; older events' changes are evicted past it (see [`Payload`]).
+    pub event_leaves: usize,
     /// A dump's updates are sorted in batches of this many by the committer
     /// while the dump is still arriving (on the other core), so that its
     /// commit has little left to do, and received updates wait in compact
@@ -265,6 +304,7 @@ impl Default for SyncLimits {
             commit_threshold: 100_000,
             pending_cap: 1_000_000,
             event_buffer: 4096,
+            event_leaves: 200_000,
             sort_batch: 1 << 16,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
@@ -340,9 +380,40 @@ struct Shared {
     /// sent, so events leave in revision order and state changes carry the
     /// revision of the last commit event before them.
     last_event: Mutex<u64>,
+    /// Commit events still holding their change, oldest first, with the
+    /// leaves each holds; trimmed to `event_leaves` as events are sent.
+    recent: Mutex<VecDeque<(Arc<Event>, usize)>>,
+    event_leaves: usize,
+    event_buffer: usize,
 }
 
 impl Shared {
+    /// Notes a commit event just sent, and evicts the changes of the oldest
+    /// ones while the buffered events hold more than `event_leaves` leaves
+    /// (the newest is always kept whole).
+    fn keep_recent(&self, event: Arc<Event>, weight: usize) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.push_back((event, weight));
+        let mut total: usize = recent.iter().map(|(_, w)| w).sum();
+        while recent.len() > 1
+            && (total > self.event_leaves || recent.len() > self.events_capacity())
+        {
+            let Some((old, w)) = recent.pop_front() else {
+                break;
+            };
+            total -= w;
+            if let EventKind::Commit { change, .. } = &old.kind {
+                change.evict();
+            }
+            old.encoded.clear();
+        }
+    }
+
+    /// Events the channel buffers; older ones are gone from it anyway.
+    fn events_capacity(&self) -> usize {
+        self.event_buffer
+    }
+
     fn set_state(&self, state: SyncState, reason: impl Into<String>) {
         let reason = reason.into();
         {
@@ -419,6 +490,9 @@ impl SyncHandle {
             target: target.clone(),
             spec: spec.clone(),
             last_event: Mutex::new(initial_revision),
+            recent: Mutex::new(VecDeque::new()),
+            event_leaves: limits.event_leaves.max(1),
+            event_buffer: limits.event_buffer.max(1),
             events,
             committer_wake: Notify::new(),
             ingest_wake: Notify::new(),
@@ -1381,15 +1455,18 @@ impl Committer {
                 .last_event
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let _ = self.shared.events.send(Arc::new(Event {
+            let weight = change.update_count() + change.delete_count();
+            let event = Arc::new(Event {
                 revision,
                 time,
                 kind: EventKind::Commit {
                     replace,
-                    change: Arc::new(change),
+                    change: Payload::new(Arc::new(change)),
                 },
                 encoded: Encoded::default(),
-            }));
+            });
+            let _ = self.shared.events.send(event.clone());
+            self.shared.keep_recent(event, weight);
             *last_event = revision;
         }
         // Only the current connection's dump makes the sync IN_SYNC: an older

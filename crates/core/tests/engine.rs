@@ -181,7 +181,8 @@ async fn next_commit(
         loop {
             let event = events.recv().await.unwrap();
             if let EventKind::Commit { replace, change } = &event.kind {
-                return (event.revision, *replace, change.clone());
+                let change = change.get().expect("a recent commit keeps its change");
+                return (event.revision, *replace, change);
             }
         }
     })

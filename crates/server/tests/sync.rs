@@ -454,3 +454,61 @@ async fn compacted_revisions_are_out_of_range() {
     drop(client);
     server.stop().await;
 }
+
+/// Buffered commit events give up their changes past `event_leaves`; a
+/// watcher that gets to them late reads those revisions from the log, with
+/// the same content, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_events_are_read_from_the_log() {
+    let device = Device::start(&[("/a", "start")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        netsync_server::Config::with_db(format!("sqlite://{}", dir.path().join("n.db").display()));
+    // Only the newest event keeps its change.
+    config.limits.event_leaves = 1;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(create(datastore("r1", &device)))
+        .await
+        .unwrap();
+    running(&mut client, "r1", 1).await;
+    let mut watcher = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "r1".into(),
+            from_revision: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Large values fill the HTTP/2 windows, so the watcher's task stops
+    // taking events from the buffer and meets them evicted later.
+    let filler = "x".repeat(64 * 1024);
+    let mut expected = Vec::new();
+    for i in 0..120 {
+        device.set("/a", &format!("v{i}{filler}"));
+        let revision = converge(&mut client, "r1", &device).await;
+        expected.push((revision, format!("v{i}{filler}")));
+    }
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let event = tokio::time::timeout(DEADLINE, watcher.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(pb::sync_event::Event::Commit(commit)) = event.event {
+            let value = commit.updates[0].value.clone().unwrap().value;
+            let Some(netsync_proto::gnmi::typed_value::Value::StringVal(text)) = value else {
+                panic!("unexpected value {value:?}")
+            };
+            got.push((event.revision, text));
+        }
+    }
+    assert!(
+        got == expected,
+        "commits differ from what the device went through"
+    );
+    drop((watcher, client));
+    server.stop().await;
+}

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use netsync_core::running::Change;
 use netsync_core::sync::{Event, EventKind, RevertPhase, SyncHandle};
 use netsync_proto::netsync::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
@@ -111,7 +112,7 @@ async fn run(
                 return;
             }
         };
-        if let EventKind::Commit { .. } = event.kind {
+        if let EventKind::Commit { change, .. } = &event.kind {
             if event.revision < next {
                 continue;
             }
@@ -128,12 +129,27 @@ async fn run(
                     return;
                 }
             }
+            let Some(held) = change.get() else {
+                // Evicted from memory before this watcher got to it: the
+                // log has it.
+                if replay_log(&name, &log, &tx, &mut next).await.is_err() {
+                    return;
+                }
+                continue;
+            };
             next = event.revision + 1;
+            let message = event
+                .encoded
+                .get_or_make(|| Arc::new(event_to_proto(&name, &event, Some(&held))));
+            if tx.send(Ok(pb::SyncEvent::clone(&message))).await.is_err() {
+                return;
+            }
+            continue;
         }
         // Converted once, by the first watcher; the others copy it.
         let message = event
             .encoded
-            .get_or_make(|| Arc::new(event_to_proto(&name, &event)));
+            .get_or_make(|| Arc::new(event_to_proto(&name, &event, None)));
         if tx.send(Ok(pb::SyncEvent::clone(&message))).await.is_err() {
             return;
         }
@@ -188,7 +204,9 @@ fn gap(name: &str, missing: u64) -> Status {
 }
 
 /// An engine event on the wire.
-fn event_to_proto(name: &str, event: &Event) -> pb::SyncEvent {
+/// `change` is a commit's change, held by the caller (an event's own may be
+/// evicted at any time).
+fn event_to_proto(name: &str, event: &Event, change: Option<&Change>) -> pb::SyncEvent {
     pb::SyncEvent {
         datastore: name.to_string(),
         revision: event.revision,
@@ -200,9 +218,10 @@ fn event_to_proto(name: &str, event: &Event) -> pb::SyncEvent {
                     reason: reason.clone(),
                 })
             }
-            EventKind::Commit { replace, change } => {
-                pb::sync_event::Event::Commit(change_to_proto(*replace, change))
-            }
+            EventKind::Commit { replace, .. } => pb::sync_event::Event::Commit(change_to_proto(
+                *replace,
+                change.unwrap_or(&Change::default()),
+            )),
             EventKind::Revert(revert) => pb::sync_event::Event::Revert(pb::Revert {
                 phase: match revert.phase {
                     RevertPhase::Queued => pb::RevertPhase::Queued,
