@@ -17,8 +17,10 @@ use netsync_core::path::{Path, write_canonical_gnmi};
 use netsync_core::running::{Change, Delta, Key, Running, Value};
 use netsync_core::sync::{Committed, Persist};
 use netsync_proto::gnmi::{self, typed_value};
+use netsync_proto::netsync::v1 as pb;
+use netsync_server::convert::datastore_from_proto;
 use netsync_server::log::{CommitLog, Retention};
-use netsync_server::store::Store;
+use netsync_server::store::{Store, StoredDatastore};
 
 /// Path of leaf `i` of a device: 64 interfaces, 16 subinterfaces each, a
 /// handful of counters per subinterface.
@@ -148,12 +150,7 @@ fn commit(c: &mut Criterion) {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let log = runtime.block_on(async {
-        let store = Store::open(dir.path().join("bench.db").to_str().unwrap())
-            .await
-            .unwrap();
-        CommitLog::new(store, Retention::default())
-    });
+    let log = open_log(&runtime, dir.path());
     let mut revision = 0;
     for changes in [100, 10_000] {
         let (after, change) = base.apply(churn(changes));
@@ -166,6 +163,35 @@ fn commit(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// A store in `dir` holding the datastore `bench` (commits refer to it).
+fn open_log(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc<CommitLog> {
+    runtime.block_on(async {
+        let store = Store::open(dir.join("bench.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let spec = datastore_from_proto(
+            pb::Datastore {
+                name: "bench".into(),
+                target: Some(pb::Target {
+                    address: "127.0.0.1:1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "datastore",
+        )
+        .unwrap();
+        store
+            .create_datastore(&StoredDatastore {
+                spec,
+                create_time: SystemTime::now(),
+            })
+            .await
+            .unwrap();
+        CommitLog::new(store, Retention::default())
+    })
 }
 
 fn persist(
@@ -192,12 +218,7 @@ fn load(c: &mut Criterion) {
     group.sample_size(10);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let log = runtime.block_on(async {
-        let store = Store::open(dir.path().join("load.db").to_str().unwrap())
-            .await
-            .unwrap();
-        CommitLog::new(store, Retention::default())
-    });
+    let log = open_log(&runtime, dir.path());
     let full = running(100_000);
     let (_, change) = Running::new().apply({
         let mut d = Delta::replacing(&[Path::root()]);
