@@ -111,24 +111,19 @@ impl Decoder {
             let Some(value) = update.val.as_ref().filter(|v| v.value.is_some()) else {
                 return Err(NotificationError::NoValue { path: scratch });
             };
-            let encoding = match &value.value {
-                Some(typed_value::Value::JsonIetfVal(_)) => Some(Encoding::JsonIetf),
-                Some(typed_value::Value::JsonVal(_)) => Some(Encoding::Json),
+            let json = match &value.value {
+                Some(typed_value::Value::JsonIetfVal(bytes)) => Some((bytes, Encoding::JsonIetf)),
+                Some(typed_value::Value::JsonVal(bytes)) => Some((bytes, Encoding::Json)),
                 _ => None,
             };
-            match (encoding, &value.value) {
-                (
-                    Some(encoding),
-                    Some(
-                        typed_value::Value::JsonIetfVal(bytes) | typed_value::Value::JsonVal(bytes),
-                    ),
-                ) => {
+            match json {
+                Some((bytes, encoding)) => {
                     let start = flattened.len();
                     let path = Path::from_gnmi(prefix, path)?;
                     self.flatten_bytes(path, bytes, encoding, &mut flattened)?;
                     updates.push(Pending::Flattened(start..flattened.len()));
                 }
-                _ => {
+                None => {
                     let start = keys.len();
                     keys.push_str(&scratch);
                     updates.push(Pending::Scalar(start..keys.len(), value));

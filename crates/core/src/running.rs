@@ -194,7 +194,7 @@ impl Log {
         std::iter::from_fn(move || {
             loop {
                 let e = iter.next()?;
-                if iter.peek().is_some_and(|n| log.key(n) == log.key(e)) {
+                if iter.peek().is_some_and(|n| key(n) == key(e)) {
                     continue;
                 }
                 return Some((log.key(e), log.value(e)));
@@ -599,11 +599,6 @@ impl Running {
             return Err("trailing bytes after running".into());
         }
         Ok(Running { leaves })
-    }
-
-    /// The leaves from `start` on (inclusive), sorted by key.
-    pub fn iter_from(&self, start: &str) -> Iter<'_> {
-        Iter::new(self.leaves.cursor_from(start))
     }
 
     /// The leaves of a subtree, sorted by key.

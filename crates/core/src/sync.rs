@@ -382,9 +382,17 @@ struct Shared {
     last_event: Mutex<u64>,
     /// Commit events still holding their change, oldest first, with the
     /// leaves each holds; trimmed to `event_leaves` as events are sent.
-    recent: Mutex<VecDeque<(Arc<Event>, usize)>>,
+    recent: Mutex<Recent>,
     event_leaves: usize,
     event_buffer: usize,
+}
+
+/// Commit events still holding their change, oldest first, each with the
+/// leaves it holds, and the sum of those.
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<(Arc<Event>, usize)>,
+    leaves: usize,
 }
 
 impl Shared {
@@ -393,25 +401,21 @@ impl Shared {
     /// (the newest is always kept whole).
     fn keep_recent(&self, event: Arc<Event>, weight: usize) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        recent.push_back((event, weight));
-        let mut total: usize = recent.iter().map(|(_, w)| w).sum();
-        while recent.len() > 1
-            && (total > self.event_leaves || recent.len() > self.events_capacity())
+        let Recent { events, leaves } = &mut *recent;
+        events.push_back((event, weight));
+        *leaves += weight;
+        // The channel buffers `event_buffer` events; older ones are gone from it anyway.
+        while events.len() > 1 && (*leaves > self.event_leaves || events.len() > self.event_buffer)
         {
-            let Some((old, w)) = recent.pop_front() else {
+            let Some((old, w)) = events.pop_front() else {
                 break;
             };
-            total -= w;
+            *leaves -= w;
             if let EventKind::Commit { change, .. } = &old.kind {
                 change.evict();
             }
             old.encoded.clear();
         }
-    }
-
-    /// Events the channel buffers; older ones are gone from it anyway.
-    fn events_capacity(&self) -> usize {
-        self.event_buffer
     }
 
     fn set_state(&self, state: SyncState, reason: impl Into<String>) {
@@ -490,7 +494,7 @@ impl SyncHandle {
             target: target.clone(),
             spec: spec.clone(),
             last_event: Mutex::new(initial_revision),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(Recent::default()),
             event_leaves: limits.event_leaves.max(1),
             event_buffer: limits.event_buffer.max(1),
             events,

@@ -112,6 +112,8 @@ async fn run(
                 return;
             }
         };
+        // A commit's change, held here: the event's own may be evicted.
+        let mut held = None;
         if let EventKind::Commit { change, .. } = &event.kind {
             if event.revision < next {
                 continue;
@@ -129,7 +131,7 @@ async fn run(
                     return;
                 }
             }
-            let Some(held) = change.get() else {
+            let Some(change) = change.get() else {
                 // Evicted from memory before this watcher got to it: the
                 // log has it.
                 if replay_log(&name, &log, &tx, &mut next).await.is_err() {
@@ -137,19 +139,13 @@ async fn run(
                 }
                 continue;
             };
+            held = Some(change);
             next = event.revision + 1;
-            let message = event
-                .encoded
-                .get_or_make(|| Arc::new(event_to_proto(&name, &event, Some(&held))));
-            if tx.send(Ok(pb::SyncEvent::clone(&message))).await.is_err() {
-                return;
-            }
-            continue;
         }
         // Converted once, by the first watcher; the others copy it.
         let message = event
             .encoded
-            .get_or_make(|| Arc::new(event_to_proto(&name, &event, None)));
+            .get_or_make(|| Arc::new(event_to_proto(&name, &event, held.as_deref())));
         if tx.send(Ok(pb::SyncEvent::clone(&message))).await.is_err() {
             return;
         }
