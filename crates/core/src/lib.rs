@@ -10,5 +10,6 @@ pub mod path;
 pub mod running;
 pub mod sync;
 pub mod target;
+mod wire;
 
 pub use path::{Path, PathElem, PathError};

@@ -20,11 +20,15 @@
 use std::collections::HashMap;
 
 use netsync_proto::gnmi::{self, typed_value};
+use prost::Message;
 use serde_json::Value as Json;
 
 use crate::datastore::ListKey;
-use crate::path::{Path, PathElem, PathError, write_canonical_gnmi};
+use crate::path::{
+    Path, PathElem, PathError, WirePrefix, write_canonical_gnmi, write_canonical_wire,
+};
 use crate::running::{Delta, Key, Subtree, Value};
+use crate::wire::{Fields, Payload};
 
 /// Why a notification could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -233,6 +237,209 @@ impl Decoder {
     }
 }
 
+/// A Subscribe response read on the fast path (see [`prepare`]).
+#[derive(Debug)]
+pub enum Prepared {
+    /// A notification, ready to apply.
+    Notification(PreparedNotification),
+    /// `sync_response`.
+    SyncResponse,
+}
+
+/// A notification read straight from its wire bytes: the canonical keys of
+/// its updates back to back, their values exactly as the device encoded them
+/// (the form running stores), and its deletes. Applying it allocates nothing
+/// per update, and nothing is decoded into owned messages on the way.
+#[derive(Debug, Default)]
+pub struct PreparedNotification {
+    keys: String,
+    values: Vec<u8>,
+    /// Where each update's key ends in `keys` and its value in `values`.
+    ends: Vec<(usize, usize)>,
+    deletes: Vec<Subtree>,
+}
+
+impl PreparedNotification {
+    /// Whether it deletes anything.
+    pub fn has_deletes(&self) -> bool {
+        !self.deletes.is_empty()
+    }
+
+    /// Applies it to `delta`: its deletes, then its updates.
+    pub fn apply(&self, delta: &mut Delta) -> Counts {
+        for subtree in &self.deletes {
+            delta.delete(subtree.clone());
+        }
+        let (mut key_start, mut value_start) = (0, 0);
+        for &(key_end, value_end) in &self.ends {
+            delta.update_encoded(
+                &self.keys[key_start..key_end],
+                &self.values[value_start..value_end],
+            );
+            (key_start, value_start) = (key_end, value_end);
+        }
+        Counts {
+            updates: self.ends.len() as u64,
+            deletes: self.deletes.len() as u64,
+        }
+    }
+}
+
+/// Reads the wire bytes of a `gnmi.SubscribeResponse` without decoding it,
+/// for the common case only: a notification whose values are all scalars
+/// (no JSON to flatten, no decimal, leaf-list or `Any`), each encoded as prost
+/// encodes it, and whose paths are well formed; or a `sync_response`.
+/// Anything else, the device's mistakes included, gives `None`: the caller
+/// then decodes the message fully and takes the general path, which says
+/// what is wrong. For what it accepts, applying the result does exactly what
+/// decoding and [`Decoder::apply`] would.
+pub fn prepare(response: &[u8]) -> Option<Prepared> {
+    let mut fields = Fields::new(response);
+    let mut found = None;
+    while let Some((number, payload)) = fields.next().ok()? {
+        found = match (number, payload, &found) {
+            (1, Payload::Len(n), None) => Some(Prepared::Notification(prepare_notification(n)?)),
+            (3, Payload::Varint(_), None) => Some(Prepared::SyncResponse),
+            // Extensions mean nothing to the sync; the general path skips
+            // them too.
+            (5, Payload::Len(_), _) => continue,
+            // The oneof given twice, the deprecated error, a mistyped field.
+            (1 | 3 | 4 | 5, _, _) => return None,
+            _ => continue,
+        };
+    }
+    found
+}
+
+fn prepare_notification(notification: &[u8]) -> Option<PreparedNotification> {
+    // The prefix first: the wire may give it after the updates.
+    let mut prefix = None;
+    let mut fields = Fields::new(notification);
+    while let Some((number, payload)) = fields.next().ok()? {
+        match (number, payload) {
+            (2, Payload::Len(p)) if prefix.is_none() => prefix = Some(p),
+            (1 | 6, Payload::Varint(_)) | (4 | 5, Payload::Len(_)) => {}
+            (1 | 2 | 4 | 5 | 6, _) => return None,
+            _ => {}
+        }
+    }
+    let wire_prefix = match prefix {
+        Some(p) => Some(WirePrefix::read(p)?),
+        None => None,
+    };
+    let mut out = PreparedNotification::default();
+    let mut fields = Fields::new(notification);
+    while let Some((number, payload)) = fields.next().ok()? {
+        match (number, payload) {
+            (4, Payload::Len(update)) => {
+                let value = prepare_update(wire_prefix.as_ref(), update, &mut out.keys)?;
+                out.values.extend_from_slice(value);
+                out.ends.push((out.keys.len(), out.values.len()));
+            }
+            (5, Payload::Len(delete)) => {
+                let prefix = match prefix {
+                    Some(p) => Some(gnmi::Path::decode(p).ok()?),
+                    None => None,
+                };
+                let path = gnmi::Path::decode(delete).ok()?;
+                let path = Path::from_gnmi(prefix.as_ref(), &path).ok()?;
+                out.deletes.push(Subtree::new(&path));
+            }
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// Appends an update's canonical key to `keys` and returns its value's bytes.
+fn prepare_update<'u>(
+    prefix: Option<&WirePrefix<'_>>,
+    update: &'u [u8],
+    keys: &mut String,
+) -> Option<&'u [u8]> {
+    let (mut path, mut value) = (None, None);
+    let mut fields = Fields::new(update);
+    while let Some((number, payload)) = fields.next().ok()? {
+        match (number, payload) {
+            (1, Payload::Len(p)) if path.is_none() => path = Some(p),
+            (3, Payload::Len(v)) if value.is_none() => value = Some(v),
+            (4, Payload::Varint(_)) => {}
+            // The deprecated `value`, a repeated or mistyped field.
+            (1..=4, _) => return None,
+            _ => {}
+        }
+    }
+    let value = value.filter(|v| is_plain_scalar(v))?;
+    write_canonical_wire(prefix, path.unwrap_or_default(), keys)?;
+    Some(value)
+}
+
+/// Whether a `TypedValue`'s bytes hold one value that needs no flattening
+/// (a scalar, a decimal or a leaf-list of scalars), encoded exactly as prost
+/// encodes it, so that the bytes can be stored as they are.
+fn is_plain_scalar(value: &[u8]) -> bool {
+    is_plain_value(value, true)
+}
+
+fn is_plain_value(value: &[u8], list_allowed: bool) -> bool {
+    let mut fields = Fields::new(value);
+    let Ok(Some((number, payload))) = fields.next() else {
+        return false;
+    };
+    if fields.next() != Ok(None) || !fields.minimal {
+        return false;
+    }
+    match (number, payload) {
+        // string_val, ascii_val
+        (1 | 12, Payload::Len(text)) => std::str::from_utf8(text).is_ok(),
+        // int_val, uint_val
+        (2 | 3, Payload::Varint(_)) => true,
+        // bool_val: prost reads any non-zero as true and writes 1.
+        (4, Payload::Varint(b)) => b <= 1,
+        // bytes_val, proto_bytes, float_val, double_val
+        (5 | 13, Payload::Len(_)) | (6, Payload::Fixed32(_)) | (14, Payload::Fixed64(_)) => true,
+        (7, Payload::Len(decimal)) => is_plain_decimal(decimal),
+        (8, Payload::Len(list)) if list_allowed => is_plain_list(list),
+        _ => false,
+    }
+}
+
+/// A `Decimal64` as prost writes it: `digits` (1) then `precision` (2), each
+/// only when not zero, `precision` within `u32`.
+fn is_plain_decimal(decimal: &[u8]) -> bool {
+    let mut fields = Fields::new(decimal);
+    let mut last = 0;
+    loop {
+        match fields.next() {
+            Ok(None) => return fields.minimal,
+            Ok(Some((number, Payload::Varint(v)))) if number > last && v != 0 => {
+                let fits = match number {
+                    1 => true,
+                    2 => u32::try_from(v).is_ok(),
+                    _ => false,
+                };
+                if !fits {
+                    return false;
+                }
+                last = number;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// A `ScalarArray` as prost writes it: its elements (1), each a plain scalar.
+fn is_plain_list(list: &[u8]) -> bool {
+    let mut fields = Fields::new(list);
+    loop {
+        match fields.next() {
+            Ok(None) => return fields.minimal,
+            Ok(Some((1, Payload::Len(element)))) if is_plain_value(element, false) => {}
+            _ => return false,
+        }
+    }
+}
+
 /// Which JSON flavour a value arrived in; flattened leaves keep it.
 #[derive(Debug, Clone, Copy)]
 enum Encoding {
@@ -285,6 +492,8 @@ fn schema_path(elems: &[PathElem]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
     use crate::running::Running;
 
@@ -432,5 +641,217 @@ mod tests {
             Decoder::default().apply(&no_value, &mut delta),
             Err(NotificationError::NoValue { .. })
         ));
+    }
+
+    // ---- the fast path ----
+
+    use proptest::prelude::*;
+
+    fn typed(v: typed_value::Value) -> gnmi::TypedValue {
+        gnmi::TypedValue { value: Some(v) }
+    }
+
+    fn update(path: &str, value: gnmi::TypedValue) -> gnmi::Update {
+        gnmi::Update {
+            path: Some(gpath(path)),
+            val: Some(value),
+            ..Default::default()
+        }
+    }
+
+    fn response(n: gnmi::Notification) -> Vec<u8> {
+        gnmi::SubscribeResponse {
+            response: Some(gnmi::subscribe_response::Response::Update(n)),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn prepared(bytes: &[u8]) -> Option<PreparedNotification> {
+        match prepare(bytes)? {
+            Prepared::Notification(n) => Some(n),
+            Prepared::SyncResponse => panic!("a notification was sent"),
+        }
+    }
+
+    #[test]
+    fn common_notifications_take_the_fast_path() {
+        let n = gnmi::Notification {
+            prefix: Some(gpath("oc:/a[k=1]")),
+            update: vec![
+                update("/b", typed(typed_value::Value::IntVal(-5))),
+                update("/c[y=2][x=1]/d", typed(typed_value::Value::StringVal("s".into()))),
+                update("/e", typed(typed_value::Value::BoolVal(false))),
+                update("/f", typed(typed_value::Value::DoubleVal(1.5))),
+            ],
+            delete: vec![gpath("/g")],
+            ..Default::default()
+        };
+        let fast = prepared(&response(n.clone())).expect("the fast path");
+        assert!(fast.has_deletes());
+        let (mut a, mut b) = (Delta::new(), Delta::new());
+        assert_eq!(fast.apply(&mut a), Decoder::default().apply(&n, &mut b).unwrap());
+        assert_eq!(Running::new().apply(a).0, Running::new().apply(b).0);
+        let sync = gnmi::SubscribeResponse {
+            response: Some(gnmi::subscribe_response::Response::SyncResponse(true)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            prepare(&sync.encode_to_vec()),
+            Some(Prepared::SyncResponse)
+        ));
+    }
+
+    #[test]
+    fn everything_else_is_left_to_the_decoder() {
+        let with = |value: gnmi::TypedValue| {
+            response(gnmi::Notification {
+                update: vec![update("/a", value)],
+                ..Default::default()
+            })
+        };
+        let json = with(typed(typed_value::Value::JsonIetfVal(b"{}".to_vec())));
+        // precision 0 written out (prost leaves a zero out).
+        let decimal = with_raw(&[0x3a, 0x04, 0x08, 0x01, 0x10, 0x00]);
+        let empty = with(gnmi::TypedValue::default());
+        // int_val 1 padded to two bytes, bool_val 2, a string that is not UTF-8.
+        let padded = with_raw(&[0x10, 0x81, 0x00]);
+        let bool_two = with_raw(&[0x20, 0x02]);
+        let latin1 = with_raw(&[0x0a, 0x01, 0xe9]);
+        #[allow(deprecated, reason = "the deprecated field is what is tested")]
+        let element = response(gnmi::Notification {
+            prefix: Some(gnmi::Path {
+                element: vec!["a".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        #[allow(deprecated, reason = "the deprecated message is what is tested")]
+        let error = gnmi::SubscribeResponse {
+            response: Some(gnmi::subscribe_response::Response::Error(gnmi::Error {
+                code: 1,
+                message: "no".into(),
+                data: None,
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let many_keys = response(gnmi::Notification {
+            update: vec![gnmi::Update {
+                path: Some(gnmi::Path {
+                    elem: vec![gnmi::PathElem {
+                        name: "l".into(),
+                        key: (0..9).map(|i| (format!("k{i}"), "v".into())).collect(),
+                    }],
+                    ..Default::default()
+                }),
+                val: Some(typed(typed_value::Value::IntVal(1))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        for (what, bytes) in [
+            ("json", json),
+            ("decimal with a zero written out", decimal),
+            ("no value", empty),
+            ("padded varint", padded),
+            ("bool 2", bool_two),
+            ("not UTF-8", latin1),
+            ("element", element),
+            ("error", error),
+            ("nine keys", many_keys),
+        ] {
+            assert!(prepare(&bytes).is_none(), "{what}");
+        }
+        // Garbage is not read either; the decoder says what is wrong.
+        assert!(prepare(&[0x0a, 0x05, 0x01]).is_none());
+    }
+
+    /// A notification with one update of path `/a` whose `TypedValue` has
+    /// exactly these bytes.
+    fn with_raw(value: &[u8]) -> Vec<u8> {
+        let mut update = Vec::new();
+        let path = gpath("/a").encode_to_vec();
+        update.push(0x0a);
+        update.push(path.len() as u8);
+        update.extend_from_slice(&path);
+        update.push(0x1a);
+        update.push(value.len() as u8);
+        update.extend_from_slice(value);
+        let mut n = vec![0x22, update.len() as u8];
+        n.extend_from_slice(&update);
+        let mut r = vec![0x0a, n.len() as u8];
+        r.extend_from_slice(&n);
+        r
+    }
+
+    #[allow(deprecated, reason = "devices still send float_val")]
+    fn arb_value() -> impl Strategy<Value = gnmi::TypedValue> {
+        use typed_value::Value as V;
+        prop_oneof![
+            any::<i64>().prop_map(|i| typed(V::IntVal(i))),
+            any::<u64>().prop_map(|i| typed(V::UintVal(i))),
+            any::<bool>().prop_map(|b| typed(V::BoolVal(b))),
+            "[a-zé]{0,4}".prop_map(|t| typed(V::StringVal(t))),
+            "[a-z]{0,4}".prop_map(|t| typed(V::AsciiVal(t))),
+            any::<f64>().prop_map(|f| typed(V::DoubleVal(f))),
+            any::<f32>().prop_map(|f| typed(V::FloatVal(f))),
+            prop::collection::vec(any::<u8>(), 0..4).prop_map(|b| typed(V::BytesVal(b))),
+            prop::collection::vec(any::<u8>(), 0..4).prop_map(|b| typed(V::ProtoBytes(b))),
+            Just(typed(V::JsonIetfVal(br#"{"x": 1}"#.to_vec()))),
+            (any::<i64>(), 0u32..20).prop_map(|(digits, precision)| {
+                typed(V::DecimalVal(gnmi::Decimal64 { digits, precision }))
+            }),
+            prop::collection::vec(any::<i64>(), 0..3).prop_map(|items| {
+                typed(V::LeaflistVal(gnmi::ScalarArray {
+                    element: items.into_iter().map(|i| typed(V::IntVal(i))).collect(),
+                }))
+            }),
+        ]
+    }
+
+    fn arb_path() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "/", "/a", "/a/b", "/a-b", "/l[k=1]", "/l[k=1]/v", "/l[k=2]", "/l", "oc:/a",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    proptest! {
+        /// Whatever the fast path reads, applying it does what decoding the
+        /// message and applying that does; and a notification of scalars
+        /// only is always read on the fast path.
+        #[test]
+        fn fast_path_equals_decoding(
+            prefix in prop::option::of(prop::sample::select(vec!["/a", "oc:/l[k=1]", "/"])),
+            updates in prop::collection::vec((arb_path(), arb_value()), 0..6),
+            deletes in prop::collection::vec(arb_path(), 0..3),
+            start in prop::collection::vec((arb_path(), arb_value()), 0..6),
+        ) {
+            let n = gnmi::Notification {
+                prefix: prefix.map(gpath),
+                update: updates.iter().map(|(p, v)| update(p, v.clone())).collect(),
+                delete: deletes.iter().map(|p| gpath(p)).collect(),
+                ..Default::default()
+            };
+            let mut before = Delta::new();
+            for (p, v) in &start {
+                before.update(key_of(&Path::parse(p).unwrap()), v.clone());
+            }
+            let (before, _) = Running::new().apply(before);
+            let mut decoded = Delta::new();
+            let expected = Decoder::default().apply(&n, &mut decoded);
+            let scalars_only = updates.iter().all(|(_, v)| {
+                !matches!(v.value, Some(typed_value::Value::JsonIetfVal(_)))
+            });
+            match prepared(&response(n)) {
+                Some(fast) => {
+                    let mut delta = Delta::new();
+                    prop_assert_eq!(Ok(fast.apply(&mut delta)), expected);
+                    prop_assert_eq!(before.apply(delta).0, before.apply(decoded).0);
+                }
+                None => prop_assert!(!scalars_only, "a notification of scalars was not read"),
+            }
+        }
     }
 }

@@ -46,6 +46,8 @@ use std::str::FromStr;
 
 use netsync_proto::gnmi;
 
+use crate::wire::{Fields, Payload};
+
 /// One element of a [`Path`]: a name and its list keys.
 ///
 /// Invariant: the name and every key name are non-empty. Elements order by name,
@@ -464,21 +466,170 @@ pub fn write_canonical_gnmi(
         return Ok(());
     }
     for elem in prefix_elems.iter().chain(&path.elem) {
-        out.push('/');
-        push_escaped(out, &elem.name, is_name_special);
         if elem.key.len() <= 1 {
-            for (key, value) in &elem.key {
-                push_key(out, key, value);
-            }
+            let mut one = [("", "")];
+            let keys = match elem.key.iter().next() {
+                Some((k, v)) => {
+                    one[0] = (k, v);
+                    &mut one[..]
+                }
+                None => &mut [],
+            };
+            push_canonical_elem(out, &elem.name, keys);
         } else {
-            let mut keys: Vec<_> = elem.key.iter().collect();
-            keys.sort_unstable();
-            for (key, value) in keys {
-                push_key(out, key, value);
-            }
+            let mut keys: Vec<_> = elem
+                .key
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            push_canonical_elem(out, &elem.name, &mut keys);
         }
     }
     Ok(())
+}
+
+/// Appends one element in canonical form: `/name`, then its keys sorted by
+/// name (names are unique and not empty: the caller checked).
+fn push_canonical_elem(out: &mut String, name: &str, keys: &mut [(&str, &str)]) {
+    out.push('/');
+    push_escaped(out, name, is_name_special);
+    keys.sort_unstable();
+    for (key, value) in keys {
+        push_key(out, key, value);
+    }
+}
+
+/// A notification's prefix read from its wire bytes, for
+/// [`write_canonical_wire`]: its origin and its elements already in canonical
+/// form.
+#[derive(Debug, Default)]
+pub(crate) struct WirePrefix<'a> {
+    origin: &'a str,
+    elems: String,
+}
+
+impl<'a> WirePrefix<'a> {
+    /// Reads a `gnmi.Path`'s wire bytes; `None` when [`write_canonical_wire`]
+    /// cannot tell (see there).
+    pub(crate) fn read(bytes: &'a [u8]) -> Option<Self> {
+        let origin = wire_origin(bytes)?;
+        let mut elems = String::new();
+        wire_elems(bytes, &mut elems)?;
+        Some(Self { origin, elems })
+    }
+}
+
+/// Appends to `out` what [`write_canonical_gnmi`] writes for `prefix` joined
+/// with the `gnmi.Path` whose wire bytes are `path`, reading the bytes in
+/// place. `None` (with part of the text written) for everything outside the
+/// common case, which the caller then decodes fully to learn the error or the
+/// meaning: malformed bytes, invalid UTF-8, the deprecated `element`, an
+/// invalid origin, an empty name or key name, a key name given twice, a field
+/// given twice, more than eight keys on one element.
+pub(crate) fn write_canonical_wire(
+    prefix: Option<&WirePrefix<'_>>,
+    path: &[u8],
+    out: &mut String,
+) -> Option<()> {
+    let own_origin = wire_origin(path)?;
+    let origin = if own_origin.is_empty() {
+        prefix.map_or("", |p| p.origin)
+    } else {
+        own_origin
+    };
+    if !origin.is_empty() {
+        out.push_str(origin);
+        out.push(':');
+    }
+    let prefix_elems = prefix.map_or("", |p| p.elems.as_str());
+    out.push_str(prefix_elems);
+    let before = out.len();
+    wire_elems(path, out)?;
+    if prefix_elems.is_empty() && out.len() == before {
+        out.push('/');
+    }
+    Some(())
+}
+
+/// A `gnmi.Path`'s origin, checking its other fields but `elem` on the way.
+fn wire_origin(path: &[u8]) -> Option<&str> {
+    let mut fields = Fields::new(path);
+    let mut origin = None;
+    let mut target = false;
+    while let Some((number, payload)) = fields.next().ok()? {
+        match (number, payload) {
+            (2, Payload::Len(text)) if origin.is_none() => {
+                origin = Some(std::str::from_utf8(text).ok()?);
+            }
+            (3, Payload::Len(_)) => {}
+            (4, Payload::Len(text)) if !target => {
+                std::str::from_utf8(text).ok()?;
+                target = true;
+            }
+            // `element` (1), a repeated or mistyped field.
+            (1..=4, _) => return None,
+            _ => {}
+        }
+    }
+    let origin = origin.unwrap_or_default();
+    is_valid_origin(origin).then_some(origin)
+}
+
+/// Appends the canonical text of a `gnmi.Path`'s elements.
+fn wire_elems(path: &[u8], out: &mut String) -> Option<()> {
+    let mut fields = Fields::new(path);
+    while let Some((number, payload)) = fields.next().ok()? {
+        if let (3, Payload::Len(elem)) = (number, payload) {
+            push_wire_elem(elem, out)?;
+        }
+    }
+    Some(())
+}
+
+/// Appends one `gnmi.PathElem` read from its wire bytes.
+fn push_wire_elem(elem: &[u8], out: &mut String) -> Option<()> {
+    const MAX_KEYS: usize = 8;
+    let mut name = None;
+    let mut keys = [("", ""); MAX_KEYS];
+    let mut count = 0;
+    let mut fields = Fields::new(elem);
+    while let Some((number, payload)) = fields.next().ok()? {
+        match (number, payload) {
+            (1, Payload::Len(text)) if name.is_none() => {
+                name = Some(std::str::from_utf8(text).ok()?);
+            }
+            (2, Payload::Len(entry)) if count < MAX_KEYS => {
+                let (key, value) = wire_map_entry(entry)?;
+                if key.is_empty() || keys[..count].iter().any(|(k, _)| *k == key) {
+                    return None;
+                }
+                keys[count] = (key, value);
+                count += 1;
+            }
+            (1 | 2, _) => return None,
+            _ => {}
+        }
+    }
+    let name = name.filter(|n| !n.is_empty())?;
+    push_canonical_elem(out, name, &mut keys[..count]);
+    Some(())
+}
+
+/// One entry of a `map<string, string>`: absent members are empty.
+fn wire_map_entry(entry: &[u8]) -> Option<(&str, &str)> {
+    let (mut key, mut value) = (None, None);
+    let mut fields = Fields::new(entry);
+    while let Some((number, payload)) = fields.next().ok()? {
+        match (number, payload) {
+            (1, Payload::Len(text)) if key.is_none() => key = Some(std::str::from_utf8(text).ok()?),
+            (2, Payload::Len(text)) if value.is_none() => {
+                value = Some(std::str::from_utf8(text).ok()?);
+            }
+            (1 | 2, _) => return None,
+            _ => {}
+        }
+    }
+    Some((key.unwrap_or_default(), value.unwrap_or_default()))
 }
 
 fn push_key(out: &mut String, key: &str, value: &str) {
@@ -1619,6 +1770,37 @@ mod tests {
             let direct = write_canonical_gnmi(prefix.as_ref(), &path, &mut out).map(|()| out);
             let full = Path::from_gnmi(prefix.as_ref(), &path).map(|p| p.to_string());
             prop_assert_eq!(direct, full);
+        }
+
+        /// Reading a path's wire bytes in place writes what the decoded
+        /// message gives, and gives up exactly where decoding reports an error.
+        #[test]
+        fn canonical_wire_matches_gnmi(
+            prefix in arb_path(),
+            path in arb_path(),
+            use_prefix: bool,
+            empty_name in proptest::option::of(0usize..5),
+            target in proptest::option::of("[a-z]{1,3}"),
+        ) {
+            use prost::Message as _;
+            let prefix = use_prefix.then(|| prefix.to_gnmi());
+            let mut path = path.to_gnmi();
+            if let Some(i) = empty_name
+                && let Some(e) = path.elem.get_mut(i)
+            {
+                e.name.clear();
+            }
+            path.target = target.unwrap_or_default();
+            let mut expected = String::new();
+            let expected = write_canonical_gnmi(prefix.as_ref(), &path, &mut expected)
+                .ok()
+                .map(|()| expected);
+            let prefix_bytes = prefix.as_ref().map(|p| p.encode_to_vec());
+            let wire_prefix = prefix_bytes.as_deref().map(|p| WirePrefix::read(p).unwrap());
+            let mut out = String::from("kept:");
+            let got = write_canonical_wire(wire_prefix.as_ref(), &path.encode_to_vec(), &mut out)
+                .map(|()| out["kept:".len()..].to_string());
+            prop_assert_eq!(got, expected);
         }
 
         #[test]

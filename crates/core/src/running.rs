@@ -8,6 +8,8 @@
 //! contiguous ranges, found by prefix.
 
 use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -92,14 +94,19 @@ impl Subtree {
     }
 }
 
-/// Changes received and not yet committed, coalesced by path: for each leaf only
-/// the latest operation is kept, so memory is bounded by the number of distinct
-/// paths however fast they change.
+/// Changes received and not yet committed, coalesced by path: for each leaf
+/// only its latest update is kept, and for each subtree root its latest
+/// delete, so memory is bounded by the number of distinct paths however fast
+/// they change.
 ///
-/// Stream order is preserved by construction: a subtree delete drops every
-/// earlier operation inside the subtree, so all operations still held were
-/// received after every delete that covers them, and applying the deletes
-/// first and then the updates gives the same result as replaying the stream.
+/// Every operation carries its arrival number. Applying the delta deletes
+/// every held subtree, then writes each held update that arrived after every
+/// held delete covering its leaf: the same result as replaying the stream,
+/// since a leaf ends as its last operation left it. Holding on to updates a
+/// later delete covers (instead of finding and dropping them when the delete
+/// arrives) keeps the updates in a hash map: churn updates the same leaves
+/// again and again, and a hash lookup is far cheaper than an ordered one over
+/// long keys that share most of their bytes. They are sorted once, at commit.
 ///
 /// A dump (see [`Delta::replacing`]) sends each leaf once, so its updates are
 /// appended to a compact log instead of a map (about a third of the memory and
@@ -107,20 +114,24 @@ impl Subtree {
 /// in the middle of a dump turns the log into the map first.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
-    /// Subtree deletes by root path; none lies inside another.
-    deletes: BTreeMap<Key, Subtree>,
+    /// Subtree deletes by root path, with their arrival numbers; a delete
+    /// inside another always arrived after it (an earlier one is dropped).
+    deletes: BTreeMap<Key, (Subtree, u64)>,
     updates: Updates,
+    /// Arrival number of the last operation.
+    last: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 enum Updates {
-    Map(BTreeMap<Key, Value>),
+    /// Each leaf's latest update: its arrival number and encoded value.
+    Latest(HashMap<Key, (u64, Vec<u8>)>),
     Log(Log),
 }
 
 impl Default for Updates {
     fn default() -> Self {
-        Self::Map(BTreeMap::new())
+        Self::Latest(HashMap::new())
     }
 }
 
@@ -162,10 +173,10 @@ struct LogEntry {
 }
 
 impl Log {
-    fn push(&mut self, key: &str, value: &Value) {
+    fn push(&mut self, key: &str, value: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key.as_bytes());
-        value.encode_raw(&mut self.bytes);
+        self.bytes.extend_from_slice(value);
         self.entries.push(LogEntry {
             start,
             key_len: key.len() as u32,
@@ -222,22 +233,32 @@ impl Delta {
 
     /// Records an update of leaf `key` to `value`.
     pub fn update(&mut self, key: Key, value: Value) {
-        match &mut self.updates {
-            Updates::Map(map) => {
-                map.insert(key, value);
-            }
-            Updates::Log(log) => log.push(&key, &value),
-        }
+        self.update_encoded(&key, &value.encode_to_vec());
     }
 
     /// Records an update of leaf `key` to `value`, copying only what it keeps.
     pub fn update_ref(&mut self, key: &str, value: &Value) {
+        let mut encoded = Vec::with_capacity(value.encoded_len());
+        value.encode_raw(&mut encoded);
+        self.update_encoded(key, &encoded);
+    }
+
+    /// Records an update of leaf `key` to the protobuf-encoded `TypedValue`
+    /// `value` (as prost encodes it: running compares values by their bytes).
+    pub fn update_encoded(&mut self, key: &str, value: &[u8]) {
+        self.last += 1;
+        let seq = self.last;
         match &mut self.updates {
-            Updates::Map(map) => match map.get_mut(key) {
-                // Churn changes the same leaves again and again: keep the key.
-                Some(held) => held.clone_from(value),
+            Updates::Latest(map) => match map.get_mut(key) {
+                // Churn changes the same leaves again and again: keep the
+                // key and, mostly, the value's buffer.
+                Some(held) => {
+                    held.0 = seq;
+                    held.1.clear();
+                    held.1.extend_from_slice(value);
+                }
                 None => {
-                    map.insert(key.into(), value.clone());
+                    map.insert(key.into(), (seq, value.to_vec()));
                 }
             },
             Updates::Log(log) => log.push(key, value),
@@ -264,7 +285,7 @@ impl Delta {
     pub fn unsorted(&self) -> usize {
         match &self.updates {
             Updates::Log(log) => log.entries.len(),
-            Updates::Map(_) => 0,
+            Updates::Latest(_) => 0,
         }
     }
 
@@ -273,62 +294,53 @@ impl Delta {
     pub fn add_run(&mut self, run: Run) {
         match &mut self.updates {
             Updates::Log(log) => log.runs.push(run.0),
-            Updates::Map(_) => unreachable!("a delete was recorded while a batch was out"),
+            Updates::Latest(_) => unreachable!("a delete was recorded while a batch was out"),
         }
     }
 
     /// Records the delete of a subtree (a single leaf is a subtree too).
     pub fn delete(&mut self, subtree: Subtree) {
-        let updates = self.map();
-        // Earlier updates inside the subtree are superseded.
-        let doomed: Vec<Key> = range_in(updates, &subtree).cloned().collect();
-        for key in doomed {
-            updates.remove(&key);
-        }
-        // A delete covered by one already held adds nothing. Only the
-        // subtrees rooted at the new root's ancestors can cover it, so this
-        // is a few lookups, not a scan: churn deletes leaves by the thousand.
-        let covered = ancestor_candidates(&subtree.path).any(|root| {
-            self.deletes
-                .get(root)
-                .is_some_and(|d| d.contains(&subtree.path))
-        });
-        if covered {
-            return;
-        }
-        // Earlier deletes inside the subtree are superseded.
+        // Updates held so far get arrival numbers below this delete's.
+        self.make_latest();
+        self.last += 1;
+        // Earlier deletes inside the subtree (its own root included) are
+        // superseded. A delete inside an earlier one is kept: its later
+        // number matters for the updates between the two.
         let inside: Vec<Key> = range_in(&self.deletes, &subtree).cloned().collect();
         for key in inside {
             self.deletes.remove(&key);
         }
-        self.deletes.insert(subtree.path.clone(), subtree);
+        self.deletes
+            .insert(subtree.path.clone(), (subtree, self.last));
     }
 
-    /// The updates as a map, converting an arrival-order log first.
-    fn map(&mut self) -> &mut BTreeMap<Key, Value> {
-        if let Updates::Log(log) = &mut self.updates {
-            let mut map = BTreeMap::new();
-            for run in &log.runs {
-                run.for_each(|k, v| {
-                    map.insert(Key::from(k), decode(v));
-                });
-            }
-            for e in &log.entries {
-                map.insert(Key::from(log.key(e)), decode(log.value(e)));
-            }
-            self.updates = Updates::Map(map);
+    /// Turns a dump's arrival-order log into the map, numbering its updates
+    /// in the order they arrived.
+    fn make_latest(&mut self) {
+        let Updates::Log(log) = &mut self.updates else {
+            return;
+        };
+        let mut map = HashMap::new();
+        let mut last = self.last;
+        let mut keep = |k: &str, v: &[u8]| {
+            last += 1;
+            map.insert(Key::from(k), (last, v.to_vec()));
+        };
+        for run in &log.runs {
+            run.for_each(&mut keep);
         }
-        match &mut self.updates {
-            Updates::Map(map) => map,
-            Updates::Log(_) => unreachable!("converted above"),
+        for e in &log.entries {
+            keep(log.key(e), log.value(e));
         }
+        self.last = last;
+        self.updates = Updates::Latest(map);
     }
 
     /// Number of operations held (updates plus subtree deletes). Counts every
     /// update of a dump's log, repeated keys included.
     pub fn len(&self) -> usize {
         let updates = match &self.updates {
-            Updates::Map(map) => map.len(),
+            Updates::Latest(map) => map.len(),
             Updates::Log(log) => {
                 log.entries.len() + log.runs.iter().map(Leaves::len).sum::<usize>()
             }
@@ -344,7 +356,7 @@ impl Delta {
     /// The deletes as key ranges.
     fn ranges(&self) -> Ranges {
         let mut ranges = Ranges::default();
-        for subtree in self.deletes.values() {
+        for (subtree, _) in self.deletes.values() {
             for (prefix, exact) in subtree.prefixes() {
                 if exact {
                     ranges.add_exact(&prefix);
@@ -356,31 +368,6 @@ impl Delta {
         ranges.normalise();
         ranges
     }
-}
-
-/// The roots of every subtree that can hold `key`: the root `/`, the origin's
-/// root, `key` itself, and `key` cut before each unescaped `/` or `[` (a few
-/// cuts inside key values too, which match nothing).
-fn ancestor_candidates(key: &str) -> impl Iterator<Item = &str> {
-    let mut cuts = Vec::new();
-    let mut escaped = false;
-    for (i, b) in key.bytes().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' => escaped = true,
-            b'/' | b'[' if i > 0 => cuts.push(i),
-            _ => {}
-        }
-    }
-    let origin_root = key
-        .find(":/")
-        .filter(|&i| !key[..i].contains(['/', '[']))
-        .map(|i| &key[..i + 2]);
-    ["/"]
-        .into_iter()
-        .chain(origin_root)
-        .chain(cuts.into_iter().map(move |i| &key[..i]))
-        .chain(std::iter::once(key))
 }
 
 /// Keys of `map` inside `subtree`, in order.
@@ -401,6 +388,75 @@ fn range_in<'a, V>(
             })
             .collect::<Vec<_>>()
     })
+}
+
+/// The arrival number of the newest held delete covering each key, for keys
+/// visited in increasing order. Subtrees cover prefix ranges of keys (and
+/// their roots), and prefix ranges nest or are disjoint, so the ranges that
+/// hold the current key form a stack, innermost on top.
+struct Covering {
+    /// `[lo, hi)` ranges (`hi` `None`: unbounded) with their delete's number,
+    /// by `lo`, outer before inner.
+    ranges: Vec<(Vec<u8>, Option<Vec<u8>>, u64)>,
+    next: usize,
+    /// Ranges holding the last key: `hi` and the newest number of it and
+    /// every range under it.
+    open: Vec<(Option<Vec<u8>>, u64)>,
+}
+
+impl Covering {
+    fn new(deletes: &BTreeMap<Key, (Subtree, u64)>) -> Self {
+        let mut ranges = Vec::new();
+        for (subtree, seq) in deletes.values() {
+            for (text, exact) in subtree.prefixes() {
+                let lo = text.into_bytes();
+                let hi = if exact {
+                    let mut hi = lo.clone();
+                    hi.push(0);
+                    Some(hi)
+                } else {
+                    leaves::prefix_end(&lo)
+                };
+                ranges.push((lo, hi, *seq));
+            }
+        }
+        // Equal starts: the wider range (the larger end, unbounded last) first.
+        ranges.sort_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| match (&a.1, &b.1) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(_), None) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => y.cmp(x),
+            })
+        });
+        Self {
+            ranges,
+            next: 0,
+            open: Vec::new(),
+        }
+    }
+
+    /// The newest number of a delete covering `key` (0: none); keys must come
+    /// in increasing order.
+    fn newest(&mut self, key: &str) -> u64 {
+        let key = key.as_bytes();
+        let ended = |hi: &Option<Vec<u8>>| hi.as_deref().is_some_and(|h| h <= key);
+        while self.open.last().is_some_and(|(hi, _)| ended(hi)) {
+            self.open.pop();
+        }
+        while let Some((lo, hi, seq)) = self.ranges.get(self.next) {
+            if lo.as_slice() > key {
+                break;
+            }
+            self.next += 1;
+            if !ended(hi) {
+                // It starts inside every open range, so it nests in them.
+                let below = self.open.last().map_or(0, |(_, newest)| *newest);
+                self.open.push((hi.clone(), below.max(*seq)));
+            }
+        }
+        self.open.last().map_or(0, |(_, newest)| *newest)
+    }
 }
 
 /// The net change one commit made: each leaf at most once, either updated (new
@@ -664,18 +720,14 @@ impl Running {
                     }
                 }
             }
-            Updates::Map(map) => {
-                let mut values = Vec::new();
-                let mut ends = Vec::with_capacity(map.len());
-                for value in map.values() {
-                    value.encode_raw(&mut values);
-                    ends.push(values.len());
-                }
-                let starts = std::iter::once(0).chain(ends.iter().copied());
-                let updates = map
-                    .keys()
-                    .zip(starts.zip(ends.iter().copied()))
-                    .map(|(k, (s, e))| (&**k, &values[s..e]));
+            Updates::Latest(map) => {
+                let mut held: Vec<(&Key, &(u64, Vec<u8>))> = map.iter().collect();
+                held.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut covering = Covering::new(&delta.deletes);
+                let updates = held
+                    .into_iter()
+                    .filter(|(k, (seq, _))| covering.newest(k) < *seq)
+                    .map(|(k, (_, v))| (&**k, v.as_slice()));
                 self.leaves.merge(
                     IterSource::new(updates),
                     &deletes,

@@ -34,6 +34,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use netsync_proto::gnmi;
+use prost::Message;
 use rand::Rng;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -43,9 +44,9 @@ use tracing::Instrument;
 use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
 use crate::histogram::Histogram;
 use crate::intent::{Deviation, Intended, Intent};
-use crate::notification::Decoder;
+use crate::notification::{self, Decoder, Prepared, PreparedNotification};
 use crate::running::{Batch, Change, Delta, Key, Running, Value};
-use crate::target::Target;
+use crate::target::{Received, Target};
 
 /// Where a datastore's sync stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -857,8 +858,12 @@ impl Ingest {
 
     /// Waits, if `n` deletes something, until no batch of the dump is out
     /// being sorted: the delete must apply after the updates in it.
-    async fn ready_for(&self, n: &gnmi::Notification) {
-        if n.delete.is_empty() {
+    async fn ready_for(&self, note: Note<'_>) {
+        let deletes = match note {
+            Note::Fast(n) => n.has_deletes(),
+            Note::Decoded(n) => !n.delete.is_empty(),
+        };
+        if !deletes {
             return;
         }
         loop {
@@ -879,7 +884,7 @@ impl Ingest {
     }
 
     /// Applies one notification to the segment it belongs to.
-    fn ingest(&self, n: &gnmi::Notification) -> Result<(), String> {
+    fn ingest(&self, note: Note<'_>) -> Result<(), String> {
         let stats = &self.shared.stats;
         stats.notifications.fetch_add(1, Ordering::Relaxed);
         let counts = {
@@ -893,7 +898,10 @@ impl Ingest {
                 Some(dump) => (dump, false),
                 None => (&mut pending.open, true),
             };
-            let counts = self.decoder.apply(n, delta).map_err(|e| e.to_string())?;
+            let counts = match note {
+                Note::Fast(n) => n.apply(delta),
+                Note::Decoded(n) => self.decoder.apply(n, delta).map_err(|e| e.to_string())?,
+            };
             let batch_due =
                 !is_open && !pending.batch_out && delta.unsorted() >= self.limits.sort_batch.max(1);
             let first_open_change =
@@ -1019,24 +1027,20 @@ impl Ingest {
             match next {
                 None => return Ended::Failed("the device ended the subscription".into()),
                 Some(Err(e)) => return Ended::Failed(format!("subscription failed: {e}")),
-                Some(Ok(response)) => match response.response {
-                    Some(gnmi::subscribe_response::Response::Update(n)) => {
-                        self.ready_for(&n).await;
-                        if let Err(e) = self.ingest(&n) {
+                Some(Ok(incoming)) => match Step::of(incoming) {
+                    Step::Apply(note) => {
+                        self.ready_for(note.as_note()).await;
+                        if let Err(e) = self.ingest(note.as_note()) {
                             return self.bad_input(e);
                         }
                     }
-                    Some(gnmi::subscribe_response::Response::SyncResponse(_)) if in_dump => {
+                    Step::Sync if in_dump => {
                         in_dump = false;
                         reached_sync.store(true, Ordering::Relaxed);
                         self.seal_dump(true);
                     }
-                    Some(gnmi::subscribe_response::Response::SyncResponse(_)) => {}
-                    other => {
-                        if let Some(error) = device_error(other) {
-                            return Ended::Failed(error);
-                        }
-                    }
+                    Step::Sync | Step::Skip => {}
+                    Step::Fail(error) => return Ended::Failed(error),
                 },
             }
         }
@@ -1047,7 +1051,7 @@ impl Ingest {
         let mut initial = true;
         let mut poll: Option<(
             mpsc::Sender<gnmi::SubscribeRequest>,
-            crate::target::ResponseStream,
+            Incomings,
         )> = None;
         loop {
             self.begin_dump();
@@ -1102,8 +1106,8 @@ impl Ingest {
             }),
         };
         for n in &response.notification {
-            self.ready_for(n).await;
-            self.ingest(n).map_err(|e| self.bad_input(e))?;
+            self.ready_for(Note::Decoded(n)).await;
+            self.ingest(Note::Decoded(n)).map_err(|e| self.bad_input(e))?;
         }
         Ok(())
     }
@@ -1124,7 +1128,7 @@ impl Ingest {
         &mut self,
         poll: &mut Option<(
             mpsc::Sender<gnmi::SubscribeRequest>,
-            crate::target::ResponseStream,
+            Incomings,
         )>,
     ) -> Result<(), Ended> {
         if poll.is_none() {
@@ -1163,7 +1167,7 @@ impl Ingest {
     /// Reads notifications into the dump until `sync_response`.
     async fn read_dump(
         &mut self,
-        responses: &mut crate::target::ResponseStream,
+        responses: &mut Incomings,
     ) -> Result<(), Ended> {
         loop {
             let next = tokio::select! {
@@ -1180,17 +1184,14 @@ impl Ingest {
                     ));
                 }
                 Some(Err(e)) => return Err(Ended::Failed(format!("subscription failed: {e}"))),
-                Some(Ok(response)) => match response.response {
-                    Some(gnmi::subscribe_response::Response::Update(n)) => {
-                        self.ready_for(&n).await;
-                        self.ingest(&n).map_err(|e| self.bad_input(e))?;
+                Some(Ok(incoming)) => match Step::of(incoming) {
+                    Step::Apply(note) => {
+                        self.ready_for(note.as_note()).await;
+                        self.ingest(note.as_note()).map_err(|e| self.bad_input(e))?;
                     }
-                    Some(gnmi::subscribe_response::Response::SyncResponse(_)) => return Ok(()),
-                    other => {
-                        if let Some(error) = device_error(other) {
-                            return Err(Ended::Failed(error));
-                        }
-                    }
+                    Step::Sync => return Ok(()),
+                    Step::Skip => {}
+                    Step::Fail(error) => return Err(Ended::Failed(error)),
                 },
             }
         }
@@ -1513,17 +1514,52 @@ impl Committer {
 /// Messages decoded ahead of the ingest, at most.
 const READ_AHEAD: usize = 16;
 
-/// Reads `responses` on a task of its own, so that decoding the device's
+/// A Subscribe response as the ingest gets it.
+enum Incoming {
+    /// A notification read on the fast path.
+    Fast(PreparedNotification),
+    /// `sync_response`, read on the fast path.
+    Sync,
+    /// Anything else, decoded.
+    Decoded(gnmi::SubscribeResponse),
+}
+
+/// Responses after [`read_ahead`].
+type Incomings = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<Incoming, crate::target::TargetError>> + Send>,
+>;
+
+/// Reads a response on the fast path, or decodes it.
+fn incoming(received: Received) -> Result<Incoming, crate::target::TargetError> {
+    match received {
+        Received::Encoded(bytes) => match notification::prepare(&bytes) {
+            Some(Prepared::Notification(n)) => Ok(Incoming::Fast(n)),
+            Some(Prepared::SyncResponse) => Ok(Incoming::Sync),
+            None => gnmi::SubscribeResponse::decode(bytes)
+                .map(Incoming::Decoded)
+                .map_err(|e| {
+                    crate::target::TargetError::new(
+                        tonic::Code::Internal,
+                        format!("undecodable SubscribeResponse: {e}"),
+                    )
+                }),
+        },
+        Received::Decoded(response) => Ok(Incoming::Decoded(response)),
+    }
+}
+
+/// Reads `responses` on a task of its own, so that reading the device's
 /// messages (the largest single cost of a sync) runs on one core while the
 /// ingest applies earlier ones on another. At most [`READ_AHEAD`] messages
 /// wait in between, so flow control still pushes back on the device when the
 /// ingest stops reading. The task ends with the returned stream, or at the
 /// end of the device's stream.
-fn read_ahead(mut responses: crate::target::ResponseStream) -> crate::target::ResponseStream {
+fn read_ahead(mut responses: crate::target::ResponseStream) -> Incomings {
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
     let reader = tokio::spawn(
         async move {
             while let Some(item) = responses.next().await {
+                let item = item.and_then(incoming);
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
                     return;
@@ -1546,6 +1582,54 @@ struct AbortOnDrop(JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A notification to apply, borrowed.
+#[derive(Clone, Copy)]
+enum Note<'a> {
+    Fast(&'a PreparedNotification),
+    Decoded(&'a gnmi::Notification),
+}
+
+/// A notification to apply, owned.
+enum Owned {
+    Fast(PreparedNotification),
+    Decoded(gnmi::Notification),
+}
+
+impl Owned {
+    fn as_note(&self) -> Note<'_> {
+        match self {
+            Owned::Fast(n) => Note::Fast(n),
+            Owned::Decoded(n) => Note::Decoded(n),
+        }
+    }
+}
+
+/// What a response asks of the ingest.
+enum Step {
+    Apply(Owned),
+    Sync,
+    /// Nothing (an empty response, or one holding only extensions).
+    Skip,
+    /// The device reported an error in the stream.
+    Fail(String),
+}
+
+impl Step {
+    fn of(incoming: Incoming) -> Self {
+        match incoming {
+            Incoming::Fast(n) => Step::Apply(Owned::Fast(n)),
+            Incoming::Sync => Step::Sync,
+            Incoming::Decoded(response) => match response.response {
+                Some(gnmi::subscribe_response::Response::Update(n)) => {
+                    Step::Apply(Owned::Decoded(n))
+                }
+                Some(gnmi::subscribe_response::Response::SyncResponse(_)) => Step::Sync,
+                other => device_error(other).map_or(Step::Skip, Step::Fail),
+            },
+        }
     }
 }
 

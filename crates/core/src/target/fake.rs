@@ -8,7 +8,7 @@ use netsync_proto::gnmi;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{RequestStream, ResponseStream, Target, TargetError};
+use super::{Received, RequestStream, ResponseStream, Target, TargetError};
 
 /// One Subscribe call as the device sees it.
 #[derive(Debug)]
@@ -74,7 +74,13 @@ impl Target for FakeTarget {
                     responses: resp_tx,
                 })
                 .map_err(|_| TargetError::new(tonic::Code::Unavailable, "fake device gone"))?;
-            let stream: ResponseStream = Box::pin(UnboundedReceiverStream::new(resp_rx));
+            // Sent as bytes, as a real device's arrive, so that the engine
+            // reads them the way it reads a device's.
+            let stream: ResponseStream = Box::pin(UnboundedReceiverStream::new(resp_rx).map(
+                |r: Result<gnmi::SubscribeResponse, TargetError>| {
+                    r.map(|m| Received::Encoded(prost::Message::encode_to_vec(&m).into()))
+                },
+            ));
             Ok(stream)
         })
     }

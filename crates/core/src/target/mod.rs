@@ -18,8 +18,18 @@ pub mod fake;
 mod tls;
 
 /// Responses of a Subscribe call.
-pub type ResponseStream =
-    Pin<Box<dyn Stream<Item = Result<gnmi::SubscribeResponse, TargetError>> + Send>>;
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<Received, TargetError>> + Send>>;
+
+/// One response of a Subscribe call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// The message's protobuf bytes as they came off the wire, not yet
+    /// decoded: the engine reads the common case in place (see
+    /// [`crate::notification::prepare`]).
+    Encoded(bytes::Bytes),
+    /// An already decoded message.
+    Decoded(gnmi::SubscribeResponse),
+}
 
 /// Requests of a Subscribe call: the subscription, then (POLL) Poll messages.
 /// The call's request side stays open until the sender is dropped.
@@ -102,10 +112,58 @@ impl From<tonic::Status> for TargetError {
     }
 }
 
-fn convert_response(
-    r: Result<gnmi::SubscribeResponse, tonic::Status>,
-) -> Result<gnmi::SubscribeResponse, TargetError> {
-    r.map_err(TargetError::from)
+/// Subscribe's codec: requests encoded by prost, responses left as their
+/// bytes for the engine to read.
+#[derive(Debug, Clone, Copy, Default)]
+struct SubscribeCodec;
+
+impl tonic::codec::Codec for SubscribeCodec {
+    type Encode = gnmi::SubscribeRequest;
+    type Decode = bytes::Bytes;
+    type Encoder = RequestEncoder;
+    type Decoder = ResponseBytes;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RequestEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ResponseBytes
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestEncoder;
+
+impl tonic::codec::Encoder for RequestEncoder {
+    type Item = gnmi::SubscribeRequest;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        prost::Message::encode(&item, dst)
+            .map_err(|e| tonic::Status::internal(format!("encoding a SubscribeRequest: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ResponseBytes;
+
+impl tonic::codec::Decoder for ResponseBytes {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        use bytes::Buf as _;
+        // Splits the receive buffer: no copy.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
 }
 
 /// How long connecting to a device may take.
@@ -116,6 +174,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct GnmiTarget {
     client: GNmiClient<Channel>,
+    /// The same channel, for Subscribe with [`SubscribeCodec`].
+    raw: tonic::client::Grpc<Channel>,
     credentials: Option<(
         MetadataValue<tonic::metadata::Ascii>,
         MetadataValue<tonic::metadata::Ascii>,
@@ -147,7 +207,11 @@ impl GnmiTarget {
         if let Some(tls) = &spec.tls {
             endpoint = tls::configure(endpoint, tls, &spec.address)?;
         }
-        let client = GNmiClient::new(endpoint.connect_lazy())
+        let channel = endpoint.connect_lazy();
+        let raw = tonic::client::Grpc::new(channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let client = GNmiClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let credentials = match &spec.credentials {
@@ -169,6 +233,7 @@ impl GnmiTarget {
         };
         Ok(Self {
             client,
+            raw,
             credentials,
         })
     }
@@ -188,11 +253,25 @@ impl Target for GnmiTarget {
         &self,
         requests: RequestStream,
     ) -> BoxFuture<'_, Result<ResponseStream, TargetError>> {
-        let request = self.request(tokio_stream::wrappers::ReceiverStream::new(requests));
-        let mut client = self.client.clone();
+        let mut request = self.request(tokio_stream::wrappers::ReceiverStream::new(requests));
+        request
+            .extensions_mut()
+            .insert(tonic::GrpcMethod::new("gnmi.gNMI", "Subscribe"));
+        let mut raw = self.raw.clone();
         Box::pin(async move {
-            let responses = client.subscribe(request).await?.into_inner();
-            let stream: ResponseStream = Box::pin(responses.map(convert_response));
+            raw.ready().await.map_err(|e| {
+                TargetError::from(tonic::Status::unknown(format!(
+                    "Service was not ready: {e}"
+                )))
+            })?;
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static("/gnmi.gNMI/Subscribe");
+            let responses = raw
+                .streaming(request, path, SubscribeCodec)
+                .await?
+                .into_inner();
+            let stream: ResponseStream = Box::pin(
+                responses.map(|r| r.map(Received::Encoded).map_err(TargetError::from)),
+            );
             Ok(stream)
         })
     }
