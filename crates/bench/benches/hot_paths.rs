@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use netsync_core::notification::Decoder;
+use netsync_core::notification::{self, Decoder, Prepared};
 use netsync_core::path::{Path, write_canonical_gnmi};
 use netsync_core::running::{Change, Delta, Key, Running, Value};
 use netsync_core::sync::{Committed, Persist};
 use netsync_proto::gnmi::{self, typed_value};
+use prost::Message as _;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::convert::datastore_from_proto;
 use netsync_server::log::{CommitLog, Retention};
@@ -106,6 +107,24 @@ fn decode(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    let wire = gnmi::SubscribeResponse {
+        response: Some(gnmi::subscribe_response::Response::Update(n.clone())),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    group.bench_function("1000 updates read from the wire into an open delta", |b| {
+        b.iter_batched(
+            Delta::new,
+            |mut delta| {
+                match notification::prepare(black_box(&wire)) {
+                    Some(Prepared::Notification(n)) => n.apply(&mut delta),
+                    _ => unreachable!("the fast path reads scalars"),
+                };
+                delta
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.bench_function("1000 updates into a dump", |b| {
         b.iter_batched(
             || Delta::replacing(&[Path::root()]),
@@ -130,7 +149,7 @@ fn commit(c: &mut Criterion) {
         }
         delta
     };
-    for changes in [100, 10_000] {
+    for changes in [100, 10_000, 80_000] {
         group.throughput(Throughput::Elements(changes as u64));
         group.bench_function(format!("apply {changes} changes to 100k leaves"), |b| {
             b.iter_batched(|| churn(changes), |d| base.apply(d), BatchSize::LargeInput)

@@ -512,9 +512,8 @@ impl<'a> WirePrefix<'a> {
     /// Reads a `gnmi.Path`'s wire bytes; `None` when [`write_canonical_wire`]
     /// cannot tell (see there).
     pub(crate) fn read(bytes: &'a [u8]) -> Option<Self> {
-        let origin = wire_origin(bytes)?;
         let mut elems = String::new();
-        wire_elems(bytes, &mut elems)?;
+        let origin = wire_path(bytes, &mut elems)?;
         Some(Self { origin, elems })
     }
 }
@@ -531,37 +530,38 @@ pub(crate) fn write_canonical_wire(
     path: &[u8],
     out: &mut String,
 ) -> Option<()> {
-    let own_origin = wire_origin(path)?;
+    let start = out.len();
+    let prefix_elems = prefix.map_or("", |p| p.elems.as_str());
+    out.push_str(prefix_elems);
+    // One pass: the origin, wherever it comes, is put in front at the end.
+    let own_origin = wire_path(path, out)?;
+    if prefix_elems.is_empty() && out.len() == start {
+        out.push('/');
+    }
     let origin = if own_origin.is_empty() {
         prefix.map_or("", |p| p.origin)
     } else {
         own_origin
     };
     if !origin.is_empty() {
-        out.push_str(origin);
-        out.push(':');
-    }
-    let prefix_elems = prefix.map_or("", |p| p.elems.as_str());
-    out.push_str(prefix_elems);
-    let before = out.len();
-    wire_elems(path, out)?;
-    if prefix_elems.is_empty() && out.len() == before {
-        out.push('/');
+        out.insert(start, ':');
+        out.insert_str(start, origin);
     }
     Some(())
 }
 
-/// A `gnmi.Path`'s origin, checking its other fields but `elem` on the way.
-fn wire_origin(path: &[u8]) -> Option<&str> {
+/// Appends the canonical text of a `gnmi.Path`'s elements and returns its
+/// origin, checking its other fields on the way.
+fn wire_path<'p>(path: &'p [u8], out: &mut String) -> Option<&'p str> {
     let mut fields = Fields::new(path);
     let mut origin = None;
     let mut target = false;
     while let Some((number, payload)) = fields.next().ok()? {
         match (number, payload) {
+            (3, Payload::Len(elem)) => push_wire_elem(elem, out)?,
             (2, Payload::Len(text)) if origin.is_none() => {
                 origin = Some(std::str::from_utf8(text).ok()?);
             }
-            (3, Payload::Len(_)) => {}
             (4, Payload::Len(text)) if !target => {
                 std::str::from_utf8(text).ok()?;
                 target = true;
@@ -573,17 +573,6 @@ fn wire_origin(path: &[u8]) -> Option<&str> {
     }
     let origin = origin.unwrap_or_default();
     is_valid_origin(origin).then_some(origin)
-}
-
-/// Appends the canonical text of a `gnmi.Path`'s elements.
-fn wire_elems(path: &[u8], out: &mut String) -> Option<()> {
-    let mut fields = Fields::new(path);
-    while let Some((number, payload)) = fields.next().ok()? {
-        if let (3, Payload::Len(elem)) = (number, payload) {
-            push_wire_elem(elem, out)?;
-        }
-    }
-    Some(())
 }
 
 /// Appends one `gnmi.PathElem` read from its wire bytes.

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -249,16 +250,17 @@ impl Delta {
         self.last += 1;
         let seq = self.last;
         match &mut self.updates {
-            Updates::Latest(map) => match map.get_mut(key) {
+            Updates::Latest(map) => match map.entry_ref(key) {
                 // Churn changes the same leaves again and again: keep the
                 // key and, mostly, the value's buffer.
-                Some(held) => {
+                EntryRef::Occupied(mut held) => {
+                    let held = held.get_mut();
                     held.0 = seq;
                     held.1.clear();
                     held.1.extend_from_slice(value);
                 }
-                None => {
-                    map.insert(key.into(), (seq, value.to_vec()));
+                EntryRef::Vacant(slot) => {
+                    slot.insert((seq, value.to_vec()));
                 }
             },
             Updates::Log(log) => log.push(key, value),
@@ -388,6 +390,45 @@ fn range_in<'a, V>(
             })
             .collect::<Vec<_>>()
     })
+}
+
+/// A map's updates sorted by key. When they touch a good part of `leaves`
+/// (churn: a commit of a few hundred thousand updates holds most leaves of
+/// the device), walking `leaves` in order and picking the held keys by hash
+/// costs a fraction of sorting them by comparison, since canonical keys share
+/// long prefixes; only keys new to `leaves` are then sorted.
+fn sorted_updates(
+    mut map: HashMap<Key, (u64, Vec<u8>)>,
+    leaves: &Leaves,
+) -> Vec<(Key, (u64, Vec<u8>))> {
+    let by_key = |a: &(Key, (u64, Vec<u8>)), b: &(Key, (u64, Vec<u8>))| a.0.cmp(&b.0);
+    if map.len() < leaves.len() / 8 {
+        let mut held: Vec<_> = map.into_iter().collect();
+        held.sort_unstable_by(by_key);
+        return held;
+    }
+    let mut known = Vec::with_capacity(map.len());
+    leaves.for_each(|k, _| {
+        if let Some(entry) = map.remove_entry(k) {
+            known.push(entry);
+        }
+    });
+    if map.is_empty() {
+        return known;
+    }
+    let mut new: Vec<_> = map.into_iter().collect();
+    new.sort_unstable_by(by_key);
+    // Two sorted runs of distinct keys: merge them.
+    let mut out = Vec::with_capacity(known.len() + new.len());
+    let mut new = new.into_iter().peekable();
+    for entry in known {
+        while let Some(n) = new.next_if(|n| n.0 < entry.0) {
+            out.push(n);
+        }
+        out.push(entry);
+    }
+    out.extend(new);
+    out
 }
 
 /// The arrival number of the newest held delete covering each key, for keys
@@ -721,11 +762,10 @@ impl Running {
                 }
             }
             Updates::Latest(map) => {
-                let mut held: Vec<(&Key, &(u64, Vec<u8>))> = map.iter().collect();
-                held.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let held = sorted_updates(std::mem::take(map), &self.leaves);
                 let mut covering = Covering::new(&delta.deletes);
                 let updates = held
-                    .into_iter()
+                    .iter()
                     .filter(|(k, (seq, _))| covering.newest(k) < *seq)
                     .map(|(k, (_, v))| (&**k, v.as_slice()));
                 self.leaves.merge(

@@ -41,11 +41,17 @@ impl<'a> Fields<'a> {
         clippy::should_implement_trait,
         reason = "fallible: Iterator would hide the error in an Option<Result>"
     )]
+    #[inline]
     pub(crate) fn next(&mut self) -> Result<Option<(u32, Payload<'a>)>, Malformed> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        let tag = self.varint()?;
+        let tag = match self.rest {
+            [] => return Ok(None),
+            // Fields 1 to 15: a one-byte tag.
+            [b, rest @ ..] if *b < 0x80 => {
+                self.rest = rest;
+                u64::from(*b)
+            }
+            _ => self.varint()?,
+        };
         let number = u32::try_from(tag >> 3).map_err(|_| Malformed)?;
         if number == 0 {
             return Err(Malformed);
@@ -54,7 +60,13 @@ impl<'a> Fields<'a> {
             0 => Payload::Varint(self.varint()?),
             1 => Payload::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Malformed)?)),
             2 => {
-                let len = usize::try_from(self.varint()?).map_err(|_| Malformed)?;
+                let len = match self.rest {
+                    [b, rest @ ..] if *b < 0x80 => {
+                        self.rest = rest;
+                        usize::from(*b)
+                    }
+                    _ => usize::try_from(self.varint()?).map_err(|_| Malformed)?,
+                };
                 Payload::Len(self.take(len)?)
             }
             5 => Payload::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?)),
@@ -63,6 +75,7 @@ impl<'a> Fields<'a> {
         Ok(Some((number, payload)))
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         if self.rest.len() < n {
             return Err(Malformed);
