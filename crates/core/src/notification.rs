@@ -328,26 +328,34 @@ fn prepare_notification(notification: &[u8]) -> Option<PreparedNotification> {
         None => None,
     };
     let mut out = PreparedNotification::default();
+    let mut keys = Vec::new();
+    // Decoded only for deletes, once.
+    let mut decoded_prefix = None;
     let mut fields = Fields::new(notification);
     while let Some((number, payload)) = fields.next().ok()? {
         match (number, payload) {
             (4, Payload::Len(update)) => {
-                let value = prepare_update(wire_prefix.as_ref(), update, &mut out.keys)?;
+                let value = prepare_update(wire_prefix.as_ref(), update, &mut keys)?;
                 out.values.extend_from_slice(value);
-                out.ends.push((out.keys.len(), out.values.len()));
+                out.ends.push((keys.len(), out.values.len()));
             }
             (5, Payload::Len(delete)) => {
-                let prefix = match prefix {
-                    Some(p) => Some(gnmi::Path::decode(p).ok()?),
-                    None => None,
-                };
+                if decoded_prefix.is_none() {
+                    decoded_prefix = Some(match prefix {
+                        Some(p) => Some(gnmi::Path::decode(p).ok()?),
+                        None => None,
+                    });
+                }
                 let path = gnmi::Path::decode(delete).ok()?;
-                let path = Path::from_gnmi(prefix.as_ref(), &path).ok()?;
+                let path = Path::from_gnmi(decoded_prefix.as_ref().and_then(Option::as_ref), &path)
+                    .ok()?;
                 out.deletes.push(Subtree::new(&path));
             }
             _ => {}
         }
     }
+    // Each key was checked; this only changes the type.
+    out.keys = String::from_utf8(keys).ok()?;
     Some(out)
 }
 
@@ -355,7 +363,7 @@ fn prepare_notification(notification: &[u8]) -> Option<PreparedNotification> {
 fn prepare_update<'u>(
     prefix: Option<&WirePrefix<'_>>,
     update: &'u [u8],
-    keys: &mut String,
+    keys: &mut Vec<u8>,
 ) -> Option<&'u [u8]> {
     let (mut path, mut value) = (None, None);
     let mut fields = Fields::new(update);

@@ -450,48 +450,56 @@ pub fn write_canonical_gnmi(
         let _ = write!(out, "{full}");
         return Ok(());
     }
-    out.clear();
+    let mut bytes = std::mem::take(out).into_bytes();
+    bytes.clear();
+    write_canonical_checked(prefix, path, &mut bytes);
+    // Built from `str` pieces and ASCII, so always UTF-8.
+    *out = String::from_utf8(bytes).unwrap_or_default();
+    Ok(())
+}
+
+/// [`write_canonical_gnmi`] once the paths are known to be valid.
+fn write_canonical_checked(prefix: Option<&gnmi::Path>, path: &gnmi::Path, out: &mut Vec<u8>) {
     let origin = if path.origin.is_empty() {
         prefix.map_or("", |p| p.origin.as_str())
     } else {
         path.origin.as_str()
     };
     if !origin.is_empty() {
-        out.push_str(origin);
-        out.push(':');
+        out.extend_from_slice(origin.as_bytes());
+        out.push(b':');
     }
     let prefix_elems = prefix.map_or(&[][..], |p| p.elem.as_slice());
     if prefix_elems.is_empty() && path.elem.is_empty() {
-        out.push('/');
-        return Ok(());
+        out.push(b'/');
+        return;
     }
     for elem in prefix_elems.iter().chain(&path.elem) {
         if elem.key.len() <= 1 {
-            let mut one = [("", "")];
+            let mut one: [(&[u8], &[u8]); 1] = [(b"", b"")];
             let keys = match elem.key.iter().next() {
                 Some((k, v)) => {
-                    one[0] = (k, v);
+                    one[0] = (k.as_bytes(), v.as_bytes());
                     &mut one[..]
                 }
                 None => &mut [],
             };
-            push_canonical_elem(out, &elem.name, keys);
+            push_canonical_elem(out, elem.name.as_bytes(), keys);
         } else {
             let mut keys: Vec<_> = elem
                 .key
                 .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
                 .collect();
-            push_canonical_elem(out, &elem.name, &mut keys);
+            push_canonical_elem(out, elem.name.as_bytes(), &mut keys);
         }
     }
-    Ok(())
 }
 
 /// Appends one element in canonical form: `/name`, then its keys sorted by
 /// name (names are unique and not empty: the caller checked).
-fn push_canonical_elem(out: &mut String, name: &str, keys: &mut [(&str, &str)]) {
-    out.push('/');
+fn push_canonical_elem(out: &mut Vec<u8>, name: &[u8], keys: &mut [(&[u8], &[u8])]) {
+    out.push(b'/');
     push_escaped(out, name, is_name_special);
     keys.sort_unstable();
     for (key, value) in keys {
@@ -504,16 +512,19 @@ fn push_canonical_elem(out: &mut String, name: &str, keys: &mut [(&str, &str)]) 
 /// form.
 #[derive(Debug, Default)]
 pub(crate) struct WirePrefix<'a> {
-    origin: &'a str,
-    elems: String,
+    origin: &'a [u8],
+    elems: Vec<u8>,
 }
 
 impl<'a> WirePrefix<'a> {
     /// Reads a `gnmi.Path`'s wire bytes; `None` when [`write_canonical_wire`]
     /// cannot tell (see there).
     pub(crate) fn read(bytes: &'a [u8]) -> Option<Self> {
-        let mut elems = String::new();
+        let mut elems = Vec::new();
         let origin = wire_path(bytes, &mut elems)?;
+        // Checked here: a path's own origin may hide it from every key.
+        std::str::from_utf8(origin).ok()?;
+        std::str::from_utf8(&elems).ok()?;
         Some(Self { origin, elems })
     }
 }
@@ -525,43 +536,45 @@ impl<'a> WirePrefix<'a> {
 /// meaning: malformed bytes, invalid UTF-8, the deprecated `element`, an
 /// invalid origin, an empty name or key name, a key name given twice, a field
 /// given twice, more than eight keys on one element.
+///
+/// The text is checked to be UTF-8 once, whole, rather than piece by piece:
+/// every piece sits between ASCII delimiters (or the text's ends), so a piece
+/// that is not UTF-8 leaves the whole text not UTF-8.
 pub(crate) fn write_canonical_wire(
     prefix: Option<&WirePrefix<'_>>,
     path: &[u8],
-    out: &mut String,
+    out: &mut Vec<u8>,
 ) -> Option<()> {
     let start = out.len();
-    let prefix_elems = prefix.map_or("", |p| p.elems.as_str());
-    out.push_str(prefix_elems);
+    let prefix_elems = prefix.map_or(&[][..], |p| p.elems.as_slice());
+    out.extend_from_slice(prefix_elems);
     // One pass: the origin, wherever it comes, is put in front at the end.
     let own_origin = wire_path(path, out)?;
     if prefix_elems.is_empty() && out.len() == start {
-        out.push('/');
+        out.push(b'/');
     }
     let origin = if own_origin.is_empty() {
-        prefix.map_or("", |p| p.origin)
+        prefix.map_or(&[][..], |p| p.origin)
     } else {
         own_origin
     };
     if !origin.is_empty() {
-        out.insert(start, ':');
-        out.insert_str(start, origin);
+        out.splice(start..start, origin.iter().copied().chain([b':']));
     }
+    std::str::from_utf8(&out[start..]).ok()?;
     Some(())
 }
 
 /// Appends the canonical text of a `gnmi.Path`'s elements and returns its
 /// origin, checking its other fields on the way.
-fn wire_path<'p>(path: &'p [u8], out: &mut String) -> Option<&'p str> {
+fn wire_path<'p>(path: &'p [u8], out: &mut Vec<u8>) -> Option<&'p [u8]> {
     let mut fields = Fields::new(path);
     let mut origin = None;
     let mut target = false;
     while let Some((number, payload)) = fields.next().ok()? {
         match (number, payload) {
             (3, Payload::Len(elem)) => push_wire_elem(elem, out)?,
-            (2, Payload::Len(text)) if origin.is_none() => {
-                origin = Some(std::str::from_utf8(text).ok()?);
-            }
+            (2, Payload::Len(text)) if origin.is_none() => origin = Some(text),
             (4, Payload::Len(text)) if !target => {
                 std::str::from_utf8(text).ok()?;
                 target = true;
@@ -572,21 +585,19 @@ fn wire_path<'p>(path: &'p [u8], out: &mut String) -> Option<&'p str> {
         }
     }
     let origin = origin.unwrap_or_default();
-    is_valid_origin(origin).then_some(origin)
+    (!origin.iter().any(|&b| is_origin_delimiter(b))).then_some(origin)
 }
 
 /// Appends one `gnmi.PathElem` read from its wire bytes.
-fn push_wire_elem(elem: &[u8], out: &mut String) -> Option<()> {
+fn push_wire_elem(elem: &[u8], out: &mut Vec<u8>) -> Option<()> {
     const MAX_KEYS: usize = 8;
-    let mut name = None;
-    let mut keys = [("", ""); MAX_KEYS];
+    let mut name: Option<&[u8]> = None;
+    let mut keys: [(&[u8], &[u8]); MAX_KEYS] = [(b"", b""); MAX_KEYS];
     let mut count = 0;
     let mut fields = Fields::new(elem);
     while let Some((number, payload)) = fields.next().ok()? {
         match (number, payload) {
-            (1, Payload::Len(text)) if name.is_none() => {
-                name = Some(std::str::from_utf8(text).ok()?);
-            }
+            (1, Payload::Len(text)) if name.is_none() => name = Some(text),
             (2, Payload::Len(entry)) if count < MAX_KEYS => {
                 let (key, value) = wire_map_entry(entry)?;
                 if key.is_empty() || keys[..count].iter().any(|(k, _)| *k == key) {
@@ -605,15 +616,13 @@ fn push_wire_elem(elem: &[u8], out: &mut String) -> Option<()> {
 }
 
 /// One entry of a `map<string, string>`: absent members are empty.
-fn wire_map_entry(entry: &[u8]) -> Option<(&str, &str)> {
+fn wire_map_entry(entry: &[u8]) -> Option<(&[u8], &[u8])> {
     let (mut key, mut value) = (None, None);
     let mut fields = Fields::new(entry);
     while let Some((number, payload)) = fields.next().ok()? {
         match (number, payload) {
-            (1, Payload::Len(text)) if key.is_none() => key = Some(std::str::from_utf8(text).ok()?),
-            (2, Payload::Len(text)) if value.is_none() => {
-                value = Some(std::str::from_utf8(text).ok()?);
-            }
+            (1, Payload::Len(text)) if key.is_none() => key = Some(text),
+            (2, Payload::Len(text)) if value.is_none() => value = Some(text),
             (1 | 2, _) => return None,
             _ => {}
         }
@@ -621,29 +630,26 @@ fn wire_map_entry(entry: &[u8]) -> Option<(&str, &str)> {
     Some((key.unwrap_or_default(), value.unwrap_or_default()))
 }
 
-fn push_key(out: &mut String, key: &str, value: &str) {
-    out.push('[');
+fn push_key(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    out.push(b'[');
     push_escaped(out, key, is_key_special);
-    out.push('=');
+    out.push(b'=');
     push_escaped(out, value, is_key_special);
-    out.push(']');
+    out.push(b']');
 }
 
-/// Appends `text` with a `\` before every byte for which `is_special` holds.
-fn push_escaped(out: &mut String, text: &str, is_special: impl Fn(u8) -> bool) {
-    if !text.bytes().any(&is_special) {
-        out.push_str(text);
-        return;
-    }
+/// Appends `text` with a `\` before every byte for which `is_special` holds
+/// (only ASCII bytes are, so UTF-8 stays UTF-8).
+fn push_escaped(out: &mut Vec<u8>, text: &[u8], is_special: impl Fn(u8) -> bool) {
     let mut run_start = 0;
-    for (i, b) in text.bytes().enumerate() {
+    for (i, &b) in text.iter().enumerate() {
         if is_special(b) {
-            out.push_str(&text[run_start..i]);
-            out.push('\\');
+            out.extend_from_slice(&text[run_start..i]);
+            out.push(b'\\');
             run_start = i;
         }
     }
-    out.push_str(&text[run_start..]);
+    out.extend_from_slice(&text[run_start..]);
 }
 
 /// Whether `origin` can be printed as `origin:/...` and parsed back.
@@ -1734,6 +1740,22 @@ mod tests {
         })
     }
 
+    #[test]
+    fn wire_paths_that_are_not_utf8_are_left_to_the_decoder() {
+        let elem_name = [0x1a, 0x03, 0x0a, 0x01, 0xc3];
+        // Name "l", key "k" = "\xc3".
+        let key_value = [0x1a, 0x0a, 0x0a, 0x01, b'l', 0x12, 0x05, 0x0a, 0x01, b'k', 0x12, 0x01];
+        let key_value = [&key_value[..], &[0xc3]].concat();
+        let origin = [0x12, 0x01, 0xc3, 0x1a, 0x03, 0x0a, 0x01, b'a'];
+        for path in [&elem_name[..], &key_value, &origin] {
+            let mut out = Vec::new();
+            assert!(write_canonical_wire(None, path, &mut out).is_none(), "{path:?}");
+            assert!(<gnmi::Path as prost::Message>::decode(path).is_err());
+        }
+        // A prefix whose origin every path overrides is still checked.
+        assert!(WirePrefix::read(&origin).is_none());
+    }
+
     proptest! {
         /// The ingest's direct canonicalisation writes what building a `Path`
         /// and printing it writes, errors included.
@@ -1786,9 +1808,9 @@ mod tests {
                 .map(|()| expected);
             let prefix_bytes = prefix.as_ref().map(|p| p.encode_to_vec());
             let wire_prefix = prefix_bytes.as_deref().map(|p| WirePrefix::read(p).unwrap());
-            let mut out = String::from("kept:");
+            let mut out = b"kept:".to_vec();
             let got = write_canonical_wire(wire_prefix.as_ref(), &path.encode_to_vec(), &mut out)
-                .map(|()| out["kept:".len()..].to_string());
+                .map(|()| String::from_utf8(out["kept:".len()..].to_vec()).unwrap());
             prop_assert_eq!(got, expected);
         }
 

@@ -302,7 +302,7 @@ pub struct SyncLimits {
 impl Default for SyncLimits {
     fn default() -> Self {
         Self {
-            commit_threshold: 100_000,
+            commit_threshold: 250_000,
             pending_cap: 1_000_000,
             event_buffer: 4096,
             event_leaves: 200_000,
@@ -524,6 +524,7 @@ impl SyncHandle {
             commit_interval: spec.sync.commit_interval,
             threshold: limits.commit_threshold,
             sort_batch: limits.sort_batch.max(1),
+            costs: Mutex::default(),
             durable,
         };
         // Every log line of this sync, a dependency's too, names the datastore.
@@ -1206,6 +1207,28 @@ impl Ingest {
     }
 }
 
+/// Durations of the last few commits of changes (dumps excluded: they are
+/// not on a deadline).
+#[derive(Debug, Default)]
+struct CommitCosts {
+    recent: [Duration; 8],
+    next: usize,
+}
+
+impl CommitCosts {
+    fn record(&mut self, took: Duration) {
+        self.recent[self.next] = took;
+        self.next = (self.next + 1) % self.recent.len();
+    }
+
+    /// How much earlier than `interval` after the first change a commit
+    /// starts: the longest recent commit, at most half the interval.
+    fn lead(&self, interval: Duration) -> Duration {
+        let longest = self.recent.iter().max().copied().unwrap_or_default();
+        longest.min(interval / 2)
+    }
+}
+
 /// What the committer does next.
 enum Work {
     /// Commit a delta.
@@ -1229,6 +1252,8 @@ struct Committer {
     commit_interval: Duration,
     threshold: usize,
     sort_batch: usize,
+    /// How long recent commits of changes took.
+    costs: Mutex<CommitCosts>,
     /// Running at the last durable revision: the base of the next commit.
     /// Updated as soon as a commit is durable, before it is published, so a
     /// failure in between can never make a revision number be used twice.
@@ -1355,11 +1380,17 @@ impl Committer {
                         batch,
                     };
                 }
+                // `commit_interval` bounds how long a change waits until it
+                // is committed, so the commit starts early by what recent
+                // ones took.
+                let wait = self.commit_interval.saturating_sub(
+                    self.costs
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .lead(self.commit_interval),
+                );
                 match pending.open_since {
-                    Some(since)
-                        if pending.open.len() >= self.threshold
-                            || since.elapsed() >= self.commit_interval =>
-                    {
+                    Some(since) if pending.open.len() >= self.threshold || since.elapsed() >= wait => {
                         pending.open_since = None;
                         return Work::Commit {
                             delta: std::mem::take(&mut pending.open),
@@ -1368,7 +1399,7 @@ impl Committer {
                             generation: 0,
                         };
                     }
-                    Some(since) => Some(since + self.commit_interval),
+                    Some(since) => Some(since + wait),
                     None => None,
                 }
             };
@@ -1450,6 +1481,12 @@ impl Committer {
         }
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.commit_duration.record(started.elapsed());
+        if !replace {
+            self.costs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(started.elapsed());
+        }
         tracing::debug!(
             datastore = %self.shared.name, revision, replace, updates = change.update_count(),
             deletes = change.delete_count(), leaves, ?applied, ?persisted, "committed"
