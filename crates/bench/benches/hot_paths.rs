@@ -17,11 +17,11 @@ use netsync_core::path::{Path, write_canonical_gnmi};
 use netsync_core::running::{Change, Delta, Key, Running, Value};
 use netsync_core::sync::{Committed, Persist};
 use netsync_proto::gnmi::{self, typed_value};
-use prost::Message as _;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::convert::datastore_from_proto;
 use netsync_server::log::{CommitLog, Retention};
 use netsync_server::store::{Store, StoredDatastore};
+use prost::Message as _;
 
 /// Path of leaf `i` of a device: 64 interfaces, 16 subinterfaces each, a
 /// handful of counters per subinterface.

@@ -688,7 +688,10 @@ mod tests {
             prefix: Some(gpath("oc:/a[k=1]")),
             update: vec![
                 update("/b", typed(typed_value::Value::IntVal(-5))),
-                update("/c[y=2][x=1]/d", typed(typed_value::Value::StringVal("s".into()))),
+                update(
+                    "/c[y=2][x=1]/d",
+                    typed(typed_value::Value::StringVal("s".into())),
+                ),
                 update("/e", typed(typed_value::Value::BoolVal(false))),
                 update("/f", typed(typed_value::Value::DoubleVal(1.5))),
             ],
@@ -698,7 +701,10 @@ mod tests {
         let fast = prepared(&response(n.clone())).expect("the fast path");
         assert!(fast.has_deletes());
         let (mut a, mut b) = (Delta::new(), Delta::new());
-        assert_eq!(fast.apply(&mut a), Decoder::default().apply(&n, &mut b).unwrap());
+        assert_eq!(
+            fast.apply(&mut a),
+            Decoder::default().apply(&n, &mut b).unwrap()
+        );
         assert_eq!(Running::new().apply(a).0, Running::new().apply(b).0);
         let sync = gnmi::SubscribeResponse {
             response: Some(gnmi::subscribe_response::Response::SyncResponse(true)),
@@ -820,7 +826,15 @@ mod tests {
 
     fn arb_path() -> impl Strategy<Value = String> {
         prop::sample::select(vec![
-            "/", "/a", "/a/b", "/a-b", "/l[k=1]", "/l[k=1]/v", "/l[k=2]", "/l", "oc:/a",
+            "/",
+            "/a",
+            "/a/b",
+            "/a-b",
+            "/l[k=1]",
+            "/l[k=1]/v",
+            "/l[k=2]",
+            "/l",
+            "oc:/a",
         ])
         .prop_map(str::to_owned)
     }

@@ -1744,12 +1744,17 @@ mod tests {
     fn wire_paths_that_are_not_utf8_are_left_to_the_decoder() {
         let elem_name = [0x1a, 0x03, 0x0a, 0x01, 0xc3];
         // Name "l", key "k" = "\xc3".
-        let key_value = [0x1a, 0x0a, 0x0a, 0x01, b'l', 0x12, 0x05, 0x0a, 0x01, b'k', 0x12, 0x01];
+        let key_value = [
+            0x1a, 0x0a, 0x0a, 0x01, b'l', 0x12, 0x05, 0x0a, 0x01, b'k', 0x12, 0x01,
+        ];
         let key_value = [&key_value[..], &[0xc3]].concat();
         let origin = [0x12, 0x01, 0xc3, 0x1a, 0x03, 0x0a, 0x01, b'a'];
         for path in [&elem_name[..], &key_value, &origin] {
             let mut out = Vec::new();
-            assert!(write_canonical_wire(None, path, &mut out).is_none(), "{path:?}");
+            assert!(
+                write_canonical_wire(None, path, &mut out).is_none(),
+                "{path:?}"
+            );
             assert!(<gnmi::Path as prost::Message>::decode(path).is_err());
         }
         // A prefix whose origin every path overrides is still checked.

@@ -1050,10 +1050,7 @@ impl Ingest {
     /// ONCE, POLL and GET: a full dump every `interval`, each a replace.
     async fn cycles(&mut self, reached_sync: &std::sync::atomic::AtomicBool) -> Ended {
         let mut initial = true;
-        let mut poll: Option<(
-            mpsc::Sender<gnmi::SubscribeRequest>,
-            Incomings,
-        )> = None;
+        let mut poll: Option<(mpsc::Sender<gnmi::SubscribeRequest>, Incomings)> = None;
         loop {
             self.begin_dump();
             if initial {
@@ -1108,7 +1105,8 @@ impl Ingest {
         };
         for n in &response.notification {
             self.ready_for(Note::Decoded(n)).await;
-            self.ingest(Note::Decoded(n)).map_err(|e| self.bad_input(e))?;
+            self.ingest(Note::Decoded(n))
+                .map_err(|e| self.bad_input(e))?;
         }
         Ok(())
     }
@@ -1127,10 +1125,7 @@ impl Ingest {
 
     async fn poll_cycle(
         &mut self,
-        poll: &mut Option<(
-            mpsc::Sender<gnmi::SubscribeRequest>,
-            Incomings,
-        )>,
+        poll: &mut Option<(mpsc::Sender<gnmi::SubscribeRequest>, Incomings)>,
     ) -> Result<(), Ended> {
         if poll.is_none() {
             let (requests, requests_rx) = mpsc::channel(4);
@@ -1166,10 +1161,7 @@ impl Ingest {
     }
 
     /// Reads notifications into the dump until `sync_response`.
-    async fn read_dump(
-        &mut self,
-        responses: &mut Incomings,
-    ) -> Result<(), Ended> {
+    async fn read_dump(&mut self, responses: &mut Incomings) -> Result<(), Ended> {
         loop {
             let next = tokio::select! {
                 next = responses.next() => next,
@@ -1390,7 +1382,9 @@ impl Committer {
                         .lead(self.commit_interval),
                 );
                 match pending.open_since {
-                    Some(since) if pending.open.len() >= self.threshold || since.elapsed() >= wait => {
+                    Some(since)
+                        if pending.open.len() >= self.threshold || since.elapsed() >= wait =>
+                    {
                         pending.open_since = None;
                         return Work::Commit {
                             delta: std::mem::take(&mut pending.open),

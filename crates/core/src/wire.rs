@@ -58,7 +58,9 @@ impl<'a> Fields<'a> {
         }
         let payload = match tag & 7 {
             0 => Payload::Varint(self.varint()?),
-            1 => Payload::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Malformed)?)),
+            1 => Payload::Fixed64(u64::from_le_bytes(
+                self.take(8)?.try_into().map_err(|_| Malformed)?,
+            )),
             2 => {
                 let len = match self.rest {
                     [b, rest @ ..] if *b < 0x80 => {
@@ -69,7 +71,9 @@ impl<'a> Fields<'a> {
                 };
                 Payload::Len(self.take(len)?)
             }
-            5 => Payload::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed)?)),
+            5 => Payload::Fixed32(u32::from_le_bytes(
+                self.take(4)?.try_into().map_err(|_| Malformed)?,
+            )),
             _ => return Err(Malformed),
         };
         Ok(Some((number, payload)))

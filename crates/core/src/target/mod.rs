@@ -269,9 +269,8 @@ impl Target for GnmiTarget {
                 .streaming(request, path, SubscribeCodec)
                 .await?
                 .into_inner();
-            let stream: ResponseStream = Box::pin(
-                responses.map(|r| r.map(Received::Encoded).map_err(TargetError::from)),
-            );
+            let stream: ResponseStream =
+                Box::pin(responses.map(|r| r.map(Received::Encoded).map_err(TargetError::from)));
             Ok(stream)
         })
     }
