@@ -52,6 +52,9 @@ COPY --from=build /out/netsyncd /usr/local/bin/netsyncd
 # copied with the right owner; Docker copies that owner onto a new named volume mounted here.
 COPY --from=build --chown=65532:65532 /out/data /var/lib/netsync
 USER 65532:65532
+# The allocator keeps freed memory rather than handing it back to the kernel: under churn each
+# commit would otherwise fault in and zero fresh pages again (docs/BENCHMARKS.md, churn).
+ENV MIMALLOC_PURGE_DELAY=-1
 VOLUME ["/var/lib/netsync"]
 # 50051: the gRPC API (health and reflection included). 9090: metrics, when netsyncd is started
 # with --metrics-listen (docker-compose.yml and the Kubernetes manifests do that).

@@ -151,12 +151,26 @@ pub async fn start_sim(bins: &Binaries, dir: &Path, leaves: usize) -> anyhow::Re
             "127.0.0.1:0",
             "--log-format",
             "json",
+            // More workers than cores: the device actor and a subscriber
+            // session each keep a worker busy under heavy churn, and the
+            // harness's SimControl calls (markers, counters) must not wait
+            // for one of them to yield.
+            "--threads",
+            "4",
             "--leaves",
         ])
         .arg(leaves.to_string())
+        .env(PURGE_DELAY.0, PURGE_DELAY.1)
         .current_dir(dir);
     Process::spawn("netsync-sim", command, dir.join("netsync-sim.log")).await
 }
+
+/// The allocator setting both processes run with, as the deployment files
+/// set it for netsyncd: mimalloc keeps freed memory instead of handing it back
+/// to the kernel after a second, so that the next commit's buffers do not
+/// fault in and zero fresh pages (about a tenth of netsyncd's CPU under churn;
+/// see `docs/BENCHMARKS.md`).
+pub const PURGE_DELAY: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");
 
 /// Starts netsyncd with its database in `dir` (created or reused), with
 /// `bins.netsyncd_args` after the harness's own flags.
@@ -176,6 +190,7 @@ pub async fn start_netsyncd(bins: &Binaries, dir: &Path) -> anyhow::Result<Proce
             "1000",
         ])
         .args(&bins.netsyncd_args)
+        .env(PURGE_DELAY.0, PURGE_DELAY.1)
         .current_dir(dir);
     // A restarted process gets a log of its own, next to the first one.
     Process::spawn("netsyncd", command, next_log(dir, "netsyncd")).await
