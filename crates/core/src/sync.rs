@@ -358,6 +358,8 @@ enum Control {
 /// State shared by the tasks of one sync and its handle.
 struct Shared {
     name: String,
+    /// Run on each event before it is published, while watchers listen.
+    preparer: std::sync::OnceLock<EventPreparer>,
     pending: Mutex<Pending>,
     status: Mutex<Status>,
     stats: Stats,
@@ -465,7 +467,19 @@ impl std::fmt::Debug for SyncHandle {
     }
 }
 
+/// Work done on each event before it is published, such as converting it to
+/// the form watchers send (cached in [`Event::encoded`]): done by the
+/// committer, it counts in the commit's duration, which the next commits
+/// start early by (see [`DatastoreSpec`]'s `commit_interval`).
+pub type EventPreparer = Arc<dyn Fn(&Event) + Send + Sync>;
+
 impl SyncHandle {
+    /// Sets the work done on each event before it is published while anyone
+    /// watches; the first call wins.
+    pub fn prepare_events_with(&self, preparer: EventPreparer) {
+        let _ = self.shared.preparer.set(preparer);
+    }
+
     /// Starts syncing `spec` from `target`, with running starting at `initial`
     /// (what the store had), committing through `persist`.
     pub fn start(
@@ -481,6 +495,7 @@ impl SyncHandle {
         let (events, _) = broadcast::channel(limits.event_buffer.max(1));
         let shared = Arc::new(Shared {
             name: spec.name.clone(),
+            preparer: std::sync::OnceLock::new(),
             pending: Mutex::new(Pending::default()),
             status: Mutex::new(Status {
                 state: SyncState::Connecting,
@@ -1473,6 +1488,26 @@ impl Committer {
                 running,
             });
         }
+        let (updates, deletes) = (change.update_count(), change.delete_count());
+        let weight = updates + deletes;
+        let event = Arc::new(Event {
+            revision,
+            time,
+            kind: EventKind::Commit {
+                replace,
+                change: Payload::new(Arc::new(change)),
+            },
+            encoded: Encoded::default(),
+        });
+        let preparer = self.shared.preparer.get().cloned();
+        if let Some(prepare) = preparer.filter(|_| self.shared.events.receiver_count() > 0) {
+            if weight > 10_000 {
+                let event = event.clone();
+                let _ = tokio::task::spawn_blocking(move || prepare(&event)).await;
+            } else {
+                prepare(&event);
+            }
+        }
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.commit_duration.record(started.elapsed());
         if !replace {
@@ -1482,8 +1517,8 @@ impl Committer {
                 .record(started.elapsed());
         }
         tracing::debug!(
-            datastore = %self.shared.name, revision, replace, updates = change.update_count(),
-            deletes = change.delete_count(), leaves, ?applied, ?persisted, "committed"
+            datastore = %self.shared.name, revision, replace, updates, deletes, leaves, ?applied,
+            ?persisted, "committed"
         );
         {
             let mut last_event = self
@@ -1491,16 +1526,6 @@ impl Committer {
                 .last_event
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let weight = change.update_count() + change.delete_count();
-            let event = Arc::new(Event {
-                revision,
-                time,
-                kind: EventKind::Commit {
-                    replace,
-                    change: Payload::new(Arc::new(change)),
-                },
-                encoded: Encoded::default(),
-            });
             let _ = self.shared.events.send(event.clone());
             self.shared.keep_recent(event, weight);
             *last_event = revision;

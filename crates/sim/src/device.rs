@@ -444,9 +444,12 @@ impl Actor {
         let now = Instant::now();
         let elapsed = now.duration_since(churn.last_tick).as_secs_f64();
         churn.last_tick = now;
-        // A stall (a long GC-free pause is impossible, but a busy machine is
-        // not) must not turn into one giant burst: owe at most one second.
-        churn.owed = (churn.owed + elapsed * churn.spec.rate).min(churn.spec.rate.max(1.0));
+        // A busy machine must not turn into bursts: owe at most ten ticks'
+        // worth. A burst of a second's worth kept the actor busy for most of
+        // a second, and Sets and control calls waited behind it; now a
+        // machine that cannot keep up churns slower instead.
+        let most = churn.spec.rate * (CHURN_TICK * 10).as_secs_f64();
+        churn.owed = (churn.owed + elapsed * churn.spec.rate).min(most.max(1.0));
         let count = churn.owed.floor();
         churn.owed -= count;
         if count < 1.0 {

@@ -23,6 +23,8 @@ use crate::store::{self, Store, StoredDatastore};
 mod running;
 mod watch;
 
+pub(crate) use watch::event_preparer;
+
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use netsync_core::running::Change;
-use netsync_core::sync::{Event, EventKind, RevertPhase, SyncHandle};
+use netsync_core::sync::{Event, EventKind, EventPreparer, RevertPhase, SyncHandle};
 use netsync_proto::netsync::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -202,6 +202,21 @@ fn gap(name: &str, missing: u64) -> Status {
 /// An engine event on the wire.
 /// `change` is a commit's change, held by the caller (an event's own may be
 /// evicted at any time).
+/// Converts each commit to its WatchSync form in the committer, ahead of the
+/// watchers, which then find it in the event's cache: the conversion of a
+/// large commit then counts in the commit's duration, which later commits
+/// start early by, rather than delaying every watcher after the commit.
+pub(crate) fn event_preparer(name: String) -> EventPreparer {
+    Arc::new(move |event: &Event| {
+        if let EventKind::Commit { change, .. } = &event.kind {
+            let held = change.get();
+            let _ = event
+                .encoded
+                .get_or_make(|| Arc::new(event_to_proto(&name, event, held.as_deref())));
+        }
+    })
+}
+
 fn event_to_proto(name: &str, event: &Event, change: Option<&Change>) -> pb::SyncEvent {
     pb::SyncEvent {
         datastore: name.to_string(),
