@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -358,8 +358,10 @@ enum Control {
 /// State shared by the tasks of one sync and its handle.
 struct Shared {
     name: String,
-    /// Run on each event before it is published, while watchers listen.
+    /// Run on each event before it is published, while `watching` is not 0.
     preparer: std::sync::OnceLock<EventPreparer>,
+    /// Clients sent every event (see [`SyncHandle::subscribe_watching`]).
+    watching: Arc<AtomicUsize>,
     pending: Mutex<Pending>,
     status: Mutex<Status>,
     stats: Stats,
@@ -473,6 +475,17 @@ impl std::fmt::Debug for SyncHandle {
 /// start early by (see [`DatastoreSpec`]'s `commit_interval`).
 pub type EventPreparer = Arc<dyn Fn(&Event) + Send + Sync>;
 
+/// A client counted as watching a datastore, for as long as this lives. It
+/// does not keep the datastore alive.
+#[derive(Debug)]
+pub struct Watching(Arc<AtomicUsize>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl SyncHandle {
     /// Sets the work done on each event before it is published while anyone
     /// watches; the first call wins.
@@ -496,6 +509,7 @@ impl SyncHandle {
         let shared = Arc::new(Shared {
             name: spec.name.clone(),
             preparer: std::sync::OnceLock::new(),
+            watching: Arc::default(),
             pending: Mutex::new(Pending::default()),
             status: Mutex::new(Status {
                 state: SyncState::Connecting,
@@ -586,6 +600,18 @@ impl SyncHandle {
     /// Subscribes to events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.shared.events.subscribe()
+    }
+
+    /// Subscribes as [`subscribe`](Self::subscribe) does, for a client that
+    /// is sent every event: while the guard lives, the committer prepares
+    /// each event for it (see [`EventPreparer`]). Internal listeners, which
+    /// look at a few events only, use `subscribe`.
+    pub fn subscribe_watching(&self) -> (broadcast::Receiver<Arc<Event>>, Watching) {
+        self.shared.watching.fetch_add(1, Ordering::Relaxed);
+        (
+            self.shared.events.subscribe(),
+            Watching(self.shared.watching.clone()),
+        )
     }
 
     /// The current status.
@@ -1500,7 +1526,8 @@ impl Committer {
             encoded: Encoded::default(),
         });
         let preparer = self.shared.preparer.get().cloned();
-        if let Some(prepare) = preparer.filter(|_| self.shared.events.receiver_count() > 0) {
+        let watched = self.shared.watching.load(Ordering::Relaxed) > 0;
+        if let Some(prepare) = preparer.filter(|_| watched) {
             if weight > 10_000 {
                 let event = event.clone();
                 let _ = tokio::task::spawn_blocking(move || prepare(&event)).await;

@@ -32,7 +32,7 @@ pub async fn watch(
     from: u64,
 ) -> Result<ResponseStream<pb::SyncEvent>, Error> {
     // Subscribe before looking at the log, so nothing falls between the two.
-    let live = sync.subscribe();
+    let (live, watching) = sync.subscribe_watching();
     let current = sync.snapshot().revision;
     let name = sync.name().to_string();
     if from > current + 1 {
@@ -68,7 +68,12 @@ pub async fn watch(
     };
     // Drop our handle clone: the task must not keep a deleted datastore alive.
     drop(sync);
-    tokio::spawn(run(name, log, live, tx, next, from > 0, first));
+    tokio::spawn(async move {
+        // Counted as watching (the committer converts events ahead) until
+        // the watch ends.
+        let _watching = watching;
+        run(name, log, live, tx, next, from > 0, first).await;
+    });
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
