@@ -328,7 +328,10 @@ fn prepare_notification(notification: &[u8]) -> Option<PreparedNotification> {
         None => None,
     };
     let mut out = PreparedNotification::default();
-    let mut keys = Vec::new();
+    // Canonical keys take about as many bytes as the message (values are
+    // short): one allocation instead of a chain of growths per message.
+    let mut keys = Vec::with_capacity(notification.len());
+    out.values.reserve(notification.len() / 4);
     // Decoded only for deletes, once.
     let mut decoded_prefix = None;
     let mut fields = Fields::new(notification);
