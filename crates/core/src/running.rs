@@ -308,9 +308,21 @@ impl Delta {
         // Earlier deletes inside the subtree (its own root included) are
         // superseded. A delete inside an earlier one is kept: its later
         // number matters for the updates between the two.
-        let inside: Vec<Key> = range_in(&self.deletes, &subtree).cloned().collect();
-        for key in inside {
-            self.deletes.remove(&key);
+        // Every key of the subtree starts with its root's text: most deletes
+        // (churn deletes single leaves) find nothing there and skip the
+        // exact search.
+        let root: &str = subtree.path.as_ref();
+        let maybe_inside = subtree.root
+            || self
+                .deletes
+                .range::<str, _>((Bound::Included(root), Bound::Unbounded))
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(root));
+        if maybe_inside {
+            let inside: Vec<Key> = range_in(&self.deletes, &subtree).cloned().collect();
+            for key in inside {
+                self.deletes.remove(&key);
+            }
         }
         self.deletes
             .insert(subtree.path.clone(), (subtree, self.last));
