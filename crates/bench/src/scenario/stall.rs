@@ -59,8 +59,10 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     )
     .await?;
     hold(sizes.warmup, &mut sim, &mut netsyncd).await?;
+    // As long as the stalled window: the largest RSS of a longer window is
+    // larger by itself, and the growth is to measure the stall alone.
     let free = Phase::measure(
-        sizes.window,
+        sizes.stall_window,
         NAME,
         &mut device,
         &mut api,
@@ -152,7 +154,7 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
          and deletes netsyncd read (its status), per second; rss = largest VmRSS sampled every \
          100 ms; rss_growth = stalled rss / rss - 1; unstalled_rss_growth = growth within the \
          first window; sets_held = gNMI Sets that reached the device in the held window",
-        sizes.window.as_secs_f64(),
+        sizes.stall_window.as_secs_f64(),
         sizes.stall_window.as_secs_f64(),
         sizes.stall_hold.as_secs_f64()
     ));
