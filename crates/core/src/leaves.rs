@@ -767,16 +767,12 @@ pub(crate) struct Ranges {
 impl Ranges {
     /// Adds the single key `key`.
     pub(crate) fn add_exact(&mut self, key: &str) {
-        let mut hi = key.as_bytes().to_vec();
-        // The smallest string after `key`.
-        hi.push(0);
-        self.ranges.push((key.as_bytes().to_vec(), Some(hi)));
+        self.add(key_range(key, true));
     }
 
-    /// Adds every key that starts with `prefix`.
-    pub(crate) fn add_prefix(&mut self, prefix: &str) {
-        self.ranges
-            .push((prefix.as_bytes().to_vec(), prefix_end(prefix.as_bytes())));
+    /// Adds a range made by [`key_range`].
+    pub(crate) fn add(&mut self, range: (Vec<u8>, Option<Vec<u8>>)) {
+        self.ranges.push(range);
     }
 
     /// Sorts and joins overlapping ranges. Must be called after adding.
@@ -809,9 +805,24 @@ impl Ranges {
     }
 }
 
+/// The `[lo, hi)` byte range (`hi` `None`: unbounded) of the single key
+/// `text` (`exact`) or of every key that starts with it.
+pub(crate) fn key_range(text: &str, exact: bool) -> (Vec<u8>, Option<Vec<u8>>) {
+    let lo = text.as_bytes().to_vec();
+    let hi = if exact {
+        // The smallest string after `text`.
+        let mut hi = lo.clone();
+        hi.push(0);
+        Some(hi)
+    } else {
+        prefix_end(&lo)
+    };
+    (lo, hi)
+}
+
 /// The first byte string after every string that starts with `prefix`, or
 /// `None` when there is none (the prefix is empty or all 0xff).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -951,7 +962,7 @@ mod tests {
             let old = build(&start);
             let mut ranges = Ranges::default();
             for k in &exact { ranges.add_exact(k); }
-            for p in &prefixes { ranges.add_prefix(p); }
+            for p in &prefixes { ranges.add(key_range(p, false)); }
             ranges.normalise();
             let deleted = |k: &str| exact.iter().any(|e| e == k) || prefixes.iter().any(|p| k.starts_with(p.as_str()));
 

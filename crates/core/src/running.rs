@@ -8,11 +8,11 @@
 //! contiguous ranges, found by prefix.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 use hashbrown::hash_map::EntryRef;
-use std::ops::Bound;
-use std::sync::Arc;
 
 use netsync_proto::gnmi::TypedValue;
 use prost::Message;
@@ -73,6 +73,13 @@ impl Subtree {
             Some(rest) => rest.starts_with('/') || (self.lists_below && rest.starts_with('[')),
             None => false,
         }
+    }
+
+    /// The key ranges the subtree covers, as byte ranges (see
+    /// [`leaves::key_range`]).
+    fn key_ranges(&self) -> impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> + '_ {
+        self.prefixes()
+            .map(|(text, exact)| leaves::key_range(&text, exact))
     }
 
     /// The key ranges the subtree covers, as `(text, exact)`: `exact` is the
@@ -234,14 +241,12 @@ impl Delta {
 
     /// Records an update of leaf `key` to `value`.
     pub fn update(&mut self, key: Key, value: Value) {
-        self.update_encoded(&key, &value.encode_to_vec());
+        self.update_ref(&key, &value);
     }
 
     /// Records an update of leaf `key` to `value`, copying only what it keeps.
     pub fn update_ref(&mut self, key: &str, value: &Value) {
-        let mut encoded = Vec::with_capacity(value.encoded_len());
-        value.encode_raw(&mut encoded);
-        self.update_encoded(key, &encoded);
+        self.update_encoded(key, &value.encode_to_vec());
     }
 
     /// Records an update of leaf `key` to the protobuf-encoded `TypedValue`
@@ -371,13 +376,7 @@ impl Delta {
     fn ranges(&self) -> Ranges {
         let mut ranges = Ranges::default();
         for (subtree, _) in self.deletes.values() {
-            for (prefix, exact) in subtree.prefixes() {
-                if exact {
-                    ranges.add_exact(&prefix);
-                } else {
-                    ranges.add_prefix(&prefix);
-                }
-            }
+            subtree.key_ranges().for_each(|range| ranges.add(range));
         }
         ranges.normalise();
         ranges
@@ -461,15 +460,7 @@ impl Covering {
     fn new(deletes: &BTreeMap<Key, (Subtree, u64)>) -> Self {
         let mut ranges = Vec::new();
         for (subtree, seq) in deletes.values() {
-            for (text, exact) in subtree.prefixes() {
-                let lo = text.into_bytes();
-                let hi = if exact {
-                    let mut hi = lo.clone();
-                    hi.push(0);
-                    Some(hi)
-                } else {
-                    leaves::prefix_end(&lo)
-                };
+            for (lo, hi) in subtree.key_ranges() {
                 ranges.push((lo, hi, *seq));
             }
         }

@@ -901,11 +901,7 @@ impl Ingest {
     /// Waits, if `n` deletes something, until no batch of the dump is out
     /// being sorted: the delete must apply after the updates in it.
     async fn ready_for(&self, note: Note<'_>) {
-        let deletes = match note {
-            Note::Fast(n) => n.has_deletes(),
-            Note::Decoded(n) => !n.delete.is_empty(),
-        };
-        if !deletes {
+        if !note.has_deletes() {
             return;
         }
         loop {
@@ -1069,7 +1065,7 @@ impl Ingest {
             match next {
                 None => return Ended::Failed("the device ended the subscription".into()),
                 Some(Err(e)) => return Ended::Failed(format!("subscription failed: {e}")),
-                Some(Ok(incoming)) => match Step::of(incoming) {
+                Some(Ok(step)) => match step {
                     Step::Apply(note) => {
                         self.ready_for(note.as_note()).await;
                         if let Err(e) = self.ingest(note.as_note()) {
@@ -1218,7 +1214,7 @@ impl Ingest {
                     ));
                 }
                 Some(Err(e)) => return Err(Ended::Failed(format!("subscription failed: {e}"))),
-                Some(Ok(incoming)) => match Step::of(incoming) {
+                Some(Ok(step)) => match step {
                     Step::Apply(note) => {
                         self.ready_for(note.as_note()).await;
                         self.ingest(note.as_note()).map_err(|e| self.bad_input(e))?;
@@ -1597,29 +1593,18 @@ impl Committer {
 /// Messages decoded ahead of the ingest, at most.
 const READ_AHEAD: usize = 16;
 
-/// A Subscribe response as the ingest gets it.
-enum Incoming {
-    /// A notification read on the fast path.
-    Fast(PreparedNotification),
-    /// `sync_response`, read on the fast path.
-    Sync,
-    /// Anything else, decoded.
-    Decoded(gnmi::SubscribeResponse),
-}
-
-/// Responses after [`read_ahead`].
-type Incomings = std::pin::Pin<
-    Box<dyn futures::Stream<Item = Result<Incoming, crate::target::TargetError>> + Send>,
->;
+/// Responses after [`read_ahead`], each as what it asks of the ingest.
+type Incomings =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Step, crate::target::TargetError>> + Send>>;
 
 /// Reads a response on the fast path, or decodes it.
-fn incoming(received: Received) -> Result<Incoming, crate::target::TargetError> {
+fn incoming(received: Received) -> Result<Step, crate::target::TargetError> {
     match received {
         Received::Encoded(bytes) => match notification::prepare(&bytes) {
-            Some(Prepared::Notification(n)) => Ok(Incoming::Fast(n)),
-            Some(Prepared::SyncResponse) => Ok(Incoming::Sync),
+            Some(Prepared::Notification(n)) => Ok(Step::Apply(Owned::Fast(n))),
+            Some(Prepared::SyncResponse) => Ok(Step::Sync),
             None => gnmi::SubscribeResponse::decode(bytes)
-                .map(Incoming::Decoded)
+                .map(Step::of)
                 .map_err(|e| {
                     crate::target::TargetError::new(
                         tonic::Code::Internal,
@@ -1627,7 +1612,7 @@ fn incoming(received: Received) -> Result<Incoming, crate::target::TargetError> 
                     )
                 }),
         },
-        Received::Decoded(response) => Ok(Incoming::Decoded(response)),
+        Received::Decoded(response) => Ok(Step::of(response)),
     }
 }
 
@@ -1681,6 +1666,15 @@ enum Owned {
     Decoded(gnmi::Notification),
 }
 
+impl Note<'_> {
+    fn has_deletes(self) -> bool {
+        match self {
+            Note::Fast(n) => n.has_deletes(),
+            Note::Decoded(n) => !n.delete.is_empty(),
+        }
+    }
+}
+
 impl Owned {
     fn as_note(&self) -> Note<'_> {
         match self {
@@ -1701,17 +1695,12 @@ enum Step {
 }
 
 impl Step {
-    fn of(incoming: Incoming) -> Self {
-        match incoming {
-            Incoming::Fast(n) => Step::Apply(Owned::Fast(n)),
-            Incoming::Sync => Step::Sync,
-            Incoming::Decoded(response) => match response.response {
-                Some(gnmi::subscribe_response::Response::Update(n)) => {
-                    Step::Apply(Owned::Decoded(n))
-                }
-                Some(gnmi::subscribe_response::Response::SyncResponse(_)) => Step::Sync,
-                other => device_error(other).map_or(Step::Skip, Step::Fail),
-            },
+    /// What a decoded response asks.
+    fn of(response: gnmi::SubscribeResponse) -> Self {
+        match response.response {
+            Some(gnmi::subscribe_response::Response::Update(n)) => Step::Apply(Owned::Decoded(n)),
+            Some(gnmi::subscribe_response::Response::SyncResponse(_)) => Step::Sync,
+            other => device_error(other).map_or(Step::Skip, Step::Fail),
         }
     }
 }

@@ -147,10 +147,9 @@ async fn run(
             held = Some(change);
             next = event.revision + 1;
         }
-        // Converted once, by the first watcher; the others copy it.
-        let message = event
-            .encoded
-            .get_or_make(|| Arc::new(event_to_proto(&name, &event, held.as_deref())));
+        // Converted once, by the committer or the first watcher; the others
+        // copy it.
+        let message = converted(&name, &event, held.as_deref());
         if tx.send(Ok(pb::SyncEvent::clone(&message))).await.is_err() {
             return;
         }
@@ -214,12 +213,16 @@ fn gap(name: &str, missing: u64) -> Status {
 pub(crate) fn event_preparer(name: String) -> EventPreparer {
     Arc::new(move |event: &Event| {
         if let EventKind::Commit { change, .. } = &event.kind {
-            let held = change.get();
-            let _ = event
-                .encoded
-                .get_or_make(|| Arc::new(event_to_proto(&name, event, held.as_deref())));
+            converted(&name, event, change.get().as_deref());
         }
     })
+}
+
+/// `event` in its WatchSync form, converted once per event and cached in it.
+fn converted(name: &str, event: &Event, change: Option<&Change>) -> Arc<pb::SyncEvent> {
+    event
+        .encoded
+        .get_or_make(|| Arc::new(event_to_proto(name, event, change)))
 }
 
 fn event_to_proto(name: &str, event: &Event, change: Option<&Change>) -> pb::SyncEvent {
