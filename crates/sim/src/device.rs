@@ -266,7 +266,10 @@ impl Churn {
 /// two changes of one path inside it would be lost.
 struct Population {
     paths: Vec<(Key, u64)>,
-    deleted: Vec<(Key, Arc<Leaf>, u64)>,
+    deleted: Vec<(Key, Leaf, u64)>,
+    /// Buffers a change is written in before it becomes a leaf.
+    value_scratch: Vec<u8>,
+    entry_scratch: Vec<u8>,
 }
 
 impl Population {
@@ -278,6 +281,8 @@ impl Population {
                 .map(|(p, _)| (p.clone(), 0))
                 .collect(),
             deleted: Vec::new(),
+            value_scratch: Vec::new(),
+            entry_scratch: Vec::new(),
         }
     }
 }
@@ -539,8 +544,8 @@ impl Actor {
         for _ in 0..spec.change.min(paths.len() as u64) {
             let path = &paths[rng.below(paths.len() as u64) as usize];
             if let Some(slot) = self.tree.get_mut_by_key(path) {
-                let value = generate::changed_value(slot.value(), &mut rng);
-                *slot = Arc::new(slot.with_value(value));
+                let value = generate::changed_value(&slot.value(), &mut rng);
+                *slot = slot.with_value(&value);
                 outcome.changed += 1;
             }
         }
@@ -571,7 +576,7 @@ impl Actor {
                 let mut path = base.clone();
                 path.extend(Path::parse(rel).expect("valid").elems().iter().cloned());
                 if self.tree.get(&path).is_none() {
-                    let leaf = Arc::new(Leaf::new(&path, value));
+                    let leaf = Leaf::new(&path, &value);
                     self.tree.insert_path(path, leaf);
                     outcome.added += 1;
                 }
@@ -616,7 +621,7 @@ fn churn_one(
                 return Churned::SliceFull;
             }
             let (path, leaf, _) = population.deleted.swap_remove(i);
-            tree.insert(path.clone(), Arc::clone(&leaf));
+            tree.insert(path.clone(), leaf.clone());
             let change = Change::update(&path, &leaf);
             population.paths.push((path, slice));
             return Churned::Change(change);
@@ -644,8 +649,13 @@ fn churn_one(
             population.paths.swap_remove(i);
             continue;
         };
-        let leaf = Arc::new(slot.with_value(generate::changed_value(slot.value(), rng)));
-        *slot = Arc::clone(&leaf);
+        generate::changed_value_wire(slot.value_wire(), rng, &mut population.value_scratch);
+        let leaf = Leaf::from_parts_in(
+            &mut population.entry_scratch,
+            slot.path_wire(),
+            &population.value_scratch,
+        );
+        *slot = leaf.clone();
         population.paths[i].1 = slice;
         return Churned::Change(Change::update(&population.paths[i].0, &leaf));
     }
@@ -666,7 +676,7 @@ struct TreeHints<'a>(&'a Tree);
 
 impl Hints for TreeHints<'_> {
     fn value_at(&self, path: &Path) -> Option<gnmi::TypedValue> {
-        self.0.get(path).map(|leaf| leaf.value().clone())
+        self.0.get(path).map(Leaf::value)
     }
 
     fn list_keys(&self, parent: &Path, name: &str) -> Option<Vec<String>> {
@@ -716,7 +726,8 @@ fn write_leaf(
         return Err(invalid("a scalar value cannot replace the root".into()));
     }
     if let Some(existing) = new.get(path) {
-        let existing_kind = Kind::of(existing.value());
+        let existing = existing.value();
+        let existing_kind = Kind::of(&existing);
         if existing_kind != Some(kind) {
             return Err(invalid(format!(
                 "`{path}` holds a {} value, got a {} value",
@@ -724,7 +735,7 @@ fn write_leaf(
                 kind.name()
             )));
         }
-        if existing.value() == &value {
+        if existing == value {
             return Ok(());
         }
     } else {
@@ -740,8 +751,7 @@ fn write_leaf(
         }
     }
     check_key_leaf(path, &value).map_err(invalid)?;
-    let leaf = Arc::new(Leaf::new(path, value));
-    new.insert_path(path.clone(), leaf);
+    new.insert_path(path.clone(), Leaf::new(path, &value));
     Ok(())
 }
 

@@ -4,9 +4,12 @@
 //! string, int, uint, bool, double, decimal and leaf-list values. The same
 //! `(N, S)` always gives the same leaves, paths and values.
 
+use std::io::Write as _;
+
 use netsync_core::{Path, PathElem};
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::typed_value::Value;
+use prost::Message;
 
 /// SplitMix64: a tiny, fast, well-mixed generator.
 ///
@@ -438,11 +441,99 @@ pub fn changed_value(old: &gnmi::TypedValue, rng: &mut Rng) -> gnmi::TypedValue 
     typed(value)
 }
 
+/// [`changed_value`] for an encoded `TypedValue`: writes the encoding of the
+/// changed value into `out` (cleared first). Strings, integers, booleans and
+/// doubles are changed in their encoded form, without decoding them into
+/// owned values; the result is byte for byte what encoding `changed_value`'s
+/// result gives, with the same random draws. This is churn's hot path.
+pub fn changed_value_wire(old: &[u8], rng: &mut Rng, out: &mut Vec<u8>) {
+    out.clear();
+    if !change_in_place(old, rng, out) {
+        out.clear();
+        let value = gnmi::TypedValue::decode(old).unwrap_or_default();
+        changed_value(&value, rng).encode(out).expect("a Vec grows");
+    }
+}
+
+/// `TypedValue` oneof tags, as prost writes them.
+const STRING_VAL: u8 = 0x0a;
+const INT_VAL: u8 = 0x10;
+const UINT_VAL: u8 = 0x18;
+const BOOL_VAL: u8 = 0x20;
+const DOUBLE_VAL: u8 = 0x71;
+
+/// The common kinds of [`changed_value_wire`]; false (with nothing drawn from
+/// `rng`) for any other kind or an encoding it does not expect.
+fn change_in_place(old: &[u8], rng: &mut Rng, out: &mut Vec<u8>) -> bool {
+    let Some((&tag, mut rest)) = old.split_first() else {
+        return false;
+    };
+    match tag {
+        INT_VAL | UINT_VAL | BOOL_VAL => {
+            let Ok(v) = prost::encoding::decode_varint(&mut rest) else {
+                return false;
+            };
+            if !rest.is_empty() {
+                return false;
+            }
+            let new = match tag {
+                INT_VAL => (v as i64).wrapping_add(1 + rng.below(1000) as i64) as u64,
+                UINT_VAL => v.wrapping_add(1 + rng.below(1000)),
+                _ => u64::from(v == 0),
+            };
+            out.push(tag);
+            prost::encoding::encode_varint(new, out);
+            true
+        }
+        DOUBLE_VAL => {
+            let Ok(bytes) = <[u8; 8]>::try_from(rest) else {
+                return false;
+            };
+            let v = f64::from_le_bytes(bytes);
+            out.push(tag);
+            out.extend_from_slice(&((v + 0.5 + rng.unit()) % 1.0e9).to_le_bytes());
+            true
+        }
+        STRING_VAL => {
+            let Ok(len) = prost::encoding::decode_varint(&mut rest) else {
+                return false;
+            };
+            let Some(text) = (len == rest.len() as u64)
+                .then(|| std::str::from_utf8(rest).ok())
+                .flatten()
+            else {
+                return false;
+            };
+            // The new text goes after a one-byte length, which is fixed up
+            // when the text turns out longer.
+            out.extend_from_slice(&[tag, 0]);
+            let stem = string_stem(text);
+            out.extend_from_slice(stem.as_bytes());
+            write!(out, " #{}", rng.below(1_000_000)).expect("a Vec grows");
+            let len = out.len() - 2;
+            if len < 0x80 {
+                out[1] = len as u8;
+            } else {
+                let text = out.split_off(2);
+                out.truncate(1);
+                prost::encoding::encode_varint(len as u64, out);
+                out.extend_from_slice(&text);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A string like `s` with a changed numeric suffix, so that strings stay short.
 fn mutate_string(s: &str, rng: &mut Rng) -> String {
+    format!("{} #{}", string_stem(s), rng.below(1_000_000))
+}
+
+/// `s` without the numeric suffix a change gives it.
+fn string_stem(s: &str) -> &str {
     let stem = s.trim_end_matches(|c: char| c.is_ascii_digit() || c == '#');
-    let stem = stem.strip_suffix(' ').unwrap_or(stem);
-    format!("{stem} #{}", rng.below(1_000_000))
+    stem.strip_suffix(' ').unwrap_or(stem)
 }
 
 #[cfg(test)]
@@ -501,6 +592,35 @@ mod tests {
             let changed = changed_value(&value, &mut rng);
             assert_eq!(Kind::of(&changed), Kind::of(&value));
             assert_ne!(changed, value);
+        }
+    }
+
+    #[test]
+    fn changing_encoded_values_equals_changing_decoded_ones() {
+        let mut values: Vec<gnmi::TypedValue> = device(3000, 5).map(|(_, v)| v).collect();
+        values.extend([
+            string(""),
+            string("x".repeat(200)),
+            int(-5),
+            int(i64::MAX),
+            uint(u64::MAX),
+            boolean(false),
+            double(-1.5),
+            typed(Value::BytesVal(vec![1, 2])),
+            typed(Value::AsciiVal("a 1".into())),
+            gnmi::TypedValue::default(),
+        ]);
+        let (mut decoded_rng, mut wire_rng) = (Rng::new(9), Rng::new(9));
+        let mut out = Vec::new();
+        for value in values {
+            // Three rounds: each change starts from the last one's result.
+            let mut value = value;
+            for _ in 0..3 {
+                let expected = changed_value(&value, &mut decoded_rng);
+                changed_value_wire(&value.encode_to_vec(), &mut wire_rng, &mut out);
+                assert_eq!(out, expected.encode_to_vec(), "changing {value:?}");
+                value = expected;
+            }
         }
     }
 

@@ -20,49 +20,75 @@ use imbl::OrdMap;
 use netsync_core::{Path, PathElem};
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::typed_value::Value;
+use prost::Message;
 
 use crate::wire;
 
-/// One leaf: its scalar value and its `Notification.update` entry on the wire.
-#[derive(Clone, Debug, PartialEq)]
+/// One leaf: its `Notification.update` entry on the wire, which holds both its
+/// encoded path and its encoded value. Cloning is one reference count.
+///
+/// Only the encoded form is kept: churn makes each new value as bytes and
+/// publishes those bytes, so a change costs one allocation; the decoded
+/// value is made on demand for the rarer readers (Sets, Gets, other encodings).
+#[derive(Clone, Debug)]
 pub struct Leaf {
-    value: gnmi::TypedValue,
     /// `Notification.update` entry: tag, length, `Update{path, val}`.
-    wire: Bytes,
+    wire: Arc<[u8]>,
     /// Where the encoded `Path` sits inside `wire`.
     path_start: u32,
     path_end: u32,
+    /// Where the encoded `TypedValue` starts; it runs to the end of `wire`.
+    value_start: u32,
 }
 
 impl Leaf {
     /// A leaf at `path` holding `value`.
-    pub fn new(path: &Path, value: gnmi::TypedValue) -> Self {
-        Self::from_path_wire(&wire::encode_path(path), value)
+    pub fn new(path: &Path, value: &gnmi::TypedValue) -> Self {
+        Self::from_parts(&wire::encode_path(path), &value.encode_to_vec())
     }
 
-    /// A leaf whose path is already encoded as `path_wire`.
-    fn from_path_wire(path_wire: &[u8], value: gnmi::TypedValue) -> Self {
-        let (wire, path_start) = wire::encode_update_entry(path_wire, &value);
+    /// A leaf from its encoded path and encoded `TypedValue`.
+    pub fn from_parts(path_wire: &[u8], value_wire: &[u8]) -> Self {
+        let mut scratch = Vec::new();
+        Self::from_parts_in(&mut scratch, path_wire, value_wire)
+    }
+
+    /// [`from_parts`](Self::from_parts), writing the entry in `scratch` first
+    /// (a buffer reused across calls) so that the leaf is one exact allocation.
+    pub fn from_parts_in(scratch: &mut Vec<u8>, path_wire: &[u8], value_wire: &[u8]) -> Self {
+        let (path_start, value_start) = wire::write_update_entry(scratch, path_wire, value_wire);
         Self {
-            value,
-            wire,
+            wire: Arc::from(scratch.as_slice()),
             path_start: path_start as u32,
             path_end: (path_start + path_wire.len()) as u32,
+            value_start: value_start as u32,
         }
     }
 
     /// The same leaf with another value (the path is not encoded again).
-    pub fn with_value(&self, value: gnmi::TypedValue) -> Self {
-        Self::from_path_wire(self.path_wire(), value)
+    pub fn with_value(&self, value: &gnmi::TypedValue) -> Self {
+        Self::from_parts(self.path_wire(), &value.encode_to_vec())
     }
 
-    /// The leaf's value.
-    pub fn value(&self) -> &gnmi::TypedValue {
-        &self.value
+    /// The leaf's value, decoded.
+    pub fn value(&self) -> gnmi::TypedValue {
+        gnmi::TypedValue::decode(self.value_wire())
+            .expect("a leaf's value was encoded by prost, so it decodes")
+    }
+
+    /// The leaf's encoded `TypedValue`. Equal values have equal encodings, as
+    /// they all come from one encoder.
+    pub fn value_wire(&self) -> &[u8] {
+        &self.wire[self.value_start as usize..]
+    }
+
+    /// Whether both are the same leaf object (a clone of one another).
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.wire, &other.wire)
     }
 
     /// The leaf's `Notification.update` entry, ready to be concatenated.
-    pub fn update_entry(&self) -> &Bytes {
+    pub fn update_entry(&self) -> &[u8] {
         &self.wire
     }
 
@@ -73,13 +99,21 @@ impl Leaf {
 
     /// A `Notification.update` entry for this leaf carrying `value` instead of
     /// the stored one (used for JSON and ASCII encodings).
-    pub fn update_entry_with(&self, value: &gnmi::TypedValue) -> Bytes {
-        wire::encode_update_entry(self.path_wire(), value).0
+    pub fn update_entry_with(&self, value: &gnmi::TypedValue) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::write_update_entry(&mut out, self.path_wire(), &value.encode_to_vec());
+        out
     }
 
     /// A `Notification.delete` entry for this leaf's path.
     pub fn delete_entry(&self) -> Bytes {
         wire::encode_delete_entry(self.path_wire())
+    }
+}
+
+impl PartialEq for Leaf {
+    fn eq(&self, other: &Self) -> bool {
+        self.wire == other.wire
     }
 }
 
@@ -244,8 +278,9 @@ fn elem_matches(pattern: &PathElem, leaf: &PathElem) -> bool {
 pub struct Key {
     /// Rank in the initial state's order; 0 for keys created later.
     ord: u64,
-    sort: Arc<[u8]>,
-    path: Arc<Path>,
+    /// The sort key bytes and the path, behind one reference count: a
+    /// change clones its leaf's key, and each count touched is a cache miss.
+    inner: Arc<(Box<[u8]>, Path)>,
 }
 
 impl Key {
@@ -253,19 +288,18 @@ impl Key {
     pub fn new(path: Path) -> Self {
         Self {
             ord: 0,
-            sort: sort_key(&path, true).into(),
-            path: Arc::new(path),
+            inner: Arc::new((sort_key(&path, true).into(), path)),
         }
     }
 
     /// The path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.1
     }
 
     /// The sort key bytes.
     pub fn sort(&self) -> &[u8] {
-        &self.sort
+        &self.inner.0
     }
 }
 
@@ -273,13 +307,13 @@ impl Deref for Key {
     type Target = Path;
 
     fn deref(&self) -> &Path {
-        &self.path
+        &self.inner.1
     }
 }
 
 impl Borrow<[u8]> for Key {
     fn borrow(&self) -> &[u8] {
-        &self.sort
+        &self.inner.0
     }
 }
 
@@ -302,20 +336,20 @@ impl Ord for Key {
         if self.ord != 0 && other.ord != 0 {
             self.ord.cmp(&other.ord)
         } else {
-            self.sort.cmp(&other.sort)
+            self.inner.0.cmp(&other.inner.0)
         }
     }
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.path, f)
+        fmt::Debug::fmt(&self.inner.1, f)
     }
 }
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.path, f)
+        fmt::Display::fmt(&self.inner.1, f)
     }
 }
 
@@ -367,7 +401,7 @@ pub fn sort_key(path: &Path, closed: bool) -> Vec<u8> {
 /// snapshot: the map shares structure until one side changes.
 #[derive(Clone, Debug, Default)]
 pub struct Tree {
-    leaves: OrdMap<Key, Arc<Leaf>>,
+    leaves: OrdMap<Key, Leaf>,
 }
 
 impl Tree {
@@ -379,19 +413,19 @@ impl Tree {
     /// A tree of `leaves` whose keys carry ordinals (see [`Key`]). When a path
     /// comes twice, the last value wins.
     pub fn build(leaves: impl IntoIterator<Item = (Path, gnmi::TypedValue)>) -> Self {
-        let mut items: Vec<(Key, Arc<Leaf>)> = leaves
+        let mut items: Vec<(Key, Leaf)> = leaves
             .into_iter()
             .map(|(path, value)| {
-                let leaf = Arc::new(Leaf::new(&path, value));
+                let leaf = Leaf::new(&path, &value);
                 (Key::new(path), leaf)
             })
             .collect();
         // Stable, so that among equal paths the last one given stays last.
-        items.sort_by(|a, b| a.0.sort.cmp(&b.0.sort));
-        let mut deduped: Vec<(Key, Arc<Leaf>)> = Vec::with_capacity(items.len());
+        items.sort_by(|a, b| a.0.sort().cmp(b.0.sort()));
+        let mut deduped: Vec<(Key, Leaf)> = Vec::with_capacity(items.len());
         for item in items {
             match deduped.last_mut() {
-                Some(last) if last.0.sort == item.0.sort => *last = item,
+                Some(last) if last.0.sort() == item.0.sort() => *last = item,
                 _ => deduped.push(item),
             }
         }
@@ -416,50 +450,47 @@ impl Tree {
     }
 
     /// The leaf at `path`.
-    pub fn get(&self, path: &Path) -> Option<&Arc<Leaf>> {
+    pub fn get(&self, path: &Path) -> Option<&Leaf> {
         self.leaves.get(sort_key(path, true).as_slice())
     }
 
     /// The leaf at `key`.
-    pub fn get_by_key(&self, key: &Key) -> Option<&Arc<Leaf>> {
+    pub fn get_by_key(&self, key: &Key) -> Option<&Leaf> {
         self.leaves.get(key)
     }
 
     /// The leaf at `key`, to replace it in place (one lookup).
-    pub fn get_mut_by_key(&mut self, key: &Key) -> Option<&mut Arc<Leaf>> {
+    pub fn get_mut_by_key(&mut self, key: &Key) -> Option<&mut Leaf> {
         self.leaves.get_mut(key)
     }
 
     /// Sets the leaf at `key`; returns the previous one.
-    pub fn insert(&mut self, key: Key, leaf: Arc<Leaf>) -> Option<Arc<Leaf>> {
+    pub fn insert(&mut self, key: Key, leaf: Leaf) -> Option<Leaf> {
         self.leaves.insert(key, leaf)
     }
 
     /// Sets the leaf at `path`; returns the previous one.
-    pub fn insert_path(&mut self, path: Path, leaf: Arc<Leaf>) -> Option<Arc<Leaf>> {
+    pub fn insert_path(&mut self, path: Path, leaf: Leaf) -> Option<Leaf> {
         self.insert(Key::new(path), leaf)
     }
 
     /// Removes the leaf at `path`.
-    pub fn remove(&mut self, path: &Path) -> Option<Arc<Leaf>> {
+    pub fn remove(&mut self, path: &Path) -> Option<Leaf> {
         self.leaves.remove(sort_key(path, true).as_slice())
     }
 
     /// Removes the leaf at `key`.
-    pub fn remove_key(&mut self, key: &Key) -> Option<Arc<Leaf>> {
+    pub fn remove_key(&mut self, key: &Key) -> Option<Leaf> {
         self.leaves.remove(key)
     }
 
     /// Every leaf in path order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Arc<Leaf>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Leaf)> {
         self.leaves.iter()
     }
 
     /// The leaves whose sort key starts with `prefix`, in order.
-    fn range_prefix(
-        &self,
-        prefix: Vec<u8>,
-    ) -> impl Iterator<Item = (&Key, &Arc<Leaf>)> + Send + '_ {
+    fn range_prefix(&self, prefix: Vec<u8>) -> impl Iterator<Item = (&Key, &Leaf)> + Send + '_ {
         // The bounds are only read when the iterator is created.
         self.leaves
             .range::<_, [u8]>((Bound::Included(prefix.as_slice()), Bound::Unbounded))
@@ -467,7 +498,7 @@ impl Tree {
     }
 
     /// The leaves at or below `prefix`, in path order (a contiguous range).
-    pub fn subtree(&self, prefix: &Path) -> impl Iterator<Item = (&Key, &Arc<Leaf>)> + Send + '_ {
+    pub fn subtree(&self, prefix: &Path) -> impl Iterator<Item = (&Key, &Leaf)> + Send + '_ {
         self.range_prefix(sort_key(prefix, false))
     }
 
@@ -503,7 +534,7 @@ impl Tree {
     pub fn scan<'a>(
         &'a self,
         pattern: &'a Pattern,
-    ) -> Box<dyn Iterator<Item = (&'a Key, &'a Arc<Leaf>)> + Send + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a Key, &'a Leaf)> + Send + 'a> {
         let elems = pattern.path.elems();
         let origin = pattern.path.origin().unwrap_or_default();
         let prefix_of = |n: usize| -> Path {
@@ -539,7 +570,7 @@ impl Tree {
     pub fn scan_union<'a>(
         &'a self,
         patterns: &'a [Pattern],
-    ) -> impl Iterator<Item = (&'a Key, &'a Arc<Leaf>)> + Send + 'a {
+    ) -> impl Iterator<Item = (&'a Key, &'a Leaf)> + Send + 'a {
         patterns.iter().enumerate().flat_map(move |(i, pattern)| {
             self.scan(pattern)
                 .filter(move |(path, _)| !patterns[..i].iter().any(|p| p.matches(path)))
@@ -554,7 +585,7 @@ impl Tree {
             imbl::ordmap::DiffItem::Update {
                 old: (_, old),
                 new: (path, leaf),
-            } => (!Arc::ptr_eq(old, leaf) && old.value != leaf.value)
+            } => (!old.same(leaf) && old.value_wire() != leaf.value_wire())
                 .then(|| Change::update(path, leaf)),
             imbl::ordmap::DiffItem::Remove(path, leaf) => Some(Change::delete(path, leaf)),
         })
@@ -574,17 +605,17 @@ pub struct Change {
 #[derive(Clone, Debug)]
 pub enum ChangeKind {
     /// Created or changed: the new leaf.
-    Update(Arc<Leaf>),
+    Update(Leaf),
     /// Deleted: the `Notification.delete` entry of its path.
     Delete(Bytes),
 }
 
 impl Change {
     /// The leaf at `path` is now `leaf`.
-    pub fn update(path: &Key, leaf: &Arc<Leaf>) -> Self {
+    pub fn update(path: &Key, leaf: &Leaf) -> Self {
         Self {
             path: path.clone(),
-            kind: ChangeKind::Update(Arc::clone(leaf)),
+            kind: ChangeKind::Update(leaf.clone()),
         }
     }
 
@@ -679,8 +710,8 @@ mod tests {
         let mut tree = Tree::new();
         for path in paths {
             let path = p(path);
-            let leaf = Leaf::new(&path, s("x"));
-            tree.insert_path(path, Arc::new(leaf));
+            let leaf = Leaf::new(&path, &s("x"));
+            tree.insert_path(path, leaf);
         }
         tree
     }
@@ -746,10 +777,10 @@ mod tests {
     #[test]
     fn leaf_with_value_keeps_path() {
         let path = p("/a[k=1]/b");
-        let leaf = Leaf::new(&path, s("x"));
-        let changed = leaf.with_value(s("y"));
+        let leaf = Leaf::new(&path, &s("x"));
+        let changed = leaf.with_value(&s("y"));
         assert_eq!(changed.path_wire(), leaf.path_wire());
-        assert_eq!(changed.value(), &s("y"));
+        assert_eq!(changed.value(), s("y"));
     }
 
     #[test]
@@ -758,12 +789,12 @@ mod tests {
         let mut new = old.clone();
         new.remove(&p("/a"));
         let b = p("/b");
-        let leaf = Leaf::new(&b, s("changed"));
-        new.insert_path(b, Arc::new(leaf));
+        let leaf = Leaf::new(&b, &s("changed"));
+        new.insert_path(b, leaf);
         // Same value, new object: not a change.
         let c = p("/c");
-        let same = Leaf::new(&c, s("x"));
-        new.insert_path(c, Arc::new(same));
+        let same = Leaf::new(&c, &s("x"));
+        new.insert_path(c, same);
         let changes: Vec<_> = old.diff(&new).map(|c| c.path.to_string()).collect();
         assert_eq!(changes, ["/a", "/b"]);
     }

@@ -129,22 +129,28 @@ pub fn encode_target_prefix(target: &str) -> Vec<u8> {
     out
 }
 
-/// A `Notification.update` entry (tag, length and `Update{path, val}`) for a
-/// pre-encoded path and a value, plus where the path bytes sit inside it.
-pub fn encode_update_entry(path_wire: &[u8], value: &gnmi::TypedValue) -> (Bytes, usize) {
-    let value_len = value.encoded_len();
-    let update_len = len_field(path_wire.len()) + len_field(value_len);
-    let mut out = BytesMut::with_capacity(len_field(update_len));
+/// Writes a `Notification.update` entry (tag, length and `Update{path, val}`)
+/// for a pre-encoded path and a pre-encoded `TypedValue` into `out`, which is
+/// cleared first; returns where the path bytes and the value bytes start in it.
+pub fn write_update_entry(
+    out: &mut Vec<u8>,
+    path_wire: &[u8],
+    value_wire: &[u8],
+) -> (usize, usize) {
+    let update_len = len_field(path_wire.len()) + len_field(value_wire.len());
+    out.clear();
+    out.reserve(len_field(update_len));
     out.put_u8(NOTIFICATION_UPDATE);
-    put_varint(&mut out, update_len as u64);
+    put_varint(out, update_len as u64);
     out.put_u8(UPDATE_PATH);
-    put_varint(&mut out, path_wire.len() as u64);
+    put_varint(out, path_wire.len() as u64);
     let path_start = out.len();
     out.put_slice(path_wire);
     out.put_u8(UPDATE_VAL);
-    put_varint(&mut out, value_len as u64);
-    value.encode_raw(&mut out);
-    (out.freeze(), path_start)
+    put_varint(out, value_wire.len() as u64);
+    let value_start = out.len();
+    out.put_slice(value_wire);
+    (path_start, value_start)
 }
 
 /// A `Notification.delete` entry for a pre-encoded path.
@@ -356,8 +362,11 @@ mod tests {
         let value = gnmi::TypedValue {
             value: Some(Value::UintVal(300)),
         };
-        let (entry, path_start) = encode_update_entry(&encode_path(&a), &value);
+        let mut entry = Vec::new();
+        let (path_start, value_start) =
+            write_update_entry(&mut entry, &encode_path(&a), &value.encode_to_vec());
         assert_eq!(entry[path_start], encode_path(&a)[0]);
+        assert_eq!(entry[value_start..], value.encode_to_vec());
         let delete = encode_delete_entry(&encode_path(&p("/c")));
         let prefix = encode_target_prefix("dev1");
         let mut builder =

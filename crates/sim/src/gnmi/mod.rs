@@ -141,7 +141,7 @@ fn get_updates(
             let ietf = encoding == gnmi::Encoding::JsonIetf;
             // One document per node the path names: one for a plain path,
             // one per match for a wildcard path.
-            let mut groups: BTreeMap<Path, Vec<(&Path, &gnmi::TypedValue)>> = BTreeMap::new();
+            let mut groups: BTreeMap<Path, Vec<(&Path, gnmi::TypedValue)>> = BTreeMap::new();
             for (leaf_path, leaf) in leaves {
                 let node = if pattern.has_wildcards() {
                     let depth = pattern.matched_len(leaf_path).unwrap_or(leaf_path.len());
@@ -159,6 +159,7 @@ fn get_updates(
             groups
                 .into_iter()
                 .map(|(node, leaves)| {
+                    let leaves = leaves.iter().map(|(path, value)| (*path, value));
                     let doc = json::render_subtree(&node, leaves, ietf).to_string();
                     let val = if ietf {
                         Value::JsonIetfVal(doc.into_bytes())
@@ -176,7 +177,7 @@ fn get_updates(
         _ => leaves
             .map(|(leaf_path, leaf)| gnmi::Update {
                 path: Some(leaf_path.to_gnmi()),
-                val: Some(encode_value(leaf.value(), encoding)),
+                val: Some(encode_value(&leaf.value(), encoding)),
                 ..Default::default()
             })
             .collect(),

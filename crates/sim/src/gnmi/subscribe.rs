@@ -162,7 +162,7 @@ enum TimerKind {
         heartbeat: Option<Duration>,
         last_full: Instant,
         /// What was last sent, for suppress_redundant.
-        last: BTreeMap<Key, Arc<Leaf>>,
+        last: BTreeMap<Key, Leaf>,
     },
     Heartbeat,
 }
@@ -361,7 +361,7 @@ impl Session {
                 {
                     *last = tree
                         .scan(&self.spec.patterns[timer.sub])
-                        .map(|(p, l)| (p.clone(), Arc::clone(l)))
+                        .map(|(p, l)| (p.clone(), l.clone()))
                         .collect();
                 }
             }
@@ -576,10 +576,10 @@ impl Session {
     }
 
     /// The leaf's update entry in the stream's encoding.
-    fn entry<'a>(&self, leaf: &'a Leaf) -> Cow<'a, Bytes> {
+    fn entry<'a>(&self, leaf: &'a Leaf) -> Cow<'a, [u8]> {
         match self.spec.encoding {
             gnmi::Encoding::Proto => Cow::Borrowed(leaf.update_entry()),
-            other => Cow::Owned(leaf.update_entry_with(&encode_value(leaf.value(), other))),
+            other => Cow::Owned(leaf.update_entry_with(&encode_value(&leaf.value(), other))),
         }
     }
 
@@ -699,9 +699,9 @@ impl Session {
                 for (path, leaf) in tree.scan(pattern) {
                     let changed = last
                         .get(path)
-                        .is_none_or(|old| !Arc::ptr_eq(old, leaf) && old.value() != leaf.value());
+                        .is_none_or(|old| !old.same(leaf) && old.value_wire() != leaf.value_wire());
                     if *suppress_redundant {
-                        current.insert(path.clone(), Arc::clone(leaf));
+                        current.insert(path.clone(), leaf.clone());
                     }
                     if full || changed {
                         builder.push_update(&self.entry(leaf));
