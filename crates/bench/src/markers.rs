@@ -18,12 +18,14 @@
 //! marker N arrives, the `c_N` changes made before it are in a durable
 //! revision. Taking the last marker of each commit, `covered(commit)` is the
 //! number of device changes that commit made durable, to within one marker
-//! period of changes. Over a window, from the commit of its first marker to
-//! the commit of its last: committed updates per second =
-//! `(covered(last) - covered(first)) / (arrival(last) - arrival(first))`.
-//! Both ends are commit arrivals, so the commit interval does not quantise the
-//! result. If every marker of the window arrived in one commit (netsyncd fell
-//! far behind), the commit before it is the first end.
+//! period of changes. Over a window, each commit holding one of its markers is
+//! a point `(arrival(commit), covered(commit))`, and committed updates per
+//! second is the least-squares slope through those points: with two it is
+//! `(covered(last) - covered(first)) / (arrival(last) - arrival(first))`; with
+//! the ten of a 10 s window and 1 s commits, a commit that arrives a little
+//! early or late at an end of the window moves the result half as much. Every point is a commit arrival, so the commit interval
+//! does not quantise the result. If every marker of the window arrived in one
+//! commit (netsyncd fell far behind), the commit before it is the other point.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -322,7 +324,9 @@ pub fn analyse(
         latencies.push(arrived.duration_since(marker.at));
         commits.push(*arrived);
     }
-    let (Some(&first), Some(&last)) = (commits.iter().min(), commits.iter().max()) else {
+    commits.sort_unstable();
+    commits.dedup();
+    let Some(&first) = commits.first() else {
         return Ok(Window::default());
     };
     latencies.sort_unstable();
@@ -332,11 +336,12 @@ pub fn analyse(
         max: latencies[latencies.len() - 1],
     };
     // One commit for the whole window: measure from the commit before it.
-    let first = if first == last {
-        arrivals.values().filter(|&&a| a < first).max().copied()
-    } else {
-        Some(first)
-    };
+    if commits.len() == 1 {
+        match arrivals.values().filter(|&&a| a < first).max() {
+            Some(&before) => commits.insert(0, before),
+            None => commits.clear(),
+        }
+    }
     // Markers of one commit share its arrival instant; the last one sent,
     // in the window or not, tells how much of the stream the commit covers.
     let covered = |commit: Instant| {
@@ -346,15 +351,34 @@ pub fn analyse(
             .max()
             .unwrap_or(0)
     };
-    let committed_rate = first.map(|first| {
-        covered(last).saturating_sub(covered(first)) as f64
-            / last.duration_since(first).as_secs_f64()
-    });
+    let points: Vec<(f64, f64)> = commits
+        .iter()
+        .map(|&commit| {
+            let at = commit.duration_since(commits[0]).as_secs_f64();
+            (at, covered(commit) as f64)
+        })
+        .collect();
+    let committed_rate = slope(&points);
     Ok(Window {
         markers: latencies.len(),
         latency: Some(latency),
         committed_rate,
     })
+}
+
+/// The least-squares slope of `points` (`None` for fewer than two distinct
+/// `x`). For two points it is the slope between them; for more, each point's
+/// timing jitter counts for less than it would at an end of the window.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(x, y) in points {
+        sxy += (x - mean_x) * (y - mean_y);
+        sxx += (x - mean_x) * (x - mean_x);
+    }
+    (sxx > 0.0).then(|| sxy / sxx)
 }
 
 /// Nearest-rank percentile of sorted, non-empty `values`.
@@ -373,6 +397,27 @@ mod tests {
         assert_eq!(percentile(&values, 0.5), Duration::from_millis(50));
         assert_eq!(percentile(&values, 0.99), Duration::from_millis(99));
         assert_eq!(percentile(&values[..1], 0.99), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn slope_is_least_squares() {
+        assert_eq!(slope(&[(0.0, 0.0), (2.0, 10.0)]), Some(5.0));
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 7.0 * f64::from(i)))
+            .collect();
+        assert!((slope(&line).unwrap() - 7.0).abs() < 1e-9);
+        assert_eq!(slope(&[(1.0, 3.0)]), None);
+        assert_eq!(slope(&[(1.0, 3.0), (1.0, 4.0)]), None);
+        // The last of ten commits arrives 300 ms late: the end points alone
+        // say 3.2 % less than the true rate, the fit half as much.
+        let mut late = line.clone();
+        late[9].0 += 0.3;
+        let ends = late[9].1 / late[9].0;
+        let fit = slope(&late).unwrap();
+        assert!(
+            ends < 7.0 * 0.97 && fit > 7.0 * 0.98,
+            "ends {ends}, fit {fit}"
+        );
     }
 
     #[test]

@@ -45,9 +45,11 @@ impl Process {
     /// Starts `command` (which must listen on `127.0.0.1:0` and log its address
     /// as JSON) and waits until it says where it listens.
     async fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
-        // Both programs log their address at info level.
+        // Both programs log their address at info level; a finer filter for
+        // their logs (kept with --keep) comes from NETSYNC_BENCH_RUST_LOG.
+        let filter = std::env::var("NETSYNC_BENCH_RUST_LOG").unwrap_or_else(|_| "info".into());
         command
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -91,6 +91,9 @@ pub struct Sizes {
     /// The stalled window of `stall` (longer than the hold, so that a held
     /// Set lies inside it).
     pub stall_window: Duration,
+    /// Longest warm-up of `stall`: it ends earlier once netsyncd's resident
+    /// set has levelled off.
+    pub stall_warmup_max: Duration,
     /// Leaves the `stall` intent claims.
     pub intent_leaves: usize,
     /// Leaves of the `restart` device.
@@ -119,10 +122,11 @@ impl Sizes {
             churn_leaves: 100_000,
             churn_rate: 525_000.0,
             warmup: Duration::from_secs(2),
-            window: Duration::from_secs(10),
+            window: Duration::from_secs(20),
             commit_interval: Duration::from_secs(1),
             stall_hold: Duration::from_secs(30),
             stall_window: Duration::from_secs(45),
+            stall_warmup_max: Duration::from_secs(60),
             intent_leaves: 100,
             restart_leaves: 1_000_000,
             fleet_datastores: 1_000,
@@ -146,6 +150,7 @@ impl Sizes {
             commit_interval: Duration::from_millis(250),
             stall_hold: Duration::from_secs(2),
             stall_window: Duration::from_secs(3),
+            stall_warmup_max: Duration::from_secs(1),
             intent_leaves: 20,
             restart_leaves: 20_000,
             fleet_datastores: 20,
@@ -202,6 +207,33 @@ pub async fn hold(
         }
         tokio::time::sleep((end - now).min(Duration::from_millis(100))).await;
     }
+}
+
+/// Lets at least `least` pass, then goes on in slices of `slice` until the
+/// largest resident set of netsyncd in a slice is at most 2 % above the
+/// largest before it, or `most` has passed. Returns the time taken.
+///
+/// Under churn netsyncd's memory grows for a while after the start (buffers
+/// and caches filling) before it levels off; a window measured from the start
+/// would count that growth as the window's.
+pub async fn warm_up(
+    least: Duration,
+    most: Duration,
+    slice: Duration,
+    sim: &mut Process,
+    netsyncd: &mut Process,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut largest = hold(least, sim, netsyncd).await?;
+    while start.elapsed() + slice <= most {
+        let in_slice = hold(slice, sim, netsyncd).await?;
+        let levelled = in_slice as f64 <= largest as f64 * 1.02;
+        largest = largest.max(in_slice);
+        if levelled {
+            break;
+        }
+    }
+    Ok(start.elapsed())
 }
 
 /// Counters of one measuring window, read from both sides at its ends.

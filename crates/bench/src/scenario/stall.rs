@@ -12,7 +12,7 @@ use anyhow::Context;
 use netsync_core::Path as GnmiPath;
 use netsync_proto::netsync::v1 as pb;
 
-use super::{Churning, Ctx, Phase, check_nothing_dropped, hold, settle_and_compare};
+use super::{Churning, Ctx, Phase, check_nothing_dropped, settle_and_compare, warm_up};
 use crate::api::{Netsync, datastore, duration};
 use crate::device::Device;
 use crate::markers::analyse;
@@ -58,7 +58,14 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         sizes.marker_period,
     )
     .await?;
-    hold(sizes.warmup, &mut sim, &mut netsyncd).await?;
+    let warmed = warm_up(
+        sizes.warmup,
+        sizes.stall_warmup_max.max(sizes.warmup),
+        sizes.stall_warmup_max / 12,
+        &mut sim,
+        &mut netsyncd,
+    )
+    .await?;
     // As long as the stalled window: the largest RSS of a longer window is
     // larger by itself, and the growth is to measure the stall alone.
     let free = Phase::measure(
@@ -107,9 +114,18 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.count("intent_leaves", claimed as u64);
     report.rate("churn_rate_asked", sizes.churn_rate);
     report.seconds("set_hold_seconds", sizes.stall_hold);
+    report.seconds("warmup_seconds", warmed);
     report.rate("ingest_updates_per_second", free.ingest_rate());
     report.rate("stalled_ingest_updates_per_second", stalled.ingest_rate());
     report.number("ratio", stalled.ingest_rate() / free.ingest_rate());
+    // The ingest can only follow the device: its own rate in each window
+    // tells whether netsyncd or the simulator slowed down.
+    report.rate("device_changes_per_second", free.device_rate());
+    report.rate("stalled_device_changes_per_second", stalled.device_rate());
+    report.number(
+        "device_ratio",
+        stalled.device_rate() / free.device_rate().max(1.0),
+    );
     // As in `churn`: a window with a cut stream sustained nothing.
     report.rate_if(
         "committed_updates_per_second",
@@ -150,10 +166,12 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.at_most("dropped", 0.0);
     report.at_most("reconnects", 0.0);
     report.note(format!(
-        "windows {:.1} s (Sets answered) then {:.1} s (every Set held {:.1} s); ingest = updates \
-         and deletes netsyncd read (its status), per second; rss = largest VmRSS sampled every \
-         100 ms; rss_growth = stalled rss / rss - 1; unstalled_rss_growth = growth within the \
-         first window; sets_held = gNMI Sets that reached the device in the held window",
+        "warm-up until netsyncd's RSS levels off (2 %), then windows {:.1} s (Sets answered) and \
+         {:.1} s (every Set held {:.1} s); ingest = updates and deletes netsyncd read (its \
+         status), per second; device = changes the simulator made, per second; rss = largest \
+         VmRSS sampled every 100 ms; rss_growth = stalled rss / rss - 1; unstalled_rss_growth = \
+         growth within the first window; sets_held = gNMI Sets that reached the device in the \
+         held window",
         sizes.stall_window.as_secs_f64(),
         sizes.stall_window.as_secs_f64(),
         sizes.stall_hold.as_secs_f64()
