@@ -120,7 +120,7 @@ impl Sizes {
         Self {
             initial_leaves: 1_000_000,
             churn_leaves: 100_000,
-            churn_rate: 525_000.0,
+            churn_rate: 550_000.0,
             warmup: Duration::from_secs(2),
             window: Duration::from_secs(20),
             commit_interval: Duration::from_secs(1),
