@@ -65,8 +65,10 @@ const SERVED: [&str; 4] = [
 
 /// Opens the database, then serves the API on `listener` until `shutdown`
 /// completes. Health turns SERVING once the database is open and migrated, and
-/// NOT_SERVING as soon as shutdown starts; in-flight calls then get
-/// `config.shutdown_grace` to finish before they are cut off.
+/// NOT_SERVING as soon as shutdown starts; open WatchSync streams are then
+/// ended with UNAVAILABLE (naming the revision to resume from), and other
+/// in-flight calls get `config.shutdown_grace` to finish before they are cut
+/// off.
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
@@ -118,6 +120,7 @@ pub async fn serve(
         .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), metrics_stopped)));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopping = tokio_util::sync::CancellationToken::new();
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits));
     if let Some(tls) = &config.tls {
@@ -135,6 +138,7 @@ pub async fn serve(
                 store.clone(),
                 engine.clone(),
                 &config.api_limits,
+                stopping.clone(),
             ))
             // Our layer answers first, with RESOURCE_EXHAUSTED; tonic's check
             // (OUT_OF_RANGE) is set to match so it never refuses less.
@@ -153,6 +157,9 @@ pub async fn serve(
             health.set_service_status("", ServingStatus::NotServing).await;
             health.set_not_serving::<NetSyncServer<api::NetSyncService>>().await;
             let _ = stop_tx.send(());
+            // Watches never end by themselves: they end now, telling each
+            // client where to resume, instead of holding the grace period.
+            stopping.cancel();
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(result) => result.map_err(ServeError::from),
                 Err(_) => {

@@ -1,10 +1,14 @@
 //! The datastore registry over gRPC: CRUD, every error code, secrets, the
-//! RPCs whose engine is not built yet, and persistence across a restart.
+//! RPCs whose engine is not built yet, persistence across a restart, and open
+//! watches at shutdown.
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestServer, create, datastore};
 use netsync_proto::netsync::v1 as pb;
+use netsync_server::Config;
 use tonic::Code;
 
 /// Asserts `status` has `code` and a message mentioning every one of `words`.
@@ -352,4 +356,57 @@ async fn datastores_survive_a_restart() {
     let listed: Vec<_> = listed.into_iter().map(without_status).collect();
     assert_eq!(listed, vec![without_status(created)]);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_watches_at_once_with_the_revision_to_resume_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("netsync.db");
+    let mut config = Config::with_db(format!("sqlite://{}", db.display()));
+    // Far longer than the deadlines below: shutdown can only finish in time
+    // if it ends the watch instead of waiting for it.
+    config.shutdown_grace = Duration::from_secs(600);
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(create(datastore("w")))
+        .await
+        .unwrap();
+    let mut watch = client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: "w".into(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The current state comes first, at the latest revision.
+    let first = watch.message().await.unwrap().unwrap();
+
+    let stopped = server.begin_stop();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the watch was not ended when shutdown started");
+    assert_status(
+        &ended,
+        Code::Unavailable,
+        &[
+            "shutting down",
+            &format!("from_revision={}", first.revision + 1),
+        ],
+    );
+    drop((watch, client));
+    tokio::time::timeout(Duration::from_secs(60), stopped)
+        .await
+        .expect("shutdown still waited after the watch ended")
+        .unwrap()
+        .unwrap();
 }

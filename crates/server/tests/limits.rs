@@ -150,7 +150,6 @@ async fn watcher_limit_per_datastore() {
         open_watch(&mut client, "r1").await.unwrap_err().code(),
         Code::ResourceExhausted
     );
-    // Open watches would hold shutdown for its grace period.
     drop((second, third, other));
     server.stop().await;
 }

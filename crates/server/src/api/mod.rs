@@ -11,6 +11,7 @@ use netsync_core::datastore;
 use netsync_core::sync::{SyncHandle, SyncState};
 use netsync_proto::netsync::v1 as pb;
 use pb::net_sync_server::NetSync;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, Secrets};
@@ -39,17 +40,27 @@ pub struct NetSyncService {
     /// mutex: the store write in between awaits.
     creating: Arc<tokio::sync::Mutex<()>>,
     watchers: Arc<WatcherSlots>,
+    /// Cancelled when shutdown starts: open watches end at once instead of
+    /// holding shutdown for its whole grace period.
+    stopping: CancellationToken,
 }
 
 impl NetSyncService {
-    /// A service answering from `store` and `engine`, within `limits`.
-    pub fn new(store: Store, engine: Arc<Engine>, limits: &ApiLimits) -> Self {
+    /// A service answering from `store` and `engine`, within `limits`;
+    /// `stopping` is cancelled when shutdown starts.
+    pub fn new(
+        store: Store,
+        engine: Arc<Engine>,
+        limits: &ApiLimits,
+        stopping: CancellationToken,
+    ) -> Self {
         Self {
             store,
             engine,
             max_datastores: limits.max_datastores,
             creating: Arc::new(tokio::sync::Mutex::new(())),
             watchers: WatcherSlots::new(limits.max_watchers_per_datastore),
+            stopping,
         }
     }
 
@@ -230,7 +241,13 @@ impl NetSync for NetSyncService {
         let req = request.into_inner();
         let sync = self.require_sync("datastore", &req.datastore)?;
         let slot = self.watchers.take(&req.datastore)?;
-        let stream = watch::watch(sync, self.engine.log().clone(), req.from_revision).await?;
+        let stream = watch::watch(
+            sync,
+            self.engine.log().clone(),
+            req.from_revision,
+            self.stopping.clone(),
+        )
+        .await?;
         // The slot is given back when the client's stream is dropped, not when
         // the watch task notices: that may wait for the next event.
         Ok(Response::new(Box::pin(slot.hold(stream))))

@@ -12,6 +12,7 @@ use netsync_core::sync::{Event, EventKind, EventPreparer, RevertPhase, SyncHandl
 use netsync_proto::netsync::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{ResponseStream, state_to_proto};
@@ -25,11 +26,13 @@ const WATCHER_BUFFER: usize = 64;
 /// Commits read from the log per query while replaying.
 const REPLAY_BATCH: u32 = 64;
 
-/// Starts a watch of `sync` from revision `from` (0: from now on).
+/// Starts a watch of `sync` from revision `from` (0: from now on), ended
+/// with UNAVAILABLE when `stopping` is cancelled.
 pub async fn watch(
     sync: Arc<SyncHandle>,
     log: Arc<CommitLog>,
     from: u64,
+    stopping: CancellationToken,
 ) -> Result<ResponseStream<pb::SyncEvent>, Error> {
     // Subscribe before looking at the log, so nothing falls between the two.
     let (live, watching) = sync.subscribe_watching();
@@ -72,15 +75,67 @@ pub async fn watch(
         // Counted as watching (the committer converts events ahead) until
         // the watch ends.
         let _watching = watching;
+        let live = Live {
+            events: live,
+            stopping,
+        };
         run(name, log, live, tx, next, from > 0, first).await;
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
+/// A watch's live events, until shutdown starts.
+struct Live {
+    events: broadcast::Receiver<Arc<Event>>,
+    stopping: CancellationToken,
+}
+
+/// Why a watch's live events ended.
+enum Ended {
+    /// The watcher fell further behind than the buffered events reach.
+    Lagged,
+    /// The sync stopped: its datastore was deleted, or netsyncd is stopping.
+    Closed,
+    /// netsyncd's shutdown started.
+    ShuttingDown,
+}
+
+impl Live {
+    /// The next event; shutdown ends the watch at once, even while events
+    /// keep coming.
+    async fn recv(&mut self) -> Result<Arc<Event>, Ended> {
+        tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => Err(Ended::ShuttingDown),
+            received = self.events.recv() => received.map_err(|e| match e {
+                broadcast::error::RecvError::Lagged(_) => Ended::Lagged,
+                broadcast::error::RecvError::Closed => Ended::Closed,
+            }),
+        }
+    }
+}
+
+impl Ended {
+    /// What the watcher of `name` is told, with the revision to resume from.
+    fn status(&self, name: &str, next: u64) -> Status {
+        match self {
+            Self::Lagged => Status::resource_exhausted(format!(
+                "watcher fell behind the commits of {name:?}; resume with from_revision={next}"
+            )),
+            Self::Closed => Status::unavailable(format!(
+                "the sync of {name:?} stopped (deleted or shutting down); resume with from_revision={next}"
+            )),
+            Self::ShuttingDown => Status::unavailable(format!(
+                "netsyncd is shutting down; resume with from_revision={next}"
+            )),
+        }
+    }
+}
+
 async fn run(
     name: String,
     log: Arc<CommitLog>,
-    mut live: broadcast::Receiver<Arc<Event>>,
+    mut live: Live,
     tx: mpsc::Sender<Result<pb::SyncEvent, Status>>,
     mut next: u64,
     replay: bool,
@@ -100,20 +155,8 @@ async fn run(
     loop {
         let event = match live.recv().await {
             Ok(event) => event,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                let _ = tx
-                    .send(Err(Status::resource_exhausted(format!(
-                        "watcher fell behind the commits of {name:?}; resume with from_revision={next}"
-                    ))))
-                    .await;
-                return;
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                let _ = tx
-                    .send(Err(Status::unavailable(format!(
-                        "the sync of {name:?} stopped (deleted or shutting down); resume with from_revision={next}"
-                    ))))
-                    .await;
+            Err(ended) => {
+                let _ = tx.send(Err(ended.status(&name, next))).await;
                 return;
             }
         };
