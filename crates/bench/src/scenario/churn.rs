@@ -8,11 +8,9 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::{Churning, Ctx, Phase, check_nothing_dropped, hold, settle_and_compare};
-use crate::api::{Netsync, datastore};
-use crate::device::Device;
+use super::{Ctx, Rig, check_nothing_dropped};
+use crate::api::datastore;
 use crate::markers::analyse;
-use crate::process::{start_netsyncd, start_sim};
 use crate::report::Report;
 
 /// The datastore's name.
@@ -21,11 +19,8 @@ const NAME: &str = "churn";
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     let sizes = &ctx.sizes;
-    let mut sim = start_sim(&ctx.bins, &dir.join("sim"), sizes.churn_leaves).await?;
-    let mut netsyncd = start_netsyncd(&ctx.bins, &dir.join("netsyncd")).await?;
-    let mut device = Device::connect(sim.addr).await?;
-    let mut api = Netsync::connect(&netsyncd.url(), sizes.deadline).await?;
-    let leaves = device.counters().await?.leaves;
+    let mut rig = Rig::start(ctx, dir, sizes.churn_leaves).await?;
+    let device = &mut rig.device;
 
     // The bare client alone on the device, at the same churn rate.
     device.start_churn(sizes.churn_rate, 1).await?;
@@ -33,42 +28,28 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     device.stop_churn().await?;
     device.wait_no_streams(sizes.deadline).await?;
 
-    api.create(datastore(NAME, sim.addr, sizes.commit_interval))
+    rig.api
+        .create(datastore(NAME, rig.sim.addr, sizes.commit_interval))
         .await?;
-    api.wait_in_sync(NAME, sizes.deadline).await?;
-    let churning = Churning::start(
-        &mut device,
-        &netsyncd,
-        NAME,
-        sizes.churn_rate,
-        sizes.marker_period,
-    )
-    .await?;
-    hold(sizes.warmup, &mut sim, &mut netsyncd).await?;
-    let phase = Phase::measure(
-        sizes.window,
-        NAME,
-        &mut device,
-        &mut api,
-        &mut sim,
-        &mut netsyncd,
-    )
-    .await?;
+    rig.api.wait_in_sync(NAME, sizes.deadline).await?;
+    let churning = rig
+        .churn(NAME, sizes.churn_rate, sizes.marker_period)
+        .await?;
+    rig.hold(sizes.warmup).await?;
+    let phase = rig.measure(sizes.window, NAME).await?;
     let (sent, log) = churning
-        .stop(&mut device, sizes.commit_interval + sizes.deadline)
+        .stop(&mut rig.device, sizes.commit_interval + sizes.deadline)
         .await?;
     let window = analyse(&sent, &log.arrivals, phase.from, phase.to)
         .context("commit latency of the churn window")?;
-    settle_and_compare(&mut device, &mut api, &[NAME], sizes.deadline).await?;
-    let status = api.status(NAME).await?;
+    rig.settle_and_compare(NAME, sizes.deadline).await?;
+    let status = rig.api.status(NAME).await?;
     let dropped = check_nothing_dropped(NAME, &status)?;
-    sim.check_running()?;
-    netsyncd.check_running()?;
 
     let stats = status.stats.unwrap_or_default();
     let interval_ms = sizes.commit_interval.as_secs_f64() * 1e3;
     let mut report = Report::new("churn", ctx.quick);
-    report.count("leaves", leaves);
+    report.count("leaves", rig.leaves);
     report.rate("churn_rate_asked", sizes.churn_rate);
     report.rate("bare_updates_per_second", bare_rate);
     report.rate("device_changes_per_second", phase.device_rate());

@@ -21,7 +21,7 @@ use crate::api::{self, Netsync};
 use crate::binaries::Binaries;
 use crate::device::{Device, uint};
 use crate::markers::{Markers, Sent, WatchLog, Watcher};
-use crate::process::Process;
+use crate::process::{Process, start_netsyncd, start_sim};
 use crate::report::Report;
 
 /// A scenario, as named on the command line.
@@ -188,6 +188,81 @@ pub async fn run(scenario: Scenario, ctx: &Ctx, dir: &Path) -> anyhow::Result<Re
     }
 }
 
+/// A simulator and a netsyncd started for one scenario under its folder,
+/// with a client of each: what the churning scenarios share.
+pub struct Rig {
+    /// The simulator process.
+    pub sim: Process,
+    /// The netsyncd process.
+    pub netsyncd: Process,
+    /// The simulator's control client.
+    pub device: Device,
+    /// netsyncd's API client.
+    pub api: Netsync,
+    /// Leaves the device started with.
+    pub leaves: u64,
+}
+
+impl Rig {
+    /// Starts a simulator of `leaves` generated leaves and a netsyncd, each
+    /// in a folder of its own under `dir`.
+    pub async fn start(ctx: &Ctx, dir: &Path, leaves: usize) -> anyhow::Result<Self> {
+        let sim = start_sim(&ctx.bins, &dir.join("sim"), leaves).await?;
+        let netsyncd = start_netsyncd(&ctx.bins, &dir.join("netsyncd")).await?;
+        let mut device = Device::connect(sim.addr).await?;
+        let api = Netsync::connect(&netsyncd.url(), ctx.sizes.deadline).await?;
+        let leaves = device.counters().await?.leaves;
+        Ok(Self {
+            sim,
+            netsyncd,
+            device,
+            api,
+            leaves,
+        })
+    }
+
+    /// Lets `window` pass (see [`hold`]).
+    pub async fn hold(&mut self, window: Duration) -> anyhow::Result<u64> {
+        hold(window, &mut self.sim, &mut self.netsyncd).await
+    }
+
+    /// Measures a window of `window` on datastore `name` (see [`Phase`]).
+    pub async fn measure(&mut self, window: Duration, name: &str) -> anyhow::Result<Phase> {
+        Phase::measure(
+            window,
+            name,
+            &mut self.device,
+            &mut self.api,
+            &mut self.sim,
+            &mut self.netsyncd,
+        )
+        .await
+    }
+
+    /// Starts churn at `rate` with markers on datastore `name` (see
+    /// [`Churning`]).
+    pub async fn churn(
+        &mut self,
+        name: &str,
+        rate: f64,
+        period: Duration,
+    ) -> anyhow::Result<Churning> {
+        Churning::start(&mut self.device, &self.netsyncd, name, rate, period).await
+    }
+
+    /// After churn: running of `name` equals the device (see
+    /// [`settle_and_compare`]) and both processes still run.
+    pub async fn settle_and_compare(
+        &mut self,
+        name: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
+        settle_and_compare(&mut self.device, &mut self.api, &[name], deadline).await?;
+        self.sim.check_running()?;
+        self.netsyncd.check_running()
+    }
+}
+
 /// Lets `window` pass, checking every 100 ms that both processes still run
 /// and sampling netsyncd's resident set; returns the largest sample.
 pub async fn hold(
@@ -220,13 +295,12 @@ pub async fn warm_up(
     least: Duration,
     most: Duration,
     slice: Duration,
-    sim: &mut Process,
-    netsyncd: &mut Process,
+    rig: &mut Rig,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let mut largest = hold(least, sim, netsyncd).await?;
+    let mut largest = rig.hold(least).await?;
     while start.elapsed() + slice <= most {
-        let in_slice = hold(slice, sim, netsyncd).await?;
+        let in_slice = rig.hold(slice).await?;
         let levelled = in_slice as f64 <= largest as f64 * 1.02;
         largest = largest.max(in_slice);
         if levelled {

@@ -12,11 +12,10 @@ use anyhow::Context;
 use netsync_core::Path as GnmiPath;
 use netsync_proto::netsync::v1 as pb;
 
-use super::{Churning, Ctx, Phase, check_nothing_dropped, settle_and_compare, warm_up};
-use crate::api::{Netsync, datastore, duration};
+use super::{Ctx, Rig, check_nothing_dropped, warm_up};
+use crate::api::{datastore, duration};
 use crate::device::Device;
 use crate::markers::analyse;
-use crate::process::{start_netsyncd, start_sim};
 use crate::report::Report;
 
 /// The datastore's name.
@@ -25,24 +24,21 @@ const NAME: &str = "stall";
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     let sizes = &ctx.sizes;
-    let mut sim = start_sim(&ctx.bins, &dir.join("sim"), sizes.churn_leaves).await?;
-    let mut netsyncd = start_netsyncd(&ctx.bins, &dir.join("netsyncd")).await?;
-    let mut device = Device::connect(sim.addr).await?;
-    let mut api = Netsync::connect(&netsyncd.url(), sizes.deadline).await?;
-    let leaves = device.counters().await?.leaves;
+    let mut rig = Rig::start(ctx, dir, sizes.churn_leaves).await?;
 
-    let mut spec = datastore(NAME, sim.addr, sizes.commit_interval);
+    let mut spec = datastore(NAME, rig.sim.addr, sizes.commit_interval);
     // No debounce: under churn a leaf never stays put for the default second,
     // and a revert would never be queued.
     spec.revert = Some(pb::RevertConfig {
         enabled: true,
         debounce: Some(duration(Duration::ZERO)),
     });
-    api.create(spec).await?;
-    api.wait_in_sync(NAME, sizes.deadline).await?;
-    let intent = intent(&device, sizes.intent_leaves).await?;
+    rig.api.create(spec).await?;
+    rig.api.wait_in_sync(NAME, sizes.deadline).await?;
+    let intent = intent(&rig.device, sizes.intent_leaves).await?;
     let claimed = intent.updates.len();
-    api.client
+    rig.api
+        .client
         .set_intent(pb::SetIntentRequest {
             datastore: NAME.into(),
             intent: Some(intent),
@@ -50,67 +46,38 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         .await
         .context("SetIntent")?;
 
-    let churning = Churning::start(
-        &mut device,
-        &netsyncd,
-        NAME,
-        sizes.churn_rate,
-        sizes.marker_period,
-    )
-    .await?;
+    let churning = rig
+        .churn(NAME, sizes.churn_rate, sizes.marker_period)
+        .await?;
     let warmed = warm_up(
         sizes.warmup,
         sizes.stall_warmup_max.max(sizes.warmup),
         sizes.stall_warmup_max / 12,
-        &mut sim,
-        &mut netsyncd,
+        &mut rig,
     )
     .await?;
     // As long as the stalled window: the largest RSS of a longer window is
     // larger by itself, and the growth is to measure the stall alone.
-    let free = Phase::measure(
-        sizes.stall_window,
-        NAME,
-        &mut device,
-        &mut api,
-        &mut sim,
-        &mut netsyncd,
-    )
-    .await?;
-    device.hold_sets(sizes.stall_hold).await?;
-    let stalled = Phase::measure(
-        sizes.stall_window,
-        NAME,
-        &mut device,
-        &mut api,
-        &mut sim,
-        &mut netsyncd,
-    )
-    .await?;
-    device.hold_sets(Duration::ZERO).await?;
+    let free = rig.measure(sizes.stall_window, NAME).await?;
+    rig.device.hold_sets(sizes.stall_hold).await?;
+    let stalled = rig.measure(sizes.stall_window, NAME).await?;
+    rig.device.hold_sets(Duration::ZERO).await?;
     let (sent, log) = churning
-        .stop(&mut device, sizes.commit_interval + sizes.deadline)
+        .stop(&mut rig.device, sizes.commit_interval + sizes.deadline)
         .await?;
     let free_window = analyse(&sent, &log.arrivals, free.from, free.to)
         .context("commit latency without stall")?;
     let stalled_window = analyse(&sent, &log.arrivals, stalled.from, stalled.to)
         .context("commit latency with Sets held")?;
     // A Set held when the fault was cleared still waits its time out.
-    settle_and_compare(
-        &mut device,
-        &mut api,
-        &[NAME],
-        sizes.stall_hold + sizes.deadline,
-    )
-    .await?;
-    let status = api.status(NAME).await?;
+    rig.settle_and_compare(NAME, sizes.stall_hold + sizes.deadline)
+        .await?;
+    let status = rig.api.status(NAME).await?;
     let dropped = check_nothing_dropped(NAME, &status)?;
-    sim.check_running()?;
-    netsyncd.check_running()?;
 
     let phase = |p: pb::RevertPhase| log.revert_phases[p as usize];
     let mut report = Report::new("stall", ctx.quick);
-    report.count("leaves", leaves);
+    report.count("leaves", rig.leaves);
     report.count("intent_leaves", claimed as u64);
     report.rate("churn_rate_asked", sizes.churn_rate);
     report.seconds("set_hold_seconds", sizes.stall_hold);

@@ -7,11 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context, ensure};
 
-use super::{Churning, Ctx, Phase, hold, settle_and_compare};
-use crate::api::{Netsync, datastore};
-use crate::device::Device;
+use super::{Ctx, Rig};
+use crate::api::datastore;
 use crate::markers::{Watcher, analyse};
-use crate::process::{start_netsyncd, start_sim};
 use crate::report::Report;
 
 /// The datastore's name.
@@ -20,49 +18,25 @@ const NAME: &str = "watched";
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     let sizes = &ctx.sizes;
-    let mut sim = start_sim(&ctx.bins, &dir.join("sim"), sizes.watchers_leaves).await?;
-    let mut netsyncd = start_netsyncd(&ctx.bins, &dir.join("netsyncd")).await?;
-    let mut device = Device::connect(sim.addr).await?;
-    let mut api = Netsync::connect(&netsyncd.url(), sizes.deadline).await?;
-    let leaves = device.counters().await?.leaves;
-    api.create(datastore(NAME, sim.addr, sizes.commit_interval))
+    let mut rig = Rig::start(ctx, dir, sizes.watchers_leaves).await?;
+    rig.api
+        .create(datastore(NAME, rig.sim.addr, sizes.commit_interval))
         .await?;
-    api.wait_in_sync(NAME, sizes.deadline).await?;
+    rig.api.wait_in_sync(NAME, sizes.deadline).await?;
 
-    let churning = Churning::start(
-        &mut device,
-        &netsyncd,
-        NAME,
-        sizes.watchers_churn_rate,
-        sizes.marker_period,
-    )
-    .await?;
-    hold(sizes.warmup, &mut sim, &mut netsyncd).await?;
-    let alone = Phase::measure(
-        sizes.window,
-        NAME,
-        &mut device,
-        &mut api,
-        &mut sim,
-        &mut netsyncd,
-    )
-    .await?;
-    let url = netsyncd.url();
+    let churning = rig
+        .churn(NAME, sizes.watchers_churn_rate, sizes.marker_period)
+        .await?;
+    rig.hold(sizes.warmup).await?;
+    let alone = rig.measure(sizes.window, NAME).await?;
+    let url = rig.netsyncd.url();
     let crowd: Vec<Watcher> =
         futures::future::try_join_all((0..sizes.watchers).map(|_| Watcher::open(&url, NAME)))
             .await
             .context("opening the extra watchers")?;
-    let crowded = Phase::measure(
-        sizes.window,
-        NAME,
-        &mut device,
-        &mut api,
-        &mut sim,
-        &mut netsyncd,
-    )
-    .await?;
+    let crowded = rig.measure(sizes.window, NAME).await?;
     let (sent, log) = churning
-        .stop(&mut device, sizes.commit_interval + sizes.deadline)
+        .stop(&mut rig.device, sizes.commit_interval + sizes.deadline)
         .await?;
     let alone_window = analyse(&sent, &log.arrivals, alone.from, alone.to)
         .context("commit latency with one watcher")?;
@@ -75,12 +49,10 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         crowd.is_empty() || fewest_commits > 0,
         "an extra watcher received no commit"
     );
-    settle_and_compare(&mut device, &mut api, &[NAME], sizes.deadline).await?;
-    sim.check_running()?;
-    netsyncd.check_running()?;
+    rig.settle_and_compare(NAME, sizes.deadline).await?;
 
     let mut report = Report::new("watchers", ctx.quick);
-    report.count("leaves", leaves);
+    report.count("leaves", rig.leaves);
     report.count("watchers", sizes.watchers as u64);
     report.rate("churn_rate_asked", sizes.watchers_churn_rate);
     report.rate("device_changes_per_second", crowded.device_rate());
