@@ -134,7 +134,7 @@ pub struct WatchLog {
     pub arrivals: HashMap<u64, Instant>,
     /// Events received.
     pub events: u64,
-    /// Commit events received.
+    /// Commits received whole (a large one comes in parts).
     pub commits: u64,
     /// Leaves (updates and deletes) in those commits.
     pub leaves: u64,
@@ -142,6 +142,8 @@ pub struct WatchLog {
     pub revert_phases: [u64; 5],
     /// Why the stream ended, if it did.
     pub ended: Option<String>,
+    /// Markers of a revision whose last part has not arrived yet.
+    partial: Vec<u64>,
 }
 
 struct Shared {
@@ -265,10 +267,14 @@ fn note(log: &mut WatchLog, event: &EventSummary, at: Instant) {
     log.events += 1;
     match event.kind {
         EventKind::Commit => {
-            log.commits += 1;
             log.leaves += event.updates + event.deletes;
-            for &id in &event.markers {
-                log.arrivals.entry(id).or_insert(at);
+            log.partial.extend(&event.markers);
+            // A large revision comes in parts: it has arrived with its last.
+            if !event.more {
+                log.commits += 1;
+                for id in log.partial.drain(..) {
+                    log.arrivals.entry(id).or_insert(at);
+                }
             }
         }
         EventKind::Revert(phase) => {
@@ -397,6 +403,29 @@ mod tests {
         assert_eq!(percentile(&values, 0.5), Duration::from_millis(50));
         assert_eq!(percentile(&values, 0.99), Duration::from_millis(99));
         assert_eq!(percentile(&values[..1], 0.99), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_revision_in_parts_arrives_with_its_last_part() {
+        let mut log = WatchLog::default();
+        let t0 = Instant::now();
+        let part = |markers: Vec<u64>, more| EventSummary {
+            revision: 7,
+            kind: EventKind::Commit,
+            updates: markers.len() as u64,
+            markers,
+            more,
+            ..Default::default()
+        };
+        note(&mut log, &part(vec![1, 2], true), t0);
+        assert!(log.arrivals.is_empty() && log.commits == 0);
+        let last = t0 + Duration::from_millis(5);
+        note(&mut log, &part(vec![3], false), last);
+        assert_eq!(log.commits, 1);
+        assert_eq!(log.leaves, 3);
+        for id in [1, 2, 3] {
+            assert_eq!(log.arrivals[&id], last, "marker {id}");
+        }
     }
 
     #[test]

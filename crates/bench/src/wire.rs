@@ -27,6 +27,8 @@ pub struct EventSummary {
     pub deletes: u64,
     /// Ids of the marker leaves among the updates (see `markers.rs`).
     pub markers: Vec<u64>,
+    /// `Commit.more`: further parts of this revision follow.
+    pub more: bool,
 }
 
 /// The `event` oneof of a `SyncEvent`.
@@ -130,6 +132,7 @@ pub fn summarise(mut event: &[u8], marker_prefix: &[u8]) -> Option<EventSummary>
                             }
                         }
                         (3, Field::Bytes(_)) => summary.deletes += 1,
+                        (4, Field::Varint(more)) => summary.more = more != 0,
                         _ => {}
                     }
                 }
@@ -237,6 +240,7 @@ mod tests {
                     leaf("/netsync-bench/m123456789"),
                 ],
                 deletes: vec!["/c".into(), "/netsync-bench/m5".into()],
+                more: true,
             })),
         };
         let summary = summarise(&event.encode_to_vec(), b"/netsync-bench/m").unwrap();
@@ -248,6 +252,7 @@ mod tests {
                 updates: 5,
                 deletes: 2,
                 markers: vec![17, 123_456_789],
+                more: true,
             }
         );
     }

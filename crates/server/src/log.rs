@@ -18,7 +18,6 @@ use std::io::{Read, Write};
 
 use netsync_core::running::{Change, Running};
 use netsync_core::sync::{Committed, Persist, Snapshot};
-use netsync_proto::netsync::v1 as pb;
 use sqlx::Row;
 
 use crate::error::Error;
@@ -258,21 +257,6 @@ impl Persist for CommitLog {
                 e.to_string()
             })
         })
-    }
-}
-
-/// A commit's net change as the API's `Commit` message.
-pub fn change_to_proto(replace: bool, change: &Change) -> pb::Commit {
-    pb::Commit {
-        replace,
-        updates: change
-            .updates()
-            .map(|(path, value)| pb::Leaf {
-                path,
-                value: Some(value),
-            })
-            .collect(),
-        deletes: change.deletes().collect(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The engine end to end against netsync-sim, a real gNMI device over
 //! loopback: the seed failure, the sync-response barrier with delayed
 //! delivery, reconnect with pruning, every sync mode, JSON flattening with
-//! list keys, and churn with injected faults.
+//! list keys, churn with injected faults, and large revisions in parts.
 
 mod common;
 
@@ -524,4 +524,108 @@ async fn converges_under_churn_and_faults() {
     assert_eq!(st.stats.unwrap().dropped, 0);
     server.stop().await;
     sim.stop().await;
+}
+
+/// The parts of the next revision that `events` carries as a commit.
+async fn next_commit(events: &mut tonic::Streaming<pb::SyncEvent>) -> (u64, Vec<pb::Commit>) {
+    use prost::Message;
+    let mut parts: Vec<pb::Commit> = Vec::new();
+    let mut revision = None;
+    loop {
+        let event = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .expect("a commit within the deadline")
+            .expect("the watch goes on")
+            .expect("no error: every message within the client's 4 MiB limit");
+        let Some(pb::sync_event::Event::Commit(commit)) = event.event.clone() else {
+            assert!(
+                parts.is_empty(),
+                "another event between the parts of a revision"
+            );
+            continue;
+        };
+        assert!(
+            event.encoded_len() <= (1 << 20) + (64 << 10),
+            "a part of {} bytes",
+            event.encoded_len()
+        );
+        assert_eq!(*revision.get_or_insert(event.revision), event.revision);
+        let more = commit.more;
+        parts.push(commit);
+        if !more {
+            return (event.revision, parts);
+        }
+    }
+}
+
+/// Every leaf of `parts` once, as path -> value.
+fn leaves_of(parts: &[pb::Commit]) -> BTreeMap<String, gnmi::TypedValue> {
+    let mut leaves = BTreeMap::new();
+    for part in parts {
+        for leaf in &part.updates {
+            let fresh = leaves.insert(leaf.path.clone(), leaf.value.clone().unwrap_or_default());
+            assert!(fresh.is_none(), "{} in two parts", leaf.path);
+        }
+    }
+    leaves
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_revision_comes_in_parts_within_the_default_message_limit() {
+    // 60,000 leaves: a replace commit of about 5 MiB, over the 4 MiB that a
+    // gRPC client accepts by default (the test's client keeps that limit).
+    let sim = Sim::start(generated(60_000)).await;
+    let (_dir, _server, mut client) = start().await;
+    client
+        .create_datastore(create(datastore("big", &sim, pb::SyncMode::OnChange, 500)))
+        .await
+        .unwrap();
+    let device = sim.leaves().await;
+    until_running(&mut client, "big", "the initial dump", |r| *r == device).await;
+    let watch = |from_revision| {
+        let mut client = client.clone();
+        async move {
+            client
+                .watch_sync(pb::WatchSyncRequest {
+                    datastore: "big".into(),
+                    from_revision,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+
+    // Replayed from the log: revision 1, the initial dump, in parts.
+    let mut replayed = watch(1).await;
+    let (revision, parts) = next_commit(&mut replayed).await;
+    assert_eq!(revision, 1);
+    assert!(parts.len() >= 5, "{} parts", parts.len());
+    assert!(parts.iter().all(|p| p.replace));
+    assert_eq!(leaves_of(&parts), device);
+
+    // Live: two bursts of 20,000 new leaves (about 2 MiB each) reach the
+    // watcher in parts too. A commit may cut a burst in two, but hardly
+    // both bursts into pieces under 1 MiB.
+    let mut live = watch(0).await;
+    let added: Vec<(String, gnmi::TypedValue)> = (0..40_000)
+        .map(|i| {
+            (
+                format!("/system/bulk/entries/entry-{i:05}/config/description"),
+                string(&format!("bulk entry number {i} with a longer text")),
+            )
+        })
+        .collect();
+    for burst in added.chunks(20_000) {
+        sim.set_leaves(burst.to_vec(), vec![]).await;
+    }
+    let mut seen = BTreeMap::new();
+    let mut in_parts = false;
+    while seen.len() < added.len() {
+        let (_, parts) = next_commit(&mut live).await;
+        in_parts |= parts.len() > 1;
+        seen.extend(leaves_of(&parts));
+    }
+    assert_eq!(seen, added.into_iter().collect::<BTreeMap<_, _>>());
+    assert!(in_parts, "no live revision came in parts");
 }

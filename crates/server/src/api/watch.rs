@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use netsync_core::running::Change;
 use netsync_core::sync::{Event, EventKind, EventPreparer, RevertPhase, SyncHandle};
 use netsync_proto::netsync::v1 as pb;
+use prost::Message as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use tonic::Status;
 use super::{ResponseStream, state_to_proto};
 use crate::convert;
 use crate::error::Error;
-use crate::log::{CommitLog, change_to_proto};
+use crate::log::CommitLog;
 
 /// Events buffered per watcher beyond the shared ring.
 const WATCHER_BUFFER: usize = 64;
@@ -192,9 +193,11 @@ async fn run(
         }
         // Converted once, by the committer or the first watcher; the others
         // copy it.
-        let message = converted(&name, &event, held.as_deref());
-        if tx.send(Ok(pb::SyncEvent::clone(&message))).await.is_err() {
-            return;
+        let messages = converted(&name, &event, held.as_deref());
+        for message in messages.iter() {
+            if tx.send(Ok(message.clone())).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -224,16 +227,10 @@ async fn replay_log(
                 return Err(());
             }
             *next = commit.revision + 1;
-            let event = pb::SyncEvent {
-                datastore: name.to_string(),
-                revision: commit.revision,
-                time: Some(convert::timestamp_to_proto(commit.time)),
-                event: Some(pb::sync_event::Event::Commit(change_to_proto(
-                    commit.replace,
-                    &commit.change,
-                ))),
-            };
-            tx.send(Ok(event)).await.map_err(|_| ())?;
+            let parts = CommitParts::new(name, commit.revision, commit.time, commit.replace);
+            for event in parts.of(&commit.change) {
+                tx.send(Ok(event)).await.map_err(|_| ())?;
+            }
         }
     }
 }
@@ -261,48 +258,136 @@ pub(crate) fn event_preparer(name: String) -> EventPreparer {
     })
 }
 
-/// `event` in its WatchSync form, converted once per event and cached in it.
-fn converted(name: &str, event: &Event, change: Option<&Change>) -> Arc<pb::SyncEvent> {
+/// `event` in its WatchSync form (a commit possibly in parts), converted once
+/// per event and cached in it.
+fn converted(name: &str, event: &Event, change: Option<&Change>) -> Arc<Vec<pb::SyncEvent>> {
     event
         .encoded
         .get_or_make(|| Arc::new(event_to_proto(name, event, change)))
 }
 
-fn event_to_proto(name: &str, event: &Event, change: Option<&Change>) -> pb::SyncEvent {
-    pb::SyncEvent {
+/// Encoded size a part of a commit grows to before the next leaf starts
+/// another part: far below the 4 MiB that gRPC clients accept by default.
+const PART_BYTES: usize = 1 << 20;
+
+/// A revision's WatchSync events: its leaves in parts of at most about
+/// [`PART_BYTES`] (a larger single leaf gets a part of its own), every part
+/// but the last with `Commit.more` set.
+struct CommitParts<'a> {
+    name: &'a str,
+    revision: u64,
+    time: SystemTime,
+    replace: bool,
+    done: Vec<pb::SyncEvent>,
+    open: pb::Commit,
+    /// Encoded size of `open`'s leaves.
+    size: usize,
+}
+
+impl<'a> CommitParts<'a> {
+    fn new(name: &'a str, revision: u64, time: SystemTime, replace: bool) -> Self {
+        Self {
+            name,
+            revision,
+            time,
+            replace,
+            done: Vec::new(),
+            open: pb::Commit {
+                replace,
+                ..Default::default()
+            },
+            size: 0,
+        }
+    }
+
+    /// The events of `change`.
+    fn of(mut self, change: &Change) -> Vec<pb::SyncEvent> {
+        for (path, value) in change.updates() {
+            let leaf = pb::Leaf {
+                path,
+                value: Some(value),
+            };
+            self.make_room(framed(leaf.encoded_len()));
+            self.open.updates.push(leaf);
+        }
+        for path in change.deletes() {
+            self.make_room(framed(path.len()));
+            self.open.deletes.push(path);
+        }
+        let last = std::mem::take(&mut self.open);
+        self.done.push(self.event(pb::Commit {
+            replace: self.replace,
+            ..last
+        }));
+        self.done
+    }
+
+    /// Starts a new part if `len` more bytes would make the open one too large.
+    fn make_room(&mut self, len: usize) {
+        if self.size > 0 && self.size + len > PART_BYTES {
+            let next = pb::Commit {
+                replace: self.replace,
+                ..Default::default()
+            };
+            let full = std::mem::replace(&mut self.open, next);
+            self.done
+                .push(self.event(pb::Commit { more: true, ..full }));
+            self.size = 0;
+        }
+        self.size += len;
+    }
+
+    fn event(&self, commit: pb::Commit) -> pb::SyncEvent {
+        pb::SyncEvent {
+            datastore: self.name.to_string(),
+            revision: self.revision,
+            time: Some(convert::timestamp_to_proto(self.time)),
+            event: Some(pb::sync_event::Event::Commit(commit)),
+        }
+    }
+}
+
+/// Size of a length-delimited field of `len` bytes with a one-byte tag.
+fn framed(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+fn event_to_proto(name: &str, event: &Event, change: Option<&Change>) -> Vec<pb::SyncEvent> {
+    let kind = match &event.kind {
+        EventKind::Commit { replace, .. } => {
+            let parts = CommitParts::new(name, event.revision, event.time, *replace);
+            return parts.of(change.unwrap_or(&Change::default()));
+        }
+        EventKind::StateChanged { state, reason } => {
+            pb::sync_event::Event::StateChanged(pb::StateChanged {
+                state: state_to_proto(*state) as i32,
+                reason: reason.clone(),
+            })
+        }
+        EventKind::Revert(revert) => pb::sync_event::Event::Revert(pb::Revert {
+            phase: match revert.phase {
+                RevertPhase::Queued => pb::RevertPhase::Queued,
+                RevertPhase::Applying => pb::RevertPhase::Applying,
+                RevertPhase::Applied => pb::RevertPhase::Applied,
+                RevertPhase::Failed => pb::RevertPhase::Failed,
+            } as i32,
+            attempt: revert.attempt,
+            updates: revert
+                .updates
+                .iter()
+                .map(|(k, v)| pb::Leaf {
+                    path: k.to_string(),
+                    value: Some(v.clone()),
+                })
+                .collect(),
+            deletes: revert.deletes.iter().map(|k| k.to_string()).collect(),
+            error: revert.error.clone(),
+        }),
+    };
+    vec![pb::SyncEvent {
         datastore: name.to_string(),
         revision: event.revision,
         time: Some(convert::timestamp_to_proto(event.time)),
-        event: Some(match &event.kind {
-            EventKind::StateChanged { state, reason } => {
-                pb::sync_event::Event::StateChanged(pb::StateChanged {
-                    state: state_to_proto(*state) as i32,
-                    reason: reason.clone(),
-                })
-            }
-            EventKind::Commit { replace, .. } => pb::sync_event::Event::Commit(change_to_proto(
-                *replace,
-                change.unwrap_or(&Change::default()),
-            )),
-            EventKind::Revert(revert) => pb::sync_event::Event::Revert(pb::Revert {
-                phase: match revert.phase {
-                    RevertPhase::Queued => pb::RevertPhase::Queued,
-                    RevertPhase::Applying => pb::RevertPhase::Applying,
-                    RevertPhase::Applied => pb::RevertPhase::Applied,
-                    RevertPhase::Failed => pb::RevertPhase::Failed,
-                } as i32,
-                attempt: revert.attempt,
-                updates: revert
-                    .updates
-                    .iter()
-                    .map(|(k, v)| pb::Leaf {
-                        path: k.to_string(),
-                        value: Some(v.clone()),
-                    })
-                    .collect(),
-                deletes: revert.deletes.iter().map(|k| k.to_string()).collect(),
-                error: revert.error.clone(),
-            }),
-        }),
-    }
+        event: Some(kind),
+    }]
 }

@@ -269,9 +269,8 @@ struct Seen {
 
 /// The narrated scenario, as a controller would drive it.
 async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Result<()> {
-    // A replace commit is one WatchSync event: 20,000 leaves are about 2 MiB,
-    // a million far more than tonic's default 4 MiB limit.
-    let mut client = NetSyncClient::new(channel(api).await?).max_decoding_message_size(usize::MAX);
+    // tonic's default 4 MiB message limit: large revisions come in parts.
+    let mut client = NetSyncClient::new(channel(api).await?);
     let mut sim = SimControlClient::new(channel(sim_addr).await?);
 
     out.line("");

@@ -145,18 +145,29 @@ pub fn describe(event: &pb::SyncEvent) -> Vec<String> {
         }
         Some(pb::sync_event::Event::Commit(c)) => {
             let changes = c.updates.len() + c.deletes.len();
+            // A large revision comes in parts (`Commit.more`).
+            let part = if c.more {
+                ", more of this revision follows"
+            } else {
+                ""
+            };
             if c.replace {
-                let mut headline = format!(
-                    "commit   replace       {} leaves: the device's whole state",
-                    c.updates.len()
-                );
+                let mut headline = if c.more {
+                    format!("commit   replace       {} leaves", c.updates.len())
+                } else {
+                    format!(
+                        "commit   replace       {} leaves: the device's whole state",
+                        c.updates.len()
+                    )
+                };
                 if !c.deletes.is_empty() {
                     headline.push_str(&format!(" ({} pruned)", c.deletes.len()));
                 }
+                headline.push_str(part);
                 return vec![headline];
             }
             let mut lines = vec![format!(
-                "commit   {changes} {}",
+                "commit   {changes} {}{part}",
                 if changes == 1 { "change" } else { "changes" }
             )];
             lines.extend(leaves(&c.updates, &c.deletes));
@@ -262,11 +273,22 @@ mod tests {
                 })
                 .collect(),
             deletes: vec![],
+            more: false,
         };
-        let lines = describe(&event(1, pb::sync_event::Event::Commit(commit)));
+        let lines = describe(&event(1, pb::sync_event::Event::Commit(commit.clone())));
         assert_eq!(
             lines,
             vec!["commit   replace       3 leaves: the device's whole state"]
+        );
+        // A part of a larger revision does not claim to be the whole state.
+        let part = pb::Commit {
+            more: true,
+            ..commit
+        };
+        let lines = describe(&event(1, pb::sync_event::Event::Commit(part)));
+        assert_eq!(
+            lines,
+            vec!["commit   replace       3 leaves, more of this revision follows"]
         );
     }
 
@@ -279,6 +301,7 @@ mod tests {
                 value: string("r1"),
             }],
             deletes: vec!["/x".into()],
+            more: false,
         };
         let lines = describe(&event(2, pb::sync_event::Event::Commit(commit)));
         assert_eq!(
@@ -293,6 +316,7 @@ mod tests {
             replace: false,
             updates: vec![],
             deletes: (0..8).map(|i| format!("/d/{i}")).collect(),
+            more: false,
         };
         let lines = describe(&event(3, pb::sync_event::Event::Commit(many)));
         assert_eq!(lines.len(), 1 + LISTED_LEAVES + 1);
