@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::{TestServer, create, datastore};
 use netsync_proto::netsync::v1 as pb;
-use netsync_server::Config;
 use tonic::Code;
 
 /// Asserts `status` has `code` and a message mentioning every one of `words`.
@@ -362,7 +361,7 @@ async fn datastores_survive_a_restart() {
 async fn shutdown_ends_open_watches_at_once_with_the_revision_to_resume_from() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("netsync.db");
-    let mut config = Config::with_db(format!("sqlite://{}", db.display()));
+    let mut config = common::config(&db);
     // Far longer than the deadlines below: shutdown can only finish in time
     // if it ends the watch instead of waiting for it.
     config.shutdown_grace = Duration::from_secs(600);

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn config(db: &std::path::Path) -> Config {
-    let mut config = Config::with_db(format!("sqlite://{}", db.display()));
+    let mut config = common::config(db);
     config.reconcile.backoff_min = Duration::from_millis(50);
     config.reconcile.backoff_max = Duration::from_millis(200);
     config.reconcile.max_attempts = 3;

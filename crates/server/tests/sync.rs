@@ -306,8 +306,7 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
 async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
     let device = Device::start(&[("/a", "0")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config =
-        netsync_server::Config::with_db(format!("sqlite://{}", dir.path().join("n.db").display()));
+    let mut config = common::config(&dir.path().join("n.db"));
     config.limits.event_buffer = 8;
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
@@ -392,8 +391,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
 async fn compacted_revisions_are_out_of_range() {
     let device = Device::start(&[("/a", "0")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config =
-        netsync_server::Config::with_db(format!("sqlite://{}", dir.path().join("n.db").display()));
+    let mut config = common::config(&dir.path().join("n.db"));
     config.retention = netsync_server::log::Retention {
         commits: 2,
         age: Duration::ZERO,
@@ -462,8 +460,7 @@ async fn compacted_revisions_are_out_of_range() {
 async fn evicted_events_are_read_from_the_log() {
     let device = Device::start(&[("/a", "start")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config =
-        netsync_server::Config::with_db(format!("sqlite://{}", dir.path().join("n.db").display()));
+    let mut config = common::config(&dir.path().join("n.db"));
     // Only the newest event keeps its change.
     config.limits.event_leaves = 1;
     let server = TestServer::start_with(config).await;

@@ -21,7 +21,7 @@ async fn start(dir: &std::path::Path, ca: &Ca, client_ca: Option<&Ca>) -> TestSe
 
 fn tls_config(dir: &std::path::Path, ca: &Ca, client_ca: Option<&Ca>) -> Config {
     let identity = ca.server(&["localhost"]);
-    let mut config = Config::with_db(format!("sqlite://{}", dir.join("netsync.db").display()));
+    let mut config = common::config(&dir.join("netsync.db"));
     config.tls = Some(ApiTls {
         cert_pem: identity.cert_pem,
         key_pem: netsync_core::datastore::Secret::new(identity.key_pem),

@@ -31,7 +31,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts netsyncd on 127.0.0.1:0 with the SQLite file `db`.
     pub async fn start(db: &Path) -> Self {
-        Self::start_with(Config::with_db(format!("sqlite://{}", db.display()))).await
+        Self::start_with(config(db)).await
     }
 
     /// Starts netsyncd on 127.0.0.1:0 with `config` (its `listen` is ignored).
@@ -73,6 +73,11 @@ impl TestServer {
         self.stop.send(()).unwrap();
         self.task
     }
+}
+
+/// The default configuration, with the SQLite file `db`.
+pub fn config(db: &Path) -> Config {
+    Config::with_db(format!("sqlite://{}", db.display()))
 }
 
 /// A valid datastore named `name` with credentials and a client key.
