@@ -11,7 +11,7 @@ use netsync_core::datastore::{
     SyncSpec, TargetSpec, TlsSpec,
 };
 use netsync_core::intent::{Deviation, Intent};
-use netsync_core::running::{Key, Subtree};
+use netsync_core::running::{Key, Subtree, Value};
 use netsync_proto::netsync::v1 as pb;
 
 /// Whether secrets go into the output: only the store may keep them.
@@ -293,6 +293,14 @@ pub fn intent_from_proto(intent: pb::Intent, field: &str) -> Result<Intent, Fiel
     })
 }
 
+/// The wire form of one leaf.
+pub fn leaf_to_proto(key: &Key, value: &Value) -> pb::Leaf {
+    pb::Leaf {
+        path: key.to_string(),
+        value: Some(value.clone()),
+    }
+}
+
 /// The wire form of an intent.
 pub fn intent_to_proto(intent: &Intent) -> pb::Intent {
     pb::Intent {
@@ -301,10 +309,7 @@ pub fn intent_to_proto(intent: &Intent) -> pb::Intent {
         updates: intent
             .updates
             .iter()
-            .map(|(k, v)| pb::Leaf {
-                path: k.to_string(),
-                value: Some(v.clone()),
-            })
+            .map(|(k, v)| leaf_to_proto(k, v))
             .collect(),
         deletes: intent
             .deletes

@@ -315,10 +315,7 @@ impl<'a> CommitParts<'a> {
             self.open.deletes.push(path);
         }
         let last = std::mem::take(&mut self.open);
-        self.done.push(self.event(pb::Commit {
-            replace: self.replace,
-            ..last
-        }));
+        self.done.push(self.event(last));
         self.done
     }
 
@@ -375,10 +372,7 @@ fn event_to_proto(name: &str, event: &Event, change: Option<&Change>) -> Vec<pb:
             updates: revert
                 .updates
                 .iter()
-                .map(|(k, v)| pb::Leaf {
-                    path: k.to_string(),
-                    value: Some(v.clone()),
-                })
+                .map(|(k, v)| convert::leaf_to_proto(k, v))
                 .collect(),
             deletes: revert.deletes.iter().map(|k| k.to_string()).collect(),
             error: revert.error.clone(),
