@@ -1,0 +1,191 @@
+//! netsync API client helpers: running read at one revision, waiting for a
+//! revision or a condition on running (event-driven: each wait is a
+//! GetRunning with `min_revision`, never a sleep), convergence to a device,
+//! and the checks a user makes on a datastore's status.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use netsync_proto::gnmi;
+use netsync_proto::netsync::v1 as pb;
+use pb::net_sync_client::NetSyncClient;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::deadline::DEADLINE;
+
+/// A netsync API client.
+pub type Client = NetSyncClient<Channel>;
+
+/// Running as read by one GetRunning call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    /// The revision every message of the call was at.
+    pub revision: u64,
+    /// Its leaves, canonical path -> value.
+    pub leaves: BTreeMap<String, gnmi::TypedValue>,
+}
+
+impl Running {
+    /// The leaves as path -> text; panics on a value that is not a string.
+    pub fn strings(&self) -> BTreeMap<String, String> {
+        self.leaves
+            .iter()
+            .map(|(path, value)| (path.clone(), crate::gnmi::string_of(value).to_string()))
+            .collect()
+    }
+}
+
+/// Running of `name` at `min_revision` or later, waiting up to `timeout` for
+/// it; checks that every message of the call is of one revision.
+pub async fn try_running(
+    client: &mut Client,
+    name: &str,
+    min_revision: u64,
+    timeout: Duration,
+) -> Result<Running, tonic::Status> {
+    let mut request = tonic::Request::new(pb::GetRunningRequest {
+        datastore: name.into(),
+        path: String::new(),
+        min_revision,
+    });
+    request.set_timeout(timeout);
+    let mut stream = client.get_running(request).await?.into_inner();
+    let mut leaves = BTreeMap::new();
+    let mut revision = None;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        assert!(
+            revision.is_none_or(|r| r == batch.revision),
+            "one GetRunning call gave revisions {revision:?} and {}",
+            batch.revision
+        );
+        revision = Some(batch.revision);
+        for leaf in batch.leaves {
+            leaves.insert(leaf.path, leaf.value.unwrap_or_default());
+        }
+    }
+    Ok(Running {
+        revision: revision.unwrap_or(0),
+        leaves,
+    })
+}
+
+/// Running of `name` at `min_revision` or later (waiting up to [`DEADLINE`]).
+pub async fn running(client: &mut Client, name: &str, min_revision: u64) -> Running {
+    try_running(client, name, min_revision, DEADLINE)
+        .await
+        .unwrap_or_else(|s| panic!("running of {name} at {min_revision} or later: {s:?}"))
+}
+
+/// Waits until `name` has committed `revision` (or a later one); returns the
+/// revision reached. Reads no leaves.
+pub async fn wait_revision(client: &mut Client, name: &str, revision: u64) -> u64 {
+    let mut request = tonic::Request::new(pb::GetRunningRequest {
+        datastore: name.into(),
+        // A path no device has: the answer carries the revision and no leaves.
+        path: "/netsync-testkit-none".into(),
+        min_revision: revision,
+    });
+    request.set_timeout(DEADLINE);
+    let mut stream = client
+        .get_running(request)
+        .await
+        .unwrap_or_else(|s| panic!("{name} did not reach revision {revision}: {s:?}"))
+        .into_inner();
+    let mut reached = revision;
+    while let Some(batch) = stream.next().await {
+        reached = batch.unwrap().revision;
+    }
+    reached
+}
+
+/// Waits until `check` holds for running of `name`, reading again at each
+/// new revision; returns the revision it held at. `what` names the wait in
+/// the failure.
+pub async fn until_running(
+    client: &mut Client,
+    name: &str,
+    what: &str,
+    mut check: impl FnMut(&BTreeMap<String, gnmi::TypedValue>) -> bool,
+) -> u64 {
+    let deadline = Instant::now() + DEADLINE;
+    let mut next = 0;
+    loop {
+        // A short wait per read, so that a deadline is checked between reads.
+        if let Ok(running) = try_running(client, name, next, Duration::from_secs(2)).await {
+            if check(&running.leaves) {
+                return running.revision;
+            }
+            next = running.revision + 1;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    }
+}
+
+/// A device whose leaves a test can read, to compare running with.
+pub trait DeviceLeaves {
+    /// Every leaf of the device now, canonical path -> value.
+    fn device_leaves(&self) -> impl Future<Output = BTreeMap<String, gnmi::TypedValue>> + Send;
+}
+
+impl DeviceLeaves for crate::sim::Sim {
+    async fn device_leaves(&self) -> BTreeMap<String, gnmi::TypedValue> {
+        self.leaves().await
+    }
+}
+
+impl DeviceLeaves for crate::device::Device {
+    async fn device_leaves(&self) -> BTreeMap<String, gnmi::TypedValue> {
+        self.leaves()
+            .into_iter()
+            .map(|(path, value)| (path, crate::gnmi::string(&value)))
+            .collect()
+    }
+}
+
+/// Waits until running of `name` equals `device`, and still does when read
+/// again after the device (a churning device may move on meanwhile);
+/// returns the revision.
+pub async fn converge(client: &mut Client, name: &str, device: &impl DeviceLeaves) -> u64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = device.device_leaves().await;
+        let revision =
+            until_running(client, name, "running to equal the device", |r| *r == now).await;
+        if device.device_leaves().await == running(client, name, revision).await.leaves {
+            return revision;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "running of {name} never settled on the device"
+        );
+    }
+}
+
+/// The status of `name`.
+pub async fn status(client: &mut Client, name: &str) -> pb::DatastoreStatus {
+    client
+        .get_datastore(pb::GetDatastoreRequest { name: name.into() })
+        .await
+        .unwrap_or_else(|s| panic!("GetDatastore {name}: {s:?}"))
+        .into_inner()
+        .status
+        .expect("a datastore has a status")
+}
+
+/// Asserts that `name` synced quietly: no reconnect, no resync, nothing
+/// dropped, no error. Returns the status.
+pub async fn assert_quiet(client: &mut Client, name: &str) -> pb::DatastoreStatus {
+    let status = status(client, name).await;
+    let stats = status.stats.unwrap_or_default();
+    assert_eq!(
+        (stats.reconnects, stats.resyncs, stats.dropped),
+        (0, 0, 0),
+        "{name}: reconnects, resyncs, dropped: {status:?}"
+    );
+    assert_eq!(status.last_error, "", "{name}: {status:?}");
+    status
+}

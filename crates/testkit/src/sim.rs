@@ -1,0 +1,131 @@
+//! netsync-sim for tests: in this process on an ephemeral loopback port
+//! ([`Sim`]), or as its own process from its binary ([`sim_command`] with
+//! [`crate::process::Process::start_listening`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use netsync_proto::gnmi;
+use netsync_proto::gnmi::g_nmi_client::GNmiClient;
+use netsync_proto::netsync::sim::v1 as simpb;
+use netsync_proto::netsync::sim::v1::sim_control_client::SimControlClient;
+use netsync_sim::{InitialState, ServeError, SimConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::deadline::within;
+
+/// The seed of every generated test device, so that all tests see the same
+/// device for a given size.
+pub const SEED: u64 = 1;
+
+/// A config with a generated device of `leaves` leaves.
+pub fn generated(leaves: usize) -> SimConfig {
+    SimConfig {
+        initial: InitialState::Generated { leaves, seed: SEED },
+        ..SimConfig::default()
+    }
+}
+
+/// netsync-sim serving in this process; stopped by [`Sim::stop`], or when
+/// dropped (its task is aborted with the test's runtime).
+pub struct Sim {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Sim {
+    /// Starts the simulator with `config` on 127.0.0.1:0.
+    pub async fn start(config: SimConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            netsync_sim::serve(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self { addr, stop, task }
+    }
+
+    /// A plaintext channel to the simulator.
+    pub async fn channel(&self) -> Channel {
+        crate::channel(self.addr).await
+    }
+
+    /// A gNMI client, with no limit on the size of what it reads.
+    pub async fn gnmi(&self) -> GNmiClient<Channel> {
+        GNmiClient::new(self.channel().await).max_decoding_message_size(usize::MAX)
+    }
+
+    /// A control client.
+    pub async fn control(&self) -> SimControlClient<Channel> {
+        SimControlClient::new(self.channel().await)
+    }
+
+    /// The counters now.
+    pub async fn counters(&self) -> simpb::Counters {
+        self.control()
+            .await
+            .get_counters(simpb::GetCountersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Every leaf of the device as canonical path -> value, read with a
+    /// PROTO gNMI Get of `/`.
+    pub async fn leaves(&self) -> BTreeMap<String, gnmi::TypedValue> {
+        crate::gnmi::get_all(&mut self.gnmi().await).await
+    }
+
+    /// Sets and deletes leaves through the control service (no gNMI), as a
+    /// change made on the device itself.
+    pub async fn set_leaves(&self, updates: Vec<(String, gnmi::TypedValue)>, deletes: Vec<String>) {
+        self.control()
+            .await
+            .set_leaves(simpb::SetLeavesRequest {
+                updates: updates
+                    .into_iter()
+                    .map(|(path, value)| simpb::Leaf {
+                        path,
+                        value: Some(value),
+                    })
+                    .collect(),
+                deletes,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Signals shutdown and waits for a clean exit.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        within(self.task).await.unwrap().unwrap();
+    }
+}
+
+/// The command that starts the netsync-sim binary `binary` on
+/// 127.0.0.1:0 with JSON logs, a generated device of `leaves` leaves, and
+/// `dir` as its working directory; more flags can be added to it.
+pub fn sim_command(binary: &Path, dir: &Path, leaves: usize) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--leaves",
+        ])
+        .arg(leaves.to_string())
+        .current_dir(dir);
+    command
+}
