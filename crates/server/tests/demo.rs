@@ -2,8 +2,6 @@
 //! line by line as it is printed, the grpcurl commands it suggests run exactly
 //! as printed, and Ctrl-C / SIGTERM stopping it cleanly.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -180,7 +178,7 @@ fn run_printed(grpcurl: &std::path::Path, command: &str) -> Output {
 
 #[test]
 fn printed_grpcurl_commands_work_against_the_running_demo() {
-    let Some(grpcurl) = common::grpcurl::find() else {
+    let Some(grpcurl) = netsync_testkit::tools::grpcurl() else {
         return;
     };
     let mut demo = Demo::start(2000, &[]);

@@ -1,17 +1,17 @@
 //! Every fault knob, switched on and off at run time through SimControl, plus
 //! churn, bursts, restarts, slow subscribers and control-plane validation.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::SubscriptionMode as SubMode;
 use netsync_proto::gnmi::subscription_list::Mode;
 use netsync_proto::netsync::sim::v1 as pb;
 use netsync_sim::SimConfig;
+use netsync_testkit::gnmi::*;
+use netsync_testkit::sim::{Sim, generated};
+use netsync_testkit::within;
 use tonic::Code;
 
 const ETH0: &str = "/interfaces/interface[name=ethernet-1/1]";
@@ -48,7 +48,7 @@ fn stream_all() -> gnmi::SubscriptionList {
 
 #[tokio::test]
 async fn set_delay_for_one_user_on_and_off() {
-    let sim = TestSim::start(config(100)).await;
+    let sim = Sim::start(generated(100)).await;
     let mut control = sim.control().await;
     let mut client = sim.gnmi().await;
     let on = control
@@ -85,7 +85,7 @@ async fn set_delay_for_one_user_on_and_off() {
 
 #[tokio::test]
 async fn set_failure_with_code_and_count() {
-    let sim = TestSim::start(config(100)).await;
+    let sim = Sim::start(generated(100)).await;
     let mut control = sim.control().await;
     let mut client = sim.gnmi().await;
     let before = get_all(&mut client).await;
@@ -165,7 +165,7 @@ async fn set_failure_with_code_and_count() {
 
 #[tokio::test]
 async fn subscribe_stall_holds_messages_until_cleared() {
-    let sim = TestSim::start(config(100)).await;
+    let sim = Sim::start(generated(100)).await;
     let mut control = sim.control().await;
     let mut client = sim.gnmi().await;
     control
@@ -194,7 +194,7 @@ async fn subscribe_stall_holds_messages_until_cleared() {
 
 #[tokio::test]
 async fn disconnect_now_and_after_n_messages() {
-    let sim = TestSim::start(config(100)).await;
+    let sim = Sim::start(generated(100)).await;
     let mut control = sim.control().await;
     let mut client = sim.gnmi().await;
     let mut a = Sub::open(&mut client, stream_all()).await;
@@ -233,7 +233,7 @@ async fn disconnect_now_and_after_n_messages() {
     assert_eq!(c.error().await.code(), Code::Unavailable);
     for i in 0..3 {
         let n = late.notification().await;
-        assert_eq!(n.update[0].val, Some(string(&format!("change {i}"))));
+        assert_eq!(n.update[0].val, Some(string(format!("change {i}"))));
     }
     assert_eq!(sim.counters().await.streams_disconnected, 3);
     sim.stop().await;
@@ -241,9 +241,9 @@ async fn disconnect_now_and_after_n_messages() {
 
 #[tokio::test]
 async fn disconnect_after_messages_fault() {
-    let sim = TestSim::start(SimConfig {
+    let sim = Sim::start(SimConfig {
         notification_batch: 10,
-        ..config(100)
+        ..generated(100)
     })
     .await;
     let mut control = sim.control().await;
@@ -271,9 +271,9 @@ async fn disconnect_after_messages_fault() {
 
 #[tokio::test]
 async fn drop_in_the_middle_of_the_initial_dump() {
-    let sim = TestSim::start(SimConfig {
+    let sim = Sim::start(SimConfig {
         notification_batch: 10,
-        ..config(100)
+        ..generated(100)
     })
     .await;
     let mut control = sim.control().await;
@@ -308,7 +308,7 @@ async fn drop_in_the_middle_of_the_initial_dump() {
 
 #[tokio::test]
 async fn restart_with_changed_state() {
-    let sim = TestSim::start(config(500)).await;
+    let sim = Sim::start(generated(500)).await;
     let mut control = sim.control().await;
     let mut client = sim.gnmi().await;
     let before = get_all(&mut client).await;
@@ -373,7 +373,7 @@ async fn restart_with_changed_state() {
 
 #[tokio::test]
 async fn churn_streams_changes_until_stopped() {
-    let sim = TestSim::start(config(1000)).await;
+    let sim = Sim::start(generated(1000)).await;
     let mut control = sim.control().await;
     let mut client = sim.gnmi().await;
     let mut sub = Sub::open(&mut client, stream_all()).await;
@@ -430,13 +430,13 @@ async fn churn_streams_changes_until_stopped() {
 
 #[tokio::test]
 async fn churn_from_config_runs_from_the_start() {
-    let sim = TestSim::start(SimConfig {
+    let sim = Sim::start(SimConfig {
         churn: Some(netsync_sim::ChurnSpec {
             rate: 500.0,
             delete_share: 0.0,
             seed: 1,
         }),
-        ..config(200)
+        ..generated(200)
     })
     .await;
     let mut client = sim.gnmi().await;
@@ -449,10 +449,10 @@ async fn churn_from_config_runs_from_the_start() {
 
 #[tokio::test]
 async fn a_subscriber_too_slow_is_cut_with_resource_exhausted() {
-    let sim = TestSim::start(SimConfig {
+    let sim = Sim::start(SimConfig {
         notification_batch: 1,
         queue_batches: 4,
-        ..config(2000)
+        ..generated(2000)
     })
     .await;
     let mut control = sim.control().await;
@@ -477,7 +477,7 @@ async fn a_subscriber_too_slow_is_cut_with_resource_exhausted() {
 
 #[tokio::test]
 async fn set_leaves_validates_its_fields() {
-    let sim = TestSim::start(config(100)).await;
+    let sim = Sim::start(generated(100)).await;
     let mut control = sim.control().await;
     let cases = [
         (

@@ -2,17 +2,16 @@
 //! the generated client and by grpcurl (also over mutual TLS), stopped with
 //! SIGTERM, restarted on the same database.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use common::device::Device;
-use common::pki::Ca;
-use common::process::{Netsyncd, Options};
-use common::{create, datastore};
 use netsync_proto::netsync::v1 as pb;
+use netsync_testkit::datastore::{DatastoreBuilder, create};
+use netsync_testkit::device::Device;
+use netsync_testkit::pki::Ca;
 use pb::net_sync_client::NetSyncClient;
+
+use crate::support::{Netsyncd, Options};
 
 // Multi-threaded so the client's connection task keeps answering the server's
 // graceful-shutdown handshake while this test blocks on the process exit.
@@ -23,7 +22,7 @@ async fn sigterm_exits_cleanly_and_restart_keeps_datastores() {
     let daemon = Netsyncd::start(&db);
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
     client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
     drop(client);
@@ -62,7 +61,7 @@ fn stdout(output: &Output) -> String {
 
 #[test]
 fn grpcurl_walkthrough() {
-    let Some(grpcurl) = common::grpcurl::find() else {
+    let Some(grpcurl) = netsync_testkit::tools::grpcurl() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -170,31 +169,18 @@ fn seen(event: pb::SyncEvent) -> Option<SeenCommit> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() {
+    use netsync_testkit::DEADLINE;
     use tokio_stream::StreamExt;
-    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
     let device = Device::start(&[("/system/hostname", "r1")]).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("netsync.db");
     let daemon = Netsyncd::start(&db);
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
-    let ds = pb::Datastore {
-        name: "r1".into(),
-        target: Some(pb::Target {
-            address: device.addr.to_string(),
-            encoding: pb::Encoding::Proto as i32,
-            ..Default::default()
-        }),
-        sync: Some(pb::SyncConfig {
-            commit_interval: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 5_000_000,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    client.create_datastore(create(ds)).await.unwrap();
+    let ds = DatastoreBuilder::new("r1", device.addr)
+        .encoding(pb::Encoding::Proto)
+        .commit_interval_ms(5);
+    client.create_datastore(ds.create()).await.unwrap();
     let mut watch = client
         .watch_sync(pb::WatchSyncRequest {
             datastore: "r1".into(),
@@ -314,7 +300,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
 /// plaintext, it is refused.
 #[test]
 fn grpcurl_over_mutual_tls() {
-    let Some(grpcurl) = common::grpcurl::find() else {
+    let Some(grpcurl) = netsync_testkit::tools::grpcurl() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -435,7 +421,7 @@ async fn device_secrets_reach_the_device_and_nothing_else() {
     let client_ca = Ca::new("client CA");
     let device_identity = ca.server(&["127.0.0.1"]);
     let client_identity = client_ca.client("netsync");
-    let mut config = common::sim::generated(50);
+    let mut config = netsync_testkit::sim::generated(50);
     config.tls = Some(netsync_sim::TlsIdentity {
         cert_pem: device_identity.cert_pem.into_bytes(),
         key_pem: device_identity.key_pem.into_bytes(),
@@ -445,7 +431,7 @@ async fn device_secrets_reach_the_device_and_nothing_else() {
         username: "admin".into(),
         password: PASSWORD.into(),
     });
-    let sim = common::sim::Sim::start(config).await;
+    let sim = netsync_testkit::sim::Sim::start(config).await;
 
     let dir = tempfile::tempdir().unwrap();
     let daemon = Netsyncd::start_with(
@@ -456,24 +442,17 @@ async fn device_secrets_reach_the_device_and_nothing_else() {
         },
     );
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
-    let spec = |name: &str, password: &str| pb::Datastore {
-        name: name.into(),
-        target: Some(pb::Target {
-            address: sim.addr.to_string(),
-            encoding: pb::Encoding::Proto as i32,
-            tls: Some(pb::TlsConfig {
+    let spec = |name: &str, password: &str| {
+        DatastoreBuilder::new(name, sim.addr)
+            .encoding(pb::Encoding::Proto)
+            .tls(pb::TlsConfig {
                 ca_pem: ca.cert_pem.clone(),
                 cert_pem: client_identity.cert_pem.clone(),
                 key_pem: client_identity.key_pem.clone(),
                 ..Default::default()
-            }),
-            credentials: Some(pb::Credentials {
-                username: "admin".into(),
-                password: password.into(),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+            })
+            .credentials("admin", password)
+            .build()
     };
     let mut responses = Vec::new();
     for (name, password) in [("good", PASSWORD), ("wrong", "TOP-SECRET-WRONG")] {
@@ -493,7 +472,7 @@ async fn device_secrets_reach_the_device_and_nothing_else() {
             .await
             .unwrap()
             .into_inner();
-        let reached = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let reached = tokio::time::timeout(netsync_testkit::DEADLINE, async {
             while let Some(event) = events.next().await {
                 if let Some(pb::sync_event::Event::StateChanged(change)) = event.unwrap().event
                     && change.state == settled as i32

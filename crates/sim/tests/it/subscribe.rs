@@ -2,11 +2,11 @@
 //! with ON_CHANGE, TARGET_DEFINED and SAMPLE, updates_only, prefixes, targets,
 //! heartbeats, several subscriptions per request, many subscribers, encodings.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use netsync_testkit::gnmi::*;
+use netsync_testkit::sim::{Sim, generated};
+
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::SubscriptionMode as SubMode;
 use netsync_proto::gnmi::subscription_list::Mode;
@@ -20,13 +20,13 @@ const ETH0: &str = "/interfaces/interface[name=ethernet-1/1]";
 fn batched(leaves: usize, batch: usize) -> SimConfig {
     SimConfig {
         notification_batch: batch,
-        ..config(leaves)
+        ..generated(leaves)
     }
 }
 
 #[tokio::test]
 async fn once_dumps_syncs_and_ends() {
-    let sim = TestSim::start(batched(1000, 100)).await;
+    let sim = Sim::start(batched(1000, 100)).await;
     let mut client = sim.gnmi().await;
     let mut sub = Sub::open(
         &mut client,
@@ -46,7 +46,7 @@ async fn once_dumps_syncs_and_ends() {
 
 #[tokio::test]
 async fn poll_dumps_for_each_poll() {
-    let sim = TestSim::start(config(300)).await;
+    let sim = Sim::start(generated(300)).await;
     let mut client = sim.gnmi().await;
     let mut sub = Sub::open(
         &mut client,
@@ -86,7 +86,7 @@ async fn poll_dumps_for_each_poll() {
 
 #[tokio::test]
 async fn stream_on_change_sends_dump_sync_then_changes_and_deletes() {
-    let sim = TestSim::start(config(500)).await;
+    let sim = Sim::start(generated(500)).await;
     let mut client = sim.gnmi().await;
     let mut sub = Sub::open(
         &mut client,
@@ -159,7 +159,7 @@ async fn stream_on_change_sends_dump_sync_then_changes_and_deletes() {
 
 #[tokio::test]
 async fn stream_survives_half_close_and_supports_updates_only_prefix_and_target() {
-    let sim = TestSim::start(config(500)).await;
+    let sim = Sim::start(generated(500)).await;
     let mut client = sim.gnmi().await;
     let mut spec = list(
         Mode::Stream,
@@ -204,7 +204,7 @@ async fn stream_survives_half_close_and_supports_updates_only_prefix_and_target(
 
 #[tokio::test]
 async fn several_subscriptions_in_one_request_dump_each_leaf_once() {
-    let sim = TestSim::start(config(500)).await;
+    let sim = Sim::start(generated(500)).await;
     let mut client = sim.gnmi().await;
     let mut sub = Sub::open(
         &mut client,
@@ -240,7 +240,7 @@ async fn several_subscriptions_in_one_request_dump_each_leaf_once() {
 
 #[tokio::test]
 async fn sample_with_suppress_redundant_and_heartbeat() {
-    let sim = TestSim::start(config(300)).await;
+    let sim = Sim::start(generated(300)).await;
     let mut client = sim.gnmi().await;
     let mtu = format!("{ETH0}/config/mtu");
     let sample = |suppress: bool, heartbeat_ms: u64| gnmi::Subscription {
@@ -300,7 +300,7 @@ async fn sample_with_suppress_redundant_and_heartbeat() {
 
 #[tokio::test]
 async fn on_change_heartbeat_resends_values() {
-    let sim = TestSim::start(config(300)).await;
+    let sim = Sim::start(generated(300)).await;
     let mut client = sim.gnmi().await;
     let mut sub = Sub::open(
         &mut client,
@@ -322,7 +322,7 @@ async fn on_change_heartbeat_resends_values() {
 
 #[tokio::test]
 async fn json_ietf_and_ascii_encodings_in_subscribe() {
-    let sim = TestSim::start(config(300)).await;
+    let sim = Sim::start(generated(300)).await;
     let mut client = sim.gnmi().await;
     for (encoding, check) in [
         (gnmi::Encoding::JsonIetf, "json_ietf"),
@@ -356,7 +356,7 @@ async fn json_ietf_and_ascii_encodings_in_subscribe() {
 
 #[tokio::test]
 async fn invalid_subscriptions_are_refused() {
-    let sim = TestSim::start(config(100)).await;
+    let sim = Sim::start(generated(100)).await;
     let mut client = sim.gnmi().await;
     let mut bad = list(Mode::Stream, vec![subscription("/", SubMode::Sample)]);
     bad.subscription[0].sample_interval = 10;
@@ -387,7 +387,7 @@ async fn invalid_subscriptions_are_refused() {
 
 #[tokio::test]
 async fn many_concurrent_subscribers_all_see_every_change() {
-    let sim = TestSim::start(config(2000)).await;
+    let sim = Sim::start(generated(2000)).await;
     let mut subs = Vec::new();
     for _ in 0..20 {
         let mut client = sim.gnmi().await;

@@ -2,16 +2,16 @@
 //! trusts the server's CA is served, a plaintext client is not; with a client
 //! CA (mutual TLS), only clients presenting a certificate it signed are.
 
-mod common;
-
-use common::pki::{Ca, Leaf};
-use common::{TestServer, create, datastore};
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_server::tls::ApiTls;
+use netsync_testkit::datastore::DatastoreBuilder;
+use netsync_testkit::pki::{Ca, Leaf};
 use pb::net_sync_client::NetSyncClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::TestServer;
 
 /// netsyncd serving TLS as a certificate for `localhost` from `ca`, asking
 /// for client certificates signed by `client_ca` if given.
@@ -21,7 +21,7 @@ async fn start(dir: &std::path::Path, ca: &Ca, client_ca: Option<&Ca>) -> TestSe
 
 fn tls_config(dir: &std::path::Path, ca: &Ca, client_ca: Option<&Ca>) -> Config {
     let identity = ca.server(&["localhost"]);
-    let mut config = common::config(&dir.join("netsync.db"));
+    let mut config = crate::support::config(&dir.join("netsync.db"));
     config.tls = Some(ApiTls {
         cert_pem: identity.cert_pem,
         key_pem: netsync_core::datastore::Secret::new(identity.key_pem),
@@ -68,7 +68,7 @@ async fn tls_clients_are_served_and_plaintext_ones_are_not() {
 
     let channel = tls_channel(&server, &ca, None);
     let created = NetSyncClient::new(channel.clone())
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap()
         .into_inner();
@@ -137,7 +137,7 @@ async fn call_limits_apply_over_tls() {
     let server = TestServer::start_with(config).await;
     let mut client = NetSyncClient::new(tls_channel(&server, &ca, None));
     client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
     let mut watch = client

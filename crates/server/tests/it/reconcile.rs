@@ -3,26 +3,27 @@
 //! Sets retried then FAILED, a job resumed after a restart, and the seed
 //! failure in full: a stalled revert never holds up the sync.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::sim::{Sim, generated, string};
-use common::{TestServer, create, millis};
 use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
+use netsync_testkit::LONG_DEADLINE as DEADLINE;
+use netsync_testkit::client::wait_revision;
+use netsync_testkit::datastore::{self, DatastoreBuilder, create, millis};
+use netsync_testkit::gnmi::string;
+use netsync_testkit::sim::{Sim, generated};
 use pb::net_sync_client::NetSyncClient;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-const DEADLINE: Duration = Duration::from_secs(120);
+use crate::support::TestServer;
 
 fn config(db: &std::path::Path) -> Config {
-    let mut config = common::config(db);
+    let mut config = crate::support::config(db);
     config.reconcile.backoff_min = Duration::from_millis(50);
     config.reconcile.backoff_max = Duration::from_millis(200);
     config.reconcile.max_attempts = 3;
@@ -30,26 +31,17 @@ fn config(db: &std::path::Path) -> Config {
     config
 }
 
+/// The PROTO datastore `r1` of `sim`, committing every 200 ms, reverting
+/// drift at once if `revert`.
 fn datastore(sim: &Sim, revert: bool) -> pb::Datastore {
-    pb::Datastore {
-        name: "r1".into(),
-        target: Some(pb::Target {
-            address: sim.addr.to_string(),
-            encoding: pb::Encoding::Proto as i32,
-            ..Default::default()
-        }),
-        sync: Some(pb::SyncConfig {
-            commit_interval: Some(millis(200)),
-            ..Default::default()
-        }),
-        revert: Some(pb::RevertConfig {
-            enabled: revert,
-            debounce: Some(millis(0)),
-        }),
-        ..Default::default()
-    }
+    DatastoreBuilder::new("r1", sim.addr)
+        .encoding(pb::Encoding::Proto)
+        .commit_interval_ms(200)
+        .revert(revert, 0)
+        .build()
 }
 
+/// An intent, revertive unless `non_revertive`.
 fn intent(
     name: &str,
     priority: i32,
@@ -58,18 +50,8 @@ fn intent(
     non_revertive: bool,
 ) -> pb::Intent {
     pb::Intent {
-        name: name.into(),
-        priority,
-        updates: updates
-            .iter()
-            .map(|(p, v)| pb::Leaf {
-                path: p.to_string(),
-                value: Some(string(v)),
-            })
-            .collect(),
-        deletes: deletes.iter().map(|d| d.to_string()).collect(),
         non_revertive,
-        revision: 0,
+        ..datastore::intent(name, priority, updates, deletes)
     }
 }
 
@@ -136,13 +118,7 @@ async fn start(sim: &Sim, revert: bool) -> (tempfile::TempDir, TestServer, NetSy
         .create_datastore(create(datastore(sim, revert)))
         .await
         .unwrap();
-    let mut first = tonic::Request::new(pb::GetRunningRequest {
-        datastore: "r1".into(),
-        path: "/none".into(),
-        min_revision: 1,
-    });
-    first.set_timeout(DEADLINE);
-    client.get_running(first).await.unwrap();
+    wait_revision(&mut client, "r1", 1).await;
     (dir, server, client)
 }
 
@@ -452,7 +428,7 @@ async fn a_stalled_revert_never_holds_up_the_sync() {
         .map(|i| {
             (
                 format!("/system/churn/leaf-{i:04}"),
-                string(&format!("v{i}")),
+                string(format!("v{i}")),
             )
         })
         .collect();

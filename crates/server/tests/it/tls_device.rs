@@ -3,45 +3,31 @@
 //! `insecure_skip_verify` either syncs or fails with a last_error that says
 //! why, and never reaches IN_SYNC.
 
-mod common;
-
-use std::time::Duration;
-
-use common::pki::{Ca, Leaf};
-use common::sim::{Sim, generated};
-use common::{TestServer, create, millis};
 use netsync_proto::netsync::v1 as pb;
+use netsync_testkit::DEADLINE;
+use netsync_testkit::client::status;
+use netsync_testkit::datastore::{DatastoreBuilder, create};
+use netsync_testkit::pki::{Ca, Leaf};
+use netsync_testkit::sim::{Sim, generated};
 use pb::net_sync_client::NetSyncClient;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-/// Generous bound on reaching a settled state; nothing waits for it to pass.
-const DEADLINE: Duration = Duration::from_secs(60);
+use crate::support::TestServer;
 
+/// Generous bound on reaching a settled state; nothing waits for it to pass.
 /// Leaves of the simulated devices.
 const LEAVES: u64 = 200;
 
 /// A datastore syncing `sim` over TLS with `tls`.
 fn datastore(name: &str, sim: &Sim, tls: pb::TlsConfig) -> pb::Datastore {
-    pb::Datastore {
-        name: name.into(),
-        target: Some(pb::Target {
-            address: sim.addr.to_string(),
-            encoding: pb::Encoding::Proto as i32,
-            tls: Some(tls),
-            credentials: Some(pb::Credentials {
-                username: "admin".into(),
-                password: "TOP-SECRET-PASSWORD".into(),
-            }),
-            ..Default::default()
-        }),
-        sync: Some(pb::SyncConfig {
-            mode: pb::SyncMode::OnChange as i32,
-            commit_interval: Some(millis(20)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    DatastoreBuilder::new(name, sim.addr)
+        .encoding(pb::Encoding::Proto)
+        .tls(tls)
+        .credentials("admin", "TOP-SECRET-PASSWORD")
+        .mode(pb::SyncMode::OnChange)
+        .commit_interval_ms(20)
+        .build()
 }
 
 /// A simulator serving TLS as `identity`, requiring username/password and,
@@ -77,16 +63,6 @@ async fn states(
         Some(pb::sync_event::Event::StateChanged(change)) => change.state.try_into().ok(),
         _ => None,
     })
-}
-
-async fn status(client: &mut NetSyncClient<Channel>, name: &str) -> pb::DatastoreStatus {
-    client
-        .get_datastore(pb::GetDatastoreRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
 }
 
 /// Asserts `name` reaches IN_SYNC with the whole device.

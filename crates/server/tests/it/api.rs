@@ -2,25 +2,13 @@
 //! RPCs whose engine is not built yet, persistence across a restart, and open
 //! watches at shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, create, datastore};
 use netsync_proto::netsync::v1 as pb;
+use netsync_testkit::datastore::{DatastoreBuilder, create};
 use tonic::Code;
 
-/// Asserts `status` has `code` and a message mentioning every one of `words`.
-fn assert_status(status: &tonic::Status, code: Code, words: &[&str]) {
-    assert_eq!(status.code(), code, "{status:?}");
-    for word in words {
-        assert!(
-            status.message().contains(word),
-            "{word:?} not in {:?}",
-            status.message()
-        );
-    }
-}
+use crate::support::{self, TestServer, assert_status};
 
 /// The declared part of a datastore (status is live and changes between reads).
 fn without_status(mut ds: pb::Datastore) -> pb::Datastore {
@@ -44,7 +32,7 @@ async fn crud_round_trip() {
     let mut client = server.client().await;
 
     let created = client
-        .create_datastore(create(datastore("r2")))
+        .create_datastore(DatastoreBuilder::every_field("r2").create())
         .await
         .unwrap()
         .into_inner();
@@ -64,7 +52,7 @@ async fn crud_round_trip() {
     assert_eq!(status.stats.as_ref().unwrap().dropped, 0);
 
     client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
 
@@ -202,7 +190,7 @@ async fn bad_input_gets_clear_errors() {
         ),
     ];
     for (mutate, words) in invalid {
-        let mut ds = datastore("r1");
+        let mut ds = DatastoreBuilder::every_field("r1").build();
         mutate(&mut ds);
         let err = client.create_datastore(create(ds)).await.unwrap_err();
         assert_status(&err, Code::InvalidArgument, words);
@@ -222,11 +210,11 @@ async fn bad_input_gets_clear_errors() {
     assert!(listed.into_inner().datastores.is_empty());
 
     client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
     let err = client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap_err();
     assert_status(&err, Code::AlreadyExists, &["datastore", "r1"]);
@@ -268,7 +256,7 @@ async fn unknown_datastores_are_named() {
     let server = TestServer::start(&dir.path().join("netsync.db")).await;
     let mut client = server.client().await;
     client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
 
@@ -329,12 +317,12 @@ async fn datastores_survive_a_restart() {
     let server = TestServer::start(&db).await;
     let mut client = server.client().await;
     let created = client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap()
         .into_inner();
     client
-        .create_datastore(create(datastore("r2")))
+        .create_datastore(DatastoreBuilder::every_field("r2").create())
         .await
         .unwrap();
     client
@@ -361,14 +349,14 @@ async fn datastores_survive_a_restart() {
 async fn shutdown_ends_open_watches_at_once_with_the_revision_to_resume_from() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("netsync.db");
-    let mut config = common::config(&db);
+    let mut config = support::config(&db);
     // Far longer than the deadlines below: shutdown can only finish in time
     // if it ends the watch instead of waiting for it.
     config.shutdown_grace = Duration::from_secs(600);
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
     client
-        .create_datastore(create(datastore("w")))
+        .create_datastore(DatastoreBuilder::every_field("w").create())
         .await
         .unwrap();
     let mut watch = client

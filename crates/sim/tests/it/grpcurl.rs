@@ -2,34 +2,19 @@
 //! netsync-sim's services through gRPC reflection; without grpcurl the test
 //! skips, unless `NETSYNC_REQUIRE_GRPCURL=1`.
 
-mod common;
-
-use std::path::PathBuf;
-
-use common::tools::*;
-use common::*;
+use netsync_testkit::sim::{Sim, generated};
+use netsync_testkit::tools;
 use serde_json::json;
 use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_through_reflection() {
-    let venv = repo_root().join(".venv/bin/grpcurl");
-    let grpcurl = if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("grpcurl")
-    };
-    let has_grpcurl = Command::new(&grpcurl)
-        .arg("-version")
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success());
-    if !has_grpcurl && missing("NETSYNC_REQUIRE_GRPCURL", "grpcurl") {
+    let Some(grpcurl) = tools::grpcurl() else {
         return;
-    }
-    let sim = TestSim::start(config(200)).await;
+    };
+    let sim = Sim::start(generated(200)).await;
     let addr = sim.addr.to_string();
-    let list = run(Command::new(&grpcurl).args(["-plaintext", &addr, "list"])).await;
+    let list = tools::run(Command::new(&grpcurl).args(["-plaintext", &addr, "list"])).await;
     let list = String::from_utf8(list.stdout).unwrap();
     for service in [
         "gnmi.gNMI",
@@ -42,9 +27,10 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
         );
     }
     let describe =
-        run(Command::new(&grpcurl).args(["-plaintext", &addr, "describe", "gnmi.gNMI"])).await;
+        tools::run(Command::new(&grpcurl).args(["-plaintext", &addr, "describe", "gnmi.gNMI"]))
+            .await;
     assert!(String::from_utf8_lossy(&describe.stdout).contains("rpc Subscribe"));
-    let counters = run(Command::new(&grpcurl).args([
+    let counters = tools::run(Command::new(&grpcurl).args([
         "-plaintext",
         "-d",
         "{}",
@@ -54,7 +40,7 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
     .await;
     let counters: serde_json::Value = serde_json::from_slice(&counters.stdout).unwrap();
     assert_eq!(counters["leaves"], json!("200"), "{counters}");
-    let get = run(Command::new(&grpcurl).args([
+    let get = tools::run(Command::new(&grpcurl).args([
         "-plaintext",
         "-d",
         r#"{"path": [{"elem": [{"name": "system"}, {"name": "config"}, {"name": "hostname"}]}], "encoding": "JSON_IETF"}"#,

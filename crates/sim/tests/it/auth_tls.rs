@@ -1,9 +1,9 @@
 //! Credentials on every gNMI call, an unauthenticated control service, and TLS
 //! with a certificate generated for the test.
 
-mod common;
+use netsync_testkit::gnmi::*;
+use netsync_testkit::sim::{Sim, generated};
 
-use common::*;
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::SubscriptionMode as SubMode;
 use netsync_proto::gnmi::g_nmi_client::GNmiClient;
@@ -25,12 +25,12 @@ const GOOD: &[(&str, &str)] = &[("username", "admin"), ("password", "s3cret")];
 
 #[tokio::test]
 async fn credentials_are_checked_on_every_gnmi_call() {
-    let sim = TestSim::start(SimConfig {
+    let sim = Sim::start(SimConfig {
         credentials: Some(Credentials {
             username: "admin".into(),
             password: "s3cret".into(),
         }),
-        ..config(100)
+        ..generated(100)
     })
     .await;
     let mut client = sim.gnmi().await;
@@ -99,12 +99,12 @@ async fn credentials_are_checked_on_every_gnmi_call() {
 async fn tls_serves_gnmi_and_control() {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_pem = certified.cert.pem();
-    let sim = TestSim::start(SimConfig {
+    let sim = Sim::start(SimConfig {
         tls: Some(TlsIdentity {
             cert_pem: cert_pem.clone().into_bytes(),
             key_pem: certified.signing_key.serialize_pem().into_bytes(),
         }),
-        ..config(100)
+        ..generated(100)
     })
     .await;
     let channel = Channel::from_shared(format!("https://{}", sim.addr))

@@ -2,103 +2,37 @@
 //! consistent revision, WatchSync live and replayed, DatastoreStatus, Resync,
 //! restart recovery and delete.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::device::Device;
-use common::{TestServer, create};
 use netsync_proto::gnmi::typed_value;
 use netsync_proto::netsync::v1 as pb;
+use netsync_testkit::DEADLINE;
+use netsync_testkit::client::{self, converge, status};
+use netsync_testkit::datastore::{DatastoreBuilder, create};
+use netsync_testkit::device::Device;
 use pb::net_sync_client::NetSyncClient;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+use crate::support::TestServer;
 
+/// A PROTO datastore `name` of `device`, committing every 20 ms.
 fn datastore(name: &str, device: &Device) -> pb::Datastore {
-    pb::Datastore {
-        name: name.into(),
-        target: Some(pb::Target {
-            address: device.addr.to_string(),
-            encoding: pb::Encoding::Proto as i32,
-            ..Default::default()
-        }),
-        sync: Some(pb::SyncConfig {
-            commit_interval: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 20_000_000,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    DatastoreBuilder::new(name, device.addr)
+        .encoding(pb::Encoding::Proto)
+        .commit_interval_ms(20)
+        .build()
 }
 
-/// Running as a path -> string map, read at `min_revision` or later.
+/// Running of `name` at `min_revision` or later, as path -> string.
 async fn running(
     client: &mut NetSyncClient<Channel>,
     name: &str,
     min_revision: u64,
 ) -> (u64, BTreeMap<String, String>) {
-    let mut request = tonic::Request::new(pb::GetRunningRequest {
-        datastore: name.into(),
-        path: String::new(),
-        min_revision,
-    });
-    request.set_timeout(DEADLINE);
-    let mut stream = client.get_running(request).await.unwrap().into_inner();
-    let mut leaves = BTreeMap::new();
-    let mut revision = None;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.unwrap();
-        assert!(
-            revision.is_none_or(|r| r == batch.revision),
-            "one revision per call"
-        );
-        revision = Some(batch.revision);
-        for leaf in batch.leaves {
-            let Some(typed_value::Value::StringVal(v)) = leaf.value.and_then(|v| v.value) else {
-                panic!("not a string")
-            };
-            leaves.insert(leaf.path, v);
-        }
-    }
-    (revision.unwrap(), leaves)
-}
-
-async fn status(client: &mut NetSyncClient<Channel>, name: &str) -> pb::DatastoreStatus {
-    client
-        .get_datastore(pb::GetDatastoreRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-}
-
-/// Waits until running equals the device.
-async fn converge(client: &mut NetSyncClient<Channel>, name: &str, device: &Device) -> u64 {
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            let rev = status(client, name).await.revision;
-            let (revision, leaves) = running(client, name, rev.max(1)).await;
-            if leaves == device.leaves() {
-                return revision;
-            }
-            // Wait for the next revision rather than polling blindly.
-            let mut request = tonic::Request::new(pb::GetRunningRequest {
-                datastore: name.into(),
-                path: "/".into(),
-                min_revision: revision + 1,
-            });
-            request.set_timeout(Duration::from_secs(2));
-            let _ = client.get_running(request).await;
-        }
-    })
-    .await
-    .expect("running converges to the device")
+    let running = client::running(client, name, min_revision).await;
+    (running.revision, running.strings())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +240,7 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
 async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
     let device = Device::start(&[("/a", "0")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(&dir.path().join("n.db"));
+    let mut config = crate::support::config(&dir.path().join("n.db"));
     config.limits.event_buffer = 8;
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
@@ -391,7 +325,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
 async fn compacted_revisions_are_out_of_range() {
     let device = Device::start(&[("/a", "0")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(&dir.path().join("n.db"));
+    let mut config = crate::support::config(&dir.path().join("n.db"));
     config.retention = netsync_server::log::Retention {
         commits: 2,
         age: Duration::ZERO,
@@ -460,7 +394,7 @@ async fn compacted_revisions_are_out_of_range() {
 async fn evicted_events_are_read_from_the_log() {
     let device = Device::start(&[("/a", "start")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(&dir.path().join("n.db"));
+    let mut config = crate::support::config(&dir.path().join("n.db"));
     // Only the newest event keeps its change.
     config.limits.event_leaves = 1;
     let server = TestServer::start_with(config).await;

@@ -3,40 +3,23 @@
 //! size (RESOURCE_EXHAUSTED naming the setting) and the server's deadline
 //! (DEADLINE_EXCEEDED). Slots are freed when a call ends.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestServer, create, datastore};
 use netsync_proto::netsync::v1 as pb;
-use netsync_server::Config;
 use netsync_server::limits::ApiLimits;
+use netsync_testkit::DEADLINE;
+use netsync_testkit::datastore::{DatastoreBuilder, create};
 use pb::net_sync_client::NetSyncClient;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// Generous bound on a freed slot becoming usable; nothing waits for it.
-const DEADLINE: Duration = Duration::from_secs(30);
+use crate::support::{self, TestServer, assert_status};
 
 async fn start(dir: &tempfile::TempDir, limits: ApiLimits) -> TestServer {
-    let mut config = Config::with_db(format!(
-        "sqlite://{}",
-        dir.path().join("netsync.db").display()
-    ));
+    let mut config = support::config(&dir.path().join("netsync.db"));
     config.api_limits = limits;
     TestServer::start_with(config).await
-}
-
-fn assert_status(status: &tonic::Status, code: Code, words: &[&str]) {
-    assert_eq!(status.code(), code, "{status:?}");
-    for word in words {
-        assert!(
-            status.message().contains(word),
-            "{word:?} not in {:?}",
-            status.message()
-        );
-    }
 }
 
 /// A WatchSync of `name` whose first event (the current state) has arrived,
@@ -87,12 +70,12 @@ async fn datastore_limit() {
     let mut client = server.client().await;
     for name in ["r1", "r2"] {
         client
-            .create_datastore(create(datastore(name)))
+            .create_datastore(DatastoreBuilder::every_field(name).create())
             .await
             .unwrap();
     }
     let err = client
-        .create_datastore(create(datastore("r3")))
+        .create_datastore(DatastoreBuilder::every_field("r3").create())
         .await
         .unwrap_err();
     assert_status(
@@ -105,7 +88,7 @@ async fn datastore_limit() {
         .await
         .unwrap();
     client
-        .create_datastore(create(datastore("r3")))
+        .create_datastore(DatastoreBuilder::every_field("r3").create())
         .await
         .unwrap();
     server.stop().await;
@@ -125,7 +108,7 @@ async fn watcher_limit_per_datastore() {
     let mut client = server.client().await;
     for name in ["r1", "r2"] {
         client
-            .create_datastore(create(datastore(name)))
+            .create_datastore(DatastoreBuilder::every_field(name).create())
             .await
             .unwrap();
     }
@@ -168,7 +151,7 @@ async fn open_call_limit_per_connection() {
     // One channel is one HTTP/2 connection.
     let mut client = server.client().await;
     client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
     let first = open_watch(&mut client, "r1").await.unwrap();
@@ -212,7 +195,7 @@ async fn oversized_messages_are_refused() {
     )
     .await;
     let mut client = server.client().await;
-    let mut big = datastore("r1");
+    let mut big = DatastoreBuilder::every_field("r1").build();
     big.target.as_mut().unwrap().tls.as_mut().unwrap().ca_pem = "x".repeat(5000);
     let err = client.create_datastore(create(big)).await.unwrap_err();
     assert_status(
@@ -221,13 +204,13 @@ async fn oversized_messages_are_refused() {
         &["4096 bytes", "max_message_bytes"],
     );
     // Far over the limit: refused from the frame header, before the bytes.
-    let mut huge = datastore("r1");
+    let mut huge = DatastoreBuilder::every_field("r1").build();
     huge.target.as_mut().unwrap().tls.as_mut().unwrap().ca_pem = "x".repeat(8 << 20);
     let err = client.create_datastore(create(huge)).await.unwrap_err();
     assert_status(&err, Code::ResourceExhausted, &["max_message_bytes"]);
     // Within the limit, and on the same connection, all is well.
     client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
     server.stop().await;
@@ -238,7 +221,7 @@ async fn default_limit_is_tonics_four_mebibytes() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, ApiLimits::default()).await;
     let mut client = server.client().await;
-    let mut big = datastore("r1");
+    let mut big = DatastoreBuilder::every_field("r1").build();
     big.target.as_mut().unwrap().tls.as_mut().unwrap().ca_pem = "x".repeat(5 << 20);
     let err = client.create_datastore(create(big)).await.unwrap_err();
     assert_status(
@@ -265,7 +248,7 @@ async fn calls_without_a_deadline_get_the_servers() {
     .await;
     let mut client = server.client().await;
     client
-        .create_datastore(create(datastore("r1")))
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
     let request = pb::GetRunningRequest {

@@ -1,9 +1,7 @@
 //! grpc.health.v1 and server reflection (v1 and v1alpha), as Kubernetes probes
 //! and grpcurl use them.
 
-mod common;
-
-use common::TestServer;
+use crate::support::TestServer;
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -1,8 +1,8 @@
 //! Capabilities, Get and Set against an in-process netsync-sim.
 
-mod common;
+use netsync_testkit::gnmi::*;
+use netsync_testkit::sim::{Sim, generated};
 
-use common::*;
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::typed_value::Value;
 use netsync_proto::gnmi::update_result::Operation;
@@ -13,7 +13,7 @@ const ETH0: &str = "/interfaces/interface[name=ethernet-1/1]";
 
 #[tokio::test]
 async fn capabilities_report_encodings_and_version() {
-    let sim = TestSim::start(config(100)).await;
+    let sim = Sim::start(generated(100)).await;
     let caps = sim
         .gnmi()
         .await
@@ -39,7 +39,7 @@ async fn capabilities_report_encodings_and_version() {
 
 #[tokio::test]
 async fn get_proto_returns_one_update_per_leaf() {
-    let sim = TestSim::start(config(500)).await;
+    let sim = Sim::start(generated(500)).await;
     let mut client = sim.gnmi().await;
     let all = get_all(&mut client).await;
     assert_eq!(all.len(), 500);
@@ -118,7 +118,7 @@ async fn get_proto_returns_one_update_per_leaf() {
 
 #[tokio::test]
 async fn get_json_ietf_renders_the_subtree_with_lists_as_arrays() {
-    let sim = TestSim::start(config(500)).await;
+    let sim = Sim::start(generated(500)).await;
     let mut client = sim.gnmi().await;
     let get = |p: &str, encoding: gnmi::Encoding| gnmi::GetRequest {
         path: vec![path(p)],
@@ -185,7 +185,7 @@ async fn get_json_ietf_renders_the_subtree_with_lists_as_arrays() {
 
 #[tokio::test]
 async fn get_errors() {
-    let sim = TestSim::start(config(100)).await;
+    let sim = Sim::start(generated(100)).await;
     let mut client = sim.gnmi().await;
     let status = client
         .get(gnmi::GetRequest {
@@ -236,7 +236,7 @@ async fn get_errors() {
 
 #[tokio::test]
 async fn set_applies_delete_replace_update_in_order() {
-    let sim = TestSim::start(config(500)).await;
+    let sim = Sim::start(generated(500)).await;
     let mut client = sim.gnmi().await;
     let before = get_all(&mut client).await;
     let response = client
@@ -306,7 +306,7 @@ async fn set_applies_delete_replace_update_in_order() {
 
 #[tokio::test]
 async fn set_is_all_or_nothing_and_reports_the_right_codes() {
-    let sim = TestSim::start(config(500)).await;
+    let sim = Sim::start(generated(500)).await;
     let mut client = sim.gnmi().await;
     let before = get_all(&mut client).await;
     let mtu = format!("{ETH0}/config/mtu");
@@ -420,7 +420,7 @@ async fn set_is_all_or_nothing_and_reports_the_right_codes() {
 
 #[tokio::test]
 async fn set_creates_new_leaves_and_deletes_subtrees() {
-    let sim = TestSim::start(config(300)).await;
+    let sim = Sim::start(generated(300)).await;
     let mut client = sim.gnmi().await;
     client
         .set(gnmi::SetRequest {

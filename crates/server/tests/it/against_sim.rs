@@ -3,121 +3,28 @@
 //! delivery, reconnect with pruning, every sync mode, JSON flattening with
 //! list keys, churn with injected faults, and large revisions in parts.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::sim::{Sim, generated, string};
-use common::{TestServer, create, millis};
 use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
-use pb::net_sync_client::NetSyncClient;
+use netsync_testkit::DEADLINE;
+use netsync_testkit::client::{converge, running, status, until_running};
+use netsync_testkit::datastore::{DatastoreBuilder, create, millis};
+use netsync_testkit::gnmi::string;
+use netsync_testkit::sim::{Sim, generated};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
+/// A PROTO datastore `name` of `sim` in `mode`, sampling or polling every
+/// 300 ms, committing every `commit_ms`.
 fn datastore(name: &str, sim: &Sim, mode: pb::SyncMode, commit_ms: u64) -> pb::Datastore {
-    pb::Datastore {
-        name: name.into(),
-        target: Some(pb::Target {
-            address: sim.addr.to_string(),
-            encoding: pb::Encoding::Proto as i32,
-            ..Default::default()
-        }),
-        sync: Some(pb::SyncConfig {
-            mode: mode as i32,
-            interval: Some(millis(300)),
-            commit_interval: Some(millis(commit_ms)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Running at `min_revision` or later, as path -> value.
-async fn running(
-    client: &mut NetSyncClient<Channel>,
-    name: &str,
-    min_revision: u64,
-    timeout: Duration,
-) -> Result<(u64, BTreeMap<String, gnmi::TypedValue>), tonic::Status> {
-    let mut request = tonic::Request::new(pb::GetRunningRequest {
-        datastore: name.into(),
-        path: String::new(),
-        min_revision,
-    });
-    request.set_timeout(timeout);
-    let mut stream = client.get_running(request).await?.into_inner();
-    let mut leaves = BTreeMap::new();
-    let mut revision = 0;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        revision = batch.revision;
-        for leaf in batch.leaves {
-            leaves.insert(leaf.path, leaf.value.unwrap_or_default());
-        }
-    }
-    Ok((revision, leaves))
-}
-
-/// Waits until `check` holds for running, re-reading at each new revision.
-async fn until_running(
-    client: &mut NetSyncClient<Channel>,
-    name: &str,
-    what: &str,
-    mut check: impl FnMut(&BTreeMap<String, gnmi::TypedValue>) -> bool,
-) -> u64 {
-    let deadline = Instant::now() + DEADLINE;
-    let mut revision = 0;
-    loop {
-        if let Ok((r, leaves)) = running(client, name, revision, Duration::from_secs(2)).await {
-            if check(&leaves) {
-                return r;
-            }
-            revision = r + 1;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-    }
-}
-
-/// Waits until running equals the device.
-async fn converge(client: &mut NetSyncClient<Channel>, name: &str, sim: &Sim) -> u64 {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let device = sim.leaves().await;
-        let revision = until_running(client, name, "running to equal the device", |r| {
-            *r == device
-        })
-        .await;
-        // The device may have moved on meanwhile (churn): check again.
-        if sim.leaves().await == running(client, name, revision, DEADLINE).await.unwrap().1 {
-            return revision;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "running never settled on the device"
-        );
-    }
-}
-
-async fn status(client: &mut NetSyncClient<Channel>, name: &str) -> pb::DatastoreStatus {
-    client
-        .get_datastore(pb::GetDatastoreRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-}
-
-async fn start() -> (tempfile::TempDir, TestServer, NetSyncClient<Channel>) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&dir.path().join("netsync.db")).await;
-    let client = server.client().await;
-    (dir, server, client)
+    DatastoreBuilder::new(name, sim.addr)
+        .encoding(pb::Encoding::Proto)
+        .mode(mode)
+        .interval_ms(300)
+        .commit_interval_ms(commit_ms)
+        .build()
 }
 
 /// The seed failure: a user entry whose mandatory password arrives in a burst
@@ -134,7 +41,7 @@ async fn the_seed_failure_loses_nothing() {
         vec![],
     )
     .await;
-    let (_dir, server, mut client) = start().await;
+    let (_dir, server, mut client) = crate::support::start().await;
     let commit_interval = Duration::from_millis(500);
     client
         .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 500)))
@@ -183,7 +90,7 @@ async fn the_seed_failure_loses_nothing() {
         .map(|i| {
             (
                 format!("/system/burst/leaf-{i:03}"),
-                string(&format!("v{i}")),
+                string(format!("v{i}")),
             )
         })
         .collect();
@@ -229,7 +136,7 @@ async fn the_barrier_holds_with_delayed_delivery() {
         })
         .await
         .unwrap();
-    let (_dir, server, mut client) = start().await;
+    let (_dir, server, mut client) = crate::support::start().await;
     client
         .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 20)))
         .await
@@ -265,7 +172,7 @@ async fn the_barrier_holds_with_delayed_delivery() {
         "no more and no less than the dump"
     );
     assert_eq!(committed, device);
-    let (_, at_one) = running(&mut client, "r1", 1, DEADLINE).await.unwrap();
+    let at_one = running(&mut client, "r1", 1).await.leaves;
     assert_eq!(at_one.len(), device.len());
     drop(events);
     server.stop().await;
@@ -277,7 +184,7 @@ async fn the_barrier_holds_with_delayed_delivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_prunes_and_converges() {
     let sim = Sim::start(generated(1000)).await;
-    let (_dir, server, mut client) = start().await;
+    let (_dir, server, mut client) = crate::support::start().await;
     client
         .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 20)))
         .await
@@ -331,7 +238,7 @@ async fn reconnect_prunes_and_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_converges() {
     let sim = Sim::start(generated(500)).await;
-    let (_dir, server, mut client) = start().await;
+    let (_dir, server, mut client) = crate::support::start().await;
     let modes = [
         ("on-change", pb::SyncMode::OnChange),
         ("sample", pb::SyncMode::Sample),
@@ -361,10 +268,9 @@ async fn every_mode_converges() {
     })
     .await;
     assert!(
-        running(&mut client, "sample", 0, DEADLINE)
+        running(&mut client, "sample", 0)
             .await
-            .unwrap()
-            .1
+            .leaves
             .contains_key(&some_leaf)
     );
     client
@@ -402,7 +308,7 @@ async fn json_ietf_documents_flatten_into_leaves() {
             }
         }
     }
-    let (_dir, server, mut client) = start().await;
+    let (_dir, server, mut client) = crate::support::start().await;
     let mut ds = datastore("json", &sim, pb::SyncMode::Get, 20);
     ds.target.as_mut().unwrap().encoding = pb::Encoding::JsonIetf as i32;
     ds.sync.as_mut().unwrap().list_keys = list_keys.into_iter().collect();
@@ -412,7 +318,7 @@ async fn json_ietf_documents_flatten_into_leaves() {
         r.keys().cloned().collect::<BTreeSet<_>>() == expected
     })
     .await;
-    let (_, leaves) = running(&mut client, "json", 0, DEADLINE).await.unwrap();
+    let leaves = running(&mut client, "json", 0).await.leaves;
     // Values keep their JSON_IETF type; a string leaf holds its JSON text.
     let (path, value) = device
         .iter()
@@ -437,7 +343,7 @@ async fn json_ietf_documents_flatten_into_leaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_under_churn_and_faults() {
     let sim = Sim::start(generated(2000)).await;
-    let (_dir, server, mut client) = start().await;
+    let (_dir, server, mut client) = crate::support::start().await;
     client
         .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 50)))
         .await
@@ -575,7 +481,7 @@ async fn a_large_revision_comes_in_parts_within_the_default_message_limit() {
     // 60,000 leaves: a replace commit of about 5 MiB, over the 4 MiB that a
     // gRPC client accepts by default (the test's client keeps that limit).
     let sim = Sim::start(generated(60_000)).await;
-    let (_dir, _server, mut client) = start().await;
+    let (_dir, _server, mut client) = crate::support::start().await;
     client
         .create_datastore(create(datastore("big", &sim, pb::SyncMode::OnChange, 500)))
         .await
@@ -612,7 +518,7 @@ async fn a_large_revision_comes_in_parts_within_the_default_message_limit() {
         .map(|i| {
             (
                 format!("/system/bulk/entries/entry-{i:05}/config/description"),
-                string(&format!("bulk entry number {i} with a longer text")),
+                string(format!("bulk entry number {i} with a longer text")),
             )
         })
         .collect();

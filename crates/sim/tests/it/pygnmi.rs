@@ -1,47 +1,32 @@
 //! Proof that pygnmi, a gNMI client written outside this project, accepts
 //! netsync-sim: capabilities, get, set then get, subscribe ONCE, and STREAM
-//! ON_CHANGE seeing a Set it made. The client is `tests/pygnmi_client.py`, run
+//! ON_CHANGE seeing a Set it made. The client is `tests/it/pygnmi_client.py`, run
 //! with the Python of `<repo>/.venv` (or `NETSYNC_PYTHON`); without pygnmi the
 //! test skips, unless `NETSYNC_REQUIRE_PYGNMI=1`.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::tools::*;
-use common::*;
 use netsync_sim::{Credentials, SimConfig};
+use netsync_testkit::sim::{Sim, generated};
+use netsync_testkit::tools;
 use serde_json::json;
 use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pygnmi_reads_subscribes_and_changes_the_device() {
-    let python = std::env::var_os("NETSYNC_PYTHON")
-        .map_or_else(|| repo_root().join(".venv/bin/python"), PathBuf::from);
-    let has_pygnmi = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import pygnmi"])
-            .output()
-            .await
-            .is_ok_and(|o| o.status.success());
-    if !has_pygnmi
-        && missing(
-            "NETSYNC_REQUIRE_PYGNMI",
-            &format!("pygnmi under {}", python.display()),
-        )
-    {
+    let Some(python) = tools::pygnmi_python() else {
         return;
-    }
-    let sim = TestSim::start(SimConfig {
+    };
+    let sim = Sim::start(SimConfig {
         credentials: Some(Credentials {
             username: "admin".into(),
             password: "admin-pw".into(),
         }),
-        ..config(500)
+        ..generated(500)
     })
     .await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pygnmi_client.py");
-    let output = run(Command::new(&python).arg(script).args([
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/pygnmi_client.py");
+    let output = tools::run(Command::new(&python).arg(script).args([
         "127.0.0.1",
         &sim.addr.port().to_string(),
         "admin",
@@ -95,4 +80,9 @@ async fn pygnmi_reads_subscribes_and_changes_the_device() {
     assert_eq!(counters.sets_received, 2);
     assert!(counters.subscribes_received >= 2);
     sim.stop().await;
+}
+
+/// A path as pygnmi prints it, with one leading slash.
+fn slash(path: &str) -> String {
+    format!("/{}", path.trim_start_matches('/'))
 }

@@ -1,42 +1,18 @@
 //! Intents over gRPC: validation, CRUD, persistence, and deviations that
 //! follow both intent changes and the device.
 
-mod common;
-
 use std::time::Duration;
 
-use common::device::Device;
-use common::{TestServer, create};
 use netsync_proto::gnmi::{TypedValue, typed_value};
 use netsync_proto::netsync::v1 as pb;
+use netsync_testkit::DEADLINE;
+use netsync_testkit::datastore::{DatastoreBuilder, create, intent};
+use netsync_testkit::device::Device;
 use pb::net_sync_client::NetSyncClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn string(s: &str) -> TypedValue {
-    TypedValue {
-        value: Some(typed_value::Value::StringVal(s.into())),
-    }
-}
-
-fn intent(name: &str, priority: i32, updates: &[(&str, &str)], deletes: &[&str]) -> pb::Intent {
-    pb::Intent {
-        name: name.into(),
-        priority,
-        updates: updates
-            .iter()
-            .map(|(p, v)| pb::Leaf {
-                path: p.to_string(),
-                value: Some(string(v)),
-            })
-            .collect(),
-        deletes: deletes.iter().map(|d| d.to_string()).collect(),
-        non_revertive: false,
-        revision: 0,
-    }
-}
+use crate::support::TestServer;
 
 fn set(ds: &str, intent: pb::Intent) -> pb::SetIntentRequest {
     pb::SetIntentRequest {
@@ -45,22 +21,11 @@ fn set(ds: &str, intent: pb::Intent) -> pb::SetIntentRequest {
     }
 }
 
+/// The datastore `r1` of `device`, committing every 10 ms.
 fn datastore(device: &Device) -> pb::Datastore {
-    pb::Datastore {
-        name: "r1".into(),
-        target: Some(pb::Target {
-            address: device.addr.to_string(),
-            ..Default::default()
-        }),
-        sync: Some(pb::SyncConfig {
-            commit_interval: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 10_000_000,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    DatastoreBuilder::new("r1", device.addr)
+        .commit_interval_ms(10)
+        .build()
 }
 
 /// Deviations as (path, intent, expected, actual) with string values.

@@ -2,16 +2,16 @@
 //! scrape over plain HTTP, traces received by an OTLP collector (a tonic
 //! TraceService in this test), and JSON log lines that name their datastore.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::create;
-use common::process::{Netsyncd, Options};
-use common::sim::{Sim, generated, string};
 use netsync_proto::netsync::v1 as pb;
+use netsync_testkit::LONG_DEADLINE as DEADLINE;
+use netsync_testkit::client::wait_revision;
+use netsync_testkit::datastore::{DatastoreBuilder, create};
+use netsync_testkit::gnmi::string;
+use netsync_testkit::sim::{Sim, generated};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -27,41 +27,25 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
-const DEADLINE: Duration = Duration::from_secs(120);
+use crate::support::{Netsyncd, Options};
 
 /// The caller's trace context sent with CreateDatastore (W3C `traceparent`).
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
 
+/// The PROTO datastore `r1` of `sim`, committing every 100 ms, not
+/// reverting.
 fn datastore(sim: &Sim) -> pb::Datastore {
-    pb::Datastore {
-        name: "r1".into(),
-        target: Some(pb::Target {
-            address: sim.addr.to_string(),
-            encoding: pb::Encoding::Proto as i32,
-            ..Default::default()
-        }),
-        sync: Some(pb::SyncConfig {
-            commit_interval: Some(common::millis(100)),
-            ..Default::default()
-        }),
-        revert: Some(pb::RevertConfig {
-            enabled: false,
-            debounce: Some(common::millis(0)),
-        }),
-        ..Default::default()
-    }
+    DatastoreBuilder::new("r1", sim.addr)
+        .encoding(pb::Encoding::Proto)
+        .commit_interval_ms(100)
+        .revert(false, 0)
+        .build()
 }
 
 /// Waits until running reaches its first revision (the initial dump committed).
 async fn first_revision(client: &mut NetSyncClient<Channel>) {
-    let mut request = tonic::Request::new(pb::GetRunningRequest {
-        datastore: "r1".into(),
-        path: "/none".into(),
-        min_revision: 1,
-    });
-    request.set_timeout(DEADLINE);
-    client.get_running(request).await.unwrap();
+    wait_revision(client, "r1", 1).await;
 }
 
 /// Sets an intent on a sim leaf and waits until its apply job is APPLIED.

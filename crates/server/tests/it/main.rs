@@ -1,0 +1,19 @@
+//! netsyncd's integration tests, in one binary: netsyncd in this process or
+//! as its own process, driven over its gRPC API against real gNMI devices
+//! (netsync-sim, or the test kit's small scriptable device) on loopback.
+//! What every test needs comes from `netsync-testkit`; `support` holds the
+//! two ways to start netsyncd, which only this crate can.
+
+mod support;
+
+mod against_sim;
+mod api;
+mod health_reflection;
+mod intents;
+mod limits;
+mod observability;
+mod process;
+mod reconcile;
+mod sync;
+mod tls_api;
+mod tls_device;

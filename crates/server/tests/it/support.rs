@@ -1,0 +1,187 @@
+//! Starting netsyncd for a test: in this process on an ephemeral loopback
+//! port ([`TestServer`]), or as a real process from the built binary
+//! ([`Netsyncd`], its address read from its JSON log, stopped with SIGTERM).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output};
+
+use netsync_proto::netsync::v1 as pb;
+use netsync_server::{Config, ServeError};
+use netsync_testkit::LONG_DEADLINE;
+use netsync_testkit::process::{Echo, Process};
+use pb::net_sync_client::NetSyncClient;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// netsyncd running in this process, stopped by [`TestServer::stop`].
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestServer {
+    /// Starts netsyncd on 127.0.0.1:0 with the SQLite file `db`.
+    pub async fn start(db: &Path) -> Self {
+        Self::start_with(config(db)).await
+    }
+
+    /// Starts netsyncd on 127.0.0.1:0 with `config` (its `listen` is ignored).
+    pub async fn start_with(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            netsync_server::serve(&config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self { addr, stop, task }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        netsync_testkit::channel(self.addr).await
+    }
+
+    /// A netsync API client.
+    pub async fn client(&self) -> NetSyncClient<Channel> {
+        NetSyncClient::new(self.channel().await)
+    }
+
+    /// Signals shutdown and waits for a clean exit.
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// Signals shutdown without waiting; returns the server task.
+    pub fn begin_stop(self) -> JoinHandle<Result<(), ServeError>> {
+        self.stop.send(()).unwrap();
+        self.task
+    }
+}
+
+/// The default configuration, with the SQLite file `db`.
+pub fn config(db: &Path) -> Config {
+    Config::with_db(format!("sqlite://{}", db.display()))
+}
+
+/// A temporary directory, netsyncd in this process with its database there,
+/// and a client of it.
+pub async fn start() -> (tempfile::TempDir, TestServer, NetSyncClient<Channel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let client = server.client().await;
+    (dir, server, client)
+}
+
+/// A running netsyncd process; killed and reaped on drop if still running.
+pub struct Netsyncd {
+    process: Process,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Extra flags and environment for [`Netsyncd::start_with`].
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Flags after the defaults (a flag given twice: the last one wins).
+    pub args: Vec<String>,
+    /// Environment variables, over the default `RUST_LOG=info`.
+    pub env: Vec<(String, String)>,
+}
+
+impl Netsyncd {
+    /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db`.
+    pub fn start(db: &Path) -> Self {
+        Self::start_with(db, Options::default())
+    }
+
+    /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db`,
+    /// JSON logs, and `options`.
+    pub fn start_with(db: &Path, options: Options) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_netsyncd"));
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--db",
+            ])
+            .arg(db)
+            .args(&options.args)
+            .env("RUST_LOG", "info")
+            .envs(options.env);
+        let process = Process::start_listening("netsyncd", command, Echo::stderr(), LONG_DEADLINE)
+            .unwrap_or_else(|e| panic!("netsyncd does not start: {e}"));
+        let addr = process.addr();
+        Self { process, addr }
+    }
+
+    /// The first log line for which `find` gives a value, waiting for it up
+    /// to a generous deadline; `what` names it in the failure.
+    pub fn wait_for_log<T>(
+        &self,
+        what: &str,
+        find: impl FnMut(&serde_json::Value) -> Option<T>,
+    ) -> T {
+        self.process.wait_for_log(what, LONG_DEADLINE, find)
+    }
+
+    /// Every JSON log line so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.process.logs()
+    }
+
+    /// `http://addr`, for tonic clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill_hard(mut self) {
+        self.process.kill().unwrap();
+    }
+
+    /// Runs `netsyncd serve` with `args` (on 127.0.0.1:0) expecting it to
+    /// exit by itself, as with a bad configuration; killed if it does not.
+    pub fn run_to_exit(args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_netsyncd"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args);
+        Process::run_to_exit("netsyncd", command, LONG_DEADLINE)
+    }
+
+    /// Sends SIGTERM, waits for the exit; returns the exit status and every
+    /// JSON line the process logged, to its last.
+    pub fn terminate_with_logs(mut self) -> (ExitStatus, Vec<serde_json::Value>) {
+        let status = self.process.terminate(LONG_DEADLINE).unwrap();
+        (status, self.process.logs())
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.process.terminate(LONG_DEADLINE).unwrap()
+    }
+}
+
+/// Asserts `status` has `code` and a message mentioning every one of `words`.
+pub fn assert_status(status: &tonic::Status, code: tonic::Code, words: &[&str]) {
+    assert_eq!(status.code(), code, "{status:?}");
+    for word in words {
+        assert!(
+            status.message().contains(word),
+            "{word:?} not in {:?}",
+            status.message()
+        );
+    }
+}
