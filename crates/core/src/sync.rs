@@ -42,11 +42,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
+use crate::device::{Received, Target};
 use crate::histogram::Histogram;
 use crate::intent::{Deviation, Intended, Intent};
 use crate::notification::{self, Decoder, Prepared, PreparedNotification};
 use crate::running::{Batch, Change, Delta, Key, Running, Value};
-use crate::target::{Received, Target};
 
 /// Where a datastore's sync stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1598,10 +1598,10 @@ const READ_AHEAD: usize = 16;
 
 /// Responses after [`read_ahead`], each as what it asks of the ingest.
 type Incomings =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Step, crate::target::TargetError>> + Send>>;
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Step, crate::device::TargetError>> + Send>>;
 
 /// Reads a response on the fast path, or decodes it.
-fn incoming(received: Received) -> Result<Step, crate::target::TargetError> {
+fn incoming(received: Received) -> Result<Step, crate::device::TargetError> {
     match received {
         Received::Encoded(bytes) => match notification::prepare(&bytes) {
             Some(Prepared::Notification(n)) => Ok(Step::Apply(Owned::Fast(n))),
@@ -1609,7 +1609,7 @@ fn incoming(received: Received) -> Result<Step, crate::target::TargetError> {
             None => gnmi::SubscribeResponse::decode(bytes)
                 .map(Step::of)
                 .map_err(|e| {
-                    crate::target::TargetError::new(
+                    crate::device::TargetError::new(
                         tonic::Code::Internal,
                         format!("undecodable SubscribeResponse: {e}"),
                     )
@@ -1625,7 +1625,7 @@ fn incoming(received: Received) -> Result<Step, crate::target::TargetError> {
 /// wait in between, so flow control still pushes back on the device when the
 /// ingest stops reading. The task ends with the returned stream, or at the
 /// end of the device's stream.
-fn read_ahead(mut responses: crate::target::ResponseStream) -> Incomings {
+fn read_ahead(mut responses: crate::device::ResponseStream) -> Incomings {
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
     let reader = tokio::spawn(
         async move {
