@@ -40,8 +40,8 @@ pub fn uint(value: u64) -> gnmi::TypedValue {
 }
 
 /// The subscription netsyncd sends for a datastore with the default sync
-/// settings and PROTO encoding (`subscription()` in `crates/core/src/sync.rs`):
-/// STREAM, ON_CHANGE on `/`, no prefix.
+/// settings and PROTO encoding (`subscription()` in
+/// `crates/core/src/sync/ingest.rs`): STREAM, ON_CHANGE on `/`, no prefix.
 pub fn sync_request(mode: gnmi::subscription_list::Mode) -> gnmi::SubscribeRequest {
     gnmi::SubscribeRequest {
         request: Some(gnmi::subscribe_request::Request::Subscribe(

@@ -2,6 +2,7 @@
 //! sync engine. Knows neither SQLite nor the netsync gRPC API.
 
 pub mod datastore;
+pub mod device;
 pub mod histogram;
 pub mod intent;
 mod leaves;
@@ -9,7 +10,6 @@ pub mod notification;
 pub mod path;
 pub mod running;
 pub mod sync;
-pub mod target;
 mod wire;
 
 pub use path::{Path, PathElem, PathError};

@@ -10,10 +10,10 @@ use netsync_core::Path;
 use netsync_core::datastore::{
     DatastoreSpec, Encoding, RevertSpec, SyncMode, SyncSpec, TargetSpec,
 };
+use netsync_core::device::fake::{Connection, FakeDevice, FakeTarget};
 use netsync_core::sync::{
     Committed, Event, EventKind, Persist, Snapshot, SyncHandle, SyncLimits, SyncState,
 };
-use netsync_core::target::fake::{Connection, FakeDevice, FakeTarget};
 use netsync_proto::gnmi::{self, typed_value};
 use tokio::sync::{Semaphore, broadcast};
 
@@ -346,7 +346,7 @@ async fn reconnect_prunes_what_vanished_while_disconnected() {
     send(&conn, sync_response());
     next_commit(&mut events).await;
     conn.responses
-        .send(Err(netsync_core::target::TargetError::new(
+        .send(Err(netsync_core::device::TargetError::new(
             tonic::Code::Unavailable,
             "link down",
         )))
@@ -509,7 +509,7 @@ async fn a_late_commit_of_an_old_connection_does_not_claim_in_sync() {
     send(&conn, sync_response());
     // Its commit is held; the link drops and a new connection starts its dump.
     conn.responses
-        .send(Err(netsync_core::target::TargetError::new(
+        .send(Err(netsync_core::device::TargetError::new(
             tonic::Code::Unavailable,
             "link down",
         )))

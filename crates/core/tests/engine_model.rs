@@ -13,10 +13,10 @@ use netsync_core::Path;
 use netsync_core::datastore::{
     DatastoreSpec, Encoding, RevertSpec, SyncMode, SyncSpec, TargetSpec,
 };
+use netsync_core::device::TargetError;
+use netsync_core::device::fake::{Connection, FakeDevice, FakeTarget};
 use netsync_core::running::Subtree;
 use netsync_core::sync::{Committed, EventKind, Persist, Snapshot, SyncHandle, SyncLimits};
-use netsync_core::target::TargetError;
-use netsync_core::target::fake::{Connection, FakeDevice, FakeTarget};
 use netsync_proto::gnmi::{self, typed_value};
 use proptest::prelude::*;
 use tokio::sync::watch;

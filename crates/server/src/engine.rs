@@ -10,9 +10,9 @@ use tracing::Instrument;
 
 use futures::future::BoxFuture;
 use netsync_core::datastore::DatastoreSpec;
+use netsync_core::device::{GnmiTarget, RequestStream, ResponseStream, Target, TargetError};
 use netsync_core::intent::Intent;
 use netsync_core::sync::{RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncLimits};
-use netsync_core::target::{GnmiTarget, RequestStream, ResponseStream, Target, TargetError};
 use netsync_proto::gnmi;
 
 use crate::error::Error;

@@ -1,0 +1,517 @@
+//! The ingest task: connects to the device, subscribes (or polls, or Gets),
+//! applies each notification to its segment of `Pending`, and reconnects with
+//! a jittered backoff when the stream ends or fails. Owns the subscription
+//! sent to the device and the reconnect loop.
+//!
+//! It never awaits a commit, the store or watchers: it takes the `Pending`
+//! lock for one notification at a time and wakes the committer without
+//! waiting for it. It awaits only the device (through read-ahead), its
+//! control channel, the backoff and poll timers, and `ingest_wake` in two
+//! cases: while the open delta is at its cap (backpressure, until the
+//! committer takes it) and, before a delete, while a batch of the dump is out
+//! being sorted.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use netsync_proto::gnmi;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::pending::Sealed;
+use super::read_ahead::{Incomings, Note, Step, read_ahead};
+use super::{Control, Shared, SyncLimits, SyncState};
+use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
+use crate::device::Target;
+use crate::notification::Decoder;
+use crate::running::Delta;
+
+/// The ingest task: connects, subscribes, reads, reconnects.
+pub(super) struct Ingest {
+    pub(super) shared: Arc<Shared>,
+    pub(super) spec: DatastoreSpec,
+    pub(super) target: Arc<dyn Target>,
+    pub(super) decoder: Decoder,
+    pub(super) limits: SyncLimits,
+    /// Set when the open delta reached `pending_cap`; cleared once it is
+    /// taken. Lets the per-notification cap check skip the locks.
+    pub(super) at_cap: AtomicBool,
+    pub(super) control: mpsc::Receiver<Control>,
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// Told to resync: reconnect at once.
+    Resync(String),
+    /// The stream failed or ended: reconnect after a backoff.
+    Failed(String),
+}
+
+impl Ingest {
+    /// Runs the ingest; if it panics (a bug), starts it again: the new
+    /// connection's dump replaces running, so nothing it held is lost.
+    pub(super) async fn supervised(mut self) {
+        loop {
+            match AssertUnwindSafe(self.run()).catch_unwind().await {
+                Ok(()) => return,
+                Err(_) => {
+                    tracing::error!(datastore = %self.shared.name, "ingest task panicked; restarting it with a resync");
+                    self.shared
+                        .set_error("internal error in the ingest; resynced");
+                    self.shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .dump = None;
+                    self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    // A bug that panics every time must not spin against the device.
+                    tokio::time::sleep(self.limits.backoff_max.min(Duration::from_secs(1))).await;
+                }
+            }
+        }
+    }
+
+    async fn run(&mut self) {
+        let mut backoff = self.limits.backoff_min;
+        let mut first = true;
+        loop {
+            if !first {
+                self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            self.shared.generation.fetch_add(1, Ordering::SeqCst);
+            self.shared.set_state(SyncState::Connecting, "connecting");
+            let reached_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ended = match self.spec.sync.mode {
+                SyncMode::OnChange | SyncMode::Sample => self.stream(&reached_sync).await,
+                SyncMode::Once | SyncMode::Poll | SyncMode::Get => self.cycles(&reached_sync).await,
+            };
+            // A dump cut short is incomplete: it is never committed.
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .dump = None;
+            let delay = match ended {
+                Ended::Resync(reason) => {
+                    self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    self.shared.set_state(SyncState::Disconnected, reason);
+                    continue;
+                }
+                Ended::Failed(reason) => {
+                    tracing::warn!(datastore = %self.shared.name, %reason, "sync connection ended");
+                    self.shared.set_error(reason.clone());
+                    self.shared.set_state(SyncState::Disconnected, reason);
+                    if reached_sync.load(Ordering::Relaxed) {
+                        backoff = self.limits.backoff_min;
+                    }
+                    let delay = jitter(backoff);
+                    backoff = (backoff * 2).min(self.limits.backoff_max);
+                    delay
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                control = self.control.recv() => match control {
+                    Some(Control::Resync(_)) => {
+                        self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Starts a new generation: its dump will replace running within the
+    /// subscribed paths.
+    fn begin_dump(&self) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending.dump = Some(Delta::replacing(&self.spec.sync.paths));
+        pending.dump_seq += 1;
+    }
+
+    /// Closes the dump at its `sync_response`: it becomes the next commit.
+    fn seal_dump(&self, initial: bool) {
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(dump) = pending.dump.take() else {
+                return;
+            };
+            pending.sealed = Some(Sealed {
+                delta: dump,
+                // An unconsumed initial seal stays initial when superseded.
+                initial: initial || pending.sealed.as_ref().is_some_and(|s| s.initial),
+                generation: self.shared.generation.load(Ordering::SeqCst),
+                seq: pending.dump_seq,
+            });
+            pending.open = Delta::new();
+            pending.open_since = None;
+        }
+        self.shared.committer_wake.notify_one();
+    }
+
+    /// Waits, if `n` deletes something, until no batch of the dump is out
+    /// being sorted: the delete must apply after the updates in it.
+    async fn ready_for(&self, note: Note<'_>) {
+        if !note.has_deletes() {
+            return;
+        }
+        loop {
+            let wake = self.shared.ingest_wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let out = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .batch_out;
+            if !out {
+                return;
+            }
+            wake.await;
+        }
+    }
+
+    /// Applies one notification to the segment it belongs to.
+    fn ingest(&self, note: Note<'_>) -> Result<(), String> {
+        let stats = &self.shared.stats;
+        stats.notifications.fetch_add(1, Ordering::Relaxed);
+        let counts = {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let pending = &mut *pending;
+            let (delta, is_open) = match pending.dump.as_mut() {
+                Some(dump) => (dump, false),
+                None => (&mut pending.open, true),
+            };
+            let counts = match note {
+                Note::Fast(n) => n.apply(delta),
+                Note::Decoded(n) => self.decoder.apply(n, delta).map_err(|e| e.to_string())?,
+            };
+            let batch_due =
+                !is_open && !pending.batch_out && delta.unsorted() >= self.limits.sort_batch.max(1);
+            let first_open_change =
+                is_open && pending.open_since.is_none() && !pending.open.is_empty();
+            if first_open_change {
+                pending.open_since = Some(Instant::now());
+            }
+            let open = if is_open { pending.open.len() } else { 0 };
+            if open >= self.limits.pending_cap {
+                self.at_cap.store(true, Ordering::Relaxed);
+            }
+            let threshold_due = open >= self.limits.commit_threshold;
+            (counts, first_open_change || batch_due || threshold_due)
+        };
+        let (counts, wake_committer) = counts;
+        if wake_committer {
+            // The committer has no deadline yet, or a batch to sort.
+            self.shared.committer_wake.notify_one();
+        }
+        stats.updates.fetch_add(counts.updates, Ordering::Relaxed);
+        stats.deletes.fetch_add(counts.deletes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Waits while the open delta is at its cap, so the device is pushed back
+    /// by flow control instead of anything being dropped.
+    async fn respect_cap(&self) {
+        // Checked without locks: this runs once per notification.
+        if !self.at_cap.load(Ordering::Relaxed) {
+            return;
+        }
+        loop {
+            let wake = self.shared.ingest_wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let full = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .open
+                .len()
+                >= self.limits.pending_cap;
+            self.shared
+                .status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .backpressure = full;
+            if !full {
+                self.at_cap.store(false, Ordering::Relaxed);
+                return;
+            }
+            self.shared.committer_wake.notify_one();
+            wake.await;
+        }
+    }
+
+    fn subscription(&self, mode: gnmi::subscription_list::Mode) -> gnmi::SubscribeRequest {
+        let sub_mode = match self.spec.sync.mode {
+            SyncMode::Sample => gnmi::SubscriptionMode::Sample,
+            _ => gnmi::SubscriptionMode::OnChange,
+        };
+        let interval = u64::try_from(self.spec.sync.interval.as_nanos()).unwrap_or(u64::MAX);
+        let subscription = self
+            .spec
+            .sync
+            .paths
+            .iter()
+            .map(|p| gnmi::Subscription {
+                path: Some(p.to_gnmi()),
+                mode: sub_mode as i32,
+                sample_interval: if sub_mode == gnmi::SubscriptionMode::Sample {
+                    interval
+                } else {
+                    0
+                },
+                ..Default::default()
+            })
+            .collect();
+        gnmi::SubscribeRequest {
+            request: Some(gnmi::subscribe_request::Request::Subscribe(
+                gnmi::SubscriptionList {
+                    prefix: self.prefix(),
+                    subscription,
+                    mode: mode as i32,
+                    encoding: gnmi_encoding(self.spec.target.encoding) as i32,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn prefix(&self) -> Option<gnmi::Path> {
+        (!self.spec.target.target_name.is_empty()).then(|| gnmi::Path {
+            target: self.spec.target.target_name.clone(),
+            ..Default::default()
+        })
+    }
+
+    /// ON_CHANGE and SAMPLE: one long-lived STREAM subscription.
+    async fn stream(&mut self, reached_sync: &std::sync::atomic::AtomicBool) -> Ended {
+        let (requests, requests_rx) = mpsc::channel(4);
+        let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Stream));
+        // `requests` stays alive (the request side open) for the whole stream.
+        let mut responses = match self.target.subscribe(requests_rx).await {
+            Ok(r) => read_ahead(r),
+            Err(e) => return Ended::Failed(format!("subscribe: {e}")),
+        };
+        self.begin_dump();
+        self.shared
+            .set_state(SyncState::InitialSync, "receiving the initial dump");
+        let mut in_dump = true;
+        loop {
+            self.respect_cap().await;
+            let next = tokio::select! {
+                next = responses.next() => next,
+                control = self.control.recv() => return match control {
+                    Some(Control::Resync(reason)) => Ended::Resync(reason),
+                    None => Ended::Failed("stopped".into()),
+                },
+            };
+            match next {
+                None => return Ended::Failed("the device ended the subscription".into()),
+                Some(Err(e)) => return Ended::Failed(format!("subscription failed: {e}")),
+                Some(Ok(step)) => match step {
+                    Step::Apply(note) => {
+                        self.ready_for(note.as_note()).await;
+                        if let Err(e) = self.ingest(note.as_note()) {
+                            return self.bad_input(e);
+                        }
+                    }
+                    Step::Sync if in_dump => {
+                        in_dump = false;
+                        reached_sync.store(true, Ordering::Relaxed);
+                        self.seal_dump(true);
+                    }
+                    Step::Sync | Step::Skip => {}
+                    Step::Fail(error) => return Ended::Failed(error),
+                },
+            }
+        }
+    }
+
+    /// ONCE, POLL and GET: a full dump every `interval`, each a replace.
+    async fn cycles(&mut self, reached_sync: &std::sync::atomic::AtomicBool) -> Ended {
+        let mut initial = true;
+        let mut poll: Option<(mpsc::Sender<gnmi::SubscribeRequest>, Incomings)> = None;
+        loop {
+            self.begin_dump();
+            if initial {
+                self.shared
+                    .set_state(SyncState::InitialSync, "receiving the initial dump");
+            }
+            let result = match self.spec.sync.mode {
+                SyncMode::Get => self.get_cycle().await,
+                SyncMode::Once => self.once_cycle().await,
+                _ => self.poll_cycle(&mut poll).await,
+            };
+            match result {
+                Ok(()) => {
+                    reached_sync.store(true, Ordering::Relaxed);
+                    self.seal_dump(initial);
+                    initial = false;
+                }
+                Err(ended) => {
+                    // An incomplete dump is never committed.
+                    self.shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .dump = None;
+                    return ended;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.spec.sync.interval) => {}
+                control = self.control.recv() => return match control {
+                    Some(Control::Resync(reason)) => Ended::Resync(reason),
+                    None => Ended::Failed("stopped".into()),
+                },
+            }
+        }
+    }
+
+    async fn get_cycle(&mut self) -> Result<(), Ended> {
+        let request = gnmi::GetRequest {
+            prefix: self.prefix(),
+            path: self.spec.sync.paths.iter().map(|p| p.to_gnmi()).collect(),
+            r#type: gnmi::get_request::DataType::All as i32,
+            encoding: gnmi_encoding(self.spec.target.encoding) as i32,
+            ..Default::default()
+        };
+        let response = tokio::select! {
+            r = self.target.get(request) => r.map_err(|e| Ended::Failed(format!("get: {e}")))?,
+            control = self.control.recv() => return Err(match control {
+                Some(Control::Resync(reason)) => Ended::Resync(reason),
+                None => Ended::Failed("stopped".into()),
+            }),
+        };
+        for n in &response.notification {
+            self.ready_for(Note::Decoded(n)).await;
+            self.ingest(Note::Decoded(n))
+                .map_err(|e| self.bad_input(e))?;
+        }
+        Ok(())
+    }
+
+    async fn once_cycle(&mut self) -> Result<(), Ended> {
+        let (requests, requests_rx) = mpsc::channel(1);
+        let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Once));
+        let mut responses = self
+            .target
+            .subscribe(requests_rx)
+            .await
+            .map(read_ahead)
+            .map_err(|e| Ended::Failed(format!("subscribe: {e}")))?;
+        self.read_dump(&mut responses).await
+    }
+
+    async fn poll_cycle(
+        &mut self,
+        poll: &mut Option<(mpsc::Sender<gnmi::SubscribeRequest>, Incomings)>,
+    ) -> Result<(), Ended> {
+        if poll.is_none() {
+            let (requests, requests_rx) = mpsc::channel(4);
+            let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Poll));
+            let responses = self
+                .target
+                .subscribe(requests_rx)
+                .await
+                .map(read_ahead)
+                .map_err(|e| Ended::Failed(format!("subscribe: {e}")))?;
+            *poll = Some((requests, responses));
+            // The first dump comes without a Poll.
+        } else if let Some((requests, _)) = poll.as_ref() {
+            let message = gnmi::SubscribeRequest {
+                request: Some(gnmi::subscribe_request::Request::Poll(gnmi::Poll {})),
+                ..Default::default()
+            };
+            if requests.send(message).await.is_err() {
+                *poll = None;
+                return Err(Ended::Failed("poll stream closed".into()));
+            }
+        }
+        let Some((_, responses)) = poll.as_mut() else {
+            unreachable!()
+        };
+        let mut responses = std::mem::replace(responses, Box::pin(futures::stream::empty()));
+        let result = self.read_dump(&mut responses).await;
+        match (&result, poll.as_mut()) {
+            (Ok(()), Some((_, slot))) => *slot = responses,
+            _ => *poll = None,
+        }
+        result
+    }
+
+    /// Reads notifications into the dump until `sync_response`.
+    async fn read_dump(&mut self, responses: &mut Incomings) -> Result<(), Ended> {
+        loop {
+            let next = tokio::select! {
+                next = responses.next() => next,
+                control = self.control.recv() => return Err(match control {
+                    Some(Control::Resync(reason)) => Ended::Resync(reason),
+                    None => Ended::Failed("stopped".into()),
+                }),
+            };
+            match next {
+                None => {
+                    return Err(Ended::Failed(
+                        "the device ended the stream before sync_response".into(),
+                    ));
+                }
+                Some(Err(e)) => return Err(Ended::Failed(format!("subscription failed: {e}"))),
+                Some(Ok(step)) => match step {
+                    Step::Apply(note) => {
+                        self.ready_for(note.as_note()).await;
+                        self.ingest(note.as_note()).map_err(|e| self.bad_input(e))?;
+                    }
+                    Step::Sync => return Ok(()),
+                    Step::Skip => {}
+                    Step::Fail(error) => return Err(Ended::Failed(error)),
+                },
+            }
+        }
+    }
+
+    /// A notification that cannot be applied: nothing of it was applied, and
+    /// skipping it would lose data, so the connection is restarted (its dump
+    /// replaces running) and the error reported.
+    fn bad_input(&self, error: String) -> Ended {
+        tracing::error!(datastore = %self.shared.name, %error, "unusable notification; resyncing");
+        Ended::Failed(format!("unusable notification: {error}"))
+    }
+}
+
+/// gNMI's encoding for ours.
+fn gnmi_encoding(encoding: Encoding) -> gnmi::Encoding {
+    match encoding {
+        Encoding::JsonIetf => gnmi::Encoding::JsonIetf,
+        Encoding::Json => gnmi::Encoding::Json,
+        Encoding::Proto => gnmi::Encoding::Proto,
+        Encoding::Ascii => gnmi::Encoding::Ascii,
+    }
+}
+
+/// `base` plus or minus up to half of it, so reconnecting fleets spread out.
+fn jitter(base: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.5..1.5);
+    base.mul_f64(factor)
+}
