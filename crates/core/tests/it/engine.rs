@@ -6,19 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use netsync_core::Path;
-use netsync_core::datastore::{
-    DatastoreSpec, Encoding, RevertSpec, SyncMode, SyncSpec, TargetSpec,
-};
+use netsync_core::datastore::{DatastoreSpec, SyncMode};
 use netsync_core::device::fake::{Connection, FakeDevice, FakeTarget};
 use netsync_core::sync::{
     Committed, Event, EventKind, Persist, Snapshot, SyncHandle, SyncLimits, SyncState,
 };
 use netsync_proto::gnmi::{self, typed_value};
+use netsync_testkit::DEADLINE;
 use tokio::sync::{Semaphore, broadcast};
 
-/// Generous deadline for anything the test waits on.
-const DEADLINE: Duration = Duration::from_secs(30);
+use crate::support::{self, gpath, sync_response, update_response};
 
 /// A store in memory whose commits can be held back.
 struct TestPersist {
@@ -84,27 +81,7 @@ impl Persist for TestPersist {
 }
 
 fn spec(mode: SyncMode, commit_interval: Duration) -> DatastoreSpec {
-    DatastoreSpec {
-        name: "dev".into(),
-        target: TargetSpec {
-            address: "127.0.0.1:1".into(),
-            tls: None,
-            credentials: None,
-            encoding: Encoding::Proto,
-            target_name: String::new(),
-        },
-        sync: SyncSpec {
-            mode,
-            paths: vec![Path::root()],
-            interval: Duration::from_millis(50),
-            commit_interval,
-            list_keys: vec![],
-        },
-        revert: RevertSpec {
-            enabled: false,
-            debounce: Duration::ZERO,
-        },
-    }
+    support::spec("dev", mode, Duration::from_millis(50), commit_interval)
 }
 
 fn limits() -> SyncLimits {
@@ -126,33 +103,18 @@ fn update(path: &str, value: &str) -> gnmi::SubscribeResponse {
 }
 
 fn notification(updates: &[(&str, &str)], deletes: &[&str]) -> gnmi::SubscribeResponse {
-    gnmi::SubscribeResponse {
-        response: Some(gnmi::subscribe_response::Response::Update(
-            gnmi::Notification {
-                update: updates
-                    .iter()
-                    .map(|(p, v)| gnmi::Update {
-                        path: Some(Path::parse(p).unwrap().to_gnmi()),
-                        val: Some(val(v)),
-                        ..Default::default()
-                    })
-                    .collect(),
-                delete: deletes
-                    .iter()
-                    .map(|p| Path::parse(p).unwrap().to_gnmi())
-                    .collect(),
+    update_response(gnmi::Notification {
+        update: updates
+            .iter()
+            .map(|(p, v)| gnmi::Update {
+                path: Some(gpath(p)),
+                val: Some(val(v)),
                 ..Default::default()
-            },
-        )),
+            })
+            .collect(),
+        delete: deletes.iter().map(|p| gpath(p)).collect(),
         ..Default::default()
-    }
-}
-
-fn sync_response() -> gnmi::SubscribeResponse {
-    gnmi::SubscribeResponse {
-        response: Some(gnmi::subscribe_response::Response::SyncResponse(true)),
-        ..Default::default()
-    }
+    })
 }
 
 fn send(conn: &Connection, response: gnmi::SubscribeResponse) {

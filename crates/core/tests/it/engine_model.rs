@@ -10,18 +10,17 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use netsync_core::Path;
-use netsync_core::datastore::{
-    DatastoreSpec, Encoding, RevertSpec, SyncMode, SyncSpec, TargetSpec,
-};
+use netsync_core::datastore::SyncMode;
 use netsync_core::device::TargetError;
 use netsync_core::device::fake::{Connection, FakeDevice, FakeTarget};
 use netsync_core::running::Subtree;
 use netsync_core::sync::{Committed, EventKind, Persist, Snapshot, SyncHandle, SyncLimits};
 use netsync_proto::gnmi::{self, typed_value};
+use netsync_testkit::DEADLINE;
 use proptest::prelude::*;
 use tokio::sync::watch;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+use crate::support::{self, gpath, sync_response, update_response};
 
 /// A store whose commits wait while `stalled` is true.
 struct GatedPersist {
@@ -73,14 +72,7 @@ fn value(v: u8) -> gnmi::TypedValue {
 }
 
 fn response(n: gnmi::Notification) -> Result<gnmi::SubscribeResponse, TargetError> {
-    Ok(gnmi::SubscribeResponse {
-        response: Some(gnmi::subscribe_response::Response::Update(n)),
-        ..Default::default()
-    })
-}
-
-fn gpath(p: &str) -> gnmi::Path {
-    Path::parse(p).unwrap().to_gnmi()
+    Ok(update_response(n))
 }
 
 /// The device: its leaves, and the connection the engine holds now.
@@ -111,10 +103,7 @@ impl Model {
             ..Default::default()
         };
         let _ = conn.responses.send(response(dump));
-        let _ = conn.responses.send(Ok(gnmi::SubscribeResponse {
-            response: Some(gnmi::subscribe_response::Response::SyncResponse(true)),
-            ..Default::default()
-        }));
+        let _ = conn.responses.send(Ok(sync_response()));
         conn
     }
 
@@ -168,27 +157,12 @@ async fn scenario(ops: Vec<Op>) {
     let (target, mut device) = FakeTarget::new();
     let (stall, stalled) = watch::channel(false);
     let handle = SyncHandle::start(
-        DatastoreSpec {
-            name: "model".into(),
-            target: TargetSpec {
-                address: "127.0.0.1:1".into(),
-                tls: None,
-                credentials: None,
-                encoding: Encoding::Proto,
-                target_name: String::new(),
-            },
-            sync: SyncSpec {
-                mode: SyncMode::OnChange,
-                paths: vec![Path::root()],
-                interval: Duration::from_secs(1),
-                commit_interval: Duration::from_millis(2),
-                list_keys: vec![],
-            },
-            revert: RevertSpec {
-                enabled: false,
-                debounce: Duration::ZERO,
-            },
-        },
+        support::spec(
+            "model",
+            SyncMode::OnChange,
+            Duration::from_secs(1),
+            Duration::from_millis(2),
+        ),
         Arc::new(target),
         Arc::new(GatedPersist { stalled }),
         Snapshot::default(),

@@ -1,0 +1,8 @@
+//! The sync engine's integration tests, in one binary: the engine against a
+//! scripted device (`engine`) and a property test against a model device
+//! (`engine_model`), both through `netsync_core::device::fake`.
+
+mod support;
+
+mod engine;
+mod engine_model;
