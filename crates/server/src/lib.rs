@@ -15,6 +15,7 @@ pub mod rpc_layer;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
