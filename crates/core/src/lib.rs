@@ -8,6 +8,7 @@ mod leaves;
 pub mod notification;
 pub mod path;
 pub mod running;
+pub mod shutdown;
 pub mod sync;
 pub mod target;
 mod wire;

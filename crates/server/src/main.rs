@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Demo(args)) => {
-            return netsync_server::demo::run(args, shutdown_signal()).await;
+            return netsync_server::demo::run(args, netsync_core::shutdown::signal()).await;
         }
         Some(Command::Serve(args)) => *args,
         None => cli.serve,
@@ -30,37 +30,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "listening");
-    let served = netsync_server::serve(&config, listener, shutdown_signal()).await;
+    let served = netsync_server::serve(&config, listener, netsync_core::shutdown::signal()).await;
     // Even after an error: the spans that explain it are among the last.
     telemetry.shutdown().await;
     served?;
     Ok(())
-}
-
-/// Completes on ctrl-c or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
