@@ -35,11 +35,11 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The serve flags, wherever they were given (defaults for `demo`).
+    /// The serve flags, wherever they were given.
     pub fn serve_args(self) -> ServeArgs {
         match self.command {
             Some(Command::Serve(args)) => *args,
-            Some(Command::Demo(_)) | None => self.serve,
+            None => self.serve,
         }
     }
 }
@@ -49,9 +49,6 @@ impl Cli {
 pub enum Command {
     /// Serve the netsync API (the default).
     Serve(Box<ServeArgs>),
-    /// Show netsync at work: a simulated device synced, an intent applied,
-    /// drift reverted, live; then serve on for grpcurl until Ctrl-C.
-    Demo(crate::demo::DemoArgs),
 }
 
 /// Flags of `netsyncd serve`.

@@ -4,7 +4,6 @@
 pub mod api;
 pub mod config;
 pub mod convert;
-pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod limits;

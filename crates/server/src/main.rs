@@ -1,10 +1,9 @@
 //! netsyncd: parses configuration, sets up logging and tracing, binds, and
-//! serves until SIGTERM or ctrl-c; or runs the demo (`netsyncd demo`, see
-//! `netsync_server::demo`).
+//! serves until SIGTERM or ctrl-c.
 
 use anyhow::Context;
 use clap::Parser;
-use netsync_server::config::{Cli, Command, Config};
+use netsync_server::config::{Cli, Config};
 use tokio::net::TcpListener;
 
 /// mimalloc: decoding a gNMI stream allocates and frees a few small strings
@@ -15,15 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Demo(args)) => {
-            return netsync_server::demo::run(args, netsync_core::shutdown::signal()).await;
-        }
-        Some(Command::Serve(args)) => *args,
-        None => cli.serve,
-    };
-    let config = Config::resolve(args)?;
+    let config = Config::resolve(Cli::parse().serve_args())?;
     let telemetry = netsync_server::telemetry::init(config.log_format)
         .map_err(|e| anyhow::anyhow!("cannot set up logging and tracing: {e}"))?;
     let listener = TcpListener::bind(&config.listen)

@@ -1,4 +1,4 @@
-//! `netsyncd demo` as a newcomer runs it: the real binary, its narration read
+//! netsync-demo as a newcomer runs it: the real binary, its narration read
 //! line by line as it is printed, the grpcurl commands it suggests run exactly
 //! as printed, and Ctrl-C / SIGTERM stopping it cleanly.
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// on a busy 2-core machine; the whole demo takes a few seconds).
 const DEADLINE: Duration = Duration::from_secs(180);
 
-/// A running `netsyncd demo`; killed on drop if still running.
+/// A running netsync-demo; killed on drop if still running.
 struct Demo {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -22,17 +22,17 @@ struct Demo {
 }
 
 impl Demo {
-    /// Starts `netsyncd demo` on a free port with a device of `leaves`
-    /// leaves, plus `args`.
+    /// Starts netsync-demo on a free port with a device of `leaves` leaves,
+    /// plus `args`.
     fn start(leaves: u64, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_netsyncd"))
-            .args(["demo", "--listen", "127.0.0.1:0", "--leaves"])
+        let mut child = Command::new(env!("CARGO_BIN_EXE_netsync-demo"))
+            .args(["--listen", "127.0.0.1:0", "--leaves"])
             .arg(leaves.to_string())
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("netsyncd demo starts");
+            .expect("netsync-demo starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         // Drains stdout to its end, so the demo never blocks on a full pipe.
