@@ -9,6 +9,7 @@ mod leaves;
 pub mod notification;
 pub mod path;
 pub mod running;
+pub mod shutdown;
 pub mod sync;
 mod wire;
 

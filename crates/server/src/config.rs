@@ -4,14 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use netsync_core::sync::SyncLimits;
 use serde::Deserialize;
 
-use crate::limits::{ApiLimits, LimitArgs, LimitsFile};
+use crate::limits::{ApiLimits, InvalidLimit, LimitArgs, LimitsFile};
 use crate::log::Retention;
 use crate::reconcile::ReconcileConfig;
-use crate::tls::{ApiTls, TlsArgs, TlsFile};
+use crate::telemetry::LogFormat;
+use crate::tls::{ApiTls, TlsArgs, TlsError, TlsFile};
 
 /// Default API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -34,11 +35,11 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The serve flags, wherever they were given (defaults for `demo`).
+    /// The serve flags, wherever they were given.
     pub fn serve_args(self) -> ServeArgs {
         match self.command {
             Some(Command::Serve(args)) => *args,
-            Some(Command::Demo(_)) | None => self.serve,
+            None => self.serve,
         }
     }
 }
@@ -48,9 +49,6 @@ impl Cli {
 pub enum Command {
     /// Serve the netsync API (the default).
     Serve(Box<ServeArgs>),
-    /// Show netsync at work: a simulated device synced, an intent applied,
-    /// drift reverted, live; then serve on for grpcurl until Ctrl-C.
-    Demo(crate::demo::DemoArgs),
 }
 
 /// Flags of `netsyncd serve`.
@@ -98,17 +96,6 @@ pub struct ServeArgs {
     /// [default: off]; a `:0` port is chosen by the system and logged.
     #[arg(long, env = "NETSYNC_METRICS_LISTEN", value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Keys accepted in the TOML configuration file.
@@ -242,6 +229,14 @@ pub enum ConfigError {
     /// A setting is out of range.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    // The next two are not `#[source]`: their message is the whole of it,
+    // and `main` prints an error's sources after it, which would repeat it.
+    /// An API limit is out of range.
+    #[error("invalid configuration: {0}")]
+    Limit(InvalidLimit),
+    /// The API's TLS settings cannot be used.
+    #[error("invalid configuration: {0}")]
+    Tls(TlsError),
     /// The file is not valid TOML or has unknown keys.
     #[error("invalid config file {path}: {source}")]
     Parse {
@@ -250,6 +245,18 @@ pub enum ConfigError {
         /// Why.
         source: Box<toml::de::Error>,
     },
+}
+
+impl From<InvalidLimit> for ConfigError {
+    fn from(e: InvalidLimit) -> Self {
+        Self::Limit(e)
+    }
+}
+
+impl From<TlsError> for ConfigError {
+    fn from(e: TlsError) -> Self {
+        Self::Tls(e)
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

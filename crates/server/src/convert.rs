@@ -12,6 +12,7 @@ use netsync_core::datastore::{
 };
 use netsync_core::intent::{Deviation, Intent};
 use netsync_core::running::{Key, Subtree, Value};
+use netsync_core::sync::SyncState;
 use netsync_proto::netsync::v1 as pb;
 
 /// Whether secrets go into the output: only the store may keep them.
@@ -328,6 +329,17 @@ pub fn deviation_to_proto(d: &Deviation) -> pb::Deviation {
         intent: d.intent.clone(),
         expected: d.expected.clone(),
         actual: d.actual.clone(),
+    }
+}
+
+/// A sync state on the wire.
+pub fn state_to_proto(state: SyncState) -> pb::SyncState {
+    match state {
+        SyncState::Connecting => pb::SyncState::Connecting,
+        SyncState::InitialSync => pb::SyncState::InitialSync,
+        SyncState::InSync => pb::SyncState::InSync,
+        SyncState::Disconnected => pb::SyncState::Disconnected,
+        SyncState::Stopped => pb::SyncState::Stopped,
     }
 }
 

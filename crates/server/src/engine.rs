@@ -96,7 +96,7 @@ impl Engine {
             initial,
             self.limits.clone(),
         ));
-        sync.prepare_events_with(crate::api::event_preparer(spec.name.clone()));
+        sync.prepare_events_with(crate::watch::event_preparer(spec.name.clone()));
         for intent in intents {
             sync.set_intent(intent);
         }

@@ -4,7 +4,6 @@
 pub mod api;
 pub mod config;
 pub mod convert;
-pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod limits;
@@ -15,6 +14,7 @@ pub mod rpc_layer;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,10 +1,9 @@
 //! netsyncd: parses configuration, sets up logging and tracing, binds, and
-//! serves until SIGTERM or ctrl-c; or runs the demo (`netsyncd demo`, see
-//! `netsync_server::demo`).
+//! serves until SIGTERM or ctrl-c.
 
 use anyhow::Context;
 use clap::Parser;
-use netsync_server::config::{Cli, Command, Config};
+use netsync_server::config::{Cli, Config};
 use tokio::net::TcpListener;
 
 /// mimalloc: decoding a gNMI stream allocates and frees a few small strings
@@ -15,52 +14,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Demo(args)) => {
-            return netsync_server::demo::run(args, shutdown_signal()).await;
-        }
-        Some(Command::Serve(args)) => *args,
-        None => cli.serve,
-    };
-    let config = Config::resolve(args)?;
+    let config = Config::resolve(Cli::parse().serve_args())?;
     let telemetry = netsync_server::telemetry::init(config.log_format)
         .map_err(|e| anyhow::anyhow!("cannot set up logging and tracing: {e}"))?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "listening");
-    let served = netsync_server::serve(&config, listener, shutdown_signal()).await;
+    let served = netsync_server::serve(&config, listener, netsync_core::shutdown::signal()).await;
     // Even after an error: the spans that explain it are among the last.
     telemetry.shutdown().await;
     served?;
     Ok(())
-}
-
-/// Completes on ctrl-c or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

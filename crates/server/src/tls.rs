@@ -11,8 +11,6 @@ use netsync_core::datastore::Secret;
 use serde::Deserialize;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::config::ConfigError;
-
 /// Longest a client may take over its TLS handshake; one that opens a
 /// connection and sends nothing is dropped then instead of holding it.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +53,7 @@ pub struct ApiTls {
 impl ApiTls {
     /// Flags and environment (in `args`) over the file's `[tls]`: `None`
     /// for plaintext. Reads and checks the files.
-    pub fn resolve(args: &TlsArgs, file: Option<&TlsFile>) -> Result<Option<Self>, ConfigError> {
+    pub fn resolve(args: &TlsArgs, file: Option<&TlsFile>) -> Result<Option<Self>, TlsError> {
         let pick = |flag: &Option<PathBuf>, key: fn(&TlsFile) -> &Option<PathBuf>| {
             flag.clone().or_else(|| file.and_then(|f| key(f).clone()))
         };
@@ -65,16 +63,8 @@ impl ApiTls {
         let (cert, key) = match (cert, key) {
             (Some(cert), Some(key)) => (cert, key),
             (None, None) if client_ca.is_none() => return Ok(None),
-            (None, None) => {
-                return Err(invalid(
-                    "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first",
-                ));
-            }
-            _ => {
-                return Err(invalid(
-                    "--tls-cert and --tls-key go together: give both to serve TLS, or neither",
-                ));
-            }
+            (None, None) => return Err(TlsError::ClientCaWithoutTls),
+            _ => return Err(TlsError::CertWithoutKey),
         };
         let tls = Self {
             cert_pem: read("--tls-cert", &cert)?,
@@ -94,16 +84,19 @@ impl ApiTls {
                     detail = format!("{detail}: {s}");
                     source = s.source();
                 }
-                invalid(format!(
-                    "--tls-cert {}, --tls-key {}{}: {detail}",
-                    cert.display(),
-                    key.display(),
-                    if tls.client_ca_pem.is_some() {
-                        ", --tls-client-ca"
-                    } else {
-                        ""
-                    }
-                ))
+                TlsError::Refused {
+                    files: format!(
+                        "--tls-cert {}, --tls-key {}{}",
+                        cert.display(),
+                        key.display(),
+                        if tls.client_ca_pem.is_some() {
+                            ", --tls-client-ca"
+                        } else {
+                            ""
+                        }
+                    ),
+                    detail,
+                }
             })?;
         Ok(Some(tls))
     }
@@ -121,13 +114,42 @@ impl ApiTls {
     }
 }
 
-fn invalid(message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(message.into())
+/// Why the API's TLS settings cannot be used; each message names the flags.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A client CA without a certificate and key to serve TLS with.
+    #[error("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")]
+    ClientCaWithoutTls,
+    /// A certificate without its key, or a key without its certificate.
+    #[error("--tls-cert and --tls-key go together: give both to serve TLS, or neither")]
+    CertWithoutKey,
+    /// A file could not be read.
+    #[error("{flag} {}: cannot read: {source}", path.display())]
+    Unreadable {
+        /// The flag that names the file.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The files were read, but do not make a TLS configuration (not PEM, a
+    /// key that is not the certificate's, ...).
+    #[error("{files}: {detail}")]
+    Refused {
+        /// The flags and files given.
+        files: String,
+        /// Why, with every cause.
+        detail: String,
+    },
 }
 
-fn read(flag: &str, path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| invalid(format!("{flag} {}: cannot read: {e}", path.display())))
+fn read(flag: &'static str, path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Unreadable {
+        flag,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

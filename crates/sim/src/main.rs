@@ -217,37 +217,9 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", cli.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "listening");
-        netsync_sim::serve(config, listener, shutdown_signal()).await?;
+        netsync_sim::serve(config, listener, netsync_core::shutdown::signal()).await?;
         Ok(())
     })
-}
-
-/// Completes on ctrl-c or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 #[cfg(test)]

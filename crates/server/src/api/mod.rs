@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use netsync_core::datastore;
-use netsync_core::sync::{SyncHandle, SyncState};
+use netsync_core::sync::SyncHandle;
 use netsync_proto::netsync::v1 as pb;
 use pb::net_sync_server::NetSync;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +23,6 @@ use crate::store::{self, Store, StoredDatastore};
 
 mod running;
 mod watch;
-
-pub(crate) use watch::event_preparer;
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -104,17 +102,6 @@ fn check_name(field: &str, name: &str) -> Result<(), Error> {
     datastore::validate_name(name).map_err(|m| Error::invalid(field, m))
 }
 
-/// A sync state on the wire.
-pub fn state_to_proto(state: SyncState) -> pb::SyncState {
-    match state {
-        SyncState::Connecting => pb::SyncState::Connecting,
-        SyncState::InitialSync => pb::SyncState::InitialSync,
-        SyncState::InSync => pb::SyncState::InSync,
-        SyncState::Disconnected => pb::SyncState::Disconnected,
-        SyncState::Stopped => pb::SyncState::Stopped,
-    }
-}
-
 fn status_view(sync: &SyncHandle) -> pb::DatastoreStatus {
     let status = sync.status();
     let snapshot = sync.snapshot();
@@ -125,7 +112,7 @@ fn status_view(sync: &SyncHandle) -> pb::DatastoreStatus {
         last_error = format!("ingest paused: too many uncommitted changes; {last_error}");
     }
     pb::DatastoreStatus {
-        state: state_to_proto(status.state) as i32,
+        state: convert::state_to_proto(status.state) as i32,
         revision: snapshot.revision,
         last_commit_time: snapshot.time.map(convert::timestamp_to_proto),
         last_error,

@@ -9,8 +9,6 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
-
 pub mod calls;
 pub mod watchers;
 
@@ -81,20 +79,26 @@ pub struct LimitsFile {
     max_watchers_per_datastore: Option<usize>,
 }
 
+/// A limit set out of range; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting} must be above zero")]
+pub struct InvalidLimit {
+    /// The setting, as the configuration file names it.
+    pub setting: &'static str,
+}
+
 impl ApiLimits {
     /// Flags and environment (in `args`) over the file's `[limits]`, over defaults.
-    pub fn resolve(args: &LimitArgs, file: Option<&LimitsFile>) -> Result<Self, ConfigError> {
+    pub fn resolve(args: &LimitArgs, file: Option<&LimitsFile>) -> Result<Self, InvalidLimit> {
         let empty = LimitsFile::default();
         let file = file.unwrap_or(&empty);
         let defaults = Self::default();
         fn positive<T: PartialEq + From<u8>>(
-            name: &str,
+            setting: &'static str,
             value: Option<T>,
-        ) -> Result<Option<T>, ConfigError> {
+        ) -> Result<Option<T>, InvalidLimit> {
             match value {
-                Some(v) if v == T::from(0) => {
-                    Err(ConfigError::Invalid(format!("{name} must be above zero")))
-                }
+                Some(v) if v == T::from(0) => Err(InvalidLimit { setting }),
                 other => Ok(other),
             }
         }

@@ -1,4 +1,4 @@
-//! `netsyncd demo`: netsyncd, a simulated device and a controller in one
+//! netsync-demo: netsyncd, a simulated device and a controller in one
 //! process, narrating an initial sync, an intent, drift and its revert as they
 //! happen, then serving on so that the suggested grpcurl commands can be tried.
 //!
@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use clap::Args;
+use clap::Parser;
 use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::sim::v1::sim_control_client::SimControlClient;
@@ -30,7 +30,8 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, DEFAULT_LISTEN};
+use netsync_server::Config;
+use netsync_server::config::DEFAULT_LISTEN;
 use output::Out;
 
 /// Name of the demo's datastore.
@@ -57,8 +58,10 @@ const PROGRESS_PERIOD: Duration = Duration::from_millis(100);
 /// not hold up Ctrl-C for the 10 s that `serve` gives by default.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Flags of `netsyncd demo`.
-#[derive(Debug, Args)]
+/// Show netsync at work: a simulated device synced, an intent applied, drift
+/// reverted, live; then serve on for grpcurl until Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "netsync-demo", version)]
 pub struct DemoArgs {
     /// Leaves of the simulated device.
     #[arg(long, default_value_t = 20_000, value_name = "N",
@@ -109,7 +112,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let sim = Background::sim(leaves, sim_listener)?;
     let server = Background::netsyncd(config, listener, api);
 
-    out.line("netsyncd demo: netsync end to end, against a simulated device, in this one process");
+    out.line("netsync-demo: netsync end to end, against a simulated device, in this one process");
     out.line("");
     out.line(format!(
         "  device    netsync-sim on {}: a generated OpenConfig-style router with {} leaves",
@@ -197,12 +200,12 @@ impl Background<netsync_sim::ServeError> {
     }
 }
 
-impl Background<crate::ServeError> {
+impl Background<netsync_server::ServeError> {
     /// netsyncd on `listener`, reached at `addr`.
     fn netsyncd(config: Config, listener: TcpListener, addr: SocketAddr) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            crate::serve(&config, listener, async {
+            netsync_server::serve(&config, listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -641,29 +644,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn demo_is_a_subcommand_with_its_own_flags() {
-        use crate::config::{Cli, Command};
-        use clap::Parser;
+    fn the_demo_has_its_own_flags() {
         let parse = |args: &[&str]| {
-            Cli::try_parse_from(std::iter::once("netsyncd").chain(args.iter().copied()))
+            DemoArgs::try_parse_from(std::iter::once("netsync-demo").chain(args.iter().copied()))
         };
-        let Some(Command::Demo(args)) = parse(&["demo", "--exit", "--leaves", "500"])
-            .unwrap()
-            .command
-        else {
-            panic!("not the demo");
-        };
+        let args = parse(&["--exit", "--leaves", "500"]).unwrap();
         assert!(args.exit);
         assert_eq!(args.leaves, 500);
         assert_eq!(args.listen, None);
-        let Some(Command::Demo(defaults)) = parse(&["demo"]).unwrap().command else {
-            panic!("not the demo");
-        };
+        let defaults = parse(&[]).unwrap();
         assert_eq!(defaults.leaves, 20_000);
         assert!(!defaults.exit);
-        assert!(parse(&["demo", "--leaves", "5"]).is_err(), "too few leaves");
+        assert!(parse(&["--leaves", "5"]).is_err(), "too few leaves");
         assert!(
-            parse(&["demo", "--db", "x.db"]).is_err(),
+            parse(&["--db", "x.db"]).is_err(),
             "serve flags are not demo flags"
         );
     }

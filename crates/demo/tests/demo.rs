@@ -1,93 +1,71 @@
-//! `netsyncd demo` as a newcomer runs it: the real binary, its narration read
+//! netsync-demo as a newcomer runs it: the real binary, its narration read
 //! line by line as it is printed, the grpcurl commands it suggests run exactly
 //! as printed, and Ctrl-C / SIGTERM stopping it cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Output};
 
-/// Longest wait for the demo to reach a milestone or to exit (a debug build
-/// on a busy 2-core machine; the whole demo takes a few seconds).
-const DEADLINE: Duration = Duration::from_secs(180);
+use netsync_testkit::LONG_DEADLINE;
+use netsync_testkit::process::{Echo, Process, Signal, Stream};
 
-/// A running `netsyncd demo`; killed on drop if still running.
+/// A running netsync-demo; killed and reaped on drop if still running.
 struct Demo {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    process: Process,
     /// Every stdout line read so far.
     seen: Vec<String>,
 }
 
 impl Demo {
-    /// Starts `netsyncd demo` on a free port with a device of `leaves`
-    /// leaves, plus `args`.
+    /// Starts netsync-demo on a free port with a device of `leaves` leaves,
+    /// plus `args`.
     fn start(leaves: u64, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_netsyncd"))
-            .args(["demo", "--listen", "127.0.0.1:0", "--leaves"])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_netsync-demo"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--leaves"])
             .arg(leaves.to_string())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("netsyncd demo starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        // Drains stdout to its end, so the demo never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("demo: {line}");
-                let _ = tx.send(line);
-            }
-        });
+            .args(args);
+        let process = Process::start("demo", command, Echo::stderr()).expect("netsync-demo starts");
         Self {
-            child,
-            lines,
+            process,
             seen: Vec::new(),
         }
     }
 
-    /// Reads lines until one contains `text`.
+    /// Waits until a line of stdout contains `text` (the demo narrates
+    /// there; its logs go to stderr).
     fn wait_for(&mut self, text: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        while !self.seen.last().is_some_and(|l| l.contains(text)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(e) => panic!("no line with {text:?} ({e}); output:\n{}", self.output()),
-            }
-        }
+        let found = self.process.output().wait_for(LONG_DEADLINE, |line| {
+            (line.stream == Stream::Stdout && line.text.contains(text)).then_some(())
+        });
+        self.read();
+        assert!(
+            found.is_some(),
+            "no line with {text:?}; output:\n{}",
+            self.output()
+        );
     }
 
-    /// Reads stdout to its end, then waits for the exit status.
+    /// Waits for the exit status, with every line printed to the last.
     fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(e) => panic!("the demo did not end ({e}); output:\n{}", self.output()),
-            }
-        }
-        // Stdout is closed: the process is exiting or gone.
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the demo did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = self.process.wait_timeout(LONG_DEADLINE).unwrap();
+        self.read();
+        status.unwrap_or_else(|| panic!("the demo did not end; output:\n{}", self.output()))
     }
 
-    /// Sends `signal` (`TERM`, `INT`) to the process.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{signal} {pid}");
+    /// Takes the stdout lines printed so far into `seen`.
+    fn read(&mut self) {
+        self.seen = self
+            .process
+            .output()
+            .lines()
+            .into_iter()
+            .filter(|line| line.stream == Stream::Stdout)
+            .map(|line| line.text)
+            .collect();
+    }
+
+    /// Sends `signal` to the process.
+    fn signal(&self, signal: Signal) {
+        self.process.signal(signal).unwrap();
     }
 
     fn output(&self) -> String {
@@ -106,13 +84,6 @@ impl Demo {
                     self.output()
                 )
             })
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -218,7 +189,7 @@ fn printed_grpcurl_commands_work_against_the_running_demo() {
     assert!(answer("/SetIntent").contains("\"name\": \"dns\""));
     assert!(answer("/SetLeaves").contains("changed"));
 
-    demo.signal("TERM");
+    demo.signal(Signal::TERM);
     let status = demo.wait();
     assert!(status.success(), "exit status after SIGTERM: {status}");
     demo.find(0, "Stopped; the temporary database is removed.");
@@ -230,7 +201,7 @@ fn ctrl_c_during_the_initial_sync_stops_cleanly() {
     // does (it takes seconds in a debug build, the signal milliseconds).
     let mut demo = Demo::start(100_000, &[]);
     demo.wait_for("INITIAL_SYNC");
-    demo.signal("INT");
+    demo.signal(Signal::INT);
     let status = demo.wait();
     assert!(status.success(), "exit status after ctrl-c: {status}");
     let interrupted = demo.find(0, "Interrupted: stopping.");

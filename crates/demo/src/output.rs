@@ -54,7 +54,7 @@ impl Out {
         match &progress.bar {
             Some(bar) => bar.println(text),
             None => {
-                // A closed stdout (`netsyncd demo | head`) must not panic the
+                // A closed stdout (`netsync-demo | head`) must not panic the
                 // demo: it keeps serving for the grpcurl commands.
                 let mut stdout = std::io::stdout().lock();
                 let _ = writeln!(stdout, "{text}");
