@@ -165,6 +165,34 @@ pub async fn converge(client: &mut Client, name: &str, device: &impl DeviceLeave
     }
 }
 
+/// A WatchSync of `name` from `from_revision` (0: from now on).
+pub async fn watch(
+    client: &mut Client,
+    name: &str,
+    from_revision: u64,
+) -> tonic::Streaming<pb::SyncEvent> {
+    client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: name.into(),
+            from_revision,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("WatchSync {name} from {from_revision}: {s:?}"))
+        .into_inner()
+}
+
+/// The deviations of `name` from its intents now.
+pub async fn deviations(client: &mut Client, name: &str) -> Vec<pb::Deviation> {
+    client
+        .get_deviations(pb::GetDeviationsRequest {
+            datastore: name.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("GetDeviations {name}: {s:?}"))
+        .into_inner()
+        .deviations
+}
+
 /// The status of `name`.
 pub async fn status(client: &mut Client, name: &str) -> pb::DatastoreStatus {
     client

@@ -10,6 +10,7 @@ use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::DEADLINE;
+use netsync_testkit::client::watch;
 use netsync_testkit::client::{converge, running, status, until_running};
 use netsync_testkit::datastore::{DatastoreBuilder, create, millis};
 use netsync_testkit::gnmi::string;
@@ -47,14 +48,7 @@ async fn the_seed_failure_loses_nothing() {
         .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 500)))
         .await
         .unwrap();
-    let mut events = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, "r1", 1).await;
     // A watcher that never reads: whatever would wait on it is held forever.
     let _stalled = server
         .client()
@@ -141,14 +135,7 @@ async fn the_barrier_holds_with_delayed_delivery() {
         .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 20)))
         .await
         .unwrap();
-    let mut events = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, "r1", 1).await;
     let (revision, first) = loop {
         let event = tokio::time::timeout(DEADLINE, events.next())
             .await
@@ -190,14 +177,7 @@ async fn reconnect_prunes_and_converges() {
         .await
         .unwrap();
     let before = converge(&mut client, "r1", &sim).await;
-    let mut events = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: before + 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, "r1", before + 1).await;
     sim.control()
         .await
         .restart(simpb::RestartRequest {
@@ -380,14 +360,7 @@ async fn converges_under_churn_and_faults() {
             .await
             .unwrap();
         // Let the fault bite: the engine sees the stream end and reconnects.
-        let mut events = client
-            .watch_sync(pb::WatchSyncRequest {
-                datastore: "r1".into(),
-                from_revision: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut events = watch(&mut client, "r1", 0).await;
         control
             .disconnect(simpb::DisconnectRequest { after_messages: 0 })
             .await
@@ -490,16 +463,7 @@ async fn a_large_revision_comes_in_parts_within_the_default_message_limit() {
     until_running(&mut client, "big", "the initial dump", |r| *r == device).await;
     let watch = |from_revision| {
         let mut client = client.clone();
-        async move {
-            client
-                .watch_sync(pb::WatchSyncRequest {
-                    datastore: "big".into(),
-                    from_revision,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-        }
+        async move { watch(&mut client, "big", from_revision).await }
     };
 
     // Replayed from the log: revision 1, the initial dump, in parts.

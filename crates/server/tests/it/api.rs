@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use netsync_proto::netsync::v1 as pb;
+use netsync_testkit::client::watch;
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use tonic::Code;
 
@@ -359,14 +360,7 @@ async fn shutdown_ends_open_watches_at_once_with_the_revision_to_resume_from() {
         .create_datastore(DatastoreBuilder::every_field("w").create())
         .await
         .unwrap();
-    let mut watch = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "w".into(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch(&mut client, "w", 0).await;
     // The current state comes first, at the latest revision.
     let first = watch.message().await.unwrap().unwrap();
 

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use netsync_proto::gnmi::{TypedValue, typed_value};
 use netsync_proto::netsync::v1 as pb;
-use netsync_testkit::DEADLINE;
 use netsync_testkit::datastore::{DatastoreBuilder, create, intent};
 use netsync_testkit::device::Device;
+use netsync_testkit::{DEADLINE, client};
 use pb::net_sync_client::NetSyncClient;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -38,14 +38,8 @@ async fn deviations(
             other => format!("{other:?}"),
         })
     };
-    client
-        .get_deviations(pb::GetDeviationsRequest {
-            datastore: "r1".into(),
-        })
+    client::deviations(client, "r1")
         .await
-        .unwrap()
-        .into_inner()
-        .deviations
         .into_iter()
         .map(|d| (d.path, d.intent, text(d.expected), text(d.actual)))
         .collect()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::LONG_DEADLINE as DEADLINE;
 use netsync_testkit::client::wait_revision;
+use netsync_testkit::client::watch;
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::gnmi::string;
 use netsync_testkit::sim::{Sim, generated};
@@ -50,14 +51,7 @@ async fn first_revision(client: &mut NetSyncClient<Channel>) {
 
 /// Sets an intent on a sim leaf and waits until its apply job is APPLIED.
 async fn apply_intent(client: &mut NetSyncClient<Channel>) {
-    let mut events = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(client, "r1", 0).await;
     client
         .set_intent(pb::SetIntentRequest {
             datastore: "r1".into(),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use netsync_proto::netsync::v1 as pb;
+use netsync_testkit::client::watch;
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::device::Device;
 use netsync_testkit::pki::Ca;
@@ -181,14 +182,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
         .encoding(pb::Encoding::Proto)
         .commit_interval_ms(5);
     client.create_datastore(ds.create()).await.unwrap();
-    let mut watch = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, "r1", 1).await;
 
     // A burst the device keeps sending while netsyncd is killed.
     let burst_device = device.clone();
@@ -207,7 +201,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
     });
     let mut before: Vec<SeenCommit> = Vec::new();
     while before.len() < 5 {
-        let event = tokio::time::timeout(DEADLINE, watch.next())
+        let event = tokio::time::timeout(DEADLINE, events.next())
             .await
             .unwrap()
             .unwrap()
@@ -216,7 +210,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
     }
     daemon.kill_hard();
     assert!(!burst.is_finished(), "the kill landed after the burst");
-    drop(watch);
+    drop(events);
     drop(client);
     burst.await.unwrap();
 
@@ -266,14 +260,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
         let _ = client.get_running(wait).await;
     }
     // Every revision a watcher saw before the kill means the same after it.
-    let mut replay = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replay = watch(&mut client, "r1", 1).await;
     let mut after: Vec<SeenCommit> = Vec::new();
     while after.last().is_none_or(|c| c.0 < revision) {
         let event = tokio::time::timeout(DEADLINE, replay.next())
@@ -464,14 +451,7 @@ async fn device_secrets_reach_the_device_and_nothing_else() {
         ("good", pb::SyncState::InSync),
         ("wrong", pb::SyncState::Disconnected),
     ] {
-        let mut events = client
-            .watch_sync(pb::WatchSyncRequest {
-                datastore: name.into(),
-                from_revision: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut events = watch(&mut client, name, 0).await;
         let reached = tokio::time::timeout(netsync_testkit::DEADLINE, async {
             while let Some(event) = events.next().await {
                 if let Some(pb::sync_event::Event::StateChanged(change)) = event.unwrap().event

@@ -11,7 +11,7 @@ use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_testkit::LONG_DEADLINE as DEADLINE;
-use netsync_testkit::client::wait_revision;
+use netsync_testkit::client::{self, wait_revision};
 use netsync_testkit::datastore::{self, DatastoreBuilder, create, millis};
 use netsync_testkit::gnmi::string;
 use netsync_testkit::sim::{Sim, generated};
@@ -65,17 +65,6 @@ async fn set_intent(client: &mut NetSyncClient<Channel>, intent: pb::Intent) {
         .unwrap();
 }
 
-async fn watch(client: &mut NetSyncClient<Channel>) -> Streaming<pb::SyncEvent> {
-    client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// The next reconcile event in `phase`, skipping everything else.
 async fn next_revert(events: &mut Streaming<pb::SyncEvent>, phase: pb::RevertPhase) -> pb::Revert {
     tokio::time::timeout(DEADLINE, async {
@@ -96,15 +85,10 @@ async fn device_leaf(sim: &Sim, path: &str) -> Option<gnmi::TypedValue> {
     sim.leaves().await.remove(path)
 }
 
+/// The deviations as path -> intent.
 async fn deviations(client: &mut NetSyncClient<Channel>) -> BTreeMap<String, String> {
-    client
-        .get_deviations(pb::GetDeviationsRequest {
-            datastore: "r1".into(),
-        })
+    client::deviations(client, "r1")
         .await
-        .unwrap()
-        .into_inner()
-        .deviations
         .into_iter()
         .map(|d| (d.path, d.intent))
         .collect()
@@ -126,7 +110,7 @@ async fn start(sim: &Sim, revert: bool) -> (tempfile::TempDir, TestServer, NetSy
 async fn apply_revert_priority_and_delete() {
     let sim = Sim::start(generated(200)).await;
     let (_dir, server, mut client) = start(&sim, true).await;
-    let mut events = watch(&mut client).await;
+    let mut events = client::watch(&mut client, "r1", 0).await;
 
     // Apply: SetIntent brings the device to the intent.
     set_intent(
@@ -219,7 +203,7 @@ async fn apply_revert_priority_and_delete() {
 async fn non_revertive_drift_is_reported_not_reverted() {
     let sim = Sim::start(generated(200)).await;
     let (_dir, server, mut client) = start(&sim, true).await;
-    let mut events = watch(&mut client).await;
+    let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
         intent("soft", 5, &[("/system/intent/soft", "v1")], &[], true),
@@ -268,7 +252,7 @@ async fn non_revertive_drift_is_reported_not_reverted() {
 async fn failing_sets_are_retried_then_failed() {
     let sim = Sim::start(generated(100)).await;
     let (_dir, server, mut client) = start(&sim, false).await;
-    let mut events = watch(&mut client).await;
+    let mut events = client::watch(&mut client, "r1", 0).await;
     let mut control = sim.control().await;
     let fail = |code: tonic::Code| simpb::SetFaultsRequest {
         faults: Some(simpb::Faults {
@@ -361,7 +345,7 @@ async fn a_job_interrupted_by_a_restart_runs_after_it() {
         })
         .await
         .unwrap();
-    let mut events = watch(&mut client).await;
+    let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
         intent("a", 0, &[("/system/intent/a", "1")], &[], false),
@@ -380,7 +364,7 @@ async fn a_job_interrupted_by_a_restart_runs_after_it() {
     while device_leaf(&sim, "/system/intent/a").await != Some(string("1")) {
         assert!(Instant::now() < deadline, "the interrupted job never ran");
         let mut client = server.client().await;
-        let mut events = watch(&mut client).await;
+        let mut events = client::watch(&mut client, "r1", 0).await;
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
             next_revert(&mut events, pb::RevertPhase::Applied),
@@ -398,7 +382,7 @@ async fn a_job_interrupted_by_a_restart_runs_after_it() {
 async fn a_stalled_revert_never_holds_up_the_sync() {
     let sim = Sim::start(generated(500)).await;
     let (_dir, server, mut client) = start(&sim, true).await;
-    let mut events = watch(&mut client).await;
+    let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
         intent("base", 0, &[("/system/intent/pw", "secret")], &[], false),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use netsync_proto::gnmi::typed_value;
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::DEADLINE;
+use netsync_testkit::client::watch;
 use netsync_testkit::client::{self, converge, status};
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::device::Device;
@@ -55,14 +56,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
     assert_eq!(revision, 1);
     assert_eq!(leaves, device.leaves());
 
-    let mut watch = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, "r1", 0).await;
     device.set("/system/aaa/users/user[name=admin]/password", "$6$x");
     device.delete("/interfaces/interface[name=eth0]/mtu");
     let revision = converge(&mut client, "r1", &device).await;
@@ -70,7 +64,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
     // The watcher saw the changes as commits, in order.
     let mut seen = BTreeMap::new();
     while seen.len() < 2 {
-        let event = tokio::time::timeout(DEADLINE, watch.next())
+        let event = tokio::time::timeout(DEADLINE, events.next())
             .await
             .unwrap()
             .unwrap()
@@ -114,7 +108,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
         .unwrap();
     assert_eq!(batch.leaves.len(), 2);
 
-    drop(watch);
+    drop(events);
     drop(client);
     server.stop().await;
 
@@ -129,18 +123,11 @@ async fn running_follows_the_device_and_survives_a_restart() {
     assert_eq!(leaves, device.leaves());
 
     // Replaying the change log from revision 1 rebuilds running exactly.
-    let mut watch = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, "r1", 1).await;
     let mut rebuilt = BTreeMap::new();
     let mut expected_revision = 1;
     while expected_revision <= after {
-        let event = tokio::time::timeout(DEADLINE, watch.next())
+        let event = tokio::time::timeout(DEADLINE, events.next())
             .await
             .unwrap()
             .unwrap()
@@ -182,7 +169,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    drop(watch);
+    drop(events);
     drop(client);
     server.stop().await;
 }
@@ -251,14 +238,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
     running(&mut client, "r1", 1).await;
 
     // A watcher that does not read while hundreds of commits go by.
-    let mut slow = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = watch(&mut client, "r1", 0).await;
     // Large values fill the HTTP/2 windows (2 MiB per stream on the client)
     // quickly, so the backlog reaches the server's buffers after ~100 commits.
     let filler = "x".repeat(64 * 1024);
@@ -297,14 +277,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
         "N is the first revision not received"
     );
 
-    let mut resumed = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: resume,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = watch(&mut client, "r1", resume).await;
     let mut next = resume;
     while next <= last_revision {
         let event = tokio::time::timeout(DEADLINE, resumed.next())
@@ -357,16 +330,9 @@ async fn compacted_revisions_are_out_of_range() {
 
     // What is kept still replays, and a restart still loads running exactly.
     let (revision, leaves) = running(&mut client, "r1", 0).await;
-    let mut watch = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: revision,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, "r1", revision).await;
     loop {
-        let event = tokio::time::timeout(DEADLINE, watch.next())
+        let event = tokio::time::timeout(DEADLINE, events.next())
             .await
             .unwrap()
             .unwrap()
@@ -404,14 +370,7 @@ async fn evicted_events_are_read_from_the_log() {
         .await
         .unwrap();
     running(&mut client, "r1", 1).await;
-    let mut watcher = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 2,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watcher = watch(&mut client, "r1", 2).await;
     // Large values fill the HTTP/2 windows, so the watcher's task stops
     // taking events from the buffer and meets them evicted later.
     let filler = "x".repeat(64 * 1024);

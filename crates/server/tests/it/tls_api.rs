@@ -5,6 +5,7 @@
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_server::tls::ApiTls;
+use netsync_testkit::client::watch;
 use netsync_testkit::datastore::DatastoreBuilder;
 use netsync_testkit::pki::{Ca, Leaf};
 use pb::net_sync_client::NetSyncClient;
@@ -140,14 +141,7 @@ async fn call_limits_apply_over_tls() {
         .create_datastore(DatastoreBuilder::every_field("r1").create())
         .await
         .unwrap();
-    let mut watch = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: "r1".into(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch(&mut client, "r1", 0).await;
     watch.message().await.unwrap().unwrap();
     let err = client
         .list_datastores(pb::ListDatastoresRequest {})

@@ -6,6 +6,7 @@
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::DEADLINE;
 use netsync_testkit::client::status;
+use netsync_testkit::client::watch;
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::pki::{Ca, Leaf};
 use netsync_testkit::sim::{Sim, generated};
@@ -51,14 +52,7 @@ async fn states(
     client: &mut NetSyncClient<Channel>,
     name: &str,
 ) -> impl futures::Stream<Item = pb::SyncState> + use<> {
-    let events = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: name.into(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let events = watch(client, name, 0).await;
     events.filter_map(|event| match event.unwrap().event {
         Some(pb::sync_event::Event::StateChanged(change)) => change.state.try_into().ok(),
         _ => None,
