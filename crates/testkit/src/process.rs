@@ -146,6 +146,15 @@ impl Captured {
         out
     }
 
+    /// Waits up to `deadline` for both pipes to close; whether they have.
+    fn wait_closed(&self, deadline: Duration) -> bool {
+        let (shared, _) = self
+            .more
+            .wait_timeout_while(self.lock(), deadline, |shared| shared.open > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        shared.open == 0
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -249,10 +258,21 @@ impl Process {
                 Ok(process)
             }
             None => {
-                let status = process.child.try_wait()?;
+                // Closed output means that it exited (or is exiting), most
+                // often at once: say how, rather than blame the deadline.
+                let exit = if process.output.wait_closed(Duration::ZERO) {
+                    process.wait_timeout(Duration::from_secs(5))?
+                } else {
+                    None
+                };
+                let what = match exit {
+                    Some(status) => {
+                        format!("{name} exited with {status} before logging its address")
+                    }
+                    None => format!("{name} did not log its address within {deadline:?}"),
+                };
                 Err(std::io::Error::other(format!(
-                    "{name} did not log its address within {deadline:?} (exit: {status:?}); \
-                     its last lines:{}",
+                    "{what}; its last lines:{}",
                     process.output.tail(20)
                 )))
             }
@@ -338,10 +358,19 @@ impl Process {
                 self.join_readers();
                 return Ok(Some(status));
             }
-            if Instant::now() >= until {
+            let Some(left) = until
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero())
+            else {
                 return Ok(None);
+            };
+            // The pipes close as the process exits, which wakes this at once:
+            // a measured shutdown is not rounded up to the poll. The polls
+            // cover the moment between that and the exit status (1 ms), and
+            // pipes that a grandchild holds open (10 ms).
+            if self.output.wait_closed(left.min(Duration::from_millis(10))) {
+                std::thread::sleep(left.min(Duration::from_millis(1)));
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -551,6 +580,26 @@ mod tests {
         assert_eq!(output.status.code(), Some(3));
         assert_eq!(output.stdout, b"out\n");
         assert_eq!(output.stderr, b"err\n");
+    }
+
+    #[test]
+    fn an_exit_before_listening_is_reported_with_its_status() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo no address here; exit 2"]);
+        let deadline = Duration::from_secs(30);
+        let error = Process::start_listening("sh", command, Echo::default(), deadline).unwrap_err();
+        let error = error.to_string();
+        assert!(error.contains("exited with exit status: 2"), "{error}");
+        assert!(error.contains("no address here"), "{error}");
+    }
+
+    #[test]
+    fn a_process_that_closed_its_output_is_still_waited_for() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "exec >&- 2>&-; sleep 0.2; exit 4"]);
+        let mut process = Process::start("sh", command, Echo::default()).unwrap();
+        let status = process.wait_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(4));
     }
 
     fn is_zombie(pid: u32) -> bool {
