@@ -138,6 +138,9 @@ pub struct Config {
     pub api_limits: ApiLimits,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_listen: Option<String>,
+    /// Test-only: a page limit on the database (a deterministic disk full);
+    /// no flag sets it.
+    pub max_page_count: crate::writer::PageLimit,
 }
 
 impl Config {
@@ -154,6 +157,7 @@ impl Config {
             tls: None,
             api_limits: ApiLimits::default(),
             metrics_listen: None,
+            max_page_count: crate::writer::PageLimit::default(),
         }
     }
 
@@ -211,6 +215,7 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            max_page_count: crate::writer::PageLimit::default(),
         })
     }
 }

@@ -17,7 +17,7 @@ use netsync_proto::gnmi;
 
 use crate::error::Error;
 use crate::log::CommitLog;
-use crate::reconcile::{self, JobStats, ReconcileConfig, Trigger, Worker};
+use crate::reconcile::{JobStats, ReconcileConfig, Worker};
 use crate::store::Store;
 
 /// One datastore's running parts: its sync and its reconcile worker.
@@ -168,9 +168,10 @@ impl Engine {
         Some(lock.lock_owned().await)
     }
 
-    /// Queues a reconcile job for `name` and wakes its worker.
-    pub async fn enqueue(&self, name: &str, trigger: &Trigger) -> Result<(), Error> {
-        let created = reconcile::enqueue(&self.store, name, trigger).await?;
+    /// A reconcile job of `name` was written to the queue (`created`: a new
+    /// one, rather than merged into a queued one): announces it and wakes the
+    /// worker.
+    pub fn queued(&self, name: &str, created: bool) {
         let entry = self.entries.lock().expect("lock").get(name).cloned();
         if let Some(entry) = entry {
             if created {
@@ -184,7 +185,6 @@ impl Engine {
             }
             entry.wake.notify_one();
         }
-        Ok(())
     }
 
     /// Stops the sync and the worker of `name` and waits for them to end.

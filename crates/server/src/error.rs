@@ -48,6 +48,11 @@ pub enum Error {
     /// Data read back from the store does not decode. Logged, never sent.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The store cannot write now (a full disk, an I/O error); nothing of the
+    /// request was written. The writer recovers by itself; the client may
+    /// retry. The reason is logged, never sent.
+    #[error("{0}")]
+    StorageUnavailable(String),
 }
 
 impl Error {
@@ -79,6 +84,13 @@ impl From<Error> for Status {
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             Error::OutOfRange(m) => Status::out_of_range(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+            Error::StorageUnavailable(_) => {
+                tracing::warn!(%error, "a request could not be stored");
+                Status::unavailable(
+                    "netsyncd cannot write to its database at the moment; nothing was changed, \
+                     try again",
+                )
+            }
             Error::Store(_) | Error::Corrupt(_) => {
                 tracing::error!(%error, "internal error");
                 Status::internal("internal error; the server log has the details")

@@ -6,6 +6,7 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod jobs;
 pub mod limits;
 pub mod log;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 mod watch;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,6 +65,29 @@ const SERVED: [&str; 4] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// Sets the API service's health from the writer's: NOT_SERVING while writes
+/// fail. Ends with the writer, or when aborted at shutdown.
+async fn follow_writer(
+    mut writer: tokio::sync::watch::Receiver<writer::Health>,
+    health: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let failing = matches!(*writer.borrow_and_update(), writer::Health::Failing(_));
+        if failing {
+            health
+                .set_not_serving::<NetSyncServer<api::NetSyncService>>()
+                .await;
+        } else {
+            health
+                .set_serving::<NetSyncServer<api::NetSyncService>>()
+                .await;
+        }
+        if writer.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Opens the database, then serves the API on `listener` until `shutdown`
 /// completes. Health turns SERVING once the database is open and migrated, and
 /// NOT_SERVING as soon as shutdown starts; open WatchSync streams are then
@@ -86,7 +111,7 @@ pub async fn serve(
         ),
         None => None,
     };
-    let store = Store::open(&config.db).await?;
+    let store = Store::open_with(&config.db, config.max_page_count.clone()).await?;
     let engine = Arc::new(Engine::new(
         store.clone(),
         CommitLog::new(store.clone(), config.retention),
@@ -104,6 +129,10 @@ pub async fn serve(
         .set_serving::<NetSyncServer<api::NetSyncService>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
+    // Readiness (the API service's status) follows the writer: NOT_SERVING
+    // while writes fail, so that traffic goes elsewhere; liveness ("") stays
+    // SERVING, since restarting would not bring disk space back.
+    let readiness = tokio::spawn(follow_writer(store.writer().health(), health.clone()));
 
     let reflection = || {
         SERVED.iter().fold(
@@ -154,6 +183,7 @@ pub async fn serve(
         result = &mut server => result.map_err(ServeError::from),
         () = shutdown => {
             tracing::info!("shutdown requested: refusing new calls, finishing in-flight ones");
+            readiness.abort();
             health.set_service_status("", ServingStatus::NotServing).await;
             health.set_not_serving::<NetSyncServer<api::NetSyncService>>().await;
             let _ = stop_tx.send(());
@@ -169,6 +199,7 @@ pub async fn serve(
             }
         }
     };
+    readiness.abort();
     engine.stop_all().await;
     let _ = stop_metrics.send(true);
     if let Some(metrics_server) = metrics_server {

@@ -82,61 +82,94 @@ impl CommitLog {
             *entry
         };
         let snapshot_due = since > 2 * commit.running.len() as u64 + 1000;
-        let body = encode_commit(commit.change);
-        let snapshot = snapshot_due.then(|| encode_snapshot(commit.running));
+        // Encoding is CPU work in proportion to the change (and, for a
+        // snapshot, to all of running): large ones go to the blocking pool so
+        // the async workers keep serving.
+        let body = if changed > LARGE {
+            let change = commit.change.clone();
+            blocking(move || encode_commit(&change)).await?
+        } else {
+            encode_commit(commit.change)
+        };
+        let snapshot = if !snapshot_due {
+            None
+        } else if commit.running.len() as u64 > LARGE {
+            let running = commit.running.clone();
+            Some(blocking(move || encode_snapshot(&running)).await?)
+        } else {
+            Some(encode_snapshot(commit.running))
+        };
         let time_us = to_micros(commit.time);
         let revision = i64::try_from(commit.revision).unwrap_or(i64::MAX);
-
-        let mut tx = self.store.pool().begin().await?;
-        sqlx::query("INSERT INTO commits (datastore, revision, time_us, replace, body) VALUES (?, ?, ?, ?, ?)")
-            .bind(datastore)
-            .bind(revision)
-            .bind(time_us)
-            .bind(commit.replace)
-            .bind(body)
-            .execute(&mut *tx)
+        let keep_after = revision - i64::try_from(self.retention.commits).unwrap_or(i64::MAX);
+        let old = to_micros(
+            commit
+                .time
+                .checked_sub(self.retention.age)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        let replace = commit.replace;
+        let name = datastore.to_string();
+        self.store
+            .writer()
+            .write_commit(datastore, commit.revision, move |conn| {
+                Box::pin(async move {
+                    // A retry of a commit that is durable already (its answer
+                    // was lost) finds its row: the same revision, the same
+                    // content, nothing to do. A revision is never rewritten.
+                    let inserted = sqlx::query(
+                        "INSERT INTO commits (datastore, revision, time_us, replace, body) \
+                         VALUES (?, ?, ?, ?, ?) ON CONFLICT (datastore, revision) DO NOTHING",
+                    )
+                    .bind(&name)
+                    .bind(revision)
+                    .bind(time_us)
+                    .bind(replace)
+                    .bind(body)
+                    .execute(&mut *conn)
+                    .await?;
+                    if inserted.rows_affected() == 0 {
+                        tracing::warn!(datastore = %name, revision, "revision already stored: a retry of a durable commit");
+                        return Ok(());
+                    }
+                    let Some(snapshot) = snapshot else {
+                        return Ok(());
+                    };
+                    sqlx::query(
+                        "INSERT INTO snapshots (datastore, revision, time_us, body) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&name)
+                    .bind(revision)
+                    .bind(time_us)
+                    .bind(snapshot)
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query("DELETE FROM snapshots WHERE datastore = ? AND revision < ?")
+                        .bind(&name)
+                        .bind(revision)
+                        .execute(&mut *conn)
+                        .await?;
+                    // Only a prefix of the log goes, so what is kept has no
+                    // holes even if the wall clock stepped back: everything
+                    // below the oldest commit that is young enough, below the
+                    // retained count, and at or below the snapshot just written.
+                    sqlx::query(
+                        "DELETE FROM commits WHERE datastore = ? AND revision <= ? AND revision <= ? \
+                         AND revision < COALESCE( \
+                             (SELECT MIN(revision) FROM commits WHERE datastore = ? AND time_us >= ?), ?)",
+                    )
+                    .bind(&name)
+                    .bind(keep_after)
+                    .bind(revision)
+                    .bind(&name)
+                    .bind(old)
+                    .bind(revision + 1)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
             .await?;
-        if let Some(snapshot) = snapshot {
-            sqlx::query(
-                "INSERT INTO snapshots (datastore, revision, time_us, body) VALUES (?, ?, ?, ?)",
-            )
-            .bind(datastore)
-            .bind(revision)
-            .bind(time_us)
-            .bind(snapshot)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM snapshots WHERE datastore = ? AND revision < ?")
-                .bind(datastore)
-                .bind(revision)
-                .execute(&mut *tx)
-                .await?;
-            let keep_after = revision - i64::try_from(self.retention.commits).unwrap_or(i64::MAX);
-            let old = to_micros(
-                commit
-                    .time
-                    .checked_sub(self.retention.age)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-            );
-            // Only a prefix of the log goes, so what is kept has no holes even
-            // if the wall clock stepped back: everything below the oldest
-            // commit that is young enough, below the retained count, and at or
-            // below the snapshot just written.
-            sqlx::query(
-                "DELETE FROM commits WHERE datastore = ? AND revision <= ? AND revision <= ? \
-                 AND revision < COALESCE( \
-                     (SELECT MIN(revision) FROM commits WHERE datastore = ? AND time_us >= ?), ?)",
-            )
-            .bind(datastore)
-            .bind(keep_after)
-            .bind(revision)
-            .bind(datastore)
-            .bind(old)
-            .bind(revision + 1)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         if snapshot_due {
             self.since_snapshot
                 .lock()
@@ -157,7 +190,7 @@ impl CommitLog {
         let corrupt = |what: String| Error::Corrupt(format!("datastore {datastore:?}: {what}"));
         let snapshot = sqlx::query("SELECT revision, time_us, body FROM snapshots WHERE datastore = ? ORDER BY revision DESC LIMIT 1")
             .bind(datastore)
-            .fetch_optional(self.store.pool())
+            .fetch_optional(self.store.readers())
             .await?;
         let (mut running, mut revision, mut time) = match snapshot {
             Some(row) => {
@@ -212,7 +245,7 @@ impl CommitLog {
         .bind(datastore)
         .bind(i64::try_from(from).unwrap_or(i64::MAX))
         .bind(limit)
-        .fetch_all(self.store.pool())
+        .fetch_all(self.store.readers())
         .await?;
         rows.iter()
             .map(|row| {
@@ -239,7 +272,7 @@ impl CommitLog {
         let oldest: Option<i64> =
             sqlx::query_scalar("SELECT MIN(revision) FROM commits WHERE datastore = ?")
                 .bind(datastore)
-                .fetch_one(self.store.pool())
+                .fetch_one(self.store.readers())
                 .await?;
         Ok(oldest.map(|r| r as u64))
     }
@@ -253,8 +286,14 @@ impl Persist for CommitLog {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             self.write(datastore, commit).await.map_err(|e| {
-                tracing::error!(datastore, error = %e, "cannot persist a commit");
-                e.to_string()
+                tracing::warn!(datastore, error = %e, "cannot persist a commit");
+                // The committer shows this in the datastore's status: the
+                // reason, not the SQL.
+                match e {
+                    Error::StorageUnavailable(why) => why,
+                    Error::NotFound { .. } => "the datastore was deleted".into(),
+                    _ => "internal error (see the log)".into(),
+                }
             })
         })
     }
@@ -262,15 +301,38 @@ impl Persist for CommitLog {
 
 // Log bodies are netsync's own compact form of running and of a change (the
 // front-coded chunks running keeps in memory, see netsync-core's `leaves`)
-// behind a format byte, compressed as one LZ4 frame. Writing one copies the
-// chunks; reading one checks every entry and keeps the chunks as they are, so
-// a million-leaf body never becomes a million separate objects.
+// behind a format byte, compressed as one LZ4 frame with a content checksum
+// (xxHash32 of the whole body, checked when the frame is read), so a body
+// damaged on disk is reported as such instead of being loaded as a wrong
+// value. Bodies written before the checksum have none and still read.
+// Writing one copies the chunks; reading one checks every entry and keeps
+// the chunks as they are, so a million-leaf body never becomes a million
+// separate objects.
+
+/// A change or a running of more leaves than this is encoded on the
+/// blocking pool.
+const LARGE: u64 = 10_000;
+
+/// Runs CPU-heavy `work` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Corrupt(format!("encoding a log body failed: {e}")))
+}
+
+/// A frame encoder whose frames carry a checksum of their content.
+fn encoder() -> lz4_flex::frame::FrameEncoder<Vec<u8>> {
+    let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
+    lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new())
+}
 
 /// The body format written; a body of another format is refused as corrupt.
 const FORMAT: u8 = 1;
 
 fn encode_commit(change: &Change) -> Vec<u8> {
-    let mut out = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    let mut out = encoder();
     // Writing into a Vec cannot fail.
     let _ = out.write_all(&[FORMAT]);
     let _ = change.write(&mut out);
@@ -278,7 +340,7 @@ fn encode_commit(change: &Change) -> Vec<u8> {
 }
 
 fn encode_snapshot(running: &Running) -> Vec<u8> {
-    let mut out = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    let mut out = encoder();
     let _ = out.write_all(&[FORMAT]);
     let _ = running.write(&mut out);
     out.finish().unwrap_or_default()

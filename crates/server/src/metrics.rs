@@ -28,7 +28,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::engine::Engine;
-use crate::reconcile::{self, Outcome};
+use crate::jobs;
+use crate::reconcile::Outcome;
 use crate::store::Store;
 
 /// Labels of the RPC metrics.
@@ -113,6 +114,7 @@ impl Metrics {
                     resyncs: stats.resyncs.load(Ordering::Relaxed),
                     reconnects: stats.reconnects.load(Ordering::Relaxed),
                     dropped: stats.dropped.load(Ordering::Relaxed),
+                    persist_errors: stats.persist_errors.load(Ordering::Relaxed),
                     commit_duration: stats.commit_duration.snapshot(),
                     pending: status.pending,
                     backpressure: status.backpressure,
@@ -125,7 +127,7 @@ impl Metrics {
                 }
             })
             .collect();
-        match reconcile::queue_depth(&self.store).await {
+        match jobs::queue_depth(&self.store).await {
             Ok(depths) => {
                 for (datastore, running, jobs) in depths {
                     if let Some(sample) = samples.iter_mut().find(|s| s.name == datastore) {
@@ -153,9 +155,61 @@ impl Metrics {
             self.rpc.duration.clone(),
         );
         registry.register_collector(Box::new(Datastores(samples)));
+        let writer = self.store.writer();
+        registry.register_collector(Box::new(StoreFigures {
+            transactions: writer.stats().transactions.load(Ordering::Relaxed),
+            writes: writer.stats().writes.load(Ordering::Relaxed),
+            failures: writer.stats().failures.load(Ordering::Relaxed),
+            failing: matches!(*writer.health().borrow(), crate::writer::Health::Failing(_)),
+        }));
         let mut text = String::new();
         prometheus_text::encode(&mut text, &registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// The writer's figures at scrape time.
+#[derive(Debug)]
+struct StoreFigures {
+    transactions: u64,
+    writes: u64,
+    failures: u64,
+    failing: bool,
+}
+
+impl Collector for StoreFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = [
+            (
+                "store_transactions",
+                "Write transactions committed, each one fsync of the write-ahead log.",
+                self.transactions,
+            ),
+            (
+                "store_writes",
+                "Writes committed (commits, intents, jobs, datastores), grouped into transactions.",
+                self.writes,
+            ),
+            (
+                "store_write_failures",
+                "Write transactions that failed; their writes are retried or refused.",
+                self.failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        encoder
+            .encode_descriptor(
+                "store_failing",
+                "1 while database writes fail (readiness is NOT_SERVING meanwhile).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&u64::from(self.failing))?;
+        Ok(())
     }
 }
 
@@ -170,6 +224,7 @@ struct DatastoreSample {
     resyncs: u64,
     reconnects: u64,
     dropped: u64,
+    persist_errors: u64,
     commit_duration: HistogramSnapshot,
     pending: u64,
     backpressure: bool,
@@ -235,7 +290,7 @@ impl Collector for Datastores {
         if self.0.is_empty() {
             return Ok(());
         }
-        let counters: [Figure; 7] = [
+        let counters: [Figure; 8] = [
             ("sync_notifications", "gNMI notifications read.", |s| {
                 s.notifications
             }),
@@ -259,6 +314,11 @@ impl Collector for Datastores {
             ("sync_resyncs", "Forced resyncs (API or engine).", |s| {
                 s.resyncs
             }),
+            (
+                "persist_errors",
+                "Attempts to persist a commit that failed; each is retried until it is durable.",
+                |s| s.persist_errors,
+            ),
         ];
         for (name, help, value) in counters {
             self.family(&mut encoder, (name, help), MetricType::Counter, |s| {

@@ -13,18 +13,18 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use netsync_core::Path;
 use netsync_core::running::{Key, Value};
 use netsync_core::sync::{EventKind, RevertEvent, RevertPhase, SyncHandle};
 use netsync_proto::gnmi;
-use sqlx::Row;
 use tokio::sync::{Mutex, Notify, broadcast, watch};
 use tracing::Instrument;
 
 use crate::error::Error;
-use crate::store::{Store, from_micros, to_micros};
+use crate::jobs::{self, Job, Trigger};
+use crate::store::Store;
 
 /// Timing of reconcile jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,38 +53,8 @@ impl Default for ReconcileConfig {
     }
 }
 
-/// Why a job is queued.
-#[derive(Debug, Clone)]
-pub enum Trigger {
-    /// An intent was set: apply it (even if it is non-revertive), at once.
-    Apply(String),
-    /// An intent was deleted: remove these leaves from the device unless
-    /// another intent provides them, at once.
-    Withdraw(Vec<Key>),
-    /// A commit showed drift in revertive intents: revert after `debounce`.
-    Revert(Duration),
-}
-
-/// A queued or running job.
-#[derive(Debug, Clone, Default)]
-struct Job {
-    not_before: Option<SystemTime>,
-    apply: BTreeSet<String>,
-    withdrawn: BTreeSet<Key>,
-}
-
-impl Job {
-    /// What the job was queued for, as traces show it: `apply`, `withdraw`,
-    /// both (`apply+withdraw`, coalesced), or `revert` (neither: drift only).
-    fn kind(&self) -> &'static str {
-        match (self.apply.is_empty(), self.withdrawn.is_empty()) {
-            (false, true) => "apply",
-            (true, false) => "withdraw",
-            (false, false) => "apply+withdraw",
-            (true, true) => "revert",
-        }
-    }
-}
+/// Pause before a store write that failed is tried again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,84 +98,9 @@ impl JobStats {
     }
 }
 
-/// Jobs in the queue of each datastore that has any: `(datastore, running, count)`.
-/// `running` is false for the queued job, true for the one being run.
-pub async fn queue_depth(store: &Store) -> Result<Vec<(String, bool, u64)>, Error> {
-    let rows = sqlx::query(
-        "SELECT datastore, running, COUNT(*) AS jobs FROM reconcile_jobs GROUP BY datastore, running",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let jobs: i64 = row.try_get("jobs")?;
-            Ok((
-                row.try_get("datastore")?,
-                row.try_get("running")?,
-                u64::try_from(jobs).unwrap_or(0),
-            ))
-        })
-        .collect()
-}
-
-/// Queues a job for `datastore` (coalescing into a queued one). Returns
-/// whether a new job was created (rather than merged).
-pub async fn enqueue(store: &Store, datastore: &str, trigger: &Trigger) -> Result<bool, Error> {
-    let now = SystemTime::now();
-    let (not_before, apply, withdrawn) = match trigger {
-        Trigger::Apply(name) => (now, vec![name.clone()], vec![]),
-        Trigger::Withdraw(paths) => (now, vec![], paths.iter().map(|k| k.to_string()).collect()),
-        Trigger::Revert(debounce) => (now + *debounce, vec![], vec![]),
-    };
-    let mut tx = store.pool().begin().await?;
-    let existing = sqlx::query(
-        "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = ? AND running = 0",
-    )
-    .bind(datastore)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let mut job = match &existing {
-        Some(row) => decode(row)?,
-        None => Job::default(),
-    };
-    // The earliest start wins: under steady drift a revert still runs once
-    // the first debounce has passed.
-    job.not_before = Some(job.not_before.map_or(not_before, |t| t.min(not_before)));
-    job.apply.extend(apply);
-    job.withdrawn.extend(withdrawn.into_iter().map(Key::from));
-    sqlx::query(
-        "INSERT INTO reconcile_jobs (datastore, running, not_before_us, apply, withdrawn) VALUES (?, 0, ?, ?, ?) \
-         ON CONFLICT (datastore, running) DO UPDATE SET not_before_us = excluded.not_before_us, \
-         apply = excluded.apply, withdrawn = excluded.withdrawn",
-    )
-    .bind(datastore)
-    .bind(to_micros(job.not_before.unwrap_or(now)))
-    .bind(serde_json::to_string(&job.apply).unwrap_or_default())
-    .bind(serde_json::to_string(&job.withdrawn.iter().map(|k| k.to_string()).collect::<Vec<_>>()).unwrap_or_default())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(existing.is_none())
-}
-
 /// Completes once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Job, Error> {
-    let apply: String = row.try_get("apply")?;
-    let withdrawn: String = row.try_get("withdrawn")?;
-    let corrupt = |e: serde_json::Error| Error::Corrupt(format!("reconcile job: {e}"));
-    Ok(Job {
-        not_before: Some(from_micros(row.try_get("not_before_us")?)),
-        apply: serde_json::from_str(&apply).map_err(corrupt)?,
-        withdrawn: serde_json::from_str::<Vec<String>>(&withdrawn)
-            .map_err(corrupt)?
-            .into_iter()
-            .map(Key::from)
-            .collect(),
-    })
 }
 
 /// One datastore's reconcile worker.
@@ -228,10 +123,18 @@ impl Worker {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let name = self.sync.name().to_string();
-        if let Err(e) = self.recover().await {
-            tracing::error!(datastore = %name, error = %e, "cannot recover reconcile jobs");
+        // The store may be failing (a full disk): each step that must happen
+        // is tried again until it does, or the worker is stopped.
+        while let Err(e) = self.recover().await {
+            tracing::warn!(datastore = %name, error = %e, "cannot recover reconcile jobs yet");
+            tokio::select! {
+                () = tokio::time::sleep(STORE_RETRY) => {}
+                () = stopped(&mut stop) => return,
+            }
         }
         let mut events = self.sync.subscribe();
+        // A revert that could not be queued, to queue once the store takes it.
+        let mut recheck = false;
         loop {
             let next = match self.take_due().await {
                 Ok(next) => next,
@@ -253,16 +156,29 @@ impl Worker {
                         }
                         () = stopped(&mut stop) => return,
                     }
-                    if let Err(e) = self.finish().await {
-                        tracing::error!(datastore = %name, error = %e, "cannot clear a finished job");
+                    while let Err(e) = self.finish().await {
+                        tracing::warn!(datastore = %name, error = %e, "cannot clear a finished job yet");
+                        tokio::select! {
+                            () = tokio::time::sleep(STORE_RETRY) => {}
+                            () = stopped(&mut stop) => return,
+                        }
                     }
                 }
                 Err(wait) => {
-                    let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
+                    let mut wait = wait.unwrap_or(Duration::from_secs(3600));
+                    if recheck {
+                        wait = wait.min(STORE_RETRY);
+                    }
                     tokio::select! {
-                        () = sleep => {}
+                        () = tokio::time::sleep(wait) => {
+                            if recheck {
+                                // As after missed events: the deviations now.
+                                let missed = Err(broadcast::error::RecvError::Lagged(0));
+                                recheck = !self.on_event(missed).await;
+                            }
+                        }
                         () = self.wake.notified() => {}
-                        event = events.recv() => self.on_event(event).await,
+                        event = events.recv() => recheck = !self.on_event(event).await,
                         () = stopped(&mut stop) => return,
                     }
                 }
@@ -272,73 +188,25 @@ impl Worker {
 
     /// A job that was running when the process stopped is queued again.
     async fn recover(&self) -> Result<(), Error> {
-        let name = self.sync.name();
-        let running = sqlx::query(
-            "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = ? AND running = 1",
-        )
-        .bind(name)
-        .fetch_optional(self.store.pool())
-        .await?;
-        if let Some(row) = running {
-            let job = decode(&row)?;
-            for intent in job.apply {
-                enqueue(&self.store, name, &Trigger::Apply(intent)).await?;
-            }
-            enqueue(
-                &self.store,
-                name,
-                &Trigger::Withdraw(job.withdrawn.into_iter().collect()),
-            )
-            .await?;
-            sqlx::query("DELETE FROM reconcile_jobs WHERE datastore = ? AND running = 1")
-                .bind(name)
-                .execute(self.store.pool())
-                .await?;
-        }
-        Ok(())
+        jobs::recover(&self.store, self.sync.name()).await
     }
 
     /// Takes the queued job if it is due; else how long until it is.
     async fn take_due(&self) -> Result<Result<Job, Option<Duration>>, Error> {
-        let name = self.sync.name();
-        let mut tx = self.store.pool().begin().await?;
-        let Some(row) = sqlx::query(
-            "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = ? AND running = 0",
-        )
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(Err(None));
-        };
-        let job = decode(&row)?;
-        let now = SystemTime::now();
-        if let Some(wait) = job.not_before.and_then(|t| t.duration_since(now).ok())
-            && !wait.is_zero()
-        {
-            return Ok(Err(Some(wait)));
-        }
-        sqlx::query("UPDATE reconcile_jobs SET running = 1 WHERE datastore = ? AND running = 0")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Ok(job))
+        jobs::take_due(&self.store, self.sync.name()).await
     }
 
     async fn finish(&self) -> Result<(), Error> {
-        sqlx::query("DELETE FROM reconcile_jobs WHERE datastore = ? AND running = 1")
-            .bind(self.sync.name())
-            .execute(self.store.pool())
-            .await?;
-        Ok(())
+        jobs::finish(&self.store, self.sync.name()).await
     }
 
-    /// After a commit: drift in revertive intents queues a revert.
+    /// After a commit: drift in revertive intents queues a revert. Returns
+    /// false if the revert could not be queued (the store failed): the
+    /// caller looks again shortly, since no later commit may come to do it.
     async fn on_event(
         &self,
         event: Result<Arc<netsync_core::sync::Event>, broadcast::error::RecvError>,
-    ) {
+    ) -> bool {
         let relevant = match &event {
             Ok(e) => matches!(e.kind, EventKind::Commit { .. }),
             // Missed events: look at the deviations as they are now.
@@ -347,16 +215,16 @@ impl Worker {
         };
         let revert = &self.sync.spec().revert;
         if !relevant || !revert.enabled {
-            return;
+            return true;
         }
         let (updates, deletes) = self.plan(&Job::default());
         if updates.is_empty() && deletes.is_empty() {
-            return;
+            return true;
         }
-        match enqueue(
+        match jobs::enqueue_alone(
             &self.store,
             self.sync.name(),
-            &Trigger::Revert(revert.debounce),
+            Trigger::Revert(revert.debounce),
         )
         .await
         {
@@ -364,9 +232,11 @@ impl Worker {
                 if created {
                     self.publish(RevertPhase::Queued, 0, &updates, &deletes, String::new());
                 }
+                true
             }
             Err(e) => {
-                tracing::error!(datastore = %self.sync.name(), error = %e, "cannot queue a revert")
+                tracing::warn!(datastore = %self.sync.name(), error = %e, "cannot queue a revert yet; trying again shortly");
+                false
             }
         }
     }

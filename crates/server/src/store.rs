@@ -1,18 +1,36 @@
-//! The SQLite store: the datastore registry, opened and migrated at start.
+//! The SQLite store: the datastore registry and intents, opened, locked and
+//! migrated at start. Every write goes through the one [`Writer`]; reads use
+//! a pool of read-only connections, which WAL mode lets read while the
+//! writer writes (a reader waits behind no transaction).
 
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netsync_core::datastore::DatastoreSpec;
 use prost::Message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use tokio::task::JoinHandle;
 
 use crate::convert::{self, Secrets};
 use crate::error::Error;
+use crate::jobs::{self, Trigger};
+use crate::writer::{PageLimit, Writer, WriterOptions};
 
-/// How long a writer waits for SQLite's lock before failing.
+/// How long a connection waits for SQLite's lock before failing. Only the
+/// writer takes it, so this is waited only if another program holds it.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The WAL is truncated back to this size after a checkpoint, so that one
+/// burst of writes does not keep its disk space for good.
+const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
+
+/// Read-only connections for API reads, WatchSync replay and metrics.
+const READERS: u32 = 4;
 
 /// A datastore as stored: its declaration and when it was created.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,61 +41,108 @@ pub struct StoredDatastore {
     pub create_time: SystemTime,
 }
 
-/// Handle to the SQLite database. Cheap to clone.
+/// Handle to the database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    readers: SqlitePool,
+    writer: Writer,
+    /// The writer task; ends when the last handle is dropped.
+    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    /// Held for the life of the process: a second netsyncd on this database
+    /// is refused (see [`lock`]).
+    _lock: Arc<File>,
 }
 
 impl Store {
-    /// Opens (creating if missing) and migrates the database at `url`, which is
-    /// either `sqlite://PATH`, `sqlite::memory:`, or a plain file path.
+    /// Opens (creating if missing, mode 0600) and migrates the database at
+    /// `url`, which is `sqlite://PATH` or a plain file path; refuses it if
+    /// another process has it open.
     pub async fn open(url: &str) -> Result<Self, StoreOpenError> {
+        Self::open_with(url, PageLimit::default()).await
+    }
+
+    /// [`Store::open`] with a test-only page limit on the writer.
+    pub async fn open_with(url: &str, max_page_count: PageLimit) -> Result<Self, StoreOpenError> {
         let options = if url.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url)?
         } else {
             SqliteConnectOptions::new().filename(url)
         };
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let path = options.get_filename().to_path_buf();
+        if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
+            return Err(StoreOpenError::NotAFile(url.to_string()));
+        }
+        let lock = lock(&path)?;
+        create_private(&path)?;
+        let options = options.busy_timeout(BUSY_TIMEOUT).foreign_keys(true);
+        let writer_options = WriterOptions {
+            connect: options
+                .clone()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string()),
+            max_page_count,
+        };
+        let mut conn = Writer::connect(&writer_options).await?;
+        // `run_direct` on the connection itself: `run` goes through
+        // `Acquire`, whose future rustc cannot prove `Send` for every lifetime.
+        sqlx::migrate!("../../migrations")
+            .run_direct(None, &mut conn, false)
+            .await
+            .map_err(|e| StoreOpenError::Migrate(e.to_string()))?;
+        let (writer, task) = Writer::start(writer_options, conn);
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.read_only(true))
             .await?;
-        sqlx::migrate!("../../migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            readers,
+            writer,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    /// The writer every write goes through.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     /// Stores a new datastore; `AlreadyExists` if the name is taken.
     pub async fn create_datastore(&self, ds: &StoredDatastore) -> Result<(), Error> {
         let spec = convert::datastore_to_proto(&ds.spec, Secrets::Keep).encode_to_vec();
-        let done = sqlx::query(
-            "INSERT INTO datastores (name, spec, create_time_us) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&ds.spec.name)
-        .bind(spec)
-        .bind(to_micros(ds.create_time))
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::AlreadyExists {
-                kind: "datastore",
-                name: ds.spec.name.clone(),
-            });
-        }
-        Ok(())
+        let name = ds.spec.name.clone();
+        let create_time = to_micros(ds.create_time);
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO datastores (name, spec, create_time_us) VALUES (?, ?, ?) \
+                         ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(&name)
+                    .bind(spec)
+                    .bind(create_time)
+                    .execute(&mut *conn)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(Error::AlreadyExists {
+                            kind: "datastore",
+                            name,
+                        });
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Reads one datastore; `NotFound` if there is none of that name.
     pub async fn get_datastore(&self, name: &str) -> Result<StoredDatastore, Error> {
         let row = sqlx::query("SELECT spec, create_time_us FROM datastores WHERE name = ?")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?
             .ok_or_else(|| Error::NotFound {
                 kind: "datastore",
@@ -89,7 +154,7 @@ impl Store {
     /// Reads every datastore, sorted by name.
     pub async fn list_datastores(&self) -> Result<Vec<StoredDatastore>, Error> {
         let rows = sqlx::query("SELECT name, spec, create_time_us FROM datastores ORDER BY name")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         rows.iter()
             .map(|row| decode_row(row.get::<&str, _>("name"), row))
@@ -98,52 +163,83 @@ impl Store {
 
     /// Removes a datastore and everything stored for it; `NotFound` if absent.
     pub async fn delete_datastore(&self, name: &str) -> Result<(), Error> {
-        let done = sqlx::query("DELETE FROM datastores WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound {
-                kind: "datastore",
-                name: name.to_string(),
-            });
-        }
-        Ok(())
+        let name = name.to_string();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query("DELETE FROM datastores WHERE name = ?")
+                        .bind(&name)
+                        .execute(&mut *conn)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(Error::NotFound {
+                            kind: "datastore",
+                            name,
+                        });
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
-    /// Creates or replaces an intent of `datastore`.
+    /// Creates or replaces an intent of `datastore` and queues the job that
+    /// applies it, in one transaction; returns whether a new job was queued
+    /// (rather than merged into a queued one).
     pub async fn put_intent(
         &self,
         datastore: &str,
         intent: &netsync_core::intent::Intent,
-    ) -> Result<(), Error> {
+        trigger: Trigger,
+    ) -> Result<bool, Error> {
         let body = convert::intent_to_proto(intent).encode_to_vec();
-        sqlx::query(
-            "INSERT INTO intents (datastore, name, body) VALUES (?, ?, ?) \
-             ON CONFLICT (datastore, name) DO UPDATE SET body = excluded.body",
-        )
-        .bind(datastore)
-        .bind(&intent.name)
-        .bind(body)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let (datastore, name) = (datastore.to_string(), intent.name.clone());
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO intents (datastore, name, body) VALUES (?, ?, ?) \
+                         ON CONFLICT (datastore, name) DO UPDATE SET body = excluded.body",
+                    )
+                    .bind(&datastore)
+                    .bind(&name)
+                    .bind(body)
+                    .execute(&mut *conn)
+                    .await?;
+                    jobs::enqueue(conn, &datastore, &trigger).await
+                })
+            })
+            .await
     }
 
-    /// Deletes an intent; `NotFound` if it does not exist.
-    pub async fn delete_intent(&self, datastore: &str, name: &str) -> Result<(), Error> {
-        let done = sqlx::query("DELETE FROM intents WHERE datastore = ? AND name = ?")
-            .bind(datastore)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::NotFound {
-                kind: "intent",
-                name: name.to_string(),
-            });
-        }
-        Ok(())
+    /// Deletes an intent (`NotFound` if it does not exist) and queues the job
+    /// that withdraws it, in one transaction; returns whether a new job was
+    /// queued.
+    pub async fn delete_intent(
+        &self,
+        datastore: &str,
+        name: &str,
+        trigger: Trigger,
+    ) -> Result<bool, Error> {
+        let (datastore, name) = (datastore.to_string(), name.to_string());
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query("DELETE FROM intents WHERE datastore = ? AND name = ?")
+                        .bind(&datastore)
+                        .bind(&name)
+                        .execute(&mut *conn)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(Error::NotFound {
+                            kind: "intent",
+                            name,
+                        });
+                    }
+                    jobs::enqueue(conn, &datastore, &trigger).await
+                })
+            })
+            .await
     }
 
     /// Every intent of `datastore`.
@@ -153,7 +249,7 @@ impl Store {
     ) -> Result<Vec<netsync_core::intent::Intent>, Error> {
         let rows = sqlx::query("SELECT name, body FROM intents WHERE datastore = ? ORDER BY name")
             .bind(datastore)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         rows.iter()
             .map(|row| {
@@ -168,16 +264,67 @@ impl Store {
             .collect()
     }
 
-    /// The connection pool, for the other tables' code.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The read-only connections, for the other tables' code.
+    pub fn readers(&self) -> &SqlitePool {
+        &self.readers
     }
 
-    /// Waits for open connections to finish and closes the database cleanly
-    /// (checkpointing the WAL).
+    /// Closes the readers, then waits for the writer to finish what it was
+    /// given and to close its connection (checkpointing the WAL). Writes
+    /// through handles still held elsewhere fail from now on.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.readers.close().await;
+        let task = self.task.lock().expect("lock").take();
+        if let Some(task) = task {
+            self.writer.close();
+            let _ = task.await;
+        }
     }
+}
+
+/// Takes an exclusive lock on `PATH.lock` for the life of the process, so
+/// that a second netsyncd on the same database refuses to start instead of
+/// writing beside the first (two writers would each believe they own the
+/// revision numbers). The lock is the kernel's (`flock`): it goes with the
+/// process, even after kill -9.
+fn lock(db: &Path) -> Result<File, StoreOpenError> {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreOpenError::Lock(path.clone(), e.to_string()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreOpenError::InUse(db.to_path_buf())),
+        Err(e) => Err(StoreOpenError::Lock(path, e.to_string())),
+    }
+}
+
+/// Creates the database file readable and writable by its owner only (it
+/// holds device credentials), or narrows an existing file to that. SQLite
+/// gives its -wal and -shm files the database file's mode.
+fn create_private(db: &Path) -> Result<(), StoreOpenError> {
+    let denied = |e: std::io::Error| StoreOpenError::Lock(db.to_path_buf(), e.to_string());
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(denied)?;
+    let mode = file.metadata().map_err(denied)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(db = %db.display(), mode = format!("{:o}", mode & 0o777), "the database file was readable by others; narrowing it to 0600");
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(denied)?;
+    }
+    Ok(())
 }
 
 /// Why the database could not be opened.
@@ -188,7 +335,20 @@ pub enum StoreOpenError {
     Open(#[from] sqlx::Error),
     /// A migration failed.
     #[error("cannot migrate the database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(String),
+    /// The URL names no file.
+    #[error("the database must be a file (sqlite://PATH or PATH), not {0:?}")]
+    NotAFile(String),
+    /// Another process holds the database.
+    #[error(
+        "the database {} is in use by another netsyncd (it holds {}.lock); \
+         stop that one first, or give this one another --db",
+        .0.display(), .0.display()
+    )]
+    InUse(PathBuf),
+    /// The database or its lock file cannot be created or locked.
+    #[error("cannot create or lock {}: {}", .0.display(), .1)]
+    Lock(PathBuf, String),
 }
 
 fn decode_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<StoredDatastore, Error> {

@@ -65,6 +65,13 @@ enum Work {
     Sort { seq: u64, batch: Batch },
 }
 
+/// First pause before a failed persist is tried again; doubles up to
+/// [`PERSIST_RETRY_MAX`].
+const PERSIST_RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// Longest pause between attempts to persist a commit.
+const PERSIST_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// The committer task: takes deltas, applies them, persists, publishes.
 pub(super) struct Committer {
     pub(super) shared: Arc<Shared>,
@@ -275,10 +282,7 @@ impl Committer {
             running: &running,
         };
         let applied = started.elapsed();
-        if let Err(e) = self.persist.persist(&self.shared.name, committed).await {
-            self.fail(format!("cannot persist revision {revision}: {e}"));
-            return;
-        }
+        self.persist_until_durable(committed).await;
         let persisted = started.elapsed() - applied;
         *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Snapshot {
             revision,
@@ -350,6 +354,45 @@ impl Committer {
             self.shared.set_error(String::new());
             self.shared
                 .set_state(SyncState::InSync, "initial dump committed");
+        }
+    }
+
+    /// Persists `commit`, retrying the same commit with capped backoff until
+    /// the store takes it. A storage failure never forces a resync: the
+    /// commit is whole in memory, nothing of it is published before it is
+    /// durable, and the changes the device sends meanwhile wait in pending
+    /// (up to its cap, then the device is held back by flow control). The
+    /// status says why it waits; the error is cleared when it succeeds,
+    /// unless something else has reported an error since.
+    async fn persist_until_durable(&self, commit: Committed<'_>) {
+        let mut pause = PERSIST_RETRY_MIN;
+        let mut shown: Option<String> = None;
+        loop {
+            match self.persist.persist(&self.shared.name, commit).await {
+                Ok(()) => {
+                    if let Some(shown) = shown {
+                        self.shared.clear_error_if(&shown);
+                        tracing::info!(datastore = %self.shared.name, revision = commit.revision,
+                            "the commit is durable after retries");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.shared
+                        .stats
+                        .persist_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    let error =
+                        format!("cannot persist revision {}: {e}; retrying", commit.revision);
+                    if shown.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(datastore = %self.shared.name, %error, "commit waits for the store");
+                        self.shared.set_error(error.clone());
+                        shown = Some(error);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(PERSIST_RETRY_MAX);
+                }
+            }
         }
     }
 

@@ -226,7 +226,7 @@ pub struct RevertEvent {
 }
 
 /// A commit to make durable.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Committed<'a> {
     /// Its revision (previous + 1).
     pub revision: u64,
@@ -267,6 +267,8 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Changes lost. Never incremented: the engine resyncs instead of dropping.
     pub dropped: AtomicU64,
+    /// Attempts to persist a commit that failed (each is retried).
+    pub persist_errors: AtomicU64,
     /// Time from taking a delta to publishing its revision, per revision made.
     pub commit_duration: Histogram,
 }
@@ -422,6 +424,15 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .last_error = error.into();
+    }
+
+    /// Clears the last error if it is still `error` (nothing else reported
+    /// one since).
+    fn clear_error_if(&self, error: &str) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.last_error == error {
+            status.last_error.clear();
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! stream order, pruning on reconnect, no loss while commits stall,
 //! backpressure at the cap, and resync when a commit cannot be persisted.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -387,27 +388,48 @@ async fn ingest_pauses_at_the_cap_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_that_cannot_be_persisted_forces_a_resync() {
-    let persist = TestPersist::open();
-    *persist.fail_next.lock().unwrap() = 1;
+async fn a_commit_that_cannot_be_persisted_is_retried_never_resynced() {
+    let persist = TestPersist::held();
+    *persist.fail_next.lock().unwrap() = 2;
     let (handle, mut device) = start(5, persist.clone());
     let conn = device.accept().await;
     send(&conn, update("/a", "1"));
     send(&conn, sync_response());
-    // The failed commit makes the engine reconnect; the new dump has it all.
-    let conn2 = tokio::time::timeout(DEADLINE, device.accept())
-        .await
-        .expect("a resync");
-    assert!(handle.status().last_error.contains("disk on fire"));
-    send(&conn2, update("/a", "1"));
-    send(&conn2, sync_response());
-    until(&handle, "recovered", |h| leaf(h, "/a").is_some()).await;
+    // The first attempt fails: the status says so, nothing is published.
+    persist.gate.add_permits(1);
+    until(&handle, "the failure shown", |h| {
+        h.status().last_error.contains("disk on fire")
+    })
+    .await;
+    assert!(handle.status().last_error.contains("retrying"));
     assert_eq!(
         handle.snapshot().revision,
-        1,
-        "the failed revision was never published"
+        0,
+        "nothing published before durable"
     );
-    assert_eq!(*persist.revisions.lock().unwrap(), [1]);
+    // The device goes on changing meanwhile; it waits in pending.
+    send(&conn, update("/b", "2"));
+    persist.release_all();
+    until(&handle, "both changes committed", |h| {
+        leaf(h, "/a").is_some() && leaf(h, "/b").is_some()
+    })
+    .await;
+    assert_eq!(
+        *persist.revisions.lock().unwrap(),
+        [1, 2],
+        "the same revision 1, retried"
+    );
+    let stats = handle.stats();
+    assert_eq!(stats.persist_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.resyncs.load(Ordering::Relaxed), 0, "no resync");
+    assert_eq!(stats.reconnects.load(Ordering::Relaxed), 0, "no reconnect");
+    assert_eq!(handle.status().last_error, "", "cleared once durable");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), device.accept())
+            .await
+            .is_err(),
+        "the device was not subscribed again"
+    );
     drop(conn);
     handle.stop().await;
 }

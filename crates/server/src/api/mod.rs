@@ -1,5 +1,5 @@
 //! The `netsync.v1.NetSync` gRPC service. Handlers stay short: validate and
-//! decode, call the store (later the engine), encode.
+//! decode, call the engine or the store, encode.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, Secrets};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::jobs::Trigger;
 use crate::limits::{ApiLimits, WatcherSlots};
-use crate::reconcile::Trigger;
 use crate::store::{self, Store, StoredDatastore};
 
 mod running;
@@ -252,15 +252,16 @@ impl NetSync for NetSyncService {
         let mut intent = convert::intent_from_proto(intent, "intent").map_err(Error::from)?;
         let _writing = self.engine.intent_lock(&req.datastore).await;
         intent.revision = sync.snapshot().revision;
-        self.store.put_intent(&req.datastore, &intent).await?;
+        // The intent and the job that applies it (through the reconcile
+        // queue, even when non-revertive) are written in one transaction.
+        let queued = self
+            .store
+            .put_intent(&req.datastore, &intent, Trigger::Apply(intent.name.clone()))
+            .await?;
         let reply = convert::intent_to_proto(&intent);
         tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
-        let name = intent.name.clone();
         sync.set_intent(intent);
-        // Applied through the reconcile queue, even when non-revertive.
-        self.engine
-            .enqueue(&req.datastore, &Trigger::Apply(name))
-            .await?;
+        self.engine.queued(&req.datastore, queued);
         Ok(Response::new(reply))
     }
 
@@ -301,15 +302,18 @@ impl NetSync for NetSyncService {
             return Err(Error::invalid("name", "is required").into());
         }
         let _writing = self.engine.intent_lock(&req.datastore).await;
-        self.store.delete_intent(&req.datastore, &req.name).await?;
-        // Its leaves leave the device too, unless another intent provides them.
+        // Its leaves leave the device too, unless another intent provides
+        // them: the deletion and that job are written in one transaction.
         let withdrawn: Vec<_> = sync
-            .remove_intent(&req.name)
+            .intent(&req.name)
             .map(|i| i.updates.into_keys().collect())
             .unwrap_or_default();
-        self.engine
-            .enqueue(&req.datastore, &Trigger::Withdraw(withdrawn))
+        let queued = self
+            .store
+            .delete_intent(&req.datastore, &req.name, Trigger::Withdraw(withdrawn))
             .await?;
+        sync.remove_intent(&req.name);
+        self.engine.queued(&req.datastore, queued);
         tracing::info!(datastore = %req.datastore, intent = %req.name, "intent deleted");
         Ok(Response::new(pb::DeleteIntentResponse {}))
     }

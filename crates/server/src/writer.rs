@@ -1,0 +1,563 @@
+//! The one writer: every write of the process goes through one task that
+//! owns one SQLite connection, so that no two writers ever meet on SQLite's
+//! lock, and work that is ready together shares one transaction and one
+//! fsync (group commit).
+//!
+//! A caller hands the writer a piece of work (a closure over the connection)
+//! and gets its result only once the transaction holding it is committed:
+//! nothing is acknowledged, and so nothing is published, before it is
+//! durable. Each piece runs inside a savepoint of the batch's transaction, so
+//! a piece that fails for its own reasons (a name taken, a row missing) is
+//! undone alone and the rest of the batch commits.
+//!
+//! Any database error (a full disk, an I/O error, a lock held by another
+//! process past the busy timeout) fails the whole batch: the connection is
+//! dropped, never reused, since SQLite may leave a transaction open on it
+//! after some errors (then every later `BEGIN` on it would fail, or worse,
+//! with sqlx's nested transactions, become a savepoint of a transaction that
+//! never commits). A new connection is opened, and what is durable is read
+//! back: a commit of the failed batch that reached the disk anyway (its
+//! `COMMIT` reported an error after the fact) is acknowledged; the others
+//! fail, and their callers retry with the same content. While writes fail,
+//! [`Writer::health`] says so, and readiness follows it.
+//!
+//! Transactions start with `BEGIN IMMEDIATE`: the write lock is taken before
+//! the first read, so a read-then-write never fails on a lock it could not
+//! upgrade (SQLite does not retry that case; it answers SQLITE_BUSY at once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::Error;
+
+/// Most pieces of work in one transaction. Bounds how long a batch holds
+/// the write lock and how much a failed batch makes retry.
+const MAX_BATCH: usize = 512;
+
+/// Pieces of work waiting for the writer. Callers wait (asynchronously) when
+/// it is full, which bounds memory when the disk is slower than the load.
+const QUEUE: usize = 4096;
+
+/// Backoff between attempts to open a new connection after a failure.
+const REOPEN_MIN: Duration = Duration::from_millis(50);
+const REOPEN_MAX: Duration = Duration::from_secs(2);
+
+/// Whether writes succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The last transaction committed (or none was tried yet).
+    Ok,
+    /// The last transaction failed; the text says why, for status and logs
+    /// (e.g. `disk full`).
+    Failing(String),
+}
+
+/// Counters of the writer, for metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed (each one fsync of the WAL).
+    pub transactions: AtomicU64,
+    /// Pieces of work committed.
+    pub writes: AtomicU64,
+    /// Transactions that failed.
+    pub failures: AtomicU64,
+}
+
+/// A piece of work of any result type, as the writer task holds it.
+trait Job: Send {
+    /// Runs the work on `conn`. An error is a database error (the batch
+    /// fails); the work's own failure is kept for [`Job::finish`].
+    fn run<'c>(
+        &'c mut self,
+        conn: &'c mut SqliteConnection,
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+    /// Whether the work failed for its own reasons (its savepoint is undone).
+    fn refused(&self) -> bool;
+    /// For a commit of running: its datastore and revision, by which its
+    /// durability is read back after a failed batch.
+    fn revision(&self) -> Option<(&str, u64)>;
+    /// Tells the caller how it ended.
+    fn finish(self: Box<Self>, fate: Fate);
+}
+
+/// How a batch ended for one piece of work.
+enum Fate {
+    /// Its transaction committed.
+    Committed,
+    /// Its transaction failed, but what it wrote was read back as durable.
+    Durable,
+    /// Its transaction failed; the text says why.
+    Failed(Arc<str>),
+}
+
+type Work<T> =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, Error>> + Send>;
+
+/// A commit's datastore and revision, and the work's result once the commit
+/// is read back as durable.
+type Durable<T> = Option<(String, u64, fn() -> T)>;
+
+struct Typed<T> {
+    work: Option<Work<T>>,
+    /// The caller's span: what the work logs names what it was for (the
+    /// datastore of a commit), though it runs on the writer's task.
+    span: tracing::Span,
+    outcome: Option<Result<T, Error>>,
+    reply: oneshot::Sender<Result<T, Error>>,
+    /// A commit's datastore and revision, and its result once read back as
+    /// durable.
+    durable: Durable<T>,
+}
+
+impl<T: Send + 'static> Job for Typed<T> {
+    fn run<'c>(
+        &'c mut self,
+        conn: &'c mut SqliteConnection,
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let Some(work) = self.work.take() else {
+                return Ok(());
+            };
+            match work(conn).instrument(self.span.clone()).await {
+                // A constraint refuses one statement and leaves the
+                // transaction as it was: the work's own failure. Anything
+                // else may have hurt the transaction: the batch fails.
+                Err(Error::Store(e)) if !is_constraint(&e) => Err(e),
+                outcome => {
+                    self.outcome = Some(outcome);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn refused(&self) -> bool {
+        matches!(self.outcome, Some(Err(_)))
+    }
+
+    fn revision(&self) -> Option<(&str, u64)> {
+        self.durable.as_ref().map(|(d, r, _)| (d.as_str(), *r))
+    }
+
+    fn finish(self: Box<Self>, fate: Fate) {
+        let result = match fate {
+            Fate::Committed => self
+                .outcome
+                .unwrap_or_else(|| Err(Error::StorageUnavailable("not run".into()))),
+            Fate::Durable => match self.durable {
+                Some((_, _, done)) => Ok(done()),
+                None => Err(Error::StorageUnavailable("not durable".into())),
+            },
+            Fate::Failed(why) => Err(Error::StorageUnavailable(why.to_string())),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Handle to the writer task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Box<dyn Job>>,
+    health: watch::Receiver<Health>,
+    stats: Arc<WriterStats>,
+    /// Ends the task once what is queued is written (see [`Writer::close`]).
+    closing: CancellationToken,
+}
+
+impl std::fmt::Debug for dyn Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+/// How the writer opens its connection.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// The database, with the pragmas every connection gets.
+    pub connect: SqliteConnectOptions,
+    /// Test-only: see [`PageLimit`].
+    pub max_page_count: PageLimit,
+}
+
+/// Test-only: SQLite's `max_page_count` for the writer, which makes the
+/// database "full" at an exact size, a deterministic disk full. Shared, so
+/// that a test can raise it (free space) while the writer runs; applied at
+/// every (re)open and before every transaction. No limit by default.
+#[derive(Debug, Clone, Default)]
+pub struct PageLimit(Option<Arc<AtomicU64>>);
+
+impl PageLimit {
+    /// A limit of `pages` pages.
+    pub fn new(pages: u64) -> Self {
+        Self(Some(Arc::new(AtomicU64::new(pages))))
+    }
+
+    /// Changes the limit (a no-op without one).
+    pub fn set(&self, pages: u64) {
+        if let Some(limit) = &self.0 {
+            limit.store(pages, Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self) -> Option<u64> {
+        self.0.as_ref().map(|l| l.load(Ordering::Relaxed))
+    }
+}
+
+impl PartialEq for PageLimit {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PageLimit {}
+
+impl Writer {
+    /// Opens the writer's connection (see [`Writer::connect`]).
+    pub async fn connect(options: &WriterOptions) -> Result<SqliteConnection, sqlx::Error> {
+        connect(options).await
+    }
+
+    /// Starts the writer task on `conn`, opened with `options` (which it uses
+    /// again to reopen after a failure); it ends at [`Writer::close`] or
+    /// when every handle is dropped.
+    pub fn start(options: WriterOptions, conn: SqliteConnection) -> (Self, JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let (health_tx, health) = watch::channel(Health::Ok);
+        let stats = Arc::new(WriterStats::default());
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(
+            Task {
+                options,
+                conn: Some(conn),
+                queue,
+                health: health_tx,
+                stats: stats.clone(),
+            }
+            .run(closing.clone()),
+        );
+        (
+            Self {
+                jobs,
+                health,
+                stats,
+                closing,
+            },
+            task,
+        )
+    }
+
+    /// Runs `work` inside the writer's next transaction; its result comes
+    /// back once that transaction is committed. An error of the work itself
+    /// (not a database error) undoes only what the work wrote.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, Error>>
+            + Send
+            + 'static,
+    {
+        self.submit(Box::new(work), None).await
+    }
+
+    /// Like [`Writer::write`], for the commit of `revision` of `datastore`:
+    /// after a failed batch, a commit found durable by reading back the
+    /// highest revision stored is acknowledged all the same.
+    pub async fn write_commit<F>(
+        &self,
+        datastore: &str,
+        revision: u64,
+        work: F,
+    ) -> Result<(), Error>
+    where
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<(), Error>>
+            + Send
+            + 'static,
+    {
+        self.submit(
+            Box::new(work),
+            Some((datastore.to_string(), revision, || ())),
+        )
+        .await
+    }
+
+    async fn submit<T: Send + 'static>(
+        &self,
+        work: Work<T>,
+        durable: Durable<T>,
+    ) -> Result<T, Error> {
+        let (reply, result) = oneshot::channel();
+        let job = Box::new(Typed {
+            work: Some(work),
+            span: tracing::Span::current(),
+            outcome: None,
+            reply,
+            durable,
+        });
+        if self.jobs.send(job).await.is_err() {
+            return Err(Error::StorageUnavailable("the writer has stopped".into()));
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(Error::StorageUnavailable("the writer has stopped".into())))
+    }
+
+    /// Whether writes succeed now; changes are announced.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Asks the task to write what is queued, close its connection and end.
+    /// Later writes fail with `StorageUnavailable`.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+}
+
+/// The writer task's state.
+struct Task {
+    options: WriterOptions,
+    /// `None` after a failure, until a new connection opens.
+    conn: Option<SqliteConnection>,
+    queue: mpsc::Receiver<Box<dyn Job>>,
+    health: watch::Sender<Health>,
+    stats: Arc<WriterStats>,
+}
+
+impl Task {
+    async fn run(mut self, closing: CancellationToken) {
+        let mut batch: Vec<Box<dyn Job>> = Vec::new();
+        loop {
+            let received = tokio::select! {
+                received = self.queue.recv_many(&mut batch, MAX_BATCH) => received,
+                () = closing.cancelled() => {
+                    // What was handed over before the close is still written.
+                    self.queue.close();
+                    self.queue.recv_many(&mut batch, MAX_BATCH).await
+                }
+            };
+            if received == 0 {
+                break;
+            }
+            let jobs = std::mem::take(&mut batch);
+            self.batch(jobs).await;
+        }
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// Runs one batch in one transaction and tells each caller how it ended.
+    async fn batch(&mut self, mut jobs: Vec<Box<dyn Job>>) {
+        let pages = self.options.max_page_count.clone();
+        let Some(conn) = self.ready().await else {
+            let why = self.failing_reason();
+            for job in jobs {
+                job.finish(Fate::Failed(why.clone()));
+            }
+            return;
+        };
+        match transaction(conn, &mut jobs, &pages).await {
+            Ok(()) => {
+                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .writes
+                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                self.health.send_if_modified(|h| {
+                    let changed = *h != Health::Ok;
+                    if changed {
+                        tracing::info!("the database accepts writes again");
+                    }
+                    *h = Health::Ok;
+                    changed
+                });
+                for job in jobs {
+                    job.finish(Fate::Committed);
+                }
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let why: Arc<str> = describe(&e).into();
+                tracing::error!(error = %e, writes = jobs.len(), "a write transaction failed; reopening the database connection");
+                // Never reused: it may still hold the failed transaction.
+                self.conn = None;
+                self.health.send_replace(Health::Failing(why.to_string()));
+                let datastores: Vec<String> = jobs
+                    .iter()
+                    .filter_map(|j| j.revision().map(|(d, _)| d.to_string()))
+                    .collect();
+                let durable = match self.ready().await {
+                    Some(conn) => highest_revisions(conn, datastores).await.ok(),
+                    None => None,
+                };
+                for job in jobs {
+                    let fate = match (job.revision(), &durable) {
+                        (Some((datastore, revision)), Some(durable))
+                            if durable.get(datastore).is_some_and(|&r| r >= revision) =>
+                        {
+                            tracing::warn!(
+                                datastore,
+                                revision,
+                                "a commit reported failed is durable after all"
+                            );
+                            Fate::Durable
+                        }
+                        _ => Fate::Failed(why.clone()),
+                    };
+                    job.finish(fate);
+                }
+            }
+        }
+    }
+
+    /// The connection, reopened first if the last one failed (once; a
+    /// failure to reopen fails this batch and the next one tries again after
+    /// a pause, so that callers are answered instead of queueing up).
+    async fn ready(&mut self) -> Option<&mut SqliteConnection> {
+        if self.conn.is_none() {
+            let mut pause = REOPEN_MIN;
+            for _ in 0..3 {
+                match connect(&self.options).await {
+                    Ok(conn) => {
+                        self.conn = Some(conn);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reopen the database");
+                        self.health
+                            .send_replace(Health::Failing(describe_error(&e)));
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(REOPEN_MAX);
+                    }
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    fn failing_reason(&self) -> Arc<str> {
+        match &*self.health.borrow() {
+            Health::Failing(why) => why.as_str().into(),
+            Health::Ok => "the database cannot be opened".into(),
+        }
+    }
+}
+
+/// One transaction over `jobs`, each in a savepoint of its own.
+async fn transaction(
+    conn: &mut SqliteConnection,
+    jobs: &mut [Box<dyn Job>],
+    max_page_count: &PageLimit,
+) -> Result<(), sqlx::Error> {
+    if let Some(pages) = max_page_count.get() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {pages}"
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    for job in jobs.iter_mut() {
+        sqlx::raw_sql("SAVEPOINT work").execute(&mut *conn).await?;
+        job.run(conn).await?;
+        if job.refused() {
+            sqlx::raw_sql("ROLLBACK TO work")
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::raw_sql("RELEASE work").execute(&mut *conn).await?;
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// The highest stored revision of each of `datastores`.
+async fn highest_revisions(
+    conn: &mut SqliteConnection,
+    datastores: Vec<String>,
+) -> Result<HashMap<String, u64>, sqlx::Error> {
+    let mut highest = HashMap::new();
+    for datastore in datastores {
+        if highest.contains_key(&datastore) {
+            continue;
+        }
+        let row = sqlx::query("SELECT MAX(revision) AS r FROM commits WHERE datastore = ?")
+            .bind(&datastore)
+            .fetch_one(&mut *conn)
+            .await?;
+        let revision: Option<i64> = row.try_get("r")?;
+        highest.insert(
+            datastore,
+            revision.map_or(0, |r| u64::try_from(r).unwrap_or(0)),
+        );
+    }
+    Ok(highest)
+}
+
+/// Whether `error` is SQLite's SQLITE_CONSTRAINT (any extended code).
+fn is_constraint(error: &sqlx::Error) -> bool {
+    primary_code(error) == Some(19)
+}
+
+/// SQLite's primary result code of a database error (the low byte of an
+/// extended code).
+fn primary_code(error: &sqlx::Error) -> Option<i64> {
+    match error {
+        sqlx::Error::Database(db) => db.code()?.parse::<i64>().ok().map(|c| c & 0xff),
+        _ => None,
+    }
+}
+
+/// Opens the writer's connection.
+async fn connect(options: &WriterOptions) -> Result<SqliteConnection, sqlx::Error> {
+    let mut conn = SqliteConnection::connect_with(&options.connect).await?;
+    if let Some(pages) = options.max_page_count.get() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {pages}"
+        )))
+        .execute(&mut conn)
+        .await?;
+    }
+    Ok(conn)
+}
+
+/// A short reason for a failed write, fit for a datastore's status.
+fn describe(error: &sqlx::Error) -> String {
+    describe_error(error)
+}
+
+fn describe_error(error: &sqlx::Error) -> String {
+    if let sqlx::Error::Database(db) = error {
+        return match primary_code(error) {
+            Some(13) => "disk full".into(),
+            Some(5) | Some(6) => "database locked by another process".into(),
+            Some(10) => "I/O error".into(),
+            Some(11) | Some(26) => "database file damaged".into(),
+            Some(8) => "database is read-only".into(),
+            _ => db.message().to_string(),
+        };
+    }
+    match error {
+        sqlx::Error::Io(e) => format!("I/O error: {e}"),
+        other => other.to_string(),
+    }
+}
