@@ -48,6 +48,9 @@ pub enum Error {
     /// Data read back from the store does not decode. Logged, never sent.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// A bug (a task panicked). Logged, never sent.
+    #[error("internal: {0}")]
+    Internal(String),
     /// The store cannot write now (a full disk, an I/O error); nothing of the
     /// request was written. The writer recovers by itself; the client may
     /// retry. The reason is logged, never sent.
@@ -91,7 +94,7 @@ impl From<Error> for Status {
                      try again",
                 )
             }
-            Error::Store(_) | Error::Corrupt(_) => {
+            Error::Store(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 tracing::error!(%error, "internal error");
                 Status::internal("internal error; the server log has the details")
             }

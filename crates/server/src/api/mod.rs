@@ -43,6 +43,18 @@ pub struct NetSyncService {
     stopping: CancellationToken,
 }
 
+/// Runs `work` to its end even if the client goes away: a handler's future is
+/// dropped at its next await when the call is cancelled, and a write that
+/// changes both the store and the engine's memory must not stop between the
+/// two (they would disagree until a restart).
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("a write task failed: {e}"))))
+}
+
 impl NetSyncService {
     /// A service answering from `store` and `engine`, within `limits`;
     /// `stopping` is cancelled when shutdown starts.
@@ -152,17 +164,25 @@ impl NetSync for NetSyncService {
             spec,
             create_time: store::now(),
         };
-        let _creating = self.creating.lock().await;
-        if self.engine.count() >= self.max_datastores {
-            return Err(Error::ResourceExhausted(format!(
-                "datastore limit of {} reached (max_datastores); delete one before creating another",
-                self.max_datastores
-            ))
-            .into());
-        }
-        self.store.create_datastore(&stored).await?;
-        self.engine.start_new(&stored.spec);
-        tracing::info!(datastore = %stored.spec.name, address = %stored.spec.target.address, "datastore created");
+        let (store, engine, creating) = (
+            self.store.clone(),
+            self.engine.clone(),
+            self.creating.clone(),
+        );
+        let max_datastores = self.max_datastores;
+        let stored = to_completion(async move {
+            let _creating = creating.lock().await;
+            if engine.count() >= max_datastores {
+                return Err(Error::ResourceExhausted(format!(
+                    "datastore limit of {max_datastores} reached (max_datastores); delete one before creating another"
+                )));
+            }
+            store.create_datastore(&stored).await?;
+            engine.start_new(&stored.spec);
+            tracing::info!(datastore = %stored.spec.name, address = %stored.spec.target.address, "datastore created");
+            Ok(stored)
+        })
+        .await?;
         Ok(Response::new(self.datastore_view(&stored)))
     }
 
@@ -190,10 +210,19 @@ impl NetSync for NetSyncService {
         request: Request<pb::DeleteDatastoreRequest>,
     ) -> Result<Response<pb::DeleteDatastoreResponse>, Status> {
         let name = request.into_inner().name;
-        self.require_datastore("name", &name).await?;
-        self.engine.stop(&name).await;
-        self.store.delete_datastore(&name).await?;
-        tracing::info!(datastore = %name, "datastore deleted");
+        let stored = self.require_datastore("name", &name).await?;
+        let (store, engine) = (self.store.clone(), self.engine.clone());
+        to_completion(async move {
+            engine.stop(&name).await;
+            if let Err(e) = store.delete_datastore(&name).await {
+                // Still stored, so it syncs again: memory and database agree.
+                engine.start(&stored.spec).await?;
+                return Err(e);
+            }
+            tracing::info!(datastore = %name, "datastore deleted");
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(pb::DeleteDatastoreResponse {}))
     }
 
@@ -250,18 +279,21 @@ impl NetSync for NetSyncService {
             .intent
             .ok_or_else(|| Error::invalid("intent", "is required"))?;
         let mut intent = convert::intent_from_proto(intent, "intent").map_err(Error::from)?;
-        let _writing = self.engine.intent_lock(&req.datastore).await;
-        intent.revision = sync.snapshot().revision;
-        // The intent and the job that applies it (through the reconcile
-        // queue, even when non-revertive) are written in one transaction.
-        let queued = self
-            .store
-            .put_intent(&req.datastore, &intent, Trigger::Apply(intent.name.clone()))
-            .await?;
-        let reply = convert::intent_to_proto(&intent);
-        tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
-        sync.set_intent(intent);
-        self.engine.queued(&req.datastore, queued);
+        let (store, engine) = (self.store.clone(), self.engine.clone());
+        let reply = to_completion(async move {
+            let _writing = engine.intent_lock(&req.datastore).await;
+            intent.revision = sync.snapshot().revision;
+            // The intent and the job that applies it (through the reconcile
+            // queue, even when non-revertive) are written in one transaction.
+            let trigger = Trigger::Apply(intent.name.clone());
+            let queued = store.put_intent(&req.datastore, &intent, trigger).await?;
+            let reply = convert::intent_to_proto(&intent);
+            tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
+            sync.set_intent(intent);
+            engine.queued(&req.datastore, queued);
+            Ok(reply)
+        })
+        .await?;
         Ok(Response::new(reply))
     }
 
@@ -301,20 +333,25 @@ impl NetSync for NetSyncService {
         if req.name.is_empty() {
             return Err(Error::invalid("name", "is required").into());
         }
-        let _writing = self.engine.intent_lock(&req.datastore).await;
-        // Its leaves leave the device too, unless another intent provides
-        // them: the deletion and that job are written in one transaction.
-        let withdrawn: Vec<_> = sync
-            .intent(&req.name)
-            .map(|i| i.updates.into_keys().collect())
-            .unwrap_or_default();
-        let queued = self
-            .store
-            .delete_intent(&req.datastore, &req.name, Trigger::Withdraw(withdrawn))
-            .await?;
-        sync.remove_intent(&req.name);
-        self.engine.queued(&req.datastore, queued);
-        tracing::info!(datastore = %req.datastore, intent = %req.name, "intent deleted");
+        let (store, engine) = (self.store.clone(), self.engine.clone());
+        to_completion(async move {
+            let _writing = engine.intent_lock(&req.datastore).await;
+            // Its leaves leave the device too, unless another intent provides
+            // them: the deletion and that job are written in one transaction.
+            let withdrawn: Vec<_> = sync
+                .intent(&req.name)
+                .map(|i| i.updates.into_keys().collect())
+                .unwrap_or_default();
+            let trigger = Trigger::Withdraw(withdrawn);
+            let queued = store
+                .delete_intent(&req.datastore, &req.name, trigger)
+                .await?;
+            sync.remove_intent(&req.name);
+            engine.queued(&req.datastore, queued);
+            tracing::info!(datastore = %req.datastore, intent = %req.name, "intent deleted");
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(pb::DeleteIntentResponse {}))
     }
 
