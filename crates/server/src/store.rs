@@ -196,8 +196,9 @@ fn decode_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<StoredDatasto
     let corrupt = |detail: String| Error::Corrupt(format!("datastore {name:?}: {detail}"));
     let proto =
         netsync_proto::netsync::v1::Datastore::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let spec =
-        convert::datastore_from_proto(proto, "stored").map_err(|e| corrupt(e.to_string()))?;
+    // Read leniently: a stricter validation in a later release must not make
+    // an old row unloadable.
+    let spec = convert::datastore_from_stored(proto).map_err(|e| corrupt(e.to_string()))?;
     let micros: i64 = row.try_get("create_time_us")?;
     Ok(StoredDatastore {
         spec,
