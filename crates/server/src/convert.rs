@@ -27,13 +27,64 @@ pub enum Secrets {
 /// Validates a datastore as a client sent it. `field` is the prefix for error
 /// messages, e.g. `datastore`.
 pub fn datastore_from_proto(ds: pb::Datastore, field: &str) -> Result<DatastoreSpec, FieldError> {
-    datastore::validate_name(&ds.name).map_err(|m| FieldError::new(format!("{field}.name"), m))?;
+    datastore_from(ds, field, Reading::Strict)
+}
+
+/// Reads a datastore as the store kept it, so that a declaration an earlier
+/// release accepted stays loadable when validation becomes stricter (or a
+/// later release wrote values this one does not know). Where today's
+/// validation would refuse a value that has a safe reading, it is read that
+/// way:
+/// - an unknown encoding or sync mode is the default one;
+/// - an `interval` or `commit_interval` that is negative or zero is the
+///   default (not the smallest positive value, which would poll or commit
+///   without pause), a negative `debounce` is zero ("at once"), and nanos of
+///   a second or more are clamped to just under a second;
+/// - the name, address, TLS settings and credentials are taken as they are: a
+///   target that cannot be built from them reports why in the datastore's
+///   status, as any unusable target does;
+/// - fields this release does not know were already ignored by the decoder.
+///
+/// Refused, as unusable: no target or an empty address, and `paths` or
+/// `list_keys` that do not parse. Reading those any other way would change
+/// which leaves running holds, and the next replace commit would rewrite the
+/// datastore's history with them.
+pub fn datastore_from_stored(ds: pb::Datastore) -> Result<DatastoreSpec, FieldError> {
+    datastore_from(ds, "datastore", Reading::Lenient)
+}
+
+/// How strictly a datastore is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// As a client sent it: every check of this release.
+    Strict,
+    /// As the store kept it: see [`datastore_from_stored`].
+    Lenient,
+}
+
+fn datastore_from(
+    ds: pb::Datastore,
+    field: &str,
+    reading: Reading,
+) -> Result<DatastoreSpec, FieldError> {
+    if reading == Reading::Strict {
+        datastore::validate_name(&ds.name)
+            .map_err(|m| FieldError::new(format!("{field}.name"), m))?;
+    }
     let target = ds
         .target
         .ok_or_else(|| FieldError::new(format!("{field}.target"), "is required"))?;
-    let target = target_from_proto(target, &format!("{field}.target"))?;
-    let sync = sync_from_proto(ds.sync.unwrap_or_default(), &format!("{field}.sync"))?;
-    let revert = revert_from_proto(ds.revert.unwrap_or_default(), &format!("{field}.revert"))?;
+    let target = target_from_proto(target, &format!("{field}.target"), reading)?;
+    let sync = sync_from_proto(
+        ds.sync.unwrap_or_default(),
+        &format!("{field}.sync"),
+        reading,
+    )?;
+    let revert = revert_from_proto(
+        ds.revert.unwrap_or_default(),
+        &format!("{field}.revert"),
+        reading,
+    )?;
     Ok(DatastoreSpec {
         name: ds.name,
         target,
@@ -42,26 +93,33 @@ pub fn datastore_from_proto(ds: pb::Datastore, field: &str) -> Result<DatastoreS
     })
 }
 
-fn target_from_proto(t: pb::Target, field: &str) -> Result<TargetSpec, FieldError> {
+fn target_from_proto(
+    t: pb::Target,
+    field: &str,
+    reading: Reading,
+) -> Result<TargetSpec, FieldError> {
     if t.address.is_empty() {
         return Err(FieldError::new(
             format!("{field}.address"),
             "is required (host:port)",
         ));
     }
-    datastore::validate_address(&t.address)
-        .map_err(|m| FieldError::new(format!("{field}.address"), m))?;
+    if reading == Reading::Strict {
+        datastore::validate_address(&t.address)
+            .map_err(|m| FieldError::new(format!("{field}.address"), m))?;
+    }
     let encoding = match pb::Encoding::try_from(t.encoding) {
         Ok(pb::Encoding::Unspecified | pb::Encoding::JsonIetf) => Encoding::JsonIetf,
         Ok(pb::Encoding::Json) => Encoding::Json,
         Ok(pb::Encoding::Proto) => Encoding::Proto,
         Ok(pb::Encoding::Ascii) => Encoding::Ascii,
+        Err(_) if reading == Reading::Lenient => Encoding::default(),
         Err(_) => return Err(unknown_enum(format!("{field}.encoding"), t.encoding)),
     };
     let tls = t
         .tls
         .map(|tls| {
-            if tls.cert_pem.is_empty() != tls.key_pem.is_empty() {
+            if reading == Reading::Strict && tls.cert_pem.is_empty() != tls.key_pem.is_empty() {
                 return Err(FieldError::new(
                     format!("{field}.tls"),
                     "cert_pem and key_pem go together: give both for mutual TLS, or neither",
@@ -80,9 +138,10 @@ fn target_from_proto(t: pb::Target, field: &str) -> Result<TargetSpec, FieldErro
         username: c.username,
         password: Secret::new(c.password),
     });
-    if credentials
-        .as_ref()
-        .is_some_and(|c| c.username.is_empty() && !c.password.is_empty())
+    if reading == Reading::Strict
+        && credentials
+            .as_ref()
+            .is_some_and(|c| c.username.is_empty() && !c.password.is_empty())
     {
         return Err(FieldError::new(
             format!("{field}.credentials.username"),
@@ -98,13 +157,18 @@ fn target_from_proto(t: pb::Target, field: &str) -> Result<TargetSpec, FieldErro
     })
 }
 
-fn sync_from_proto(s: pb::SyncConfig, field: &str) -> Result<SyncSpec, FieldError> {
+fn sync_from_proto(
+    s: pb::SyncConfig,
+    field: &str,
+    reading: Reading,
+) -> Result<SyncSpec, FieldError> {
     let mode = match pb::SyncMode::try_from(s.mode) {
         Ok(pb::SyncMode::Unspecified | pb::SyncMode::OnChange) => SyncMode::OnChange,
         Ok(pb::SyncMode::Sample) => SyncMode::Sample,
         Ok(pb::SyncMode::Once) => SyncMode::Once,
         Ok(pb::SyncMode::Poll) => SyncMode::Poll,
         Ok(pb::SyncMode::Get) => SyncMode::Get,
+        Err(_) if reading == Reading::Lenient => SyncMode::default(),
         Err(_) => return Err(unknown_enum(format!("{field}.mode"), s.mode)),
     };
     let mut paths = Vec::with_capacity(s.paths.len().max(1));
@@ -116,12 +180,18 @@ fn sync_from_proto(s: pb::SyncConfig, field: &str) -> Result<SyncSpec, FieldErro
     if paths.is_empty() {
         paths.push(Path::root());
     }
-    let interval = duration_from_proto(s.interval, &format!("{field}.interval"), Positive::Yes)?
-        .unwrap_or(SyncSpec::DEFAULT_INTERVAL);
+    let interval = duration_from_proto(
+        s.interval,
+        &format!("{field}.interval"),
+        Positive::Yes,
+        reading,
+    )?
+    .unwrap_or(SyncSpec::DEFAULT_INTERVAL);
     let commit_interval = duration_from_proto(
         s.commit_interval,
         &format!("{field}.commit_interval"),
         Positive::Yes,
+        reading,
     )?
     .unwrap_or(SyncSpec::DEFAULT_COMMIT_INTERVAL);
     let mut list_keys = Vec::with_capacity(s.list_keys.len());
@@ -139,9 +209,18 @@ fn sync_from_proto(s: pb::SyncConfig, field: &str) -> Result<SyncSpec, FieldErro
     })
 }
 
-fn revert_from_proto(r: pb::RevertConfig, field: &str) -> Result<RevertSpec, FieldError> {
-    let debounce = duration_from_proto(r.debounce, &format!("{field}.debounce"), Positive::No)?
-        .unwrap_or(RevertSpec::DEFAULT_DEBOUNCE);
+fn revert_from_proto(
+    r: pb::RevertConfig,
+    field: &str,
+    reading: Reading,
+) -> Result<RevertSpec, FieldError> {
+    let debounce = duration_from_proto(
+        r.debounce,
+        &format!("{field}.debounce"),
+        Positive::No,
+        reading,
+    )?
+    .unwrap_or(RevertSpec::DEFAULT_DEBOUNCE);
     Ok(RevertSpec {
         enabled: r.enabled,
         debounce,
@@ -156,12 +235,23 @@ enum Positive {
 }
 
 /// Converts an optional protobuf duration; `None` when absent (use the default).
+/// Read leniently, a value out of range is clamped into it, or is the default
+/// where zero is not allowed (see [`datastore_from_stored`]).
 fn duration_from_proto(
     d: Option<prost_types::Duration>,
     field: &str,
     positive: Positive,
+    reading: Reading,
 ) -> Result<Option<Duration>, FieldError> {
     let Some(d) = d else { return Ok(None) };
+    if reading == Reading::Lenient {
+        let value = if d.seconds < 0 || d.nanos < 0 {
+            Duration::ZERO
+        } else {
+            Duration::new(d.seconds as u64, d.nanos.min(999_999_999) as u32)
+        };
+        return Ok((positive == Positive::No || !value.is_zero()).then_some(value));
+    }
     if d.seconds < 0 || d.nanos < 0 {
         return Err(FieldError::new(field, "must not be negative"));
     }
@@ -479,6 +569,93 @@ mod tests {
             let mut ds = valid();
             mutate(&mut ds);
             let err = datastore_from_proto(ds, "datastore").unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn stored_declarations_are_read_leniently() {
+        let mut ds = valid();
+        ds.name = "Named-By-An-Old-Release".into();
+        let target = ds.target.as_mut().unwrap();
+        target.address = "router one:57400".into();
+        target.encoding = 42;
+        target.credentials = Some(pb::Credentials {
+            username: String::new(),
+            password: "s3cret".into(),
+        });
+        target.tls = Some(pb::TlsConfig {
+            cert_pem: "CERT".into(),
+            ..Default::default()
+        });
+        let duration = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
+        ds.sync = Some(pb::SyncConfig {
+            mode: 9,
+            interval: duration(-5, 0),
+            commit_interval: duration(0, 0),
+            paths: vec!["/interfaces".into()],
+            ..Default::default()
+        });
+        ds.revert = Some(pb::RevertConfig {
+            enabled: true,
+            debounce: duration(-1, -1),
+        });
+        // Today's validation refuses it...
+        assert!(datastore_from_proto(ds.clone(), "datastore").is_err());
+        // ...and the stored reading takes what has a safe reading.
+        let spec = datastore_from_stored(ds).unwrap();
+        assert_eq!(spec.name, "Named-By-An-Old-Release");
+        assert_eq!(spec.target.address, "router one:57400");
+        assert_eq!(spec.target.encoding, Encoding::JsonIetf);
+        assert_eq!(spec.sync.mode, SyncMode::OnChange);
+        assert_eq!(spec.sync.interval, SyncSpec::DEFAULT_INTERVAL);
+        assert_eq!(spec.sync.commit_interval, SyncSpec::DEFAULT_COMMIT_INTERVAL);
+        assert_eq!(spec.sync.paths, vec![Path::parse("/interfaces").unwrap()]);
+        assert_eq!(spec.revert.debounce, Duration::ZERO);
+
+        let mut ds = valid();
+        ds.sync = Some(pb::SyncConfig {
+            interval: duration(2, 1_500_000_000),
+            ..Default::default()
+        });
+        assert_eq!(
+            datastore_from_stored(ds).unwrap().sync.interval,
+            Duration::new(2, 999_999_999)
+        );
+    }
+
+    #[test]
+    fn stored_declarations_that_cannot_be_used_are_refused() {
+        type Mutation = fn(&mut pb::Datastore);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|d| d.target = None, "datastore.target"),
+            (
+                |d| d.target.as_mut().unwrap().address = String::new(),
+                "datastore.target.address",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        paths: vec!["/a[b".into()],
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.paths[0]",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        list_keys: vec!["/interfaces/interface".into()],
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.list_keys[0]",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut ds = valid();
+            mutate(&mut ds);
+            let err = datastore_from_stored(ds).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
     }

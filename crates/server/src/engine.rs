@@ -1,5 +1,6 @@
 //! The syncs of every datastore in this process: started at CreateDatastore and
-//! at start-up, stopped at DeleteDatastore and at shutdown.
+//! at start-up, stopped at DeleteDatastore and at shutdown; and the datastores
+//! whose stored rows could not be loaded, held STOPPED.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,19 @@ pub struct Engine {
     limits: SyncLimits,
     reconcile: ReconcileConfig,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Stored datastores that could not be loaded at start, with the reason
+    /// their status shows as last error. A name is in `entries` or here, never
+    /// both.
+    ///
+    /// Such a datastore is held as a name and a reason, not as a
+    /// [`SyncHandle`] born stopped: with no handle, nothing can sync it (a
+    /// sync from a wrong base would commit a revision on top of lost
+    /// history), no reconcile worker runs for it, and no read, watch or
+    /// intent write can reach it. Every call that needs the sync fails closed
+    /// as it does for a missing datastore, and [`Engine::stopped`] lets it say
+    /// why instead. It leaves by [`Engine::stop`] (DeleteDatastore), after
+    /// which it can be created again.
+    stopped: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -62,6 +76,7 @@ impl Engine {
             limits,
             reconcile,
             entries: Mutex::new(HashMap::new()),
+            stopped: Mutex::new(HashMap::new()),
         }
     }
 
@@ -71,12 +86,43 @@ impl Engine {
     }
 
     /// Starts syncing a stored datastore: running and intents as the store has
-    /// them, and any reconcile job left from before.
-    pub async fn start(&self, spec: &DatastoreSpec) -> Result<(), Error> {
-        let initial = self.log.load(&spec.name).await?;
-        let intents = self.store.list_intents(&spec.name).await?;
-        self.start_with(spec, initial, intents);
-        Ok(())
+    /// them, and any reconcile job left from before. If either cannot be
+    /// loaded, the datastore is held STOPPED instead ([`Engine::hold_stopped`])
+    /// with a last error naming the part, and the details go to the log: one
+    /// datastore's damaged rows keep no other from being served.
+    pub async fn start(&self, spec: &DatastoreSpec) {
+        let loaded = match self.log.load(&spec.name).await {
+            Ok(initial) => match self.store.list_intents(&spec.name).await {
+                Ok(intents) => Ok((initial, intents)),
+                Err(error) => Err(("intents", error)),
+            },
+            Err(error) => Err(("running", error)),
+        };
+        match loaded {
+            Ok((initial, intents)) => self.start_with(spec, initial, intents),
+            Err((part, error)) => {
+                tracing::error!(datastore = %spec.name, %error, "cannot load {part}: the datastore stays stopped until it is deleted");
+                self.hold_stopped(&spec.name, load_failure(part, &error));
+            }
+        }
+    }
+
+    /// Holds a stored datastore that cannot be loaded: STOPPED, with `reason`
+    /// as its last error, never synced or written to, until it is deleted.
+    pub fn hold_stopped(&self, name: &str, reason: String) {
+        debug_assert!(
+            !self.entries.lock().expect("lock").contains_key(name),
+            "a datastore is synced or held stopped, not both"
+        );
+        self.stopped
+            .lock()
+            .expect("lock")
+            .insert(name.to_string(), reason);
+    }
+
+    /// Why `name` is held stopped, if it is (see [`Engine::hold_stopped`]).
+    pub fn stopped(&self, name: &str) -> Option<String> {
+        self.stopped.lock().expect("lock").get(name).cloned()
     }
 
     /// Starts syncing a datastore that has nothing stored yet.
@@ -129,9 +175,9 @@ impl Engine {
         debug_assert!(old.is_none(), "a datastore is synced once");
     }
 
-    /// How many datastores are synced.
+    /// How many datastores there are, synced or held stopped.
     pub fn count(&self) -> usize {
-        self.entries.lock().expect("lock").len()
+        self.entries.lock().expect("lock").len() + self.stopped.lock().expect("lock").len()
     }
 
     /// The sync of `name`, if it runs.
@@ -187,8 +233,10 @@ impl Engine {
         }
     }
 
-    /// Stops the sync and the worker of `name` and waits for them to end.
+    /// Stops the sync and the worker of `name` and waits for them to end (or
+    /// lets go of it, if it is held stopped).
     pub async fn stop(&self, name: &str) {
+        self.stopped.lock().expect("lock").remove(name);
         let entry = self.entries.lock().expect("lock").remove(name);
         if let Some(entry) = entry {
             stop_entry(entry).await;
@@ -198,6 +246,7 @@ impl Engine {
 
     /// Stops everything.
     pub async fn stop_all(&self) {
+        self.stopped.lock().expect("lock").clear();
         let entries: Vec<_> = self
             .entries
             .lock()
@@ -207,6 +256,18 @@ impl Engine {
             .collect();
         for entry in entries {
             stop_entry(entry).await;
+        }
+    }
+}
+
+/// A load failure in words for the datastore's status: which part, and what
+/// of it when the data itself is damaged. Store failures say no more: their
+/// text (SQL, driver errors) is for the log.
+fn load_failure(part: &str, error: &Error) -> String {
+    match error {
+        Error::Damaged { what, .. } => format!("cannot load {part}: {what}"),
+        _ => {
+            format!("cannot load {part}: the store cannot read it; the server log has the details")
         }
     }
 }

@@ -39,6 +39,10 @@ pub enum Error {
     /// A limit of this server is reached; the message names the setting.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The call cannot be served in the thing's current state (e.g. a
+    /// datastore that could not be loaded at start); the message says why.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The capability belongs to a later part of netsync that this build lacks.
     #[error("{0}")]
     Unimplemented(&'static str),
@@ -56,6 +60,19 @@ pub enum Error {
     /// retry. The reason is logged, never sent.
     #[error("{0}")]
     StorageUnavailable(String),
+    /// A stored part of a datastore cannot be used. Unlike [`Error::Corrupt`]
+    /// it says which part, so a datastore that cannot be loaded can report it
+    /// in its status: `what` is safe to show to clients (no SQL, no bytes).
+    #[error("corrupt stored data of datastore {datastore:?}: {what}: {detail}")]
+    Damaged {
+        /// The datastore.
+        datastore: String,
+        /// Which part, in words an operator can act on, e.g. `revision 7 of
+        /// the change log is damaged`.
+        what: String,
+        /// The decoder's own words, for the log only.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -94,7 +111,8 @@ impl From<Error> for Status {
                      try again",
                 )
             }
-            Error::Store(_) | Error::Corrupt(_) | Error::Internal(_) => {
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Store(_) | Error::Corrupt(_) | Error::Internal(_) | Error::Damaged { .. } => {
                 tracing::error!(%error, "internal error");
                 Status::internal("internal error; the server log has the details")
             }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use engine::Engine;
 use log::CommitLog;
+use store::DatastoreRow;
 
 use netsync_proto::netsync::v1::net_sync_server::NetSyncServer;
 use tokio::net::TcpListener;
@@ -38,7 +39,8 @@ pub enum ServeError {
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] store::StoreOpenError),
-    /// Stored datastores could not be loaded.
+    /// The stored datastores could not be listed. (One that cannot be loaded
+    /// does not stop the server: it is served STOPPED, see [`Engine::start`].)
     #[error("loading stored datastores: {0}")]
     Load(error::Error),
     /// The reflection service could not be built from the descriptors.
@@ -119,9 +121,25 @@ pub async fn serve(
         config.reconcile.clone(),
     ));
     // Every stored datastore's running is loaded and served at once; its sync
-    // then resumes with a resync.
-    for ds in store.list_datastores().await.map_err(ServeError::Load)? {
-        engine.start(&ds.spec).await.map_err(ServeError::Load)?;
+    // then resumes with a resync. One whose rows cannot be loaded is served
+    // STOPPED with the reason, and every other one as usual.
+    for row in store
+        .list_datastore_rows()
+        .await
+        .map_err(ServeError::Load)?
+    {
+        match row {
+            DatastoreRow::Readable(ds) => engine.start(&ds.spec).await,
+            DatastoreRow::Unreadable {
+                name,
+                reason,
+                detail,
+                ..
+            } => {
+                tracing::error!(datastore = %name, %reason, %detail, "the datastore stays stopped until it is deleted");
+                engine.hold_stopped(&name, reason);
+            }
+        }
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();

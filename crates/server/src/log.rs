@@ -187,7 +187,11 @@ impl CommitLog {
     /// Loads running at its last committed revision: the newest snapshot, then
     /// the log after it.
     pub async fn load(&self, datastore: &str) -> Result<Snapshot, Error> {
-        let corrupt = |what: String| Error::Corrupt(format!("datastore {datastore:?}: {what}"));
+        let damaged = |what: String, detail: String| Error::Damaged {
+            datastore: datastore.to_string(),
+            what,
+            detail,
+        };
         let snapshot = sqlx::query("SELECT revision, time_us, body FROM snapshots WHERE datastore = ? ORDER BY revision DESC LIMIT 1")
             .bind(datastore)
             .fetch_optional(self.store.readers())
@@ -195,8 +199,13 @@ impl CommitLog {
         let (mut running, mut revision, mut time) = match snapshot {
             Some(row) => {
                 let body: Vec<u8> = row.try_get("body")?;
-                let running = decode_snapshot(&body).map_err(corrupt)?;
                 let revision: i64 = row.try_get("revision")?;
+                let running = decode_snapshot(&body).map_err(|detail| {
+                    damaged(
+                        format!("the snapshot at revision {revision} is damaged"),
+                        detail,
+                    )
+                })?;
                 let time: i64 = row.try_get("time_us")?;
                 (running, revision as u64, Some(from_micros(time)))
             }
@@ -210,10 +219,17 @@ impl CommitLog {
             after = last.revision;
             for commit in batch {
                 if commit.revision != revision + 1 {
-                    return Err(corrupt(format!(
-                        "change log jumps from revision {revision} to {}",
-                        commit.revision
-                    )));
+                    return Err(damaged(
+                        format!(
+                            "revisions {} to {} of the change log are missing",
+                            revision + 1,
+                            commit.revision - 1
+                        ),
+                        format!(
+                            "change log jumps from revision {revision} to {}",
+                            commit.revision
+                        ),
+                    ));
                 }
                 running.apply_change(&commit.change);
                 replayed += (commit.change.update_count() + commit.change.delete_count()) as u64;
@@ -250,13 +266,12 @@ impl CommitLog {
         rows.iter()
             .map(|row| {
                 let revision: i64 = row.try_get("revision")?;
-                let corrupt = |what: String| {
-                    Error::Corrupt(format!(
-                        "datastore {datastore:?} revision {revision}: {what}"
-                    ))
-                };
                 let body: Vec<u8> = row.try_get("body")?;
-                let change = decode_commit(&body).map_err(corrupt)?;
+                let change = decode_commit(&body).map_err(|detail| Error::Damaged {
+                    datastore: datastore.to_string(),
+                    what: format!("revision {revision} of the change log is damaged"),
+                    detail,
+                })?;
                 Ok(LoggedCommit {
                     revision: revision as u64,
                     time: from_micros(row.try_get("time_us")?),

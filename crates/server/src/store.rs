@@ -41,6 +41,31 @@ pub struct StoredDatastore {
     pub create_time: SystemTime,
 }
 
+/// A row of the datastore registry as read back: the datastore, or, when its
+/// stored declaration cannot be used at all, what is still known of it. One
+/// such row must not keep the others from being served: its datastore is shown
+/// as STOPPED, with `reason` as its last error, until it is deleted.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every row is readable: boxing would cost each an allocation to shrink the rare other one"
+)]
+pub enum DatastoreRow {
+    /// The declaration, read leniently ([`convert::datastore_from_stored`]).
+    Readable(StoredDatastore),
+    /// The declaration does not decode, or cannot be used even leniently.
+    Unreadable {
+        /// The row's name.
+        name: String,
+        /// When it was created.
+        create_time: SystemTime,
+        /// Why, as the datastore's status shows it (safe to show to clients).
+        reason: String,
+        /// The decoder's own words, for the log only.
+        detail: String,
+    },
+}
+
 /// Handle to the database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -161,6 +186,31 @@ impl Store {
             .collect()
     }
 
+    /// Reads one registry row, even one whose declaration cannot be used;
+    /// `NotFound` if there is none of that name.
+    pub async fn get_datastore_row(&self, name: &str) -> Result<DatastoreRow, Error> {
+        let row = sqlx::query("SELECT spec, create_time_us FROM datastores WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.readers)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: "datastore",
+                name: name.to_string(),
+            })?;
+        read_row(name, &row)
+    }
+
+    /// Reads every registry row, sorted by name; a row whose declaration
+    /// cannot be used is listed too, as [`DatastoreRow::Unreadable`].
+    pub async fn list_datastore_rows(&self) -> Result<Vec<DatastoreRow>, Error> {
+        let rows = sqlx::query("SELECT name, spec, create_time_us FROM datastores ORDER BY name")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|row| read_row(row.try_get("name")?, row))
+            .collect()
+    }
+
     /// Removes a datastore and everything stored for it; `NotFound` if absent.
     pub async fn delete_datastore(&self, name: &str) -> Result<(), Error> {
         let name = name.to_string();
@@ -254,12 +304,20 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let name: &str = row.try_get("name")?;
-                let corrupt =
-                    |d: String| Error::Corrupt(format!("intent {name:?} of {datastore:?}: {d}"));
+                let damaged = |what: String, detail: String| Error::Damaged {
+                    datastore: datastore.to_string(),
+                    what,
+                    detail,
+                };
                 let body: &[u8] = row.try_get("body")?;
                 let proto = netsync_proto::netsync::v1::Intent::decode(body)
-                    .map_err(|e| corrupt(e.to_string()))?;
-                convert::intent_from_proto(proto, "stored").map_err(|e| corrupt(e.to_string()))
+                    .map_err(|e| damaged(format!("intent {name:?} is damaged"), e.to_string()))?;
+                convert::intent_from_proto(proto, "stored").map_err(|e| {
+                    damaged(
+                        format!("intent {name:?} cannot be used: {e}"),
+                        e.to_string(),
+                    )
+                })
             })
             .collect()
     }
@@ -352,16 +410,43 @@ pub enum StoreOpenError {
 }
 
 fn decode_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<StoredDatastore, Error> {
+    match read_row(name, row)? {
+        DatastoreRow::Readable(ds) => Ok(ds),
+        DatastoreRow::Unreadable { reason, .. } => {
+            Err(Error::Corrupt(format!("datastore {name:?}: {reason}")))
+        }
+    }
+}
+
+/// Reads a registry row leniently (see [`convert::datastore_from_stored`]):
+/// only a row whose columns cannot be read at all is an error.
+fn read_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<DatastoreRow, Error> {
     let bytes: &[u8] = row.try_get("spec")?;
-    let corrupt = |detail: String| Error::Corrupt(format!("datastore {name:?}: {detail}"));
-    let proto =
-        netsync_proto::netsync::v1::Datastore::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let spec =
-        convert::datastore_from_proto(proto, "stored").map_err(|e| corrupt(e.to_string()))?;
-    let micros: i64 = row.try_get("create_time_us")?;
-    Ok(StoredDatastore {
-        spec,
-        create_time: from_micros(micros),
+    let create_time = from_micros(row.try_get("create_time_us")?);
+    let unreadable = |reason: String, detail: String| DatastoreRow::Unreadable {
+        name: name.to_string(),
+        create_time,
+        reason,
+        detail,
+    };
+    let mut proto = match netsync_proto::netsync::v1::Datastore::decode(bytes) {
+        Ok(proto) => proto,
+        Err(e) => {
+            return Ok(unreadable(
+                "cannot load the stored datastore: its declaration is damaged".into(),
+                e.to_string(),
+            ));
+        }
+    };
+    // The row's key is the name every other table refers to; the copy in the
+    // declaration is not read.
+    proto.name = name.to_string();
+    Ok(match convert::datastore_from_stored(proto) {
+        Ok(spec) => DatastoreRow::Readable(StoredDatastore { spec, create_time }),
+        Err(e) => unreadable(
+            format!("cannot load the stored datastore: its declaration cannot be used: {e}"),
+            e.to_string(),
+        ),
     })
 }
 

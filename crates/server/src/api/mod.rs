@@ -19,7 +19,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::jobs::Trigger;
 use crate::limits::{ApiLimits, WatcherSlots};
-use crate::store::{self, Store, StoredDatastore};
+use crate::store::{self, DatastoreRow, Store, StoredDatastore};
 
 mod running;
 mod watch;
@@ -75,19 +75,56 @@ impl NetSyncService {
     }
 
     /// Checks that `name` (sent in request field `field`) is a well-formed
-    /// datastore name of a datastore that exists.
-    async fn require_datastore(&self, field: &str, name: &str) -> Result<StoredDatastore, Error> {
+    /// datastore name of a datastore that exists, even one whose stored
+    /// declaration cannot be used.
+    async fn require_datastore(&self, field: &str, name: &str) -> Result<DatastoreRow, Error> {
         check_name(field, name)?;
-        self.store.get_datastore(name).await
+        self.store.get_datastore_row(name).await
     }
 
-    /// The running sync of datastore `name` (given in request field `field`).
+    /// The running sync of datastore `name` (given in request field `field`);
+    /// FAILED_PRECONDITION if it is held stopped because it could not be
+    /// loaded.
     fn require_sync(&self, field: &str, name: &str) -> Result<Arc<SyncHandle>, Error> {
         check_name(field, name)?;
-        self.engine.get(name).ok_or_else(|| Error::NotFound {
-            kind: "datastore",
-            name: name.to_string(),
-        })
+        if let Some(sync) = self.engine.get(name) {
+            return Ok(sync);
+        }
+        match self.engine.stopped(name) {
+            Some(reason) => Err(Error::FailedPrecondition(format!(
+                "datastore {name:?} is stopped: {reason}; DeleteDatastore removes it and what is \
+                 stored of it, so that it can be created again"
+            ))),
+            None => Err(Error::NotFound {
+                kind: "datastore",
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// The API view of a registry row: [`datastore_view`](Self::datastore_view),
+    /// or for a row whose declaration cannot be used, its name, creation time
+    /// and a STOPPED status saying why.
+    fn row_view(&self, row: &DatastoreRow) -> pb::Datastore {
+        match row {
+            DatastoreRow::Readable(ds) => self.datastore_view(ds),
+            DatastoreRow::Unreadable {
+                name,
+                create_time,
+                reason,
+                ..
+            } => pb::Datastore {
+                name: name.clone(),
+                create_time: Some(convert::timestamp_to_proto(*create_time)),
+                status: Some(pb::DatastoreStatus {
+                    state: pb::SyncState::Stopped as i32,
+                    last_error: self.engine.stopped(name).unwrap_or_else(|| reason.clone()),
+                    stats: Some(pb::SyncStats::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        }
     }
 
     /// The API view of a stored datastore: secrets blanked, live status filled in.
@@ -98,6 +135,7 @@ impl NetSyncService {
             Some(sync) => status_view(&sync),
             None => pb::DatastoreStatus {
                 state: pb::SyncState::Stopped as i32,
+                last_error: self.engine.stopped(&ds.spec.name).unwrap_or_default(),
                 stats: Some(pb::SyncStats::default()),
                 ..Default::default()
             },
@@ -191,17 +229,17 @@ impl NetSync for NetSyncService {
         request: Request<pb::GetDatastoreRequest>,
     ) -> Result<Response<pb::Datastore>, Status> {
         let name = request.into_inner().name;
-        let ds = self.require_datastore("name", &name).await?;
-        Ok(Response::new(self.datastore_view(&ds)))
+        let row = self.require_datastore("name", &name).await?;
+        Ok(Response::new(self.row_view(&row)))
     }
 
     async fn list_datastores(
         &self,
         _request: Request<pb::ListDatastoresRequest>,
     ) -> Result<Response<pb::ListDatastoresResponse>, Status> {
-        let datastores = self.store.list_datastores().await?;
+        let rows = self.store.list_datastore_rows().await?;
         Ok(Response::new(pb::ListDatastoresResponse {
-            datastores: datastores.iter().map(|d| self.datastore_view(d)).collect(),
+            datastores: rows.iter().map(|row| self.row_view(row)).collect(),
         }))
     }
 
@@ -215,8 +253,14 @@ impl NetSync for NetSyncService {
         to_completion(async move {
             engine.stop(&name).await;
             if let Err(e) = store.delete_datastore(&name).await {
-                // Still stored, so it syncs again: memory and database agree.
-                engine.start(&stored.spec).await?;
+                // Still stored, so it is served again: memory and database
+                // agree.
+                match &stored {
+                    DatastoreRow::Readable(stored) => engine.start(&stored.spec).await,
+                    DatastoreRow::Unreadable { reason, .. } => {
+                        engine.hold_stopped(&name, reason.clone())
+                    }
+                }
                 return Err(e);
             }
             tracing::info!(datastore = %name, "datastore deleted");

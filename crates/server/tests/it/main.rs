@@ -8,6 +8,7 @@ mod support;
 
 mod against_sim;
 mod api;
+mod damaged;
 mod health_reflection;
 mod intents;
 mod limits;
