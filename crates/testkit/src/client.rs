@@ -181,6 +181,16 @@ pub async fn watch(
         .into_inner()
 }
 
+/// The next event of a WatchSync stream (waiting up to [`DEADLINE`]);
+/// panics if the stream ends or fails.
+pub async fn next_event(events: &mut tonic::Streaming<pb::SyncEvent>) -> pb::SyncEvent {
+    tokio::time::timeout(DEADLINE, events.next())
+        .await
+        .unwrap_or_else(|_| panic!("no WatchSync event within {DEADLINE:?}"))
+        .expect("the WatchSync stream goes on")
+        .unwrap_or_else(|s| panic!("WatchSync failed: {s:?}"))
+}
+
 /// The deviations of `name` from its intents now.
 pub async fn deviations(client: &mut Client, name: &str) -> Vec<pb::Deviation> {
     client

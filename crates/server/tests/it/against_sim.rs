@@ -10,8 +10,8 @@ use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::DEADLINE;
-use netsync_testkit::client::watch;
 use netsync_testkit::client::{converge, running, status, until_running};
+use netsync_testkit::client::{next_event, watch};
 use netsync_testkit::datastore::{DatastoreBuilder, create, millis};
 use netsync_testkit::gnmi::string;
 use netsync_testkit::sim::{Sim, generated};
@@ -61,11 +61,7 @@ async fn the_seed_failure_loses_nothing() {
         .unwrap();
     // The first commit: the user without its password.
     let first = loop {
-        let event = tokio::time::timeout(DEADLINE, events.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut events).await;
         if let Some(pb::sync_event::Event::Commit(c)) = event.event {
             break c;
         }
@@ -137,11 +133,7 @@ async fn the_barrier_holds_with_delayed_delivery() {
         .unwrap();
     let mut events = watch(&mut client, "r1", 1).await;
     let (revision, first) = loop {
-        let event = tokio::time::timeout(DEADLINE, events.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut events).await;
         if let Some(pb::sync_event::Event::Commit(c)) = event.event {
             break (event.revision, c);
         }
@@ -190,11 +182,7 @@ async fn reconnect_prunes_and_converges() {
         .await
         .unwrap();
     let replace = loop {
-        let event = tokio::time::timeout(DEADLINE, events.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut events).await;
         if let Some(pb::sync_event::Event::Commit(c)) = event.event {
             break c;
         }
@@ -366,11 +354,7 @@ async fn converges_under_churn_and_faults() {
             .await
             .unwrap();
         loop {
-            let event = tokio::time::timeout(DEADLINE, events.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+            let event = next_event(&mut events).await;
             if let Some(pb::sync_event::Event::StateChanged(change)) = event.event
                 && change.state == pb::SyncState::Disconnected as i32
             {

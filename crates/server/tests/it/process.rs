@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use netsync_proto::netsync::v1 as pb;
-use netsync_testkit::client::watch;
+use netsync_testkit::client::{next_event, watch};
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::device::Device;
 use netsync_testkit::pki::Ca;
@@ -201,11 +201,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
     });
     let mut before: Vec<SeenCommit> = Vec::new();
     while before.len() < 5 {
-        let event = tokio::time::timeout(DEADLINE, events.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut events).await;
         before.extend(seen(event));
     }
     daemon.kill_hard();
@@ -263,11 +259,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
     let mut replay = watch(&mut client, "r1", 1).await;
     let mut after: Vec<SeenCommit> = Vec::new();
     while after.last().is_none_or(|c| c.0 < revision) {
-        let event = tokio::time::timeout(DEADLINE, replay.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut replay).await;
         after.extend(seen(event));
     }
     for (i, commit) in after.iter().enumerate() {

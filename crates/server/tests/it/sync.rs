@@ -8,8 +8,8 @@ use std::time::Duration;
 use netsync_proto::gnmi::typed_value;
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::DEADLINE;
-use netsync_testkit::client::watch;
 use netsync_testkit::client::{self, converge, status};
+use netsync_testkit::client::{next_event, watch};
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::device::Device;
 use pb::net_sync_client::NetSyncClient;
@@ -64,11 +64,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
     // The watcher saw the changes as commits, in order.
     let mut seen = BTreeMap::new();
     while seen.len() < 2 {
-        let event = tokio::time::timeout(DEADLINE, events.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut events).await;
         if let Some(pb::sync_event::Event::Commit(commit)) = event.event {
             for leaf in commit.updates {
                 seen.insert(leaf.path, "update");
@@ -127,11 +123,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
     let mut rebuilt = BTreeMap::new();
     let mut expected_revision = 1;
     while expected_revision <= after {
-        let event = tokio::time::timeout(DEADLINE, events.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut events).await;
         if let Some(pb::sync_event::Event::Commit(commit)) = event.event {
             assert_eq!(event.revision, expected_revision, "no gap, no duplicate");
             expected_revision += 1;
@@ -280,11 +272,7 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
     let mut resumed = watch(&mut client, "r1", resume).await;
     let mut next = resume;
     while next <= last_revision {
-        let event = tokio::time::timeout(DEADLINE, resumed.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut resumed).await;
         if let Some(pb::sync_event::Event::Commit(_)) = event.event {
             assert_eq!(event.revision, next, "no gap, no duplicate");
             next += 1;
@@ -332,11 +320,7 @@ async fn compacted_revisions_are_out_of_range() {
     let (revision, leaves) = running(&mut client, "r1", 0).await;
     let mut events = watch(&mut client, "r1", revision).await;
     loop {
-        let event = tokio::time::timeout(DEADLINE, events.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut events).await;
         if let Some(pb::sync_event::Event::Commit(_)) = event.event {
             assert_eq!(event.revision, revision);
             break;
@@ -382,11 +366,7 @@ async fn evicted_events_are_read_from_the_log() {
     }
     let mut got = Vec::new();
     while got.len() < expected.len() {
-        let event = tokio::time::timeout(DEADLINE, watcher.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let event = next_event(&mut watcher).await;
         if let Some(pb::sync_event::Event::Commit(commit)) = event.event {
             let value = commit.updates[0].value.clone().unwrap().value;
             let Some(netsync_proto::gnmi::typed_value::Value::StringVal(text)) = value else {
