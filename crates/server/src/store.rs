@@ -163,29 +163,6 @@ impl Store {
             .await
     }
 
-    /// Reads one datastore; `NotFound` if there is none of that name.
-    pub async fn get_datastore(&self, name: &str) -> Result<StoredDatastore, Error> {
-        let row = sqlx::query("SELECT spec, create_time_us FROM datastores WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.readers)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "datastore",
-                name: name.to_string(),
-            })?;
-        decode_row(name, &row)
-    }
-
-    /// Reads every datastore, sorted by name.
-    pub async fn list_datastores(&self) -> Result<Vec<StoredDatastore>, Error> {
-        let rows = sqlx::query("SELECT name, spec, create_time_us FROM datastores ORDER BY name")
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter()
-            .map(|row| decode_row(row.get::<&str, _>("name"), row))
-            .collect()
-    }
-
     /// Reads one registry row, even one whose declaration cannot be used;
     /// `NotFound` if there is none of that name.
     pub async fn get_datastore_row(&self, name: &str) -> Result<DatastoreRow, Error> {
@@ -407,15 +384,6 @@ pub enum StoreOpenError {
     /// The database or its lock file cannot be created or locked.
     #[error("cannot create or lock {}: {}", .0.display(), .1)]
     Lock(PathBuf, String),
-}
-
-fn decode_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<StoredDatastore, Error> {
-    match read_row(name, row)? {
-        DatastoreRow::Readable(ds) => Ok(ds),
-        DatastoreRow::Unreadable { reason, .. } => {
-            Err(Error::Corrupt(format!("datastore {name:?}: {reason}")))
-        }
-    }
 }
 
 /// Reads a registry row leniently (see [`convert::datastore_from_stored`]):
