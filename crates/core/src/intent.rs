@@ -11,10 +11,17 @@
 //! changed; an intent change rechecks only the paths that intent claims (and,
 //! for absence claims, the leaves below them). Reading the deviations
 //! costs in proportion to their number.
+//!
+//! A leaf deviates when running's value does not mean the intent's value
+//! (see [`crate::value::same_meaning`]): the encoding a device writes in is
+//! not a deviation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use prost::Message as _;
+
 use crate::running::{Change, Key, Running, Subtree, Value};
+use crate::value;
 
 /// A declared intent.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,23 +211,33 @@ impl Intended {
             .collect()
     }
 
+    /// Values compare by meaning (see [`crate::value`]): an intent's
+    /// `string_val` is met by the device's `json_ietf_val` of that string.
+    /// Running's stored bytes are compared first and decoded only when they
+    /// differ, so a commit that rechecks leaves at their intents' values in
+    /// the intents' own encoding decodes nothing.
     fn recheck(&mut self, keys: impl IntoIterator<Item = Key>, running: &Running) {
+        let decode = |bytes: Vec<u8>| Value::decode(bytes.as_slice()).unwrap_or_default();
         for key in keys {
-            let actual = running.get(&key);
+            let stored = running.get_encoded(&key);
             let deviation = match self.winner(&key) {
-                Some((intent, Some(expected))) if actual.as_ref() != Some(expected) => {
+                Some((intent, Some(expected)))
+                    if !stored
+                        .as_ref()
+                        .is_some_and(|s| value::encoded_same_meaning(s, expected)) =>
+                {
                     Some(Deviation {
                         path: key.clone(),
                         intent: intent.to_string(),
                         expected: Some(expected.clone()),
-                        actual,
+                        actual: stored.map(decode),
                     })
                 }
-                Some((intent, None)) if actual.is_some() => Some(Deviation {
+                Some((intent, None)) if stored.is_some() => Some(Deviation {
                     path: key.clone(),
                     intent: intent.to_string(),
                     expected: None,
-                    actual,
+                    actual: stored.map(decode),
                 }),
                 _ => None,
             };
@@ -311,13 +328,29 @@ mod tests {
         Running::from_leaves(leaves.iter().map(|(k, v)| (key(k), int(*v))))
     }
 
+    /// An integer as `json_ietf_val`, as a JSON_IETF device sends it.
+    fn int_ietf(v: i64) -> Value {
+        TypedValue {
+            value: Some(typed_value::Value::JsonIetfVal(
+                format!("\"{v}\"").into_bytes(),
+            )),
+        }
+    }
+
+    fn as_int(v: &Value) -> i64 {
+        match &v.value {
+            Some(typed_value::Value::IntVal(i)) => *i,
+            Some(typed_value::Value::JsonIetfVal(text)) => std::str::from_utf8(text)
+                .unwrap()
+                .trim_matches('"')
+                .parse()
+                .unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn deviations(i: &Intended) -> Vec<(String, String, Option<i64>, Option<i64>)> {
-        let as_int = |v: &Option<Value>| {
-            v.as_ref().map(|v| match v.value {
-                Some(typed_value::Value::IntVal(i)) => i,
-                _ => panic!(),
-            })
-        };
+        let as_int = |v: &Option<Value>| v.as_ref().map(as_int);
         i.deviations()
             .map(|d| {
                 (
@@ -365,6 +398,46 @@ mod tests {
         // Removing the intent clears its deviations.
         i.remove("x", &r);
         assert!(deviations(&i).is_empty());
+    }
+
+    #[test]
+    fn values_compare_by_meaning_not_encoding() {
+        let ietf = |text: &str| TypedValue {
+            value: Some(typed_value::Value::JsonIetfVal(text.into())),
+        };
+        let string = |text: &str| TypedValue {
+            value: Some(typed_value::Value::StringVal(text.into())),
+        };
+        let mut r = Running::from_leaves([
+            (key("/motd"), ietf("\"managed by netsync\"")),
+            (key("/mtu"), ietf("\"9000\"")),
+        ]);
+        let mut i = Intended::new();
+        let mut wanted = intent("x", 0, &[("/mtu", 9000)], &[]);
+        wanted
+            .updates
+            .insert(key("/motd"), string("managed by netsync"));
+        i.set(wanted, &r);
+        assert_eq!(
+            i.deviations().count(),
+            0,
+            "{:?}",
+            i.deviations().collect::<Vec<_>>()
+        );
+        // The device changes the leaf: that is a deviation, with the value as
+        // the device sent it.
+        let change = Change::new([(key("/motd"), ietf("\"hacked\""))], []);
+        r.apply_change(&change);
+        i.on_commit(&change, &r);
+        let found: Vec<_> = i.deviations().cloned().collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].expected, Some(string("managed by netsync")));
+        assert_eq!(found[0].actual, Some(ietf("\"hacked\"")));
+        // Back to the same value in yet another encoding: no deviation.
+        let change = Change::new([(key("/motd"), string("managed by netsync"))], []);
+        r.apply_change(&change);
+        i.on_commit(&change, &r);
+        assert_eq!(i.deviations().count(), 0);
     }
 
     #[test]
@@ -452,15 +525,14 @@ mod tests {
                 }
             }
             let actual = r.get(&path);
-            let as_int = |v: Option<&Value>| {
-                v.map(|v| match v.value {
-                    Some(typed_value::Value::IntVal(i)) => i,
-                    _ => panic!(),
-                })
-            };
+            let as_int = |v: Option<&Value>| v.map(as_int);
             let actual = actual.as_ref();
+            let met = match (expected_of(best), actual) {
+                (Some(e), Some(a)) => crate::value::same_meaning(e, a),
+                (e, a) => e.is_none() && a.is_none(),
+            };
             if let Some(((_, name), expected)) = best
-                && expected != actual
+                && !met
             {
                 out.push((
                     path.to_string(),
@@ -471,6 +543,10 @@ mod tests {
             }
         }
         out
+    }
+
+    fn expected_of<'a>(best: Option<((i32, &str), Option<&'a Value>)>) -> Option<&'a Value> {
+        best.and_then(|(_, v)| v)
     }
 
     const PATHS: &[&str] = &["/a", "/b/x", "/b/y", "/b/l[k=1]/v", "/b/l[k=2]/v", "/c"];
@@ -490,15 +566,18 @@ mod tests {
 
     proptest::proptest! {
         /// Incremental maintenance equals a from-scratch computation after any
-        /// mix of intent sets, removals and commits.
+        /// mix of intent sets, removals and commits, values compared by meaning.
         #[test]
         fn incremental_equals_from_scratch(
             steps in proptest::collection::vec(
                 proptest::prop_oneof![
                     arb_intent().prop_map(|i| (Some(i), None, None)),
                     proptest::sample::select(&["i1", "i2", "i3"][..]).prop_map(|n| (None, Some(n), None)),
-                    proptest::collection::vec((proptest::sample::select(PATHS), proptest::option::of(0i64..3)), 1..4)
-                        .prop_map(|c| (None, None, Some(c))),
+                    proptest::collection::vec(
+                        (proptest::sample::select(PATHS), proptest::option::of(0i64..3), proptest::bool::ANY),
+                        1..4,
+                    )
+                    .prop_map(|c| (None, None, Some(c))),
                 ],
                 1..30,
             )
@@ -517,8 +596,11 @@ mod tests {
                 }
                 if let Some(changes) = commit {
                     let mut delta = crate::running::Delta::new();
-                    for (p, v) in changes {
+                    // The device writes values as integers or as JSON_IETF
+                    // strings: either meets an intent's integer.
+                    for (p, v, ietf) in changes {
                         match v {
+                            Some(v) if ietf => delta.update(key(p), int_ietf(v)),
                             Some(v) => delta.update(key(p), int(v)),
                             None => delta.delete(Subtree::new(&Path::parse(p).unwrap())),
                         }

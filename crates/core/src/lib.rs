@@ -11,6 +11,7 @@ pub mod path;
 pub mod running;
 pub mod shutdown;
 pub mod sync;
+pub mod value;
 mod wire;
 
 pub use path::{Path, PathElem, PathError};

@@ -671,6 +671,19 @@ impl Running {
         self.leaves.get(key).map(|v| decode(&v))
     }
 
+    /// The value of one leaf, protobuf-encoded as running stores it.
+    pub fn get_encoded(&self, key: &str) -> Option<Vec<u8>> {
+        self.leaves.get(key)
+    }
+
+    /// Whether leaf `key` exists with a value that means `value`, in whatever
+    /// encoding (see [`crate::value::same_meaning`]).
+    pub fn holds(&self, key: &str, value: &Value) -> bool {
+        self.leaves
+            .get(key)
+            .is_some_and(|stored| crate::value::encoded_same_meaning(&stored, value))
+    }
+
     /// Whether leaf `key` exists.
     pub fn contains(&self, key: &str) -> bool {
         self.leaves.get(key).is_some()
