@@ -18,6 +18,7 @@ use std::time::Duration;
 use netsync_core::Path;
 use netsync_core::running::{Key, Value};
 use netsync_core::sync::{EventKind, RevertEvent, RevertPhase, SyncHandle};
+use netsync_core::value;
 use netsync_proto::gnmi;
 use tokio::sync::{Mutex, Notify, broadcast, watch};
 use tracing::Instrument;
@@ -349,6 +350,10 @@ impl Worker {
                 .map_err(|e| (e.to_string(), false))
         };
         let target_name = &self.sync.spec().target.target_name;
+        // Values go in the device's encoding; what running holds for a leaf
+        // shows how the device writes it (see `value::for_device`).
+        let encoding = self.sync.spec().target.encoding;
+        let running = self.sync.snapshot().running;
         let request = gnmi::SetRequest {
             prefix: (!target_name.is_empty()).then(|| gnmi::Path {
                 target: target_name.clone(),
@@ -360,7 +365,7 @@ impl Worker {
                 .map(|(k, v)| {
                     Ok(gnmi::Update {
                         path: Some(to_gnmi(k)?),
-                        val: Some(v.clone()),
+                        val: Some(value::for_device(v, encoding, running.get(k).as_ref())),
                         ..Default::default()
                     })
                 })
@@ -383,9 +388,7 @@ impl Worker {
         }
         let mut snapshots = self.sync.watch_snapshot();
         let shows_result = |s: &netsync_core::sync::Snapshot| {
-            updates
-                .iter()
-                .all(|(k, v)| s.running.get(k).as_ref() == Some(v))
+            updates.iter().all(|(k, v)| s.running.holds(k, v))
                 && deletes.iter().all(|k| !s.running.contains(k))
         };
         let confirmed = tokio::time::timeout(self.config.confirm_timeout, async {
