@@ -277,9 +277,11 @@ pub struct SyncSpec {
     pub mode: SyncMode,
     /// Subscribed paths; never empty (`/` by default).
     pub paths: Vec<Path>,
-    /// SAMPLE interval or ONCE/POLL/GET period; above zero.
+    /// SAMPLE interval or ONCE/POLL/GET period; above zero, at most
+    /// [`SyncSpec::MAX_INTERVAL`].
     pub interval: Duration,
-    /// Longest wait from receipt to commit after the initial sync; above zero.
+    /// Longest wait from receipt to commit after the initial sync; above
+    /// zero, at most [`SyncSpec::MAX_COMMIT_INTERVAL`].
     pub commit_interval: Duration,
     /// Lists that arrive as JSON arrays.
     pub list_keys: Vec<ListKey>,
@@ -290,6 +292,11 @@ impl SyncSpec {
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
     /// Default commit interval.
     pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+    /// Longest `interval`: a day. Far longer periods are mistakes, and
+    /// durations near the type's limit overflow the timers that use them.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+    /// Longest `commit_interval`: a day.
+    pub const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 }
 
 /// Revert of drift from intents.
@@ -297,13 +304,16 @@ impl SyncSpec {
 pub struct RevertSpec {
     /// Whether drift in revertive intents is reverted.
     pub enabled: bool,
-    /// How long drift settles before a revert is queued; zero: at once.
+    /// How long drift settles before a revert is queued; zero: at once; at
+    /// most [`RevertSpec::MAX_DEBOUNCE`].
     pub debounce: Duration,
 }
 
 impl RevertSpec {
     /// Default debounce.
     pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(1);
+    /// Longest debounce: an hour.
+    pub const MAX_DEBOUNCE: Duration = Duration::from_secs(3600);
 }
 
 /// Everything a client declares about a datastore.

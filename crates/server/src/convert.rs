@@ -38,8 +38,10 @@ pub fn datastore_from_proto(ds: pb::Datastore, field: &str) -> Result<DatastoreS
 /// - an unknown encoding or sync mode is the default one;
 /// - an `interval` or `commit_interval` that is negative or zero is the
 ///   default (not the smallest positive value, which would poll or commit
-///   without pause), a negative `debounce` is zero ("at once"), and nanos of
-///   a second or more are clamped to just under a second;
+///   without pause), a negative `debounce` is zero ("at once"), nanos of
+///   a second or more are clamped to just under a second, and a duration
+///   above its bound (24 h for the intervals, 1 h for `debounce`) is the
+///   bound;
 /// - the name, address, TLS settings and credentials are taken as they are: a
 ///   target that cannot be built from them reports why in the datastore's
 ///   status, as any unusable target does;
@@ -184,6 +186,7 @@ fn sync_from_proto(
         s.interval,
         &format!("{field}.interval"),
         Positive::Yes,
+        SyncSpec::MAX_INTERVAL,
         reading,
     )?
     .unwrap_or(SyncSpec::DEFAULT_INTERVAL);
@@ -191,6 +194,7 @@ fn sync_from_proto(
         s.commit_interval,
         &format!("{field}.commit_interval"),
         Positive::Yes,
+        SyncSpec::MAX_COMMIT_INTERVAL,
         reading,
     )?
     .unwrap_or(SyncSpec::DEFAULT_COMMIT_INTERVAL);
@@ -218,6 +222,7 @@ fn revert_from_proto(
         r.debounce,
         &format!("{field}.debounce"),
         Positive::No,
+        RevertSpec::MAX_DEBOUNCE,
         reading,
     )?
     .unwrap_or(RevertSpec::DEFAULT_DEBOUNCE);
@@ -234,13 +239,15 @@ enum Positive {
     No,
 }
 
-/// Converts an optional protobuf duration; `None` when absent (use the default).
-/// Read leniently, a value out of range is clamped into it, or is the default
-/// where zero is not allowed (see [`datastore_from_stored`]).
+/// Converts an optional protobuf duration of at most `max`; `None` when
+/// absent (use the default). Read leniently, a value out of range is clamped
+/// into it, or is the default where zero is not allowed (see
+/// [`datastore_from_stored`]).
 fn duration_from_proto(
     d: Option<prost_types::Duration>,
     field: &str,
     positive: Positive,
+    max: Duration,
     reading: Reading,
 ) -> Result<Option<Duration>, FieldError> {
     let Some(d) = d else { return Ok(None) };
@@ -250,6 +257,7 @@ fn duration_from_proto(
         } else {
             Duration::new(d.seconds as u64, d.nanos.min(999_999_999) as u32)
         };
+        let value = value.min(max);
         return Ok((positive == Positive::No || !value.is_zero()).then_some(value));
     }
     if d.seconds < 0 || d.nanos < 0 {
@@ -262,7 +270,21 @@ fn duration_from_proto(
     if positive == Positive::Yes && value.is_zero() {
         return Err(FieldError::new(field, "must be above zero"));
     }
+    if value > max {
+        return Err(FieldError::new(field, format!("at most {}", human(max))));
+    }
     Ok(Some(value))
+}
+
+/// A bound as people write it: `24h`, `1h`, `90s`.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        _ if d.subsec_nanos() != 0 => format!("{d:?}"),
+        _ if secs.is_multiple_of(3600) => format!("{}h", secs / 3600),
+        _ if secs.is_multiple_of(60) => format!("{}m", secs / 60),
+        _ => format!("{secs}s"),
+    }
 }
 
 fn unknown_enum(field: String, value: i32) -> FieldError {
@@ -570,6 +592,52 @@ mod tests {
             mutate(&mut ds);
             let err = datastore_from_proto(ds, "datastore").unwrap_err();
             assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_have_upper_bounds() {
+        let seconds = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        type Set = fn(&mut pb::Datastore, prost_types::Duration);
+        type Get = fn(&DatastoreSpec) -> Duration;
+        let cases: [(Set, Get, &str, i64, &str); 3] = [
+            (
+                |d, v| d.sync.get_or_insert_with(Default::default).interval = Some(v),
+                |s| s.sync.interval,
+                "datastore.sync.interval",
+                24 * 3600,
+                "at most 24h",
+            ),
+            (
+                |d, v| d.sync.get_or_insert_with(Default::default).commit_interval = Some(v),
+                |s| s.sync.commit_interval,
+                "datastore.sync.commit_interval",
+                24 * 3600,
+                "at most 24h",
+            ),
+            (
+                |d, v| d.revert.get_or_insert_with(Default::default).debounce = Some(v),
+                |s| s.revert.debounce,
+                "datastore.revert.debounce",
+                3600,
+                "at most 1h",
+            ),
+        ];
+        let ten_thousand_years = 10_000 * 365 * 24 * 3600;
+        for (set, get, field, bound, message) in cases {
+            for too_long in [seconds(ten_thousand_years, 0), seconds(bound, 1)] {
+                let mut ds = valid();
+                set(&mut ds, too_long);
+                let err = datastore_from_proto(ds.clone(), "datastore").unwrap_err();
+                assert_eq!((err.field.as_str(), err.message.as_str()), (field, message));
+                // Stored by an earlier release: read as the bound.
+                let stored = datastore_from_stored(ds).unwrap();
+                assert_eq!(get(&stored), Duration::from_secs(bound as u64), "{field}");
+            }
+            let mut ds = valid();
+            set(&mut ds, seconds(bound, 0));
+            let spec = datastore_from_proto(ds, "datastore").unwrap();
+            assert_eq!(get(&spec), Duration::from_secs(bound as u64), "{field}");
         }
     }
 
