@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use crate::path::Path;
+use crate::path::{Path, PathElem};
 
 /// Why a datastore field is invalid. `field` names it as the API spells it
 /// (e.g. `datastore.target.address`), so callers can answer INVALID_ARGUMENT.
@@ -236,7 +236,7 @@ impl ListKey {
         }
         let parent = Path::parse(parent).map_err(|e| e.to_string())?;
         let mut list = parent;
-        list.push(crate::path::PathElem::new(name).map_err(|e| e.to_string())?);
+        list.push(PathElem::new(name).map_err(|e| e.to_string())?);
         Ok(Self { list, keys })
     }
 }
@@ -297,6 +297,39 @@ impl SyncSpec {
     pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
     /// Longest `commit_interval`: a day.
     pub const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+    /// Whether `path` lies at or below one of the subscribed paths, so that
+    /// running can hold it. A subscribed path may use gNMI wildcards: element
+    /// name `*` for any one element, `...` for any number of them, key value
+    /// `*` for any value; a key left out matches every value, and a path
+    /// without an origin at the root (`/`) covers every origin.
+    pub fn covers(&self, path: &Path) -> bool {
+        self.paths.iter().any(|synced| {
+            let origin_ok =
+                synced.origin() == path.origin() || (synced.is_root() && synced.origin().is_none());
+            origin_ok && elems_cover(synced.elems(), path.elems())
+        })
+    }
+}
+
+/// Whether the pattern `synced` names `path` or one of its ancestors.
+fn elems_cover(synced: &[PathElem], path: &[PathElem]) -> bool {
+    let Some((first, rest)) = synced.split_first() else {
+        return true;
+    };
+    if first.name() == "..." {
+        return (0..=path.len()).any(|skip| elems_cover(rest, &path[skip..]));
+    }
+    let Some((elem, path_rest)) = path.split_first() else {
+        // `path` lies above the synced path: only part of it is synced.
+        return false;
+    };
+    let name_ok = first.name() == "*" || first.name() == elem.name();
+    let keys_ok = first
+        .keys()
+        .iter()
+        .all(|(key, value)| value == "*" || elem.key(key) == Some(value.as_str()));
+    name_ok && keys_ok && elems_cover(rest, path_rest)
 }
 
 /// Revert of drift from intents.
@@ -389,6 +422,69 @@ mod tests {
             "/a/b[k=v]",
         ] {
             assert!(ListKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sync_paths_cover_what_lies_below_them() {
+        let spec = |paths: &[&str]| SyncSpec {
+            mode: SyncMode::OnChange,
+            paths: paths.iter().map(|p| Path::parse(p).unwrap()).collect(),
+            interval: SyncSpec::DEFAULT_INTERVAL,
+            commit_interval: SyncSpec::DEFAULT_COMMIT_INTERVAL,
+            list_keys: Vec::new(),
+        };
+        let covers = |paths: &[&str], path: &str| spec(paths).covers(&Path::parse(path).unwrap());
+        let cases = [
+            (&["/"][..], "/a/b", true),
+            (&["/"], "oc:/a/b", true),
+            (&["/interfaces", "/system"], "/system/config/hostname", true),
+            (&["/interfaces", "/system"], "/system", true),
+            (&["/interfaces", "/system"], "/x/y", false),
+            (&["/interfaces", "/system"], "/systemx/y", false),
+            (
+                &["/interfaces"],
+                "/interfaces/interface[name=eth0]/config/mtu",
+                true,
+            ),
+            (
+                &["/interfaces/interface[name=eth0]"],
+                "/interfaces/interface[name=eth0]/mtu",
+                true,
+            ),
+            (
+                &["/interfaces/interface[name=eth0]"],
+                "/interfaces/interface[name=eth1]/mtu",
+                false,
+            ),
+            (
+                &["/interfaces/interface[name=eth0]"],
+                "/interfaces/interface",
+                false,
+            ),
+            (
+                &["/interfaces/interface[name=*]/config"],
+                "/interfaces/interface[name=e]/config/mtu",
+                true,
+            ),
+            (
+                &["/interfaces/interface[name=*]/config"],
+                "/interfaces/interface[name=e]/state/mtu",
+                false,
+            ),
+            (
+                &["/interfaces/*/config"],
+                "/interfaces/interface[name=e]/config/mtu",
+                true,
+            ),
+            (&["/.../config"], "/a/b/config/c", true),
+            (&["/.../config"], "/a/b/state/c", false),
+            (&["oc:/a"], "oc:/a/b", true),
+            (&["oc:/a"], "/a/b", false),
+            (&["/a"], "oc:/a/b", false),
+        ];
+        for (paths, path, expected) in cases {
+            assert_eq!(covers(paths, path), expected, "{paths:?} covers {path}");
         }
     }
 

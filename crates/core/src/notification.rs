@@ -159,6 +159,27 @@ impl Decoder {
         Ok(counts)
     }
 
+    /// The leaves `value` at `path` stands for, exactly as [`Decoder::apply`]
+    /// records them from a device: a JSON value flattened (see the module
+    /// documentation), any other value the one leaf as it is.
+    pub fn leaves(
+        &self,
+        path: &Path,
+        value: &Value,
+    ) -> Result<Vec<(Key, Value)>, NotificationError> {
+        let mut out = Vec::new();
+        match &value.value {
+            Some(typed_value::Value::JsonIetfVal(bytes)) => {
+                self.flatten_bytes(path.clone(), bytes, Encoding::JsonIetf, &mut out)?;
+            }
+            Some(typed_value::Value::JsonVal(bytes)) => {
+                self.flatten_bytes(path.clone(), bytes, Encoding::Json, &mut out)?;
+            }
+            _ => out.push((key_of(path), value.clone())),
+        }
+        Ok(out)
+    }
+
     fn flatten_bytes(
         &self,
         path: Path,

@@ -11,8 +11,10 @@ use netsync_core::datastore::{
     SyncSpec, TargetSpec, TlsSpec,
 };
 use netsync_core::intent::{Deviation, Intent};
+use netsync_core::notification::Decoder;
 use netsync_core::running::{Key, Subtree, Value};
 use netsync_core::sync::SyncState;
+use netsync_proto::gnmi::typed_value;
 use netsync_proto::netsync::v1 as pb;
 
 /// Whether secrets go into the output: only the store may keep them.
@@ -348,30 +350,91 @@ pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datasto
     }
 }
 
-/// Validates an intent as a client sent it; `field` prefixes error messages.
+/// Reads an intent as the store kept it (or as a client sent it, before the
+/// datastore is known); `field` prefixes error messages. Checks what an intent
+/// needs on its own: names, paths, values given, no path twice, no delete
+/// over the intent's own leaves. [`intent_for_datastore`] checks more.
 pub fn intent_from_proto(intent: pb::Intent, field: &str) -> Result<Intent, FieldError> {
+    intent_from(intent, field, None)
+}
+
+/// Validates an intent as a client sent it for the datastore `spec`; `field`
+/// prefixes error messages. Beyond [`intent_from_proto`]:
+/// - a JSON object in a leaf value (`json_val`, `json_ietf_val`), or an
+///   array of list entries, stands for the leaves below it: it is flattened
+///   with the datastore's `list_keys` exactly as the device's JSON is, so
+///   that the intent claims the leaves running will hold. What cannot be
+///   flattened (a list whose keys are unknown, an entry without its key, an
+///   object with no leaves, `null`) or does not parse is refused;
+/// - every leaf and every delete lies within the datastore's `sync.paths`:
+///   running could never confirm one outside them, and its job would fail.
+pub fn intent_for_datastore(
+    intent: pb::Intent,
+    field: &str,
+    spec: &DatastoreSpec,
+) -> Result<Intent, FieldError> {
+    intent_from(intent, field, Some(spec))
+}
+
+fn intent_from(
+    intent: pb::Intent,
+    field: &str,
+    spec: Option<&DatastoreSpec>,
+) -> Result<Intent, FieldError> {
     datastore::validate_name(&intent.name)
         .map_err(|m| FieldError::new(format!("{field}.name"), m))?;
+    let decoder = spec.map(|spec| Decoder::new(&spec.sync.list_keys));
+    let outside = |spec: &DatastoreSpec, what: &str| {
+        let synced: Vec<String> = spec.sync.paths.iter().map(ToString::to_string).collect();
+        format!(
+            "{what} is outside the datastore's sync.paths [{}]; running could never confirm it",
+            synced.join(", ")
+        )
+    };
     let mut updates = BTreeMap::new();
     for (i, leaf) in intent.updates.into_iter().enumerate() {
+        let path_field = format!("{field}.updates[{i}].path");
+        let value_field = format!("{field}.updates[{i}].value");
         let path = Path::parse(&leaf.path)
-            .map_err(|e| FieldError::new(format!("{field}.updates[{i}].path"), e.to_string()))?;
+            .map_err(|e| FieldError::new(path_field.clone(), e.to_string()))?;
         if path.is_root() {
             return Err(FieldError::new(
-                format!("{field}.updates[{i}].path"),
+                path_field,
                 "must name a leaf, not the root",
             ));
         }
         let value = leaf
             .value
             .filter(|v| v.value.is_some())
-            .ok_or_else(|| FieldError::new(format!("{field}.updates[{i}].value"), "is required"))?;
-        let key: Key = path.to_string().into();
-        if updates.insert(key.clone(), value).is_some() {
-            return Err(FieldError::new(
-                format!("{field}.updates[{i}].path"),
-                format!("{key} is given more than once"),
-            ));
+            .ok_or_else(|| FieldError::new(value_field.clone(), "is required"))?;
+        let leaves = match (spec, &decoder) {
+            (Some(spec), Some(decoder)) => {
+                let IntentLeaves { leaves, flattened } = intent_leaves(decoder, &path, value)
+                    .map_err(|m| FieldError::new(value_field.clone(), m))?;
+                for (key, _) in &leaves {
+                    let covered = Path::parse(key).is_ok_and(|p| spec.sync.covers(&p));
+                    if !covered {
+                        return Err(if flattened {
+                            FieldError::new(
+                                value_field.clone(),
+                                outside(spec, &format!("leaf {key} of this JSON value")),
+                            )
+                        } else {
+                            FieldError::new(path_field.clone(), outside(spec, key))
+                        });
+                    }
+                }
+                leaves
+            }
+            _ => vec![(path.to_string().into(), value)],
+        };
+        for (key, value) in leaves {
+            if updates.insert(key.clone(), value).is_some() {
+                return Err(FieldError::new(
+                    path_field.clone(),
+                    format!("{key} is given more than once"),
+                ));
+            }
         }
     }
     let mut deletes = Vec::with_capacity(intent.deletes.len());
@@ -382,6 +445,14 @@ pub fn intent_from_proto(intent: pb::Intent, field: &str) -> Result<Intent, Fiel
             return Err(FieldError::new(
                 format!("{field}.deletes[{i}]"),
                 "the root cannot be required absent",
+            ));
+        }
+        if let Some(spec) = spec
+            && !spec.sync.covers(&path)
+        {
+            return Err(FieldError::new(
+                format!("{field}.deletes[{i}]"),
+                outside(spec, &path.to_string()),
             ));
         }
         let subtree = Subtree::new(&path);
@@ -403,6 +474,68 @@ pub fn intent_from_proto(intent: pb::Intent, field: &str) -> Result<Intent, Fiel
         deletes,
         non_revertive: intent.non_revertive,
         revision: intent.revision,
+    })
+}
+
+/// The leaves one intent update stands for.
+struct IntentLeaves {
+    leaves: Vec<(Key, Value)>,
+    /// Whether they came from flattening a JSON value.
+    flattened: bool,
+}
+
+/// The leaves one intent update stands for, or why it cannot be set.
+///
+/// A JSON scalar or leaf-list stays one leaf with the value as given (so
+/// GetIntent returns what was written); a JSON object or array of list
+/// entries is flattened as a device's JSON is.
+fn intent_leaves(decoder: &Decoder, path: &Path, value: Value) -> Result<IntentLeaves, String> {
+    let as_given = |value| IntentLeaves {
+        leaves: vec![(path.to_string().into(), value)],
+        flattened: false,
+    };
+    let bytes = match &value.value {
+        Some(typed_value::Value::JsonVal(b) | typed_value::Value::JsonIetfVal(b)) => b,
+        _ => return Ok(as_given(value)),
+    };
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    let null = "null is not a value; to require a leaf absent, list it in deletes";
+    let entries = |items: &[serde_json::Value]| {
+        !items.is_empty() && items.iter().all(serde_json::Value::is_object)
+    };
+    match &json {
+        serde_json::Value::Null => return Err(null.into()),
+        serde_json::Value::Object(_) => {}
+        serde_json::Value::Array(items) if entries(items) => {}
+        _ => return Ok(as_given(value)),
+    }
+    let leaves = decoder.leaves(path, &value).map_err(|e| e.to_string())?;
+    if leaves.is_empty() {
+        return Err("holds an object without leaves; there is nothing to set".into());
+    }
+    for (key, leaf) in &leaves {
+        let leaf_json = match &leaf.value {
+            Some(typed_value::Value::JsonVal(b) | typed_value::Value::JsonIetfVal(b)) => {
+                serde_json::from_slice::<serde_json::Value>(b).ok()
+            }
+            _ => None,
+        };
+        match leaf_json {
+            Some(serde_json::Value::Null) => return Err(format!("{key}: {null}")),
+            Some(serde_json::Value::Array(items)) if entries(&items) => {
+                return Err(format!(
+                    "{key} holds list entries that cannot be told apart: name the list's keys \
+                     in the datastore's sync.list_keys (as {key}[key]) and give every entry \
+                     its keys, or set the entries' leaves one by one"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(IntentLeaves {
+        leaves,
+        flattened: true,
     })
 }
 
@@ -638,6 +771,174 @@ mod tests {
             set(&mut ds, seconds(bound, 0));
             let spec = datastore_from_proto(ds, "datastore").unwrap();
             assert_eq!(get(&spec), Duration::from_secs(bound as u64), "{field}");
+        }
+    }
+
+    fn intent_spec() -> DatastoreSpec {
+        let mut ds = valid();
+        ds.sync = Some(pb::SyncConfig {
+            paths: vec!["/interfaces".into(), "/system".into()],
+            list_keys: vec!["/interfaces/interface[name]".into()],
+            ..Default::default()
+        });
+        datastore_from_proto(ds, "datastore").unwrap()
+    }
+
+    fn intent_of(updates: &[(&str, typed_value::Value)], deletes: &[&str]) -> pb::Intent {
+        pb::Intent {
+            name: "i".into(),
+            updates: updates
+                .iter()
+                .map(|(path, value)| pb::Leaf {
+                    path: path.to_string(),
+                    value: Some(Value {
+                        value: Some(value.clone()),
+                    }),
+                })
+                .collect(),
+            deletes: deletes.iter().map(ToString::to_string).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ietf(text: &str) -> typed_value::Value {
+        typed_value::Value::JsonIetfVal(text.into())
+    }
+
+    #[test]
+    fn json_objects_in_intents_become_leaves() {
+        let intent = intent_of(
+            &[
+                (
+                    "/interfaces/interface[name=eth0]",
+                    ietf(r#"{"config": {"mtu": 9000, "description": "up"}}"#),
+                ),
+                (
+                    "/interfaces",
+                    ietf(
+                        r#"{"openconfig-interfaces:interface": [{"name": "eth1", "config": {"enabled": true}}]}"#,
+                    ),
+                ),
+                ("/system/config/hostname", ietf(r#""r1""#)),
+                (
+                    "/system/dns/servers",
+                    typed_value::Value::JsonVal(br#"["1.1.1.1"]"#.to_vec()),
+                ),
+            ],
+            &[],
+        );
+        let intent = intent_for_datastore(intent, "intent", &intent_spec()).unwrap();
+        let leaves: Vec<(String, Value)> = intent
+            .updates
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let v = |value: typed_value::Value| Value { value: Some(value) };
+        assert_eq!(
+            leaves,
+            vec![
+                (
+                    "/interfaces/interface[name=eth0]/config/description".into(),
+                    v(ietf(r#""up""#))
+                ),
+                (
+                    "/interfaces/interface[name=eth0]/config/mtu".into(),
+                    v(ietf("9000"))
+                ),
+                (
+                    "/interfaces/interface[name=eth1]/config/enabled".into(),
+                    v(ietf("true"))
+                ),
+                (
+                    "/interfaces/interface[name=eth1]/name".into(),
+                    v(ietf(r#""eth1""#))
+                ),
+                // Scalars and leaf-lists stay as they were written.
+                ("/system/config/hostname".into(), v(ietf(r#""r1""#))),
+                (
+                    "/system/dns/servers".into(),
+                    v(typed_value::Value::JsonVal(br#"["1.1.1.1"]"#.to_vec()))
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn intents_the_datastore_cannot_confirm_are_refused() {
+        let string = || typed_value::Value::StringVal("x".into());
+        let cases: Vec<(pb::Intent, &str, &str)> = vec![
+            (
+                intent_of(&[("/x/y", string())], &[]),
+                "intent.updates[0].path",
+                "/x/y is outside the datastore's sync.paths [/interfaces, /system]; running could never confirm it",
+            ),
+            (
+                intent_of(&[("/system/a", string())], &["/x"]),
+                "intent.deletes[0]",
+                "/x is outside the datastore's sync.paths",
+            ),
+            (
+                intent_of(
+                    &[
+                        ("/system", ietf(r#"{"a": 1}"#)),
+                        ("/x", ietf(r#"{"b": 1}"#)),
+                    ],
+                    &[],
+                ),
+                "intent.updates[1].value",
+                "leaf /x/b of this JSON value is outside",
+            ),
+            (
+                intent_of(&[("/system/users", ietf(r#"[{"id": 1}]"#))], &[]),
+                "intent.updates[0].value",
+                "sync.list_keys",
+            ),
+            (
+                intent_of(
+                    &[("/interfaces", ietf(r#"{"interface": [{"mtu": 1}]}"#))],
+                    &[],
+                ),
+                "intent.updates[0].value",
+                "/interfaces/interface holds list entries",
+            ),
+            (
+                intent_of(&[("/system/a", ietf("{"))], &[]),
+                "intent.updates[0].value",
+                "invalid JSON",
+            ),
+            (
+                intent_of(&[("/system/a", ietf("{}"))], &[]),
+                "intent.updates[0].value",
+                "without leaves",
+            ),
+            (
+                intent_of(&[("/system/a", ietf("null"))], &[]),
+                "intent.updates[0].value",
+                "null",
+            ),
+            (
+                intent_of(&[("/system/a", ietf(r#"{"b": null}"#))], &[]),
+                "intent.updates[0].value",
+                "/system/a/b: null",
+            ),
+            (
+                intent_of(
+                    &[
+                        ("/system/a/b", string()),
+                        ("/system", ietf(r#"{"a": {"b": "y"}}"#)),
+                    ],
+                    &[],
+                ),
+                "intent.updates[1].path",
+                "/system/a/b is given more than once",
+            ),
+        ];
+        for (intent, field, words) in cases {
+            let err = intent_for_datastore(intent.clone(), "intent", &intent_spec()).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.message.contains(words), "{words:?} not in {err}");
+            // The store reads what an earlier release accepted as it is.
+            intent_from_proto(intent, "stored").unwrap();
         }
     }
 

@@ -322,7 +322,8 @@ impl NetSync for NetSyncService {
         let intent = req
             .intent
             .ok_or_else(|| Error::invalid("intent", "is required"))?;
-        let mut intent = convert::intent_from_proto(intent, "intent").map_err(Error::from)?;
+        let mut intent =
+            convert::intent_for_datastore(intent, "intent", sync.spec()).map_err(Error::from)?;
         let (store, engine) = (self.store.clone(), self.engine.clone());
         let reply = to_completion(async move {
             let _writing = engine.intent_lock(&req.datastore).await;
