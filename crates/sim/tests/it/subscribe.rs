@@ -354,6 +354,66 @@ async fn json_ietf_and_ascii_encodings_in_subscribe() {
     sim.stop().await;
 }
 
+/// What netsync's JSON_IETF sync and its Sets rely on, as real devices do
+/// it: one update per leaf, each `json_ietf_val` one RFC 7951 scalar (64-bit
+/// integers and decimals as JSON strings, booleans and strings as JSON
+/// values, leaf-lists as arrays), on the same paths as PROTO; and a Set of
+/// RFC 7951 JSON keeps each leaf's type.
+#[tokio::test]
+async fn json_ietf_streams_one_rfc7951_scalar_per_leaf() {
+    let sim = Sim::start(generated(300)).await;
+    let mut client = sim.gnmi().await;
+    let dump = |encoding: gnmi::Encoding| {
+        let mut spec = list(Mode::Once, vec![subscription(ETH0, SubMode::TargetDefined)]);
+        spec.encoding = encoding as i32;
+        spec
+    };
+    let mut sub = Sub::open(&mut client, dump(gnmi::Encoding::Proto)).await;
+    let mut proto = BTreeMap::new();
+    apply(&mut proto, &sub.until_sync().await);
+    let mut sub = Sub::open(&mut client, dump(gnmi::Encoding::JsonIetf)).await;
+    let mut ietf = BTreeMap::new();
+    apply(&mut ietf, &sub.until_sync().await);
+    assert_eq!(
+        ietf.keys().collect::<Vec<_>>(),
+        proto.keys().collect::<Vec<_>>()
+    );
+    for (path, value) in &ietf {
+        let Some(Value::JsonIetfVal(text)) = &value.value else {
+            panic!("{path}: {value:?}");
+        };
+        let json: serde_json::Value = serde_json::from_slice(text).unwrap();
+        let expected = match &proto[path].value {
+            Some(Value::UintVal(u)) => serde_json::json!(u.to_string()),
+            Some(Value::IntVal(i)) => serde_json::json!(i.to_string()),
+            Some(Value::StringVal(s)) => serde_json::json!(s),
+            Some(Value::BoolVal(b)) => serde_json::json!(b),
+            other => panic!("{path}: an unexpected kind {other:?}"),
+        };
+        assert_eq!(json, expected, "{path}");
+    }
+    // A Set in RFC 7951 JSON keeps each leaf's type.
+    let mtu = format!("{ETH0}/config/mtu");
+    let enabled = format!("{ETH0}/config/enabled");
+    let ietf_val = |text: &str| gnmi::TypedValue {
+        value: Some(Value::JsonIetfVal(text.into())),
+    };
+    client
+        .set(gnmi::SetRequest {
+            update: vec![
+                update(&mtu, ietf_val("\"9216\"")),
+                update(&enabled, ietf_val("false")),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let leaves = sim.leaves().await;
+    assert_eq!(leaves[&mtu].value, Some(Value::UintVal(9216)));
+    assert_eq!(leaves[&enabled].value, Some(Value::BoolVal(false)));
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn invalid_subscriptions_are_refused() {
     let sim = Sim::start(generated(100)).await;
