@@ -80,6 +80,11 @@ pub struct SimConfig {
     pub faults: Faults,
     /// How long in-flight calls may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// The one encoding a Set's values are taken in, as by a device that
+    /// speaks only that one (JSON_IETF: `json_ietf_val`, JSON: `json_val`,
+    /// ASCII: `ascii_val`, PROTO: typed scalars); other values are refused
+    /// with INVALID_ARGUMENT. `None`: any.
+    pub set_encoding: Option<netsync_proto::gnmi::Encoding>,
 }
 
 impl Default for SimConfig {
@@ -98,6 +103,7 @@ impl Default for SimConfig {
             churn: None,
             faults: Faults::default(),
             shutdown_grace: Duration::from_secs(5),
+            set_encoding: None,
         }
     }
 }
@@ -116,6 +122,8 @@ pub struct Shared {
     pub credentials: Option<Credentials>,
     /// Most updates per notification.
     pub notification_batch: usize,
+    /// The one encoding Set values are taken in, if only one.
+    pub set_encoding: Option<netsync_proto::gnmi::Encoding>,
     /// Fires at shutdown; every stream and the actor end.
     pub cancel: CancellationToken,
     /// Owns the stream tasks.
@@ -223,6 +231,7 @@ pub async fn serve(
         online: AtomicBool::new(true),
         credentials: config.credentials.clone(),
         notification_batch: config.notification_batch,
+        set_encoding: config.set_encoding,
         cancel: cancel.clone(),
         tasks: tasks.clone(),
     });

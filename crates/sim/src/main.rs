@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use netsync_proto::gnmi;
 use netsync_sim::{ChurnSpec, Credentials, Faults, InitialState, ListKeys, SimConfig, TlsIdentity};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -95,6 +96,10 @@ struct Cli {
     /// Fault: initial dumps end with UNAVAILABLE after N updates.
     #[arg(long, value_name = "N")]
     drop_dump_after: Option<u64>,
+    /// Take Set values only in this encoding, as a device that speaks only
+    /// that one (default: any).
+    #[arg(long, value_parser = ["json_ietf", "json", "proto", "ascii"])]
+    set_encoding: Option<String>,
     /// Worker threads of the runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -191,6 +196,12 @@ impl Cli {
             queue_batches: self.queue_batches.max(1),
             churn,
             faults,
+            set_encoding: self.set_encoding.as_deref().map(|e| match e {
+                "json" => gnmi::Encoding::Json,
+                "proto" => gnmi::Encoding::Proto,
+                "ascii" => gnmi::Encoding::Ascii,
+                _ => gnmi::Encoding::JsonIetf,
+            }),
             ..SimConfig::default()
         })
     }

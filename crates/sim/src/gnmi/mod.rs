@@ -217,6 +217,35 @@ fn set_value(update: &gnmi::Update, field: &str) -> Result<SetValue, SimError> {
     }
 }
 
+/// Refuses a Set whose values are not in `encoding`, as a device that speaks
+/// only that encoding does.
+fn check_set_encoding(
+    request: &gnmi::SetRequest,
+    encoding: gnmi::Encoding,
+) -> Result<(), SimError> {
+    for (name, list) in [("replace", &request.replace), ("update", &request.update)] {
+        for (i, update) in list.iter().enumerate() {
+            let value = update.val.as_ref().and_then(|v| v.value.as_ref());
+            let taken = match (encoding, value) {
+                (_, None) => true,
+                (gnmi::Encoding::JsonIetf, Some(v)) => matches!(v, Value::JsonIetfVal(_)),
+                (gnmi::Encoding::Json, Some(v)) => matches!(v, Value::JsonVal(_)),
+                (gnmi::Encoding::Ascii, Some(v)) => matches!(v, Value::AsciiVal(_)),
+                (gnmi::Encoding::Proto | gnmi::Encoding::Bytes, Some(v)) => {
+                    !matches!(v, Value::JsonIetfVal(_) | Value::JsonVal(_))
+                }
+            };
+            if !taken {
+                return Err(SimError::InvalidArgument(format!(
+                    "{name}[{i}].val: this device takes {} values in a Set",
+                    encoding.as_str_name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Converts a SetRequest into operations and the results to report.
 fn set_ops(request: &gnmi::SetRequest) -> Result<(SetOps, Vec<gnmi::UpdateResult>), SimError> {
     use gnmi::update_result::Operation;
@@ -339,6 +368,9 @@ impl GNmi for GnmiService {
                 return Err(status);
             }
             let request = request.into_inner();
+            if let Some(encoding) = self.shared.set_encoding {
+                check_set_encoding(&request, encoding)?;
+            }
             let (ops, results) = set_ops(&request)?;
             let changed = self.device.set(ops, true).await?;
             tracing::debug!(changed, "Set applied");

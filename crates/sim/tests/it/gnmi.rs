@@ -6,6 +6,7 @@ use netsync_testkit::sim::{Sim, generated};
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::typed_value::Value;
 use netsync_proto::gnmi::update_result::Operation;
+use netsync_sim::SimConfig;
 use serde_json::json;
 use tonic::Code;
 
@@ -459,5 +460,42 @@ async fn set_creates_new_leaves_and_deletes_subtrees() {
     let all = get_all(&mut client).await;
     assert!(!all.keys().any(|p| p.starts_with(ETH0)));
     assert!(all.contains_key("/new/leaf"));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_of_one_encoding_refuses_set_values_in_another() {
+    let sim = Sim::start(SimConfig {
+        set_encoding: Some(gnmi::Encoding::JsonIetf),
+        ..generated(300)
+    })
+    .await;
+    let mut client = sim.gnmi().await;
+    let mtu = format!("{ETH0}/config/mtu");
+    let status = client
+        .set(gnmi::SetRequest {
+            update: vec![update(&mtu, uint(9216))],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("update[0].val") && status.message().contains("JSON_IETF"),
+        "{status}"
+    );
+    client
+        .set(gnmi::SetRequest {
+            update: vec![update(
+                &mtu,
+                gnmi::TypedValue {
+                    value: Some(Value::JsonIetfVal(b"\"9216\"".to_vec())),
+                },
+            )],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sim.leaves().await[&mtu].value, Some(Value::UintVal(9216)));
     sim.stop().await;
 }
