@@ -63,14 +63,18 @@ pub fn encoded_same_meaning(encoded: &[u8], value: &TypedValue) -> bool {
 ///   `json_ietf_val` as it is;
 /// - JSON: `json_val`, the same but every number a JSON number; a
 ///   `json_ietf_val` is sent as `json_val` as it is;
-/// - PROTO and ASCII: the value as given.
+/// - PROTO: typed values as given; a JSON value (`json_val`,
+///   `json_ietf_val`) as the typed value the device has at that leaf (below),
+///   else as given;
+/// - ASCII: the value as given.
 ///
 /// `current` is the leaf's value in running, if any. It tells how the device
 /// writes this leaf, which a schema would: when the device sends it as a JSON
 /// number where the rule above gives a string (a 32-bit integer), or the
-/// other way round, the value is written the device's way if it can be with
-/// the same meaning. What JSON cannot hold (`any_val`, `proto_bytes`, NaN and
-/// infinities) is sent as given.
+/// other way round, the value is written the device's way; a PROTO device
+/// that sends the leaf as `uint_val` gets a JSON `"9216"` as `uint_val`
+/// 9216. Each only where the value keeps its meaning. What JSON cannot hold
+/// (`any_val`, `proto_bytes`, NaN and infinities) is sent as given.
 pub fn for_device(
     value: &TypedValue,
     encoding: Encoding,
@@ -79,7 +83,12 @@ pub fn for_device(
     let ietf = match encoding {
         Encoding::JsonIetf => true,
         Encoding::Json => false,
-        Encoding::Proto | Encoding::Ascii => return value.clone(),
+        Encoding::Proto => {
+            return current
+                .and_then(|like| typed_like(value, like))
+                .unwrap_or_else(|| value.clone());
+        }
+        Encoding::Ascii => return value.clone(),
     };
     let wrap = |bytes: Vec<u8>| TypedValue {
         value: Some(if ietf {
@@ -137,6 +146,80 @@ fn to_json(value: &TypedValue, ietf: bool) -> Option<Json> {
         V::AnyVal(_) | V::ProtoBytes(_) => return None,
     };
     Some(json)
+}
+
+/// A JSON `value` as a typed value of the kind `like` has (`None` if
+/// `value` is not JSON, `like` is, or the value cannot be that kind with the
+/// same meaning).
+fn typed_like(value: &TypedValue, like: &TypedValue) -> Option<TypedValue> {
+    let (Some(V::JsonVal(bytes) | V::JsonIetfVal(bytes)), Some(kind)) = (&value.value, &like.value)
+    else {
+        return None;
+    };
+    if matches!(kind, V::JsonVal(_) | V::JsonIetfVal(_)) {
+        return None;
+    }
+    let json: Json = serde_json::from_slice(bytes).ok()?;
+    let typed = json_as(&json, like)?;
+    same_meaning(&typed, value).then_some(typed)
+}
+
+/// JSON as a typed value of the kind `like` has.
+fn json_as(json: &Json, like: &TypedValue) -> Option<TypedValue> {
+    let text = match json {
+        Json::String(s) => Cow::Borrowed(s.as_str()),
+        Json::Number(n) => Cow::Owned(n.to_string()),
+        Json::Bool(b) => Cow::Owned(b.to_string()),
+        Json::Array(items) => {
+            let Some(V::LeaflistVal(list)) = &like.value else {
+                return None;
+            };
+            let element = list.element.first()?;
+            let element = items
+                .iter()
+                .map(|item| json_as(item, element))
+                .collect::<Option<_>>()?;
+            return Some(TypedValue {
+                value: Some(V::LeaflistVal(gnmi::ScalarArray { element })),
+            });
+        }
+        Json::Object(_) | Json::Null => return None,
+    };
+    #[allow(deprecated, reason = "devices still send float_val and decimal_val")]
+    let value = match like.value.as_ref()? {
+        V::StringVal(_) => V::StringVal(text.into_owned()),
+        V::AsciiVal(_) => V::AsciiVal(text.into_owned()),
+        V::IntVal(_) => V::IntVal(text.parse().ok()?),
+        V::UintVal(_) => V::UintVal(text.parse().ok()?),
+        V::BoolVal(_) => V::BoolVal(text.parse().ok()?),
+        V::DoubleVal(_) => V::DoubleVal(text.parse().ok()?),
+        V::FloatVal(_) => V::FloatVal(text.parse().ok()?),
+        V::DecimalVal(d) => V::DecimalVal(decimal64(&parse_decimal(&text)?, d.precision)?),
+        V::BytesVal(_) => V::BytesVal(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .ok()?,
+        ),
+        _ => return None,
+    };
+    Some(TypedValue { value: Some(value) })
+}
+
+/// `d` as a decimal64 with at least `precision` fraction digits (the leaf's
+/// own), if it fits.
+fn decimal64(d: &Decimal, precision: u32) -> Option<gnmi::Decimal64> {
+    let magnitude: i64 = if d.digits.is_empty() {
+        0
+    } else {
+        d.digits.parse().ok()?
+    };
+    let signed = if d.negative { -magnitude } else { magnitude };
+    let own = u32::try_from(d.exponent.min(0).checked_neg()?).ok()?;
+    let precision = precision.max(own);
+    // digits × 10^(exponent + precision), exactly.
+    let shift = u32::try_from(d.exponent.checked_add(i64::from(precision))?).ok()?;
+    let digits = signed.checked_mul(10i64.checked_pow(shift)?)?;
+    Some(gnmi::Decimal64 { digits, precision })
 }
 
 /// The JSON scalar a JSON-encoded value holds (not a list or object).
@@ -713,6 +796,7 @@ mod tests {
             ),
             (ietf("\"x\""), Encoding::Json, json("\"x\"")),
             (s("x"), Encoding::Proto, s("x")),
+            // Without a value in running to show the leaf's type: as given.
             (ietf("\"x\""), Encoding::Proto, ietf("\"x\"")),
             (uint(1), Encoding::Ascii, uint(1)),
             (double(f64::NAN), Encoding::JsonIetf, double(f64::NAN)),
@@ -771,6 +855,46 @@ mod tests {
             ),
             ietf("\"18446744073709551616\"")
         );
+    }
+
+    #[test]
+    fn json_for_a_proto_device_takes_the_type_of_its_leaf() {
+        let cases = [
+            (ietf("\"9216\""), uint(1500), uint(9216)),
+            (ietf("9216"), uint(1500), uint(9216)),
+            (ietf("\"-3\""), int(5), int(-3)),
+            (ietf("\"managed\""), s("old"), s("managed")),
+            (json("\"x\""), ascii("old"), ascii("x")),
+            (ietf("false"), boolean(true), boolean(false)),
+            (ietf("2.5"), double(1.0), double(2.5)),
+            (ietf("\"1.5\""), decimal(100, 2), decimal(150, 2)),
+            (ietf("\"1.125\""), decimal(100, 2), decimal(1125, 3)),
+            (
+                ietf("\"AQID\""),
+                t(V::BytesVal(vec![])),
+                t(V::BytesVal(vec![1, 2, 3])),
+            ),
+            (
+                ietf(r#"["a","b"]"#),
+                list(vec![s("x")]),
+                list(vec![s("a"), s("b")]),
+            ),
+            (ietf(r#"["7"]"#), list(vec![uint(1)]), list(vec![uint(7)])),
+            // What would change the meaning, or has no typed form, stays as given.
+            (ietf("\"big\""), uint(1), ietf("\"big\"")),
+            (ietf("-1"), uint(1), ietf("-1")),
+            (ietf("1.5"), int(1), ietf("1.5")),
+            (ietf("\"x\""), ietf("\"y\""), ietf("\"x\"")),
+            (ietf(r#"["a"]"#), list(vec![]), ietf(r#"["a"]"#)),
+            (ietf(r#"{"a": 1}"#), s("x"), ietf(r#"{"a": 1}"#)),
+        ];
+        for (value, current, expected) in cases {
+            assert_eq!(
+                for_device(&value, Encoding::Proto, Some(&current)),
+                expected,
+                "{value:?} where the device has {current:?}"
+            );
+        }
     }
 
     #[allow(deprecated, reason = "devices still send float_val and decimal_val")]
