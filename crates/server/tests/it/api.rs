@@ -114,6 +114,14 @@ async fn defaults_are_filled_in() {
     server.stop().await;
 }
 
+/// Far beyond any bound (and near the limit of what timers can add).
+fn ten_thousand_years() -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: 10_000 * 365 * 24 * 3600,
+        nanos: 0,
+    }
+}
+
 #[tokio::test]
 async fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +182,36 @@ async fn bad_input_gets_clear_errors() {
                 })
             },
             &["datastore.revert.debounce", "negative"],
+        ),
+        (
+            |d| d.sync.as_mut().unwrap().interval = Some(ten_thousand_years()),
+            &["datastore.sync.interval", "at most 24h"],
+        ),
+        (
+            |d| d.sync.as_mut().unwrap().commit_interval = Some(ten_thousand_years()),
+            &["datastore.sync.commit_interval", "at most 24h"],
+        ),
+        (
+            |d| {
+                d.sync.as_mut().unwrap().commit_interval = Some(prost_types::Duration {
+                    seconds: 24 * 3600,
+                    nanos: 1,
+                })
+            },
+            &["datastore.sync.commit_interval", "at most 24h"],
+        ),
+        (
+            |d| d.revert.as_mut().unwrap().debounce = Some(ten_thousand_years()),
+            &["datastore.revert.debounce", "at most 1h"],
+        ),
+        (
+            |d| {
+                d.revert.as_mut().unwrap().debounce = Some(prost_types::Duration {
+                    seconds: 3601,
+                    nanos: 0,
+                })
+            },
+            &["datastore.revert.debounce", "at most 1h"],
         ),
         (
             |d| {

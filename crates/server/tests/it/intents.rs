@@ -307,3 +307,106 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
     drop(client);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intents_are_checked_against_their_datastore() {
+    let device = Device::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("n.db")).await;
+    let mut client = server.client().await;
+    let datastore = DatastoreBuilder::new("r1", device.addr)
+        .paths(&["/interfaces", "/system"])
+        .list_keys(&["/interfaces/interface[name]"])
+        .build();
+    client.create_datastore(create(datastore)).await.unwrap();
+    let ietf = |text: &str| TypedValue {
+        value: Some(typed_value::Value::JsonIetfVal(text.into())),
+    };
+    let with_value = |path: &str, value: TypedValue| pb::Intent {
+        updates: vec![pb::Leaf {
+            path: path.into(),
+            value: Some(value),
+        }],
+        ..intent("i", 0, &[], &[])
+    };
+    let cases: Vec<(pb::Intent, &[&str])> = vec![
+        (
+            intent("i", 0, &[("/x/y", "v")], &[]),
+            &[
+                "intent.updates[0].path",
+                "/x/y is outside the datastore's sync.paths [/interfaces, /system]",
+                "running could never confirm it",
+            ],
+        ),
+        (
+            intent("i", 0, &[("/system/a", "v")], &["/x"]),
+            &[
+                "intent.deletes[0]",
+                "/x is outside the datastore's sync.paths",
+            ],
+        ),
+        (
+            with_value(
+                "/system",
+                ietf(r#"{"users": {"user": [{"role": "admin"}]}}"#),
+            ),
+            &[
+                "intent.updates[0].value",
+                "/system/users/user",
+                "sync.list_keys",
+            ],
+        ),
+        (
+            with_value("/interfaces", ietf(r#"{"interface": [{"mtu": 1500}]}"#)),
+            &["intent.updates[0].value", "/interfaces/interface"],
+        ),
+        (
+            with_value("/system/a", ietf("{not json")),
+            &["intent.updates[0].value", "invalid JSON"],
+        ),
+    ];
+    for (bad, words) in cases {
+        let err = client.set_intent(set("r1", bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        for word in words {
+            assert!(
+                err.message().contains(word),
+                "{word:?} not in {:?}",
+                err.message()
+            );
+        }
+    }
+
+    // A JSON object stands for the leaves below it, as the device's JSON does.
+    let written = client
+        .set_intent(set(
+            "r1",
+            with_value(
+                "/interfaces",
+                ietf(r#"{"interface": [{"name": "eth0", "config": {"mtu": 9000}}]}"#),
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let leaves: Vec<(String, TypedValue)> = written
+        .updates
+        .into_iter()
+        .map(|l| (l.path, l.value.unwrap()))
+        .collect();
+    assert_eq!(
+        leaves,
+        vec![
+            (
+                "/interfaces/interface[name=eth0]/config/mtu".into(),
+                ietf("9000")
+            ),
+            (
+                "/interfaces/interface[name=eth0]/name".into(),
+                ietf("\"eth0\"")
+            ),
+        ]
+    );
+    drop(client);
+    server.stop().await;
+}

@@ -10,6 +10,7 @@ mod against_sim;
 mod api;
 mod damaged;
 mod health_reflection;
+mod intent_values;
 mod intents;
 mod limits;
 mod observability;
