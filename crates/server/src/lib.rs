@@ -68,21 +68,30 @@ const SERVED: [&str; 4] = [
 ];
 
 /// Sets the API service's health from the writer's: NOT_SERVING while writes
-/// fail. Ends with the writer, or when aborted at shutdown.
+/// fail, SERVING again once they succeed. Ends with the writer, or when
+/// aborted at shutdown.
 async fn follow_writer(
     mut writer: tokio::sync::watch::Receiver<writer::Health>,
     health: tonic_health::server::HealthReporter,
 ) {
+    // Readiness is SERVING when this starts. The writer reports every
+    // failed transaction; readiness is set only when it changes, since
+    // tonic-health sends every status set to Health/Watch streams, changed
+    // or not.
+    let mut announced_failing = false;
     loop {
         let failing = matches!(*writer.borrow_and_update(), writer::Health::Failing(_));
-        if failing {
-            health
-                .set_not_serving::<NetSyncServer<api::NetSyncService>>()
-                .await;
-        } else {
-            health
-                .set_serving::<NetSyncServer<api::NetSyncService>>()
-                .await;
+        if failing != announced_failing {
+            if failing {
+                health
+                    .set_not_serving::<NetSyncServer<api::NetSyncService>>()
+                    .await;
+            } else {
+                health
+                    .set_serving::<NetSyncServer<api::NetSyncService>>()
+                    .await;
+            }
+            announced_failing = failing;
         }
         if writer.changed().await.is_err() {
             return;

@@ -319,7 +319,8 @@ impl Persist for CommitLog {
 // behind a format byte, compressed as one LZ4 frame with a content checksum
 // (xxHash32 of the whole body, checked when the frame is read), so a body
 // damaged on disk is reported as such instead of being loaded as a wrong
-// value. Bodies written before the checksum have none and still read.
+// value; a body cut short is refused too, whatever its checksum. Bodies
+// written before the checksum have none and still read.
 // Writing one copies the chunks; reading one checks every entry and keeps
 // the chunks as they are, so a million-leaf body never becomes a million
 // separate objects.
@@ -383,5 +384,152 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>, String> {
     lz4_flex::frame::FrameDecoder::new(body)
         .read_to_end(&mut out)
         .map_err(|e| e.to_string())?;
+    whole_frame(body)?;
     Ok(out)
+}
+
+/// Checks that `body` is one LZ4 frame to its end mark (and content
+/// checksum), with nothing after it. lz4_flex's decoder takes input that
+/// ends where a block header would start as the end of the data: a body cut
+/// there (its end mark and checksum lost, or whole blocks) would be read
+/// without its checksum ever being checked. Run after the decoder, which has
+/// checked the header.
+fn whole_frame(body: &[u8]) -> Result<(), String> {
+    const CUT: &str = "the body ends inside its LZ4 frame";
+    // Frame descriptor flags (LZ4 frame format 1.6.x).
+    let flags = *body.get(4).ok_or(CUT)?;
+    let (block_checksums, content_size, content_checksum, dict_id) = (
+        flags & 0x10 != 0,
+        flags & 0x08 != 0,
+        flags & 0x04 != 0,
+        flags & 0x01 != 0,
+    );
+    // Magic number, flags, block descriptor, the optional fields, header checksum.
+    let mut at = 6 + if content_size { 8 } else { 0 } + if dict_id { 4 } else { 0 } + 1;
+    loop {
+        let &[a, b, c, d] = body.get(at..at + 4).ok_or(CUT)? else {
+            unreachable!("four bytes")
+        };
+        at += 4;
+        // The end mark is all zero; the high bit marks an uncompressed block.
+        let header = u32::from_le_bytes([a, b, c, d]);
+        if header == 0 {
+            break;
+        }
+        at += (header & 0x7fff_ffff) as usize + if block_checksums { 4 } else { 0 };
+    }
+    if content_checksum {
+        at += 4;
+    }
+    match at.cmp(&body.len()) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(CUT.into()),
+        std::cmp::Ordering::Less => Err("bytes after the body's LZ4 frame".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netsync_core::running::Key;
+    use netsync_proto::gnmi::{TypedValue, typed_value};
+
+    use super::*;
+
+    /// A change as a device would send it: `n` descriptions set (values of
+    /// some variety, so that a large one takes several LZ4 blocks) and one
+    /// leaf removed.
+    fn change(n: usize) -> Change {
+        let updates = (0..n).map(|i| {
+            let key: Key = format!("/interfaces/interface[name=eth{i}]/description").into();
+            let text = format!("uplink {} of rack {i}", i * 7919 % 10007);
+            let value = TypedValue {
+                value: Some(typed_value::Value::StringVal(text)),
+            };
+            (key, value)
+        });
+        Change::new(updates, [Key::from("/system/motd")])
+    }
+
+    /// Bytes of the frame header as written (magic number, descriptor,
+    /// header checksum; no content size): the first block starts after them.
+    const FRAME_HEADER: usize = 7;
+
+    #[test]
+    fn a_damaged_body_is_refused_never_read_as_another_value() {
+        let written = change(50);
+        let body = encode_commit(&written);
+        assert_eq!(decode_commit(&body), Ok(written.clone()));
+        assert!(body.len() > FRAME_HEADER + 8, "{} bytes", body.len());
+
+        // One byte flipped anywhere, the payload included: an error, never a
+        // change read back that differs from what was written.
+        let mut refused = 0;
+        for at in 0..body.len() {
+            let mut damaged = body.clone();
+            damaged[at] ^= 0x5a;
+            match decode_commit(&damaged) {
+                Err(_) => refused += 1,
+                Ok(read) => panic!(
+                    "byte {at} of {} damaged, read as {}",
+                    body.len(),
+                    if read == written {
+                        "the original change"
+                    } else {
+                        "another change"
+                    }
+                ),
+            }
+        }
+        assert_eq!(refused, body.len());
+
+        // Cut short anywhere: an error.
+        for len in 0..body.len() {
+            assert!(
+                decode_commit(&body[..len]).is_err(),
+                "a body cut to {len} of {} bytes was read",
+                body.len()
+            );
+        }
+
+        // A body of several blocks cut after any of them: an error too.
+        let large = change(5000);
+        let body = encode_commit(&large);
+        let mut blocks = 0;
+        let mut at = FRAME_HEADER;
+        loop {
+            let size = u32::from_le_bytes(body[at..at + 4].try_into().unwrap()) & 0x7fff_ffff;
+            assert!(
+                decode_commit(&body[..at]).is_err(),
+                "cut after {blocks} blocks"
+            );
+            if size == 0 {
+                break;
+            }
+            blocks += 1;
+            at += 4 + size as usize;
+        }
+        assert!(blocks > 1, "{blocks} blocks");
+        assert_eq!(decode_commit(&body), Ok(large));
+
+        // Snapshots are framed the same way.
+        let running = Running::from_leaves(written.updates().map(|(k, v)| (Key::from(k), v)));
+        let snapshot = encode_snapshot(&running);
+        assert_eq!(decode_snapshot(&snapshot), Ok(running));
+        let mut damaged = snapshot.clone();
+        damaged[FRAME_HEADER + 10] ^= 0x5a;
+        assert!(decode_snapshot(&damaged).is_err());
+        assert!(decode_snapshot(&snapshot[..snapshot.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_body_written_before_the_checksum_still_reads() {
+        let change = change(50);
+        // As bodies were written before: a frame without content checksum.
+        let mut out = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        out.write_all(&[FORMAT]).unwrap();
+        change.write(&mut out).unwrap();
+        let old = out.finish().unwrap();
+        assert_ne!(old, encode_commit(&change), "the frames differ");
+        assert_eq!(decode_commit(&old), Ok(change));
+    }
 }
