@@ -90,7 +90,7 @@ fn grpcurl_walkthrough() {
 
     let body = r#"{"datastore":{"name":"r1","target":{"address":"127.0.0.1:57400",
         "credentials":{"username":"admin","password":"TOP-SECRET"}},
-        "sync":{"mode":"SYNC_MODE_ON_CHANGE","paths":["/interfaces"],"commitInterval":"0.5s"}}}"#;
+        "sync":{"mode":"SYNC_MODE_ON_CHANGE","paths":["/interfaces","/system"],"commitInterval":"0.5s"}}}"#;
     let created = stdout(&g(&[
         "-d",
         body,
