@@ -564,6 +564,7 @@ pub fn intent_to_proto(intent: &Intent) -> pb::Intent {
             .collect(),
         non_revertive: intent.non_revertive,
         revision: intent.revision,
+        status: None,
     }
 }
 
