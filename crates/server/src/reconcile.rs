@@ -7,8 +7,8 @@
 //! most one queued and one running per datastore; a new trigger coalesces into
 //! the queued row. What a job sets is computed when it runs, from the
 //! deviations at that moment, so a coalesced job still does exactly what is
-//! needed. A job that was running when the process stopped runs again after
-//! a restart.
+//! needed. A job that was running when the process stopped (or whose end
+//! could not be recorded) is claimed again and runs.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -53,9 +53,6 @@ impl Default for ReconcileConfig {
         }
     }
 }
-
-/// Pause before a store write that failed is tried again.
-const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,15 +121,6 @@ impl Worker {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let name = self.sync.name().to_string();
-        // The store may be failing (a full disk): each step that must happen
-        // is tried again until it does, or the worker is stopped.
-        while let Err(e) = self.recover().await {
-            tracing::warn!(datastore = %name, error = %e, "cannot recover reconcile jobs yet");
-            tokio::select! {
-                () = tokio::time::sleep(STORE_RETRY) => {}
-                () = stopped(&mut stop) => return,
-            }
-        }
         let mut events = self.sync.subscribe();
         // A revert that could not be queued, to queue once the store takes it.
         let mut recheck = false;
@@ -157,18 +145,15 @@ impl Worker {
                         }
                         () = stopped(&mut stop) => return,
                     }
-                    while let Err(e) = self.finish().await {
-                        tracing::warn!(datastore = %name, error = %e, "cannot clear a finished job yet");
-                        tokio::select! {
-                            () = tokio::time::sleep(STORE_RETRY) => {}
-                            () = stopped(&mut stop) => return,
-                        }
+                    if let Err(e) = self.finish().await {
+                        // Not retried here: the next claim takes the row over.
+                        tracing::warn!(datastore = %name, error = %e, "cannot clear a finished job; the next claim takes it over");
                     }
                 }
                 Err(wait) => {
                     let mut wait = wait.unwrap_or(Duration::from_secs(3600));
                     if recheck {
-                        wait = wait.min(STORE_RETRY);
+                        wait = wait.min(Duration::from_secs(1));
                     }
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {
@@ -187,12 +172,8 @@ impl Worker {
         }
     }
 
-    /// A job that was running when the process stopped is queued again.
-    async fn recover(&self) -> Result<(), Error> {
-        jobs::recover(&self.store, self.sync.name()).await
-    }
-
-    /// Takes the queued job if it is due; else how long until it is.
+    /// Claims the due job (or one left running: a job interrupted by a
+    /// restart runs again); else how long until the queued one is due.
     async fn take_due(&self) -> Result<Result<Job, Option<Duration>>, Error> {
         jobs::take_due(&self.store, self.sync.name()).await
     }
