@@ -274,8 +274,17 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::ResyncRequest>,
     ) -> Result<Response<pb::ResyncResponse>, Status> {
-        let sync = self.require_sync("name", &request.into_inner().name)?;
+        let name = request.into_inner().name;
+        let sync = self.require_sync("name", &name)?;
         sync.resync();
+        // Intents FAILING are tried again: a Resync is one of the two ways
+        // (with writing the intent) to resume their auto-revert.
+        let engine = self.engine.clone();
+        to_completion(async move {
+            engine.resynced(&name).await;
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(pb::ResyncResponse {}))
     }
 
@@ -326,14 +335,17 @@ impl NetSync for NetSyncService {
             convert::intent_for_datastore(intent, "intent", sync.spec()).map_err(Error::from)?;
         let (store, engine) = (self.store.clone(), self.engine.clone());
         let reply = to_completion(async move {
+            // Held for the store write and the memory update only: reconcile
+            // jobs take it just to plan, so this never waits for the device.
             let _writing = engine.intent_lock(&req.datastore).await;
             intent.revision = sync.snapshot().revision;
             // The intent and the job that applies it (through the reconcile
             // queue, even when non-revertive) are written in one transaction.
             let trigger = Trigger::Apply(intent.name.clone());
             let queued = store.put_intent(&req.datastore, &intent, trigger).await?;
-            let reply = convert::intent_to_proto(&intent);
             tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
+            let status = engine.intent_written(&req.datastore, &intent.name);
+            let reply = convert::intent_with_status(&intent, &status);
             sync.set_intent(intent);
             engine.queued(&req.datastore, queued);
             Ok(reply)
@@ -352,19 +364,21 @@ impl NetSync for NetSyncService {
             kind: "intent",
             name: req.name.clone(),
         })?;
-        Ok(Response::new(convert::intent_to_proto(&intent)))
+        let status = self.engine.intent_status(&req.datastore, &req.name);
+        Ok(Response::new(convert::intent_with_status(&intent, &status)))
     }
 
     async fn list_intents(
         &self,
         request: Request<pb::ListIntentsRequest>,
     ) -> Result<Response<pb::ListIntentsResponse>, Status> {
-        let sync = self.require_sync("datastore", &request.into_inner().datastore)?;
+        let name = request.into_inner().datastore;
+        let sync = self.require_sync("datastore", &name)?;
         Ok(Response::new(pb::ListIntentsResponse {
             intents: sync
                 .intents()
                 .iter()
-                .map(convert::intent_to_proto)
+                .map(|i| convert::intent_with_status(i, &self.engine.intent_status(&name, &i.name)))
                 .collect(),
         }))
     }
@@ -392,6 +406,7 @@ impl NetSync for NetSyncService {
                 .delete_intent(&req.datastore, &req.name, trigger)
                 .await?;
             sync.remove_intent(&req.name);
+            engine.intent_removed(&req.datastore, &req.name);
             engine.queued(&req.datastore, queued);
             tracing::info!(datastore = %req.datastore, intent = %req.name, "intent deleted");
             Ok(())
