@@ -397,13 +397,16 @@ impl NetSync for NetSyncService {
             let _writing = engine.intent_lock(&req.datastore).await;
             // Its leaves leave the device too, unless another intent provides
             // them: the deletion and that job are written in one transaction.
-            let withdrawn: Vec<_> = sync
-                .intent(&req.name)
-                .map(|i| i.updates.into_keys().collect())
+            // An intent only in memory or only in the store is deleted from
+            // both; NOT_FOUND only when neither has it (AIP-135: a repeated
+            // delete answers NOT_FOUND).
+            let in_memory = sync.intent(&req.name);
+            let withdrawn: Vec<_> = in_memory
+                .as_ref()
+                .map(|i| i.updates.keys().cloned().collect())
                 .unwrap_or_default();
-            let trigger = Trigger::Withdraw(withdrawn);
             let queued = store
-                .delete_intent(&req.datastore, &req.name, trigger)
+                .delete_intent(&req.datastore, &req.name, in_memory.is_some(), withdrawn)
                 .await?;
             sync.remove_intent(&req.name);
             engine.intent_removed(&req.datastore, &req.name);
