@@ -63,7 +63,8 @@ pub struct ServeArgs {
     pub db: Option<String>,
     /// TOML configuration file (keys as the long flags, with `_`: listen, db,
     /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer,
-    /// set_timeout_seconds, metrics_listen; tables [tls] with cert, key,
+    /// set_timeout_seconds, revert_max_failures, metrics_listen; tables
+    /// [tls] with cert, key,
     /// client_ca and [limits] with the limit flags).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -86,6 +87,11 @@ pub struct ServeArgs {
     /// Longest wait for one gNMI Set of a reconcile job, in seconds [default: 60].
     #[arg(long, env = "NETSYNC_SET_TIMEOUT_SECONDS", value_name = "SECONDS")]
     pub set_timeout_seconds: Option<u64>,
+    /// Sets in a row of one intent that do not stick (the device changes the
+    /// leaves back, never shows them, or refuses them) after which the intent
+    /// is FAILING and its auto-revert paused; 0: never [default: 5].
+    #[arg(long, env = "NETSYNC_REVERT_MAX_FAILURES", value_name = "N")]
+    pub revert_max_failures: Option<u32>,
     /// TLS on the API.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -110,6 +116,7 @@ struct FileConfig {
     pending_cap: Option<usize>,
     watch_buffer: Option<usize>,
     set_timeout_seconds: Option<u64>,
+    revert_max_failures: Option<u32>,
     tls: Option<TlsFile>,
     limits: Option<LimitsFile>,
     metrics_listen: Option<String>,
@@ -205,6 +212,10 @@ impl Config {
                     Some(s) => Duration::from_secs(s),
                     None => ReconcileConfig::default().attempt_timeout,
                 },
+                max_failures: args
+                    .revert_max_failures
+                    .or(file.revert_max_failures)
+                    .unwrap_or(ReconcileConfig::default().max_failures),
                 ..ReconcileConfig::default()
             },
             listen: args
@@ -324,13 +335,25 @@ mod tests {
     fn engine_limits_come_from_flags_and_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("netsync.toml");
-        std::fs::write(&file, "pending_cap = 10\nretain_seconds = 60\n").unwrap();
+        std::fs::write(
+            &file,
+            "pending_cap = 10\nretain_seconds = 60\nrevert_max_failures = 0\n",
+        )
+        .unwrap();
         let config = Config::resolve(ServeArgs {
             config: Some(file.clone()),
             watch_buffer: Some(7),
             ..Default::default()
         })
         .unwrap();
+        assert_eq!(config.reconcile.max_failures, 0);
+        assert_eq!(
+            Config::resolve(parse(&["--revert-max-failures", "2"]))
+                .unwrap()
+                .reconcile
+                .max_failures,
+            2
+        );
         assert_eq!(config.limits.pending_cap, 10);
         assert_eq!(config.limits.event_buffer, 7);
         assert_eq!(config.retention.age, Duration::from_secs(60));

@@ -17,6 +17,8 @@ use netsync_core::sync::SyncState;
 use netsync_proto::gnmi::typed_value;
 use netsync_proto::netsync::v1 as pb;
 
+use crate::intent_status::{IntentState, IntentStatus};
+
 /// Whether secrets go into the output: only the store may keep them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secrets {
@@ -547,7 +549,30 @@ pub fn leaf_to_proto(key: &Key, value: &Value) -> pb::Leaf {
     }
 }
 
-/// The wire form of an intent.
+/// The wire form of an intent with its status, as the API answers it.
+pub fn intent_with_status(intent: &Intent, status: &IntentStatus) -> pb::Intent {
+    pb::Intent {
+        status: Some(intent_status_to_proto(status)),
+        ..intent_to_proto(intent)
+    }
+}
+
+/// The wire form of an intent's status.
+pub fn intent_status_to_proto(status: &IntentStatus) -> pb::IntentStatus {
+    pb::IntentStatus {
+        state: match status.state {
+            IntentState::Pending => pb::IntentState::Pending,
+            IntentState::Applied => pb::IntentState::Applied,
+            IntentState::Failing => pb::IntentState::Failing,
+        } as i32,
+        applied_revision: status.applied_revision,
+        attempts: status.attempts,
+        last_error: status.last_error.clone(),
+    }
+}
+
+/// The wire form of an intent as written (no status: the form it is stored
+/// in).
 pub fn intent_to_proto(intent: &Intent) -> pb::Intent {
     pb::Intent {
         name: intent.name.clone(),
@@ -564,6 +589,7 @@ pub fn intent_to_proto(intent: &Intent) -> pb::Intent {
             .collect(),
         non_revertive: intent.non_revertive,
         revision: intent.revision,
+        status: None,
     }
 }
 

@@ -17,6 +17,8 @@ use netsync_core::sync::{RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncLim
 use netsync_proto::gnmi;
 
 use crate::error::Error;
+use crate::intent_status::{IntentStatus, Tracker};
+use crate::jobs::{self, Trigger};
 use crate::log::CommitLog;
 use crate::reconcile::{JobStats, ReconcileConfig, Worker};
 use crate::store::Store;
@@ -26,11 +28,14 @@ struct Entry {
     sync: Arc<SyncHandle>,
     /// Wakes the reconcile worker when a job is queued.
     wake: Arc<Notify>,
-    /// Serialises reconcile jobs with intent writes of this datastore.
+    /// Serialises intent writes of this datastore with each other and with
+    /// the planning of reconcile jobs (never held across a Set).
     lock: Arc<tokio::sync::Mutex<()>>,
     stop_worker: watch::Sender<bool>,
     worker: Mutex<Option<JoinHandle<()>>>,
-    /// Reconcile jobs that ended, for metrics.
+    /// Intent statuses and the reconcile worker's memory.
+    tracker: Arc<Tracker>,
+    /// Reconcile jobs that ended, and worker restarts, for metrics.
     jobs: Arc<JobStats>,
 }
 
@@ -143,6 +148,9 @@ impl Engine {
             self.limits.clone(),
         ));
         sync.prepare_events_with(crate::watch::event_preparer(spec.name.clone()));
+        // Every loaded intent starts PENDING: the worker marks APPLIED those
+        // that running holds once the sync is IN_SYNC.
+        let tracker = Arc::new(Tracker::new(intents.iter().map(|i| i.name.clone())));
         for intent in intents {
             sync.set_intent(intent);
         }
@@ -156,6 +164,7 @@ impl Engine {
             config: self.reconcile.clone(),
             wake: wake.clone(),
             lock: lock.clone(),
+            tracker: tracker.clone(),
             stats: jobs.clone(),
         };
         let span = tracing::info_span!(parent: None, "reconcile_worker", datastore = %spec.name);
@@ -165,6 +174,7 @@ impl Engine {
             lock,
             stop_worker,
             worker: Mutex::new(Some(tokio::spawn(worker.run(stopped).instrument(span)))),
+            tracker,
             jobs,
         });
         let old = self
@@ -189,21 +199,24 @@ impl Engine {
             .map(|e| e.sync.clone())
     }
 
-    /// Every running datastore's sync and reconcile counters, sorted by name.
-    pub fn datastores(&self) -> Vec<(Arc<SyncHandle>, Arc<JobStats>)> {
+    /// Every running datastore's sync, reconcile counters and tracker,
+    /// sorted by name.
+    pub fn datastores(&self) -> Vec<(Arc<SyncHandle>, Arc<JobStats>, Arc<Tracker>)> {
         let mut all: Vec<_> = self
             .entries
             .lock()
             .expect("lock")
             .values()
-            .map(|e| (e.sync.clone(), e.jobs.clone()))
+            .map(|e| (e.sync.clone(), e.jobs.clone(), e.tracker.clone()))
             .collect();
         all.sort_by(|a, b| a.0.name().cmp(b.0.name()));
         all
     }
 
-    /// Holds off reconcile jobs of `name` while an intent is written, so the
-    /// store, the engine and the device see intent changes one at a time.
+    /// Holds off the planning of reconcile jobs of `name`, and other intent
+    /// writes, while an intent is written, so the store, the engine and the
+    /// device see intent changes one at a time. Jobs hold it only to plan, so
+    /// this never waits for a device.
     pub async fn intent_lock(&self, name: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         let lock = self
             .entries
@@ -212,6 +225,61 @@ impl Engine {
             .get(name)
             .map(|e| e.lock.clone())?;
         Some(lock.lock_owned().await)
+    }
+
+    /// The reconcile tracker of `name`, if it runs.
+    fn tracker(&self, name: &str) -> Option<Arc<Tracker>> {
+        self.entries
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map(|e| e.tracker.clone())
+    }
+
+    /// Intent `intent` of `name` was written (under [`Engine::intent_lock`]):
+    /// it is PENDING, its failures are forgotten, and a running job plans
+    /// again. Returns its status.
+    pub fn intent_written(&self, name: &str, intent: &str) -> IntentStatus {
+        self.tracker(name)
+            .map_or_else(IntentStatus::pending, |t| t.written(intent))
+    }
+
+    /// Intent `intent` of `name` was deleted (under
+    /// [`Engine::intent_lock`]); a running job plans again.
+    pub fn intent_removed(&self, name: &str, intent: &str) {
+        if let Some(tracker) = self.tracker(name) {
+            tracker.removed(intent);
+        }
+    }
+
+    /// The status of intent `intent` of `name`.
+    pub fn intent_status(&self, name: &str, intent: &str) -> IntentStatus {
+        self.tracker(name)
+            .map_or_else(IntentStatus::pending, |t| t.status(intent))
+    }
+
+    /// `name` is being resynced: FAILING intents are PENDING again, every
+    /// failure is forgotten, and those intents are queued to be applied
+    /// (revertive or not), so that auto-revert resumes. If the store cannot
+    /// queue that now, revertive ones still resume with the next revert;
+    /// the others wait to be written again (logged).
+    pub async fn resynced(&self, name: &str) {
+        let Some(tracker) = self.tracker(name) else {
+            return;
+        };
+        let _writing = self.intent_lock(name).await;
+        let were_failing = tracker.resynced();
+        if were_failing.is_empty() {
+            return;
+        }
+        tracing::info!(datastore = %name, intents = ?were_failing, "resync: failing intents are applied again");
+        let triggers = were_failing.into_iter().map(Trigger::Apply).collect();
+        match jobs::enqueue_all(&self.store, name, triggers).await {
+            Ok(created) => self.queued(name, created),
+            Err(error) => {
+                tracing::warn!(datastore = %name, %error, "resync: cannot queue the failing intents to be applied again")
+            }
+        }
     }
 
     /// A reconcile job of `name` was written to the queue (`created`: a new

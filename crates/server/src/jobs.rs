@@ -1,6 +1,9 @@
 //! The durable reconcile queue: rows of `reconcile_jobs`, at most one queued
 //! (`running = 0`) and one running (`running = 1`) per datastore. A new
-//! trigger coalesces into the queued row. Writes run inside the one writer's
+//! trigger coalesces into the queued row. Claiming a job, absorbing the queued
+//! row into the running one, and finishing are each one transaction; a
+//! running row left behind (a crash, a failed finish) is claimed again by the
+//! next [`take_due`]. Writes run inside the one writer's
 //! transactions (see [`crate::writer`]), so a read-then-write here is never
 //! interleaved with another writer, and an intent row and the job that
 //! applies it commit together.
@@ -39,6 +42,16 @@ pub struct Job {
 }
 
 impl Job {
+    /// Adds what `other` was queued for; the earlier start wins.
+    pub fn merge(&mut self, other: Job) {
+        self.not_before = match (self.not_before, other.not_before) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.apply.extend(other.apply);
+        self.withdrawn.extend(other.withdrawn);
+    }
+
     /// What the job was queued for, as traces show it: `apply`, `withdraw`,
     /// both (`apply+withdraw`, coalesced), or `revert` (neither: drift only).
     pub fn kind(&self) -> &'static str {
@@ -90,10 +103,28 @@ pub async fn enqueue_alone(
     datastore: &str,
     trigger: Trigger,
 ) -> Result<bool, Error> {
+    enqueue_all(store, datastore, vec![trigger]).await
+}
+
+/// Queues every one of `triggers` for `datastore` in one transaction (they
+/// coalesce into the queued job); returns whether a new job was created.
+pub async fn enqueue_all(
+    store: &Store,
+    datastore: &str,
+    triggers: Vec<Trigger>,
+) -> Result<bool, Error> {
     let datastore = datastore.to_string();
     store
         .writer()
-        .write(move |conn| Box::pin(async move { enqueue(conn, &datastore, &trigger).await }))
+        .write(move |conn| {
+            Box::pin(async move {
+                let mut created = false;
+                for trigger in &triggers {
+                    created |= enqueue(conn, &datastore, trigger).await?;
+                }
+                Ok(created)
+            })
+        })
         .await
 }
 
@@ -122,39 +153,40 @@ async fn put(
     Ok(())
 }
 
-/// A job that was running when the process stopped is queued again
-/// (coalesced with a queued one), in one transaction.
-pub async fn recover(store: &Store, datastore: &str) -> Result<(), Error> {
-    let datastore = datastore.to_string();
-    store
-        .writer()
-        .write(move |conn| {
-            Box::pin(async move {
-                let running = sqlx::query(
-                    "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = ? AND running = 1",
-                )
-                .bind(&datastore)
-                .fetch_optional(&mut *conn)
-                .await?;
-                let Some(row) = running else { return Ok(()) };
-                let job = decode(&row)?;
-                for intent in job.apply {
-                    enqueue(conn, &datastore, &Trigger::Apply(intent)).await?;
-                }
-                let withdrawn = job.withdrawn.into_iter().collect();
-                enqueue(conn, &datastore, &Trigger::Withdraw(withdrawn)).await?;
-                sqlx::query("DELETE FROM reconcile_jobs WHERE datastore = ? AND running = 1")
-                    .bind(&datastore)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            })
-        })
-        .await
+/// The job row of `datastore` in state `running` (0: queued, 1: running).
+async fn get(
+    conn: &mut SqliteConnection,
+    datastore: &str,
+    running: i64,
+) -> Result<Option<Job>, Error> {
+    let row = sqlx::query(
+        "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = ? AND running = ?",
+    )
+    .bind(datastore)
+    .bind(running)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(decode).transpose()
 }
 
-/// Takes the queued job of `datastore` if it is due (it becomes the running
-/// one); else how long until it is (`None`: no job queued).
+/// Deletes the job row of `datastore` in state `running`.
+async fn remove(conn: &mut SqliteConnection, datastore: &str, running: i64) -> Result<(), Error> {
+    sqlx::query("DELETE FROM reconcile_jobs WHERE datastore = ? AND running = ?")
+        .bind(datastore)
+        .bind(running)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Claims the job of `datastore` to run, in one transaction; else says how
+/// long until the queued one is due (`None`: nothing queued).
+///
+/// The claimed job is the queued one if it is due, merged into a running row
+/// that is still there: a job whose end could not be recorded ([`finish`]
+/// failed) is run again with it rather than blocking the queue (running it
+/// again is harmless: a job plans from the deviations when it runs). Such a
+/// row alone is claimed too. So one failed clean-up never wedges a datastore.
 pub async fn take_due(
     store: &Store,
     datastore: &str,
@@ -164,46 +196,70 @@ pub async fn take_due(
         .writer()
         .write(move |conn| {
             Box::pin(async move {
-                let Some(row) = sqlx::query(
-                    "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = ? AND running = 0",
-                )
-                .bind(&datastore)
-                .fetch_optional(&mut *conn)
-                .await?
-                else {
-                    return Ok(Err(None));
-                };
-                let job = decode(&row)?;
+                let leftover = get(conn, &datastore, 1).await?;
+                let queued = get(conn, &datastore, 0).await?;
                 let now = SystemTime::now();
-                if let Some(wait) = job.not_before.and_then(|t| t.duration_since(now).ok())
-                    && !wait.is_zero()
-                {
-                    return Ok(Err(Some(wait)));
+                let wait = queued.as_ref().and_then(|job| {
+                    job.not_before
+                        .and_then(|t| t.duration_since(now).ok())
+                        .filter(|wait| !wait.is_zero())
+                });
+                match (leftover, queued, wait) {
+                    (None, None, _) => Ok(Err(None)),
+                    (None, Some(_), Some(wait)) => Ok(Err(Some(wait))),
+                    (None, Some(queued), None) => {
+                        sqlx::query(
+                            "UPDATE reconcile_jobs SET running = 1 WHERE datastore = ? AND running = 0",
+                        )
+                        .bind(&datastore)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(Ok(queued))
+                    }
+                    (Some(mut leftover), queued, wait) => {
+                        if let (Some(queued), None) = (queued, wait) {
+                            leftover.merge(queued);
+                            remove(conn, &datastore, 0).await?;
+                            put(conn, &datastore, 1, &leftover).await?;
+                        }
+                        Ok(Ok(leftover))
+                    }
                 }
-                sqlx::query("UPDATE reconcile_jobs SET running = 1 WHERE datastore = ? AND running = 0")
-                    .bind(&datastore)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(Ok(job))
             })
         })
         .await
 }
 
-/// Removes the running job of `datastore`: it ended.
-pub async fn finish(store: &Store, datastore: &str) -> Result<(), Error> {
+/// Takes the queued job of `datastore` into the running one, due or not, in
+/// one transaction, and returns the running job as it now is (`None`: nothing
+/// was queued). A running job does this when an intent write makes it plan
+/// again, so that what the write queued is done by it at once.
+pub async fn absorb(store: &Store, datastore: &str) -> Result<Option<Job>, Error> {
     let datastore = datastore.to_string();
     store
         .writer()
         .write(move |conn| {
             Box::pin(async move {
-                sqlx::query("DELETE FROM reconcile_jobs WHERE datastore = ? AND running = 1")
-                    .bind(&datastore)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
+                let Some(queued) = get(conn, &datastore, 0).await? else {
+                    return Ok(None);
+                };
+                let mut job = get(conn, &datastore, 1).await?.unwrap_or_default();
+                job.merge(queued);
+                remove(conn, &datastore, 0).await?;
+                put(conn, &datastore, 1, &job).await?;
+                Ok(Some(job))
             })
         })
+        .await
+}
+
+/// Removes the running job of `datastore`: it ended. If this fails, the next
+/// [`take_due`] takes the row over.
+pub async fn finish(store: &Store, datastore: &str) -> Result<(), Error> {
+    let datastore = datastore.to_string();
+    store
+        .writer()
+        .write(move |conn| Box::pin(async move { remove(conn, &datastore, 1).await }))
         .await
 }
 
@@ -240,4 +296,99 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Job, Error> {
             .map(Key::from)
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with_datastore(dir: &std::path::Path) -> Store {
+        let store = Store::open(&format!("sqlite://{}", dir.join("j.db").display()))
+            .await
+            .unwrap();
+        store
+            .writer()
+            .write(|conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO datastores (name, spec, create_time_us) VALUES ('d', x'', 0)",
+                    )
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
+            .unwrap();
+        store
+    }
+
+    fn names(job: &Job) -> Vec<&str> {
+        job.apply.iter().map(String::as_str).collect()
+    }
+
+    #[tokio::test]
+    async fn a_job_left_running_is_claimed_again_and_never_wedges_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_datastore(dir.path()).await;
+        assert!(matches!(take_due(&store, "d").await.unwrap(), Err(None)));
+        enqueue_alone(&store, "d", Trigger::Apply("a".into()))
+            .await
+            .unwrap();
+        let job = take_due(&store, "d").await.unwrap().unwrap();
+        assert_eq!(names(&job), ["a"]);
+        // The job ends but `finish` is never recorded (it failed); a new job
+        // is queued. The next claim runs both, and nothing is stuck.
+        enqueue_alone(&store, "d", Trigger::Apply("b".into()))
+            .await
+            .unwrap();
+        let job = take_due(&store, "d").await.unwrap().unwrap();
+        assert_eq!(names(&job), ["a", "b"]);
+        finish(&store, "d").await.unwrap();
+        assert!(matches!(take_due(&store, "d").await.unwrap(), Err(None)));
+        // A leftover alone is claimed too (as after a crash), even while a
+        // revert waits for its debounce; the revert stays queued.
+        enqueue_alone(&store, "d", Trigger::Apply("c".into()))
+            .await
+            .unwrap();
+        take_due(&store, "d").await.unwrap().unwrap();
+        enqueue_alone(&store, "d", Trigger::Revert(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        let job = take_due(&store, "d").await.unwrap().unwrap();
+        assert_eq!(names(&job), ["c"]);
+        finish(&store, "d").await.unwrap();
+        assert!(matches!(take_due(&store, "d").await.unwrap(), Err(Some(_))));
+        assert_eq!(queue_depth(&store).await.unwrap(), [("d".into(), false, 1)]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_running_job_absorbs_what_is_queued_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_datastore(dir.path()).await;
+        enqueue_alone(&store, "d", Trigger::Apply("a".into()))
+            .await
+            .unwrap();
+        take_due(&store, "d").await.unwrap().unwrap();
+        assert!(absorb(&store, "d").await.unwrap().is_none());
+        enqueue_all(
+            &store,
+            "d",
+            vec![
+                Trigger::Withdraw(vec![Key::from("/x")]),
+                Trigger::Revert(Duration::from_secs(3600)),
+            ],
+        )
+        .await
+        .unwrap();
+        let job = absorb(&store, "d").await.unwrap().unwrap();
+        assert_eq!(names(&job), ["a"]);
+        assert_eq!(job.withdrawn, BTreeSet::from([Key::from("/x")]));
+        // Nothing is left queued: the running job does it all.
+        assert_eq!(queue_depth(&store).await.unwrap(), [("d".into(), true, 1)]);
+        finish(&store, "d").await.unwrap();
+        assert!(queue_depth(&store).await.unwrap().is_empty());
+        store.close().await;
+    }
 }

@@ -101,7 +101,7 @@ impl Metrics {
             .engine
             .datastores()
             .into_iter()
-            .map(|(sync, jobs)| {
+            .map(|(sync, jobs, tracker)| {
                 let stats = sync.stats();
                 let status = sync.status();
                 let snapshot = sync.snapshot();
@@ -122,6 +122,9 @@ impl Metrics {
                     revision: snapshot.revision,
                     leaves: snapshot.running.len() as u64,
                     jobs: Outcome::ALL.map(|o| jobs.ended(o)),
+                    worker_restarts: jobs.restarts(),
+                    not_stuck: tracker.not_stuck(),
+                    failing_intents: tracker.failing_count(),
                     queued: 0,
                     running_jobs: 0,
                 }
@@ -233,6 +236,12 @@ struct DatastoreSample {
     leaves: u64,
     /// Ended reconcile jobs, in [`Outcome::ALL`] order.
     jobs: [u64; Outcome::ALL.len()],
+    /// Panics of the reconcile worker (each restarted it).
+    worker_restarts: u64,
+    /// Reconcile Sets that did not stick.
+    not_stuck: u64,
+    /// Intents FAILING now.
+    failing_intents: u64,
     queued: u64,
     running_jobs: u64,
 }
@@ -290,7 +299,7 @@ impl Collector for Datastores {
         if self.0.is_empty() {
             return Ok(());
         }
-        let counters: [Figure; 8] = [
+        let counters: [Figure; 10] = [
             ("sync_notifications", "gNMI notifications read.", |s| {
                 s.notifications
             }),
@@ -319,13 +328,23 @@ impl Collector for Datastores {
                 "Attempts to persist a commit that failed; each is retried until it is durable.",
                 |s| s.persist_errors,
             ),
+            (
+                "reconcile_worker_restarts",
+                "Times the reconcile worker panicked (a bug) and was restarted.",
+                |s| s.worker_restarts,
+            ),
+            (
+                "reconcile_sets_not_stuck",
+                "Reconcile Sets whose leaves had to be set again within the settle time.",
+                |s| s.not_stuck,
+            ),
         ];
         for (name, help, value) in counters {
             self.family(&mut encoder, (name, help), MetricType::Counter, |s| {
                 vec![(None, value(s))]
             })?;
         }
-        let gauges: [Figure; 4] = [
+        let gauges: [Figure; 5] = [
             (
                 "sync_pending",
                 "Changes received and not yet committed.",
@@ -343,6 +362,11 @@ impl Collector for Datastores {
                 "running_leaves",
                 "Leaves in running at the latest revision.",
                 |s| s.leaves,
+            ),
+            (
+                "reconcile_failing_intents",
+                "Intents FAILING: auto-revert of their leaves paused until written again or a Resync.",
+                |s| s.failing_intents,
             ),
         ];
         for (name, help, value) in gauges {

@@ -1,29 +1,34 @@
-//! Reconcile jobs: bring a device to its intents with one atomic gNMI Set,
-//! decoupled from the sync, durable in SQLite, retried, and serialised with
-//! intent writes. Apply (after SetIntent/DeleteIntent) and revert (after a
-//! commit shows drift) are the same mechanism.
+//! Reconcile jobs: bring a device to its intents with gNMI Sets, decoupled
+//! from the sync, durable in SQLite, re-planned after each Set, and never in
+//! the way of intent writes. Apply (after SetIntent/DeleteIntent) and revert
+//! (after a commit shows drift) are the same mechanism.
 //!
-//! Each datastore has one worker task. Jobs are rows of `reconcile_jobs`: at
-//! most one queued and one running per datastore; a new trigger coalesces into
-//! the queued row. What a job sets is computed when it runs, from the
-//! deviations at that moment, so a coalesced job still does exactly what is
-//! needed. A job that was running when the process stopped runs again after
-//! a restart.
+//! Each datastore has one worker task, supervised (a panic restarts it).
+//! Jobs are rows of `reconcile_jobs`: at most one queued and one running per
+//! datastore; a new trigger coalesces into the queued row. A job plans its
+//! Set from the deviations at that moment (under the datastore's intent lock,
+//! held for planning only), sends it, waits until running holds the device's
+//! answer, and plans again: it ends when there is nothing left to set. An
+//! intent write bumps a generation that makes a running job plan again before
+//! its next step. A Set that does not stick backs off and, repeated, marks its
+//! intent FAILING (see [`crate::intent_status`]). `docs/RECONCILE.md` has the
+//! life cycle.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use netsync_core::Path;
-use netsync_core::running::{Key, Value};
-use netsync_core::sync::{EventKind, RevertEvent, RevertPhase, SyncHandle};
+use netsync_core::running::{Key, Running, Value};
+use netsync_core::sync::{EventKind, RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncState};
 use netsync_core::value;
 use netsync_proto::gnmi;
 use tokio::sync::{Mutex, Notify, broadcast, watch};
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::error::Error;
+use crate::intent_status::{Owner, Policy, Tracker, WITHDRAWAL};
 use crate::jobs::{self, Job, Trigger};
 use crate::store::Store;
 
@@ -32,14 +37,22 @@ use crate::store::Store;
 pub struct ReconcileConfig {
     /// Longest wait for one Set.
     pub attempt_timeout: Duration,
-    /// Attempts before a job is FAILED.
+    /// Attempts in a row that fail with a transient error (the device
+    /// unavailable, ...) before a job is FAILED.
     pub max_attempts: u32,
-    /// First retry delay; doubles up to `backoff_max`.
+    /// First retry delay; doubles up to `backoff_max`. Also the first
+    /// backoff after Sets that did not stick.
     pub backoff_min: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
-    /// How long running may take to show a Set's result.
+    /// How long running may take to hold the device's answer to a Set.
     pub confirm_timeout: Duration,
+    /// How long a Set's leaves must keep their values for it to count as
+    /// stuck: a leaf that has to be set again sooner did not stick.
+    pub settle_time: Duration,
+    /// Sets in a row of one intent that did not stick (changed back, never
+    /// shown, refused) after which it is FAILING; 0: never.
+    pub max_failures: u32,
 }
 
 impl Default for ReconcileConfig {
@@ -50,19 +63,34 @@ impl Default for ReconcileConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             confirm_timeout: Duration::from_secs(30),
+            settle_time: Duration::from_secs(60),
+            max_failures: 5,
         }
     }
 }
 
-/// Pause before a store write that failed is tried again.
-const STORE_RETRY: Duration = Duration::from_secs(1);
+impl ReconcileConfig {
+    /// What decides whether Sets stuck, and what follows when they did not.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            settle_time: self.settle_time,
+            max_failures: self.max_failures,
+        }
+    }
+}
+
+/// Pause before the worker starts again after a panic.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The device took the Set and running shows it.
+    /// The device took the Sets and running holds the intents.
     Applied,
-    /// A permanent error, or the last attempt failed.
+    /// A permanent error, the last attempt failed, or an intent became
+    /// FAILING.
     Failed,
     /// The device already matched: no Set was sent.
     NothingToDo,
@@ -82,10 +110,12 @@ impl Outcome {
     }
 }
 
-/// Jobs of one datastore that ended, by outcome, since its worker started.
+/// Counters of one datastore's reconcile worker since it started.
 #[derive(Debug, Default)]
 pub struct JobStats {
     ended: [AtomicU64; Outcome::ALL.len()],
+    /// Times the worker panicked and was restarted.
+    restarts: AtomicU64,
 }
 
 impl JobStats {
@@ -94,14 +124,66 @@ impl JobStats {
         self.ended[outcome as usize].load(Ordering::Relaxed)
     }
 
+    /// Times the worker panicked and was restarted.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
     fn record(&self, outcome: Outcome) {
         self.ended[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Completes once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+/// One Set to send: what to update and delete, and who wants each leaf.
+#[derive(Debug, Default)]
+struct Plan {
+    updates: Vec<(Key, Value)>,
+    deletes: Vec<Key>,
+    /// The intent deciding each leaf, or [`WITHDRAWAL`].
+    owners: BTreeMap<Key, Owner>,
+    /// The revision the plan was made at, and the intents deviating then
+    /// (planned or not).
+    revision: u64,
+    deviating: BTreeSet<String>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.updates.is_empty() && self.deletes.is_empty()
+    }
+
+    /// The updates and deletes of `owner`.
+    fn of(&self, owner: &str) -> (Vec<(Key, Value)>, Vec<Key>) {
+        let mine = |k: &Key| self.owners.get(k).is_some_and(|o| o == owner);
+        (
+            self.updates
+                .iter()
+                .filter(|(k, _)| mine(k))
+                .cloned()
+                .collect(),
+            self.deletes.iter().filter(|k| mine(k)).cloned().collect(),
+        )
+    }
+}
+
+/// What became of one Set.
+#[derive(Debug)]
+enum Answer {
+    /// Running holds the device's answer for every leaf: these did not get
+    /// the Set's value (the device changed them within the Set's echo).
+    Answered { changed: Vec<Key> },
+    /// The device took the Set, but running did not show an answer for
+    /// every leaf within the confirm timeout.
+    NotShown(String),
+    /// An intent write came first: plan again at once.
+    Interrupted,
+    /// The device did not take it.
+    Refused { error: String, retryable: bool },
+}
+
+/// Whether `running` holds `value` at `key`, by meaning.
+fn shows(running: &Running, key: &Key, value: &Value) -> bool {
+    running.holds(key, value)
 }
 
 /// One datastore's reconcile worker.
@@ -114,30 +196,48 @@ pub struct Worker {
     pub config: ReconcileConfig,
     /// Woken when a job is queued.
     pub wake: Arc<Notify>,
-    /// Held by a running job and by intent writes of this datastore.
+    /// Held while a job plans and while an intent of this datastore is
+    /// written, never across a Set or a wait.
     pub lock: Arc<Mutex<()>>,
-    /// Where ended jobs are counted.
+    /// Intent statuses, what was set recently, the generation.
+    pub tracker: Arc<Tracker>,
+    /// Where ended jobs and restarts are counted.
     pub stats: Arc<JobStats>,
 }
 
 impl Worker {
-    /// Runs until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` turns true; a panic restarts it (logged, counted).
+    pub async fn run(self, stop: watch::Receiver<bool>) {
         let name = self.sync.name().to_string();
-        // The store may be failing (a full disk): each step that must happen
-        // is tried again until it does, or the worker is stopped.
-        while let Err(e) = self.recover().await {
-            tracing::warn!(datastore = %name, error = %e, "cannot recover reconcile jobs yet");
-            tokio::select! {
-                () = tokio::time::sleep(STORE_RETRY) => {}
-                () = stopped(&mut stop) => return,
-            }
-        }
+        let this = &self;
+        crate::supervise::supervised(
+            "reconcile worker",
+            &name,
+            RESTART_PAUSE,
+            &self.stats.restarts,
+            stop,
+            || this.work(),
+        )
+        .await;
+    }
+
+    /// The worker's loop: claim a due job and run it, else wait for a job,
+    /// its due time, or a commit that may show drift.
+    async fn work(&self) {
+        let name = self.sync.name();
         let mut events = self.sync.subscribe();
+        let mut generation = self.tracker.generation();
+        // After a restart every intent is PENDING: those running holds once
+        // the sync is IN_SYNC are APPLIED (see `on_event`).
+        if self.sync.status().state == SyncState::InSync {
+            self.confirm_pending();
+        }
         // A revert that could not be queued, to queue once the store takes it.
         let mut recheck = false;
         loop {
-            let next = match self.take_due().await {
+            // Intent writes from here on are taken into the job it claims.
+            let claimed_at = *generation.borrow_and_update();
+            let next = match jobs::take_due(&self.store, name).await {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::error!(datastore = %name, error = %e, "reconcile queue unreadable");
@@ -150,25 +250,21 @@ impl Worker {
                     let span = tracing::info_span!(parent: None, "reconcile", datastore = %name,
                         kind = job.kind(), attempts = tracing::field::Empty,
                         outcome = tracing::field::Empty);
-                    tokio::select! {
-                        outcome = self.execute(job).instrument(span.clone()) => {
-                            span.record("outcome", outcome.as_str());
-                            self.stats.record(outcome);
-                        }
-                        () = stopped(&mut stop) => return,
-                    }
-                    while let Err(e) = self.finish().await {
-                        tracing::warn!(datastore = %name, error = %e, "cannot clear a finished job yet");
-                        tokio::select! {
-                            () = tokio::time::sleep(STORE_RETRY) => {}
-                            () = stopped(&mut stop) => return,
-                        }
+                    let outcome = self
+                        .execute(job, claimed_at, &mut generation)
+                        .instrument(span.clone())
+                        .await;
+                    span.record("outcome", outcome.as_str());
+                    self.stats.record(outcome);
+                    if let Err(e) = jobs::finish(&self.store, name).await {
+                        // Not retried here: the next claim takes the row over.
+                        tracing::warn!(datastore = %name, error = %e, "cannot clear a finished job; the next claim takes it over");
                     }
                 }
                 Err(wait) => {
                     let mut wait = wait.unwrap_or(Duration::from_secs(3600));
                     if recheck {
-                        wait = wait.min(STORE_RETRY);
+                        wait = wait.min(Duration::from_secs(1));
                     }
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {
@@ -180,46 +276,47 @@ impl Worker {
                         }
                         () = self.wake.notified() => {}
                         event = events.recv() => recheck = !self.on_event(event).await,
-                        () = stopped(&mut stop) => return,
                     }
                 }
             }
         }
     }
 
-    /// A job that was running when the process stopped is queued again.
-    async fn recover(&self) -> Result<(), Error> {
-        jobs::recover(&self.store, self.sync.name()).await
-    }
-
-    /// Takes the queued job if it is due; else how long until it is.
-    async fn take_due(&self) -> Result<Result<Job, Option<Duration>>, Error> {
-        jobs::take_due(&self.store, self.sync.name()).await
-    }
-
-    async fn finish(&self) -> Result<(), Error> {
-        jobs::finish(&self.store, self.sync.name()).await
-    }
-
-    /// After a commit: drift in revertive intents queues a revert. Returns
-    /// false if the revert could not be queued (the store failed): the
+    /// After a commit: drift in revertive intents queues a revert. After the
+    /// sync reaches IN_SYNC: PENDING intents that running holds are APPLIED.
+    /// Returns false if a revert could not be queued (the store failed): the
     /// caller looks again shortly, since no later commit may come to do it.
     async fn on_event(
         &self,
         event: Result<Arc<netsync_core::sync::Event>, broadcast::error::RecvError>,
     ) -> bool {
         let relevant = match &event {
-            Ok(e) => matches!(e.kind, EventKind::Commit { .. }),
+            Ok(e) => match &e.kind {
+                EventKind::Commit { .. } => true,
+                EventKind::StateChanged {
+                    state: SyncState::InSync,
+                    ..
+                } => {
+                    self.confirm_pending();
+                    false
+                }
+                _ => false,
+            },
             // Missed events: look at the deviations as they are now.
-            Err(broadcast::error::RecvError::Lagged(_)) => true,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if self.sync.status().state == SyncState::InSync {
+                    self.confirm_pending();
+                }
+                true
+            }
             Err(broadcast::error::RecvError::Closed) => false,
         };
         let revert = &self.sync.spec().revert;
         if !relevant || !revert.enabled {
             return true;
         }
-        let (updates, deletes) = self.plan(&Job::default());
-        if updates.is_empty() && deletes.is_empty() {
+        let plan = self.plan(&Job::default(), &BTreeSet::new(), None);
+        if plan.is_empty() {
             return true;
         }
         match jobs::enqueue_alone(
@@ -231,7 +328,13 @@ impl Worker {
         {
             Ok(created) => {
                 if created {
-                    self.publish(RevertPhase::Queued, 0, &updates, &deletes, String::new());
+                    self.publish(
+                        RevertPhase::Queued,
+                        0,
+                        &plan.updates,
+                        &plan.deletes,
+                        String::new(),
+                    );
                 }
                 true
             }
@@ -242,119 +345,378 @@ impl Worker {
         }
     }
 
+    /// PENDING intents that running holds now are APPLIED.
+    fn confirm_pending(&self) {
+        let (revision, deviations) = self.sync.deviations();
+        let deviating = deviations.into_iter().map(|d| d.intent).collect();
+        self.tracker.confirm(revision, &deviating, &BTreeSet::new());
+    }
+
     /// The Set that brings the device to its intents now: deviations of
     /// revertive intents (when revert is enabled) and of the intents the job
-    /// applies, plus withdrawn leaves nobody provides any more.
-    fn plan(&self, job: &Job) -> (Vec<(Key, Value)>, Vec<Key>) {
+    /// applies, plus withdrawn leaves nobody provides any more; FAILING
+    /// intents are left out. `written` holds leaves this job's own Sets
+    /// wrote: a withdrawn one is deleted even if running does not show it
+    /// yet (its echo may still be on its way).
+    ///
+    /// With `only`, revertive deviations are kept only on those leaves (the
+    /// ones the job has set already): after its first Set a job finishes
+    /// what it is about, and drift elsewhere is left to a revert job, which
+    /// waits for `revert.debounce` as always (otherwise a device that keeps
+    /// drifting would keep one job running for ever).
+    fn plan(&self, job: &Job, written: &BTreeSet<Key>, only: Option<&BTreeSet<Key>>) -> Plan {
         let revert_enabled = self.sync.spec().revert.enabled;
         let intents = self.sync.intents();
-        let non_revertive: BTreeSet<&str> = intents
+        let failing = self.tracker.failing();
+        let non_revertive: HashSet<&str> = intents
             .iter()
             .filter(|i| i.non_revertive)
             .map(|i| i.name.as_str())
             .collect();
-        let (_, deviations) = self.sync.deviations();
-        let mut updates = Vec::new();
-        let mut deletes = Vec::new();
+        let (revision, deviations) = self.sync.deviations();
+        let mut plan = Plan {
+            revision,
+            ..Plan::default()
+        };
         for d in deviations {
+            plan.deviating.insert(d.intent.clone());
             let wanted = job.apply.contains(&d.intent)
-                || (revert_enabled && !non_revertive.contains(d.intent.as_str()));
-            if !wanted {
+                || (revert_enabled
+                    && !non_revertive.contains(d.intent.as_str())
+                    && only.is_none_or(|only| only.contains(&d.path)));
+            if !wanted || failing.contains(&d.intent) {
                 continue;
             }
+            plan.owners.insert(d.path.clone(), d.intent);
             match d.expected {
-                Some(value) => updates.push((d.path, value)),
-                None => deletes.push(d.path),
+                Some(value) => plan.updates.push((d.path, value)),
+                None => plan.deletes.push(d.path),
             }
         }
         let running = self.sync.snapshot().running;
         for path in &job.withdrawn {
             let claimed = intents.iter().any(|i| i.updates.contains_key(path));
-            if !claimed && running.get(path).is_some() && !deletes.contains(path) {
-                deletes.push(path.clone());
+            let present = running.contains(path) || written.contains(path);
+            if !claimed && present && !plan.owners.contains_key(path) {
+                plan.deletes.push(path.clone());
+                plan.owners.insert(path.clone(), WITHDRAWAL.to_string());
             }
         }
-        (updates, deletes)
+        plan
     }
 
-    async fn execute(&self, job: Job) -> Outcome {
-        let _serialised = self.lock.lock().await;
-        let (updates, deletes) = self.plan(&job);
-        if updates.is_empty() && deletes.is_empty() {
-            return Outcome::NothingToDo;
-        }
-        let mut delay = self.config.backoff_min;
-        for attempt in 1..=self.config.max_attempts {
+    /// Runs a job to its end: plan, Set, wait for the answer, plan again.
+    async fn execute(
+        &self,
+        mut job: Job,
+        mut seen: u64,
+        generation: &mut watch::Receiver<u64>,
+    ) -> Outcome {
+        let name = self.sync.name();
+        // Sets sent by this job; the attempt number of its events.
+        let mut sets = 0u32;
+        // Transient failures in a row, and the delay before the next retry.
+        let mut transient = 0u32;
+        let mut retry = self.config.backoff_min;
+        // Leaves this job updated and has not deleted since.
+        let mut written: BTreeSet<Key> = BTreeSet::new();
+        // Intents whose leaves this job set.
+        let mut involved: BTreeSet<Owner> = BTreeSet::new();
+        // What the job's Sets did, for the APPLIED event (a delete: None).
+        let mut applied: BTreeMap<Key, Option<Value>> = BTreeMap::new();
+        // Whether the last thing that happened is an intent becoming FAILING.
+        let mut ended_failing = false;
+        loop {
+            let plan = {
+                let _planning = self.lock.lock().await;
+                let current = *generation.borrow_and_update();
+                if current != seen {
+                    seen = current;
+                    // What the intent write queued is done by this job now.
+                    match jobs::absorb(&self.store, name).await {
+                        Ok(Some(absorbed)) => job = absorbed,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(datastore = %name, error = %e, "cannot take the queued job into the running one; it runs after it")
+                        }
+                    }
+                }
+                // After the first Set: what this job is about (see `plan`).
+                let set_already: BTreeSet<Key> = applied.keys().cloned().collect();
+                self.plan(&job, &written, (sets > 0).then_some(&set_already))
+            };
+            // Intents running holds now are APPLIED (also while the job goes
+            // on for others).
+            self.tracker
+                .confirm(plan.revision, &plan.deviating, &involved);
+            let judged = self
+                .tracker
+                .judge(&plan.owners, Instant::now(), &self.config.policy());
+            for (owner, why) in &judged.failed {
+                tracing::warn!(datastore = %name, intent = %owner, %why, "a Set did not stick");
+            }
+            if !judged.newly_failing.is_empty() {
+                for (owner, error) in judged.newly_failing {
+                    self.fail_owner(&mut job, &plan, &owner, sets, error);
+                }
+                ended_failing = true;
+                // Plan again without them.
+                continue;
+            }
+            if plan.is_empty() {
+                if sets == 0 {
+                    return Outcome::NothingToDo;
+                }
+                if ended_failing {
+                    return Outcome::Failed;
+                }
+                let (updates, deletes) = split(applied);
+                self.publish(
+                    RevertPhase::Applied,
+                    sets,
+                    &updates,
+                    &deletes,
+                    String::new(),
+                );
+                return Outcome::Applied;
+            }
+            if let Some(wait) = judged.wait {
+                tracing::info!(datastore = %name, ?wait, "backing off before setting leaves that did not stick");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = generation.changed() => {}
+                }
+                continue;
+            }
+
+            sets += 1;
+            ended_failing = false;
+            let owners: BTreeSet<&Owner> = plan.owners.values().collect();
+            involved.extend(owners.iter().map(|o| (*o).clone()));
+            self.tracker.sending(owners.iter().copied());
             // As i64: OpenTelemetry attributes have no unsigned integers.
-            tracing::Span::current().record("attempts", i64::from(attempt));
+            tracing::Span::current().record("attempts", i64::from(sets));
             self.publish(
                 RevertPhase::Applying,
-                attempt,
-                &updates,
-                &deletes,
+                sets,
+                &plan.updates,
+                &plan.deletes,
                 String::new(),
             );
             let span = tracing::info_span!(
                 "reconcile_attempt",
-                attempt = i64::from(attempt),
+                attempt = i64::from(sets),
                 error = tracing::field::Empty
             );
-            let result = self
-                .attempt(&updates, &deletes)
+            let answer = self
+                .attempt(&plan, generation)
                 .instrument(span.clone())
                 .await;
-            if let Err((error, _)) = &result {
+            if let Answer::Refused { error, .. } | Answer::NotShown(error) = &answer {
                 span.record("error", error.as_str());
             }
             drop(span);
-            let error = match result {
-                Ok(()) => {
-                    self.publish(
-                        RevertPhase::Applied,
-                        attempt,
-                        &updates,
-                        &deletes,
-                        String::new(),
-                    );
-                    return Outcome::Applied;
+            if !matches!(
+                answer,
+                Answer::Refused {
+                    retryable: false,
+                    ..
                 }
-                Err((error, retryable)) if !retryable => {
-                    self.publish(RevertPhase::Failed, attempt, &updates, &deletes, error);
+            ) {
+                for (k, v) in &plan.updates {
+                    written.insert(k.clone());
+                    applied.insert(k.clone(), Some(v.clone()));
+                }
+                for k in &plan.deletes {
+                    written.remove(k);
+                    applied.insert(k.clone(), None);
+                }
+            }
+            match answer {
+                Answer::Answered { changed } => {
+                    transient = 0;
+                    retry = self.config.backoff_min;
+                    let changed: HashSet<Key> = changed.into_iter().collect();
+                    let notes = plan.owners.iter().map(|(k, owner)| {
+                        let note = if changed.contains(k) {
+                            format!("the device changed {k} within the echo of netsync's Set")
+                        } else {
+                            format!("the device changed {k} back after netsync set it")
+                        };
+                        (k.clone(), owner.clone(), note)
+                    });
+                    self.tracker.answered(notes, Instant::now());
+                }
+                Answer::NotShown(error) => {
+                    transient = 0;
+                    tracing::warn!(datastore = %name, attempt = sets, %error, "reconcile Set not shown");
+                    let notes = plan
+                        .owners
+                        .iter()
+                        .map(|(k, owner)| (k.clone(), owner.clone(), error.clone()));
+                    self.tracker.answered(notes, Instant::now());
+                }
+                Answer::Interrupted => {}
+                Answer::Refused {
+                    error,
+                    retryable: false,
+                } => {
+                    self.give_up(&plan, sets, error);
                     return Outcome::Failed;
                 }
-                Err((error, _)) => error,
-            };
-            tracing::warn!(datastore = %self.sync.name(), attempt, %error, "reconcile attempt failed");
-            if attempt == self.config.max_attempts {
-                let error = format!("gave up after {attempt} attempts: {error}");
-                self.publish(RevertPhase::Failed, attempt, &updates, &deletes, error);
-                return Outcome::Failed;
+                Answer::Refused { error, .. } => {
+                    transient += 1;
+                    tracing::warn!(datastore = %name, attempt = sets, %error, "reconcile attempt failed");
+                    if transient >= self.config.max_attempts {
+                        self.give_up(
+                            &plan,
+                            sets,
+                            format!("gave up after {transient} attempts: {error}"),
+                        );
+                        return Outcome::Failed;
+                    }
+                    self.tracker.note_error(plan.owners.values(), &error);
+                    tokio::select! {
+                        () = tokio::time::sleep(retry) => {}
+                        _ = generation.changed() => {}
+                    }
+                    retry = (retry * 2).min(self.config.backoff_max);
+                }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.config.backoff_max);
         }
-        // Only with max_attempts 0: no attempt was allowed.
-        Outcome::Failed
     }
 
-    /// One Set, then the wait until running shows its result. The error says
-    /// whether another attempt may succeed.
-    async fn attempt(
+    /// A job ends FAILED with `error`: each intent of `plan` counts a
+    /// failure.
+    fn give_up(&self, plan: &Plan, sets: u32, error: String) {
+        let failing = self.tracker.failed(
+            plan.owners.values(),
+            &error,
+            Instant::now(),
+            &self.config.policy(),
+        );
+        self.publish(
+            RevertPhase::Failed,
+            sets,
+            &plan.updates,
+            &plan.deletes,
+            error,
+        );
+        for (owner, error) in failing {
+            tracing::warn!(datastore = %self.sync.name(), intent = %owner, %error, "intent failing: auto-revert of its leaves paused");
+        }
+    }
+
+    /// `owner` reached the failures allowed: it is FAILING (or, for
+    /// withdrawals, the job gives them up). Announced as a FAILED event with
+    /// its leaves.
+    fn fail_owner(&self, job: &mut Job, plan: &Plan, owner: &str, sets: u32, error: String) {
+        let (updates, deletes) = plan.of(owner);
+        if owner == WITHDRAWAL {
+            tracing::warn!(datastore = %self.sync.name(), %error, "withdrawn leaves given up: the device keeps them");
+            job.withdrawn.clear();
+            self.publish(RevertPhase::Failed, sets, &updates, &deletes, error);
+        } else {
+            tracing::warn!(datastore = %self.sync.name(), intent = %owner, %error, "intent failing: auto-revert of its leaves paused");
+            let error = format!("intent {owner:?} is failing: {error}");
+            self.publish(RevertPhase::Failed, sets, &updates, &deletes, error);
+        }
+    }
+
+    /// One Set, then the wait until running holds the device's answer.
+    async fn attempt(&self, plan: &Plan, generation: &mut watch::Receiver<u64>) -> Answer {
+        let request = match self.set_request(&plan.updates, &plan.deletes) {
+            Ok(request) => request,
+            Err(error) => {
+                return Answer::Refused {
+                    error,
+                    retryable: false,
+                };
+            }
+        };
+        let target = self.sync.target();
+        match tokio::time::timeout(self.config.attempt_timeout, target.set(request)).await {
+            Err(_) => {
+                return Answer::Refused {
+                    error: format!(
+                        "the device did not answer the Set within {:?}",
+                        self.config.attempt_timeout
+                    ),
+                    retryable: true,
+                };
+            }
+            Ok(Err(e)) => {
+                return Answer::Refused {
+                    error: format!("Set refused: {e}"),
+                    retryable: e.is_retryable(),
+                };
+            }
+            Ok(Ok(_)) => {}
+        }
+        self.confirm(plan, generation).await
+    }
+
+    /// Waits until running holds the device's answer to the Set just
+    /// acknowledged: for every leaf, either the Set's value (or absence), or
+    /// a value other than the one running had when the answer came (the
+    /// device changed the leaf again within the echo). Leaves that running
+    /// already showed as set count at once; leaves whose echo is late are
+    /// waited for, so a late echo never looks like drift.
+    async fn confirm(&self, plan: &Plan, generation: &mut watch::Receiver<u64>) -> Answer {
+        let mut snapshots = self.sync.watch_snapshot();
+        let at_answer = snapshots.borrow_and_update().running.clone();
+        let answered = |s: &Snapshot| {
+            plan.updates
+                .iter()
+                .all(|(k, v)| shows(&s.running, k, v) || s.running.get(k) != at_answer.get(k))
+                && plan
+                    .deletes
+                    .iter()
+                    .all(|k| !s.running.contains(k) || s.running.get(k) != at_answer.get(k))
+        };
+        let wait = tokio::time::timeout(self.config.confirm_timeout, async {
+            snapshots
+                .wait_for(|s| answered(s))
+                .await
+                .map(|s| s.running.clone())
+        });
+        tokio::select! {
+            running = wait => match running {
+                Ok(Ok(running)) => Answer::Answered {
+                    changed: plan
+                        .updates
+                        .iter()
+                        .filter(|(k, v)| !shows(&running, k, v))
+                        .map(|(k, _)| k.clone())
+                        .chain(plan.deletes.iter().filter(|k| running.contains(k)).cloned())
+                        .collect(),
+                },
+                _ => Answer::NotShown(format!(
+                    "the device accepted the Set but running did not show it within {:?}",
+                    self.config.confirm_timeout
+                )),
+            },
+            _ = generation.changed() => Answer::Interrupted,
+        }
+    }
+
+    /// The gNMI Set of `updates` and `deletes`.
+    fn set_request(
         &self,
         updates: &[(Key, Value)],
         deletes: &[Key],
-    ) -> Result<(), (String, bool)> {
+    ) -> Result<gnmi::SetRequest, String> {
         let to_gnmi = |k: &Key| {
             Path::parse(k)
                 .map(|p| p.to_gnmi())
-                .map_err(|e| (e.to_string(), false))
+                .map_err(|e| e.to_string())
         };
         let target_name = &self.sync.spec().target.target_name;
         // Values go in the device's encoding; what running holds for a leaf
         // shows how the device writes it (see `value::for_device`).
         let encoding = self.sync.spec().target.encoding;
         let running = self.sync.snapshot().running;
-        let request = gnmi::SetRequest {
+        Ok(gnmi::SetRequest {
             prefix: (!target_name.is_empty()).then(|| gnmi::Path {
                 target: target_name.clone(),
                 ..Default::default()
@@ -369,42 +731,9 @@ impl Worker {
                         ..Default::default()
                     })
                 })
-                .collect::<Result<_, (String, bool)>>()?,
+                .collect::<Result<_, String>>()?,
             ..Default::default()
-        };
-        let target = self.sync.target();
-        match tokio::time::timeout(self.config.attempt_timeout, target.set(request)).await {
-            Err(_) => {
-                return Err((
-                    format!(
-                        "the device did not answer the Set within {:?}",
-                        self.config.attempt_timeout
-                    ),
-                    true,
-                ));
-            }
-            Ok(Err(e)) => return Err((format!("Set refused: {e}"), e.is_retryable())),
-            Ok(Ok(_)) => {}
-        }
-        let mut snapshots = self.sync.watch_snapshot();
-        let shows_result = |s: &netsync_core::sync::Snapshot| {
-            updates.iter().all(|(k, v)| s.running.holds(k, v))
-                && deletes.iter().all(|k| !s.running.contains(k))
-        };
-        let confirmed = tokio::time::timeout(self.config.confirm_timeout, async {
-            snapshots.wait_for(|s| shows_result(s)).await.map(|_| ())
         })
-        .await;
-        match confirmed {
-            Ok(Ok(())) => Ok(()),
-            _ => Err((
-                format!(
-                    "the device accepted the Set but running did not show it within {:?}",
-                    self.config.confirm_timeout
-                ),
-                true,
-            )),
-        }
     }
 
     fn publish(
@@ -424,4 +753,17 @@ impl Worker {
             error,
         });
     }
+}
+
+/// `applied` as updates and deletes.
+fn split(applied: BTreeMap<Key, Option<Value>>) -> (Vec<(Key, Value)>, Vec<Key>) {
+    let mut updates = Vec::new();
+    let mut deletes = Vec::new();
+    for (k, v) in applied {
+        match v {
+            Some(v) => updates.push((k, v)),
+            None => deletes.push(k),
+        }
+    }
+    (updates, deletes)
 }

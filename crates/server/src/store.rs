@@ -3,6 +3,7 @@
 //! a pool of read-only connections, which WAL mode lets read while the
 //! writer writes (a reader waits behind no transaction).
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -239,30 +240,46 @@ impl Store {
             .await
     }
 
-    /// Deletes an intent (`NotFound` if it does not exist) and queues the job
-    /// that withdraws it, in one transaction; returns whether a new job was
-    /// queued.
+    /// Deletes an intent and queues the job that withdraws its leaves, in one
+    /// transaction; returns whether a new job was queued. `in_memory` says
+    /// whether the engine holds the intent, `withdrawn` are the leaves it
+    /// holds for it: an intent held in only one of the two places is still
+    /// deleted (and its leaves, from either, withdrawn), so that the store and
+    /// the engine agree again. `NotFound` only when neither holds it.
     pub async fn delete_intent(
         &self,
         datastore: &str,
         name: &str,
-        trigger: Trigger,
+        in_memory: bool,
+        withdrawn: Vec<netsync_core::running::Key>,
     ) -> Result<bool, Error> {
         let (datastore, name) = (datastore.to_string(), name.to_string());
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let done = sqlx::query("DELETE FROM intents WHERE datastore = ? AND name = ?")
-                        .bind(&datastore)
-                        .bind(&name)
-                        .execute(&mut *conn)
-                        .await?;
-                    if done.rows_affected() == 0 {
+                    let body: Option<Vec<u8>> = sqlx::query_scalar(
+                        "DELETE FROM intents WHERE datastore = ? AND name = ? RETURNING body",
+                    )
+                    .bind(&datastore)
+                    .bind(&name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    if body.is_none() && !in_memory {
                         return Err(Error::NotFound {
                             kind: "intent",
                             name,
                         });
                     }
+                    let mut withdrawn: BTreeSet<_> = withdrawn.into_iter().collect();
+                    // The stored leaves too, when the engine lost them. A body
+                    // that cannot be read adds none (it is deleted all the same).
+                    if let Some(body) = body
+                        && let Ok(proto) = netsync_proto::netsync::v1::Intent::decode(&body[..])
+                        && let Ok(stored) = convert::intent_from_proto(proto, "stored")
+                    {
+                        withdrawn.extend(stored.updates.into_keys());
+                    }
+                    let trigger = Trigger::Withdraw(withdrawn.into_iter().collect());
                     jobs::enqueue(conn, &datastore, &trigger).await
                 })
             })

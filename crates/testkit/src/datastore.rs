@@ -173,5 +173,6 @@ pub fn intent(name: &str, priority: i32, updates: &[(&str, &str)], deletes: &[&s
         deletes: deletes.iter().map(|d| d.to_string()).collect(),
         non_revertive: false,
         revision: 0,
+        status: None,
     }
 }

@@ -3,14 +3,24 @@
 //! with Sets answered at once, then one with every Set held by the device
 //! (the simulator's `set_delay` fault). netsyncd's ingest must not slow down,
 //! its memory must not grow, nothing may be dropped, and running must equal
-//! the device at the end.
+//! the device at the end. While a Set is held, intent writes on the datastore
+//! must still answer within 100 ms.
+//!
+//! Churn changes the intent's leaves back after every revert, which is the
+//! fight netsyncd ends by marking the intent FAILING (`RECONCILE.md`): the
+//! intent is written again before each window, so that each starts with
+//! reverts going out.
 
 use std::path::Path;
 use std::time::Duration;
 
+use std::time::Instant;
+
 use anyhow::Context;
 use netsync_core::Path as GnmiPath;
 use netsync_proto::netsync::v1 as pb;
+use pb::net_sync_client::NetSyncClient;
+use tonic::transport::Channel;
 
 use super::{Ctx, Rig, check_nothing_dropped, warm_up};
 use crate::api::{datastore, duration};
@@ -37,14 +47,7 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     rig.api.wait_in_sync(NAME, sizes.deadline).await?;
     let intent = intent(&rig.device, sizes.intent_leaves).await?;
     let claimed = intent.updates.len();
-    rig.api
-        .client
-        .set_intent(pb::SetIntentRequest {
-            datastore: NAME.into(),
-            intent: Some(intent),
-        })
-        .await
-        .context("SetIntent")?;
+    write_intent(&mut rig.api.client, intent.clone()).await?;
 
     let churning = rig
         .churn(NAME, sizes.churn_rate, sizes.marker_period)
@@ -58,9 +61,18 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     .await?;
     // As long as the stalled window: the largest RSS of a longer window is
     // larger by itself, and the growth is to measure the stall alone.
+    write_intent(&mut rig.api.client, intent.clone()).await?;
     let free = rig.measure(sizes.stall_window, NAME).await?;
     rig.device.hold_sets(sizes.stall_hold).await?;
-    let stalled = rig.measure(sizes.stall_window, NAME).await?;
+    write_intent(&mut rig.api.client, intent).await?;
+    // Intent writes while the revert's Set is held: a probe intent set and
+    // deleted a few times across the window.
+    let mut probe_client = rig.api.client.clone();
+    let (stalled, writes) = tokio::join!(
+        rig.measure(sizes.stall_window, NAME),
+        probe_writes(&mut probe_client, sizes.stall_window)
+    );
+    let (stalled, writes) = (stalled?, writes?);
     rig.device.hold_sets(Duration::ZERO).await?;
     let (sent, log) = churning
         .stop(&mut rig.device, sizes.commit_interval + sizes.deadline)
@@ -121,6 +133,9 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.number("unstalled_rss_growth", free.rss_growth());
     report.count("sets", free.sets);
     report.count("sets_held", stalled.sets);
+    report.count("intent_writes_held", writes.len() as u64);
+    report.millis_if("intent_write_max_ms", writes.iter().max().copied());
+    report.millis_if("intent_write_p50_ms", median(&writes));
     report.count("reverts_applying", phase(pb::RevertPhase::Applying));
     report.count("reverts_applied", phase(pb::RevertPhase::Applied));
     report.count("reverts_failed", phase(pb::RevertPhase::Failed));
@@ -130,6 +145,7 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.at_least("ratio", 0.95);
     report.at_most("rss_growth", 0.10);
     report.at_least("sets_held", 1.0);
+    report.at_most("intent_write_max_ms", 100.0);
     report.at_most("dropped", 0.0);
     report.at_most("reconnects", 0.0);
     report.note(format!(
@@ -138,12 +154,75 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
          status), per second; device = changes the simulator made, per second; rss = largest \
          VmRSS sampled every 100 ms; rss_growth = stalled rss / rss - 1; unstalled_rss_growth = \
          growth within the first window; sets_held = gNMI Sets that reached the device in the \
-         held window",
+         held window; intent_write = one SetIntent or DeleteIntent of a probe intent on the \
+         datastore while a Set is held (the intent is written again before each window: churn \
+         undoes every revert, so it would otherwise end FAILING)",
         sizes.stall_window.as_secs_f64(),
         sizes.stall_window.as_secs_f64(),
         sizes.stall_hold.as_secs_f64()
     ));
     Ok(report)
+}
+
+/// Writes `intent` on the datastore (again: PENDING, its failures forgotten).
+async fn write_intent(
+    client: &mut NetSyncClient<Channel>,
+    intent: pb::Intent,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    client
+        .set_intent(pb::SetIntentRequest {
+            datastore: NAME.into(),
+            intent: Some(intent),
+        })
+        .await
+        .context("SetIntent")?;
+    Ok(started.elapsed())
+}
+
+/// Sets and deletes a one-leaf probe intent every tenth of `window` until it
+/// has passed; the time each call took.
+async fn probe_writes(
+    client: &mut NetSyncClient<Channel>,
+    window: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let end = Instant::now() + window;
+    let mut took = Vec::new();
+    let probe = pb::Intent {
+        name: "bench-stall-probe".into(),
+        priority: 100,
+        updates: vec![pb::Leaf {
+            path: "/netsync-bench/probe".into(),
+            value: Some(netsync_proto::gnmi::TypedValue {
+                value: Some(netsync_proto::gnmi::typed_value::Value::StringVal(
+                    "probe".into(),
+                )),
+            }),
+        }],
+        ..Default::default()
+    };
+    while Instant::now() + window / 10 < end {
+        tokio::time::sleep(window / 20).await;
+        took.push(write_intent(client, probe.clone()).await?);
+        tokio::time::sleep(window / 20).await;
+        let started = Instant::now();
+        client
+            .delete_intent(pb::DeleteIntentRequest {
+                datastore: NAME.into(),
+                name: probe.name.clone(),
+            })
+            .await
+            .context("DeleteIntent")?;
+        took.push(started.elapsed());
+    }
+    Ok(took)
+}
+
+/// The median of `values`.
+fn median(values: &[Duration]) -> Option<Duration> {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// An intent claiming `count` leaves of the device, spread evenly over it, at

@@ -274,8 +274,17 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::ResyncRequest>,
     ) -> Result<Response<pb::ResyncResponse>, Status> {
-        let sync = self.require_sync("name", &request.into_inner().name)?;
+        let name = request.into_inner().name;
+        let sync = self.require_sync("name", &name)?;
         sync.resync();
+        // Intents FAILING are tried again: a Resync is one of the two ways
+        // (with writing the intent) to resume their auto-revert.
+        let engine = self.engine.clone();
+        to_completion(async move {
+            engine.resynced(&name).await;
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(pb::ResyncResponse {}))
     }
 
@@ -326,14 +335,17 @@ impl NetSync for NetSyncService {
             convert::intent_for_datastore(intent, "intent", sync.spec()).map_err(Error::from)?;
         let (store, engine) = (self.store.clone(), self.engine.clone());
         let reply = to_completion(async move {
+            // Held for the store write and the memory update only: reconcile
+            // jobs take it just to plan, so this never waits for the device.
             let _writing = engine.intent_lock(&req.datastore).await;
             intent.revision = sync.snapshot().revision;
             // The intent and the job that applies it (through the reconcile
             // queue, even when non-revertive) are written in one transaction.
             let trigger = Trigger::Apply(intent.name.clone());
             let queued = store.put_intent(&req.datastore, &intent, trigger).await?;
-            let reply = convert::intent_to_proto(&intent);
             tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
+            let status = engine.intent_written(&req.datastore, &intent.name);
+            let reply = convert::intent_with_status(&intent, &status);
             sync.set_intent(intent);
             engine.queued(&req.datastore, queued);
             Ok(reply)
@@ -352,19 +364,21 @@ impl NetSync for NetSyncService {
             kind: "intent",
             name: req.name.clone(),
         })?;
-        Ok(Response::new(convert::intent_to_proto(&intent)))
+        let status = self.engine.intent_status(&req.datastore, &req.name);
+        Ok(Response::new(convert::intent_with_status(&intent, &status)))
     }
 
     async fn list_intents(
         &self,
         request: Request<pb::ListIntentsRequest>,
     ) -> Result<Response<pb::ListIntentsResponse>, Status> {
-        let sync = self.require_sync("datastore", &request.into_inner().datastore)?;
+        let name = request.into_inner().datastore;
+        let sync = self.require_sync("datastore", &name)?;
         Ok(Response::new(pb::ListIntentsResponse {
             intents: sync
                 .intents()
                 .iter()
-                .map(convert::intent_to_proto)
+                .map(|i| convert::intent_with_status(i, &self.engine.intent_status(&name, &i.name)))
                 .collect(),
         }))
     }
@@ -383,15 +397,19 @@ impl NetSync for NetSyncService {
             let _writing = engine.intent_lock(&req.datastore).await;
             // Its leaves leave the device too, unless another intent provides
             // them: the deletion and that job are written in one transaction.
-            let withdrawn: Vec<_> = sync
-                .intent(&req.name)
-                .map(|i| i.updates.into_keys().collect())
+            // An intent only in memory or only in the store is deleted from
+            // both; NOT_FOUND only when neither has it (AIP-135: a repeated
+            // delete answers NOT_FOUND).
+            let in_memory = sync.intent(&req.name);
+            let withdrawn: Vec<_> = in_memory
+                .as_ref()
+                .map(|i| i.updates.keys().cloned().collect())
                 .unwrap_or_default();
-            let trigger = Trigger::Withdraw(withdrawn);
             let queued = store
-                .delete_intent(&req.datastore, &req.name, trigger)
+                .delete_intent(&req.datastore, &req.name, in_memory.is_some(), withdrawn)
                 .await?;
             sync.remove_intent(&req.name);
+            engine.intent_removed(&req.datastore, &req.name);
             engine.queued(&req.datastore, queued);
             tracing::info!(datastore = %req.datastore, intent = %req.name, "intent deleted");
             Ok(())

@@ -275,7 +275,19 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got, written);
+    // The intent reads back as written; its status moved on from the PENDING
+    // SetIntent answered with (this device refuses every Set).
+    let pending = pb::IntentState::Pending as i32;
+    assert_eq!(written.status.as_ref().map(|s| s.state), Some(pending));
+    let status = got.status.clone().unwrap();
+    assert_eq!(status.state, pending, "{status:?}");
+    assert!(status.attempts >= 1, "{status:?}");
+    assert!(status.last_error.contains("Set refused"), "{status:?}");
+    let as_written = |i: &pb::Intent| pb::Intent {
+        status: None,
+        ..i.clone()
+    };
+    assert_eq!(as_written(&got), as_written(&written));
 
     drop(client);
     server.stop().await;

@@ -16,6 +16,7 @@ mod limits;
 mod observability;
 mod process;
 mod reconcile;
+mod reconcile_lifecycle;
 mod storage;
 mod sync;
 mod tls_api;
