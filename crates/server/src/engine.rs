@@ -136,6 +136,11 @@ impl Engine {
     }
 
     fn start_with(&self, spec: &DatastoreSpec, initial: Snapshot, intents: Vec<Intent>) {
+        if self.entries.lock().expect("lock").contains_key(&spec.name) {
+            // Two syncs of one datastore would both commit its revisions.
+            tracing::error!(datastore = %spec.name, "already synced; not started again");
+            return;
+        }
         let target: Arc<dyn Target> = match GnmiTarget::new(&spec.target) {
             Ok(target) => Arc::new(target),
             Err(error) => Arc::new(Unusable(error)),

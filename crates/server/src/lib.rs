@@ -96,6 +96,10 @@ async fn follow_writer(
             announced_failing = failing;
         }
         if writer.changed().await.is_err() {
+            // The writer has stopped: no write can succeed any more.
+            health
+                .set_not_serving::<NetSyncServer<api::NetSyncService>>()
+                .await;
             return;
         }
     }

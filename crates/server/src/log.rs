@@ -75,12 +75,18 @@ impl CommitLog {
 
     async fn write(&self, datastore: &str, commit: Committed<'_>) -> Result<(), Error> {
         let changed = (commit.change.update_count() + commit.change.delete_count()) as u64;
-        let since = {
-            let mut map = self.since_snapshot.lock().expect("lock");
-            let entry = map.entry(datastore.to_string()).or_insert(0);
-            *entry += changed;
-            *entry
-        };
+        // Counted only once the commit is durable: a commit retried through a
+        // storage outage must not count again at each attempt (that would
+        // turn small commits into full snapshots, needing more of the space
+        // that is missing).
+        let since = changed
+            + self
+                .since_snapshot
+                .lock()
+                .expect("lock")
+                .get(datastore)
+                .copied()
+                .unwrap_or(0);
         let snapshot_due = since > 2 * commit.running.len() as u64 + 1000;
         // Encoding is CPU work in proportion to the change (and, for a
         // snapshot, to all of running): large ones go to the blocking pool so
@@ -125,10 +131,27 @@ impl CommitLog {
                     .bind(revision)
                     .bind(time_us)
                     .bind(replace)
-                    .bind(body)
+                    .bind(&body)
                     .execute(&mut *conn)
                     .await?;
                     if inserted.rows_affected() == 0 {
+                        // A retry of a durable commit finds the same body
+                        // (encoding is deterministic). Another body means two
+                        // histories for one revision number: never accepted.
+                        let same: bool = sqlx::query_scalar(
+                            "SELECT body = ? FROM commits WHERE datastore = ? AND revision = ?",
+                        )
+                        .bind(&body)
+                        .bind(&name)
+                        .bind(revision)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                        if !same {
+                            tracing::error!(datastore = %name, revision, "revision stored already with other content; refused");
+                            return Err(Error::Internal(format!(
+                                "revision {revision} of {name:?} is stored with other content"
+                            )));
+                        }
                         tracing::warn!(datastore = %name, revision, "revision already stored: a retry of a durable commit");
                         return Ok(());
                     }
@@ -170,12 +193,10 @@ impl CommitLog {
                 })
             })
             .await?;
-        if snapshot_due {
-            self.since_snapshot
-                .lock()
-                .expect("lock")
-                .insert(datastore.to_string(), 0);
-        }
+        self.since_snapshot
+            .lock()
+            .expect("lock")
+            .insert(datastore.to_string(), if snapshot_due { 0 } else { since });
         Ok(())
     }
 
@@ -307,6 +328,9 @@ impl Persist for CommitLog {
                 match e {
                     Error::StorageUnavailable(why) => why,
                     Error::NotFound { .. } => "the datastore was deleted".into(),
+                    Error::Store(e) if crate::writer::is_foreign_key(&e) => {
+                        "the datastore was deleted".into()
+                    }
                     _ => "internal error (see the log)".into(),
                 }
             })

@@ -30,6 +30,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// burst of writes does not keep its disk space for good.
 const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
 
+/// Longest wait at shutdown for the writer to finish what it was given.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 /// Read-only connections for API reads, WatchSync replay and metrics.
 const READERS: u32 = 4;
 
@@ -101,10 +104,12 @@ impl Store {
         let lock = lock(&path)?;
         create_private(&path)?;
         let options = options.busy_timeout(BUSY_TIMEOUT).foreign_keys(true);
+        // The file exists now (created above, 0600): a reopen after a
+        // failure must never create an empty database in its place.
         let writer_options = WriterOptions {
             connect: options
                 .clone()
-                .create_if_missing(true)
+                .create_if_missing(false)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string()),
@@ -329,7 +334,11 @@ impl Store {
         let task = self.task.lock().expect("lock").take();
         if let Some(task) = task {
             self.writer.close();
-            let _ = task.await;
+            // Bounded: storage that hangs (a stuck fsync) must not keep the
+            // process from exiting; nothing acknowledged depends on it.
+            if tokio::time::timeout(CLOSE_GRACE, task).await.is_err() {
+                tracing::warn!(grace = ?CLOSE_GRACE, "the database writer did not finish in time; exiting without it");
+            }
         }
     }
 }

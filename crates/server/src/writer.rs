@@ -377,17 +377,17 @@ impl Task {
             return;
         };
         match transaction(conn, &mut jobs, &pages).await {
-            Ok(()) => {
+            Ok(wrote) => {
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .writes
                     .fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 self.health.send_if_modified(|h| {
-                    let changed = *h != Health::Ok;
+                    let changed = wrote && *h != Health::Ok;
                     if changed {
                         tracing::info!("the database accepts writes again");
+                        *h = Health::Ok;
                     }
-                    *h = Health::Ok;
                     changed
                 });
                 for job in jobs {
@@ -462,12 +462,15 @@ impl Task {
     }
 }
 
-/// One transaction over `jobs`, each in a savepoint of its own.
+/// One transaction over `jobs`, each in a savepoint of its own. Returns
+/// whether it wrote anything: only such a transaction shows that the
+/// database takes writes again (one that only read, or wrote nothing, commits
+/// even on a full disk).
 async fn transaction(
     conn: &mut SqliteConnection,
     jobs: &mut [Box<dyn Job>],
     max_page_count: &PageLimit,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     if let Some(pages) = max_page_count.get() {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "PRAGMA max_page_count = {pages}"
@@ -476,6 +479,9 @@ async fn transaction(
         .await?;
     }
     sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let before: i64 = sqlx::query_scalar("SELECT total_changes()")
+        .fetch_one(&mut *conn)
+        .await?;
     for job in jobs.iter_mut() {
         sqlx::raw_sql("SAVEPOINT work").execute(&mut *conn).await?;
         job.run(conn).await?;
@@ -486,8 +492,11 @@ async fn transaction(
         }
         sqlx::raw_sql("RELEASE work").execute(&mut *conn).await?;
     }
+    let after: i64 = sqlx::query_scalar("SELECT total_changes()")
+        .fetch_one(&mut *conn)
+        .await?;
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-    Ok(())
+    Ok(after > before)
 }
 
 /// The highest stored revision of each of `datastores`.
@@ -518,6 +527,15 @@ fn is_constraint(error: &sqlx::Error) -> bool {
     primary_code(error) == Some(19)
 }
 
+/// Whether `error` is SQLITE_CONSTRAINT_FOREIGNKEY: a row refers to a
+/// datastore that is gone (deleted meanwhile).
+pub fn is_foreign_key(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i64>().ok()) == Some(787),
+        _ => false,
+    }
+}
+
 /// SQLite's primary result code of a database error (the low byte of an
 /// extended code).
 fn primary_code(error: &sqlx::Error) -> Option<i64> {
@@ -546,18 +564,20 @@ fn describe(error: &sqlx::Error) -> String {
 }
 
 fn describe_error(error: &sqlx::Error) -> String {
-    if let sqlx::Error::Database(db) = error {
+    if let sqlx::Error::Database(_) = error {
         return match primary_code(error) {
             Some(13) => "disk full".into(),
             Some(5) | Some(6) => "database locked by another process".into(),
             Some(10) => "I/O error".into(),
             Some(11) | Some(26) => "database file damaged".into(),
             Some(8) => "database is read-only".into(),
-            _ => db.message().to_string(),
+            // SQLite's own words stay in the log: this text reaches clients
+            // through a datastore's status.
+            _ => "database error (see the log)".into(),
         };
     }
     match error {
-        sqlx::Error::Io(e) => format!("I/O error: {e}"),
-        other => other.to_string(),
+        sqlx::Error::Io(_) => "I/O error (see the log)".into(),
+        _ => "database error (see the log)".into(),
     }
 }

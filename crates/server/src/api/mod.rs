@@ -248,11 +248,22 @@ impl NetSync for NetSyncService {
         request: Request<pb::DeleteDatastoreRequest>,
     ) -> Result<Response<pb::DeleteDatastoreResponse>, Status> {
         let name = request.into_inner().name;
-        let stored = self.require_datastore("name", &name).await?;
-        let (store, engine) = (self.store.clone(), self.engine.clone());
+        let (store, engine, creating) = (
+            self.store.clone(),
+            self.engine.clone(),
+            self.creating.clone(),
+        );
+        check_name("name", &name)?;
         to_completion(async move {
+            // Creates and deletes one at a time: two deletes racing (a client
+            // retrying) must not both stop, and one then restart, a sync.
+            let _changing = creating.lock().await;
+            let stored = store.get_datastore_row(&name).await?;
             engine.stop(&name).await;
             if let Err(e) = store.delete_datastore(&name).await {
+                if !matches!(e, Error::StorageUnavailable(_)) {
+                    return Err(e);
+                }
                 // Still stored, so it is served again: memory and database
                 // agree.
                 match &stored {
