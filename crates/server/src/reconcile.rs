@@ -84,6 +84,17 @@ impl ReconcileConfig {
 /// Pause before the worker starts again after a panic.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
+/// Whether an event made the worker queue a revert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// Nothing to revert (or revert is off).
+    No,
+    /// A revert job is queued (new or merged).
+    Yes,
+    /// A revert is due but the store refused it for now.
+    Failed,
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -234,16 +245,28 @@ impl Worker {
         }
         // A revert that could not be queued, to queue once the store takes it.
         let mut recheck = false;
+        // Whether a job may be in the queue: asking the store costs a write
+        // transaction, so it is asked only at start, when woken (every
+        // enqueue wakes this worker), after queueing a revert, and while a
+        // queued job waits for its time. Not after every commit: a thousand
+        // datastores would add a thousand writer round trips a second.
+        let mut maybe_queued = true;
         loop {
             // Intent writes from here on are taken into the job it claims.
             let claimed_at = *generation.borrow_and_update();
-            let next = match jobs::take_due(&self.store, name).await {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!(datastore = %name, error = %e, "reconcile queue unreadable");
-                    Err(Some(Duration::from_secs(1)))
+            let next = if !maybe_queued {
+                Err(None)
+            } else {
+                match jobs::take_due(&self.store, name).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::error!(datastore = %name, error = %e, "reconcile queue unreadable");
+                        Err(Some(Duration::from_secs(1)))
+                    }
                 }
             };
+            // Nothing queued: not asked again until something is.
+            maybe_queued = !matches!(next, Err(None));
             match next {
                 Ok(job) => {
                     // A trace of its own per job (not a child of the worker's span).
@@ -271,11 +294,17 @@ impl Worker {
                             if recheck {
                                 // As after missed events: the deviations now.
                                 let missed = Err(broadcast::error::RecvError::Lagged(0));
-                                recheck = !self.on_event(missed).await;
+                                let queued = self.on_event(missed).await;
+                                recheck = queued == Queued::Failed;
+                                maybe_queued |= queued == Queued::Yes;
                             }
                         }
-                        () = self.wake.notified() => {}
-                        event = events.recv() => recheck = !self.on_event(event).await,
+                        () = self.wake.notified() => maybe_queued = true,
+                        event = events.recv() => {
+                            let queued = self.on_event(event).await;
+                            recheck = queued == Queued::Failed;
+                            maybe_queued |= queued == Queued::Yes;
+                        }
                     }
                 }
             }
@@ -284,12 +313,13 @@ impl Worker {
 
     /// After a commit: drift in revertive intents queues a revert. After the
     /// sync reaches IN_SYNC: PENDING intents that running holds are APPLIED.
-    /// Returns false if a revert could not be queued (the store failed): the
-    /// caller looks again shortly, since no later commit may come to do it.
+    /// Says whether a revert was queued; if it could not be (the store
+    /// failed), the caller looks again shortly, since no later commit may
+    /// come to do it.
     async fn on_event(
         &self,
         event: Result<Arc<netsync_core::sync::Event>, broadcast::error::RecvError>,
-    ) -> bool {
+    ) -> Queued {
         let relevant = match &event {
             Ok(e) => match &e.kind {
                 EventKind::Commit { .. } => true,
@@ -313,11 +343,11 @@ impl Worker {
         };
         let revert = &self.sync.spec().revert;
         if !relevant || !revert.enabled {
-            return true;
+            return Queued::No;
         }
         let plan = self.plan(&Job::default(), &BTreeSet::new(), None);
         if plan.is_empty() {
-            return true;
+            return Queued::No;
         }
         match jobs::enqueue_alone(
             &self.store,
@@ -336,11 +366,11 @@ impl Worker {
                         String::new(),
                     );
                 }
-                true
+                Queued::Yes
             }
             Err(e) => {
                 tracing::warn!(datastore = %self.sync.name(), error = %e, "cannot queue a revert yet; trying again shortly");
-                false
+                Queued::Failed
             }
         }
     }
