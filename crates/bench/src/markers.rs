@@ -302,7 +302,7 @@ pub struct Window {
     pub committed_rate: Option<f64>,
 }
 
-/// Commit latency percentiles.
+/// Latency percentiles (of commits, of API calls).
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     /// Median.
@@ -313,6 +313,40 @@ pub struct Latency {
     pub max: Duration,
 }
 
+impl Latency {
+    /// The percentiles of `values` (any order); `None` if there are none.
+    pub fn of(values: &[Duration]) -> Option<Self> {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        let max = *sorted.last()?;
+        Some(Self {
+            p50: percentile(&sorted, 0.50),
+            p99: percentile(&sorted, 0.99),
+            max,
+        })
+    }
+}
+
+/// The commit latency of each marker sent from `from` to `to`, in the order
+/// sent. Every one of them must have arrived: a marker that never did is a
+/// change lost, an error.
+pub fn latencies(
+    sent: &[Sent],
+    arrivals: &HashMap<u64, Instant>,
+    from: Instant,
+    to: Instant,
+) -> anyhow::Result<Vec<Duration>> {
+    sent.iter()
+        .filter(|m| m.at >= from && m.at <= to)
+        .map(|marker| {
+            let arrived = arrivals.get(&marker.id).with_context(|| {
+                format!("marker {} never reached a WatchSync commit", marker.id)
+            })?;
+            Ok(arrived.duration_since(marker.at))
+        })
+        .collect()
+}
+
 /// Analyses the markers sent from `from` to `to`. Every one of them must have
 /// arrived: a marker that never did is a change lost, an error.
 pub fn analyse(
@@ -321,25 +355,17 @@ pub fn analyse(
     from: Instant,
     to: Instant,
 ) -> anyhow::Result<Window> {
-    let mut latencies = Vec::new();
-    let mut commits = Vec::new();
-    for marker in sent.iter().filter(|m| m.at >= from && m.at <= to) {
-        let arrived = arrivals
-            .get(&marker.id)
-            .with_context(|| format!("marker {} never reached a WatchSync commit", marker.id))?;
-        latencies.push(arrived.duration_since(marker.at));
-        commits.push(*arrived);
-    }
+    let latencies = latencies(sent, arrivals, from, to)?;
+    // Every marker of the window arrived (checked above).
+    let mut commits: Vec<Instant> = sent
+        .iter()
+        .filter(|m| m.at >= from && m.at <= to)
+        .filter_map(|m| arrivals.get(&m.id).copied())
+        .collect();
     commits.sort_unstable();
     commits.dedup();
-    let Some(&first) = commits.first() else {
+    let (Some(&first), Some(latency)) = (commits.first(), Latency::of(&latencies)) else {
         return Ok(Window::default());
-    };
-    latencies.sort_unstable();
-    let latency = Latency {
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        max: latencies[latencies.len() - 1],
     };
     // One commit for the whole window: measure from the commit before it.
     if commits.len() == 1 {
