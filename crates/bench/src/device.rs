@@ -270,6 +270,18 @@ impl Device {
     }
 }
 
+/// Whether `path` is a list entry's key leaf (`/l[k=v]/k`). The simulator's
+/// churn never changes one: a device does not change a key on its own.
+pub fn is_key_leaf(path: &str) -> bool {
+    let Ok(path) = Path::parse(path) else {
+        return false;
+    };
+    match path.elems() {
+        [.., entry, leaf] => entry.key(leaf.name()).is_some(),
+        _ => false,
+    }
+}
+
 /// Reads the dump of `stream` up to `sync_response`; returns its updates.
 async fn drain_dump(stream: &mut Subscription) -> anyhow::Result<u64> {
     let mut updates = 0u64;
@@ -286,4 +298,16 @@ async fn drain_dump(stream: &mut Subscription) -> anyhow::Result<u64> {
         }
     }
     bail!("the device ended the stream before sync_response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_leaves_are_recognised() {
+        assert!(is_key_leaf("/interfaces/interface[name=e1]/name"));
+        assert!(!is_key_leaf("/interfaces/interface[name=e1]/config/name"));
+        assert!(!is_key_leaf("/system/hostname"));
+    }
 }

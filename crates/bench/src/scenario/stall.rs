@@ -17,14 +17,13 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
-use netsync_core::Path as GnmiPath;
 use netsync_proto::netsync::v1 as pb;
 use pb::net_sync_client::NetSyncClient;
 use tonic::transport::Channel;
 
 use super::{Ctx, Rig, check_nothing_dropped, warm_up};
 use crate::api::{datastore, duration};
-use crate::device::Device;
+use crate::device::{Device, is_key_leaf};
 use crate::markers::analyse;
 use crate::report::Report;
 
@@ -250,27 +249,4 @@ async fn intent(device: &Device, count: usize) -> anyhow::Result<pb::Intent> {
         updates,
         ..Default::default()
     })
-}
-
-/// Whether `path` is a list entry's key leaf (`/l[k=v]/k`).
-fn is_key_leaf(path: &str) -> bool {
-    let Ok(path) = GnmiPath::parse(path) else {
-        return false;
-    };
-    match path.elems() {
-        [.., entry, leaf] => entry.key(leaf.name()).is_some(),
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_leaves_are_recognised() {
-        assert!(is_key_leaf("/interfaces/interface[name=e1]/name"));
-        assert!(!is_key_leaf("/interfaces/interface[name=e1]/config/name"));
-        assert!(!is_key_leaf("/system/hostname"));
-    }
 }
