@@ -12,11 +12,69 @@ use netsync_proto::netsync::v1 as pb;
 use super::{Ctx, settle_and_compare};
 use crate::api::{Netsync, datastore, in_sync};
 use crate::device::Device;
-use crate::process::{start_netsyncd, start_sim};
+use crate::process::{Process, start_netsyncd, start_sim};
 use crate::report::Report;
 
 /// CreateDatastore calls in flight at once.
 const CONCURRENT_CREATES: usize = 16;
+
+/// What [`create_in_sync`] took.
+pub struct Synced {
+    /// From the first CreateDatastore sent to the last one answered.
+    pub created: Duration,
+    /// From the first CreateDatastore sent to every datastore IN_SYNC.
+    pub in_sync: Duration,
+    /// Every datastore then (ListDatastores).
+    pub datastores: Vec<pb::Datastore>,
+}
+
+/// Creates the datastores `specs` ([`CONCURRENT_CREATES`] calls in flight)
+/// and waits, up to `deadline`, until every datastore of netsyncd is IN_SYNC.
+pub async fn create_in_sync(
+    api: &Netsync,
+    specs: impl Iterator<Item = pb::Datastore>,
+    deadline: Duration,
+    sim: &mut Process,
+    netsyncd: &mut Process,
+) -> anyhow::Result<Synced> {
+    let start = Instant::now();
+    let created = futures::stream::iter(specs.map(|spec| {
+        let mut api = api.clone();
+        async move { api.create(spec).await }
+    }))
+    .buffer_unordered(CONCURRENT_CREATES)
+    .try_collect::<Vec<()>>()
+    .await?
+    .len();
+    let created_time = start.elapsed();
+    let mut api = api.clone();
+    loop {
+        let all = api
+            .client
+            .list_datastores(pb::ListDatastoresRequest {})
+            .await
+            .context("ListDatastores")?
+            .into_inner()
+            .datastores;
+        let synced = all
+            .iter()
+            .filter(|d| d.status.as_ref().is_some_and(in_sync))
+            .count();
+        if synced >= created {
+            return Ok(Synced {
+                created: created_time,
+                in_sync: start.elapsed(),
+                datastores: all,
+            });
+        }
+        if start.elapsed() >= deadline {
+            bail!("{synced} of {created} datastores IN_SYNC after {deadline:?}");
+        }
+        sim.check_running()?;
+        netsyncd.check_running()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
@@ -30,46 +88,16 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         .map(|i| format!("fleet-{i:04}"))
         .collect();
 
-    let start = Instant::now();
-    futures::stream::iter(names.iter().map(|name| {
-        let mut api = api.clone();
-        let mut spec = datastore(name, sim.addr, sizes.commit_interval);
+    let device_addr = sim.addr;
+    let specs = names.iter().map(|name| {
+        let mut spec = datastore(name, device_addr, sizes.commit_interval);
         if let Some(target) = spec.target.as_mut() {
             target.target_name = name.clone();
         }
-        async move { api.create(spec).await }
-    }))
-    .buffer_unordered(CONCURRENT_CREATES)
-    .try_collect::<Vec<()>>()
-    .await?;
-    let created = start.elapsed();
-    let all = loop {
-        let all = api
-            .client
-            .list_datastores(pb::ListDatastoresRequest {})
-            .await
-            .context("ListDatastores")?
-            .into_inner()
-            .datastores;
-        let synced = all
-            .iter()
-            .filter(|d| d.status.as_ref().is_some_and(in_sync))
-            .count();
-        if synced == names.len() {
-            break all;
-        }
-        if start.elapsed() >= sizes.deadline {
-            bail!(
-                "{synced} of {} datastores IN_SYNC after {:?}",
-                names.len(),
-                sizes.deadline
-            );
-        }
-        sim.check_running()?;
-        netsyncd.check_running()?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let in_sync_time = start.elapsed();
+        spec
+    });
+    let synced = create_in_sync(&api, specs, sizes.deadline, &mut sim, &mut netsyncd).await?;
+    let (created, in_sync_time, all) = (synced.created, synced.in_sync, synced.datastores);
     let memory = netsyncd.memory()?;
     for ds in &all {
         let have = ds.status.as_ref().map_or(0, |s| s.leaves);
