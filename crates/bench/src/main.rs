@@ -3,7 +3,7 @@
 //! their gRPC APIs only.
 //!
 //! ```text
-//! cargo run --release -p netsync-bench -- <initial-sync|churn|stall|restart|fleet|watchers|all> [--quick]
+//! cargo run --release -p netsync-bench -- <initial-sync|churn|stall|restart|fleet|watchers|fleet-churn|all> [--quick]
 //! ```
 //!
 //! Each scenario prints a table (metric, value, target, met or not) and one
@@ -18,8 +18,10 @@
 mod api;
 mod binaries;
 mod device;
+mod intents;
 mod markers;
 mod process;
+mod prometheus;
 mod report;
 mod scenario;
 mod wire;
@@ -72,6 +74,14 @@ struct Cli {
     /// commit_interval of the datastores, milliseconds.
     #[arg(long, value_name = "MS")]
     commit_interval_ms: Option<u64>,
+    /// Datastores (fleet, fleet-churn).
+    #[arg(long, value_name = "N")]
+    datastores: Option<usize>,
+    /// fleet-churn: run netsyncd under strace, filtered to fsync and
+    /// fdatasync, and report the calls it makes (for a netsyncd that does not
+    /// count its store transactions).
+    #[arg(long)]
+    trace_fsyncs: bool,
     /// Keep every scenario's directory (databases, logs); a failed scenario's
     /// is always kept.
     #[arg(long)]
@@ -100,6 +110,11 @@ impl Cli {
         }
         if let Some(window) = self.window {
             sizes.window = Duration::try_from_secs_f64(window)?;
+        }
+        if let Some(datastores) = self.datastores {
+            anyhow::ensure!(datastores > 0, "--datastores must be above 0");
+            sizes.fleet_datastores = datastores;
+            sizes.fleet_churn_datastores = datastores;
         }
         if let Some(ms) = self.commit_interval_ms {
             anyhow::ensure!(ms > 0, "--commit-interval-ms must be above 0");
@@ -130,6 +145,7 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
         bins,
         sizes: cli.sizes()?,
         quick: cli.quick,
+        trace_fsyncs: cli.trace_fsyncs,
     };
     let scenarios = match cli.scenario {
         Scenario::All => Scenario::EACH.to_vec(),

@@ -4,6 +4,7 @@
 
 mod churn;
 mod fleet;
+mod fleet_churn;
 mod initial_sync;
 mod restart;
 mod stall;
@@ -39,19 +40,23 @@ pub enum Scenario {
     Fleet,
     /// 100 WatchSync clients on one churning datastore.
     Watchers,
+    /// 1,000 churning datastores committing every second while intents are
+    /// written: netsyncd's storage under a fleet's write load.
+    FleetChurn,
     /// Every scenario, in this order.
     All,
 }
 
 impl Scenario {
     /// Every scenario `all` runs, in order.
-    pub const EACH: [Scenario; 6] = [
+    pub const EACH: [Scenario; 7] = [
         Scenario::InitialSync,
         Scenario::Churn,
         Scenario::Stall,
         Scenario::Restart,
         Scenario::Fleet,
         Scenario::Watchers,
+        Scenario::FleetChurn,
     ];
 
     /// The name used on the command line and in the JSON.
@@ -63,6 +68,7 @@ impl Scenario {
             Scenario::Restart => "restart",
             Scenario::Fleet => "fleet",
             Scenario::Watchers => "watchers",
+            Scenario::FleetChurn => "fleet-churn",
             Scenario::All => "all",
         }
     }
@@ -110,6 +116,24 @@ pub struct Sizes {
     pub watchers_churn_rate: f64,
     /// Time between markers.
     pub marker_period: Duration,
+    /// Datastores in `fleet-churn`.
+    pub fleet_churn_datastores: usize,
+    /// Leaves of the `fleet-churn` device.
+    pub fleet_churn_leaves: usize,
+    /// Leaf changes per second of the `fleet-churn` device, which each of its
+    /// datastores sees: churn plus markers.
+    pub fleet_churn_rate: f64,
+    /// Time between markers in `fleet-churn` (each one a change of the
+    /// device, so few).
+    pub fleet_churn_marker_period: Duration,
+    /// Datastores of `fleet-churn` whose commit latency is measured.
+    pub fleet_churn_samples: usize,
+    /// Churn and intent writes before the `fleet-churn` window.
+    pub fleet_churn_warmup: Duration,
+    /// SetIntent and DeleteIntent calls per second in `fleet-churn`, together.
+    pub intent_writes_per_second: f64,
+    /// From an intent's SetIntent to its DeleteIntent in `fleet-churn`.
+    pub intent_lifetime: Duration,
     /// Generous deadline of every wait (a sync, a state, a marker).
     pub deadline: Duration,
 }
@@ -135,6 +159,14 @@ impl Sizes {
             watchers_leaves: 100_000,
             watchers_churn_rate: 10_000.0,
             marker_period: Duration::from_millis(10),
+            fleet_churn_datastores: 1_000,
+            fleet_churn_leaves: 2_000,
+            fleet_churn_rate: 20.0,
+            fleet_churn_marker_period: Duration::from_millis(200),
+            fleet_churn_samples: 10,
+            fleet_churn_warmup: Duration::from_secs(8),
+            intent_writes_per_second: 10.0,
+            intent_lifetime: Duration::from_secs(5),
             deadline: Duration::from_secs(300),
         }
     }
@@ -159,6 +191,14 @@ impl Sizes {
             watchers_leaves: 20_000,
             watchers_churn_rate: 2_000.0,
             marker_period: Duration::from_millis(10),
+            fleet_churn_datastores: 20,
+            fleet_churn_leaves: 200,
+            fleet_churn_rate: 20.0,
+            fleet_churn_marker_period: Duration::from_millis(200),
+            fleet_churn_samples: 4,
+            fleet_churn_warmup: Duration::from_millis(1500),
+            intent_writes_per_second: 10.0,
+            intent_lifetime: Duration::from_secs(1),
             deadline: Duration::from_secs(60),
         }
     }
@@ -173,6 +213,8 @@ pub struct Ctx {
     pub sizes: Sizes,
     /// Whether these are the quick sizes.
     pub quick: bool,
+    /// Whether `fleet-churn` runs netsyncd under strace to count its fsyncs.
+    pub trace_fsyncs: bool,
 }
 
 /// Runs one scenario (not `all`) with its files under `dir`.
@@ -184,6 +226,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx, dir: &Path) -> anyhow::Result<Re
         Scenario::Restart => restart::run(ctx, dir).await,
         Scenario::Fleet => fleet::run(ctx, dir).await,
         Scenario::Watchers => watchers::run(ctx, dir).await,
+        Scenario::FleetChurn => fleet_churn::run(ctx, dir).await,
         Scenario::All => bail!("`all` is a list of scenarios, not one"),
     }
 }
