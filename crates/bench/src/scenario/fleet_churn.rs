@@ -101,7 +101,9 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     let synced = create_in_sync(&api, specs, sizes.deadline, &mut sim, &mut netsyncd).await?;
 
     let targets = claims(&device, &names).await?;
+    let base_started = Instant::now();
     let base_retries = set_base_intents(&api, &targets).await?;
+    let base_took = base_started.elapsed();
 
     // Churn picks its leaves now: the markers, created later, are never
     // changed again before they are committed.
@@ -124,9 +126,13 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     );
 
     hold(sizes.fleet_churn_warmup, &mut sim, &mut netsyncd).await?;
-    let first = Sample::take(&mut api, &mut device, &sim, &netsyncd, metrics).await?;
+    // The window lies between the two instant counts; netsyncd's own
+    // figures, which may keep the harness waiting, are read outside it.
+    let told_first = Told::take(&mut api, metrics).await?;
+    let first = Counts::take(&mut device, &sim, &netsyncd).await?;
     let largest_rss = hold(sizes.window, &mut sim, &mut netsyncd).await?;
-    let last = Sample::take(&mut api, &mut device, &sim, &netsyncd, metrics).await?;
+    let last = Counts::take(&mut device, &sim, &netsyncd).await?;
+    let told_last = Told::take(&mut api, metrics).await?;
     let peak_rss = netsyncd.memory()?.peak;
 
     let calls = writer.stop().await?;
@@ -161,6 +167,11 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
 
     let seconds = last.at.duration_since(first.at).as_secs_f64();
     let per_second = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
+    let listed_seconds = told_last
+        .listed_at
+        .duration_since(told_first.listed_at)
+        .as_secs_f64();
+    let listed_per_second = |a: u64, b: u64| b.saturating_sub(a) as f64 / listed_seconds;
     let cores = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() / seconds;
     let count = names.len();
     let interval_ms = sizes.commit_interval.as_secs_f64() * 1e3;
@@ -177,11 +188,12 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     );
     report.number(
         "ingest_per_datastore_per_second",
-        per_second(first.fleet.received, last.fleet.received) / count.max(1) as f64,
+        listed_per_second(told_first.fleet.received, told_last.fleet.received)
+            / count.max(1) as f64,
     );
     report.rate(
         "commits_per_second",
-        per_second(first.fleet.commits, last.fleet.commits),
+        listed_per_second(told_first.fleet.commits, told_last.fleet.commits),
     );
     let commit = Latency::of(&commit_latencies);
     report.millis_if("commit_latency_p50_ms", commit.map(|l| l.p50));
@@ -217,12 +229,17 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         "intent_errors_outside_window",
         errors_outside.iter().map(|(_, n, _)| n).sum(),
     );
+    report.seconds("base_intents_seconds", base_took);
     report.count("base_intent_retries", base_retries);
 
-    let transactions = first
+    let scraped_seconds = told_last
+        .scraped_at
+        .duration_since(told_first.scraped_at)
+        .as_secs_f64();
+    let transactions = told_first
         .transactions
-        .zip(last.transactions)
-        .map(|(a, b)| (b - a) / seconds);
+        .zip(told_last.transactions)
+        .map(|(a, b)| (b - a) / scraped_seconds);
     let traced = first.fsyncs.zip(last.fsyncs).map(|(a, b)| per_second(a, b));
     report.number_if("fsyncs_per_second", transactions.or(traced));
     if ctx.trace_fsyncs {
@@ -244,12 +261,19 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.bytes("peak_rss_bytes", peak_rss);
     report.count(
         "reconnects",
-        last.fleet.reconnects.saturating_sub(first.fleet.reconnects),
+        told_last
+            .fleet
+            .reconnects
+            .saturating_sub(told_first.fleet.reconnects),
     );
     report.count(
         "resyncs",
-        last.fleet.resyncs.saturating_sub(first.fleet.resyncs),
+        told_last
+            .fleet
+            .resyncs
+            .saturating_sub(told_first.fleet.resyncs),
     );
+    report.millis("list_datastores_ms", told_last.list_took);
     report.count("datastores_not_in_sync", end.not_in_sync);
     report.count("datastores_with_last_error", end.with_error.len() as u64);
     report.count("dropped", end.dropped);
@@ -284,7 +308,10 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
          commit event, on {} sampled datastores; intents: {}/s, SetIntent then DeleteIntent {:.1} \
          s later, each datastore in turn, on a key leaf a base intent also claims (no Set needed), \
          revert enabled; intent_errors = calls started in the window not answered OK; cpu = \
-         utime+stime of /proc/PID/stat over the window",
+         utime+stime of /proc/PID/stat over the window; commits and ingest between the answers \
+         of the ListDatastores calls around the window (they wait for netsyncd's store: \
+         list_datastores_ms); base intents set before the load, {CONCURRENT_BASE_INTENTS} calls \
+         in flight",
         seconds,
         sizes.fleet_churn_warmup.as_secs_f64(),
         sizes.fleet_churn_rate,
@@ -416,48 +443,64 @@ impl Fleet {
     }
 }
 
-/// What is counted at each end of the window.
-struct Sample {
+/// What is counted at one end of the window, read from the processes and
+/// the simulator, which answer at once.
+struct Counts {
     at: Instant,
-    fleet: Fleet,
     /// The simulator's leaf changes made.
     device_changes: u64,
     netsyncd_cpu: Duration,
     sim_cpu: Duration,
     harness_cpu: Duration,
     tracer_cpu: Option<Duration>,
-    /// netsyncd's store transactions, if it counts them.
-    transactions: Option<f64>,
     /// netsyncd's fsync calls, if traced.
     fsyncs: Option<u64>,
     /// JSON lines netsyncd has logged.
     log_lines: usize,
 }
 
-impl Sample {
-    /// Reads every count; the CPU times and fsyncs at one instant, after the
-    /// calls.
-    async fn take(
-        api: &mut Netsync,
-        device: &mut Device,
-        sim: &Process,
-        netsyncd: &Process,
-        metrics: std::net::SocketAddr,
-    ) -> anyhow::Result<Self> {
-        let fleet = Fleet::list(api).await?;
+impl Counts {
+    async fn take(device: &mut Device, sim: &Process, netsyncd: &Process) -> anyhow::Result<Self> {
         let device_changes = device.counters().await?.changes_committed;
-        let exposition = prometheus::scrape(metrics).await?;
         Ok(Self {
             at: Instant::now(),
-            fleet,
             device_changes,
             netsyncd_cpu: netsyncd.cpu_time()?,
             sim_cpu: sim.cpu_time()?,
             harness_cpu: cpu_time_of(std::process::id())?,
             tracer_cpu: netsyncd.tracer_cpu_time()?,
-            transactions: prometheus::sum(&exposition, TRANSACTIONS),
             fsyncs: netsyncd.fsyncs()?,
             log_lines: netsyncd.logs().len(),
+        })
+    }
+}
+
+/// What netsyncd tells at one end of the window. Both calls wait for its
+/// store (ListDatastores reads the registry, the metrics read the reconcile
+/// queue), which under this load can take seconds; each figure is read once
+/// the store has answered, so it is timed by when its answer arrived.
+struct Told {
+    fleet: Fleet,
+    listed_at: Instant,
+    /// How long ListDatastores took.
+    list_took: Duration,
+    /// netsyncd's store transactions, if it counts them.
+    transactions: Option<f64>,
+    scraped_at: Instant,
+}
+
+impl Told {
+    async fn take(api: &mut Netsync, metrics: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let asked = Instant::now();
+        let fleet = Fleet::list(api).await?;
+        let listed_at = Instant::now();
+        let exposition = prometheus::scrape(metrics).await?;
+        Ok(Self {
+            fleet,
+            listed_at,
+            list_took: listed_at.duration_since(asked),
+            transactions: prometheus::sum(&exposition, TRANSACTIONS),
+            scraped_at: Instant::now(),
         })
     }
 }
