@@ -79,7 +79,8 @@ struct Cli {
     datastores: Option<usize>,
     /// fleet-churn: run netsyncd under strace, filtered to fsync and
     /// fdatasync, and report the calls it makes (for a netsyncd that does not
-    /// count its store transactions).
+    /// count its store transactions). strace slows netsyncd: use such a run
+    /// for the count only.
     #[arg(long)]
     trace_fsyncs: bool,
     /// Keep every scenario's directory (databases, logs); a failed scenario's

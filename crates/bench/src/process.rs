@@ -194,10 +194,13 @@ pub struct NetsyncdOptions {
     /// Serve Prometheus metrics on an ephemeral loopback port
     /// (`--metrics-listen`); its address is logged as `metrics_listen`.
     pub metrics: bool,
-    /// Run it under `strace`, which then stops it only at fsync(2) and
-    /// fdatasync(2) (a seccomp filter) and writes one line per call: a count
-    /// of fsyncs for a netsyncd that does not count its store transactions.
-    /// Each such call costs a few tens of microseconds more.
+    /// Run it under `strace`, filtered to fsync(2) and fdatasync(2) (a
+    /// seccomp filter), which writes one line per call: a count of fsyncs
+    /// for a netsyncd that does not count its store transactions. Not free:
+    /// after each such call strace 6.1 follows the thread's next system calls
+    /// too (about 35 stops per fsync measured), which slowed netsyncd a lot
+    /// at full size; take the count from a traced run, the other figures
+    /// from an untraced one.
     pub trace_fsyncs: bool,
 }
 

@@ -191,10 +191,8 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         listed_per_second(told_first.fleet.received, told_last.fleet.received)
             / count.max(1) as f64,
     );
-    report.rate(
-        "commits_per_second",
-        listed_per_second(told_first.fleet.commits, told_last.fleet.commits),
-    );
+    let commits_per_second = listed_per_second(told_first.fleet.commits, told_last.fleet.commits);
+    report.rate("commits_per_second", commits_per_second);
     let commit = Latency::of(&commit_latencies);
     report.millis_if("commit_latency_p50_ms", commit.map(|l| l.p50));
     report.millis_if("commit_latency_p99_ms", commit.map(|l| l.p99));
@@ -245,6 +243,13 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     if ctx.trace_fsyncs {
         report.number_if("traced_fsyncs_per_second", traced);
     }
+    report.number_if(
+        "fsyncs_per_commit",
+        transactions
+            .or(traced)
+            .filter(|_| commits_per_second > 0.0)
+            .map(|f| f / commits_per_second),
+    );
     report.number(
         "netsyncd_cpu_cores",
         cores(first.netsyncd_cpu, last.netsyncd_cpu),
@@ -323,7 +328,8 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         (true, _) => format!("fsyncs = store transactions ({TRANSACTIONS}), one WAL fsync each"),
         (false, true) => format!(
             "fsyncs = fsync and fdatasync calls of netsyncd counted by strace (netsyncd has no \
-             {TRANSACTIONS})"
+             {TRANSACTIONS}); strace slows netsyncd, so this run's other figures are not \
+             netsyncd's own"
         ),
         (false, false) => format!(
             "fsyncs n/a: netsyncd has no {TRANSACTIONS}; --trace-fsyncs counts its fsync calls \
