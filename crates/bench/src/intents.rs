@@ -109,10 +109,8 @@ async fn write(
         return Ok(records);
     }
     let mut targets = plan.targets.iter().cycle();
-    // A set and a delete per intent.
-    let period = Duration::from_secs_f64(2.0 / plan.writes_per_second);
-    let periods = (plan.lifetime.as_secs_f64() / period.as_secs_f64()).round();
-    let lifetime = period.mul_f64(periods + 0.5);
+    let period = set_period(plan.writes_per_second);
+    let lifetime = delete_after(plan.writes_per_second, plan.lifetime);
     let mut intents = JoinSet::new();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -139,6 +137,19 @@ async fn write(
     }
     records.sort_by_key(|r| r.started);
     Ok(records)
+}
+
+/// Time between two SetIntent calls: a set and a delete per intent.
+fn set_period(writes_per_second: f64) -> Duration {
+    Duration::from_secs_f64(2.0 / writes_per_second)
+}
+
+/// How long after its SetIntent an intent's DeleteIntent is sent: `lifetime`
+/// rounded so that the deletes fall halfway between two sets.
+pub fn delete_after(writes_per_second: f64, lifetime: Duration) -> Duration {
+    let period = set_period(writes_per_second);
+    let periods = (lifetime.as_secs_f64() / period.as_secs_f64()).round();
+    period.mul_f64(periods + 0.5)
 }
 
 /// One intent on `datastore`: set now, deleted at `delete_at` unless the
@@ -300,6 +311,14 @@ mod tests {
         assert_eq!(deletes.calls, 1);
         let none = summarise(&records, Call::Delete, at(300), at(800));
         assert!(none.calls == 0 && none.latency.is_none());
+    }
+
+    #[test]
+    fn deletes_fall_between_sets() {
+        let after = delete_after(10.0, Duration::from_secs(5));
+        assert!((after.as_secs_f64() - 5.1).abs() < 1e-9, "{after:?}");
+        let after = delete_after(10.0, Duration::from_secs(1));
+        assert!((after.as_secs_f64() - 1.1).abs() < 1e-9, "{after:?}");
     }
 
     #[test]

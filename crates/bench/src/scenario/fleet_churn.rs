@@ -322,7 +322,7 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         sizes.fleet_churn_rate,
         sampled.len(),
         sizes.intent_writes_per_second,
-        sizes.intent_lifetime.as_secs_f64(),
+        intents::delete_after(sizes.intent_writes_per_second, sizes.intent_lifetime).as_secs_f64(),
     ));
     report.note(match (transactions.is_some(), ctx.trace_fsyncs) {
         (true, _) => format!("fsyncs = store transactions ({TRANSACTIONS}), one WAL fsync each"),
