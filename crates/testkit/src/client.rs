@@ -191,6 +191,46 @@ pub async fn next_event(events: &mut tonic::Streaming<pb::SyncEvent>) -> pb::Syn
         .unwrap_or_else(|s| panic!("WatchSync failed: {s:?}"))
 }
 
+/// Sets `intent` on datastore `name`; the intent as the server answered it.
+pub async fn set_intent(client: &mut Client, name: &str, intent: pb::Intent) -> pb::Intent {
+    let intent_name = intent.name.clone();
+    client
+        .set_intent(pb::SetIntentRequest {
+            datastore: name.into(),
+            intent: Some(intent),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("SetIntent {intent_name} on {name}: {s:?}"))
+        .into_inner()
+}
+
+/// The intent `intent` of datastore `name`.
+pub async fn get_intent(client: &mut Client, name: &str, intent: &str) -> pb::Intent {
+    client
+        .get_intent(pb::GetIntentRequest {
+            datastore: name.into(),
+            name: intent.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("GetIntent {intent} of {name}: {s:?}"))
+        .into_inner()
+}
+
+/// Deletes the intent `intent` of datastore `name`.
+pub async fn delete_intent(
+    client: &mut Client,
+    name: &str,
+    intent: &str,
+) -> Result<(), tonic::Status> {
+    client
+        .delete_intent(pb::DeleteIntentRequest {
+            datastore: name.into(),
+            name: intent.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
 /// The deviations of `name` from its intents now.
 pub async fn deviations(client: &mut Client, name: &str) -> Vec<pb::Deviation> {
     client

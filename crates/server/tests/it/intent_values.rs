@@ -15,6 +15,7 @@ use netsync_proto::gnmi::{self, TypedValue, typed_value::Value as V};
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_sim::SimConfig;
+use netsync_testkit::client::set_intent;
 use netsync_testkit::client::{self, until_running, wait_revision};
 use netsync_testkit::datastore::{DatastoreBuilder, create, millis};
 use netsync_testkit::sim::{Sim, generated};
@@ -68,16 +69,6 @@ async fn start(
     client.create_datastore(create(datastore)).await.unwrap();
     wait_revision(&mut client, &name, 1).await;
     (dir, server, client)
-}
-
-async fn set_intent(client: &mut NetSyncClient<Channel>, datastore: &str, intent: pb::Intent) {
-    client
-        .set_intent(pb::SetIntentRequest {
-            datastore: datastore.into(),
-            intent: Some(intent),
-        })
-        .await
-        .unwrap();
 }
 
 /// The next job that ended: its APPLIED event, or a panic naming the error

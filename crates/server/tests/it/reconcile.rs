@@ -11,7 +11,7 @@ use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_testkit::LONG_DEADLINE as DEADLINE;
-use netsync_testkit::client::{self, wait_revision};
+use netsync_testkit::client::{self, set_intent, wait_revision};
 use netsync_testkit::datastore::{self, DatastoreBuilder, create, millis};
 use netsync_testkit::gnmi::string;
 use netsync_testkit::sim::{Sim, generated};
@@ -53,16 +53,6 @@ fn intent(
         non_revertive,
         ..datastore::intent(name, priority, updates, deletes)
     }
-}
-
-async fn set_intent(client: &mut NetSyncClient<Channel>, intent: pb::Intent) {
-    client
-        .set_intent(pb::SetIntentRequest {
-            datastore: "r1".into(),
-            intent: Some(intent),
-        })
-        .await
-        .unwrap();
 }
 
 /// The next reconcile event in `phase`, skipping everything else.
@@ -115,6 +105,7 @@ async fn apply_revert_priority_and_delete() {
     // Apply: SetIntent brings the device to the intent.
     set_intent(
         &mut client,
+        "r1",
         intent(
             "base",
             10,
@@ -154,6 +145,7 @@ async fn apply_revert_priority_and_delete() {
     // Priority: the lower number wins where intents overlap.
     set_intent(
         &mut client,
+        "r1",
         intent(
             "override",
             1,
@@ -206,6 +198,7 @@ async fn non_revertive_drift_is_reported_not_reverted() {
     let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
+        "r1",
         intent("soft", 5, &[("/system/intent/soft", "v1")], &[], true),
     )
     .await;
@@ -217,6 +210,7 @@ async fn non_revertive_drift_is_reported_not_reverted() {
     );
     set_intent(
         &mut client,
+        "r1",
         intent("hard", 5, &[("/system/intent/hard", "h")], &[], false),
     )
     .await;
@@ -271,6 +265,7 @@ async fn failing_sets_are_retried_then_failed() {
         .unwrap();
     set_intent(
         &mut client,
+        "r1",
         intent("a", 0, &[("/system/intent/a", "1")], &[], false),
     )
     .await;
@@ -284,6 +279,7 @@ async fn failing_sets_are_retried_then_failed() {
         .unwrap();
     set_intent(
         &mut client,
+        "r1",
         intent("b", 0, &[("/system/intent/b", "1")], &[], false),
     )
     .await;
@@ -298,6 +294,7 @@ async fn failing_sets_are_retried_then_failed() {
         .unwrap();
     set_intent(
         &mut client,
+        "r1",
         intent("c", 0, &[("/system/intent/c", "1")], &[], false),
     )
     .await;
@@ -307,6 +304,7 @@ async fn failing_sets_are_retried_then_failed() {
     assert_eq!(left, ["a", "b"]);
     set_intent(
         &mut client,
+        "r1",
         intent("a", 0, &[("/system/intent/a", "1")], &[], false),
     )
     .await;
@@ -348,6 +346,7 @@ async fn a_job_interrupted_by_a_restart_runs_after_it() {
     let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
+        "r1",
         intent("a", 0, &[("/system/intent/a", "1")], &[], false),
     )
     .await;
@@ -385,6 +384,7 @@ async fn a_stalled_revert_never_holds_up_the_sync() {
     let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
+        "r1",
         intent("base", 0, &[("/system/intent/pw", "secret")], &[], false),
     )
     .await;

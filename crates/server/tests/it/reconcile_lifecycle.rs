@@ -12,7 +12,7 @@ use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_testkit::DEADLINE;
-use netsync_testkit::client::{self, wait_revision};
+use netsync_testkit::client::{self, delete_intent, get_intent, set_intent, wait_revision};
 use netsync_testkit::datastore::{self, DatastoreBuilder, create, millis};
 use netsync_testkit::gnmi::{Msg, Sub, list, string, string_of, subscription};
 use netsync_testkit::sim::{Sim, generated};
@@ -50,41 +50,6 @@ async fn start(sim: &Sim, config: Config, commit_ms: u64) -> (TestServer, NetSyn
     client.create_datastore(create(ds)).await.unwrap();
     wait_revision(&mut client, "r1", 1).await;
     (server, client)
-}
-
-async fn set_intent(client: &mut NetSyncClient<Channel>, intent: pb::Intent) -> pb::Intent {
-    client
-        .set_intent(pb::SetIntentRequest {
-            datastore: "r1".into(),
-            intent: Some(intent),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn get_intent(client: &mut NetSyncClient<Channel>, name: &str) -> pb::Intent {
-    client
-        .get_intent(pb::GetIntentRequest {
-            datastore: "r1".into(),
-            name: name.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn delete_intent(
-    client: &mut NetSyncClient<Channel>,
-    name: &str,
-) -> Result<(), tonic::Status> {
-    client
-        .delete_intent(pb::DeleteIntentRequest {
-            datastore: "r1".into(),
-            name: name.into(),
-        })
-        .await
-        .map(|_| ())
 }
 
 /// The reconcile events of `events` up to and including the first in
@@ -154,6 +119,7 @@ async fn drift_within_the_echo_of_a_set_is_reverted_at_once() {
     let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
+        "r1",
         datastore::intent("m", 0, &[(MOTD, "hello")], &[]),
     )
     .await;
@@ -211,7 +177,12 @@ async fn intent_writes_answer_while_the_device_holds_a_set() {
         })
         .await
         .unwrap();
-    set_intent(&mut client, datastore::intent("a", 0, &[(MOTD, "a")], &[])).await;
+    set_intent(
+        &mut client,
+        "r1",
+        datastore::intent("a", 0, &[(MOTD, "a")], &[]),
+    )
+    .await;
     reverts_until(&mut events, pb::RevertPhase::Applying, DEADLINE).await;
 
     // The Set is held now. A generous bound, far below the 60 s hold (the
@@ -220,13 +191,14 @@ async fn intent_writes_answer_while_the_device_holds_a_set() {
     let started = Instant::now();
     set_intent(
         &mut client,
+        "r1",
         datastore::intent("b", 0, &[("/system/intent/other", "b")], &[]),
     )
     .await;
     let took = started.elapsed();
     assert!(took < bound, "SetIntent took {took:?}");
     let started = Instant::now();
-    delete_intent(&mut client, "a").await.unwrap();
+    delete_intent(&mut client, "r1", "a").await.unwrap();
     let took = started.elapsed();
     assert!(took < bound, "DeleteIntent took {took:?}");
     let listed = client
@@ -285,13 +257,14 @@ async fn a_device_that_fights_back_ends_failing_until_the_intent_is_written_agai
     let mut events = client::watch(&mut client, "r1", 0).await;
     let written = set_intent(
         &mut client,
+        "r1",
         datastore::intent("m", 0, &[(MOTD, "hello")], &[]),
     )
     .await;
     let status = written.status.unwrap();
     assert_eq!(status.state, pb::IntentState::Pending as i32, "{status:?}");
     reverts_until(&mut events, pb::RevertPhase::Applied, DEADLINE).await;
-    let status = get_intent(&mut client, "m").await.status.unwrap();
+    let status = get_intent(&mut client, "r1", "m").await.status.unwrap();
     assert_eq!(status.state, pb::IntentState::Applied as i32, "{status:?}");
     assert!(status.applied_revision > 1, "{status:?}");
 
@@ -306,7 +279,7 @@ async fn a_device_that_fights_back_ends_failing_until_the_intent_is_written_agai
     assert!(failed.error.contains("\"m\" is failing"), "{failed:?}");
     assert_eq!(failed.updates.len(), 1, "{failed:?}");
     assert_eq!(failed.updates[0].path, MOTD);
-    let status = get_intent(&mut client, "m").await.status.unwrap();
+    let status = get_intent(&mut client, "r1", "m").await.status.unwrap();
     assert_eq!(status.state, pb::IntentState::Failing as i32, "{status:?}");
     assert!(status.last_error.contains("did not stick"), "{status:?}");
     stop.send(()).unwrap();
@@ -322,6 +295,7 @@ async fn a_device_that_fights_back_ends_failing_until_the_intent_is_written_agai
     // it alone, and the drift stays reported.
     set_intent(
         &mut client,
+        "r1",
         datastore::intent("other", 0, &[("/system/intent/other", "x")], &[]),
     )
     .await;
@@ -343,12 +317,13 @@ async fn a_device_that_fights_back_ends_failing_until_the_intent_is_written_agai
         .map(|d| d.path)
         .collect();
     assert_eq!(deviating, [MOTD]);
-    let status = get_intent(&mut client, "m").await.status.unwrap();
+    let status = get_intent(&mut client, "r1", "m").await.status.unwrap();
     assert_eq!(status.state, pb::IntentState::Failing as i32, "{status:?}");
 
     // Writing the intent again resumes it.
     let written = set_intent(
         &mut client,
+        "r1",
         datastore::intent("m", 0, &[(MOTD, "hello")], &[]),
     )
     .await;
@@ -364,7 +339,7 @@ async fn a_device_that_fights_back_ends_failing_until_the_intent_is_written_agai
         "{reverts:?}"
     );
     assert_eq!(sim.leaves().await.get(MOTD).map(string_of), Some("hello"));
-    let status = get_intent(&mut client, "m").await.status.unwrap();
+    let status = get_intent(&mut client, "r1", "m").await.status.unwrap();
     assert_eq!(status.state, pb::IntentState::Applied as i32, "{status:?}");
     assert_eq!(status.attempts, 1, "{status:?}");
     assert!(status.last_error.is_empty(), "{status:?}");
@@ -399,6 +374,7 @@ async fn a_resync_resumes_a_failing_intent() {
         .unwrap();
     set_intent(
         &mut client,
+        "r1",
         datastore::intent("m", 0, &[(MOTD, "hello")], &[]),
     )
     .await;
@@ -407,7 +383,7 @@ async fn a_resync_resumes_a_failing_intent() {
         failed.last().unwrap().error.contains("InvalidArgument"),
         "{failed:?}"
     );
-    let status = get_intent(&mut client, "m").await.status.unwrap();
+    let status = get_intent(&mut client, "r1", "m").await.status.unwrap();
     assert_eq!(status.state, pb::IntentState::Failing as i32, "{status:?}");
     assert_eq!(status.attempts, 1, "{status:?}");
     assert!(status.last_error.contains("Set refused"), "{status:?}");
@@ -428,7 +404,7 @@ async fn a_resync_resumes_a_failing_intent() {
         "{reverts:?}"
     );
     assert_eq!(sim.leaves().await.get(MOTD).map(string_of), Some("hello"));
-    let status = get_intent(&mut client, "m").await.status.unwrap();
+    let status = get_intent(&mut client, "r1", "m").await.status.unwrap();
     assert_eq!(status.state, pb::IntentState::Applied as i32, "{status:?}");
     drop(events);
     server.stop().await;
@@ -443,9 +419,15 @@ async fn delete_intent_converges_the_store_and_the_engine() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("n.db");
     let (server, mut client) = start(&sim, config(&db), 200).await;
-    set_intent(&mut client, datastore::intent("a", 0, &[(MOTD, "a")], &[])).await;
     set_intent(
         &mut client,
+        "r1",
+        datastore::intent("a", 0, &[(MOTD, "a")], &[]),
+    )
+    .await;
+    set_intent(
+        &mut client,
+        "r1",
         datastore::intent("b", 0, &[("/system/intent/b", "b")], &[]),
     )
     .await;
@@ -459,14 +441,14 @@ async fn delete_intent_converges_the_store_and_the_engine() {
         .unwrap();
     pool.close().await;
 
-    delete_intent(&mut client, "a").await.unwrap();
+    delete_intent(&mut client, "r1", "a").await.unwrap();
     let err = get_intent_err(&mut client, "a").await;
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let err = delete_intent(&mut client, "a").await.unwrap_err();
+    let err = delete_intent(&mut client, "r1", "a").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     assert!(err.message().contains("\"a\""), "{err:?}");
-    delete_intent(&mut client, "b").await.unwrap();
-    let err = delete_intent(&mut client, "b").await.unwrap_err();
+    delete_intent(&mut client, "r1", "b").await.unwrap();
+    let err = delete_intent(&mut client, "r1", "b").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 
     // After a restart, neither comes back.
