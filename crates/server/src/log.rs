@@ -312,6 +312,18 @@ impl CommitLog {
                 .await?;
         Ok(oldest.map(|r| r as u64))
     }
+
+    /// The newest revision in the log, if any. It can be ahead of the
+    /// published revision for a moment: durable, and published once its
+    /// committer hears so (after a retry, up to its backoff later).
+    pub async fn newest(&self, datastore: &str) -> Result<Option<u64>, Error> {
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(revision) FROM commits WHERE datastore = ?")
+                .bind(datastore)
+                .fetch_one(self.store.readers())
+                .await?;
+        Ok(newest.map(|r| r as u64))
+    }
 }
 
 impl Persist for CommitLog {

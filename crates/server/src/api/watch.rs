@@ -38,7 +38,15 @@ pub async fn watch(
     let (live, watching) = sync.subscribe_watching();
     let current = sync.snapshot().revision;
     let name = sync.name().to_string();
-    if from > current + 1 {
+    // A revision durable but not yet published (its committer retrying
+    // after a failed answer) may have reached a client through a replay:
+    // resuming after it is no gap.
+    let durable = if from > current + 1 {
+        log.newest(&name).await?.unwrap_or(0).max(current)
+    } else {
+        current
+    };
+    if from > durable + 1 {
         // Revisions are consecutive from 1: a later one does not exist yet.
         // Waiting for it would hide that the client holds revisions of another
         // history (a re-created datastore, a restored database).
