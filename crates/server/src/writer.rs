@@ -396,7 +396,7 @@ impl Task {
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                let why: Arc<str> = describe(&e).into();
+                let why: Arc<str> = describe_error(&e).into();
                 tracing::error!(error = %e, writes = jobs.len(), "a write transaction failed; reopening the database connection");
                 // Never reused: it may still hold the failed transaction.
                 self.conn = None;
@@ -559,10 +559,6 @@ async fn connect(options: &WriterOptions) -> Result<SqliteConnection, sqlx::Erro
 }
 
 /// A short reason for a failed write, fit for a datastore's status.
-fn describe(error: &sqlx::Error) -> String {
-    describe_error(error)
-}
-
 fn describe_error(error: &sqlx::Error) -> String {
     if let sqlx::Error::Database(_) = error {
         return match primary_code(error) {

@@ -31,6 +31,26 @@ pub fn generated(leaves: usize) -> SimConfig {
     }
 }
 
+/// Faults under which every gNMI Set fails with `code`.
+pub fn failing_sets(code: tonic::Code) -> simpb::Faults {
+    simpb::Faults {
+        set_failure: Some(simpb::SetFailure {
+            code: code as i32,
+            message: String::new(),
+            count: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Faults under which every gNMI Set is held `ms` milliseconds.
+pub fn held_sets(ms: u64) -> simpb::Faults {
+    simpb::Faults {
+        set_delay: Some(crate::datastore::millis(ms)),
+        ..Default::default()
+    }
+}
+
 /// netsync-sim serving in this process; stopped by [`Sim::stop`], or when
 /// dropped (its task is aborted with the test's runtime).
 pub struct Sim {
@@ -101,6 +121,26 @@ impl Sim {
                     .collect(),
                 deletes,
             })
+            .await
+            .unwrap();
+    }
+
+    /// Sets the simulator's faults (replacing the ones set before).
+    pub async fn set_faults(&self, faults: simpb::Faults) {
+        self.control()
+            .await
+            .set_faults(simpb::SetFaultsRequest {
+                faults: Some(faults),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Clears every fault.
+    pub async fn clear_faults(&self) {
+        self.control()
+            .await
+            .clear_faults(simpb::ClearFaultsRequest {})
             .await
             .unwrap();
     }

@@ -7,14 +7,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use netsync_proto::gnmi;
-use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_testkit::LONG_DEADLINE as DEADLINE;
 use netsync_testkit::client::{self, set_intent, wait_revision};
-use netsync_testkit::datastore::{self, DatastoreBuilder, create, millis};
+use netsync_testkit::datastore::{self, DatastoreBuilder, create};
 use netsync_testkit::gnmi::string;
-use netsync_testkit::sim::{Sim, generated};
+use netsync_testkit::sim::{Sim, failing_sets, generated, held_sets};
 use pb::net_sync_client::NetSyncClient;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
@@ -247,22 +246,8 @@ async fn failing_sets_are_retried_then_failed() {
     let sim = Sim::start(generated(100)).await;
     let (_dir, server, mut client) = start(&sim, false).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
-    let mut control = sim.control().await;
-    let fail = |code: tonic::Code| simpb::SetFaultsRequest {
-        faults: Some(simpb::Faults {
-            set_failure: Some(simpb::SetFailure {
-                code: code as i32,
-                message: String::new(),
-                count: 0,
-            }),
-            ..Default::default()
-        }),
-    };
     // Transient: retried with backoff, then FAILED after the last attempt.
-    control
-        .set_faults(fail(tonic::Code::Unavailable))
-        .await
-        .unwrap();
+    sim.set_faults(failing_sets(tonic::Code::Unavailable)).await;
     set_intent(
         &mut client,
         "r1",
@@ -273,10 +258,8 @@ async fn failing_sets_are_retried_then_failed() {
     assert_eq!(failed.attempt, 3);
     assert!(failed.error.contains("3 attempts"), "{}", failed.error);
     // Permanent: FAILED at once.
-    control
-        .set_faults(fail(tonic::Code::InvalidArgument))
-        .await
-        .unwrap();
+    sim.set_faults(failing_sets(tonic::Code::InvalidArgument))
+        .await;
     set_intent(
         &mut client,
         "r1",
@@ -288,10 +271,7 @@ async fn failing_sets_are_retried_then_failed() {
     assert!(failed.error.contains("InvalidArgument"), "{}", failed.error);
     // Once the device takes Sets again, a job applies its intent; with revert
     // off, the failed intents stay reported as deviations until set again.
-    control
-        .clear_faults(simpb::ClearFaultsRequest {})
-        .await
-        .unwrap();
+    sim.clear_faults().await;
     set_intent(
         &mut client,
         "r1",
@@ -329,20 +309,7 @@ async fn a_job_interrupted_by_a_restart_runs_after_it() {
         .create_datastore(create(datastore(&sim, false)))
         .await
         .unwrap();
-    let mut control = sim.control().await;
-    control
-        .set_faults(simpb::SetFaultsRequest {
-            faults: Some(simpb::Faults {
-                set_failure: Some(simpb::SetFailure {
-                    code: tonic::Code::Unavailable as i32,
-                    message: String::new(),
-                    count: 0,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    sim.set_faults(failing_sets(tonic::Code::Unavailable)).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
@@ -354,10 +321,7 @@ async fn a_job_interrupted_by_a_restart_runs_after_it() {
     drop((events, client));
     server.stop().await;
 
-    control
-        .clear_faults(simpb::ClearFaultsRequest {})
-        .await
-        .unwrap();
+    sim.clear_faults().await;
     let server = TestServer::start_with(config(&db)).await;
     let deadline = Instant::now() + DEADLINE;
     while device_leaf(&sim, "/system/intent/a").await != Some(string("1")) {
@@ -390,16 +354,7 @@ async fn a_stalled_revert_never_holds_up_the_sync() {
     .await;
     next_revert(&mut events, pb::RevertPhase::Applied).await;
 
-    let mut control = sim.control().await;
-    control
-        .set_faults(simpb::SetFaultsRequest {
-            faults: Some(simpb::Faults {
-                set_delay: Some(millis(60_000)),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    sim.set_faults(held_sets(60_000)).await;
     sim.set_leaves(
         vec![("/system/intent/pw".into(), string("drifted"))],
         vec![],

@@ -13,9 +13,9 @@ use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_testkit::DEADLINE;
 use netsync_testkit::client::{self, delete_intent, get_intent, set_intent, wait_revision};
-use netsync_testkit::datastore::{self, DatastoreBuilder, create, millis};
+use netsync_testkit::datastore::{self, DatastoreBuilder, create};
 use netsync_testkit::gnmi::{Msg, Sub, list, string, string_of, subscription};
-use netsync_testkit::sim::{Sim, generated};
+use netsync_testkit::sim::{Sim, failing_sets, generated, held_sets};
 use pb::net_sync_client::NetSyncClient;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
@@ -167,16 +167,7 @@ async fn intent_writes_answer_while_the_device_holds_a_set() {
     let dir = tempfile::tempdir().unwrap();
     let (server, mut client) = start(&sim, config(&dir.path().join("n.db")), 200).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
-    sim.control()
-        .await
-        .set_faults(simpb::SetFaultsRequest {
-            faults: Some(simpb::Faults {
-                set_delay: Some(millis(60_000)),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    sim.set_faults(held_sets(60_000)).await;
     set_intent(
         &mut client,
         "r1",
@@ -358,20 +349,8 @@ async fn a_resync_resumes_a_failing_intent() {
     config.reconcile.max_failures = 1;
     let (server, mut client) = start(&sim, config, 200).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
-    let mut control = sim.control().await;
-    control
-        .set_faults(simpb::SetFaultsRequest {
-            faults: Some(simpb::Faults {
-                set_failure: Some(simpb::SetFailure {
-                    code: tonic::Code::InvalidArgument as i32,
-                    message: String::new(),
-                    count: 0,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    sim.set_faults(failing_sets(tonic::Code::InvalidArgument))
+        .await;
     set_intent(
         &mut client,
         "r1",
@@ -388,10 +367,7 @@ async fn a_resync_resumes_a_failing_intent() {
     assert_eq!(status.attempts, 1, "{status:?}");
     assert!(status.last_error.contains("Set refused"), "{status:?}");
 
-    control
-        .clear_faults(simpb::ClearFaultsRequest {})
-        .await
-        .unwrap();
+    sim.clear_faults().await;
     client
         .resync(pb::ResyncRequest { name: "r1".into() })
         .await
