@@ -57,8 +57,14 @@ USER 65532:65532
 ENV MIMALLOC_PURGE_DELAY=-1
 VOLUME ["/var/lib/netsync"]
 # 50051: the gRPC API (health and reflection included). 9090: metrics, when netsyncd is started
-# with --metrics-listen (docker-compose.yml and the Kubernetes manifests do that).
-EXPOSE 50051 9090
+# with --metrics-listen. 8081: plaintext health only, when started with --health-listen (for
+# probes while the API requires TLS). docker-compose.yml and the Kubernetes manifests do both.
+EXPOSE 50051 8081 9090
+# The image has no shell: netsyncd asks itself (grpc.health.v1 Check, plaintext), by default on
+# 127.0.0.1:50051 as the default flags below serve; NETSYNC_HEALTH_ADDR points it at the health
+# listener when the API speaks TLS.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["/usr/local/bin/netsyncd", "health"]
 ENTRYPOINT ["/usr/local/bin/netsyncd"]
 # Defaults as flags, not as NETSYNC_* environment variables: an environment variable would beat a
 # --config file (flag > environment > file), while CMD is replaced as a whole by `docker run IMAGE

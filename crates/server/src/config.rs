@@ -35,11 +35,12 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The serve flags, wherever they were given.
-    pub fn serve_args(self) -> ServeArgs {
+    /// The serve flags, wherever they were given; `None` for another subcommand.
+    pub fn serve_args(self) -> Option<ServeArgs> {
         match self.command {
-            Some(Command::Serve(args)) => *args,
-            None => self.serve,
+            Some(Command::Serve(args)) => Some(*args),
+            None => Some(self.serve),
+            Some(Command::Health(_)) => None,
         }
     }
 }
@@ -49,6 +50,29 @@ impl Cli {
 pub enum Command {
     /// Serve the netsync API (the default).
     Serve(Box<ServeArgs>),
+    /// Ask a running netsyncd whether it serves (grpc.health.v1 Check, in
+    /// plaintext): exit 0 when SERVING, 1 otherwise. For a Docker HEALTHCHECK.
+    Health(HealthArgs),
+}
+
+/// Flags of `netsyncd health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Address to ask: the health listener (--health-listen) or a plaintext API.
+    #[arg(
+        long,
+        env = "NETSYNC_HEALTH_ADDR",
+        value_name = "HOST:PORT",
+        default_value = DEFAULT_LISTEN
+    )]
+    pub addr: String,
+    /// Service to ask about; empty: the process as a whole (liveness).
+    /// `netsync.v1.NetSync` is readiness.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Seconds to wait for the answer, connecting included.
+    #[arg(long, default_value_t = 3, value_name = "SECONDS")]
+    pub timeout_seconds: u64,
 }
 
 /// Flags of `netsyncd serve`.
@@ -63,7 +87,8 @@ pub struct ServeArgs {
     pub db: Option<String>,
     /// TOML configuration file (keys as the long flags, with `_`: listen, db,
     /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer,
-    /// set_timeout_seconds, revert_max_failures, metrics_listen; tables
+    /// set_timeout_seconds, revert_max_failures, metrics_listen,
+    /// health_listen; tables
     /// [tls] with cert, key,
     /// client_ca and [limits] with the limit flags).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
@@ -102,6 +127,11 @@ pub struct ServeArgs {
     /// [default: off]; a `:0` port is chosen by the system and logged.
     #[arg(long, env = "NETSYNC_METRICS_LISTEN", value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
+    /// Address of a plaintext listener serving only grpc.health.v1, for
+    /// probes that cannot speak the API's TLS [default: off]; a `:0` port is
+    /// chosen by the system and logged.
+    #[arg(long, env = "NETSYNC_HEALTH_LISTEN", value_name = "HOST:PORT")]
+    pub health_listen: Option<String>,
 }
 
 /// Keys accepted in the TOML configuration file.
@@ -120,6 +150,7 @@ struct FileConfig {
     tls: Option<TlsFile>,
     limits: Option<LimitsFile>,
     metrics_listen: Option<String>,
+    health_listen: Option<String>,
 }
 
 /// The resolved configuration of a netsyncd process.
@@ -145,6 +176,8 @@ pub struct Config {
     pub api_limits: ApiLimits,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_listen: Option<String>,
+    /// Where the plaintext health-only listener is, if anywhere.
+    pub health_listen: Option<String>,
     /// Test-only: a page limit on the database (a deterministic disk full);
     /// no flag sets it.
     pub max_page_count: crate::writer::PageLimit,
@@ -164,6 +197,7 @@ impl Config {
             tls: None,
             api_limits: ApiLimits::default(),
             metrics_listen: None,
+            health_listen: None,
             max_page_count: crate::writer::PageLimit::default(),
         }
     }
@@ -226,6 +260,7 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            health_listen: args.health_listen.or(file.health_listen),
             max_page_count: crate::writer::PageLimit::default(),
         })
     }
@@ -294,6 +329,7 @@ mod tests {
         Cli::try_parse_from(std::iter::once("netsyncd").chain(args.iter().copied()))
             .unwrap()
             .serve_args()
+            .unwrap()
     }
 
     #[test]
@@ -424,6 +460,73 @@ mod tests {
         args.config = Some(file);
         let from_flag = Config::resolve(args).unwrap();
         assert_eq!(from_flag.metrics_listen.as_deref(), Some("0.0.0.0:9200"));
+    }
+
+    #[test]
+    fn health_listen_comes_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netsync.toml");
+        std::fs::write(&file, "health_listen = \"0.0.0.0:8081\"\n").unwrap();
+        let mut args = parse(&[]);
+        args.config = Some(file.clone());
+        assert_eq!(
+            Config::resolve(args).unwrap().health_listen.as_deref(),
+            Some("0.0.0.0:8081")
+        );
+        let mut args = parse(&["--health-listen", "127.0.0.1:8082"]);
+        args.config = Some(file);
+        assert_eq!(
+            Config::resolve(args).unwrap().health_listen.as_deref(),
+            Some("127.0.0.1:8082")
+        );
+        assert_eq!(Config::resolve(parse(&[])).unwrap().health_listen, None);
+    }
+
+    /// The Kubernetes manifests' configuration is one netsyncd accepts: mutual
+    /// TLS on the API and the plaintext health listener for the probes.
+    #[test]
+    fn the_kubernetes_configuration_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = netsync_testkit::pki::Ca::new("cluster CA");
+        let server = ca.server(&["netsyncd"]);
+        for (name, pem) in [
+            ("tls.crt", &server.cert_pem),
+            ("tls.key", &server.key_pem),
+            ("ca.crt", &ca.cert_pem),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/netsync.toml"),
+        )
+        .unwrap();
+        assert!(shipped.contains("/etc/netsync-tls/"), "{shipped}");
+        let file = dir.path().join("netsync.toml");
+        let secrets = format!("{}/", dir.path().display());
+        std::fs::write(&file, shipped.replace("/etc/netsync-tls/", &secrets)).unwrap();
+        let mut args = parse(&[]);
+        args.config = Some(file);
+        let config = Config::resolve(args).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:50051");
+        assert_eq!(config.health_listen.as_deref(), Some("0.0.0.0:8081"));
+        let tls = config.tls.expect("TLS on the API");
+        assert!(
+            tls.client_ca_pem.is_some(),
+            "clients must present a certificate"
+        );
+    }
+
+    #[test]
+    fn health_is_a_subcommand_without_serve_flags() {
+        let cli = Cli::try_parse_from(["netsyncd", "health", "--addr", "127.0.0.1:8081"]).unwrap();
+        match cli.command {
+            Some(Command::Health(args)) => {
+                assert_eq!(args.addr, "127.0.0.1:8081");
+                assert_eq!(args.service, "");
+            }
+            other => panic!("expected health, got {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["netsyncd", "health", "--db", "x"]).is_err());
     }
 
     #[test]

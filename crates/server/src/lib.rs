@@ -6,6 +6,7 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod health_probe;
 pub mod intent_status;
 pub mod jobs;
 pub mod limits;
@@ -51,6 +52,14 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The health listener's address could not be bound.
+    #[error("cannot serve health on {addr}: {source}")]
+    Health {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -105,6 +114,14 @@ async fn follow_writer(
     }
 }
 
+/// Binds the health-only listener and logs its address (a `:0` port is
+/// chosen by the system).
+async fn bind_health(addr: &str) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(health_listen = %listener.local_addr()?, "serving grpc.health.v1 in plaintext");
+    Ok(listener)
+}
+
 /// Opens the database, then serves the API on `listener` until `shutdown`
 /// completes. Health turns SERVING once the database is open and migrated, and
 /// NOT_SERVING as soon as shutdown starts; open WatchSync streams are then
@@ -122,6 +139,17 @@ pub async fn serve(
             metrics::bind(addr)
                 .await
                 .map_err(|source| ServeError::Metrics {
+                    addr: addr.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let health_listener = match &config.health_listen {
+        Some(addr) => Some(
+            bind_health(addr)
+                .await
+                .map_err(|source| ServeError::Health {
                     addr: addr.clone(),
                     source,
                 })?,
@@ -181,6 +209,23 @@ pub async fn serve(
     let metrics_server = metrics_listener
         .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), metrics_stopped)));
 
+    // The health-only listener: plaintext even when the API needs TLS, so
+    // that kubelet's gRPC probes (which cannot present a certificate) reach
+    // it. It serves grpc.health.v1 and nothing else, and stays up through
+    // the shutdown grace period so that probes see NOT_SERVING, not a refusal.
+    let stop_health = tokio_util::sync::CancellationToken::new();
+    let health_server = match health_listener {
+        Some(listener) => {
+            let stopped = stop_health.clone().cancelled_owned();
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health_service.clone())
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped),
+            ))
+        }
+        None => None,
+    };
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = tokio_util::sync::CancellationToken::new();
     let mut builder = tonic::transport::Server::builder()
@@ -233,6 +278,12 @@ pub async fn serve(
         }
     };
     readiness.abort();
+    stop_health.cancel();
+    if let Some(health_server) = health_server {
+        if let Ok(Err(e)) = health_server.await {
+            tracing::warn!(error = %e, "the health listener failed");
+        }
+    }
     engine.stop_all().await;
     let _ = stop_metrics.send(true);
     if let Some(metrics_server) = metrics_server {

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use netsync_server::config::{Cli, Config};
+use netsync_server::config::{Cli, Command, Config};
 use tokio::net::TcpListener;
 
 /// mimalloc: decoding a gNMI stream allocates and frees a few small strings
@@ -14,7 +14,26 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::resolve(Cli::parse().serve_args())?;
+    let cli = Cli::parse();
+    if let Some(Command::Health(args)) = &cli.command {
+        let service = if args.service.is_empty() {
+            "netsyncd"
+        } else {
+            &args.service
+        };
+        match netsync_server::health_probe::check(args).await {
+            Ok(()) => {
+                println!("{service}: SERVING");
+                return Ok(());
+            }
+            Err(why) => {
+                println!("{service}: {why}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let serve = cli.serve_args().expect("every other subcommand serves");
+    let config = Config::resolve(serve)?;
     let telemetry = netsync_server::telemetry::init(config.log_format)
         .map_err(|e| anyhow::anyhow!("cannot set up logging and tracing: {e}"))?;
     let listener = TcpListener::bind(&config.listen)

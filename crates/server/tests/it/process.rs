@@ -362,6 +362,102 @@ fn grpcurl_over_mutual_tls() {
     assert!(daemon.terminate().success());
 }
 
+/// `netsyncd health --addr ADDR [--service S]` run to its exit.
+fn health_check(addr: &str, service: &str) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_netsyncd"));
+    command.args(["health", "--addr", addr, "--service", service]);
+    netsync_testkit::process::Process::run_to_exit(
+        "netsyncd health",
+        command,
+        netsync_testkit::deadline::LONG_DEADLINE,
+    )
+}
+
+/// With the API behind mutual TLS, the plaintext health listener answers
+/// probes (and `netsyncd health`) and serves nothing but grpc.health.v1:
+/// no NetSync call, no reflection, reaches the API through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_listener_answers_probes_while_the_api_requires_mutual_tls() {
+    use tonic_health::pb::health_client::HealthClient;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("netsync CA");
+    let client_ca = Ca::new("operators CA");
+    let server = ca.server(&["localhost", "127.0.0.1"]);
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("netsync.db"),
+        Options {
+            args: vec![
+                "--tls-cert".into(),
+                file("server.pem", &server.cert_pem),
+                "--tls-key".into(),
+                file("server-key.pem", &server.key_pem),
+                "--tls-client-ca".into(),
+                file("client-ca.pem", &client_ca.cert_pem),
+                "--health-listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+            ..Options::default()
+        },
+    );
+    let health: std::net::SocketAddr = daemon.wait_for_log("the health address", |line| {
+        line.get("health_listen")?.as_str()?.parse().ok()
+    });
+    let health_addr = health.to_string();
+
+    for service in ["", "netsync.v1.NetSync"] {
+        let output = health_check(&health_addr, service);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{service:?}: {stdout}");
+        assert!(stdout.contains("SERVING"), "{stdout}");
+    }
+    // The API port itself cannot be asked in plaintext, and a port nobody
+    // serves fails with the reason.
+    let output = health_check(&daemon.addr.to_string(), "");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let unknown = health_check(&health_addr, "no.such.Service");
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(
+        String::from_utf8_lossy(&unknown.stdout).contains("NotFound"),
+        "{unknown:?}"
+    );
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let answer = HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "netsync.v1.NetSync".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let refused = NetSyncClient::new(channel)
+        .list_datastores(pb::ListDatastoresRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    if let Some(grpcurl) = netsync_testkit::tools::grpcurl() {
+        let listed = run(&grpcurl, &["-plaintext", &health_addr, "list"]);
+        assert!(!listed.status.success(), "reflection on the health port");
+    }
+
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    let gone = health_check(&health_addr, "");
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+}
+
 /// A TLS setting netsyncd cannot use stops it at start-up, naming the flag.
 #[test]
 fn bad_tls_settings_stop_netsyncd_with_a_clear_error() {
