@@ -279,10 +279,10 @@ pub async fn serve(
     };
     readiness.abort();
     stop_health.cancel();
-    if let Some(health_server) = health_server {
-        if let Ok(Err(e)) = health_server.await {
-            tracing::warn!(error = %e, "the health listener failed");
-        }
+    if let Some(health_server) = health_server
+        && let Ok(Err(e)) = health_server.await
+    {
+        tracing::warn!(error = %e, "the health listener failed");
     }
     engine.stop_all().await;
     let _ = stop_metrics.send(true);
