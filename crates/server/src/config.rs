@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use netsync_core::sync::SyncLimits;
 use serde::Deserialize;
 
+use crate::authz::Authorization;
 use crate::limits::{ApiLimits, InvalidLimit, LimitArgs, LimitsFile};
 use crate::log::Retention;
 use crate::reconcile::ReconcileConfig;
@@ -88,7 +89,7 @@ pub struct ServeArgs {
     /// TOML configuration file (keys as the long flags, with `_`: listen, db,
     /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer,
     /// set_timeout_seconds, revert_max_failures, metrics_listen,
-    /// health_listen; tables
+    /// health_listen; tables [authorization] with readers, writers;
     /// [tls] with cert, key,
     /// client_ca and [limits] with the limit flags).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
@@ -151,6 +152,7 @@ struct FileConfig {
     limits: Option<LimitsFile>,
     metrics_listen: Option<String>,
     health_listen: Option<String>,
+    authorization: Option<Authorization>,
 }
 
 /// The resolved configuration of a netsyncd process.
@@ -178,6 +180,9 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// Where the plaintext health-only listener is, if anywhere.
     pub health_listen: Option<String>,
+    /// Who may call what, by client-certificate identity; `None`: every
+    /// client that the transport admits may call everything.
+    pub authorization: Option<Authorization>,
     /// Test-only: a page limit on the database (a deterministic disk full);
     /// no flag sets it.
     pub max_page_count: crate::writer::PageLimit,
@@ -198,6 +203,7 @@ impl Config {
             api_limits: ApiLimits::default(),
             metrics_listen: None,
             health_listen: None,
+            authorization: None,
             max_page_count: crate::writer::PageLimit::default(),
         }
     }
@@ -231,8 +237,19 @@ impl Config {
                 .or(file.retain_seconds)
                 .map_or(retention_default.age, Duration::from_secs),
         };
+        let tls = ApiTls::resolve(&args.tls, file.tls.as_ref())?;
+        if file.authorization.is_some()
+            && tls.as_ref().is_none_or(|tls| tls.client_ca_pem.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "[authorization] needs client certificates: set --tls-cert, --tls-key and \
+                 --tls-client-ca (or [tls] cert, key and client_ca)"
+                    .into(),
+            ));
+        }
         Ok(Self {
-            tls: ApiTls::resolve(&args.tls, file.tls.as_ref())?,
+            tls,
+            authorization: file.authorization,
             api_limits: ApiLimits::resolve(&args.api_limits, file.limits.as_ref())?,
             retention,
             limits,
@@ -509,11 +526,61 @@ mod tests {
         let config = Config::resolve(args).unwrap();
         assert_eq!(config.listen, "0.0.0.0:50051");
         assert_eq!(config.health_listen.as_deref(), Some("0.0.0.0:8081"));
+        assert!(config.authorization.is_some(), "authorization by identity");
         let tls = config.tls.expect("TLS on the API");
         assert!(
             tls.client_ca_pem.is_some(),
             "clients must present a certificate"
         );
+    }
+
+    #[test]
+    fn authorization_needs_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("netsync.toml");
+        std::fs::write(
+            &file,
+            "[authorization]\nreaders = [\"ro\"]\nwriters = [\"rw\", \"admin\"]\n",
+        )
+        .unwrap();
+        let mut args = parse(&[]);
+        args.config = Some(file.clone());
+        let err = Config::resolve(args).unwrap_err().to_string();
+        assert!(err.contains("--tls-client-ca"), "{err}");
+
+        let ca = netsync_testkit::pki::Ca::new("CA");
+        let server = ca.server(&["localhost"]);
+        let pem = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let (cert, key, client_ca) = (
+            pem("cert.pem", &server.cert_pem),
+            pem("key.pem", &server.key_pem),
+            pem("ca.pem", &ca.cert_pem),
+        );
+        let mut args = parse(&["--tls-cert", &cert, "--tls-key", &key]);
+        args.config = Some(file.clone());
+        assert!(Config::resolve(args).is_err(), "TLS without client CA");
+        let mut args = parse(&[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &client_ca,
+        ]);
+        args.config = Some(file.clone());
+        let authorization = Config::resolve(args).unwrap().authorization.unwrap();
+        assert_eq!(authorization.readers.len(), 1);
+        assert!(authorization.writers.contains("admin"));
+
+        std::fs::write(&file, "[authorization]\nreader = [\"ro\"]\n").unwrap();
+        let mut args = parse(&[]);
+        args.config = Some(file);
+        let err = Config::resolve(args).unwrap_err().to_string();
+        assert!(err.contains("reader"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! integration tests use.
 
 pub mod api;
+pub mod authz;
 pub mod config;
 pub mod convert;
 pub mod engine;
@@ -111,6 +112,25 @@ async fn follow_writer(
                 .await;
             return;
         }
+    }
+}
+
+/// Logs a warning when the API is reachable beyond this machine and any
+/// client that reaches it may call everything: no client certificates, or
+/// no `[authorization]` table.
+fn warn_if_open(config: &Config, api_addr: Option<std::net::SocketAddr>) {
+    let Some(addr) = api_addr else { return };
+    if addr.ip().is_loopback() {
+        return;
+    }
+    let client_certificates = config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_pem.is_some());
+    if !client_certificates {
+        tracing::warn!(listen = %addr, "the API is served beyond loopback without client certificates (--tls-client-ca): any client that reaches it can create datastores and set intents on every device");
+    } else if config.authorization.is_none() {
+        tracing::warn!(listen = %addr, "the API is served beyond loopback with no [authorization] table: every client the CA signed can create datastores and set intents");
     }
 }
 
@@ -226,6 +246,7 @@ pub async fn serve(
         None => None,
     };
 
+    let api_addr = listener.local_addr().ok();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = tokio_util::sync::CancellationToken::new();
     let mut builder = tonic::transport::Server::builder()
@@ -236,6 +257,7 @@ pub async fn serve(
     let server = builder
         // Outermost first: calls refused by the limits are measured too.
         .layer(rpc_layer::RpcLayer::new(metrics.rpc()))
+        .layer(authz::AuthzLayer::new(config.authorization.clone()))
         .layer(limits::CallLimitsLayer::new(&config.api_limits))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -255,6 +277,7 @@ pub async fn serve(
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
+    warn_if_open(config, api_addr);
     tracing::info!(db = %config.db, tls = config.tls.is_some(), client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "netsyncd serving");
 
     let result = tokio::select! {

@@ -36,11 +36,14 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::resolve(serve)?;
     let telemetry = netsync_server::telemetry::init(config.log_format)
         .map_err(|e| anyhow::anyhow!("cannot set up logging and tracing: {e}"))?;
+    // Before the address is logged: from then on a SIGTERM stops netsyncd
+    // cleanly, even while it is still opening the database.
+    let shutdown = netsync_core::shutdown::signal();
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "listening");
-    let served = netsync_server::serve(&config, listener, netsync_core::shutdown::signal()).await;
+    let served = netsync_server::serve(&config, listener, shutdown).await;
     // Even after an error: the spans that explain it are among the last.
     telemetry.shutdown().await;
     served?;

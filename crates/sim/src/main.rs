@@ -224,11 +224,13 @@ fn main() -> anyhow::Result<()> {
         runtime.worker_threads(threads.max(1));
     }
     runtime.enable_all().build()?.block_on(async {
+        // Before the address is logged: from then on a SIGTERM stops it cleanly.
+        let shutdown = netsync_core::shutdown::signal();
         let listener = TcpListener::bind(&cli.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cli.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "listening");
-        netsync_sim::serve(config, listener, netsync_core::shutdown::signal()).await?;
+        netsync_sim::serve(config, listener, shutdown).await?;
         Ok(())
     })
 }

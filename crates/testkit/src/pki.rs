@@ -46,11 +46,23 @@ impl Ca {
         self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// A client certificate whose subject common name is `common_name` and
+    /// whose DNS names are `dns_names` (none: the common name alone).
+    pub fn client_named(&self, common_name: &str, dns_names: &[&str]) -> Leaf {
+        self.issue(common_name, dns_names, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
     fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.issue(names[0], names, usage)
+    }
+
+    fn issue(&self, common_name: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;

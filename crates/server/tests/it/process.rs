@@ -458,6 +458,36 @@ async fn health_listener_answers_probes_while_the_api_requires_mutual_tls() {
     assert_eq!(gone.status.code(), Some(1), "{gone:?}");
 }
 
+/// Served beyond loopback without client certificates, netsyncd says at
+/// start that anyone who reaches it can change every device; on loopback it
+/// does not.
+#[test]
+fn an_open_api_beyond_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = Netsyncd::start_with(
+        &dir.path().join("open.db"),
+        Options {
+            args: vec!["--listen".into(), "0.0.0.0:0".into()],
+            ..Options::default()
+        },
+    );
+    let warning: String = open.wait_for_log("the open-API warning", |line| {
+        let message = line.get("message")?.as_str()?;
+        message
+            .contains("without client certificates")
+            .then(|| message.to_owned())
+    });
+    assert!(warning.contains("any client"), "{warning}");
+    assert!(open.terminate().success());
+
+    // Stopped at once: a SIGTERM while netsyncd is still starting stops it
+    // cleanly too.
+    let local = Netsyncd::start(&dir.path().join("local.db"));
+    let (status, logs) = local.terminate_with_logs();
+    assert!(status.success());
+    assert!(logs.iter().all(|line| line["level"] != "WARN"), "{logs:?}");
+}
+
 /// A TLS setting netsyncd cannot use stops it at start-up, naming the flag.
 #[test]
 fn bad_tls_settings_stop_netsyncd_with_a_clear_error() {

@@ -91,7 +91,8 @@ pub struct Netsyncd {
 /// Extra flags and environment for [`Netsyncd::start_with`].
 #[derive(Debug, Default)]
 pub struct Options {
-    /// Flags after the defaults (a flag given twice: the last one wins).
+    /// Flags after the defaults; a `--listen` here replaces the default
+    /// 127.0.0.1:0 (netsyncd refuses a flag given twice).
     pub args: Vec<String>,
     /// Environment variables, over the default `RUST_LOG=info`.
     pub env: Vec<(String, String)>,
@@ -107,15 +108,12 @@ impl Netsyncd {
     /// JSON logs, and `options`.
     pub fn start_with(db: &Path, options: Options) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_netsyncd"));
+        command.arg("serve");
+        if !options.args.iter().any(|arg| arg == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--db",
-            ])
+            .args(["--log-format", "json", "--db"])
             .arg(db)
             .args(&options.args)
             .env("RUST_LOG", "info")

@@ -152,3 +152,130 @@ async fn call_limits_apply_over_tls() {
     drop(watch);
     server.stop().await;
 }
+
+/// With an `[authorization]` table, a reader may call the reading RPCs,
+/// health and reflection only, a writer everything, and any other client,
+/// though its certificate is signed by the client CA, nothing: each refusal
+/// is PERMISSION_DENIED naming the role it lacks. Identities are DNS names
+/// or, without any, the common name.
+#[tokio::test]
+async fn authorization_by_certificate_identity() {
+    use netsync_server::authz::Authorization;
+    use netsync_testkit::client::{delete_intent, set_intent};
+    use netsync_testkit::datastore::intent;
+    let leaf = [("/system/aaa/config/name", "a")];
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("API CA");
+    let client_ca = Ca::new("client CA");
+    let mut config = tls_config(dir.path(), &ca, Some(&client_ca));
+    config.authorization = Some(Authorization {
+        readers: ["controller-ro".to_owned()].into(),
+        writers: ["config-controller".to_owned()].into(),
+    });
+    let server = TestServer::start_with(config).await;
+    let writer = tls_channel(
+        &server,
+        &ca,
+        Some(&client_ca.client_named("config-controller", &[])),
+    );
+    let reader = tls_channel(&server, &ca, Some(&client_ca.client("controller-ro")));
+    let stranger = tls_channel(&server, &ca, Some(&client_ca.client("intruder")));
+
+    // A writer: everything.
+    let mut as_writer = NetSyncClient::new(writer.clone());
+    as_writer
+        .create_datastore(DatastoreBuilder::every_field("r1").create())
+        .await
+        .unwrap();
+    set_intent(&mut as_writer, "r1", intent("i1", 10, &leaf, &[])).await;
+    assert_eq!(list(writer.clone()).await.unwrap().len(), 1);
+
+    // A reader: reading RPCs and health; every write refused, naming the writer role.
+    let mut as_reader = NetSyncClient::new(reader.clone());
+    assert_eq!(list(reader.clone()).await.unwrap().len(), 1);
+    as_reader
+        .get_datastore(pb::GetDatastoreRequest { name: "r1".into() })
+        .await
+        .unwrap();
+    as_reader
+        .list_intents(pb::ListIntentsRequest {
+            datastore: "r1".into(),
+        })
+        .await
+        .unwrap();
+    watch(&mut as_reader, "r1", 0).await;
+    HealthClient::new(reader.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    denied(
+        as_reader
+            .create_datastore(DatastoreBuilder::every_field("r2").create())
+            .await,
+        "writer",
+    );
+    denied(
+        as_reader
+            .resync(pb::ResyncRequest { name: "r1".into() })
+            .await,
+        "writer",
+    );
+    denied(
+        as_reader
+            .delete_datastore(pb::DeleteDatastoreRequest { name: "r1".into() })
+            .await,
+        "writer",
+    );
+    let refused = as_reader
+        .set_intent(pb::SetIntentRequest {
+            datastore: "r1".into(),
+            intent: Some(intent("i2", 10, &leaf, &[])),
+        })
+        .await
+        .unwrap_err();
+    crate::support::assert_status(
+        &refused,
+        tonic::Code::PermissionDenied,
+        &["writer", "SetIntent"],
+    );
+    let refused = delete_intent(&mut as_reader, "r1", "i1").await.unwrap_err();
+    crate::support::assert_status(&refused, tonic::Code::PermissionDenied, &["writer"]);
+
+    // Anyone else: nothing, not even health on the API port.
+    let refused = list(stranger.clone()).await.unwrap_err();
+    crate::support::assert_status(
+        &refused,
+        tonic::Code::PermissionDenied,
+        &["reader", "intruder", "ListDatastores"],
+    );
+    denied(
+        HealthClient::new(stranger)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await,
+        "reader",
+    );
+
+    // Nothing a refused call asked for happened.
+    let datastores = list(writer).await.unwrap();
+    assert_eq!(datastores.len(), 1);
+    let intents = as_writer
+        .list_intents(pb::ListIntentsRequest {
+            datastore: "r1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .intents;
+    assert_eq!(
+        intents.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["i1"]
+    );
+    server.stop().await;
+}
+
+/// Asserts a call was refused for lacking `role`.
+fn denied<T>(result: Result<tonic::Response<T>, tonic::Status>, role: &str) {
+    let status = result.map(|_| ()).unwrap_err();
+    crate::support::assert_status(&status, tonic::Code::PermissionDenied, &[role]);
+}
