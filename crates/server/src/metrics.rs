@@ -30,44 +30,76 @@ use tokio::task::JoinSet;
 use crate::engine::Engine;
 use crate::jobs;
 use crate::reconcile::Outcome;
+use crate::rpc_layer::{ServedMethod, code_label};
 use crate::store::Store;
 
-/// Labels of the RPC metrics.
+/// Labels of a call's start and duration, as go-grpc-prometheus names them.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RpcLabels {
-    service: String,
-    method: String,
-    code: &'static str,
+struct MethodLabels {
+    grpc_type: &'static str,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
 }
 
-/// RPC counts and latency, by service, method and gRPC code. Cheap to clone:
-/// clones record into the same families.
+/// Labels of a finished call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_type: &'static str,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+    grpc_code: &'static str,
+}
+
+impl From<ServedMethod> for MethodLabels {
+    fn from(method: ServedMethod) -> Self {
+        Self {
+            grpc_type: method.kind,
+            grpc_service: method.service,
+            grpc_method: method.method,
+        }
+    }
+}
+
+/// RPC counts and latency under the names dashboards built for
+/// go-grpc-prometheus use (`grpc_server_started_total`,
+/// `grpc_server_handled_total`, `grpc_server_handling_seconds`). Label values
+/// are only ever the methods served (see [`crate::rpc_layer`]). Cheap to
+/// clone: clones record into the same families.
 #[derive(Debug, Clone)]
 pub struct RpcMetrics {
-    handled: Family<RpcLabels, Counter>,
-    duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    started: Family<MethodLabels, Counter>,
+    handled: Family<HandledLabels, Counter>,
+    handling: Family<MethodLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for RpcMetrics {
     fn default() -> Self {
         Self {
+            started: Family::default(),
             handled: Family::default(),
-            duration: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            handling: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
         }
     }
 }
 
 impl RpcMetrics {
+    /// Records a call that started.
+    pub fn started(&self, method: ServedMethod) {
+        self.started.get_or_create(&method.into()).inc();
+    }
+
     /// Records one finished call.
-    pub fn observe(&self, service: String, method: String, code: &'static str, took: Duration) {
-        let labels = RpcLabels {
-            service,
-            method,
-            code,
-        };
-        self.handled.get_or_create(&labels).inc();
-        self.duration
-            .get_or_create(&labels)
+    pub fn handled(&self, method: ServedMethod, code: tonic::Code, took: Duration) {
+        self.handled
+            .get_or_create(&HandledLabels {
+                grpc_type: method.kind,
+                grpc_service: method.service,
+                grpc_method: method.method,
+                grpc_code: code_label(code),
+            })
+            .inc();
+        self.handling
+            .get_or_create(&method.into())
             .observe(took.as_secs_f64());
     }
 }
@@ -146,17 +178,25 @@ impl Metrics {
 
         // A registry per scrape: the datastore figures are gathered above
         // (the queue depth needs an await, which a collector cannot do).
-        let mut registry = Registry::with_prefix("netsync");
-        registry.register(
-            "rpc_handled",
-            "RPCs finished, by service, method and gRPC code (UNIMPLEMENTED ones as service and method \"unknown\")",
+        let mut root = Registry::default();
+        root.register(
+            "grpc_server_started",
+            "RPCs started on the server, by type, service and method (\"unknown\" for a path that names no served method)",
+            self.rpc.started.clone(),
+        );
+        root.register(
+            "grpc_server_handled",
+            "RPCs finished on the server, by type, service, method and gRPC code",
             self.rpc.handled.clone(),
         );
-        registry.register(
-            "rpc_duration_seconds",
+        root.register(
+            "grpc_server_handling_seconds",
             "Time from an RPC's request to its last response message and status",
-            self.rpc.duration.clone(),
+            self.rpc.handling.clone(),
         );
+        root.register_collector(Box::new(ProcessFigures));
+        let registry = root.sub_registry_with_prefix("netsync");
+        registry.register_collector(Box::new(BuildInfo));
         registry.register_collector(Box::new(Datastores(samples)));
         let writer = self.store.writer();
         registry.register_collector(Box::new(StoreFigures {
@@ -166,9 +206,107 @@ impl Metrics {
             failing: matches!(*writer.health().borrow(), crate::writer::Health::Failing(_)),
         }));
         let mut text = String::new();
-        prometheus_text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+        prometheus_text::encode(&mut text, &root).expect("writing to a String cannot fail");
         text
     }
+}
+
+/// `netsync_build_info`: the version of this netsyncd, as a label of a
+/// gauge that is always 1 (the usual way to join it to other series).
+#[derive(Debug)]
+struct BuildInfo;
+
+impl Collector for BuildInfo {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "build_info",
+            "The netsyncd build: its version as a label, value 1.",
+            None,
+            MetricType::Gauge,
+        )?;
+        metric
+            .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?
+            .encode_gauge(&1_u64)
+    }
+}
+
+/// The process figures Prometheus client libraries export under the same
+/// names (`process_resident_memory_bytes`, ...), read from /proc at scrape
+/// time. Off Linux, or when /proc cannot be read, they are left out.
+#[derive(Debug)]
+struct ProcessFigures;
+
+impl Collector for ProcessFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(figures) = process_figures() else {
+            return Ok(());
+        };
+        let mut metric = encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds.",
+            None,
+            MetricType::Counter,
+        )?;
+        metric.encode_counter::<NoLabelSet, _, f64>(&figures.cpu_seconds, None)?;
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                figures.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                figures.virtual_bytes,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds.",
+                figures.start_time_seconds,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors.",
+                figures.open_fds,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_gauge(&value)?;
+        }
+        Ok(())
+    }
+}
+
+/// This process's figures, from /proc.
+struct ProcessSample {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    virtual_bytes: f64,
+    start_time_seconds: f64,
+    open_fds: f64,
+}
+
+fn process_figures() -> Option<ProcessSample> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces;
+    // the fields after its closing parenthesis start at field 3 (state).
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Field n of proc(5) is fields[n - 3] here.
+    let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let page = rustix::param::page_size() as f64;
+    let boot_time = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+    Some(ProcessSample {
+        cpu_seconds: (field(14)? + field(15)?) / ticks,
+        virtual_bytes: field(23)?,
+        resident_bytes: field(24)? * page,
+        start_time_seconds: boot_time + field(22)? / ticks,
+        open_fds: std::fs::read_dir("/proc/self/fd").ok()?.count() as f64,
+    })
 }
 
 /// The writer's figures at scrape time.

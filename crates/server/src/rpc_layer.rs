@@ -2,6 +2,10 @@
 //! caller's W3C trace context (`traceparent` metadata), and the call counted
 //! and timed by method and gRPC code.
 //!
+//! Metrics carry the names of the methods served only: a path that is not
+//! one (an unknown method, or any call refused before routing) is counted as
+//! service and method `unknown`, so no client can add label values.
+//!
 //! A call ends when its response body ends (for a stream, when the stream
 //! does), when the body is dropped unfinished (counted as CANCELLED), or at
 //! once for a trailers-only response (an error before any message).
@@ -22,6 +26,85 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::RpcMetrics;
+
+/// What the metrics say of one served method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedMethod {
+    /// Full service name, `netsync.v1.NetSync`.
+    pub service: &'static str,
+    /// Method name, `GetRunning`.
+    pub method: &'static str,
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream`, as
+    /// go-grpc-prometheus' `grpc_type` label says.
+    pub kind: &'static str,
+}
+
+impl ServedMethod {
+    /// What is counted for a path that names no served method.
+    pub const UNKNOWN: Self = Self {
+        service: "unknown",
+        method: "unknown",
+        kind: "unknown",
+    };
+}
+
+/// Every method netsyncd serves, by request path, read once from the
+/// descriptor sets it serves reflection from.
+fn served_methods() -> &'static std::collections::HashMap<String, ServedMethod> {
+    static METHODS: std::sync::LazyLock<std::collections::HashMap<String, ServedMethod>> =
+        std::sync::LazyLock::new(|| {
+            use prost::Message as _;
+            let sets = [
+                netsync_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ];
+            let mut methods = std::collections::HashMap::new();
+            for set in sets {
+                let set = prost_types::FileDescriptorSet::decode(set)
+                    .expect("the compiled-in descriptor sets decode");
+                for file in set.file {
+                    for service in &file.service {
+                        let full = match file.package() {
+                            "" => service.name().to_owned(),
+                            package => format!("{package}.{}", service.name()),
+                        };
+                        let full: &'static str = Box::leak(full.into_boxed_str());
+                        for method in &service.method {
+                            let name: &'static str =
+                                Box::leak(method.name().to_owned().into_boxed_str());
+                            let kind = match (method.client_streaming(), method.server_streaming())
+                            {
+                                (false, false) => "unary",
+                                (true, false) => "client_stream",
+                                (false, true) => "server_stream",
+                                (true, true) => "bidi_stream",
+                            };
+                            methods.insert(
+                                format!("/{full}/{name}"),
+                                ServedMethod {
+                                    service: full,
+                                    method: name,
+                                    kind,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            methods
+        });
+    &METHODS
+}
+
+/// The served method `path` names, or [`ServedMethod::UNKNOWN`].
+pub fn method_of(path: &str) -> ServedMethod {
+    served_methods()
+        .get(path)
+        .copied()
+        .unwrap_or(ServedMethod::UNKNOWN)
+}
 
 /// Wraps a gRPC server's services with a span and metrics per call.
 #[derive(Debug, Clone)]
@@ -88,9 +171,10 @@ where
         let caller = TraceContextPropagator::new().extract(&Metadata(request.headers()));
         // Fails only when no OpenTelemetry layer is installed (traces off).
         let _ = span.set_parent(caller);
+        let served = method_of(path);
+        self.metrics.started(served);
         let call = Call {
-            service: service.to_string(),
-            method: method.to_string(),
+            method: served,
             started: Instant::now(),
             metrics: self.metrics.clone(),
             span,
@@ -108,8 +192,7 @@ where
 
 /// One call in progress.
 struct Call {
-    service: String,
-    method: String,
+    method: ServedMethod,
     started: Instant,
     metrics: RpcMetrics,
     /// Kept until the call ends, so that the span covers a whole stream.
@@ -122,14 +205,8 @@ impl Call {
         if is_server_error(code) {
             self.span.record("otel.status_code", "ERROR");
         }
-        // Unknown services and methods are UNIMPLEMENTED: counting them under
-        // their own names would let any client add label values without end.
-        let (service, method) = match code {
-            Code::Unimplemented => ("unknown".to_string(), "unknown".to_string()),
-            _ => (self.service, self.method),
-        };
         self.metrics
-            .observe(service, method, code_name(code), self.started.elapsed());
+            .handled(self.method, code, self.started.elapsed());
     }
 }
 
@@ -267,25 +344,58 @@ fn is_server_error(code: Code) -> bool {
     )
 }
 
-/// A code's name as gRPC spells it (`NOT_FOUND`).
-pub fn code_name(code: Code) -> &'static str {
+/// A code's name as go-grpc-prometheus' `grpc_code` label spells it
+/// (`NotFound`), so that existing dashboards match.
+pub fn code_label(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_methods_come_from_the_descriptors_with_their_type() {
+        let kind = |path: &str| method_of(path).kind;
+        assert_eq!(kind("/netsync.v1.NetSync/CreateDatastore"), "unary");
+        assert_eq!(kind("/netsync.v1.NetSync/WatchSync"), "server_stream");
+        assert_eq!(kind("/netsync.v1.NetSync/GetRunning"), "server_stream");
+        assert_eq!(kind("/grpc.health.v1.Health/Check"), "unary");
+        assert_eq!(kind("/grpc.health.v1.Health/Watch"), "server_stream");
+        assert_eq!(
+            kind("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            "bidi_stream"
+        );
+        let watch = method_of("/netsync.v1.NetSync/WatchSync");
+        assert_eq!(
+            (watch.service, watch.method),
+            ("netsync.v1.NetSync", "WatchSync")
+        );
+        for unknown in [
+            "/netsync.v1.NetSync/Nope",
+            "/x/y",
+            "",
+            "/netsync.v1.NetSync",
+        ] {
+            assert_eq!(method_of(unknown), ServedMethod::UNKNOWN, "{unknown}");
+        }
     }
 }

@@ -132,6 +132,7 @@ async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+    call_unknown_method(&daemon.url()).await;
     apply_intent(&mut client).await;
 
     let (status, headers, _) = http_get(metrics, "/metrics").await;
@@ -147,7 +148,7 @@ async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
             == Some(1.0)
             && sample(
                 text,
-                r#"netsync_rpc_handled_total{service="netsync.v1.NetSync",method="WatchSync",code="CANCELLED"}"#,
+                r#"grpc_server_handled_total{grpc_type="server_stream",grpc_service="netsync.v1.NetSync",grpc_method="WatchSync",grpc_code="Canceled"}"#,
             ) == Some(1.0)
     })
     .await;
@@ -193,31 +194,51 @@ async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
         0.0
     );
     // RPCs by method and code, a trailers-only error included.
-    let rpc = |method: &str, code: &str| {
-        format!(r#"service="netsync.v1.NetSync",method="{method}",code="{code}""#)
+    let unary = |method: &str| {
+        format!(r#"grpc_type="unary",grpc_service="netsync.v1.NetSync",grpc_method="{method}""#)
     };
+    let handled = |method: &str, code: &str| {
+        format!(
+            r#"grpc_server_handled_total{{{},grpc_code="{code}"}}"#,
+            unary(method)
+        )
+    };
+    assert_eq!(value(&handled("CreateDatastore", "OK")), 1.0);
+    assert_eq!(value(&handled("GetDatastore", "NotFound")), 1.0);
     assert_eq!(
         value(&format!(
-            "netsync_rpc_handled_total{{{}}}",
-            rpc("CreateDatastore", "OK")
+            "grpc_server_started_total{{{}}}",
+            unary("GetDatastore")
         )),
         1.0
     );
     assert_eq!(
         value(&format!(
-            "netsync_rpc_handled_total{{{}}}",
-            rpc("GetDatastore", "NOT_FOUND")
+            "grpc_server_handling_seconds_count{{{}}}",
+            unary("SetIntent")
         )),
         1.0
     );
+    assert!(text.contains("# TYPE grpc_server_handling_seconds histogram"));
+    // A made-up method adds no label value of its own.
+    assert_eq!(
+        value(
+            r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="unknown",grpc_method="unknown",grpc_code="Unimplemented"}"#
+        ),
+        1.0
+    );
+    assert!(!text.contains("NoSuchMethod"), "{text}");
     assert_eq!(
         value(&format!(
-            "netsync_rpc_duration_seconds_count{{{}}}",
-            rpc("SetIntent", "OK")
+            r#"netsync_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
         )),
         1.0
     );
-    assert!(text.contains("# TYPE netsync_rpc_duration_seconds histogram"));
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_start_time_seconds") > 1.7e9);
 
     let (status, _, _) = http_get(metrics, "/other").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
@@ -473,4 +494,24 @@ async fn every_log_line_of_a_sync_names_its_datastore() {
     for line in commit_writes {
         assert_eq!(line["span"]["name"], "commit", "{line}");
     }
+}
+
+/// Calls `/netsync.v1.NetSync/NoSuchMethod` (answered UNIMPLEMENTED).
+async fn call_unknown_method(url: &str) {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<_, (), _>(
+            tonic::Request::new(()),
+            http::uri::PathAndQuery::from_static("/netsync.v1.NetSync/NoSuchMethod"),
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
 }
