@@ -25,7 +25,7 @@ use crate::api::{self, Netsync};
 use crate::binaries::Binaries;
 use crate::device::{Device, uint};
 use crate::markers::{Markers, Sent, WatchLog, Watcher};
-use crate::process::{Process, start_netsyncd, start_sim};
+use crate::process::{NetsyncdOptions, Process, start_netsyncd_with, start_sim};
 use crate::report::Report;
 
 /// A scenario, as named on the command line.
@@ -109,6 +109,8 @@ pub struct Sizes {
     pub stall_warmup_max: Duration,
     /// Leaves the `stall` intent claims.
     pub intent_leaves: usize,
+    /// Time between two intent writes of the `stall` probe.
+    pub stall_probe_period: Duration,
     /// Leaves of the `restart` device.
     pub restart_leaves: usize,
     /// Datastores in `fleet`.
@@ -170,6 +172,7 @@ impl Sizes {
             stall_window: Duration::from_secs(45),
             stall_warmup_max: Duration::from_secs(60),
             intent_leaves: 100,
+            stall_probe_period: Duration::from_millis(250),
             restart_leaves: 1_000_000,
             fleet_datastores: 1_000,
             fleet_leaves: 2_000,
@@ -206,6 +209,7 @@ impl Sizes {
             stall_window: Duration::from_secs(3),
             stall_warmup_max: Duration::from_secs(1),
             intent_leaves: 20,
+            stall_probe_period: Duration::from_millis(100),
             restart_leaves: 20_000,
             fleet_datastores: 20,
             fleet_leaves: 500,
@@ -277,8 +281,18 @@ impl Rig {
     /// Starts a simulator of `leaves` generated leaves and a netsyncd, each
     /// in a folder of its own under `dir`.
     pub async fn start(ctx: &Ctx, dir: &Path, leaves: usize) -> anyhow::Result<Self> {
+        Self::start_with(ctx, dir, leaves, NetsyncdOptions::default()).await
+    }
+
+    /// [`Rig::start`] with netsyncd started with `options`.
+    pub async fn start_with(
+        ctx: &Ctx,
+        dir: &Path,
+        leaves: usize,
+        options: NetsyncdOptions,
+    ) -> anyhow::Result<Self> {
         let sim = start_sim(&ctx.bins, &dir.join("sim"), leaves).await?;
-        let netsyncd = start_netsyncd(&ctx.bins, &dir.join("netsyncd")).await?;
+        let netsyncd = start_netsyncd_with(&ctx.bins, &dir.join("netsyncd"), options).await?;
         let mut device = Device::connect(sim.addr).await?;
         let api = Netsync::connect(&netsyncd.url(), ctx.sizes.deadline).await?;
         let leaves = device.counters().await?.leaves;
