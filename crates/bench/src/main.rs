@@ -3,7 +3,7 @@
 //! their gRPC APIs only.
 //!
 //! ```text
-//! cargo run --release -p netsync-bench -- <initial-sync|churn|stall|restart|fleet|watchers|fleet-churn|all> [--quick]
+//! cargo run --release -p netsync-bench -- <initial-sync|churn|stall|restart|fleet|watchers|fleet-churn|intent-apply|all> [--quick]
 //! ```
 //!
 //! Each scenario prints a table (metric, value, target, met or not) and one
@@ -68,7 +68,8 @@ struct Cli {
     /// Changes per second asked of the simulator in watchers.
     #[arg(long, value_name = "RATE")]
     watchers_churn_rate: Option<f64>,
-    /// Length of each measuring window, seconds.
+    /// Length of each measuring window, seconds (not stall's, which depends
+    /// on its hold).
     #[arg(long, value_name = "SECONDS")]
     window: Option<f64>,
     /// commit_interval of the datastores, milliseconds.
@@ -111,6 +112,7 @@ impl Cli {
         }
         if let Some(window) = self.window {
             sizes.window = Duration::try_from_secs_f64(window)?;
+            sizes.apply_window = sizes.window;
         }
         if let Some(datastores) = self.datastores {
             anyhow::ensure!(datastores > 0, "--datastores must be above 0");

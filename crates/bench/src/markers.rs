@@ -140,10 +140,22 @@ pub struct WatchLog {
     pub leaves: u64,
     /// Revert events by phase (index: `RevertPhase` value).
     pub revert_phases: [u64; 5],
+    /// The APPLIED revert events, in order of arrival.
+    pub applied: Vec<Applied>,
     /// Why the stream ended, if it did.
     pub ended: Option<String>,
     /// Markers of a revision whose last part has not arrived yet.
     partial: Vec<u64>,
+}
+
+/// A job's APPLIED event (a revert's or an apply's: the API does not tell
+/// them apart) as a watcher received it.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// When it arrived.
+    pub at: Instant,
+    /// Every leaf the job set, with the intents' values.
+    pub updates: Vec<pb::Leaf>,
 }
 
 struct Shared {
@@ -224,6 +236,21 @@ impl Watcher {
 
     /// Waits until the commit holding marker `id` has arrived.
     pub async fn wait_marker(&self, id: u64, deadline: Duration) -> anyhow::Result<()> {
+        self.wait_until(deadline, &format!("commit holding marker {id}"), |log| {
+            log.arrivals.get(&id).map(|_| ())
+        })
+        .await
+    }
+
+    /// Waits until `found` finds something in what the watcher has seen (it
+    /// is asked again after each event), for at most `deadline`; `what`
+    /// names it in the error.
+    pub async fn wait_until<T>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        mut found: impl FnMut(&WatchLog) -> Option<T>,
+    ) -> anyhow::Result<T> {
         let give_up = tokio::time::Instant::now() + deadline;
         loop {
             let changed = self.shared.changed.notified();
@@ -236,15 +263,15 @@ impl Watcher {
                     .log
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if log.arrivals.contains_key(&id) {
-                    return Ok(());
+                if let Some(it) = found(&log) {
+                    return Ok(it);
                 }
                 if let Some(why) = &log.ended {
-                    bail!("the watcher's stream ended before marker {id}: {why}");
+                    bail!("the watcher's stream ended before {what}: {why}");
                 }
             }
             if tokio::time::timeout_at(give_up, changed).await.is_err() {
-                bail!("marker {id} reached no WatchSync commit within {deadline:?}");
+                bail!("no {what} on WatchSync within {deadline:?}");
             }
         }
     }
@@ -283,6 +310,14 @@ fn note(log: &mut WatchLog, event: &EventSummary, at: Instant) {
                 .and_then(|p| log.revert_phases.get_mut(p))
             {
                 *slot += 1;
+            }
+            if phase == pb::RevertPhase::Applied as i32
+                && let Some(revert) = &event.revert
+            {
+                log.applied.push(Applied {
+                    at,
+                    updates: revert.updates.clone(),
+                });
             }
         }
         EventKind::State(_) | EventKind::Unknown => {}

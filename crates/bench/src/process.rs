@@ -49,10 +49,19 @@ impl Process {
     /// Starts `command` (which must listen on `127.0.0.1:0` and log its address
     /// as JSON) with its output in `log`, and waits until it says where it
     /// listens.
-    async fn start(name: &'static str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+    async fn start(
+        name: &'static str,
+        mut command: Command,
+        log: PathBuf,
+        directive: Option<&str>,
+    ) -> anyhow::Result<Self> {
         // Both programs log their address at info level; a finer filter for
-        // their logs (kept with --keep) comes from NETSYNC_BENCH_RUST_LOG.
-        let filter = std::env::var("NETSYNC_BENCH_RUST_LOG").unwrap_or_else(|_| "info".into());
+        // their logs (kept with --keep) comes from NETSYNC_BENCH_RUST_LOG. A
+        // scenario may add a directive for what it reads from the log.
+        let mut filter = std::env::var("NETSYNC_BENCH_RUST_LOG").unwrap_or_else(|_| "info".into());
+        if let Some(directive) = directive {
+            filter = format!("{filter},{directive}");
+        }
         command.env("RUST_LOG", filter);
         let echo = Echo::file(log.clone());
         let started = tokio::task::spawn_blocking(move || {
@@ -178,7 +187,7 @@ pub async fn start_sim(bins: &Binaries, dir: &Path, leaves: usize) -> anyhow::Re
     command
         .args(["--threads", "4"])
         .env(PURGE_DELAY.0, PURGE_DELAY.1);
-    Process::start("netsync-sim", command, next_log(dir, "netsync-sim")).await
+    Process::start("netsync-sim", command, next_log(dir, "netsync-sim"), None).await
 }
 
 /// The allocator setting both processes run with, as the deployment files
@@ -202,6 +211,44 @@ pub struct NetsyncdOptions {
     /// at full size; take the count from a traced run, the other figures
     /// from an untraced one.
     pub trace_fsyncs: bool,
+    /// Log each commit with its apply and persist times (the committer's
+    /// debug line, one a commit; see [`commit_persist_times`]).
+    pub commit_log: bool,
+}
+
+/// The log directive of the committer's line per commit.
+const COMMIT_LOG: &str = "netsync_core::sync::committer=debug";
+
+/// The persist times (from taking a delta to its revision durable: encoding,
+/// waiting for the writer, the transaction and its fsync) of the commits of
+/// datastore `name` among `lines`, a netsyncd's JSON log lines, when it ran
+/// with [`NetsyncdOptions::commit_log`].
+pub fn commit_persist_times(lines: &[serde_json::Value], name: &str) -> Vec<Duration> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let fields = line.get("fields").unwrap_or(line);
+            let committed = fields.get("message")?.as_str()? == "committed"
+                && fields.get("datastore")?.as_str()? == name;
+            committed.then(|| debug_duration(fields.get("persisted")?.as_str()?))?
+        })
+        .collect()
+}
+
+/// A `Duration` as its `Debug` form prints it: `1.5s`, `52.1ms`, `800µs`,
+/// `12ns`.
+fn debug_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "ms" => number / 1e3,
+        "µs" | "us" => number / 1e6,
+        "ns" => number / 1e9,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// Starts netsyncd with its database in `dir` (created or reused), with
@@ -250,7 +297,8 @@ pub async fn start_netsyncd_with(
         .env(PURGE_DELAY.0, PURGE_DELAY.1)
         .current_dir(dir);
     // A restarted process gets a log of its own, next to the first one.
-    let mut process = Process::start("netsyncd", command, next_log(dir, "netsyncd"))
+    let directive = options.commit_log.then_some(COMMIT_LOG);
+    let mut process = Process::start("netsyncd", command, next_log(dir, "netsyncd"), directive)
         .await
         .with_context(|| {
             if options.trace_fsyncs {
@@ -318,6 +366,32 @@ fn cpu_time_in(stat: &str, ticks: u64) -> anyhow::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_persist_times_are_read_from_the_log() {
+        let lines: Vec<serde_json::Value> = [
+            r#"{"level":"DEBUG","fields":{"message":"committed","datastore":"s","persisted":"52.5ms"}}"#,
+            r#"{"level":"DEBUG","fields":{"message":"committed","datastore":"t","persisted":"9ms"}}"#,
+            r#"{"level":"INFO","fields":{"message":"reconcile","datastore":"s"}}"#,
+            r#"{"message":"committed","datastore":"s","persisted":"1.25s"}"#,
+            r#"{"message":"committed","datastore":"s","persisted":"800µs"}"#,
+        ]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            commit_persist_times(&lines, "s"),
+            [
+                ms(52) + Duration::from_micros(500),
+                ms(1250),
+                Duration::from_micros(800)
+            ]
+        );
+        assert_eq!(debug_duration("12ns"), Some(Duration::from_nanos(12)));
+        assert_eq!(debug_duration("12"), None);
+        assert_eq!(debug_duration("3h"), None);
+    }
 
     #[test]
     fn cpu_time_is_read_past_an_awkward_name() {

@@ -43,6 +43,14 @@ pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
 /// The sum of every sample of metric `name` (all label sets) in a text
 /// exposition; `None` if it has none.
 pub fn sum(exposition: &str, name: &str) -> Option<f64> {
+    sum_where(exposition, name, &[])
+}
+
+/// The sum of the samples of metric `name` whose labels include each of
+/// `labels` (`("method", "SetIntent")`: `method="SetIntent"`); `None` if none
+/// has them.
+pub fn sum_where(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     let mut total = None;
     for line in exposition.lines() {
         let Some(rest) = line.strip_prefix(name) else {
@@ -51,8 +59,14 @@ pub fn sum(exposition: &str, name: &str) -> Option<f64> {
         // `name value`, `name{labels} value` or `name{labels} value timestamp`;
         // anything else (`name_bucket`, a comment) is another metric.
         let value = if let Some(labelled) = rest.strip_prefix('{') {
-            labelled.rsplit_once('}').map(|(_, value)| value)
-        } else if rest.starts_with([' ', '\t']) {
+            labelled.rsplit_once('}').and_then(|(set, value)| {
+                let pairs: Vec<&str> = set.split(',').collect();
+                wanted
+                    .iter()
+                    .all(|w| pairs.contains(&w.as_str()))
+                    .then_some(value)
+            })
+        } else if rest.starts_with([' ', '\t']) && wanted.is_empty() {
             Some(rest)
         } else {
             None
@@ -85,5 +99,26 @@ netsync_sync_commits_created{datastore=\"a\"} 1.5e9
         assert_eq!(sum(text, "netsync_sync_commits_total"), Some(7.0));
         assert_eq!(sum(text, "netsync_sync_commits"), None);
         assert_eq!(sum("", "netsync_store_transactions_total"), None);
+        let a = [("datastore", "a")];
+        assert_eq!(sum_where(text, "netsync_sync_commits_total", &a), Some(3.0));
+        assert_eq!(
+            sum_where(text, "netsync_store_transactions_total", &a),
+            None
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_are_picked_by_label() {
+        let text = "\
+netsync_rpc_duration_seconds_bucket{service=\"s\",method=\"SetIntent\",code=\"OK\",le=\"0.1\"} 5
+netsync_rpc_duration_seconds_bucket{service=\"s\",method=\"SetIntent\",code=\"OK\",le=\"+Inf\"} 6
+netsync_rpc_duration_seconds_bucket{service=\"s\",method=\"GetIntent\",code=\"OK\",le=\"0.1\"} 9
+netsync_rpc_duration_seconds_bucket{service=\"s\",method=\"SetIntent\",code=\"INTERNAL\",le=\"0.1\"} 1
+";
+        let bucket = "netsync_rpc_duration_seconds_bucket";
+        let set = ("method", "SetIntent");
+        assert_eq!(sum_where(text, bucket, &[set, ("le", "0.1")]), Some(6.0));
+        assert_eq!(sum_where(text, bucket, &[set, ("le", "+Inf")]), Some(6.0));
+        assert_eq!(sum_where(text, bucket, &[("method", "DeleteIntent")]), None);
     }
 }

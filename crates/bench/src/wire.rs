@@ -15,7 +15,7 @@ use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// What one `SyncEvent` said, as far as the benchmarks care.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct EventSummary {
     /// `SyncEvent.revision`.
     pub revision: u64,
@@ -29,6 +29,9 @@ pub struct EventSummary {
     pub markers: Vec<u64>,
     /// `Commit.more`: further parts of this revision follow.
     pub more: bool,
+    /// A `revert` event, decoded: it is small (the leaves of one job), and
+    /// `intent-apply` needs its leaves to tell which write it finished.
+    pub revert: Option<pb::Revert>,
 }
 
 /// The `event` oneof of a `SyncEvent`.
@@ -115,7 +118,9 @@ pub fn summarise(mut event: &[u8], marker_prefix: &[u8]) -> Option<EventSummary>
                 summary.kind = EventKind::State(i32::try_from(varint_field(state, 1)?).ok()?);
             }
             (12, Field::Bytes(revert)) => {
-                summary.kind = EventKind::Revert(i32::try_from(varint_field(revert, 1)?).ok()?);
+                let revert = pb::Revert::decode(revert).ok()?;
+                summary.kind = EventKind::Revert(revert.phase);
+                summary.revert = Some(revert);
             }
             (11, Field::Bytes(mut commit)) => {
                 summary.kind = EventKind::Commit;
@@ -253,6 +258,7 @@ mod tests {
                 deletes: 2,
                 markers: vec![17, 123_456_789],
                 more: true,
+                revert: None,
             }
         );
     }
@@ -281,12 +287,15 @@ mod tests {
             ..Default::default()
         };
         let summary = summarise(&revert.encode_to_vec(), b"/m").unwrap();
-        // A revert's leaves are not a commit's: no markers, no counts.
+        // A revert's leaves are not a commit's: no markers, no counts; the
+        // revert itself is kept whole.
         assert_eq!(
             summary.kind,
             EventKind::Revert(pb::RevertPhase::Applying as i32)
         );
-        assert!(summary.markers.is_empty());
+        assert!(summary.markers.is_empty() && summary.updates == 0);
+        let kept = summary.revert.unwrap();
+        assert_eq!((kept.attempt, kept.updates), (2, vec![leaf("/m1")]));
     }
 
     #[test]

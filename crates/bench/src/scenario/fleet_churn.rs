@@ -75,6 +75,7 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     let options = NetsyncdOptions {
         metrics: true,
         trace_fsyncs: ctx.trace_fsyncs,
+        commit_log: false,
     };
     let mut netsyncd = start_netsyncd_with(&ctx.bins, &dir.join("netsyncd"), options).await?;
     let metrics = netsyncd.logged_addr("metrics_listen").await?;

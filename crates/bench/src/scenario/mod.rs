@@ -6,6 +6,7 @@ mod churn;
 mod fleet;
 mod fleet_churn;
 mod initial_sync;
+mod intent_apply;
 mod restart;
 mod stall;
 mod watchers;
@@ -16,13 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use netsync_core::value;
 use netsync_proto::gnmi;
+use netsync_proto::netsync::v1 as pb;
 
 use crate::api::{self, Netsync};
 use crate::binaries::Binaries;
 use crate::device::{Device, uint};
 use crate::markers::{Markers, Sent, WatchLog, Watcher};
-use crate::process::{Process, start_netsyncd, start_sim};
+use crate::process::{NetsyncdOptions, Process, start_netsyncd_with, start_sim};
 use crate::report::Report;
 
 /// A scenario, as named on the command line.
@@ -43,13 +46,15 @@ pub enum Scenario {
     /// 1,000 churning datastores committing every second while intents are
     /// written: netsyncd's storage under a fleet's write load.
     FleetChurn,
+    /// SetIntent to APPLIED on datastores of a churning device.
+    IntentApply,
     /// Every scenario, in this order.
     All,
 }
 
 impl Scenario {
     /// Every scenario `all` runs, in order.
-    pub const EACH: [Scenario; 7] = [
+    pub const EACH: [Scenario; 8] = [
         Scenario::InitialSync,
         Scenario::Churn,
         Scenario::Stall,
@@ -57,6 +62,7 @@ impl Scenario {
         Scenario::Fleet,
         Scenario::Watchers,
         Scenario::FleetChurn,
+        Scenario::IntentApply,
     ];
 
     /// The name used on the command line and in the JSON.
@@ -69,6 +75,7 @@ impl Scenario {
             Scenario::Fleet => "fleet",
             Scenario::Watchers => "watchers",
             Scenario::FleetChurn => "fleet-churn",
+            Scenario::IntentApply => "intent-apply",
             Scenario::All => "all",
         }
     }
@@ -102,6 +109,8 @@ pub struct Sizes {
     pub stall_warmup_max: Duration,
     /// Leaves the `stall` intent claims.
     pub intent_leaves: usize,
+    /// Time between two intent writes of the `stall` probe.
+    pub stall_probe_period: Duration,
     /// Leaves of the `restart` device.
     pub restart_leaves: usize,
     /// Datastores in `fleet`.
@@ -134,6 +143,17 @@ pub struct Sizes {
     pub intent_writes_per_second: f64,
     /// From an intent's SetIntent to its DeleteIntent in `fleet-churn`.
     pub intent_lifetime: Duration,
+    /// Leaves of the `intent-apply` device.
+    pub apply_leaves: usize,
+    /// Changes per second of the `intent-apply` device: a busy real device,
+    /// not the simulator's limit (`BENCHMARKS.md` says why).
+    pub apply_churn_rate: f64,
+    /// Datastores of the `intent-apply` device, each with a client writing
+    /// an intent (PROTO and JSON_IETF in turn).
+    pub apply_datastores: usize,
+    /// The measuring window of `intent-apply`: long enough for a few hundred
+    /// writes, so that the p99 is not the maximum.
+    pub apply_window: Duration,
     /// Generous deadline of every wait (a sync, a state, a marker).
     pub deadline: Duration,
 }
@@ -152,6 +172,7 @@ impl Sizes {
             stall_window: Duration::from_secs(45),
             stall_warmup_max: Duration::from_secs(60),
             intent_leaves: 100,
+            stall_probe_period: Duration::from_millis(250),
             restart_leaves: 1_000_000,
             fleet_datastores: 1_000,
             fleet_leaves: 2_000,
@@ -167,6 +188,10 @@ impl Sizes {
             fleet_churn_warmup: Duration::from_secs(8),
             intent_writes_per_second: 10.0,
             intent_lifetime: Duration::from_secs(5),
+            apply_leaves: 100_000,
+            apply_churn_rate: 10_000.0,
+            apply_datastores: 8,
+            apply_window: Duration::from_secs(60),
             deadline: Duration::from_secs(300),
         }
     }
@@ -184,6 +209,7 @@ impl Sizes {
             stall_window: Duration::from_secs(3),
             stall_warmup_max: Duration::from_secs(1),
             intent_leaves: 20,
+            stall_probe_period: Duration::from_millis(100),
             restart_leaves: 20_000,
             fleet_datastores: 20,
             fleet_leaves: 500,
@@ -199,6 +225,10 @@ impl Sizes {
             fleet_churn_warmup: Duration::from_millis(1500),
             intent_writes_per_second: 10.0,
             intent_lifetime: Duration::from_secs(1),
+            apply_leaves: 20_000,
+            apply_churn_rate: 2_000.0,
+            apply_datastores: 2,
+            apply_window: Duration::from_secs(4),
             deadline: Duration::from_secs(60),
         }
     }
@@ -227,6 +257,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx, dir: &Path) -> anyhow::Result<Re
         Scenario::Fleet => fleet::run(ctx, dir).await,
         Scenario::Watchers => watchers::run(ctx, dir).await,
         Scenario::FleetChurn => fleet_churn::run(ctx, dir).await,
+        Scenario::IntentApply => intent_apply::run(ctx, dir).await,
         Scenario::All => bail!("`all` is a list of scenarios, not one"),
     }
 }
@@ -250,8 +281,18 @@ impl Rig {
     /// Starts a simulator of `leaves` generated leaves and a netsyncd, each
     /// in a folder of its own under `dir`.
     pub async fn start(ctx: &Ctx, dir: &Path, leaves: usize) -> anyhow::Result<Self> {
+        Self::start_with(ctx, dir, leaves, NetsyncdOptions::default()).await
+    }
+
+    /// [`Rig::start`] with netsyncd started with `options`.
+    pub async fn start_with(
+        ctx: &Ctx,
+        dir: &Path,
+        leaves: usize,
+        options: NetsyncdOptions,
+    ) -> anyhow::Result<Self> {
         let sim = start_sim(&ctx.bins, &dir.join("sim"), leaves).await?;
-        let netsyncd = start_netsyncd(&ctx.bins, &dir.join("netsyncd")).await?;
+        let netsyncd = start_netsyncd_with(&ctx.bins, &dir.join("netsyncd"), options).await?;
         let mut device = Device::connect(sim.addr).await?;
         let api = Netsync::connect(&netsyncd.url(), ctx.sizes.deadline).await?;
         let leaves = device.counters().await?.leaves;
@@ -454,6 +495,11 @@ static FENCE: AtomicU64 = AtomicU64::new(1);
 /// change made before), read the device and running, and compare them if the
 /// device made no other change meanwhile (else try again: a revert may still
 /// be on its way).
+///
+/// The device is read in PROTO encoding: a PROTO datastore must hold exactly
+/// those values; one that syncs in another encoding (JSON_IETF) holds them as
+/// the device wrote them there, and is compared by meaning
+/// (`netsync_core::value::same_meaning`, as netsyncd compares intents).
 pub async fn settle_and_compare(
     device: &mut Device,
     api: &mut Netsync,
@@ -461,17 +507,21 @@ pub async fn settle_and_compare(
     deadline: Duration,
 ) -> anyhow::Result<usize> {
     let give_up = Instant::now() + deadline;
+    let mut sameness = Vec::new();
+    for name in datastores {
+        sameness.push(Sameness::of(api, name).await?);
+    }
     loop {
         let before = device.counters().await?.changes_committed;
         let fence = FENCE.fetch_add(1, Ordering::Relaxed);
         device.set_leaf(FENCE_PATH, uint(fence)).await?;
-        for name in datastores {
-            wait_for_leaf(api, name, FENCE_PATH, &uint(fence), give_up).await?;
+        for (name, same) in datastores.iter().zip(&sameness) {
+            wait_for_leaf(api, name, FENCE_PATH, &uint(fence), *same, give_up).await?;
         }
         let expected = device.leaves().await?;
         let mut differences = Vec::new();
-        for name in datastores {
-            if let Err(e) = compare(api, name, &expected).await {
+        for (name, same) in datastores.iter().zip(&sameness) {
+            if let Err(e) = compare(api, name, &expected, *same).await {
                 differences.push(format!("{e:#}"));
             }
         }
@@ -490,16 +540,57 @@ pub async fn settle_and_compare(
     }
 }
 
+/// How a datastore's running is compared with the device's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sameness {
+    /// Byte for byte: the datastore syncs in PROTO, as the device is read.
+    Exact,
+    /// By meaning: the device sends this datastore another encoding.
+    Meaning,
+}
+
+impl Sameness {
+    /// How running of `name` is compared, by its encoding.
+    async fn of(api: &mut Netsync, name: &str) -> anyhow::Result<Self> {
+        let spec = api
+            .client
+            .get_datastore(pb::GetDatastoreRequest { name: name.into() })
+            .await
+            .with_context(|| format!("GetDatastore {name}"))?
+            .into_inner();
+        let encoding = spec.target.map_or(0, |t| t.encoding);
+        Ok(if encoding == pb::Encoding::Proto as i32 {
+            Self::Exact
+        } else {
+            Self::Meaning
+        })
+    }
+
+    /// Whether running's `actual` stands for the device's `expected`.
+    fn same(self, actual: &gnmi::TypedValue, expected: &gnmi::TypedValue) -> bool {
+        match self {
+            Self::Exact => actual == expected,
+            Self::Meaning => actual == expected || value::same_meaning(actual, expected),
+        }
+    }
+}
+
 /// Polls running of `name` until `path` holds `value`.
 async fn wait_for_leaf(
     api: &mut Netsync,
     name: &str,
     path: &str,
     value: &gnmi::TypedValue,
+    sameness: Sameness,
     give_up: Instant,
 ) -> anyhow::Result<()> {
     loop {
-        if api.leaves(name, path).await?.get(path) == Some(value) {
+        if api
+            .leaves(name, path)
+            .await?
+            .get(path)
+            .is_some_and(|v| sameness.same(v, value))
+        {
             return Ok(());
         }
         if Instant::now() >= give_up {
@@ -514,6 +605,7 @@ async fn compare(
     api: &mut Netsync,
     name: &str,
     expected: &HashMap<String, gnmi::TypedValue>,
+    sameness: Sameness,
 ) -> anyhow::Result<()> {
     let mut stream = api.running(name, "/").await?;
     let mut matched = 0usize;
@@ -523,7 +615,14 @@ async fn compare(
         for leaf in message.leaves {
             match expected.get(&leaf.path) {
                 None => extra.push(leaf.path),
-                Some(value) if Some(value) != leaf.value.as_ref() => changed.push(leaf.path),
+                Some(value)
+                    if !leaf
+                        .value
+                        .as_ref()
+                        .is_some_and(|actual| sameness.same(actual, value)) =>
+                {
+                    changed.push(leaf.path);
+                }
                 Some(_) => matched += 1,
             }
         }
@@ -604,5 +703,22 @@ impl Churning {
             self.watcher.wait_marker(last.id, deadline).await?;
         }
         Ok((sent, self.watcher.stop()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_is_compared_exactly_or_by_meaning() {
+        let text = |s: &str| gnmi::TypedValue {
+            value: Some(gnmi::typed_value::Value::JsonIetfVal(s.as_bytes().to_vec())),
+        };
+        // RFC 7951 writes a uint64 as a JSON string.
+        assert!(Sameness::Meaning.same(&text("\"7\""), &uint(7)));
+        assert!(!Sameness::Exact.same(&text("\"7\""), &uint(7)));
+        assert!(Sameness::Exact.same(&uint(7), &uint(7)));
+        assert!(!Sameness::Meaning.same(&text("\"8\""), &uint(7)));
     }
 }
