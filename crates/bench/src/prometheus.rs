@@ -47,7 +47,7 @@ pub fn sum(exposition: &str, name: &str) -> Option<f64> {
 }
 
 /// The sum of the samples of metric `name` whose labels include each of
-/// `labels` (`("method", "SetIntent")`: `method="SetIntent"`); `None` if none
+/// `labels` (`("grpc_method", "SetIntent")`: `grpc_method="SetIntent"`); `None` if none
 /// has them.
 pub fn sum_where(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
@@ -110,15 +110,18 @@ netsync_sync_commits_created{datastore=\"a\"} 1.5e9
     #[test]
     fn histogram_buckets_are_picked_by_label() {
         let text = "\
-netsync_rpc_duration_seconds_bucket{service=\"s\",method=\"SetIntent\",code=\"OK\",le=\"0.1\"} 5
-netsync_rpc_duration_seconds_bucket{service=\"s\",method=\"SetIntent\",code=\"OK\",le=\"+Inf\"} 6
-netsync_rpc_duration_seconds_bucket{service=\"s\",method=\"GetIntent\",code=\"OK\",le=\"0.1\"} 9
-netsync_rpc_duration_seconds_bucket{service=\"s\",method=\"SetIntent\",code=\"INTERNAL\",le=\"0.1\"} 1
+grpc_server_handling_seconds_bucket{grpc_service=\"s\",grpc_method=\"SetIntent\",le=\"0.1\"} 5
+grpc_server_handling_seconds_bucket{grpc_service=\"s\",grpc_method=\"SetIntent\",le=\"+Inf\"} 6
+grpc_server_handling_seconds_bucket{grpc_service=\"s\",grpc_method=\"GetIntent\",le=\"0.1\"} 9
+grpc_server_handling_seconds_bucket{grpc_service=\"t\",grpc_method=\"SetIntent\",le=\"0.1\"} 1
 ";
-        let bucket = "netsync_rpc_duration_seconds_bucket";
-        let set = ("method", "SetIntent");
+        let bucket = "grpc_server_handling_seconds_bucket";
+        let set = ("grpc_method", "SetIntent");
         assert_eq!(sum_where(text, bucket, &[set, ("le", "0.1")]), Some(6.0));
         assert_eq!(sum_where(text, bucket, &[set, ("le", "+Inf")]), Some(6.0));
-        assert_eq!(sum_where(text, bucket, &[("method", "DeleteIntent")]), None);
+        assert_eq!(
+            sum_where(text, bucket, &[("grpc_method", "DeleteIntent")]),
+            None
+        );
     }
 }

@@ -264,7 +264,7 @@ async fn probe_writes(
 }
 
 /// SetIntent and DeleteIntent calls as netsyncd's RPC histogram
-/// (`netsync_rpc_duration_seconds`) counts them: all, and those it took more
+/// (`grpc_server_handling_seconds`) counts them: all, and those it took more
 /// than 100 ms over (a bucket bound).
 #[derive(Debug, Clone, Copy, Default)]
 struct ServerWrites {
@@ -276,10 +276,10 @@ impl ServerWrites {
     /// The counts so far.
     async fn scrape(metrics: std::net::SocketAddr) -> anyhow::Result<Self> {
         let text = prometheus::scrape(metrics).await?;
-        let bucket = "netsync_rpc_duration_seconds_bucket";
+        let bucket = "grpc_server_handling_seconds_bucket";
         let mut counts = Self::default();
         for method in ["SetIntent", "DeleteIntent"] {
-            let method = ("method", method);
+            let method = ("grpc_method", method);
             let count = |le| prometheus::sum_where(&text, bucket, &[method, ("le", le)]);
             let all = count("+Inf").unwrap_or(0.0) as u64;
             counts.calls += all;
