@@ -48,6 +48,11 @@ use netsync_proto::gnmi;
 
 use crate::wire::{Fields, Payload};
 
+mod pattern;
+
+pub(crate) use pattern::Outcome as PatternOutcome;
+pub use pattern::{PathPattern, PatternError, check_sync_path};
+
 /// One element of a [`Path`]: a name and its list keys.
 ///
 /// Invariant: the name and every key name are non-empty. Elements order by name,

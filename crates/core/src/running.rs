@@ -18,7 +18,7 @@ use netsync_proto::gnmi::TypedValue;
 use prost::Message;
 
 use crate::leaves::{self, Builder, ChangeSink, Cursor, IterSource, Leaves, Ranges, Union};
-use crate::path::Path;
+use crate::path::{Path, PathPattern, PatternOutcome};
 
 /// A leaf's canonical path, shared between running, deltas and events.
 pub type Key = Arc<str>;
@@ -125,6 +125,11 @@ pub struct Delta {
     /// Subtree deletes by root path, with their arrival numbers; a delete
     /// inside another always arrived after it (an earlier one is dropped).
     deletes: BTreeMap<Key, (Subtree, u64)>,
+    /// The subscription paths a replace prunes (see [`Delta::replacing`]).
+    /// They are recorded before any update, so they never hide one: they
+    /// delete only leaves running held before, and are resolved against
+    /// running when the delta is applied.
+    patterns: Vec<PathPattern>,
     updates: Updates,
     /// Arrival number of the last operation.
     last: u64,
@@ -229,11 +234,19 @@ impl Delta {
     }
 
     /// A delta that replaces everything under `roots`: it starts by deleting
-    /// them, and what the dump sends then re-creates what still exists.
+    /// what they match, and what the dump sends then re-creates what still
+    /// exists. The roots are subscription paths, read as patterns (gNMI
+    /// wildcards, origins and module prefixes as [`PathPattern`] reads them):
+    /// the replace prunes exactly the leaves of running they match.
     pub fn replacing(roots: &[Path]) -> Self {
         let mut delta = Self::new();
         for root in roots {
-            delta.delete(Subtree::new(root));
+            if root.is_root() && root.origin().is_none() {
+                // Everything: one range, no scan.
+                delta.delete(Subtree::new(root));
+            } else {
+                delta.patterns.push(PathPattern::new(root));
+            }
         }
         delta.updates = Updates::Log(Log::default());
         delta
@@ -364,7 +377,7 @@ impl Delta {
                 log.entries.len() + log.runs.iter().map(Leaves::len).sum::<usize>()
             }
         };
-        updates + self.deletes.len()
+        updates + self.deletes.len() + self.patterns.len()
     }
 
     /// Whether nothing is held.
@@ -372,14 +385,56 @@ impl Delta {
         self.len() == 0
     }
 
-    /// The deletes as key ranges.
-    fn ranges(&self) -> Ranges {
+    /// The deletes as key ranges, the patterns' resolved against `leaves`.
+    fn ranges(&self, leaves: &Leaves) -> Ranges {
         let mut ranges = Ranges::default();
         for (subtree, _) in self.deletes.values() {
             subtree.key_ranges().for_each(|range| ranges.add(range));
         }
+        for pattern in &self.patterns {
+            pattern_ranges(leaves, pattern, &mut ranges);
+        }
         ranges.normalise();
         ranges
+    }
+}
+
+/// Adds to `ranges` the subtrees of `leaves` that `pattern` matches: one
+/// exact key and one prefix range per node it names (an interface's `config`
+/// container, say), not one per leaf.
+///
+/// The scan walks the sorted keys but jumps over every subtree it has decided:
+/// past a matched node, and past a node that rules out everything below it
+/// (an element that does not match before any `...`, another origin). So it
+/// reads about one key per node visited at the depth of the pattern, not every
+/// leaf: `/interfaces/interface[name=*]/config` on a device with a million
+/// leaves reads a few keys per interface. Only below a `...` does it read
+/// every leaf that the elements before it leave in play.
+fn pattern_ranges(leaves: &Leaves, pattern: &PathPattern, ranges: &mut Ranges) {
+    let mut spans = Vec::new();
+    let mut key = String::new();
+    let mut cursor = leaves.cursor();
+    while cursor.next(&mut key).is_some() {
+        let past = match pattern.match_key(&key, &mut spans) {
+            PatternOutcome::Match(end) => {
+                let node = &key[..end];
+                ranges.add(leaves::key_range(node, true));
+                let below = format!("{node}/");
+                ranges.add(leaves::key_range(&below, false));
+                (key.len() > end).then_some(below)
+            }
+            PatternOutcome::Skip(end) => Some(key[..end].to_owned()),
+            PatternOutcome::Miss => None,
+        };
+        // Jump to the first key that does not start with `past`.
+        // `past` ends in `/` or `:`: raising that byte gives the first text
+        // after every key that starts with it.
+        if let Some(mut past) = past
+            && let Some(last) = past.pop()
+        {
+            past.push(char::from(last as u8 + 1));
+            cursor = leaves.cursor_from(&past);
+        }
     }
 }
 
@@ -743,7 +798,7 @@ impl Running {
     /// Applies `delta` (deletes first, then updates; see [`Delta`]) and returns
     /// the new running with the net change. `self` is left as it was.
     pub fn apply(&self, mut delta: Delta) -> (Running, Change) {
-        let deletes = delta.ranges();
+        let deletes = delta.ranges(&self.leaves);
         let mut sink = ChangeSink::default();
         // With nothing before, the change is everything after: share it.
         let first = self.is_empty();
@@ -909,6 +964,79 @@ mod tests {
     }
 
     #[test]
+    fn replace_prunes_what_wildcard_roots_match() {
+        let before = running(&[
+            ("/interfaces/interface[name=eth0]/config/mtu", 1),
+            ("/interfaces/interface[name=eth0]/state/mtu", 1),
+            ("/interfaces/interface[name=eth1/1]/config/mtu", 1),
+            ("/interfaces/interface[name=eth1/1]/config/description", 1),
+            ("/interfaces/interface[name=eth1/1]/state/mtu", 1),
+            ("/interfaces/interface[name=eth2]/config/mtu", 1),
+            ("/interfaces-x/a", 1),
+            ("/system/config/hostname", 1),
+        ]);
+        for root in [
+            "/interfaces/interface[name=*]/config",
+            "/interfaces/interface/config",
+            "/interfaces/*/config",
+            "openconfig:/interfaces/interface/config",
+            "/openconfig-interfaces:interfaces/interface[name=*]/config",
+            "/.../config",
+        ] {
+            // eth1/1 is gone; eth0 changed; eth2 stays as it was.
+            let mut d = Delta::replacing(&[Path::parse(root).unwrap()]);
+            d.update(key("/interfaces/interface[name=eth0]/config/mtu"), int(2));
+            d.update(key("/interfaces/interface[name=eth2]/config/mtu"), int(1));
+            let (r, change) = before.apply(d);
+            let mut expected = running(&[
+                ("/interfaces/interface[name=eth0]/config/mtu", 2),
+                ("/interfaces/interface[name=eth0]/state/mtu", 1),
+                ("/interfaces/interface[name=eth1/1]/state/mtu", 1),
+                ("/interfaces/interface[name=eth2]/config/mtu", 1),
+                ("/interfaces-x/a", 1),
+                ("/system/config/hostname", 1),
+            ]);
+            if root == "/.../config" {
+                // It names /system/config too, which the dump did not carry.
+                let mut d = Delta::new();
+                d.delete(subtree("/system/config"));
+                expected = expected.apply(d).0;
+            }
+            assert_eq!(r, expected, "{root}");
+            assert!(
+                change
+                    .deletes()
+                    .any(|k| k == key("/interfaces/interface[name=eth1/1]/config/mtu").as_ref()),
+                "{root}"
+            );
+        }
+    }
+
+    #[test]
+    fn replace_prunes_across_origins() {
+        let before = running(&[("oc:/a/x", 1), ("/a/y", 1), ("cli:/a/z", 1), ("/b", 1)]);
+        let d = Delta::replacing(&[Path::parse("oc:/a").unwrap()]);
+        let (r, _) = before.apply(d);
+        assert_eq!(r, running(&[("cli:/a/z", 1), ("/b", 1)]));
+        let d = Delta::replacing(&[Path::parse("/a").unwrap()]);
+        let (r, _) = before.apply(d);
+        assert_eq!(r, running(&[("/b", 1)]));
+        let d = Delta::replacing(&[Path::parse("oc:/").unwrap()]);
+        let (r, _) = before.apply(d);
+        assert_eq!(r, running(&[("cli:/a/z", 1)]));
+    }
+
+    #[test]
+    fn an_empty_dump_still_prunes() {
+        let before = running(&[("/l[k=1]/a", 1), ("/l[k=2]/a", 1), ("/m", 1)]);
+        let d = Delta::replacing(&[Path::parse("/l[k=*]").unwrap()]);
+        assert!(!d.is_empty());
+        let (r, change) = before.apply(d);
+        assert_eq!(r, running(&[("/m", 1)]));
+        assert_eq!(change.delete_count(), 2);
+    }
+
+    #[test]
     fn snapshots_are_independent() {
         let before = running(&[("/a", 1)]);
         let snapshot = before.clone();
@@ -954,6 +1082,23 @@ mod tests {
                 .prop_map(|(o, e)| format!("{o}/{}", e.join("/"))),
             1 => root,
         ]
+    }
+
+    /// Subscription paths over the same names, wildcards included.
+    fn arb_pattern() -> impl Strategy<Value = String> {
+        let elem = prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("l".to_string()),
+            Just("l[k=1]".to_string()),
+            Just("l[k=*]".to_string()),
+            Just("m:a".to_string()),
+            Just("*".to_string()),
+            Just("...".to_string()),
+        ];
+        let origin = prop_oneof![3 => Just(""), 1 => Just("oc:"), 1 => Just("x:")];
+        (origin, prop::collection::vec(elem, 0..4))
+            .prop_map(|(o, e)| format!("{o}/{}", e.join("/")))
     }
 
     fn arb_op() -> impl Strategy<Value = Op> {
@@ -1017,6 +1162,57 @@ mod tests {
             for (k, v) in change.updates() {
                 let Some(typed_value::Value::IntVal(i)) = v.value else { unreachable!() };
                 prop_assert!(start.get(&k) != Some(&i), "unchanged leaf {} reported", k);
+                rebuilt.insert(k, i);
+            }
+            prop_assert_eq!(rebuilt, expected);
+        }
+
+        /// A replace with pattern roots leaves running equal to the leaves
+        /// outside what the patterns match, plus the dump; whether the dump
+        /// arrived as a log or with a delete in it (a map).
+        #[test]
+        fn replace_equals_outside_plus_dump(
+            start in prop::collection::btree_map(arb_path(), 0i64..3, 0..16),
+            roots in prop::collection::vec(arb_pattern(), 1..3),
+            dump in prop::collection::btree_map(arb_path(), 0i64..3, 0..8),
+            delete_in_dump: bool,
+        ) {
+            let start: BTreeMap<String, i64> =
+                start.into_iter().map(|(k, v)| (key(&k).to_string(), v)).collect();
+            let before = Running::from_leaves(start.iter().map(|(k, v)| (Key::from(k.as_str()), int(*v))));
+            let roots: Vec<Path> = roots.iter().map(|r| Path::parse(r).unwrap()).collect();
+            let patterns: Vec<PathPattern> = roots.iter().map(PathPattern::new).collect();
+            let mut delta = Delta::replacing(&roots);
+            if delete_in_dump {
+                // A delete of something absent turns the log into the map.
+                delta.delete(subtree("/nowhere"));
+            }
+            for (k, v) in &dump {
+                delta.update(key(k), int(*v));
+            }
+            let (after, change) = before.apply(delta);
+            let mut expected: BTreeMap<String, i64> = start
+                .iter()
+                .filter(|(k, _)| !patterns.iter().any(|p| p.matches(k)))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            for (k, v) in &dump {
+                expected.insert(key(k).to_string(), *v);
+            }
+            let got: BTreeMap<String, i64> = after
+                .iter()
+                .map(|(k, v)| {
+                    let Some(typed_value::Value::IntVal(i)) = v.value else { unreachable!() };
+                    (k, i)
+                })
+                .collect();
+            prop_assert_eq!(&got, &expected);
+            let mut rebuilt = start.clone();
+            for k in change.deletes() {
+                prop_assert!(rebuilt.remove(&k).is_some());
+            }
+            for (k, v) in change.updates() {
+                let Some(typed_value::Value::IntVal(i)) = v.value else { unreachable!() };
                 rebuilt.insert(k, i);
             }
             prop_assert_eq!(rebuilt, expected);

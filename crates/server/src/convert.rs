@@ -181,6 +181,10 @@ fn sync_from_proto(
     for (i, text) in s.paths.iter().enumerate() {
         let path = Path::parse(text)
             .map_err(|e| FieldError::new(format!("{field}.paths[{i}]"), e.to_string()))?;
+        if reading == Reading::Strict {
+            netsync_core::path::check_sync_path(&path)
+                .map_err(|e| FieldError::new(format!("{field}.paths[{i}]"), e.to_string()))?;
+        }
         paths.push(path);
     }
     if paths.is_empty() {

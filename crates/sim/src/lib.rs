@@ -85,6 +85,9 @@ pub struct SimConfig {
     /// ASCII: `ascii_val`, PROTO: typed scalars); other values are refused
     /// with INVALID_ARGUMENT. `None`: any.
     pub set_encoding: Option<netsync_proto::gnmi::Encoding>,
+    /// The origin every response carries in its notification prefix, like a
+    /// device that qualifies its answers (`openconfig`); none by default.
+    pub response_origin: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -104,6 +107,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             shutdown_grace: Duration::from_secs(5),
             set_encoding: None,
+            response_origin: None,
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct Shared {
     pub notification_batch: usize,
     /// The one encoding Set values are taken in, if only one.
     pub set_encoding: Option<netsync_proto::gnmi::Encoding>,
+    /// The origin responses carry in their prefix, if any.
+    pub response_origin: Option<String>,
     /// Fires at shutdown; every stream and the actor end.
     pub cancel: CancellationToken,
     /// Owns the stream tasks.
@@ -232,6 +238,7 @@ pub async fn serve(
         credentials: config.credentials.clone(),
         notification_batch: config.notification_batch,
         set_encoding: config.set_encoding,
+        response_origin: config.response_origin.clone().filter(|o| !o.is_empty()),
         cancel: cancel.clone(),
         tasks: tasks.clone(),
     });

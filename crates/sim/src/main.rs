@@ -100,6 +100,10 @@ struct Cli {
     /// that one (default: any).
     #[arg(long, value_parser = ["json_ietf", "json", "proto", "ascii"])]
     set_encoding: Option<String>,
+    /// Origin every response carries in its notification prefix, as a device
+    /// that qualifies its answers (e.g. `openconfig`; default: none).
+    #[arg(long, value_name = "ORIGIN")]
+    response_origin: Option<String>,
     /// Worker threads of the runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -202,6 +206,7 @@ impl Cli {
                 "ascii" => gnmi::Encoding::Ascii,
                 _ => gnmi::Encoding::JsonIetf,
             }),
+            response_origin: self.response_origin.clone(),
             ..SimConfig::default()
         })
     }

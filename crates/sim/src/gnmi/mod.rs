@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
-use netsync_core::Path;
+use netsync_core::{Path, PathElem};
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::g_nmi_server::{GNmi, GNmiServer};
 use netsync_proto::gnmi::typed_value::Value;
@@ -76,16 +76,56 @@ pub fn encoding(value: i32, field: &str) -> Result<gnmi::Encoding, SimError> {
     }
 }
 
-/// Joins a request prefix and path, naming the field in errors.
+/// Joins a request prefix and path, naming the field in errors, and reads it
+/// as this device serves it (see [`as_served`]).
 pub fn join(prefix: Option<&gnmi::Path>, path: &gnmi::Path, field: &str) -> Result<Path, SimError> {
-    Path::from_gnmi(prefix, path).map_err(|e| SimError::InvalidArgument(format!("{field}: {e}")))
+    Path::from_gnmi(prefix, path)
+        .map(as_served)
+        .map_err(|e| SimError::InvalidArgument(format!("{field}: {e}")))
 }
 
-/// The prefix echoed in responses: only the target, if the client named one
-/// (every path in a response is complete).
-pub fn echo_target(prefix: Option<&gnmi::Path>) -> Option<gnmi::Path> {
-    prefix.filter(|p| !p.target.is_empty()).map(|p| gnmi::Path {
-        target: p.target.clone(),
+/// The origin this device serves its (origin-less) tree under.
+pub const DEFAULT_ORIGIN: &str = "openconfig";
+
+/// A request path as this device reads it, like a device that serves one
+/// schema: the origin `openconfig` is its default origin, the same as none;
+/// and a YANG module prefix on an element name
+/// (`openconfig-interfaces:interfaces`) is dropped. Responses carry the tree's
+/// paths as they are (without either), so a client that asked with them sees
+/// the difference, as it would with many devices.
+pub fn as_served(path: Path) -> Path {
+    let plain = |name: &str| match name.split_once(':') {
+        Some((module, local)) if !module.is_empty() && !local.is_empty() => local.to_owned(),
+        _ => name.to_owned(),
+    };
+    let origin = path
+        .origin()
+        .filter(|o| *o != DEFAULT_ORIGIN)
+        .map(str::to_owned);
+    let served: Path = path
+        .elems()
+        .iter()
+        .map(|e| {
+            e.keys().iter().fold(
+                PathElem::new(plain(e.name())).expect("a local name is not empty"),
+                |elem, (k, v)| elem.with_key(k, v).expect("key names are not empty"),
+            )
+        })
+        .collect();
+    served
+        .with_origin(origin.unwrap_or_default())
+        .expect("the origin comes from a valid path")
+}
+
+/// The prefix of a response: the target, if the client named one, and the
+/// origin the device is configured to answer with (every path in a response
+/// is otherwise complete).
+pub fn echo_prefix(prefix: Option<&gnmi::Path>, origin: Option<&str>) -> Option<gnmi::Path> {
+    let target = prefix.map(|p| p.target.clone()).unwrap_or_default();
+    let origin = origin.unwrap_or_default().to_owned();
+    (!target.is_empty() || !origin.is_empty()).then_some(gnmi::Path {
+        target,
+        origin,
         ..Default::default()
     })
 }
@@ -340,7 +380,7 @@ impl GNmi for GnmiService {
         for path in &paths {
             notifications.push(gnmi::Notification {
                 timestamp,
-                prefix: echo_target(prefix),
+                prefix: echo_prefix(prefix, self.shared.response_origin.as_deref()),
                 update: get_updates(&tree, path, encoding, data_type)?,
                 ..Default::default()
             });

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use netsync_proto::gnmi;
 use netsync_proto::gnmi::subscribe_request::Request as Req;
 use netsync_proto::gnmi::subscription_list::Mode;
+use prost::Message as _;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -97,7 +98,7 @@ impl Subscriber {
                 .into());
             }
         };
-        let spec = Spec::parse(list)?;
+        let spec = Spec::parse(list, self.shared.response_origin.as_deref())?;
         let start = if spec.mode == Mode::Stream {
             let (tree, changes) = self.device.subscribe().await?;
             Start {
@@ -173,7 +174,8 @@ struct Spec {
     mode: Mode,
     encoding: gnmi::Encoding,
     updates_only: bool,
-    /// Encoded notification prefix (the target, echoed).
+    /// Encoded notification prefix (the target, echoed, and the configured
+    /// response origin).
     prefix: Option<Vec<u8>>,
     /// Every subscription's path, for dumps.
     patterns: Arc<[Pattern]>,
@@ -183,7 +185,8 @@ struct Spec {
 }
 
 impl Spec {
-    fn parse(list: gnmi::SubscriptionList) -> Result<Self, SimError> {
+    /// `origin`: the origin responses carry in their prefix, if any.
+    fn parse(list: gnmi::SubscriptionList, origin: Option<&str>) -> Result<Self, SimError> {
         let mode = Mode::try_from(list.mode).map_err(|_| {
             SimError::InvalidArgument(format!("subscribe.mode: unknown mode {}", list.mode))
         })?;
@@ -255,7 +258,7 @@ impl Spec {
             mode,
             encoding,
             updates_only: list.updates_only,
-            prefix: crate::gnmi::echo_target(prefix).map(|p| wire::encode_target_prefix(&p.target)),
+            prefix: crate::gnmi::echo_prefix(prefix, origin).map(|p| p.encode_to_vec()),
             patterns: patterns.into(),
             on_change: on_change.into(),
             timers,

@@ -499,3 +499,82 @@ async fn a_device_of_one_encoding_refuses_set_values_in_another() {
     assert_eq!(sim.leaves().await[&mtu].value, Some(Value::UintVal(9216)));
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn origin_openconfig_and_module_prefixes_read_as_the_plain_tree() {
+    let sim = Sim::start(generated(500)).await;
+    let mut client = sim.gnmi().await;
+    let get = |p: &str| gnmi::GetRequest {
+        path: vec![path(p)],
+        encoding: gnmi::Encoding::Proto as i32,
+        ..Default::default()
+    };
+    let plain = client
+        .get(get("/interfaces/interface[name=*]/config"))
+        .await
+        .unwrap()
+        .into_inner();
+    let plain: Vec<String> = plain.notification[0]
+        .update
+        .iter()
+        .map(|u| text(u.path.as_ref().unwrap()))
+        .collect();
+    assert!(plain.len() > 5);
+    for qualified in [
+        "openconfig:/interfaces/interface[name=*]/config",
+        "/openconfig-interfaces:interfaces/interface[name=*]/config",
+    ] {
+        let response = client.get(get(qualified)).await.unwrap().into_inner();
+        let paths: Vec<String> = response.notification[0]
+            .update
+            .iter()
+            .map(|u| text(u.path.as_ref().unwrap()))
+            .collect();
+        // Answered with the tree's own paths: no origin, no module prefix.
+        assert_eq!(paths, plain, "{qualified}");
+    }
+    // Another origin is another (here empty) tree.
+    let other = client.get(get("cli:/interfaces")).await.unwrap_err();
+    assert_eq!(other.code(), Code::NotFound);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_origin_qualifies_every_answer() {
+    let sim = Sim::start(SimConfig {
+        response_origin: Some("openconfig".into()),
+        ..generated(200)
+    })
+    .await;
+    let mut client = sim.gnmi().await;
+    let response = client
+        .get(gnmi::GetRequest {
+            path: vec![path("/system")],
+            encoding: gnmi::Encoding::Proto as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let n = &response.notification[0];
+    assert_eq!(n.prefix.as_ref().unwrap().origin, "openconfig");
+    assert!(!n.update.is_empty());
+    let mut sub = Sub::open(
+        &mut client,
+        list(
+            gnmi::subscription_list::Mode::Once,
+            vec![subscription("/system", gnmi::SubscriptionMode::OnChange)],
+        ),
+    )
+    .await;
+    let dump = sub.until_sync().await;
+    let mut state = std::collections::BTreeMap::new();
+    apply(&mut state, &dump);
+    assert!(!state.is_empty());
+    assert!(
+        state.keys().all(|k| k.starts_with("openconfig:/system/")),
+        "{:?}",
+        state.keys().next()
+    );
+    sim.stop().await;
+}
