@@ -18,6 +18,7 @@ use netsync_proto::gnmi::typed_value;
 use netsync_proto::netsync::v1 as pb;
 
 use crate::intent_status::{IntentState, IntentStatus};
+use crate::reconcile::DryRun;
 
 /// Whether secrets go into the output: only the store may keep them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -546,6 +547,7 @@ pub fn leaf_to_proto(key: &Key, value: &Value) -> pb::Leaf {
     pb::Leaf {
         path: key.to_string(),
         value: Some(value.clone()),
+        owner: String::new(),
     }
 }
 
@@ -590,6 +592,17 @@ pub fn intent_to_proto(intent: &Intent) -> pb::Intent {
         non_revertive: intent.non_revertive,
         revision: intent.revision,
         status: None,
+        plan: None,
+    }
+}
+
+/// The wire form of the dry run of an intent write.
+pub fn plan_to_proto(plan: &DryRun) -> pb::IntentPlan {
+    pb::IntentPlan {
+        revision: plan.revision,
+        set: plan.set.clone(),
+        clears: plan.clears.iter().map(deviation_to_proto).collect(),
+        remaining: plan.remaining.iter().map(deviation_to_proto).collect(),
     }
 }
 

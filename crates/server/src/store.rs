@@ -291,11 +291,15 @@ impl Store {
             .await
     }
 
-    /// Every intent of `datastore`.
+    /// Every intent of `datastore` as stored, sorted by name, each named by
+    /// its row. Only bytes that do not decode are an error (`Damaged`):
+    /// what an intent means is checked by the engine against its datastore
+    /// (see [`crate::engine::Engine::start`]), which keeps one that today's
+    /// validation refuses visible instead of failing the datastore.
     pub async fn list_intents(
         &self,
         datastore: &str,
-    ) -> Result<Vec<netsync_core::intent::Intent>, Error> {
+    ) -> Result<Vec<netsync_proto::netsync::v1::Intent>, Error> {
         let rows = sqlx::query("SELECT name, body FROM intents WHERE datastore = ? ORDER BY name")
             .bind(datastore)
             .fetch_all(&self.readers)
@@ -303,20 +307,17 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let name: &str = row.try_get("name")?;
-                let damaged = |what: String, detail: String| Error::Damaged {
-                    datastore: datastore.to_string(),
-                    what,
-                    detail,
-                };
                 let body: &[u8] = row.try_get("body")?;
-                let proto = netsync_proto::netsync::v1::Intent::decode(body)
-                    .map_err(|e| damaged(format!("intent {name:?} is damaged"), e.to_string()))?;
-                convert::intent_from_proto(proto, "stored").map_err(|e| {
-                    damaged(
-                        format!("intent {name:?} cannot be used: {e}"),
-                        e.to_string(),
-                    )
-                })
+                let mut proto = netsync_proto::netsync::v1::Intent::decode(body).map_err(|e| {
+                    Error::Damaged {
+                        datastore: datastore.to_string(),
+                        what: format!("intent {name:?} is damaged"),
+                        detail: e.to_string(),
+                    }
+                })?;
+                // The row's name is the one GetIntent and DeleteIntent find.
+                proto.name = name.to_string();
+                Ok(proto)
             })
             .collect()
     }

@@ -50,6 +50,7 @@ pub async fn try_running(
         datastore: name.into(),
         path: String::new(),
         min_revision,
+        with_owner: false,
     });
     request.set_timeout(timeout);
     let mut stream = client.get_running(request).await?.into_inner();
@@ -88,6 +89,7 @@ pub async fn wait_revision(client: &mut Client, name: &str, revision: u64) -> u6
         // A path no device has: the answer carries the revision and no leaves.
         path: "/netsync-testkit-none".into(),
         min_revision: revision,
+        with_owner: false,
     });
     request.set_timeout(DEADLINE);
     let mut stream = client
@@ -198,6 +200,7 @@ pub async fn set_intent(client: &mut Client, name: &str, intent: pb::Intent) -> 
         .set_intent(pb::SetIntentRequest {
             datastore: name.into(),
             intent: Some(intent),
+            validate_only: false,
         })
         .await
         .unwrap_or_else(|s| panic!("SetIntent {intent_name} on {name}: {s:?}"))
