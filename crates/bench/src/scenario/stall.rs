@@ -173,6 +173,7 @@ async fn write_intent(
         .set_intent(pb::SetIntentRequest {
             datastore: NAME.into(),
             intent: Some(intent),
+            validate_only: false,
         })
         .await
         .context("SetIntent")?;
@@ -197,6 +198,7 @@ async fn probe_writes(
                     "probe".into(),
                 )),
             }),
+            owner: String::new(),
         }],
         ..Default::default()
     };
@@ -241,6 +243,7 @@ async fn intent(device: &Device, count: usize) -> anyhow::Result<pb::Intent> {
         .map(|p| pb::Leaf {
             path: (*p).clone(),
             value: leaves.get(*p).cloned(),
+            owner: String::new(),
         })
         .collect();
     Ok(pb::Intent {
