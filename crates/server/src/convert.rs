@@ -833,6 +833,7 @@ mod tests {
                     value: Some(Value {
                         value: Some(value.clone()),
                     }),
+                    owner: String::new(),
                 })
                 .collect(),
             deletes: deletes.iter().map(ToString::to_string).collect(),
@@ -867,6 +868,11 @@ mod tests {
             &[],
         );
         let intent = intent_for_datastore(intent, "intent", &intent_spec()).unwrap();
+        // What is stored passes the same validation again unchanged: a
+        // restart loads every intent SetIntent accepted (see
+        // `Engine::start`).
+        let again = intent_for_datastore(intent_to_proto(&intent), "intent", &intent_spec());
+        assert_eq!(again.as_ref(), Ok(&intent));
         let leaves: Vec<(String, Value)> = intent
             .updates
             .into_iter()

@@ -345,9 +345,7 @@ impl Engine {
 
     /// The FAILING intents of `name` now.
     pub fn failing_intents(&self, name: &str) -> std::collections::BTreeSet<String> {
-        self.tracker(name)
-            .map(|t| t.failing())
-            .unwrap_or_default()
+        self.tracker(name).map(|t| t.failing()).unwrap_or_default()
     }
 
     /// The status of intent `intent` of `name`.

@@ -900,7 +900,12 @@ pub fn dry_run(
     let set = if plan.is_empty() {
         None
     } else {
-        Some(set_request(sync.spec(), running, &plan.updates, &plan.deletes)?)
+        Some(set_request(
+            sync.spec(),
+            running,
+            &plan.updates,
+            &plan.deletes,
+        )?)
     };
     Ok(DryRun {
         revision: snapshot.revision,

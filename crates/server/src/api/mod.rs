@@ -19,8 +19,8 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::intent_status::IntentStatus;
 use crate::jobs::Trigger;
-use crate::reconcile;
 use crate::limits::{ApiLimits, WatcherSlots};
+use crate::reconcile;
 use crate::store::{self, DatastoreRow, Store, StoredDatastore};
 
 mod running;
@@ -310,14 +310,9 @@ impl NetSync for NetSyncService {
         let timeout = request_timeout(&request);
         let req = request.into_inner();
         let sync = self.require_sync("datastore", &req.datastore)?;
-        let stream = running::get_running(
-            &sync,
-            &req.path,
-            req.min_revision,
-            req.with_owner,
-            timeout,
-        )
-        .await?;
+        let stream =
+            running::get_running(&sync, &req.path, req.min_revision, req.with_owner, timeout)
+                .await?;
         Ok(Response::new(stream))
     }
 
