@@ -611,4 +611,21 @@ mod tests {
         assert_eq!(j.newly_failing.len(), 1);
         assert_eq!(t.failing_count(), 0);
     }
+
+    #[test]
+    fn an_unusable_stored_intent_stays_failing_until_written_again() {
+        let t = Tracker::new(["ok".to_string()]);
+        t.unusable("old", "outside sync.paths".into());
+        assert_eq!(t.status("old").state, IntentState::Failing);
+        assert_eq!(t.status("old").last_error, "outside sync.paths");
+        assert_eq!(t.failing_count(), 1);
+        // Neither a job's confirmation nor a Resync makes it usable.
+        t.confirm(3, &BTreeSet::new(), &BTreeSet::new());
+        assert!(t.resynced().is_empty());
+        assert_eq!(t.status("old").state, IntentState::Failing);
+        assert_eq!(t.status("ok").state, IntentState::Applied);
+        // Written again: an ordinary PENDING intent.
+        assert_eq!(t.written("old").state, IntentState::Pending);
+        assert_eq!(t.failing_count(), 0);
+    }
 }

@@ -850,25 +850,36 @@ pub struct DryRun {
     pub remaining: Vec<Deviation>,
 }
 
-/// Plans the write of `intent` on `sync` without making it: the first Set of
-/// the job the write would queue (an apply of `intent`, which also reverts
-/// the drift of revertive intents when revert is enabled, as every job
-/// does), planned by [`plan_set`] from running and the intents as they would
-/// be after the write. `failing` are the FAILING intents now; a write makes
-/// `intent` PENDING again, so its own leaves are planned even if it is one of
-/// them. Withdrawals queued by a DeleteIntent and not yet done are not part
-/// of it.
+/// Plans the write of `intent` on `sync` without making it (see
+/// [`plan_write`]), from its running and intents now; `failing` are its
+/// FAILING intents now.
 pub fn dry_run(
     sync: &SyncHandle,
+    failing: BTreeSet<String>,
+    intent: Intent,
+) -> Result<DryRun, String> {
+    // One snapshot of running and one list of intents: the plan, its clears
+    // and what remains all describe the same revision.
+    let snapshot = sync.snapshot();
+    plan_write(sync.spec(), &snapshot, sync.intents(), failing, intent)
+}
+
+/// What writing `intent` would do: the first Set of the job the write
+/// would queue (an apply of `intent`, which also reverts the drift of
+/// revertive intents when revert is enabled, as every job does), planned by
+/// [`plan_set`] from `snapshot` and `intents` as they would be after the
+/// write. `failing` are the FAILING intents; a write makes `intent` PENDING
+/// again, so its own leaves are planned even if it is one of them.
+/// Withdrawals queued by a DeleteIntent and not yet done are not part of it.
+fn plan_write(
+    spec: &DatastoreSpec,
+    snapshot: &Snapshot,
+    intents: Vec<Intent>,
     mut failing: BTreeSet<String>,
     intent: Intent,
 ) -> Result<DryRun, String> {
-    // One snapshot of running and one list of intents, both deviation sets
-    // computed against them: the plan, its clears and what remains all
-    // describe the same revision.
-    let snapshot = sync.snapshot();
     let running = &snapshot.running;
-    let before = Intended::from_intents(sync.intents(), running);
+    let before = Intended::from_intents(intents, running);
     let mut after = before.clone();
     failing.remove(&intent.name);
     let job = Job {
@@ -878,7 +889,7 @@ pub fn dry_run(
     after.set(intent, running);
     let intents: Vec<Intent> = after.intents().cloned().collect();
     let state = PlanState {
-        revert_enabled: sync.spec().revert.enabled,
+        revert_enabled: spec.revert.enabled,
         intents: &intents,
         failing: &failing,
         revision: snapshot.revision,
@@ -900,12 +911,7 @@ pub fn dry_run(
     let set = if plan.is_empty() {
         None
     } else {
-        Some(set_request(
-            sync.spec(),
-            running,
-            &plan.updates,
-            &plan.deletes,
-        )?)
+        Some(set_request(spec, running, &plan.updates, &plan.deletes)?)
     };
     Ok(DryRun {
         revision: snapshot.revision,
@@ -913,4 +919,186 @@ pub fn dry_run(
         clears,
         remaining,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use netsync_core::running::Subtree;
+    use netsync_proto::gnmi::TypedValue;
+    use netsync_proto::gnmi::typed_value::Value as V;
+    use netsync_proto::netsync::v1 as pb;
+
+    use super::*;
+
+    fn spec(encoding: pb::Encoding, revert: bool) -> DatastoreSpec {
+        crate::convert::datastore_from_proto(
+            pb::Datastore {
+                name: "r1".into(),
+                target: Some(pb::Target {
+                    address: "127.0.0.1:57400".into(),
+                    encoding: encoding as i32,
+                    ..Default::default()
+                }),
+                revert: Some(pb::RevertConfig {
+                    enabled: revert,
+                    debounce: None,
+                }),
+                ..Default::default()
+            },
+            "datastore",
+        )
+        .unwrap()
+    }
+
+    fn typed(v: V) -> Value {
+        TypedValue { value: Some(v) }
+    }
+
+    fn string(s: &str) -> Value {
+        typed(V::StringVal(s.into()))
+    }
+
+    fn ietf(s: &str) -> Value {
+        typed(V::JsonIetfVal(s.into()))
+    }
+
+    fn intent(name: &str, priority: i32, updates: &[(&str, Value)], deletes: &[&str]) -> Intent {
+        Intent {
+            name: name.into(),
+            priority,
+            updates: updates
+                .iter()
+                .map(|(k, v)| (Key::from(*k), v.clone()))
+                .collect(),
+            deletes: deletes
+                .iter()
+                .map(|p| Subtree::new(&Path::parse(p).unwrap()))
+                .collect(),
+            non_revertive: false,
+            revision: 0,
+        }
+    }
+
+    /// Running of a JSON_IETF device at revision 7, and three intents
+    /// deviating from it: `other` (revertive) on /c, `quiet`
+    /// (non-revertive) on /b, `stuck` (FAILING) on /d, which is missing.
+    fn world() -> (Snapshot, Vec<Intent>, BTreeSet<String>) {
+        let running = Running::from_leaves([
+            (Key::from("/a"), ietf("\"x\"")),
+            (Key::from("/b"), ietf("1")),
+            (Key::from("/c"), ietf("\"drift\"")),
+        ]);
+        let mut quiet = intent("quiet", 5, &[("/b", typed(V::IntVal(2)))], &[]);
+        quiet.non_revertive = true;
+        let intents = vec![
+            intent("other", 5, &[("/c", string("ok"))], &[]),
+            quiet,
+            intent("stuck", 5, &[("/d", string("s"))], &[]),
+        ];
+        let snapshot = Snapshot {
+            revision: 7,
+            time: None,
+            running,
+        };
+        (snapshot, intents, BTreeSet::from(["stuck".to_string()]))
+    }
+
+    fn paths(deviations: &[Deviation]) -> Vec<(String, String)> {
+        deviations
+            .iter()
+            .map(|d| (d.path.to_string(), d.intent.clone()))
+            .collect()
+    }
+
+    fn updates(set: &gnmi::SetRequest) -> Vec<(String, Value)> {
+        set.update
+            .iter()
+            .map(|u| {
+                (
+                    Path::from_gnmi(None, u.path.as_ref().unwrap())
+                        .unwrap()
+                        .to_string(),
+                    u.val.clone().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dry_run_plans_the_jobs_first_set_in_the_devices_encoding() {
+        let (snapshot, intents, failing) = world();
+        // Sets /a, and wants /b absent, which `quiet` (priority 5) decides.
+        let new = intent("new", 10, &[("/a", string("y"))], &["/b"]);
+        let spec = spec(pb::Encoding::JsonIetf, true);
+        let plan = plan_write(&spec, &snapshot, intents, failing, new).unwrap();
+        assert_eq!(plan.revision, 7);
+        let set = plan.set.expect("something to send");
+        // Its own leaf, and the revertive drift every job reverts while
+        // revert is enabled; values as the JSON_IETF device writes them.
+        assert_eq!(
+            updates(&set),
+            vec![("/a".into(), ietf("\"y\"")), ("/c".into(), ietf("\"ok\""))]
+        );
+        assert!(set.delete.is_empty(), "{set:?}");
+        assert_eq!(paths(&plan.clears), [("/c".into(), "other".into())]);
+        assert_eq!(
+            paths(&plan.remaining),
+            [("/b".into(), "quiet".into()), ("/d".into(), "stuck".into())]
+        );
+    }
+
+    #[test]
+    fn with_revert_disabled_a_write_still_applies_its_own_leaves_once() {
+        let (snapshot, intents, failing) = world();
+        let new = intent("new", 10, &[("/a", string("y"))], &[]);
+        let spec = spec(pb::Encoding::JsonIetf, false);
+        let plan = plan_write(&spec, &snapshot, intents, failing, new).unwrap();
+        let set = plan.set.expect("something to send");
+        assert_eq!(updates(&set), vec![("/a".into(), ietf("\"y\""))]);
+        assert!(plan.clears.is_empty(), "{:?}", plan.clears);
+        assert_eq!(plan.remaining.len(), 3, "{:?}", plan.remaining);
+    }
+
+    #[test]
+    fn writing_a_failing_intent_again_plans_its_leaves() {
+        let (snapshot, intents, failing) = world();
+        let again = intent("stuck", 5, &[("/d", string("s"))], &[]);
+        let spec = spec(pb::Encoding::Proto, false);
+        let plan = plan_write(&spec, &snapshot, intents, failing, again).unwrap();
+        // PROTO: the typed value as given (running has no /d to copy).
+        assert_eq!(
+            updates(&plan.set.unwrap()),
+            vec![("/d".into(), string("s"))]
+        );
+        assert_eq!(paths(&plan.clears), [("/d".into(), "stuck".into())]);
+    }
+
+    #[test]
+    fn an_intent_that_only_loses_plans_nothing() {
+        let (snapshot, intents, failing) = world();
+        // Priority 99 loses /c to `other`, and deletes /x, which is absent.
+        let loser = intent("loser", 99, &[("/c", string("zzz"))], &["/x"]);
+        let spec = spec(pb::Encoding::JsonIetf, false);
+        let plan = plan_write(&spec, &snapshot, intents, failing, loser).unwrap();
+        assert!(plan.set.is_none(), "{:?}", plan.set);
+        assert!(plan.clears.is_empty());
+        assert_eq!(plan.remaining.len(), 3);
+    }
+
+    #[test]
+    fn a_dry_run_on_a_proto_device_writes_json_values_as_the_device_types_them() {
+        let running = Running::from_leaves([(Key::from("/mtu"), typed(V::UintVal(1500)))]);
+        let snapshot = Snapshot {
+            revision: 3,
+            time: None,
+            running,
+        };
+        let new = intent("mtu", 1, &[("/mtu", ietf("\"9000\""))], &[]);
+        let spec = spec(pb::Encoding::Proto, true);
+        let plan = plan_write(&spec, &snapshot, Vec::new(), BTreeSet::new(), new).unwrap();
+        assert_eq!(
+            updates(&plan.set.unwrap()),
+            vec![("/mtu".into(), typed(V::UintVal(9000)))]
+        );
+    }
 }
