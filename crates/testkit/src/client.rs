@@ -207,6 +207,45 @@ pub async fn set_intent(client: &mut Client, name: &str, intent: pb::Intent) -> 
         .into_inner()
 }
 
+/// The dry run of setting `intent` on datastore `name` (SetIntent with
+/// `validate_only`): the intent as it would be stored, with its plan.
+pub async fn plan_intent(
+    client: &mut Client,
+    name: &str,
+    intent: pb::Intent,
+) -> Result<pb::Intent, tonic::Status> {
+    client
+        .set_intent(pb::SetIntentRequest {
+            datastore: name.into(),
+            intent: Some(intent),
+            validate_only: true,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The leaves of datastore `name` under `path` with the intent that decides
+/// each (GetRunning with `with_owner`): path -> owner, empty where no intent
+/// covers the leaf.
+pub async fn owners(client: &mut Client, name: &str, path: &str) -> BTreeMap<String, String> {
+    let mut stream = client
+        .get_running(pb::GetRunningRequest {
+            datastore: name.into(),
+            path: path.into(),
+            min_revision: 0,
+            with_owner: true,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("GetRunning {name} {path} with owners: {s:?}"))
+        .into_inner();
+    let mut owners = BTreeMap::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.unwrap_or_else(|s| panic!("GetRunning {name} {path}: {s:?}"));
+        owners.extend(batch.leaves.into_iter().map(|l| (l.path, l.owner)));
+    }
+    owners
+}
+
 /// The intent `intent` of datastore `name`.
 pub async fn get_intent(client: &mut Client, name: &str, intent: &str) -> pb::Intent {
     client
