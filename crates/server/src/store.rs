@@ -251,12 +251,15 @@ impl Store {
     /// holds for it: an intent held in only one of the two places is still
     /// deleted (and its leaves, from either, withdrawn), so that the store and
     /// the engine agree again. `NotFound` only when neither holds it.
+    /// `withdraw_stored`: whether the stored row's leaves are withdrawn too
+    /// (not for an intent the engine holds aside as unusable).
     pub async fn delete_intent(
         &self,
         datastore: &str,
         name: &str,
         in_memory: bool,
         withdrawn: Vec<netsync_core::running::Key>,
+        withdraw_stored: bool,
     ) -> Result<bool, Error> {
         let (datastore, name) = (datastore.to_string(), name.to_string());
         self.writer
@@ -279,6 +282,7 @@ impl Store {
                     // The stored leaves too, when the engine lost them. A body
                     // that cannot be read adds none (it is deleted all the same).
                     if let Some(body) = body
+                        && withdraw_stored
                         && let Ok(proto) = netsync_proto::netsync::v1::Intent::decode(&body[..])
                         && let Ok(stored) = convert::intent_from_proto(proto, "stored")
                     {

@@ -441,7 +441,16 @@ impl NetSync for NetSyncService {
                 .map(|i| i.updates.keys().cloned().collect())
                 .unwrap_or_default();
             let queued = store
-                .delete_intent(&req.datastore, &req.name, in_memory.is_some(), withdrawn)
+                .delete_intent(
+                    &req.datastore,
+                    &req.name,
+                    in_memory.is_some(),
+                    withdrawn,
+                    // A stored intent today's checks refuse was never sent
+                    // to the device by this netsync: deleting it sends
+                    // nothing either.
+                    engine.unusable_intent(&req.datastore, &req.name).is_none(),
+                )
                 .await?;
             sync.remove_intent(&req.name);
             engine.intent_removed(&req.datastore, &req.name);

@@ -358,7 +358,7 @@ async fn validate_only_refuses_what_a_write_refuses_with_the_same_error() {
             Some(intent(
                 "i",
                 1,
-                vec![update(&leaf("config/mtu"), ietf("null"))],
+                vec![update(&leaf("config/enabled"), ietf("null"))],
                 &[],
             )),
             "intent.updates[0].value",
@@ -651,7 +651,7 @@ async fn stored_intents_todays_validation_refuses_are_failing_not_fatal() {
         intent(
             "nulled",
             10,
-            vec![update(&leaf("config/mtu"), ietf("null"))],
+            vec![update(&leaf("config/enabled"), ietf("null"))],
             &[],
         ),
         intent(
@@ -741,11 +741,16 @@ async fn stored_intents_todays_validation_refuses_are_failing_not_fatal() {
         device_before.get("/system/config/hostname")
     );
     assert_eq!(
-        device[&leaf("config/mtu")],
-        device_before[&leaf("config/mtu")]
+        device[&leaf("config/enabled")],
+        device_before[&leaf("config/enabled")]
     );
 
-    // Written again validly, and deleted: settled.
+    // Deleted (which withdraws nothing: the leaf was never netsync's), and
+    // written again validly: settled. The write's job comes after the
+    // delete's, or absorbs it, so once it is APPLIED a withdrawal would show.
+    client::delete_intent(&mut client, "r1", "nulled")
+        .await
+        .unwrap();
     let fixed = intent(
         "outside",
         10,
@@ -760,9 +765,12 @@ async fn stored_intents_todays_validation_refuses_are_failing_not_fatal() {
         written.status.unwrap().state,
         pb::IntentState::Pending as i32
     );
-    client::delete_intent(&mut client, "r1", "nulled")
-        .await
-        .unwrap();
+    until_applied(&mut events).await;
+    assert_eq!(
+        sim.leaves().await.get(&leaf("config/enabled")),
+        device_before.get(&leaf("config/enabled")),
+        "deleting an unusable intent withdrew its leaf"
+    );
     let listed = list_intents(&mut client).await;
     let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["object", "outside"]);
