@@ -109,6 +109,7 @@ impl Netsync {
             datastore: name.into(),
             path: NOTHING.into(),
             min_revision: revision,
+            with_owner: false,
         });
         request.set_timeout(deadline);
         let mut stream = self
@@ -169,6 +170,7 @@ impl Netsync {
                 datastore: name.into(),
                 path: path.into(),
                 min_revision: 0,
+                with_owner: false,
             })
             .await
             .with_context(|| format!("GetRunning {name} {path}"))?

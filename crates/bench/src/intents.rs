@@ -171,6 +171,7 @@ async fn intent(
             updates: vec![leaf],
             ..Default::default()
         }),
+        validate_only: false,
     };
     let set = timed(Call::Set, timeout, api.client.set_intent(request)).await;
     let was_set = set.code == tonic::Code::Ok;

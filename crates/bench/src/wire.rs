@@ -223,6 +223,7 @@ mod tests {
             value: Some(netsync_proto::gnmi::TypedValue {
                 value: Some(netsync_proto::gnmi::typed_value::Value::UintVal(7)),
             }),
+            owner: String::new(),
         }
     }
 

@@ -346,6 +346,7 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
                 updates: vec![leaf(HOSTNAME_PATH, HOSTNAME), leaf(BANNER_PATH, BANNER)],
                 ..Default::default()
             }),
+            validate_only: false,
         })
         .await
         .context("SetIntent")?;
@@ -508,6 +509,7 @@ fn leaf(path: &str, value: &str) -> pb::Leaf {
     pb::Leaf {
         path: path.into(),
         value: Some(string(value)),
+        owner: String::new(),
     }
 }
 

@@ -270,6 +270,7 @@ mod tests {
                 .map(|i| pb::Leaf {
                     path: format!("/a/{i}"),
                     value: string("x"),
+                    owner: String::new(),
                 })
                 .collect(),
             deletes: vec![],
@@ -299,6 +300,7 @@ mod tests {
             updates: vec![pb::Leaf {
                 path: "/system/config/hostname".into(),
                 value: string("r1"),
+                owner: String::new(),
             }],
             deletes: vec!["/x".into()],
             more: false,
@@ -341,6 +343,7 @@ mod tests {
                 updates: vec![pb::Leaf {
                     path: "/a".into(),
                     value: string("v"),
+                    owner: String::new(),
                 }],
                 deletes: vec![],
                 error: String::new(),

@@ -18,6 +18,7 @@ use netsync_proto::gnmi::typed_value;
 use netsync_proto::netsync::v1 as pb;
 
 use crate::intent_status::{IntentState, IntentStatus};
+use crate::reconcile::DryRun;
 
 /// Whether secrets go into the output: only the store may keep them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -550,6 +551,7 @@ pub fn leaf_to_proto(key: &Key, value: &Value) -> pb::Leaf {
     pb::Leaf {
         path: key.to_string(),
         value: Some(value.clone()),
+        owner: String::new(),
     }
 }
 
@@ -594,6 +596,17 @@ pub fn intent_to_proto(intent: &Intent) -> pb::Intent {
         non_revertive: intent.non_revertive,
         revision: intent.revision,
         status: None,
+        plan: None,
+    }
+}
+
+/// The wire form of the dry run of an intent write.
+pub fn plan_to_proto(plan: &DryRun) -> pb::IntentPlan {
+    pb::IntentPlan {
+        revision: plan.revision,
+        set: plan.set.clone(),
+        clears: plan.clears.iter().map(deviation_to_proto).collect(),
+        remaining: plan.remaining.iter().map(deviation_to_proto).collect(),
     }
 }
 
@@ -824,6 +837,7 @@ mod tests {
                     value: Some(Value {
                         value: Some(value.clone()),
                     }),
+                    owner: String::new(),
                 })
                 .collect(),
             deletes: deletes.iter().map(ToString::to_string).collect(),
@@ -858,6 +872,11 @@ mod tests {
             &[],
         );
         let intent = intent_for_datastore(intent, "intent", &intent_spec()).unwrap();
+        // What is stored passes the same validation again unchanged: a
+        // restart loads every intent SetIntent accepted (see
+        // `Engine::start`).
+        let again = intent_for_datastore(intent_to_proto(&intent), "intent", &intent_spec());
+        assert_eq!(again.as_ref(), Ok(&intent));
         let leaves: Vec<(String, Value)> = intent
             .updates
             .into_iter()

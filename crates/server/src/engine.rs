@@ -2,7 +2,7 @@
 //! at start-up, stopped at DeleteDatastore and at shutdown; and the datastores
 //! whose stored rows could not be loaded, held STOPPED.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, watch};
@@ -15,7 +15,9 @@ use netsync_core::device::{GnmiTarget, RequestStream, ResponseStream, Target, Ta
 use netsync_core::intent::Intent;
 use netsync_core::sync::{RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncLimits};
 use netsync_proto::gnmi;
+use netsync_proto::netsync::v1 as pb;
 
+use crate::convert;
 use crate::error::Error;
 use crate::intent_status::{IntentStatus, Tracker};
 use crate::jobs::{self, Trigger};
@@ -37,6 +39,9 @@ struct Entry {
     tracker: Arc<Tracker>,
     /// Reconcile jobs that ended, and worker restarts, for metrics.
     jobs: Arc<JobStats>,
+    /// Stored intents that today's validation refuses, as stored, by name:
+    /// shown (FAILING, see [`Tracker::unusable`]), never planned.
+    unusable: Mutex<BTreeMap<String, pb::Intent>>,
 }
 
 /// Every running sync, by datastore name.
@@ -95,6 +100,14 @@ impl Engine {
     /// loaded, the datastore is held STOPPED instead ([`Engine::hold_stopped`])
     /// with a last error naming the part, and the details go to the log: one
     /// datastore's damaged rows keep no other from being served.
+    ///
+    /// Stored intents go through the validation and flattening SetIntent
+    /// applies today (an intent written by an older netsync may hold a JSON
+    /// object in a leaf, or a path outside `sync.paths`). One that fails it
+    /// does not stop the datastore: it stays visible (GetIntent,
+    /// ListIntents) as FAILING with the reason as its last error, is never
+    /// sent to the device, and is logged; SetIntent replaces it,
+    /// DeleteIntent removes it.
     pub async fn start(&self, spec: &DatastoreSpec) {
         let loaded = match self.log.load(&spec.name).await {
             Ok(initial) => match self.store.list_intents(&spec.name).await {
@@ -104,7 +117,25 @@ impl Engine {
             Err(error) => Err(("running", error)),
         };
         match loaded {
-            Ok((initial, intents)) => self.start_with(spec, initial, intents),
+            Ok((initial, stored)) => {
+                let mut intents = Vec::new();
+                let mut unusable = Vec::new();
+                for proto in stored {
+                    match convert::intent_for_datastore(proto.clone(), "intent", spec) {
+                        Ok(intent) => intents.push(intent),
+                        Err(e) => {
+                            let error = format!(
+                                "the stored intent cannot be used: {} {}; it is not sent to the \
+                                 device until SetIntent replaces it (DeleteIntent removes it)",
+                                e.field, e.message
+                            );
+                            tracing::error!(datastore = %spec.name, intent = %proto.name, %error, "stored intent refused by today's validation");
+                            unusable.push((proto, error));
+                        }
+                    }
+                }
+                self.start_with(spec, initial, intents, unusable);
+            }
             Err((part, error)) => {
                 tracing::error!(datastore = %spec.name, %error, "cannot load {part}: the datastore stays stopped until it is deleted");
                 self.hold_stopped(&spec.name, load_failure(part, &error));
@@ -132,10 +163,16 @@ impl Engine {
 
     /// Starts syncing a datastore that has nothing stored yet.
     pub fn start_new(&self, spec: &DatastoreSpec) {
-        self.start_with(spec, Snapshot::default(), Vec::new());
+        self.start_with(spec, Snapshot::default(), Vec::new(), Vec::new());
     }
 
-    fn start_with(&self, spec: &DatastoreSpec, initial: Snapshot, intents: Vec<Intent>) {
+    fn start_with(
+        &self,
+        spec: &DatastoreSpec,
+        initial: Snapshot,
+        intents: Vec<Intent>,
+        unusable: Vec<(pb::Intent, String)>,
+    ) {
         if self.entries.lock().expect("lock").contains_key(&spec.name) {
             // Two syncs of one datastore would both commit its revisions.
             tracing::error!(datastore = %spec.name, "already synced; not started again");
@@ -159,6 +196,13 @@ impl Engine {
         for intent in intents {
             sync.set_intent(intent);
         }
+        let unusable = unusable
+            .into_iter()
+            .map(|(proto, error)| {
+                tracker.unusable(&proto.name, error);
+                (proto.name.clone(), proto)
+            })
+            .collect();
         let wake = Arc::new(Notify::new());
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let (stop_worker, stopped) = watch::channel(false);
@@ -181,6 +225,7 @@ impl Engine {
             worker: Mutex::new(Some(tokio::spawn(worker.run(stopped).instrument(span)))),
             tracker,
             jobs,
+            unusable: Mutex::new(unusable),
         });
         let old = self
             .entries
@@ -241,20 +286,66 @@ impl Engine {
             .map(|e| e.tracker.clone())
     }
 
+    /// The entry of `name`, if it runs.
+    fn entry(&self, name: &str) -> Option<Arc<Entry>> {
+        self.entries.lock().expect("lock").get(name).cloned()
+    }
+
     /// Intent `intent` of `name` was written (under [`Engine::intent_lock`]):
-    /// it is PENDING, its failures are forgotten, and a running job plans
-    /// again. Returns its status.
+    /// it is PENDING, its failures are forgotten (an unusable stored form is
+    /// replaced), and a running job plans again. Returns its status.
     pub fn intent_written(&self, name: &str, intent: &str) -> IntentStatus {
-        self.tracker(name)
-            .map_or_else(IntentStatus::pending, |t| t.written(intent))
+        let Some(entry) = self.entry(name) else {
+            return IntentStatus::pending();
+        };
+        entry.unusable.lock().expect("lock").remove(intent);
+        entry.tracker.written(intent)
     }
 
     /// Intent `intent` of `name` was deleted (under
     /// [`Engine::intent_lock`]); a running job plans again.
     pub fn intent_removed(&self, name: &str, intent: &str) {
-        if let Some(tracker) = self.tracker(name) {
-            tracker.removed(intent);
+        if let Some(entry) = self.entry(name) {
+            entry.unusable.lock().expect("lock").remove(intent);
+            entry.tracker.removed(intent);
         }
+    }
+
+    /// Stored intent `intent` of `name` that today's validation refuses, as
+    /// stored, with its (FAILING) status; see [`Engine::start`].
+    pub fn unusable_intent(&self, name: &str, intent: &str) -> Option<pb::Intent> {
+        let entry = self.entry(name)?;
+        let proto = entry.unusable.lock().expect("lock").get(intent).cloned()?;
+        Some(pb::Intent {
+            status: Some(convert::intent_status_to_proto(
+                &entry.tracker.status(intent),
+            )),
+            ..proto
+        })
+    }
+
+    /// Every stored intent of `name` that today's validation refuses, by
+    /// name, with its status.
+    pub fn unusable_intents(&self, name: &str) -> Vec<pb::Intent> {
+        let Some(entry) = self.entry(name) else {
+            return Vec::new();
+        };
+        let names: Vec<String> = entry
+            .unusable
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .iter()
+            .filter_map(|intent| self.unusable_intent(name, intent))
+            .collect()
+    }
+
+    /// The FAILING intents of `name` now.
+    pub fn failing_intents(&self, name: &str) -> std::collections::BTreeSet<String> {
+        self.tracker(name).map(|t| t.failing()).unwrap_or_default()
     }
 
     /// The status of intent `intent` of `name`.

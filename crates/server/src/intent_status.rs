@@ -71,6 +71,10 @@ struct Track {
     failures: u32,
     /// When the last of them was found out.
     failed_at: Option<Instant>,
+    /// Stored in a form today's validation refuses (see
+    /// [`Tracker::unusable`]): FAILING until written again or deleted, and
+    /// not tried again by a Resync, which cannot make it usable.
+    unusable: bool,
 }
 
 impl Track {
@@ -79,6 +83,7 @@ impl Track {
             status: IntentStatus::pending(),
             failures: 0,
             failed_at: None,
+            unusable: false,
         }
     }
 }
@@ -240,6 +245,29 @@ impl Tracker {
         IntentStatus::pending()
     }
 
+    /// Intent `name` is stored, but in a form today's validation refuses
+    /// (`error` says why): it was never given to the engine's intents, so no
+    /// job sets its leaves, and it is FAILING with `error` until it is
+    /// written again (SetIntent) or deleted. Called at load, before the
+    /// worker starts.
+    pub fn unusable(&self, name: &str, error: String) {
+        let mut state = self.lock();
+        state.intents.insert(
+            name.to_string(),
+            Track {
+                status: IntentStatus {
+                    state: IntentState::Failing,
+                    applied_revision: 0,
+                    attempts: 0,
+                    last_error: error,
+                },
+                unusable: true,
+                ..Track::new()
+            },
+        );
+        self.count_failing(&state);
+    }
+
     /// Intent `name` was deleted; running jobs plan again.
     pub fn removed(&self, name: &str) {
         let mut state = self.lock();
@@ -257,6 +285,9 @@ impl Tracker {
         let mut state = self.lock();
         let mut were_failing = Vec::new();
         for (name, track) in &mut state.intents {
+            if track.unusable {
+                continue;
+            }
             if track.status.state == IntentState::Failing {
                 were_failing.push(name.clone());
                 *track = Track::new();
@@ -578,6 +609,23 @@ mod tests {
         answered(&t, &[("/gone", WITHDRAWAL)], now);
         let j = t.judge(&owners(&[("/gone", WITHDRAWAL)]), now, &c);
         assert_eq!(j.newly_failing.len(), 1);
+        assert_eq!(t.failing_count(), 0);
+    }
+
+    #[test]
+    fn an_unusable_stored_intent_stays_failing_until_written_again() {
+        let t = Tracker::new(["ok".to_string()]);
+        t.unusable("old", "outside sync.paths".into());
+        assert_eq!(t.status("old").state, IntentState::Failing);
+        assert_eq!(t.status("old").last_error, "outside sync.paths");
+        assert_eq!(t.failing_count(), 1);
+        // Neither a job's confirmation nor a Resync makes it usable.
+        t.confirm(3, &BTreeSet::new(), &BTreeSet::new());
+        assert!(t.resynced().is_empty());
+        assert_eq!(t.status("old").state, IntentState::Failing);
+        assert_eq!(t.status("ok").state, IntentState::Applied);
+        // Written again: an ordinary PENDING intent.
+        assert_eq!(t.written("old").state, IntentState::Pending);
         assert_eq!(t.failing_count(), 0);
     }
 }

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use netsync_core::Path;
+use netsync_core::datastore::DatastoreSpec;
+use netsync_core::intent::{Deviation, Intended, Intent};
 use netsync_core::running::{Key, Running, Value};
 use netsync_core::sync::{EventKind, RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncState};
 use netsync_core::value;
@@ -382,57 +384,23 @@ impl Worker {
         self.tracker.confirm(revision, &deviating, &BTreeSet::new());
     }
 
-    /// The Set that brings the device to its intents now: deviations of
-    /// revertive intents (when revert is enabled) and of the intents the job
-    /// applies, plus withdrawn leaves nobody provides any more; FAILING
-    /// intents are left out. `written` holds leaves this job's own Sets
-    /// wrote: a withdrawn one is deleted even if running does not show it
-    /// yet (its echo may still be on its way).
-    ///
-    /// With `only`, revertive deviations are kept only on those leaves (the
-    /// ones the job has set already): after its first Set a job finishes
-    /// what it is about, and drift elsewhere is left to a revert job, which
-    /// waits for `revert.debounce` as always (otherwise a device that keeps
-    /// drifting would keep one job running for ever).
+    /// The Set that brings the device to its intents now (see
+    /// [`plan_set`]), from the datastore's current intents, deviations and
+    /// FAILING intents.
     fn plan(&self, job: &Job, written: &BTreeSet<Key>, only: Option<&BTreeSet<Key>>) -> Plan {
-        let revert_enabled = self.sync.spec().revert.enabled;
         let intents = self.sync.intents();
         let failing = self.tracker.failing();
-        let non_revertive: HashSet<&str> = intents
-            .iter()
-            .filter(|i| i.non_revertive)
-            .map(|i| i.name.as_str())
-            .collect();
         let (revision, deviations) = self.sync.deviations();
-        let mut plan = Plan {
-            revision,
-            ..Plan::default()
-        };
-        for d in deviations {
-            plan.deviating.insert(d.intent.clone());
-            let wanted = job.apply.contains(&d.intent)
-                || (revert_enabled
-                    && !non_revertive.contains(d.intent.as_str())
-                    && only.is_none_or(|only| only.contains(&d.path)));
-            if !wanted || failing.contains(&d.intent) {
-                continue;
-            }
-            plan.owners.insert(d.path.clone(), d.intent);
-            match d.expected {
-                Some(value) => plan.updates.push((d.path, value)),
-                None => plan.deletes.push(d.path),
-            }
-        }
         let running = self.sync.snapshot().running;
-        for path in &job.withdrawn {
-            let claimed = intents.iter().any(|i| i.updates.contains_key(path));
-            let present = running.contains(path) || written.contains(path);
-            if !claimed && present && !plan.owners.contains_key(path) {
-                plan.deletes.push(path.clone());
-                plan.owners.insert(path.clone(), WITHDRAWAL.to_string());
-            }
-        }
-        plan
+        let state = PlanState {
+            revert_enabled: self.sync.spec().revert.enabled,
+            intents: &intents,
+            failing: &failing,
+            revision,
+            deviations,
+            running: &running,
+        };
+        plan_set(state, job, written, only)
     }
 
     /// Runs a job to its end: plan, Set, wait for the answer, plan again.
@@ -655,7 +623,8 @@ impl Worker {
 
     /// One Set, then the wait until running holds the device's answer.
     async fn attempt(&self, plan: &Plan, generation: &mut watch::Receiver<u64>) -> Answer {
-        let request = match self.set_request(&plan.updates, &plan.deletes) {
+        let running = self.sync.snapshot().running;
+        let request = match set_request(self.sync.spec(), &running, &plan.updates, &plan.deletes) {
             Ok(request) => request,
             Err(error) => {
                 return Answer::Refused {
@@ -730,42 +699,6 @@ impl Worker {
         }
     }
 
-    /// The gNMI Set of `updates` and `deletes`.
-    fn set_request(
-        &self,
-        updates: &[(Key, Value)],
-        deletes: &[Key],
-    ) -> Result<gnmi::SetRequest, String> {
-        let to_gnmi = |k: &Key| {
-            Path::parse(k)
-                .map(|p| p.to_gnmi())
-                .map_err(|e| e.to_string())
-        };
-        let target_name = &self.sync.spec().target.target_name;
-        // Values go in the device's encoding; what running holds for a leaf
-        // shows how the device writes it (see `value::for_device`).
-        let encoding = self.sync.spec().target.encoding;
-        let running = self.sync.snapshot().running;
-        Ok(gnmi::SetRequest {
-            prefix: (!target_name.is_empty()).then(|| gnmi::Path {
-                target: target_name.clone(),
-                ..Default::default()
-            }),
-            delete: deletes.iter().map(to_gnmi).collect::<Result<_, _>>()?,
-            update: updates
-                .iter()
-                .map(|(k, v)| {
-                    Ok(gnmi::Update {
-                        path: Some(to_gnmi(k)?),
-                        val: Some(value::for_device(v, encoding, running.get(k).as_ref())),
-                        ..Default::default()
-                    })
-                })
-                .collect::<Result<_, String>>()?,
-            ..Default::default()
-        })
-    }
-
     fn publish(
         &self,
         phase: RevertPhase,
@@ -796,4 +729,376 @@ fn split(applied: BTreeMap<Key, Option<Value>>) -> (Vec<(Key, Value)>, Vec<Key>)
         }
     }
     (updates, deletes)
+}
+
+/// What a plan is made from: a datastore's intents, their deviations at one
+/// revision, and what its worker knows.
+struct PlanState<'a> {
+    revert_enabled: bool,
+    intents: &'a [Intent],
+    /// FAILING intents: left out.
+    failing: &'a BTreeSet<String>,
+    /// The revision of `deviations`.
+    revision: u64,
+    deviations: Vec<Deviation>,
+    running: &'a Running,
+}
+
+/// The Set that brings the device to its intents: deviations of revertive
+/// intents (when revert is enabled) and of the intents `job` applies, plus
+/// withdrawn leaves nobody provides any more; FAILING intents are left out.
+/// `written` holds leaves the job's own Sets wrote: a withdrawn one is
+/// deleted even if running does not show it yet (its echo may still be on
+/// its way).
+///
+/// With `only`, revertive deviations are kept only on those leaves (the
+/// ones the job has set already): after its first Set a job finishes what
+/// it is about, and drift elsewhere is left to a revert job, which waits for
+/// `revert.debounce` as always (otherwise a device that keeps drifting would
+/// keep one job running for ever).
+///
+/// The one planner: the worker's jobs and the dry run of an intent write
+/// ([`dry_run`]) both plan with it.
+fn plan_set(
+    state: PlanState<'_>,
+    job: &Job,
+    written: &BTreeSet<Key>,
+    only: Option<&BTreeSet<Key>>,
+) -> Plan {
+    let non_revertive: HashSet<&str> = state
+        .intents
+        .iter()
+        .filter(|i| i.non_revertive)
+        .map(|i| i.name.as_str())
+        .collect();
+    let mut plan = Plan {
+        revision: state.revision,
+        ..Plan::default()
+    };
+    for d in state.deviations {
+        plan.deviating.insert(d.intent.clone());
+        let wanted = job.apply.contains(&d.intent)
+            || (state.revert_enabled
+                && !non_revertive.contains(d.intent.as_str())
+                && only.is_none_or(|only| only.contains(&d.path)));
+        if !wanted || state.failing.contains(&d.intent) {
+            continue;
+        }
+        plan.owners.insert(d.path.clone(), d.intent);
+        match d.expected {
+            Some(value) => plan.updates.push((d.path, value)),
+            None => plan.deletes.push(d.path),
+        }
+    }
+    for path in &job.withdrawn {
+        let claimed = state.intents.iter().any(|i| i.updates.contains_key(path));
+        let present = state.running.contains(path) || written.contains(path);
+        if !claimed && present && !plan.owners.contains_key(path) {
+            plan.deletes.push(path.clone());
+            plan.owners.insert(path.clone(), WITHDRAWAL.to_string());
+        }
+    }
+    plan
+}
+
+/// The gNMI Set of `updates` and `deletes` for the datastore `spec`: values
+/// in the device's encoding; what `running` holds for a leaf shows how the
+/// device writes it (see `value::for_device`).
+fn set_request(
+    spec: &DatastoreSpec,
+    running: &Running,
+    updates: &[(Key, Value)],
+    deletes: &[Key],
+) -> Result<gnmi::SetRequest, String> {
+    let to_gnmi = |k: &Key| {
+        Path::parse(k)
+            .map(|p| p.to_gnmi())
+            .map_err(|e| e.to_string())
+    };
+    let target_name = &spec.target.target_name;
+    let encoding = spec.target.encoding;
+    Ok(gnmi::SetRequest {
+        prefix: (!target_name.is_empty()).then(|| gnmi::Path {
+            target: target_name.clone(),
+            ..Default::default()
+        }),
+        delete: deletes.iter().map(to_gnmi).collect::<Result<_, _>>()?,
+        update: updates
+            .iter()
+            .map(|(k, v)| {
+                Ok(gnmi::Update {
+                    path: Some(to_gnmi(k)?),
+                    val: Some(value::for_device(v, encoding, running.get(k).as_ref())),
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        ..Default::default()
+    })
+}
+
+/// What writing an intent would do now (SetIntent with `validate_only`).
+#[derive(Debug)]
+pub struct DryRun {
+    /// The revision of running it was planned at.
+    pub revision: u64,
+    /// The first Set the write's job would send; `None`: nothing to send.
+    pub set: Option<gnmi::SetRequest>,
+    /// Deviations now that the write and that Set resolve.
+    pub clears: Vec<Deviation>,
+    /// Deviations that would remain after them.
+    pub remaining: Vec<Deviation>,
+}
+
+/// Plans the write of `intent` on `sync` without making it (see
+/// [`plan_write`]), from its running and intents now; `failing` are its
+/// FAILING intents now.
+pub fn dry_run(
+    sync: &SyncHandle,
+    failing: BTreeSet<String>,
+    intent: Intent,
+) -> Result<DryRun, String> {
+    // One snapshot of running and one list of intents: the plan, its clears
+    // and what remains all describe the same revision.
+    let snapshot = sync.snapshot();
+    plan_write(sync.spec(), &snapshot, sync.intents(), failing, intent)
+}
+
+/// What writing `intent` would do: the first Set of the job the write
+/// would queue (an apply of `intent`, which also reverts the drift of
+/// revertive intents when revert is enabled, as every job does), planned by
+/// [`plan_set`] from `snapshot` and `intents` as they would be after the
+/// write. `failing` are the FAILING intents; a write makes `intent` PENDING
+/// again, so its own leaves are planned even if it is one of them.
+/// Withdrawals queued by a DeleteIntent and not yet done are not part of it.
+fn plan_write(
+    spec: &DatastoreSpec,
+    snapshot: &Snapshot,
+    intents: Vec<Intent>,
+    mut failing: BTreeSet<String>,
+    intent: Intent,
+) -> Result<DryRun, String> {
+    let running = &snapshot.running;
+    let before = Intended::from_intents(intents, running);
+    let mut after = before.clone();
+    failing.remove(&intent.name);
+    let job = Job {
+        apply: BTreeSet::from([intent.name.clone()]),
+        ..Job::default()
+    };
+    after.set(intent, running);
+    let intents: Vec<Intent> = after.intents().cloned().collect();
+    let state = PlanState {
+        revert_enabled: spec.revert.enabled,
+        intents: &intents,
+        failing: &failing,
+        revision: snapshot.revision,
+        deviations: after.deviations().cloned().collect(),
+        running,
+    };
+    let plan = plan_set(state, &job, &BTreeSet::new(), None);
+    let remaining: Vec<Deviation> = after
+        .deviations()
+        .filter(|d| !plan.owners.contains_key(&d.path))
+        .cloned()
+        .collect();
+    let still: HashSet<&Key> = remaining.iter().map(|d| &d.path).collect();
+    let clears = before
+        .deviations()
+        .filter(|d| !still.contains(&d.path))
+        .cloned()
+        .collect();
+    let set = if plan.is_empty() {
+        None
+    } else {
+        Some(set_request(spec, running, &plan.updates, &plan.deletes)?)
+    };
+    Ok(DryRun {
+        revision: snapshot.revision,
+        set,
+        clears,
+        remaining,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use netsync_core::running::Subtree;
+    use netsync_proto::gnmi::TypedValue;
+    use netsync_proto::gnmi::typed_value::Value as V;
+    use netsync_proto::netsync::v1 as pb;
+
+    use super::*;
+
+    fn spec(encoding: pb::Encoding, revert: bool) -> DatastoreSpec {
+        crate::convert::datastore_from_proto(
+            pb::Datastore {
+                name: "r1".into(),
+                target: Some(pb::Target {
+                    address: "127.0.0.1:57400".into(),
+                    encoding: encoding as i32,
+                    ..Default::default()
+                }),
+                revert: Some(pb::RevertConfig {
+                    enabled: revert,
+                    debounce: None,
+                }),
+                ..Default::default()
+            },
+            "datastore",
+        )
+        .unwrap()
+    }
+
+    fn typed(v: V) -> Value {
+        TypedValue { value: Some(v) }
+    }
+
+    fn string(s: &str) -> Value {
+        typed(V::StringVal(s.into()))
+    }
+
+    fn ietf(s: &str) -> Value {
+        typed(V::JsonIetfVal(s.into()))
+    }
+
+    fn intent(name: &str, priority: i32, updates: &[(&str, Value)], deletes: &[&str]) -> Intent {
+        Intent {
+            name: name.into(),
+            priority,
+            updates: updates
+                .iter()
+                .map(|(k, v)| (Key::from(*k), v.clone()))
+                .collect(),
+            deletes: deletes
+                .iter()
+                .map(|p| Subtree::new(&Path::parse(p).unwrap()))
+                .collect(),
+            non_revertive: false,
+            revision: 0,
+        }
+    }
+
+    /// Running of a JSON_IETF device at revision 7, and three intents
+    /// deviating from it: `other` (revertive) on /c, `quiet`
+    /// (non-revertive) on /b, `stuck` (FAILING) on /d, which is missing.
+    fn world() -> (Snapshot, Vec<Intent>, BTreeSet<String>) {
+        let running = Running::from_leaves([
+            (Key::from("/a"), ietf("\"x\"")),
+            (Key::from("/b"), ietf("1")),
+            (Key::from("/c"), ietf("\"drift\"")),
+        ]);
+        let mut quiet = intent("quiet", 5, &[("/b", typed(V::IntVal(2)))], &[]);
+        quiet.non_revertive = true;
+        let intents = vec![
+            intent("other", 5, &[("/c", string("ok"))], &[]),
+            quiet,
+            intent("stuck", 5, &[("/d", string("s"))], &[]),
+        ];
+        let snapshot = Snapshot {
+            revision: 7,
+            time: None,
+            running,
+        };
+        (snapshot, intents, BTreeSet::from(["stuck".to_string()]))
+    }
+
+    fn paths(deviations: &[Deviation]) -> Vec<(String, String)> {
+        deviations
+            .iter()
+            .map(|d| (d.path.to_string(), d.intent.clone()))
+            .collect()
+    }
+
+    fn updates(set: &gnmi::SetRequest) -> Vec<(String, Value)> {
+        set.update
+            .iter()
+            .map(|u| {
+                (
+                    Path::from_gnmi(None, u.path.as_ref().unwrap())
+                        .unwrap()
+                        .to_string(),
+                    u.val.clone().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dry_run_plans_the_jobs_first_set_in_the_devices_encoding() {
+        let (snapshot, intents, failing) = world();
+        // Sets /a, and wants /b absent, which `quiet` (priority 5) decides.
+        let new = intent("new", 10, &[("/a", string("y"))], &["/b"]);
+        let spec = spec(pb::Encoding::JsonIetf, true);
+        let plan = plan_write(&spec, &snapshot, intents, failing, new).unwrap();
+        assert_eq!(plan.revision, 7);
+        let set = plan.set.expect("something to send");
+        // Its own leaf, and the revertive drift every job reverts while
+        // revert is enabled; values as the JSON_IETF device writes them.
+        assert_eq!(
+            updates(&set),
+            vec![("/a".into(), ietf("\"y\"")), ("/c".into(), ietf("\"ok\""))]
+        );
+        assert!(set.delete.is_empty(), "{set:?}");
+        assert_eq!(paths(&plan.clears), [("/c".into(), "other".into())]);
+        assert_eq!(
+            paths(&plan.remaining),
+            [("/b".into(), "quiet".into()), ("/d".into(), "stuck".into())]
+        );
+    }
+
+    #[test]
+    fn with_revert_disabled_a_write_still_applies_its_own_leaves_once() {
+        let (snapshot, intents, failing) = world();
+        let new = intent("new", 10, &[("/a", string("y"))], &[]);
+        let spec = spec(pb::Encoding::JsonIetf, false);
+        let plan = plan_write(&spec, &snapshot, intents, failing, new).unwrap();
+        let set = plan.set.expect("something to send");
+        assert_eq!(updates(&set), vec![("/a".into(), ietf("\"y\""))]);
+        assert!(plan.clears.is_empty(), "{:?}", plan.clears);
+        assert_eq!(plan.remaining.len(), 3, "{:?}", plan.remaining);
+    }
+
+    #[test]
+    fn writing_a_failing_intent_again_plans_its_leaves() {
+        let (snapshot, intents, failing) = world();
+        let again = intent("stuck", 5, &[("/d", string("s"))], &[]);
+        let spec = spec(pb::Encoding::Proto, false);
+        let plan = plan_write(&spec, &snapshot, intents, failing, again).unwrap();
+        // PROTO: the typed value as given (running has no /d to copy).
+        assert_eq!(
+            updates(&plan.set.unwrap()),
+            vec![("/d".into(), string("s"))]
+        );
+        assert_eq!(paths(&plan.clears), [("/d".into(), "stuck".into())]);
+    }
+
+    #[test]
+    fn an_intent_that_only_loses_plans_nothing() {
+        let (snapshot, intents, failing) = world();
+        // Priority 99 loses /c to `other`, and deletes /x, which is absent.
+        let loser = intent("loser", 99, &[("/c", string("zzz"))], &["/x"]);
+        let spec = spec(pb::Encoding::JsonIetf, false);
+        let plan = plan_write(&spec, &snapshot, intents, failing, loser).unwrap();
+        assert!(plan.set.is_none(), "{:?}", plan.set);
+        assert!(plan.clears.is_empty());
+        assert_eq!(plan.remaining.len(), 3);
+    }
+
+    #[test]
+    fn a_dry_run_on_a_proto_device_writes_json_values_as_the_device_types_them() {
+        let running = Running::from_leaves([(Key::from("/mtu"), typed(V::UintVal(1500)))]);
+        let snapshot = Snapshot {
+            revision: 3,
+            time: None,
+            running,
+        };
+        let new = intent("mtu", 1, &[("/mtu", ietf("\"9000\""))], &[]);
+        let spec = spec(pb::Encoding::Proto, true);
+        let plan = plan_write(&spec, &snapshot, Vec::new(), BTreeSet::new(), new).unwrap();
+        assert_eq!(
+            updates(&plan.set.unwrap()),
+            vec![("/mtu".into(), typed(V::UintVal(9000)))]
+        );
+    }
 }

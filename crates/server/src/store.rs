@@ -251,12 +251,15 @@ impl Store {
     /// holds for it: an intent held in only one of the two places is still
     /// deleted (and its leaves, from either, withdrawn), so that the store and
     /// the engine agree again. `NotFound` only when neither holds it.
+    /// `withdraw_stored`: whether the stored row's leaves are withdrawn too
+    /// (not for an intent the engine holds aside as unusable).
     pub async fn delete_intent(
         &self,
         datastore: &str,
         name: &str,
         in_memory: bool,
         withdrawn: Vec<netsync_core::running::Key>,
+        withdraw_stored: bool,
     ) -> Result<bool, Error> {
         let (datastore, name) = (datastore.to_string(), name.to_string());
         self.writer
@@ -279,6 +282,7 @@ impl Store {
                     // The stored leaves too, when the engine lost them. A body
                     // that cannot be read adds none (it is deleted all the same).
                     if let Some(body) = body
+                        && withdraw_stored
                         && let Ok(proto) = netsync_proto::netsync::v1::Intent::decode(&body[..])
                         && let Ok(stored) = convert::intent_from_proto(proto, "stored")
                     {
@@ -291,11 +295,15 @@ impl Store {
             .await
     }
 
-    /// Every intent of `datastore`.
+    /// Every intent of `datastore` as stored, sorted by name, each named by
+    /// its row. Only bytes that do not decode are an error (`Damaged`):
+    /// what an intent means is checked by the engine against its datastore
+    /// (see [`crate::engine::Engine::start`]), which keeps one that today's
+    /// validation refuses visible instead of failing the datastore.
     pub async fn list_intents(
         &self,
         datastore: &str,
-    ) -> Result<Vec<netsync_core::intent::Intent>, Error> {
+    ) -> Result<Vec<netsync_proto::netsync::v1::Intent>, Error> {
         let rows = sqlx::query("SELECT name, body FROM intents WHERE datastore = ? ORDER BY name")
             .bind(datastore)
             .fetch_all(&self.readers)
@@ -303,20 +311,17 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let name: &str = row.try_get("name")?;
-                let damaged = |what: String, detail: String| Error::Damaged {
-                    datastore: datastore.to_string(),
-                    what,
-                    detail,
-                };
                 let body: &[u8] = row.try_get("body")?;
-                let proto = netsync_proto::netsync::v1::Intent::decode(body)
-                    .map_err(|e| damaged(format!("intent {name:?} is damaged"), e.to_string()))?;
-                convert::intent_from_proto(proto, "stored").map_err(|e| {
-                    damaged(
-                        format!("intent {name:?} cannot be used: {e}"),
-                        e.to_string(),
-                    )
-                })
+                let mut proto = netsync_proto::netsync::v1::Intent::decode(body).map_err(|e| {
+                    Error::Damaged {
+                        datastore: datastore.to_string(),
+                        what: format!("intent {name:?} is damaged"),
+                        detail: e.to_string(),
+                    }
+                })?;
+                // The row's name is the one GetIntent and DeleteIntent find.
+                proto.name = name.to_string();
+                Ok(proto)
             })
             .collect()
     }

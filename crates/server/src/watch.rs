@@ -80,6 +80,7 @@ impl<'a> CommitParts<'a> {
             let leaf = pb::Leaf {
                 path,
                 value: Some(value),
+                owner: String::new(),
             };
             self.make_room(framed(leaf.encoded_len()));
             self.open.updates.push(leaf);

@@ -50,6 +50,7 @@ pub async fn try_running(
         datastore: name.into(),
         path: String::new(),
         min_revision,
+        with_owner: false,
     });
     request.set_timeout(timeout);
     let mut stream = client.get_running(request).await?.into_inner();
@@ -88,6 +89,7 @@ pub async fn wait_revision(client: &mut Client, name: &str, revision: u64) -> u6
         // A path no device has: the answer carries the revision and no leaves.
         path: "/netsync-testkit-none".into(),
         min_revision: revision,
+        with_owner: false,
     });
     request.set_timeout(DEADLINE);
     let mut stream = client
@@ -198,10 +200,50 @@ pub async fn set_intent(client: &mut Client, name: &str, intent: pb::Intent) -> 
         .set_intent(pb::SetIntentRequest {
             datastore: name.into(),
             intent: Some(intent),
+            validate_only: false,
         })
         .await
         .unwrap_or_else(|s| panic!("SetIntent {intent_name} on {name}: {s:?}"))
         .into_inner()
+}
+
+/// The dry run of setting `intent` on datastore `name` (SetIntent with
+/// `validate_only`): the intent as it would be stored, with its plan.
+pub async fn plan_intent(
+    client: &mut Client,
+    name: &str,
+    intent: pb::Intent,
+) -> Result<pb::Intent, tonic::Status> {
+    client
+        .set_intent(pb::SetIntentRequest {
+            datastore: name.into(),
+            intent: Some(intent),
+            validate_only: true,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The leaves of datastore `name` under `path` with the intent that decides
+/// each (GetRunning with `with_owner`): path -> owner, empty where no intent
+/// covers the leaf.
+pub async fn owners(client: &mut Client, name: &str, path: &str) -> BTreeMap<String, String> {
+    let mut stream = client
+        .get_running(pb::GetRunningRequest {
+            datastore: name.into(),
+            path: path.into(),
+            min_revision: 0,
+            with_owner: true,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("GetRunning {name} {path} with owners: {s:?}"))
+        .into_inner();
+    let mut owners = BTreeMap::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.unwrap_or_else(|s| panic!("GetRunning {name} {path}: {s:?}"));
+        owners.extend(batch.leaves.into_iter().map(|l| (l.path, l.owner)));
+    }
+    owners
 }
 
 /// The intent `intent` of datastore `name`.

@@ -168,11 +168,13 @@ pub fn intent(name: &str, priority: i32, updates: &[(&str, &str)], deletes: &[&s
             .map(|(path, value)| pb::Leaf {
                 path: path.to_string(),
                 value: Some(crate::gnmi::string(*value)),
+                owner: String::new(),
             })
             .collect(),
         deletes: deletes.iter().map(|d| d.to_string()).collect(),
         non_revertive: false,
         revision: 0,
         status: None,
+        plan: None,
     }
 }

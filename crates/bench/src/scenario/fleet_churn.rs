@@ -354,6 +354,7 @@ async fn claims(device: &Device, names: &[String]) -> anyhow::Result<Vec<(String
             let leaf = pb::Leaf {
                 path: (*path).clone(),
                 value: Some((*value).clone()),
+                owner: String::new(),
             };
             (name.clone(), leaf)
         })
@@ -374,6 +375,7 @@ async fn set_base_intents(api: &Netsync, targets: &[(String, pb::Leaf)]) -> anyh
                 updates: vec![leaf.clone()],
                 ..Default::default()
             }),
+            validate_only: false,
         };
         async move {
             let mut tries = 1;

@@ -218,6 +218,7 @@ async fn write_intent(
         .set_intent(pb::SetIntentRequest {
             datastore: NAME.into(),
             intent: Some(intent),
+            validate_only: false,
         })
         .await
         .context("SetIntent")?;
@@ -243,6 +244,7 @@ async fn probe_writes(
                     "probe".into(),
                 )),
             }),
+            owner: String::new(),
         }],
         ..Default::default()
     };
@@ -314,6 +316,7 @@ async fn intent(device: &Device, count: usize) -> anyhow::Result<pb::Intent> {
         .map(|p| pb::Leaf {
             path: (*p).clone(),
             value: leaves.get(*p).cloned(),
+            owner: String::new(),
         })
         .collect();
     Ok(pb::Intent {

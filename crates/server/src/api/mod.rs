@@ -17,8 +17,10 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, Secrets};
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::intent_status::IntentStatus;
 use crate::jobs::Trigger;
 use crate::limits::{ApiLimits, WatcherSlots};
+use crate::reconcile;
 use crate::store::{self, DatastoreRow, Store, StoredDatastore};
 
 mod running;
@@ -308,7 +310,9 @@ impl NetSync for NetSyncService {
         let timeout = request_timeout(&request);
         let req = request.into_inner();
         let sync = self.require_sync("datastore", &req.datastore)?;
-        let stream = running::get_running(&sync, &req.path, req.min_revision, timeout).await?;
+        let stream =
+            running::get_running(&sync, &req.path, req.min_revision, req.with_owner, timeout)
+                .await?;
         Ok(Response::new(stream))
     }
 
@@ -344,6 +348,20 @@ impl NetSync for NetSyncService {
             .ok_or_else(|| Error::invalid("intent", "is required"))?;
         let mut intent =
             convert::intent_for_datastore(intent, "intent", sync.spec()).map_err(Error::from)?;
+        if req.validate_only {
+            // Checked exactly as a write is (above); planned, not written:
+            // nothing here touches the store, the engine's intents, the
+            // statuses, the generation or the device.
+            let failing = self.engine.failing_intents(&req.datastore);
+            let plan = reconcile::dry_run(&sync, failing, intent.clone()).map_err(|e| {
+                tracing::error!(datastore = %req.datastore, intent = %intent.name, error = %e, "cannot plan an intent");
+                Error::Internal(format!("cannot plan the intent: {e}"))
+            })?;
+            intent.revision = plan.revision;
+            let mut reply = convert::intent_with_status(&intent, &IntentStatus::pending());
+            reply.plan = Some(convert::plan_to_proto(&plan));
+            return Ok(Response::new(reply));
+        }
         let (store, engine) = (self.store.clone(), self.engine.clone());
         let reply = to_completion(async move {
             // Held for the store write and the memory update only: reconcile
@@ -371,12 +389,16 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::Intent>, Status> {
         let req = request.into_inner();
         let sync = self.require_sync("datastore", &req.datastore)?;
-        let intent = sync.intent(&req.name).ok_or_else(|| Error::NotFound {
+        if let Some(intent) = sync.intent(&req.name) {
+            let status = self.engine.intent_status(&req.datastore, &req.name);
+            return Ok(Response::new(convert::intent_with_status(&intent, &status)));
+        }
+        // A stored intent today's validation refuses is shown as stored.
+        let unusable = self.engine.unusable_intent(&req.datastore, &req.name);
+        Ok(Response::new(unusable.ok_or_else(|| Error::NotFound {
             kind: "intent",
             name: req.name.clone(),
-        })?;
-        let status = self.engine.intent_status(&req.datastore, &req.name);
-        Ok(Response::new(convert::intent_with_status(&intent, &status)))
+        })?))
     }
 
     async fn list_intents(
@@ -385,13 +407,15 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::ListIntentsResponse>, Status> {
         let name = request.into_inner().datastore;
         let sync = self.require_sync("datastore", &name)?;
-        Ok(Response::new(pb::ListIntentsResponse {
-            intents: sync
-                .intents()
-                .iter()
-                .map(|i| convert::intent_with_status(i, &self.engine.intent_status(&name, &i.name)))
-                .collect(),
-        }))
+        let mut intents: Vec<pb::Intent> = sync
+            .intents()
+            .iter()
+            .map(|i| convert::intent_with_status(i, &self.engine.intent_status(&name, &i.name)))
+            .collect();
+        // With the stored intents today's validation refuses, by name too.
+        intents.extend(self.engine.unusable_intents(&name));
+        intents.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::ListIntentsResponse { intents }))
     }
 
     async fn delete_intent(
@@ -417,7 +441,16 @@ impl NetSync for NetSyncService {
                 .map(|i| i.updates.keys().cloned().collect())
                 .unwrap_or_default();
             let queued = store
-                .delete_intent(&req.datastore, &req.name, in_memory.is_some(), withdrawn)
+                .delete_intent(
+                    &req.datastore,
+                    &req.name,
+                    in_memory.is_some(),
+                    withdrawn,
+                    // A stored intent today's checks refuse was never sent
+                    // to the device by this netsync: deleting it sends
+                    // nothing either.
+                    engine.unusable_intent(&req.datastore, &req.name).is_none(),
+                )
                 .await?;
             sync.remove_intent(&req.name);
             engine.intent_removed(&req.datastore, &req.name);

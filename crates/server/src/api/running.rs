@@ -1,9 +1,11 @@
 //! GetRunning: one consistent revision per call, a subtree filter, batches of
-//! at most about 1 MiB, and `min_revision` waits within the caller's deadline.
+//! at most about 1 MiB, `min_revision` waits within the caller's deadline,
+//! and with `with_owner` the intent that decides each leaf (a blame).
 
 use std::time::Duration;
 
 use netsync_core::Path;
+use netsync_core::intent::Owners;
 use netsync_core::running::Subtree;
 use netsync_core::sync::SyncHandle;
 use netsync_proto::netsync::v1 as pb;
@@ -21,11 +23,13 @@ const BATCH_BYTES: usize = 1 << 20;
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
 /// Streams running (or the subtree at `path`) of `sync` at one revision, once
-/// that revision is at least `min_revision`.
+/// that revision is at least `min_revision`; with `with_owner`, each leaf
+/// names the intent that decides it.
 pub async fn get_running(
     sync: &SyncHandle,
     path: &str,
     min_revision: u64,
+    with_owner: bool,
     timeout: Option<Duration>,
 ) -> Result<ResponseStream<pb::GetRunningResponse>, Error> {
     let path = Path::parse(path).map_err(|e| Error::invalid("path", e.to_string()))?;
@@ -55,6 +59,10 @@ pub async fn get_running(
             )));
         }
     };
+    // The intents as they are now, right after the snapshot was taken: the
+    // owners are those of the read's moment. Only their claims are indexed
+    // (no deviation is computed), and nothing at all without `with_owner`.
+    let owners = with_owner.then(|| Owners::new(&sync.intents()));
     let (tx, rx) = mpsc::channel(2);
     // Batches are built as the client reads them; the task ends with the call.
     tokio::spawn(async move {
@@ -71,9 +79,15 @@ pub async fn get_running(
         let mut size = 0;
         let mut sent = false;
         for (key, value) in leaves {
+            let owner = owners
+                .as_ref()
+                .and_then(|o| o.owner(&key))
+                .map(str::to_string)
+                .unwrap_or_default();
             let leaf = pb::Leaf {
                 path: key,
                 value: Some(value),
+                owner,
             };
             size += leaf.encoded_len() + 4;
             batch.leaves.push(leaf);

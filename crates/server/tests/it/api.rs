@@ -308,6 +308,7 @@ async fn unknown_datastores_are_named() {
         datastore: ds.into(),
         path: path.into(),
         min_revision: 0,
+        with_owner: false,
     };
     let err = client.get_running(running("r1", "/a[")).await.unwrap_err();
     assert_status(&err, Code::InvalidArgument, &["path"]);
@@ -328,6 +329,7 @@ async fn unknown_datastores_are_named() {
         .set_intent(pb::SetIntentRequest {
             datastore: "r1".into(),
             intent: None,
+            validate_only: false,
         })
         .await
         .unwrap_err();

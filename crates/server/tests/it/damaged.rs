@@ -132,6 +132,7 @@ async fn assert_stopped(client: &mut Client, name: &str, words: &[&str]) {
             .set_intent(pb::SetIntentRequest {
                 datastore: name.into(),
                 intent: Some(intent("mtu", 10, &[("/system/mtu", "9000")], &[])),
+                validate_only: false,
             })
             .await
             .unwrap_err(),

@@ -192,6 +192,7 @@ async fn intent_for(sim: &Sim, form: Form) -> (pb::Intent, Vec<(String, TypedVal
             .map(|(path, value)| pb::Leaf {
                 path,
                 value: Some(value),
+                owner: String::new(),
             })
             .collect(),
         ..Default::default()
@@ -320,6 +321,7 @@ async fn the_readme_set_intent_example_converges() {
         updates: vec![pb::Leaf {
             path: "/system/config/hostname".into(),
             value: Some(string("leaf1")),
+            owner: String::new(),
         }],
         deletes: vec![guest.into()],
         ..Default::default()

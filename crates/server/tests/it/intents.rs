@@ -18,6 +18,7 @@ fn set(ds: &str, intent: pb::Intent) -> pb::SetIntentRequest {
     pb::SetIntentRequest {
         datastore: ds.into(),
         intent: Some(intent),
+        validate_only: false,
     }
 }
 
@@ -83,6 +84,7 @@ async fn until_deviations(
             datastore: "r1".into(),
             path: "/none".into(),
             min_revision: revision + 1,
+            with_owner: false,
         });
         wait.set_timeout(Duration::from_secs(1));
         let _ = client.get_running(wait).await;
@@ -124,6 +126,7 @@ async fn bad_intents_get_clear_errors() {
                 updates: vec![pb::Leaf {
                     path: "/a".into(),
                     value: None,
+                    owner: String::new(),
                 }],
                 ..intent("i", 0, &[], &[])
             },
@@ -197,6 +200,7 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
         datastore: "r1".into(),
         path: String::new(),
         min_revision: 1,
+        with_owner: false,
     });
     first.set_timeout(DEADLINE);
     client.get_running(first).await.unwrap();
@@ -338,6 +342,7 @@ async fn intents_are_checked_against_their_datastore() {
         updates: vec![pb::Leaf {
             path: path.into(),
             value: Some(value),
+            owner: String::new(),
         }],
         ..intent("i", 0, &[], &[])
     };

@@ -255,6 +255,7 @@ async fn calls_without_a_deadline_get_the_servers() {
         datastore: "r1".into(),
         path: String::new(),
         min_revision: 1_000_000,
+        with_owner: false,
     };
     let err = match client.get_running(request).await {
         Ok(_) => panic!("min_revision 1000000 was reached"),

@@ -10,6 +10,7 @@ mod against_sim;
 mod api;
 mod damaged;
 mod health_reflection;
+mod intent_plan;
 mod intent_values;
 mod intents;
 mod limits;

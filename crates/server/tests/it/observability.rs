@@ -60,9 +60,11 @@ async fn apply_intent(client: &mut NetSyncClient<Channel>) {
                 updates: vec![pb::Leaf {
                     path: "/system/intent/motd".into(),
                     value: Some(string("hello")),
+                    owner: String::new(),
                 }],
                 ..Default::default()
             }),
+            validate_only: false,
         })
         .await
         .unwrap();

@@ -222,6 +222,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
                 datastore: "r1".into(),
                 path: String::new(),
                 min_revision: 0,
+                with_owner: false,
             })
             .await
             .unwrap()
@@ -251,6 +252,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
             datastore: "r1".into(),
             path: String::new(),
             min_revision: revision + 1,
+            with_owner: false,
         });
         wait.set_timeout(std::time::Duration::from_secs(2));
         let _ = client.get_running(wait).await;

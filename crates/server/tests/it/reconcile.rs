@@ -379,6 +379,7 @@ async fn a_stalled_revert_never_holds_up_the_sync() {
             datastore: "r1".into(),
             path: "/system/churn".into(),
             min_revision: revision + 1,
+            with_owner: false,
         });
         request.set_timeout(Duration::from_secs(5));
         let mut stream = client.get_running(request).await.unwrap().into_inner();

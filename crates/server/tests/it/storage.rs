@@ -386,6 +386,7 @@ async fn disk_full_deterministic_loses_nothing_and_recovers_by_itself() {
         .set_intent(pb::SetIntentRequest {
             datastore: "r1".into(),
             intent: Some(big),
+            validate_only: false,
         })
         .await
         .unwrap_err();
@@ -653,6 +654,7 @@ async fn fleet_write_load_with_concurrent_intent_writes_has_no_errors() {
                                 &[(&path(d, step), &value(d, step))],
                                 &[],
                             )),
+                            validate_only: false,
                         })
                         .await;
                     errors.extend(written.err());

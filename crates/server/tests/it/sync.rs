@@ -91,6 +91,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
         datastore: "r1".into(),
         path: "/system".into(),
         min_revision: 0,
+        with_owner: false,
     });
     request.set_timeout(DEADLINE);
     let batch = client
@@ -182,6 +183,7 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
         datastore: "r1".into(),
         path: String::new(),
         min_revision: 1000,
+        with_owner: false,
     });
     request.set_timeout(Duration::from_millis(200));
     let err = client.get_running(request).await.unwrap_err();
@@ -206,6 +208,7 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
             datastore: "r1".into(),
             path: "/a[".into(),
             min_revision: 0,
+            with_owner: false,
         })
         .await
         .unwrap_err();
