@@ -248,6 +248,7 @@ fn intent(datastore: &str, k: u64) -> pb::Intent {
                 value: Some(gnmi::TypedValue {
                     value: Some(value(leaf)),
                 }),
+                owner: String::new(),
             })
             .collect(),
         ..Default::default()
@@ -287,6 +288,7 @@ async fn write_and_wait(
             .set_intent(pb::SetIntentRequest {
                 datastore: datastore.clone(),
                 intent: Some(intent.clone()),
+                validate_only: false,
             })
             .await
             .with_context(|| format!("SetIntent on {datastore}"))?

@@ -231,6 +231,7 @@ async fn authorization_by_certificate_identity() {
         .set_intent(pb::SetIntentRequest {
             datastore: "r1".into(),
             intent: Some(intent("i2", 10, &leaf, &[])),
+            validate_only: false,
         })
         .await
         .unwrap_err();
