@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::client::{next_event, watch};
 use netsync_testkit::datastore::{DatastoreBuilder, create};
+use netsync_testkit::deadline::within;
 use netsync_testkit::device::Device;
 use netsync_testkit::pki::Ca;
 use pb::net_sync_client::NetSyncClient;
@@ -184,12 +185,15 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
     client.create_datastore(ds.create()).await.unwrap();
     let mut events = watch(&mut client, "r1", 1).await;
 
-    // A burst the device keeps sending while netsyncd is killed.
+    // A burst the device keeps sending until netsyncd has been killed, so
+    // the kill lands in its middle however loaded the machine is.
     let burst_device = device.clone();
+    let (stop_burst, stopped) = tokio::sync::watch::channel(false);
     let burst = tokio::spawn(async move {
-        // Paced (10 changes a millisecond) so that the kill lands in the middle.
+        // Paced (10 changes a millisecond): commits keep landing meanwhile.
         let mut pace = tokio::time::interval(std::time::Duration::from_millis(1));
-        for i in 0..3000 {
+        let mut i = 0u64;
+        while !*stopped.borrow() {
             burst_device.set(
                 &format!("/interfaces/interface[name=eth{}]/counter", i % 300),
                 &i.to_string(),
@@ -197,7 +201,9 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
             if i % 10 == 0 {
                 pace.tick().await;
             }
+            i += 1;
         }
+        i
     });
     let mut before: Vec<SeenCommit> = Vec::new();
     while before.len() < 5 {
@@ -205,10 +211,15 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
         before.extend(seen(event));
     }
     daemon.kill_hard();
-    assert!(!burst.is_finished(), "the kill landed after the burst");
+    // Stopped only now: the device changed while netsyncd was being killed.
+    let sent = within(async {
+        let _ = stop_burst.send(true);
+        burst.await.unwrap()
+    })
+    .await;
+    assert!(sent > 0);
     drop(events);
     drop(client);
-    burst.await.unwrap();
 
     let daemon = Netsyncd::start(&db);
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
