@@ -198,7 +198,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
                 &format!("/interfaces/interface[name=eth{}]/counter", i % 300),
                 &i.to_string(),
             );
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 pace.tick().await;
             }
             i += 1;
