@@ -61,8 +61,10 @@ impl Ingest {
                 Ok(()) => return,
                 Err(_) => {
                     tracing::error!(datastore = %self.shared.name, "ingest task panicked; restarting it with a resync");
+                    // Its connection went with it: a commit of that
+                    // connection's dump must not announce IN_SYNC now.
                     self.shared
-                        .set_error("internal error in the ingest; resynced");
+                        .disconnected("internal error in the ingest; resynced".into());
                     self.shared
                         .pending
                         .lock()

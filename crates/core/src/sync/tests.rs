@@ -483,3 +483,58 @@ async fn state_changes_and_their_events_leave_in_one_order() {
     drop(conn);
     handle.stop().await;
 }
+
+/// The ingest panics (a bug) after the dump's `sync_response`, while the
+/// dump's commit waits for the store: its connection is gone, so the commit
+/// becoming durable afterwards must not announce IN_SYNC or clear the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_commit_durable_after_the_ingest_panicked_does_not_claim_in_sync() {
+    let persist = GatedPersist::held();
+    let (handle, mut device) = start(
+        SyncLimits {
+            // The ingest pauses a second after the panic; long enough.
+            backoff_max: Duration::from_secs(3600),
+            ..limits()
+        },
+        persist.clone(),
+    );
+    hook(&handle, |point| {
+        async move {
+            if point == (Point::IngestApply { deletes: false }) {
+                panic!("injected: a bug in the ingest");
+            }
+        }
+        .boxed()
+    });
+    let mut events = handle.subscribe();
+    let conn = accept(&mut device).await;
+    send(&conn, sync_response());
+    send(&conn, notification(&[("/a", "1")], &[]));
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let EventKind::StateChanged {
+                state: SyncState::Disconnected,
+                ..
+            } = events.recv().await.unwrap().kind
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("DISCONNECTED after the ingest panicked");
+    persist.gate.close();
+    wait_revision(&handle, 1).await;
+    // Ends the committer after it finished that commit (it does not await
+    // after publishing).
+    handle.stop().await;
+    let states = drain(&mut events);
+    assert!(
+        !states.contains(&SyncState::InSync),
+        "IN_SYNC announced without a connection: {states:?}"
+    );
+    assert_eq!(
+        handle.status().last_error,
+        "internal error in the ingest; resynced"
+    );
+}
