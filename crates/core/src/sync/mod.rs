@@ -339,6 +339,8 @@ struct Shared {
     /// Clients sent every event (see [`SyncHandle::subscribe_watching`]).
     watching: Arc<AtomicUsize>,
     pending: Mutex<Pending>,
+    /// A state change and its event are made under it (see
+    /// [`Shared::transition`]); taken before `last_event`.
     status: Mutex<Status>,
     stats: Stats,
     snapshot: watch::Sender<Snapshot>,
