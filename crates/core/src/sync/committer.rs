@@ -19,9 +19,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{
-    Committed, Control, Encoded, Event, EventKind, Payload, Persist, Shared, Snapshot, SyncState,
-};
+use super::{Committed, Control, Encoded, Event, EventKind, Payload, Persist, Shared, Snapshot};
 use crate::running::{Batch, Delta};
 
 /// Durations of the last few commits of changes (dumps excluded: they are
@@ -95,6 +93,8 @@ impl Committer {
             if AssertUnwindSafe(self.run()).catch_unwind().await.is_err() {
                 self.drop_batch();
                 self.fail("internal error in the committer".into());
+                #[cfg(test)]
+                self.shared.at(super::Point::CommitterFailed).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -125,6 +125,8 @@ impl Committer {
 
     /// Sorts a batch of dump `seq` off the async workers and gives it back.
     async fn sort(&self, seq: u64, batch: Batch) {
+        #[cfg(test)]
+        self.shared.at(super::Point::SortTaken).await;
         let run = match tokio::task::spawn_blocking(move || batch.sort()).await {
             Ok(run) => run,
             Err(e) => {
@@ -245,6 +247,8 @@ impl Committer {
     }
 
     async fn commit(&self, delta: Delta, replace: bool, initial: bool, generation: u64) {
+        #[cfg(test)]
+        self.shared.at(super::Point::CommitApply { replace }).await;
         let base = self
             .durable
             .lock()
@@ -348,12 +352,10 @@ impl Committer {
             self.shared.keep_recent(event, weight);
             *last_event = revision;
         }
-        // Only the current connection's dump makes the sync IN_SYNC: an older
-        // one committed late says nothing about the connection now.
-        if initial && generation == self.shared.generation.load(Ordering::SeqCst) {
-            self.shared.set_error(String::new());
-            self.shared
-                .set_state(SyncState::InSync, "initial dump committed");
+        // Only while its connection is the current one and up (checked and
+        // changed under one lock with the ingest's transitions).
+        if initial {
+            self.shared.in_sync_if_current(generation);
         }
     }
 
@@ -403,6 +405,7 @@ impl Committer {
         self.shared.set_error(error.clone());
         // Changes after the lost delta would be committed on the wrong base,
         // giving a running the device never had; the resync brings them back.
+        // So do those the ingest reads until it handles the resync (`lost`).
         {
             let mut pending = self
                 .shared
@@ -411,6 +414,7 @@ impl Committer {
                 .unwrap_or_else(PoisonError::into_inner);
             pending.open = Delta::new();
             pending.open_since = None;
+            pending.lost = true;
         }
         self.shared.ingest_wake.notify_one();
         if self

@@ -8,8 +8,9 @@
 //! waiting for it. It awaits only the device (through read-ahead), its
 //! control channel, the backoff and poll timers, and `ingest_wake` in two
 //! cases: while the open delta is at its cap (backpressure, until the
-//! committer takes it) and, before a delete, while a batch of the dump is out
-//! being sorted.
+//! committer takes it) and, before a delete in the dump, while a batch of the
+//! dump is out being sorted (checked under the lock the delete is applied
+//! under).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,8 +61,10 @@ impl Ingest {
                 Ok(()) => return,
                 Err(_) => {
                     tracing::error!(datastore = %self.shared.name, "ingest task panicked; restarting it with a resync");
+                    // Its connection went with it: a commit of that
+                    // connection's dump must not announce IN_SYNC now.
                     self.shared
-                        .set_error("internal error in the ingest; resynced");
+                        .disconnected("internal error in the ingest; resynced".into());
                     self.shared
                         .pending
                         .lock()
@@ -83,8 +86,7 @@ impl Ingest {
                 self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             first = false;
-            self.shared.generation.fetch_add(1, Ordering::SeqCst);
-            self.shared.set_state(SyncState::Connecting, "connecting");
+            self.shared.connecting();
             let reached_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let ended = match self.spec.sync.mode {
                 SyncMode::OnChange | SyncMode::Sample => self.stream(&reached_sync).await,
@@ -98,14 +100,14 @@ impl Ingest {
                 .dump = None;
             let delay = match ended {
                 Ended::Resync(reason) => {
+                    self.resync_handled();
                     self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
                     self.shared.set_state(SyncState::Disconnected, reason);
                     continue;
                 }
                 Ended::Failed(reason) => {
                     tracing::warn!(datastore = %self.shared.name, %reason, "sync connection ended");
-                    self.shared.set_error(reason.clone());
-                    self.shared.set_state(SyncState::Disconnected, reason);
+                    self.shared.disconnected(reason);
                     if reached_sync.load(Ordering::Relaxed) {
                         backoff = self.limits.backoff_min;
                     }
@@ -118,12 +120,28 @@ impl Ingest {
                 () = tokio::time::sleep(delay) => {}
                 control = self.control.recv() => match control {
                     Some(Control::Resync(_)) => {
+                        self.resync_handled();
                         self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
                     }
                     None => return,
                 },
             }
         }
+    }
+
+    /// A resync is handled: the connection it starts dumps the device's whole
+    /// state, which supersedes `open`. Emptied now, `open` cannot be
+    /// committed on a base that lacks a lost commit (see `Pending::lost`);
+    /// after this, changes go to the new dump.
+    fn resync_handled(&self) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending.open = Delta::new();
+        pending.open_since = None;
+        pending.lost = false;
     }
 
     /// Starts a new generation: its dump will replace running within the
@@ -162,33 +180,36 @@ impl Ingest {
         self.shared.committer_wake.notify_one();
     }
 
-    /// Waits, if `n` deletes something, until no batch of the dump is out
-    /// being sorted: the delete must apply after the updates in it.
-    async fn ready_for(&self, note: Note<'_>) {
-        if !note.has_deletes() {
-            return;
-        }
+    /// Applies one notification to the segment it belongs to. A delete in
+    /// the dump waits until no batch of the dump is out being sorted: the
+    /// batch's updates came before it. Whether one is out is checked under
+    /// the same lock as the delete is applied, so the committer cannot take a
+    /// batch in between.
+    async fn apply(&self, note: Note<'_>) -> Result<(), String> {
+        #[cfg(test)]
+        self.shared
+            .at(super::Point::IngestApply {
+                deletes: note.has_deletes(),
+            })
+            .await;
         loop {
             let wake = self.shared.ingest_wake.notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            let out = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .batch_out;
-            if !out {
-                return;
+            if self.ingest(note)? {
+                return Ok(());
             }
+            #[cfg(test)]
+            self.shared.at(super::Point::IngestWaits).await;
             wake.await;
         }
     }
 
-    /// Applies one notification to the segment it belongs to.
-    fn ingest(&self, note: Note<'_>) -> Result<(), String> {
+    /// Applies one notification to the segment it belongs to, unless it
+    /// deletes something in the dump while a batch of the dump is out: then
+    /// it applies nothing and answers `false` (wait for `ingest_wake`).
+    fn ingest(&self, note: Note<'_>) -> Result<bool, String> {
         let stats = &self.shared.stats;
-        stats.notifications.fetch_add(1, Ordering::Relaxed);
         let counts = {
             let mut pending = self
                 .shared
@@ -200,6 +221,14 @@ impl Ingest {
                 Some(dump) => (dump, false),
                 None => (&mut pending.open, true),
             };
+            if !is_open && pending.batch_out && note.has_deletes() {
+                return Ok(false);
+            }
+            stats.notifications.fetch_add(1, Ordering::Relaxed);
+            if is_open && pending.lost {
+                // After a lost commit, until the resync: see `Pending::lost`.
+                return Ok(true);
+            }
             let counts = match note {
                 Note::Fast(n) => n.apply(delta),
                 Note::Decoded(n) => self.decoder.apply(n, delta).map_err(|e| e.to_string())?,
@@ -225,7 +254,7 @@ impl Ingest {
         }
         stats.updates.fetch_add(counts.updates, Ordering::Relaxed);
         stats.deletes.fetch_add(counts.deletes, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 
     /// Waits while the open delta is at its cap, so the device is pushed back
@@ -319,6 +348,8 @@ impl Ingest {
         let mut in_dump = true;
         loop {
             self.respect_cap().await;
+            #[cfg(test)]
+            self.shared.at(super::Point::IngestWaits).await;
             let next = tokio::select! {
                 next = responses.next() => next,
                 control = self.control.recv() => return match control {
@@ -331,8 +362,7 @@ impl Ingest {
                 Some(Err(e)) => return Ended::Failed(format!("subscription failed: {e}")),
                 Some(Ok(step)) => match step {
                     Step::Apply(note) => {
-                        self.ready_for(note.as_note()).await;
-                        if let Err(e) = self.ingest(note.as_note()) {
+                        if let Err(e) = self.apply(note.as_note()).await {
                             return self.bad_input(e);
                         }
                     }
@@ -405,8 +435,8 @@ impl Ingest {
             }),
         };
         for n in &response.notification {
-            self.ready_for(Note::Decoded(n)).await;
-            self.ingest(Note::Decoded(n))
+            self.apply(Note::Decoded(n))
+                .await
                 .map_err(|e| self.bad_input(e))?;
         }
         Ok(())
@@ -480,8 +510,9 @@ impl Ingest {
                 Some(Err(e)) => return Err(Ended::Failed(format!("subscription failed: {e}"))),
                 Some(Ok(step)) => match step {
                     Step::Apply(note) => {
-                        self.ready_for(note.as_note()).await;
-                        self.ingest(note.as_note()).map_err(|e| self.bad_input(e))?;
+                        self.apply(note.as_note())
+                            .await
+                            .map_err(|e| self.bad_input(e))?;
                     }
                     Step::Sync => return Ok(()),
                     Step::Skip => {}

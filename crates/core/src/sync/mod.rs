@@ -51,6 +51,8 @@ mod committer;
 mod ingest;
 mod pending;
 mod read_ahead;
+#[cfg(test)]
+mod tests;
 
 use committer::Committer;
 use ingest::Ingest;
@@ -337,6 +339,8 @@ struct Shared {
     /// Clients sent every event (see [`SyncHandle::subscribe_watching`]).
     watching: Arc<AtomicUsize>,
     pending: Mutex<Pending>,
+    /// A state change and its event are made under it (see
+    /// [`Shared::transition`]); taken before `last_event`.
     status: Mutex<Status>,
     stats: Stats,
     snapshot: watch::Sender<Snapshot>,
@@ -350,6 +354,7 @@ struct Shared {
     /// published, so that both change together.
     intended: Mutex<Intended>,
     /// The current connection; each (re)connection takes the next number.
+    /// Changed only under `status` (see [`Shared::connecting`]).
     generation: AtomicU64,
     /// The device.
     target: Arc<dyn Target>,
@@ -357,13 +362,59 @@ struct Shared {
     spec: DatastoreSpec,
     /// The revision of the last commit event sent. Held while an event is
     /// sent, so events leave in revision order and state changes carry the
-    /// revision of the last commit event before them.
+    /// revision of the last commit event before them. Taken after `status`
+    /// when both are held (a state change and its event).
     last_event: Mutex<u64>,
     /// Commit events still holding their change, oldest first, with the
     /// leaves each holds; trimmed to `event_leaves` as events are sent.
     recent: Mutex<Recent>,
     event_leaves: usize,
     event_buffer: usize,
+    /// Where a unit test pauses the tasks (see [`Point`]).
+    #[cfg(test)]
+    hook: std::sync::OnceLock<Hook>,
+    /// Run by a unit test after the state changed and before its event is sent.
+    #[cfg(test)]
+    on_state: std::sync::OnceLock<Arc<dyn Fn(SyncState) + Send + Sync>>,
+}
+
+/// Places in the tasks where a unit test may pause one of them, to force an
+/// interleaving that is otherwise a matter of timing.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Point {
+    /// The ingest is about to apply a notification.
+    IngestApply {
+        /// Whether it deletes something.
+        deletes: bool,
+    },
+    /// The ingest is about to wait: for the device's next response, or for a
+    /// batch of the dump to come back.
+    IngestWaits,
+    /// The committer took a batch of the dump and is about to sort it.
+    SortTaken,
+    /// The committer is about to apply a delta it took.
+    CommitApply {
+        /// Whether it is a replace (a dump).
+        replace: bool,
+    },
+    /// The committer failed (it has forced a resync) and is about to restart.
+    CommitterFailed,
+}
+
+/// What a unit test runs at each [`Point`]; the task waits for its future.
+#[cfg(test)]
+type Hook = Arc<dyn Fn(Point) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[cfg(test)]
+impl Shared {
+    /// Runs the test's hook at `point`, if one is set.
+    async fn at(&self, point: Point) {
+        let hook = self.hook.get().cloned();
+        if let Some(hook) = hook {
+            hook(point).await;
+        }
+    }
 }
 
 /// Commit events still holding their change, oldest first, each with the
@@ -398,13 +449,22 @@ impl Shared {
     }
 
     fn set_state(&self, state: SyncState, reason: impl Into<String>) {
-        let reason = reason.into();
-        {
-            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-            if status.state == state {
-                return;
-            }
-            status.state = state;
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        self.transition(&mut status, state, reason.into());
+    }
+
+    /// Moves to `state` and sends its event, both under the `status` lock
+    /// the caller holds: state changes and their events are then observed
+    /// in one order, so the last event always says the current state.
+    /// STOPPED is final: a task still ending cannot move the sync out of it.
+    fn transition(&self, status: &mut Status, state: SyncState, reason: String) {
+        if status.state == state || status.state == SyncState::Stopped {
+            return;
+        }
+        status.state = state;
+        #[cfg(test)]
+        if let Some(on_state) = self.on_state.get() {
+            on_state(state);
         }
         tracing::info!(datastore = %self.name, ?state, %reason, "sync state");
         let last_event = self
@@ -417,6 +477,43 @@ impl Shared {
             kind: EventKind::StateChanged { state, reason },
             encoded: Encoded::default(),
         }));
+    }
+
+    /// Starts the next connection attempt: a new generation, CONNECTING.
+    fn connecting(&self) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        // Changed under `status` only, so that `in_sync_if_current` sees the
+        // generation and the state of one moment.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.transition(&mut status, SyncState::Connecting, "connecting".into());
+    }
+
+    /// The connection failed: DISCONNECTED with `reason` as the last error,
+    /// at once, so that nothing can clear the error in between.
+    fn disconnected(&self, reason: String) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.last_error.clone_from(&reason);
+        self.transition(&mut status, SyncState::Disconnected, reason);
+    }
+
+    /// IN_SYNC, now that connection `generation`'s initial dump is durable,
+    /// if that connection is still the current one and still receiving
+    /// (INITIAL_SYNC): an older connection's dump, or one that became durable
+    /// after its link dropped, says nothing about the device now. Clears the
+    /// last error with it.
+    fn in_sync_if_current(&self, generation: u64) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.state != SyncState::InitialSync
+            || self.generation.load(Ordering::SeqCst) != generation
+        {
+            return;
+        }
+        status.last_error.clear();
+        self.transition(
+            &mut status,
+            SyncState::InSync,
+            "initial dump committed".into(),
+        );
     }
 
     fn set_error(&self, error: impl Into<String>) {
@@ -510,6 +607,10 @@ impl SyncHandle {
             recent: Mutex::new(Recent::default()),
             event_leaves: limits.event_leaves.max(1),
             event_buffer: limits.event_buffer.max(1),
+            #[cfg(test)]
+            hook: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            on_state: std::sync::OnceLock::new(),
             events,
             committer_wake: Notify::new(),
             ingest_wake: Notify::new(),

@@ -14,7 +14,10 @@
 //!
 //! Sealing a dump supersedes `open` and any older `sealed`: the dump is the
 //! device's whole state within the subscribed paths, so the older changes are
-//! already reflected in it (or were undone on the device).
+//! already reflected in it (or were undone on the device). For the same
+//! reason a resync, when the ingest handles it, empties `open`: the next dump
+//! supersedes it, and after a lost commit (`lost`) it would not be committed
+//! on the right base.
 
 use tokio::time::Instant;
 
@@ -37,6 +40,12 @@ pub(super) struct Pending {
     pub(super) open: Delta,
     /// When the oldest change in `open` arrived.
     pub(super) open_since: Option<Instant>,
+    /// A delta taken by the committer was lost (it failed and forced a
+    /// resync): until the ingest handles that resync, changes after the
+    /// barrier are not kept, since committed on a base without the lost ones
+    /// they would make a running the device never had. The resync's dump
+    /// brings them back.
+    pub(super) lost: bool,
 }
 
 /// A dump closed by its `sync_response`.

@@ -525,3 +525,71 @@ async fn a_late_commit_of_an_old_connection_does_not_claim_in_sync() {
     assert_eq!(leaf(&handle, "/a").as_deref(), Some("2"));
     handle.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_commit_durable_after_the_link_dropped_does_not_claim_in_sync() {
+    let persist = TestPersist::held();
+    let (target, mut device) = FakeTarget::new();
+    let handle = SyncHandle::start(
+        spec(SyncMode::OnChange, Duration::from_millis(5)),
+        Arc::new(target),
+        persist.clone(),
+        Snapshot::default(),
+        // The ingest stays in its backoff for the rest of the test.
+        SyncLimits {
+            backoff_min: Duration::from_secs(3600),
+            backoff_max: Duration::from_secs(3600),
+            ..SyncLimits::default()
+        },
+    );
+    let mut events = handle.subscribe();
+    let conn = device.accept().await;
+    send(&conn, update("/a", "1"));
+    send(&conn, sync_response());
+    // The dump's commit is held in the store while the link drops.
+    conn.responses
+        .send(Err(netsync_core::device::TargetError::new(
+            tonic::Code::Unavailable,
+            "link down",
+        )))
+        .unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if matches!(
+                event.kind,
+                EventKind::StateChanged {
+                    state: SyncState::Disconnected,
+                    ..
+                }
+            ) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("disconnected in time");
+    persist.release_all();
+    let (revision, replace, _) = next_commit(&mut events).await;
+    assert_eq!((revision, replace), (1, true));
+    // The committer sends nothing more of that commit after the task ended.
+    handle.stop().await;
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(
+                event.kind,
+                EventKind::StateChanged {
+                    state: SyncState::InSync,
+                    ..
+                }
+            ),
+            "IN_SYNC announced while the device is disconnected"
+        );
+    }
+    let status = handle.status();
+    assert!(
+        status.last_error.contains("link down"),
+        "the disconnect's error is kept: {:?}",
+        status.last_error
+    );
+}
