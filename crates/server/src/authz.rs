@@ -17,7 +17,8 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::tls_serve::PeerInfo;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -158,8 +159,8 @@ where
         let role = Role::needed_for(request.uri().path());
         let identities = request
             .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs)
+            .get::<PeerInfo>()
+            .and_then(|peer| peer.certificates.clone())
             .and_then(|chain| chain.first().map(|leaf| identities(leaf)))
             .unwrap_or_default();
         if authorization.allows(&identities, role) {

@@ -19,6 +19,9 @@ use crate::tls::{ApiTls, TlsArgs, TlsError, TlsFile};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Default database.
 pub const DEFAULT_DB: &str = "sqlite://netsync.db";
+/// How often the API's TLS files are read again: a rotated certificate
+/// serves new connections within this long.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// How long in-flight calls may run on after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -180,6 +183,8 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// Where the plaintext health-only listener is, if anywhere.
     pub health_listen: Option<String>,
+    /// How often the API's TLS files are read again for a rotation.
+    pub tls_reload_interval: Duration,
     /// Who may call what, by client-certificate identity; `None`: every
     /// client that the transport admits may call everything.
     pub authorization: Option<Authorization>,
@@ -203,6 +208,7 @@ impl Config {
             api_limits: ApiLimits::default(),
             metrics_listen: None,
             health_listen: None,
+            tls_reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
             authorization: None,
             max_page_count: crate::writer::PageLimit::default(),
         }
@@ -278,6 +284,7 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             health_listen: args.health_listen.or(file.health_listen),
+            tls_reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
             max_page_count: crate::writer::PageLimit::default(),
         })
     }

@@ -17,8 +17,8 @@ use netsync_core::sync::SyncState;
 use netsync_proto::gnmi::typed_value;
 use netsync_proto::netsync::v1 as pb;
 
+use crate::dry_run::DryRun;
 use crate::intent_status::{IntentState, IntentStatus};
-use crate::reconcile::DryRun;
 
 /// Whether secrets go into the output: only the store may keep them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -370,7 +370,7 @@ impl Engine {
         }
         tracing::info!(datastore = %name, intents = ?were_failing, "resync: failing intents are applied again");
         let triggers = were_failing.into_iter().map(Trigger::Apply).collect();
-        match jobs::enqueue_all(&self.store, name, triggers).await {
+        match jobs::enqueue_all(self.store.writer(), name, triggers).await {
             Ok(created) => self.queued(name, created),
             Err(error) => {
                 tracing::warn!(datastore = %name, %error, "resync: cannot queue the failing intents to be applied again")

@@ -16,7 +16,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use crate::error::Error;
-use crate::store::{Store, from_micros, to_micros};
+use crate::stored_time::{from_micros, to_micros};
+use crate::writer::Writer;
 
 /// Why a job is queued.
 #[derive(Debug, Clone)]
@@ -99,23 +100,22 @@ pub async fn enqueue(
 
 /// Queues a job for `datastore` on its own (a revert after drift).
 pub async fn enqueue_alone(
-    store: &Store,
+    writer: &Writer,
     datastore: &str,
     trigger: Trigger,
 ) -> Result<bool, Error> {
-    enqueue_all(store, datastore, vec![trigger]).await
+    enqueue_all(writer, datastore, vec![trigger]).await
 }
 
 /// Queues every one of `triggers` for `datastore` in one transaction (they
 /// coalesce into the queued job); returns whether a new job was created.
 pub async fn enqueue_all(
-    store: &Store,
+    writer: &Writer,
     datastore: &str,
     triggers: Vec<Trigger>,
 ) -> Result<bool, Error> {
     let datastore = datastore.to_string();
-    store
-        .writer()
+    writer
         .write(move |conn| {
             Box::pin(async move {
                 let mut created = false;
@@ -188,12 +188,11 @@ async fn remove(conn: &mut SqliteConnection, datastore: &str, running: i64) -> R
 /// again is harmless: a job plans from the deviations when it runs). Such a
 /// row alone is claimed too. So one failed clean-up never wedges a datastore.
 pub async fn take_due(
-    store: &Store,
+    writer: &Writer,
     datastore: &str,
 ) -> Result<Result<Job, Option<Duration>>, Error> {
     let datastore = datastore.to_string();
-    store
-        .writer()
+    writer
         .write(move |conn| {
             Box::pin(async move {
                 let leftover = get(conn, &datastore, 1).await?;
@@ -234,10 +233,9 @@ pub async fn take_due(
 /// one transaction, and returns the running job as it now is (`None`: nothing
 /// was queued). A running job does this when an intent write makes it plan
 /// again, so that what the write queued is done by it at once.
-pub async fn absorb(store: &Store, datastore: &str) -> Result<Option<Job>, Error> {
+pub async fn absorb(writer: &Writer, datastore: &str) -> Result<Option<Job>, Error> {
     let datastore = datastore.to_string();
-    store
-        .writer()
+    writer
         .write(move |conn| {
             Box::pin(async move {
                 let Some(queued) = get(conn, &datastore, 0).await? else {
@@ -255,21 +253,20 @@ pub async fn absorb(store: &Store, datastore: &str) -> Result<Option<Job>, Error
 
 /// Removes the running job of `datastore`: it ended. If this fails, the next
 /// [`take_due`] takes the row over.
-pub async fn finish(store: &Store, datastore: &str) -> Result<(), Error> {
+pub async fn finish(writer: &Writer, datastore: &str) -> Result<(), Error> {
     let datastore = datastore.to_string();
-    store
-        .writer()
+    writer
         .write(move |conn| Box::pin(async move { remove(conn, &datastore, 1).await }))
         .await
 }
 
 /// Jobs in the queue of each datastore that has any: `(datastore, running, count)`.
 /// `running` is false for the queued job, true for the one being run.
-pub async fn queue_depth(store: &Store) -> Result<Vec<(String, bool, u64)>, Error> {
+pub async fn queue_depth(readers: &sqlx::SqlitePool) -> Result<Vec<(String, bool, u64)>, Error> {
     let rows = sqlx::query(
         "SELECT datastore, running, COUNT(*) AS jobs FROM reconcile_jobs GROUP BY datastore, running",
     )
-    .fetch_all(store.readers())
+    .fetch_all(readers)
     .await?;
     rows.iter()
         .map(|row| {
@@ -301,6 +298,7 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Job, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     async fn store_with_datastore(dir: &std::path::Path) -> Store {
         let store = Store::open(&format!("sqlite://{}", dir.join("j.db").display()))
@@ -331,35 +329,51 @@ mod tests {
     async fn a_job_left_running_is_claimed_again_and_never_wedges_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_datastore(dir.path()).await;
-        assert!(matches!(take_due(&store, "d").await.unwrap(), Err(None)));
-        enqueue_alone(&store, "d", Trigger::Apply("a".into()))
+        assert!(matches!(
+            take_due(store.writer(), "d").await.unwrap(),
+            Err(None)
+        ));
+        enqueue_alone(store.writer(), "d", Trigger::Apply("a".into()))
             .await
             .unwrap();
-        let job = take_due(&store, "d").await.unwrap().unwrap();
+        let job = take_due(store.writer(), "d").await.unwrap().unwrap();
         assert_eq!(names(&job), ["a"]);
         // The job ends but `finish` is never recorded (it failed); a new job
         // is queued. The next claim runs both, and nothing is stuck.
-        enqueue_alone(&store, "d", Trigger::Apply("b".into()))
+        enqueue_alone(store.writer(), "d", Trigger::Apply("b".into()))
             .await
             .unwrap();
-        let job = take_due(&store, "d").await.unwrap().unwrap();
+        let job = take_due(store.writer(), "d").await.unwrap().unwrap();
         assert_eq!(names(&job), ["a", "b"]);
-        finish(&store, "d").await.unwrap();
-        assert!(matches!(take_due(&store, "d").await.unwrap(), Err(None)));
+        finish(store.writer(), "d").await.unwrap();
+        assert!(matches!(
+            take_due(store.writer(), "d").await.unwrap(),
+            Err(None)
+        ));
         // A leftover alone is claimed too (as after a crash), even while a
         // revert waits for its debounce; the revert stays queued.
-        enqueue_alone(&store, "d", Trigger::Apply("c".into()))
+        enqueue_alone(store.writer(), "d", Trigger::Apply("c".into()))
             .await
             .unwrap();
-        take_due(&store, "d").await.unwrap().unwrap();
-        enqueue_alone(&store, "d", Trigger::Revert(Duration::from_secs(3600)))
-            .await
-            .unwrap();
-        let job = take_due(&store, "d").await.unwrap().unwrap();
+        take_due(store.writer(), "d").await.unwrap().unwrap();
+        enqueue_alone(
+            store.writer(),
+            "d",
+            Trigger::Revert(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let job = take_due(store.writer(), "d").await.unwrap().unwrap();
         assert_eq!(names(&job), ["c"]);
-        finish(&store, "d").await.unwrap();
-        assert!(matches!(take_due(&store, "d").await.unwrap(), Err(Some(_))));
-        assert_eq!(queue_depth(&store).await.unwrap(), [("d".into(), false, 1)]);
+        finish(store.writer(), "d").await.unwrap();
+        assert!(matches!(
+            take_due(store.writer(), "d").await.unwrap(),
+            Err(Some(_))
+        ));
+        assert_eq!(
+            queue_depth(store.readers()).await.unwrap(),
+            [("d".into(), false, 1)]
+        );
         store.close().await;
     }
 
@@ -367,13 +381,13 @@ mod tests {
     async fn a_running_job_absorbs_what_is_queued_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_datastore(dir.path()).await;
-        enqueue_alone(&store, "d", Trigger::Apply("a".into()))
+        enqueue_alone(store.writer(), "d", Trigger::Apply("a".into()))
             .await
             .unwrap();
-        take_due(&store, "d").await.unwrap().unwrap();
-        assert!(absorb(&store, "d").await.unwrap().is_none());
+        take_due(store.writer(), "d").await.unwrap().unwrap();
+        assert!(absorb(store.writer(), "d").await.unwrap().is_none());
         enqueue_all(
-            &store,
+            store.writer(),
             "d",
             vec![
                 Trigger::Withdraw(vec![Key::from("/x")]),
@@ -382,13 +396,16 @@ mod tests {
         )
         .await
         .unwrap();
-        let job = absorb(&store, "d").await.unwrap().unwrap();
+        let job = absorb(store.writer(), "d").await.unwrap().unwrap();
         assert_eq!(names(&job), ["a"]);
         assert_eq!(job.withdrawn, BTreeSet::from([Key::from("/x")]));
         // Nothing is left queued: the running job does it all.
-        assert_eq!(queue_depth(&store).await.unwrap(), [("d".into(), true, 1)]);
-        finish(&store, "d").await.unwrap();
-        assert!(queue_depth(&store).await.unwrap().is_empty());
+        assert_eq!(
+            queue_depth(store.readers()).await.unwrap(),
+            [("d".into(), true, 1)]
+        );
+        finish(store.writer(), "d").await.unwrap();
+        assert!(queue_depth(store.readers()).await.unwrap().is_empty());
         store.close().await;
     }
 }

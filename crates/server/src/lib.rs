@@ -5,6 +5,7 @@ pub mod api;
 pub mod authz;
 pub mod config;
 pub mod convert;
+pub mod dry_run;
 pub mod engine;
 pub mod error;
 pub mod health_probe;
@@ -16,9 +17,11 @@ pub mod metrics;
 pub mod reconcile;
 pub mod rpc_layer;
 pub mod store;
+pub mod stored_time;
 mod supervise;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_serve;
 mod watch;
 pub mod writer;
 
@@ -53,6 +56,9 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The API's TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The health listener's address could not be bound.
     #[error("cannot serve health on {addr}: {source}")]
     Health {
@@ -249,12 +255,8 @@ pub async fn serve(
     let api_addr = listener.local_addr().ok();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopping = tokio_util::sync::CancellationToken::new();
-    let mut builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits));
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    let server = builder
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits))
         // Outermost first: calls refused by the limits are measured too.
         .layer(rpc_layer::RpcLayer::new(metrics.rpc()))
         .layer(authz::AuthzLayer::new(config.authorization.clone()))
@@ -272,10 +274,35 @@ pub async fn serve(
             // Our layer answers first, with RESOURCE_EXHAUSTED; tonic's check
             // (OUT_OF_RANGE) is set to match so it never refuses less.
             .max_decoding_message_size(config.api_limits.max_message_bytes),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        );
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    // Over TLS, connections are accepted and their handshakes done by
+    // tls_serve with the configuration current at that moment, which a
+    // reload task swaps when the files change.
+    let mut tls_tasks = Vec::new();
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + '_>,
+    > = match &config.tls {
+        Some(tls) => {
+            let live = tls_serve::LiveTls::new(tls).map_err(ServeError::Tls)?;
+            let (incoming, accept) = tls_serve::incoming(listener, live.clone());
+            tls_tasks.push(accept);
+            if let Some(paths) = &tls.reload_from {
+                tls_tasks.push(tokio::spawn(tls_serve::reload(
+                    paths.clone(),
+                    tls.clone(),
+                    live,
+                    config.tls_reload_interval,
+                )));
+            }
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+        }
+    };
     tokio::pin!(server);
     warn_if_open(config, api_addr);
     tracing::info!(db = %config.db, tls = config.tls.is_some(), client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()), "netsyncd serving");
@@ -301,6 +328,9 @@ pub async fn serve(
         }
     };
     readiness.abort();
+    for task in tls_tasks {
+        task.abort();
+    }
     stop_health.cancel();
     if let Some(health_server) = health_server
         && let Ok(Err(e)) = health_server.await

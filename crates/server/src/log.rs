@@ -21,7 +21,8 @@ use netsync_core::sync::{Committed, Persist, Snapshot};
 use sqlx::Row;
 
 use crate::error::Error;
-use crate::store::{Store, from_micros, to_micros};
+use crate::store::Store;
+use crate::stored_time::{from_micros, to_micros};
 
 /// How long and how much of the change log is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,14 +14,11 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use netsync_core::histogram::{BUCKETS, HistogramSnapshot};
+use netsync_core::histogram::HistogramSnapshot;
 use netsync_core::sync::SyncState;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet, prometheus_text};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,79 +27,8 @@ use tokio::task::JoinSet;
 use crate::engine::Engine;
 use crate::jobs;
 use crate::reconcile::Outcome;
-use crate::rpc_layer::{ServedMethod, code_label};
+use crate::rpc_layer::RpcMetrics;
 use crate::store::Store;
-
-/// Labels of a call's start and duration, as go-grpc-prometheus names them.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
-    grpc_type: &'static str,
-    grpc_service: &'static str,
-    grpc_method: &'static str,
-}
-
-/// Labels of a finished call.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HandledLabels {
-    grpc_type: &'static str,
-    grpc_service: &'static str,
-    grpc_method: &'static str,
-    grpc_code: &'static str,
-}
-
-impl From<ServedMethod> for MethodLabels {
-    fn from(method: ServedMethod) -> Self {
-        Self {
-            grpc_type: method.kind,
-            grpc_service: method.service,
-            grpc_method: method.method,
-        }
-    }
-}
-
-/// RPC counts and latency under the names dashboards built for
-/// go-grpc-prometheus use (`grpc_server_started_total`,
-/// `grpc_server_handled_total`, `grpc_server_handling_seconds`). Label values
-/// are only ever the methods served (see [`crate::rpc_layer`]). Cheap to
-/// clone: clones record into the same families.
-#[derive(Debug, Clone)]
-pub struct RpcMetrics {
-    started: Family<MethodLabels, Counter>,
-    handled: Family<HandledLabels, Counter>,
-    handling: Family<MethodLabels, Histogram, fn() -> Histogram>,
-}
-
-impl Default for RpcMetrics {
-    fn default() -> Self {
-        Self {
-            started: Family::default(),
-            handled: Family::default(),
-            handling: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
-        }
-    }
-}
-
-impl RpcMetrics {
-    /// Records a call that started.
-    pub fn started(&self, method: ServedMethod) {
-        self.started.get_or_create(&method.into()).inc();
-    }
-
-    /// Records one finished call.
-    pub fn handled(&self, method: ServedMethod, code: tonic::Code, took: Duration) {
-        self.handled
-            .get_or_create(&HandledLabels {
-                grpc_type: method.kind,
-                grpc_service: method.service,
-                grpc_method: method.method,
-                grpc_code: code_label(code),
-            })
-            .inc();
-        self.handling
-            .get_or_create(&method.into())
-            .observe(took.as_secs_f64());
-    }
-}
 
 /// Everything `/metrics` shows.
 #[derive(Debug)]
@@ -162,7 +88,7 @@ impl Metrics {
                 }
             })
             .collect();
-        match jobs::queue_depth(&self.store).await {
+        match jobs::queue_depth(self.store.readers()).await {
             Ok(depths) => {
                 for (datastore, running, jobs) in depths {
                     if let Some(sample) = samples.iter_mut().find(|s| s.name == datastore) {
@@ -179,21 +105,7 @@ impl Metrics {
         // A registry per scrape: the datastore figures are gathered above
         // (the queue depth needs an await, which a collector cannot do).
         let mut root = Registry::default();
-        root.register(
-            "grpc_server_started",
-            "RPCs started on the server, by type, service and method (\"unknown\" for a path that names no served method)",
-            self.rpc.started.clone(),
-        );
-        root.register(
-            "grpc_server_handled",
-            "RPCs finished on the server, by type, service, method and gRPC code",
-            self.rpc.handled.clone(),
-        );
-        root.register(
-            "grpc_server_handling_seconds",
-            "Time from an RPC's request to its last response message and status",
-            self.rpc.handling.clone(),
-        );
+        self.rpc.register(&mut root);
         root.register_collector(Box::new(ProcessFigures));
         let registry = root.sub_registry_with_prefix("netsync");
         registry.register_collector(Box::new(BuildInfo));

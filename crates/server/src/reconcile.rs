@@ -30,6 +30,7 @@ use tokio::sync::{Mutex, Notify, broadcast, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::dry_run::DryRun;
 use crate::intent_status::{Owner, Policy, Tracker, WITHDRAWAL};
 use crate::jobs::{self, Job, Trigger};
 use crate::store::Store;
@@ -259,7 +260,7 @@ impl Worker {
             let next = if !maybe_queued {
                 Err(None)
             } else {
-                match jobs::take_due(&self.store, name).await {
+                match jobs::take_due(self.store.writer(), name).await {
                     Ok(next) => next,
                     Err(e) => {
                         tracing::error!(datastore = %name, error = %e, "reconcile queue unreadable");
@@ -281,7 +282,7 @@ impl Worker {
                         .await;
                     span.record("outcome", outcome.as_str());
                     self.stats.record(outcome);
-                    if let Err(e) = jobs::finish(&self.store, name).await {
+                    if let Err(e) = jobs::finish(self.store.writer(), name).await {
                         // Not retried here: the next claim takes the row over.
                         tracing::warn!(datastore = %name, error = %e, "cannot clear a finished job; the next claim takes it over");
                     }
@@ -352,7 +353,7 @@ impl Worker {
             return Queued::No;
         }
         match jobs::enqueue_alone(
-            &self.store,
+            self.store.writer(),
             self.sync.name(),
             Trigger::Revert(revert.debounce),
         )
@@ -431,7 +432,7 @@ impl Worker {
                 if current != seen {
                     seen = current;
                     // What the intent write queued is done by this job now.
-                    match jobs::absorb(&self.store, name).await {
+                    match jobs::absorb(self.store.writer(), name).await {
                         Ok(Some(absorbed)) => job = absorbed,
                         Ok(None) => {}
                         Err(e) => {
@@ -835,19 +836,6 @@ fn set_request(
             .collect::<Result<_, String>>()?,
         ..Default::default()
     })
-}
-
-/// What writing an intent would do now (SetIntent with `validate_only`).
-#[derive(Debug)]
-pub struct DryRun {
-    /// The revision of running it was planned at.
-    pub revision: u64,
-    /// The first Set the write's job would send; `None`: nothing to send.
-    pub set: Option<gnmi::SetRequest>,
-    /// Deviations now that the write and that Set resolve.
-    pub clears: Vec<Deviation>,
-    /// Deviations that would remain after them.
-    pub remaining: Vec<Deviation>,
 }
 
 /// Plans the write of `intent` on `sync` without making it (see

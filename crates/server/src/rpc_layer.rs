@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -25,7 +25,103 @@ use tower_service::Service;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::RpcMetrics;
+use netsync_core::histogram::BUCKETS;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a call's start and duration, as go-grpc-prometheus names them.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_type: &'static str,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+}
+
+/// Labels of a finished call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_type: &'static str,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+    grpc_code: &'static str,
+}
+
+impl From<ServedMethod> for MethodLabels {
+    fn from(method: ServedMethod) -> Self {
+        Self {
+            grpc_type: method.kind,
+            grpc_service: method.service,
+            grpc_method: method.method,
+        }
+    }
+}
+
+/// RPC counts and latency under the names dashboards built for
+/// go-grpc-prometheus use (`grpc_server_started_total`,
+/// `grpc_server_handled_total`, `grpc_server_handling_seconds`). Label values
+/// are only ever the methods served (see the module's doc). Cheap to
+/// clone: clones record into the same families.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    started: Family<MethodLabels, Counter>,
+    handled: Family<HandledLabels, Counter>,
+    handling: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        Self {
+            started: Family::default(),
+            handled: Family::default(),
+            handling: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+        }
+    }
+}
+
+impl RpcMetrics {
+    /// Adds the families to `registry` (without a prefix: these are the
+    /// names dashboards look for).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "grpc_server_started",
+            "RPCs started on the server, by type, service and method (\"unknown\" for a path that names no served method)",
+            self.started.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "RPCs finished on the server, by type, service, method and gRPC code",
+            self.handled.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time from an RPC's request to its last response message and status",
+            self.handling.clone(),
+        );
+    }
+
+    /// Records a call that started.
+    pub fn started(&self, method: ServedMethod) {
+        self.started.get_or_create(&method.into()).inc();
+    }
+
+    /// Records one finished call.
+    pub fn handled(&self, method: ServedMethod, code: tonic::Code, took: Duration) {
+        self.handled
+            .get_or_create(&HandledLabels {
+                grpc_type: method.kind,
+                grpc_service: method.service,
+                grpc_method: method.method,
+                grpc_code: code_label(code),
+            })
+            .inc();
+        self.handling
+            .get_or_create(&method.into())
+            .observe(took.as_secs_f64());
+    }
+}
 
 /// What the metrics say of one served method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

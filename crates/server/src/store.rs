@@ -9,7 +9,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use netsync_core::datastore::DatastoreSpec;
 use prost::Message;
@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::convert::{self, Secrets};
 use crate::error::Error;
 use crate::jobs::{self, Trigger};
+use crate::stored_time::{from_micros, to_micros};
 use crate::writer::{PageLimit, Writer, WriterOptions};
 
 /// How long a connection waits for SQLite's lock before failing. Only the
@@ -453,15 +454,4 @@ fn read_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<DatastoreRow, E
 /// what a create returns equals what later reads return.
 pub fn now() -> SystemTime {
     from_micros(to_micros(SystemTime::now()))
-}
-
-/// Microseconds since the epoch, as stored.
-pub fn to_micros(t: SystemTime) -> i64 {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// A stored microsecond time.
-pub fn from_micros(micros: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
 }

@@ -4,12 +4,14 @@
 //! mistake stops netsyncd with a message naming the setting.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use netsync_core::datastore::Secret;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// Longest a client may take over its TLS handshake; one that opens a
 /// connection and sends nothing is dropped then instead of holding it.
@@ -48,6 +50,9 @@ pub struct ApiTls {
     /// CA bundle that signs client certificates, PEM; `None`: no client
     /// certificate is asked for.
     pub client_ca_pem: Option<String>,
+    /// The files these were read from, re-read while netsyncd serves so
+    /// that rotated certificates are picked up; `None`: never re-read.
+    pub reload_from: Option<TlsPaths>,
 }
 
 impl ApiTls {
@@ -70,48 +75,89 @@ impl ApiTls {
             cert_pem: read("--tls-cert", &cert)?,
             key_pem: Secret::new(read("--tls-key", &key)?),
             client_ca_pem: client_ca
-                .map(|ca| read("--tls-client-ca", &ca))
+                .as_ref()
+                .map(|ca| read("--tls-client-ca", ca))
                 .transpose()?,
+            reload_from: Some(TlsPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca,
+            }),
         };
         // Built once here only to check the files: the same call at serve
         // time then cannot fail.
-        tonic::transport::Server::builder()
-            .tls_config(tls.server_config())
-            .map_err(|e| {
-                let mut detail = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    detail = format!("{detail}: {s}");
-                    source = s.source();
+        server_config(&tls).map_err(|detail| TlsError::Refused {
+            files: format!(
+                "--tls-cert {}, --tls-key {}{}",
+                cert.display(),
+                key.display(),
+                if tls.client_ca_pem.is_some() {
+                    ", --tls-client-ca"
+                } else {
+                    ""
                 }
-                TlsError::Refused {
-                    files: format!(
-                        "--tls-cert {}, --tls-key {}{}",
-                        cert.display(),
-                        key.display(),
-                        if tls.client_ca_pem.is_some() {
-                            ", --tls-client-ca"
-                        } else {
-                            ""
-                        }
-                    ),
-                    detail,
-                }
-            })?;
+            ),
+            detail,
+        })?;
         Ok(Some(tls))
     }
+}
 
-    /// tonic's server TLS settings: client certificates are required when a
-    /// client CA is set.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, self.key_pem.expose()))
-            .timeout(HANDSHAKE_TIMEOUT);
-        match &self.client_ca_pem {
-            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
-            None => config,
-        }
+/// Where the TLS files are read from again when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// Client CA bundle, for mutual TLS.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The rustls server configuration of `tls`: HTTP/2 only (gRPC), client
+/// certificates required when a client CA is set.
+pub fn server_config(tls: &ApiTls) -> Result<rustls::ServerConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("certificate: no certificate in the file".into());
     }
+    let key =
+        PrivateKeyDer::from_pem_slice(tls.key_pem.expose().as_bytes()).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no PEM private key in the file".to_owned()
+            }
+            e => format!("private key: {e}"),
+        })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.client_ca_pem {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                let certificate = certificate.map_err(|e| format!("client CA: {e}"))?;
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("client CA: {e}"))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("client CA: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 /// Why the API's TLS settings cannot be used; each message names the flags.

@@ -29,7 +29,9 @@ use futures::future::BoxFuture;
 use http_body::{Frame, SizeHint};
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::TcpConnectInfo;
+
+use crate::tls_serve::PeerInfo;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -167,11 +169,7 @@ fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
     extensions
         .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|tls| tls.get_ref().remote_addr())
-        })
+        .or_else(|| extensions.get::<PeerInfo>()?.remote_addr)
 }
 
 /// One open call on a connection; closed on drop.
