@@ -246,6 +246,186 @@ async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
     terminate(daemon).await;
 }
 
+/// The dashboards shipped for Grafana (`deploy/grafana/dashboards`).
+fn dashboards() -> Vec<(std::path::PathBuf, serde_json::Value)> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards");
+    let mut found: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let json = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+            (path, json)
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// Every PromQL expression of a dashboard, with where it is: each panel's
+/// targets (rows' nested panels too) and each query variable.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    let mut panels: Vec<&serde_json::Value> = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        panels.push(panel);
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                queries.push((format!("panel {}", panel["title"]), expr.to_owned()));
+            }
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(query) = variable["query"]["query"]
+            .as_str()
+            .or_else(|| variable["query"].as_str())
+        {
+            queries.push((format!("variable {}", variable["name"]), query.to_owned()));
+        }
+    }
+    queries
+}
+
+/// The metric names a PromQL expression reads: identifiers that look like
+/// netsyncd's metrics (`netsync_*`, `grpc_server_*`, `process_*`) and are
+/// not called as a function. Label matchers (`{...}`), ranges (`[...]`) and
+/// strings are skipped; label names in `by (...)` never have those prefixes.
+fn metric_names(expr: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if let Some(close) = match c {
+            '{' => Some('}'),
+            '[' => Some(']'),
+            '"' | '\'' | '`' => Some(c),
+            _ => None,
+        } {
+            i += 1;
+            while i < chars.len() && chars[i] != close {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            let metric_like = ["netsync_", "grpc_server_", "process_"]
+                .iter()
+                .any(|prefix| word.starts_with(prefix));
+            if metric_like && next != Some(&'(') {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The metric names with samples in a Prometheus exposition.
+fn exported_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn metric_names_skip_functions_labels_ranges_and_strings() {
+    let names = metric_names(
+        r#"histogram_quantile(0.99, sum by (le, grpc_method) (rate(grpc_server_handling_seconds_bucket{grpc_type="unary", x="netsync_fake"}[5m]))) / time() - process_start_time_seconds + netsync_sync_state == 1"#,
+    );
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "grpc_server_handling_seconds_bucket",
+            "netsync_sync_state",
+            "process_start_time_seconds"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_names_an_exported_metric() {
+    let sim = Sim::start(generated(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("n.db"),
+        Options {
+            args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+            ..Default::default()
+        },
+    );
+    let metrics: SocketAddr = daemon.wait_for_log("the metrics address", |line| {
+        line.get("metrics_listen")?.as_str()?.parse().ok()
+    });
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    client
+        .create_datastore(create(datastore(&sim)))
+        .await
+        .unwrap();
+    first_revision(&mut client).await;
+    apply_intent(&mut client).await;
+    // A job's outcome is counted just after its APPLIED event.
+    let text = scrape_until(metrics, "the applied job", |text| {
+        sample(
+            text,
+            r#"netsync_reconcile_jobs_total{datastore="r1",outcome="applied"}"#,
+        ) == Some(1.0)
+    })
+    .await;
+    drop(client);
+    terminate(daemon).await;
+
+    let exported = exported_names(&text);
+    let boards = dashboards();
+    assert!(
+        !boards.is_empty(),
+        "no dashboard under deploy/grafana/dashboards"
+    );
+    let mut checked = 0;
+    for (path, dashboard) in &boards {
+        let queries = dashboard_queries(dashboard);
+        assert!(!queries.is_empty(), "{}: no query", path.display());
+        for (place, expr) in queries {
+            let names = metric_names(&expr);
+            assert!(
+                !names.is_empty(),
+                "{}: {place}: no metric in {expr}",
+                path.display()
+            );
+            for name in names {
+                assert!(
+                    exported.contains(&name),
+                    "{}: {place} queries {name}, which netsyncd does not export; it exports {exported:?}",
+                    path.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} metric names checked");
+}
+
 // ----------------------------------------------------------------- traces
 
 /// A received span with its resource's attributes (`service.name`, ...).
