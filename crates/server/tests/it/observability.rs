@@ -248,33 +248,276 @@ async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
     terminate(daemon).await;
 }
 
+/// The dashboards shipped for Grafana (`deploy/grafana/dashboards`).
+fn dashboards() -> Vec<(std::path::PathBuf, serde_json::Value)> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/dashboards");
+    let mut found: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let json = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+            (path, json)
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// Every PromQL expression of a dashboard, with where it is: each panel's
+/// targets (rows' nested panels too) and each query variable.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    let mut panels: Vec<&serde_json::Value> = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        panels.push(panel);
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                queries.push((format!("panel {}", panel["title"]), expr.to_owned()));
+            }
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(query) = variable["query"]["query"]
+            .as_str()
+            .or_else(|| variable["query"].as_str())
+        {
+            queries.push((format!("variable {}", variable["name"]), query.to_owned()));
+        }
+    }
+    queries
+}
+
+/// The metric names a PromQL expression reads: identifiers that look like
+/// netsyncd's metrics (`netsync_*`, `grpc_server_*`, `process_*`) and are
+/// not called as a function. Label matchers (`{...}`), ranges (`[...]`) and
+/// strings are skipped; label names in `by (...)` never have those prefixes.
+fn metric_names(expr: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if let Some(close) = match c {
+            '{' => Some('}'),
+            '[' => Some(']'),
+            '"' | '\'' | '`' => Some(c),
+            _ => None,
+        } {
+            i += 1;
+            while i < chars.len() && chars[i] != close {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            let metric_like = ["netsync_", "grpc_server_", "process_"]
+                .iter()
+                .any(|prefix| word.starts_with(prefix));
+            if metric_like && next != Some(&'(') {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The metric names with samples in a Prometheus exposition.
+fn exported_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn metric_names_skip_functions_labels_ranges_and_strings() {
+    let names = metric_names(
+        r#"histogram_quantile(0.99, sum by (le, grpc_method) (rate(grpc_server_handling_seconds_bucket{grpc_type="unary", x="netsync_fake"}[5m]))) / time() - process_start_time_seconds + netsync_sync_state == 1"#,
+    );
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "grpc_server_handling_seconds_bucket",
+            "netsync_sync_state",
+            "process_start_time_seconds"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_names_an_exported_metric() {
+    let sim = Sim::start(generated(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("n.db"),
+        Options {
+            args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+            ..Default::default()
+        },
+    );
+    let metrics: SocketAddr = daemon.wait_for_log("the metrics address", |line| {
+        line.get("metrics_listen")?.as_str()?.parse().ok()
+    });
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    client
+        .create_datastore(create(datastore(&sim)))
+        .await
+        .unwrap();
+    first_revision(&mut client).await;
+    apply_intent(&mut client).await;
+    // A job's outcome is counted just after its APPLIED event.
+    let text = scrape_until(metrics, "the applied job", |text| {
+        sample(
+            text,
+            r#"netsync_reconcile_jobs_total{datastore="r1",outcome="applied"}"#,
+        ) == Some(1.0)
+    })
+    .await;
+    drop(client);
+    terminate(daemon).await;
+
+    let exported = exported_names(&text);
+    let boards = dashboards();
+    assert!(
+        !boards.is_empty(),
+        "no dashboard under deploy/grafana/dashboards"
+    );
+    let mut checked = 0;
+    for (path, dashboard) in &boards {
+        let queries = dashboard_queries(dashboard);
+        assert!(!queries.is_empty(), "{}: no query", path.display());
+        for (place, expr) in queries {
+            let names = metric_names(&expr);
+            assert!(
+                !names.is_empty(),
+                "{}: {place}: no metric in {expr}",
+                path.display()
+            );
+            for name in names {
+                assert!(
+                    exported.contains(&name),
+                    "{}: {place} queries {name}, which netsyncd does not export; it exports {exported:?}",
+                    path.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} metric names checked");
+}
+
 // ----------------------------------------------------------------- traces
 
 /// A received span with its resource's attributes (`service.name`, ...).
 type Received = (Vec<KeyValue>, Span);
 
-/// An OTLP/gRPC trace collector: keeps every span it is sent.
-#[derive(Clone)]
-struct Collector {
+/// What an in-process collector received: every span, and the headers of
+/// every export request (gRPC metadata or HTTP headers).
+#[derive(Clone, Default)]
+struct Collected {
     spans: Arc<Mutex<Vec<Received>>>,
+    headers: Arc<Mutex<Vec<http::HeaderMap>>>,
 }
 
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+impl Collected {
+    fn keep(&self, headers: http::HeaderMap, request: ExportTraceServiceRequest) {
+        self.headers.lock().unwrap().push(headers);
         let mut spans = self.spans.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let resource = resource_spans.resource.unwrap_or_default().attributes;
             for scope_spans in resource_spans.scope_spans {
                 spans.extend(scope_spans.spans.into_iter().map(|s| (resource.clone(), s)));
             }
         }
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    fn headers(&self) -> Vec<http::HeaderMap> {
+        self.headers.lock().unwrap().clone()
+    }
+}
+
+/// An OTLP/gRPC trace collector (a tonic TraceService), gzip accepted.
+#[tonic::async_trait]
+impl TraceService for Collected {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let (metadata, _, request) = request.into_parts();
+        self.keep(metadata.into_headers(), request);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
+    }
+}
+
+/// A running OTLP/gRPC collector; [`GrpcCollector::stop`] ends it.
+struct GrpcCollector {
+    addr: SocketAddr,
+    collected: Collected,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl GrpcCollector {
+    /// On 127.0.0.1:0, in plain text or with `tls`.
+    async fn start(tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
+        let collected = Collected::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).unwrap();
+        }
+        let task = tokio::spawn(
+            server
+                .add_service(
+                    TraceServiceServer::new(collected.clone())
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        Self {
+            addr,
+            collected,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) -> Collected {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+        self.collected
     }
 }
 
@@ -299,32 +542,51 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A header's value as text ("" when absent).
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Stops the daemon with SIGTERM off the async workers; its JSON log lines.
+async fn terminate_with_logs(daemon: Netsyncd) -> Vec<serde_json::Value> {
+    let (status, logs) = tokio::task::spawn_blocking(move || daemon.terminate_with_logs())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    logs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_reach_an_otlp_collector() {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let collector = Collector {
-        spans: received.clone(),
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = listener.local_addr().unwrap();
-    let (stop_collector, collector_stopped) = tokio::sync::oneshot::channel::<()>();
-    let collector_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = collector_stopped.await;
-            }),
-    );
-
+    let collector = GrpcCollector::start(None).await;
     let sim = Sim::start(generated(20)).await;
     let dir = tempfile::tempdir().unwrap();
+    let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     let daemon = Netsyncd::start_with(
         &dir.path().join("n.db"),
         Options {
-            env: vec![(
-                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                format!("http://{collector_addr}"),
-            )],
+            env: vec![
+                env(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    &format!("http://{}", collector.addr),
+                ),
+                env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                // Values are URL-encoded, as the specification says.
+                env(
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "authorization=Bearer%20s3cret,x-tenant=lab",
+                ),
+                // No service.name here: the default stays netsyncd.
+                env(
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment=test,host.name=lab1",
+                ),
+                // The commit's own line ("committed") is at debug.
+                env("RUST_LOG", "info,netsync_core=debug"),
+            ],
             ..Default::default()
         },
     );
@@ -342,15 +604,31 @@ async fn traces_reach_an_otlp_collector() {
     drop(client);
     // The batch exporter waits 5 s between exports by default: the spans
     // must arrive through the flush at shutdown, before the process exits.
-    terminate(daemon).await;
+    let logs = terminate_with_logs(daemon).await;
+    let collected = collector.stop().await;
 
-    let spans = received.lock().unwrap().clone();
+    // Every export compressed, with the configured headers.
+    let requests = collected.headers();
+    assert!(!requests.is_empty());
+    for headers in &requests {
+        assert_eq!(header(headers, "grpc-encoding"), "gzip", "{headers:?}");
+        assert_eq!(header(headers, "authorization"), "Bearer s3cret");
+        assert_eq!(header(headers, "x-tenant"), "lab");
+    }
+
+    let spans = collected.spans();
     let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
     let (resource, rpc) = spans
         .iter()
         .find(|(_, s)| s.name == "netsync.v1.NetSync/CreateDatastore")
         .unwrap_or_else(|| panic!("no CreateDatastore span among {names:?}"));
     assert_eq!(attribute(resource, "service.name"), text("netsyncd"));
+    assert_eq!(
+        attribute(resource, "service.version"),
+        text(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(attribute(resource, "deployment.environment"), text("test"));
+    assert_eq!(attribute(resource, "host.name"), text("lab1"));
     assert_eq!(hex(&rpc.trace_id), TRACE_ID, "the caller's trace");
     assert_eq!(
         hex(&rpc.parent_span_id),
@@ -401,8 +679,269 @@ async fn traces_reach_an_otlp_collector() {
 
     // The long-lived per-datastore spans stay out of the traces.
     assert!(!names.contains(&"sync") && !names.contains(&"reconcile_worker"));
-    let _ = stop_collector.send(());
-    collector_task.await.unwrap().unwrap();
+
+    // Log lines lead to the traces the collector received: a commit's
+    // line carries the commit's trace and span; the job's lines the job's.
+    let ids = |line: &serde_json::Value| {
+        (
+            line["trace_id"].as_str().map(str::to_owned),
+            line["span_id"].as_str().map(str::to_owned),
+        )
+    };
+    let committed = logs
+        .iter()
+        .find(|l| l["message"] == "committed" && l["revision"] == 1)
+        .expect("the line of the commit of revision 1");
+    assert_eq!(
+        ids(committed),
+        (Some(hex(&commit.trace_id)), Some(hex(&commit.span_id))),
+        "{committed}"
+    );
+    let applied = logs
+        .iter()
+        .find(|l| l["message"] == "reconcile" && l["phase"] == "Applied")
+        .expect("the applied job's line");
+    let (trace, span) = ids(applied);
+    assert_eq!(trace, Some(hex(&job.trace_id)), "{applied}");
+    let span = span.expect("a span_id");
+    assert!(
+        span == hex(&job.span_id) || span == hex(&attempt.span_id),
+        "{applied}"
+    );
+    // A line outside every exported span (start-up) has no trace.
+    let listening = logs
+        .iter()
+        .find(|l| l["message"] == "listening")
+        .expect("the listening line");
+    assert_eq!(ids(listening), (None, None), "{listening}");
+}
+
+/// Makes one traced call (GetDatastore of a datastore that does not exist:
+/// no device needed) and stops the daemon; its log lines.
+async fn one_traced_call(daemon: Netsyncd) -> Vec<serde_json::Value> {
+    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
+    let missing = client
+        .get_datastore(pb::GetDatastoreRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    drop(client);
+    terminate_with_logs(daemon).await
+}
+
+/// The GetDatastore span among `spans`, with its resource.
+fn get_datastore_span(spans: &[Received]) -> &Received {
+    spans
+        .iter()
+        .find(|(_, s)| s.name == "netsync.v1.NetSync/GetDatastore")
+        .unwrap_or_else(|| panic!("no GetDatastore span among {spans:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_https_trusts_the_given_ca_and_otel_service_name_wins() {
+    let ca = netsync_testkit::pki::Ca::new("collector-ca");
+    let leaf = ca.server(&["localhost"]);
+    let collector = GrpcCollector::start(Some(tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&leaf.cert_pem, &leaf.key_pem),
+    )))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("n.db"),
+        Options {
+            env: vec![
+                // The traces-specific endpoint, used as it is.
+                env(
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    &format!("https://localhost:{}", collector.addr.port()),
+                ),
+                env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+                env("OTEL_SERVICE_NAME", "from-service-name"),
+                env(
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.name=from-attributes,service.version=9.9",
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    let logs = one_traced_call(daemon).await;
+    let spans = collector.stop().await.spans();
+    let (resource, rpc) = get_datastore_span(&spans);
+    assert_eq!(
+        attribute(resource, "service.name"),
+        text("from-service-name")
+    );
+    // netsyncd's version only when the operator gives none.
+    assert_eq!(attribute(resource, "service.version"), text("9.9"));
+    assert_eq!(attribute(&rpc.attributes, "rpc.grpc.status_code"), int(5));
+    let on = logs
+        .iter()
+        .find(|l| l["message"] == "exporting traces over OTLP")
+        .expect("the start-up line saying traces are on");
+    assert_eq!(on["protocol"], "grpc");
+}
+
+/// A running OTLP/HTTP collector (hyper, HTTP/1.1): decodes each POST body,
+/// gzip or not, as an ExportTraceServiceRequest; paths kept with headers.
+struct HttpCollector {
+    addr: SocketAddr,
+    collected: Collected,
+    paths: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpCollector {
+    async fn start() -> Self {
+        use http_body_util::BodyExt;
+        use prost::Message;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let collected = Collected::default();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (keep, seen) = (collected.clone(), paths.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (keep, seen) = (keep.clone(), seen.clone());
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let (keep, seen) = (keep.clone(), seen.clone());
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let body = if header(&parts.headers, "content-encoding") == "gzip" {
+                                let mut plain = Vec::new();
+                                std::io::Read::read_to_end(
+                                    &mut flate2::read::GzDecoder::new(&body[..]),
+                                    &mut plain,
+                                )
+                                .expect("a gzip body");
+                                plain
+                            } else {
+                                body.to_vec()
+                            };
+                            let export = ExportTraceServiceRequest::decode(&body[..])
+                                .expect("an ExportTraceServiceRequest");
+                            seen.lock().unwrap().push(parts.uri.path().to_owned());
+                            keep.keep(parts.headers, export);
+                            let reply = ExportTraceServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec();
+                            Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self {
+            addr,
+            collected,
+            paths,
+            task,
+        }
+    }
+
+    fn stop(self) -> (Collected, Vec<String>) {
+        self.task.abort();
+        let paths = self.paths.lock().unwrap().clone();
+        (self.collected, paths)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_protobuf_with_gzip_and_service_name_from_resource_attributes() {
+    let collector = HttpCollector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let daemon = Netsyncd::start_with(
+        &dir.path().join("n.db"),
+        Options {
+            env: vec![
+                // The general endpoint: the exporter appends /v1/traces.
+                env(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    &format!("http://{}", collector.addr),
+                ),
+                env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+                env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=lab"),
+                env(
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.name=from-attributes,service.namespace=netsync",
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    let logs = one_traced_call(daemon).await;
+    let (collected, paths) = collector.stop();
+    assert!(!paths.is_empty());
+    assert!(paths.iter().all(|p| p == "/v1/traces"), "{paths:?}");
+    for headers in collected.headers() {
+        assert_eq!(header(&headers, "content-encoding"), "gzip", "{headers:?}");
+        assert_eq!(header(&headers, "content-type"), "application/x-protobuf");
+        assert_eq!(header(&headers, "x-tenant"), "lab");
+    }
+    let spans = collected.spans();
+    let (resource, _) = get_datastore_span(&spans);
+    assert_eq!(attribute(resource, "service.name"), text("from-attributes"));
+    assert_eq!(attribute(resource, "service.namespace"), text("netsync"));
+    let on = logs
+        .iter()
+        .find(|l| l["message"] == "exporting traces over OTLP")
+        .expect("the start-up line saying traces are on");
+    assert_eq!(on["protocol"], "http/protobuf");
+}
+
+#[test]
+fn unsupported_otlp_settings_stop_start_up_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (variable, value, words) in [
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/json",
+            &["OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/protobuf"][..],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "zstd",
+            &["OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "gzip"],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/nonexistent/ca.pem",
+            &["OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"],
+        ),
+    ] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netsyncd"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join("n.db"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4317")
+            .env(variable, value);
+        let output = netsync_testkit::process::Process::run_to_exit("netsyncd", command, DEADLINE);
+        assert!(!output.status.success(), "{variable}={value} started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for word in words {
+            assert!(stderr.contains(word), "{word:?} not in {stderr}");
+        }
+    }
 }
 
 // ------------------------------------------------------------------- logs
