@@ -27,12 +27,15 @@ wait_serving() {
 }
 
 # create NAME ADDRESS: one datastore for the simulated device at ADDRESS. The devices require the
-# credentials that docker-compose.yml gives them; PROTO encoding is the cheapest to decode.
+# credentials that docker-compose.yml gives them, over plaintext on the compose network, which
+# netsyncd refuses unless allowInsecureCredentials says so (a lab); PROTO encoding is the cheapest
+# to decode.
 create() {
 	body=$(printf '{"datastore": {
 	  "name": "%s",
 	  "target": {"address": "%s", "encoding": "ENCODING_PROTO",
-	             "credentials": {"username": "admin", "password": "admin"}},
+	             "credentials": {"username": "admin", "password": "admin"},
+	             "allowInsecureCredentials": true},
 	  "sync": {"mode": "SYNC_MODE_ON_CHANGE", "paths": ["/"], "commitInterval": "1s"}}}' "$1" "$2")
 	if out=$(grpcurl -plaintext -max-time 10 -d "$body" "$NETSYNCD" \
 		netsync.v1.NetSync/CreateDatastore 2>&1); then

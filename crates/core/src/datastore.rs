@@ -189,6 +189,8 @@ pub struct TargetSpec {
     pub encoding: Encoding,
     /// gNMI prefix target; empty when unused.
     pub target_name: String,
+    /// The credentials may travel without TLS (a lab); refused otherwise.
+    pub allow_insecure_credentials: bool,
 }
 
 /// A list whose entries arrive as JSON arrays, with the names of its keys.

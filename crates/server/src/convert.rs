@@ -155,12 +155,27 @@ fn target_from_proto(
             "is required when a password is given",
         ));
     }
+    // Only when written: a datastore stored before this rule keeps syncing
+    // as it was created.
+    if reading == Reading::Strict
+        && tls.is_none()
+        && !t.allow_insecure_credentials
+        && credentials
+            .as_ref()
+            .is_some_and(|c| !c.password.expose().is_empty())
+    {
+        return Err(FieldError::new(
+            format!("{field}.credentials"),
+            "would be sent in plaintext: set tls, or allow_insecure_credentials for a lab device",
+        ));
+    }
     Ok(TargetSpec {
         address: t.address,
         tls,
         credentials,
         encoding,
         target_name: t.target_name,
+        allow_insecure_credentials: t.allow_insecure_credentials,
     })
 }
 
@@ -322,6 +337,7 @@ pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datasto
                 username: c.username.clone(),
                 password: secret(&c.password),
             }),
+            allow_insecure_credentials: t.allow_insecure_credentials,
             encoding: match t.encoding {
                 Encoding::JsonIetf => pb::Encoding::JsonIetf,
                 Encoding::Json => pb::Encoding::Json,
@@ -661,6 +677,7 @@ mod tests {
                     username: "admin".into(),
                     password: "s3cret".into(),
                 }),
+                allow_insecure_credentials: true,
                 ..Default::default()
             }),
             ..Default::default()
@@ -1039,6 +1056,24 @@ mod tests {
         assert_eq!(
             datastore_from_stored(ds).unwrap().sync.interval,
             Duration::new(2, 999_999_999)
+        );
+
+        // Credentials in plaintext, stored before they were refused, still load.
+        let mut ds = valid();
+        let target = ds.target.as_mut().unwrap();
+        target.tls = None;
+        target.allow_insecure_credentials = false;
+        target.credentials = Some(pb::Credentials {
+            username: "admin".into(),
+            password: "s3cret".into(),
+        });
+        assert!(datastore_from_proto(ds.clone(), "datastore").is_err());
+        assert!(
+            datastore_from_stored(ds)
+                .unwrap()
+                .target
+                .credentials
+                .is_some()
         );
     }
 

@@ -94,6 +94,12 @@ impl DatastoreBuilder {
         self
     }
 
+    /// Lets the credentials travel without TLS (a lab device).
+    pub fn allow_insecure_credentials(mut self) -> Self {
+        self.target().allow_insecure_credentials = true;
+        self
+    }
+
     /// The gNMI target name.
     pub fn target_name(mut self, name: &str) -> Self {
         self.target().target_name = name.into();

@@ -322,6 +322,7 @@ mod tests {
             }),
             encoding: Encoding::Proto,
             target_name: String::new(),
+            allow_insecure_credentials: true,
         })
         .unwrap();
         let request = target.request(());

@@ -78,6 +78,7 @@ fn spec() -> DatastoreSpec {
             credentials: None,
             encoding: Encoding::Proto,
             target_name: String::new(),
+            allow_insecure_credentials: false,
         },
         sync: SyncSpec {
             mode: SyncMode::OnChange,

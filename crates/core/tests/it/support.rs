@@ -26,6 +26,7 @@ pub fn spec(
             credentials: None,
             encoding: Encoding::Proto,
             target_name: String::new(),
+            allow_insecure_credentials: false,
         },
         sync: SyncSpec {
             mode,

@@ -86,6 +86,58 @@ async fn crud_round_trip() {
     server.stop().await;
 }
 
+/// Credentials are refused in plaintext toward a device unless the datastore
+/// says it is a lab; with TLS, or with the flag, they are taken (and the flag
+/// comes back). A refused create stores nothing.
+#[tokio::test]
+async fn credentials_in_plaintext_need_the_lab_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let mut client = server.client().await;
+    let plaintext = || DatastoreBuilder::new("lab", "127.0.0.1:57400").credentials("admin", "pw");
+
+    let refused = client
+        .create_datastore(plaintext().create())
+        .await
+        .unwrap_err();
+    assert_status(
+        &refused,
+        Code::InvalidArgument,
+        &[
+            "datastore.target.credentials",
+            "plaintext",
+            "allow_insecure_credentials",
+        ],
+    );
+    assert!(!refused.message().contains("pw"), "{refused:?}");
+    let missing = client
+        .get_datastore(pb::GetDatastoreRequest { name: "lab".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let created = client
+        .create_datastore(plaintext().allow_insecure_credentials().create())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.target.unwrap().allow_insecure_credentials);
+    // TLS, or a username alone, needs no flag.
+    client
+        .create_datastore(DatastoreBuilder::every_field("tls").create())
+        .await
+        .unwrap();
+    client
+        .create_datastore(
+            DatastoreBuilder::new("user-only", "127.0.0.1:57400")
+                .credentials("admin", "")
+                .create(),
+        )
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn defaults_are_filled_in() {
     let dir = tempfile::tempdir().unwrap();

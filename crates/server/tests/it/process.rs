@@ -90,7 +90,7 @@ fn grpcurl_walkthrough() {
     assert!(health.contains("SERVING"), "{health}");
 
     let body = r#"{"datastore":{"name":"r1","target":{"address":"127.0.0.1:57400",
-        "credentials":{"username":"admin","password":"TOP-SECRET"}},
+        "credentials":{"username":"admin","password":"TOP-SECRET"},"allowInsecureCredentials":true},
         "sync":{"mode":"SYNC_MODE_ON_CHANGE","paths":["/interfaces","/system"],"commitInterval":"0.5s"}}}"#;
     let created = stdout(&g(&[
         "-d",
@@ -349,7 +349,7 @@ fn grpcurl_over_mutual_tls() {
     ]));
     assert!(health.contains("SERVING"), "{health}");
     let body = r#"{"datastore":{"name":"r1","target":{"address":"127.0.0.1:57400",
-        "credentials":{"username":"admin","password":"TOP-SECRET"}}}}"#;
+        "credentials":{"username":"admin","password":"TOP-SECRET"},"allowInsecureCredentials":true}}}"#;
     let created = stdout(&g(&[
         "-d",
         body,
