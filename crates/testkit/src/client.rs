@@ -150,12 +150,50 @@ impl DeviceLeaves for crate::device::Device {
 /// again after the device (a churning device may move on meanwhile);
 /// returns the revision.
 pub async fn converge(client: &mut Client, name: &str, device: &impl DeviceLeaves) -> u64 {
+    converge_with(client, name, device, |a, b| a == b).await
+}
+
+/// As [`converge`], with values compared by meaning
+/// ([`netsync_core::value::same_meaning`]): for a datastore whose device
+/// streams another encoding than the one [`DeviceLeaves`] reads it in (a
+/// JSON_IETF datastore's running holds `json_ietf_val`, a PROTO Get of the
+/// simulator typed values).
+pub async fn converge_by_meaning(
+    client: &mut Client,
+    name: &str,
+    device: &impl DeviceLeaves,
+) -> u64 {
+    converge_with(client, name, device, same_leaves).await
+}
+
+/// Whether `a` and `b` have the same leaves with values of the same meaning.
+pub fn same_leaves(
+    a: &BTreeMap<String, gnmi::TypedValue>,
+    b: &BTreeMap<String, gnmi::TypedValue>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && netsync_core::value::same_meaning(va, vb))
+}
+
+async fn converge_with(
+    client: &mut Client,
+    name: &str,
+    device: &impl DeviceLeaves,
+    same: impl Fn(&BTreeMap<String, gnmi::TypedValue>, &BTreeMap<String, gnmi::TypedValue>) -> bool,
+) -> u64 {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let now = device.device_leaves().await;
-        let revision =
-            until_running(client, name, "running to equal the device", |r| *r == now).await;
-        if device.device_leaves().await == running(client, name, revision).await.leaves {
+        let revision = until_running(client, name, "running to equal the device", |r| {
+            same(r, &now)
+        })
+        .await;
+        if same(
+            &device.device_leaves().await,
+            &running(client, name, revision).await.leaves,
+        ) {
             return revision;
         }
         assert!(

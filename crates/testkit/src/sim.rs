@@ -43,6 +43,19 @@ pub fn failing_sets(code: tonic::Code) -> simpb::Faults {
     }
 }
 
+/// Faults under which the next `count` gNMI Sets fail with `code` (then the
+/// fault switches itself off).
+pub fn failing_next_sets(code: tonic::Code, count: u64) -> simpb::Faults {
+    simpb::Faults {
+        set_failure: Some(simpb::SetFailure {
+            code: code as i32,
+            message: String::new(),
+            count,
+        }),
+        ..Default::default()
+    }
+}
+
 /// Faults under which every gNMI Set is held `ms` milliseconds.
 pub fn held_sets(ms: u64) -> simpb::Faults {
     simpb::Faults {
@@ -143,6 +156,24 @@ impl Sim {
             .clear_faults(simpb::ClearFaultsRequest {})
             .await
             .unwrap();
+    }
+
+    /// Ends every open Subscribe stream after `after_messages` more messages
+    /// (0: now) with UNAVAILABLE, as a device that drops its streams; its
+    /// clients connect again. Returns how many streams were open.
+    pub async fn disconnect(&self, after_messages: u64) -> u64 {
+        self.control()
+            .await
+            .disconnect(simpb::DisconnectRequest { after_messages })
+            .await
+            .unwrap()
+            .into_inner()
+            .streams
+    }
+
+    /// gNMI Sets the device has received so far (accepted or not).
+    pub async fn sets_received(&self) -> u64 {
+        self.counters().await.sets_received
     }
 
     /// Signals shutdown and waits for a clean exit.
