@@ -122,6 +122,16 @@ impl Sim {
     /// Sets and deletes leaves through the control service (no gNMI), as a
     /// change made on the device itself.
     pub async fn set_leaves(&self, updates: Vec<(String, gnmi::TypedValue)>, deletes: Vec<String>) {
+        self.try_set_leaves(updates, deletes).await.unwrap();
+    }
+
+    /// As [`Sim::set_leaves`], with the simulator's refusal (a value of
+    /// another kind than the leaf holds, ...) as an error.
+    pub async fn try_set_leaves(
+        &self,
+        updates: Vec<(String, gnmi::TypedValue)>,
+        deletes: Vec<String>,
+    ) -> Result<(), tonic::Status> {
         self.control()
             .await
             .set_leaves(simpb::SetLeavesRequest {
@@ -135,7 +145,7 @@ impl Sim {
                 deletes,
             })
             .await
-            .unwrap();
+            .map(|_| ())
     }
 
     /// Sets the simulator's faults (replacing the ones set before).
