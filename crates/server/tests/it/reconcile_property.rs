@@ -33,7 +33,9 @@ use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_sim::SimConfig;
 use netsync_testkit::DEADLINE;
-use netsync_testkit::client::{self, converge_by_meaning, set_intent, until_running, wait_revision};
+use netsync_testkit::client::{
+    self, converge_by_meaning, set_intent, until_running, until_running_within, wait_revision,
+};
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::gnmi::{Msg, Sub, list, subscription};
 use netsync_testkit::sim::{Sim, failing_next_sets, generated, held_sets};
@@ -95,7 +97,9 @@ impl Val {
         };
         match (form, self) {
             (Form::Typed, _) => self.typed(),
-            (Form::JsonIetf, Self::Text(s)) => ietf(serde_json::Value::from(s.as_str()).to_string()),
+            (Form::JsonIetf, Self::Text(s)) => {
+                ietf(serde_json::Value::from(s.as_str()).to_string())
+            }
             (Form::JsonIetf, Self::Num(n)) if n % 2 == 0 => ietf(n.to_string()),
             (Form::JsonIetf, Self::Num(n)) => ietf(format!("\"{n}\"")),
         }
@@ -135,10 +139,7 @@ impl Spec {
         if let Some((_, v)) = self.updates.iter().find(|(p, _)| *p == leaf) {
             return Some(Some(v));
         }
-        self.deletes
-            .iter()
-            .any(|d| covers(d, leaf))
-            .then_some(None)
+        self.deletes.iter().any(|d| covers(d, leaf)).then_some(None)
     }
 
     fn to_proto(&self) -> pb::Intent {
@@ -191,20 +192,19 @@ enum Op {
 }
 
 impl Op {
-    /// Most Sets this operation may cost: a write or a drift is one Set,
-    /// plus one when it lands while a Set of an earlier operation is in
-    /// flight (that job plans again); a dropped stream or a Resync may cut
-    /// a confirmation the same way; a failed Set is sent again once.
+    /// Most Sets this operation may cost. A write, or drift on an intent
+    /// leaf, is one Set, plus one when it lands while a Set of an earlier
+    /// operation waits for its answer (that job plans again at once and may
+    /// send the same leaves again, their echo not in running yet); a Resync
+    /// interrupts such a wait the same way. A failed Set is sent again once.
+    /// Drift on the device's own leaves, a dropped stream (the answer is
+    /// waited for through the resync), held Sets and pauses cost none.
     fn max_sets(&self) -> u64 {
         match self {
-            Self::SetIntent(_)
-            | Self::DeleteIntent(_)
-            | Self::Drift(_)
-            | Self::DriftOnEcho(_)
-            | Self::Disconnect
-            | Self::Resync => 2,
-            Self::FailNextSet => 1,
-            Self::HoldSets(_) | Self::Pause(_) => 0,
+            Self::SetIntent(_) | Self::DeleteIntent(_) | Self::DriftOnEcho(_) => 2,
+            Self::Drift(changes) if changes.iter().any(|(l, _)| LEAVES.contains(l)) => 2,
+            Self::Resync | Self::FailNextSet => 1,
+            Self::Drift(_) | Self::Disconnect | Self::HoldSets(_) | Self::Pause(_) => 0,
         }
     }
 }
@@ -259,7 +259,11 @@ fn ops(seed: u64) -> Vec<Op> {
             30..40 => Op::DeleteIntent(INTENTS.choose(&mut rng).unwrap()),
             40..60 => {
                 let n = rng.random_range(1..=2);
-                let leaves = LEAVES.iter().chain(&OWN).copied().choose_multiple(&mut rng, n);
+                let leaves = LEAVES
+                    .iter()
+                    .chain(&OWN)
+                    .copied()
+                    .choose_multiple(&mut rng, n);
                 Op::Drift(
                     leaves
                         .into_iter()
@@ -337,8 +341,9 @@ impl Model {
         self.intents.insert(spec.name, spec);
     }
 
-    /// What is wrong with `device` (every leaf, as a PROTO Get reads it),
-    /// given what it held before the case (`before`).
+    /// What is wrong with `device` (every leaf, as a PROTO Get of the device
+    /// reads it, or as running holds it), given what the device held before
+    /// the case (`before`). Values compare by meaning.
     fn mismatches(
         &self,
         before: &BTreeMap<String, TypedValue>,
@@ -365,13 +370,11 @@ impl Model {
                 // left what the device itself wrote (its initial value or a
                 // drift, which may come just after the withdrawal); never a
                 // value an intent gave it.
-                let own = before.get(leaf).into_iter().cloned().chain(
-                    self.drifted
-                        .get(leaf)
-                        .into_iter()
-                        .flatten()
-                        .map(Val::typed),
-                );
+                let own = before
+                    .get(leaf)
+                    .into_iter()
+                    .cloned()
+                    .chain(self.drifted.get(leaf).into_iter().flatten().map(Val::typed));
                 let fine = match now {
                     None => true,
                     Some(now) => own.into_iter().any(|v| same_meaning(now, &v)),
@@ -394,7 +397,7 @@ impl Model {
         }
         // Everything else is as it was: netsync touches only intent leaves.
         for path in before.keys().chain(device.keys()) {
-            if !ours.contains(path.as_str()) && before.get(path) != device.get(path) {
+            if !ours.contains(path.as_str()) && !same(before.get(path), device.get(path)) {
                 wrong.push(format!(
                     "{path}: no intent claims it, yet it went from {:?} to {:?}",
                     before.get(path),
@@ -490,17 +493,44 @@ async fn next_change(device: &mut Option<Sub>, sim: &Sim) -> bool {
     }
 }
 
+/// The device changes `changes` itself. The simulator keeps a leaf's kind
+/// as its schema would, and takes a JSON Set value without a schema: after
+/// netsync created [`NUMERIC`] from JSON_IETF it may hold the number as text
+/// (or an int); the device's own numbers are then written in that kind (the
+/// same meaning).
 async fn drift(sim: &Sim, changes: &[(&'static str, Option<Val>)]) {
-    let updates = changes
-        .iter()
-        .filter_map(|(leaf, v)| Some(((*leaf).to_string(), v.as_ref()?.typed())))
-        .collect();
-    let deletes = changes
+    let deletes: Vec<String> = changes
         .iter()
         .filter(|(_, v)| v.is_none())
         .map(|(leaf, _)| (*leaf).to_string())
         .collect();
-    sim.set_leaves(updates, deletes).await;
+    let mut like: Option<TypedValue> = None;
+    for _ in 0..3 {
+        let updates = changes
+            .iter()
+            .filter_map(|(leaf, v)| {
+                let value = match (v.as_ref()?, like.as_ref().and_then(|l| l.value.as_ref())) {
+                    (Val::Num(n), Some(V::StringVal(_))) => {
+                        netsync_testkit::gnmi::string(n.to_string())
+                    }
+                    (Val::Num(n), Some(V::IntVal(_))) => TypedValue {
+                        value: Some(V::IntVal(i64::try_from(*n).unwrap())),
+                    },
+                    (v, _) => v.typed(),
+                };
+                Some(((*leaf).to_string(), value))
+            })
+            .collect();
+        match sim.try_set_leaves(updates, deletes.clone()).await {
+            Ok(()) => return,
+            Err(status) if status.message().contains("holds a") => {
+                // netsync may change it again meanwhile: a few tries.
+                like = sim.leaves().await.remove(NUMERIC);
+            }
+            Err(status) => panic!("the device refused its own change: {status:?}"),
+        }
+    }
+    panic!("the device refused its own change of {NUMERIC} three times");
 }
 
 /// The intents' states, by name.
@@ -628,20 +658,21 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
     sim.clear_faults().await;
     replay.log.push("-- quiescence".into());
 
-    // The device reaches the merged intents over its own state; running
-    // follows it.
-    let wanted: Vec<(&str, Option<TypedValue>)> = LEAVES
-        .iter()
-        .filter_map(|leaf| Some((*leaf, model.merged(leaf)?.map(Val::typed))))
-        .collect();
-    until_running(&mut client, "r1", "running to hold the merged intents", |r| {
-        wanted.iter().all(|(leaf, v)| match (r.get(*leaf), v) {
-            (None, None) => true,
-            (Some(a), Some(b)) => same_meaning(a, b),
-            _ => false,
-        })
+    // The device reaches the merged intents over its own state, and running
+    // shows it (running holds every leaf, `/` being synced). What is wrong
+    // with the device, if it never does.
+    let reached = until_running_within(&mut client, "r1", DEADLINE, |r| {
+        model.mismatches(&before, r).is_empty()
     })
     .await;
+    if reached.is_err() {
+        let wrong = model.mismatches(&before, &sim.leaves().await);
+        panic!(
+            "running never held the merged intents over the device's own state within \
+             {DEADLINE:?}; the device:\n{}",
+            wrong.join("\n")
+        );
+    }
     converge_by_meaning(&mut client, "r1", &sim).await;
 
     // Every intent APPLIED: each job ends by planning once more, and that
@@ -658,7 +689,10 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
             .iter()
             .filter(|(_, s)| s.state == pb::IntentState::Failing as i32)
             .collect();
-        assert!(failing.is_empty(), "FAILING with a device that does not fight back: {failing:?}");
+        assert!(
+            failing.is_empty(),
+            "FAILING with a device that does not fight back: {failing:?}"
+        );
         if states
             .values()
             .all(|s| s.state == pb::IntentState::Applied as i32)
@@ -667,18 +701,27 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
         }
         assert!(Instant::now() < deadline, "never all APPLIED: {states:?}");
         // The next event (a job's phase, a commit), or a look again soon.
-        let _ = tokio::time::timeout(Duration::from_millis(200), client::next_event(&mut events))
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), client::next_event(&mut events)).await;
     }
     drop(events);
 
     let device_now = sim.leaves().await;
     let wrong = model.mismatches(&before, &device_now);
-    assert!(wrong.is_empty(), "the device at quiescence:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "the device at quiescence:\n{}",
+        wrong.join("\n")
+    );
     let deviations = client::deviations(&mut client, "r1").await;
-    assert!(deviations.is_empty(), "deviations at quiescence: {deviations:?}");
+    assert!(
+        deviations.is_empty(),
+        "deviations at quiescence: {deviations:?}"
+    );
     let sets = sim.sets_received().await - sets_before;
-    replay.log.push(format!("-- {sets} Sets, at most {max_sets} allowed"));
+    replay
+        .log
+        .push(format!("-- {sets} Sets, at most {max_sets} allowed"));
     assert!(
         sets <= max_sets,
         "{sets} Sets for {} operations, at most {max_sets} allowed",
@@ -691,12 +734,16 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
     sim.set_leaves(vec![(OWN[1].into(), probe.typed())], vec![])
         .await;
     until_running(&mut client, "r1", "the probe", |r| {
-        r.get(OWN[1]).is_some_and(|v| same_meaning(v, &probe.typed()))
+        r.get(OWN[1])
+            .is_some_and(|v| same_meaning(v, &probe.typed()))
     })
     .await;
     converge_by_meaning(&mut client, "r1", &sim).await;
     let deviations = client::deviations(&mut client, "r1").await;
-    assert!(deviations.is_empty(), "deviations after the probe: {deviations:?}");
+    assert!(
+        deviations.is_empty(),
+        "deviations after the probe: {deviations:?}"
+    );
     assert_eq!(
         sim.sets_received().await - sets_before,
         sets,
