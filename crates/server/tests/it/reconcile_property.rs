@@ -3,10 +3,11 @@
 //! priorities, leaves and absence claims, values written typed or as
 //! JSON_IETF), intent deletions, drift on the device (on intent leaves and on
 //! the device's own, sometimes right after netsync's Set reached it), dropped
-//! streams, Resyncs, and Sets failed or held by the device, once the sequence
-//! stops: the device holds the merged intents (winner by priority, then name)
-//! laid over its own state and nothing else changed, GetDeviations is empty,
-//! every intent is APPLIED, and the device received a bounded number of Sets.
+//! streams, Resyncs, netsyncd restarts, and Sets failed or held by the
+//! device, once the sequence stops and no Set is out: the device holds the
+//! merged intents (winner by priority, then name) laid over its own state and
+//! nothing else changed, GetDeviations is empty, every intent is APPLIED, the
+//! device received a bounded number of Sets, and none once it is quiet.
 //! Run for PROTO and JSON_IETF datastores, the simulator taking Set values
 //! only in that encoding.
 //!
@@ -44,15 +45,16 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, IteratorRandom};
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::support::TestServer;
 
 /// Cases per encoding unless `NETSYNC_PROP_CASES` says otherwise: few cases
 /// of many operations, which meet more interleavings than many short ones.
-const CASES: u64 = 4;
+const CASES: u64 = 6;
 /// Operations per case.
-const OPS: usize = 16;
+const OPS: usize = 20;
 /// The seed of the first case; case `i` uses `FIRST_SEED + i`.
 const FIRST_SEED: u64 = 0x5eed_1300;
 
@@ -182,6 +184,9 @@ enum Op {
     /// The device drops every Subscribe stream.
     Disconnect,
     Resync,
+    /// netsyncd stops (cleanly) and starts again on its database: intents
+    /// and queued or running jobs come back from it.
+    RestartServer,
     /// The next Set fails with UNAVAILABLE (retried by the job).
     FailNextSet,
     /// Sets are held this long until the faults change.
@@ -203,6 +208,8 @@ impl Op {
         match self {
             Self::SetIntent(_) | Self::DeleteIntent(_) | Self::DriftOnEcho(_) => 2,
             Self::Drift(changes) if changes.iter().any(|(l, _)| LEAVES.contains(l)) => 2,
+            // A job cut by the stop runs again: its Set may be sent twice.
+            Self::RestartServer => 2,
             Self::Resync | Self::FailNextSet => 1,
             Self::Drift(_) | Self::Disconnect | Self::HoldSets(_) | Self::Pause(_) => 0,
         }
@@ -283,9 +290,10 @@ fn ops(seed: u64) -> Vec<Op> {
                         .collect(),
                 )
             }
-            70..77 => Op::Disconnect,
-            77..82 => Op::Resync,
-            82..86 if failures < 2 => {
+            70..76 => Op::Disconnect,
+            76..80 => Op::Resync,
+            80..83 => Op::RestartServer,
+            83..86 if failures < 2 => {
                 failures += 1;
                 Op::FailNextSet
             }
@@ -548,6 +556,58 @@ async fn states(client: &mut NetSyncClient<Channel>) -> BTreeMap<String, pb::Int
         .collect()
 }
 
+/// The reconcile phases of `r1` as WatchSync shows them, to tell whether a
+/// job has a Set out: a job with a Set out has published APPLYING, and ends
+/// with APPLIED or FAILED (a job that sends nothing publishes neither).
+struct Jobs {
+    events: Streaming<pb::SyncEvent>,
+    set_out: bool,
+}
+
+impl Jobs {
+    async fn watch(client: &mut NetSyncClient<Channel>) -> Self {
+        Self {
+            events: client::watch(client, "r1", 0).await,
+            set_out: false,
+        }
+    }
+
+    fn note(&mut self, event: &pb::SyncEvent) {
+        if let Some(pb::sync_event::Event::Revert(r)) = &event.event {
+            if r.phase == pb::RevertPhase::Applying as i32 {
+                self.set_out = true;
+            } else if r.phase == pb::RevertPhase::Applied as i32
+                || r.phase == pb::RevertPhase::Failed as i32
+            {
+                self.set_out = false;
+            }
+        }
+    }
+
+    /// The next event within `wait`, if any.
+    async fn next_within(&mut self, wait: Duration) -> bool {
+        match tokio::time::timeout(wait, client::next_event(&mut self.events)).await {
+            Ok(event) => {
+                self.note(&event);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes in the events that came, then waits until no job has a Set
+    /// out (a Set the device held past the end of the sequence lands
+    /// later, and its job goes on from there). Says whether it waited.
+    async fn settle(&mut self) -> bool {
+        while self.next_within(Duration::ZERO).await {}
+        let waited = self.set_out;
+        while self.set_out {
+            self.next_within(DEADLINE).await;
+        }
+        waited
+    }
+}
+
 /// Runs the case `seed` on a datastore of `encoding`.
 async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64) {
     let mut ops = ops(seed);
@@ -591,7 +651,8 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
     let before = sim.leaves().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(config(&dir.path().join("n.db"))).await;
+    let db = dir.path().join("n.db");
+    let mut server = TestServer::start_with(config(&db)).await;
     let mut client = server.client().await;
     let datastore = DatastoreBuilder::new("r1", sim.addr)
         .encoding(encoding)
@@ -602,6 +663,7 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
     wait_revision(&mut client, "r1", 1).await;
     let sets_before = sim.sets_received().await;
     let mut device: Option<Sub> = None;
+    let mut jobs = Jobs::watch(&mut client).await;
 
     let mut max_sets = 0;
     for op in &ops {
@@ -640,6 +702,13 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
             Op::Disconnect => {
                 sim.disconnect(0).await;
             }
+            Op::RestartServer => {
+                drop(jobs);
+                server.stop().await;
+                server = TestServer::start_with(config(&db)).await;
+                client = server.client().await;
+                jobs = Jobs::watch(&mut client).await;
+            }
             Op::Resync => {
                 client
                     .resync(pb::ResyncRequest { name: "r1".into() })
@@ -659,27 +728,32 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
     replay.log.push("-- quiescence".into());
 
     // The device reaches the merged intents over its own state, and running
-    // shows it (running holds every leaf, `/` being synced). What is wrong
-    // with the device, if it never does.
-    let reached = until_running_within(&mut client, "r1", DEADLINE, |r| {
-        model.mismatches(&before, r).is_empty()
-    })
-    .await;
-    if reached.is_err() {
-        let wrong = model.mismatches(&before, &sim.leaves().await);
-        panic!(
-            "running never held the merged intents over the device's own state within \
-             {DEADLINE:?}; the device:\n{}",
-            wrong.join("\n")
-        );
+    // shows it (running holds every leaf, `/` being synced), with no Set out
+    // (looked at again after one that was). What is wrong with the device,
+    // if it never does.
+    loop {
+        let reached = until_running_within(&mut client, "r1", DEADLINE, |r| {
+            model.mismatches(&before, r).is_empty()
+        })
+        .await;
+        if reached.is_err() {
+            let wrong = model.mismatches(&before, &sim.leaves().await);
+            panic!(
+                "running never held the merged intents over the device's own state within \
+                 {DEADLINE:?}; the device:\n{}",
+                wrong.join("\n")
+            );
+        }
+        converge_by_meaning(&mut client, "r1", &sim).await;
+        if !jobs.settle().await {
+            break;
+        }
     }
-    converge_by_meaning(&mut client, "r1", &sim).await;
 
     // Every intent APPLIED: each job ends by planning once more, and that
     // plan marks them; a job may still be at it when running shows the
     // device. FAILING is a failure at once.
     let deadline = Instant::now() + DEADLINE;
-    let mut events = client::watch(&mut client, "r1", 0).await;
     loop {
         let states = states(&mut client).await;
         let names: BTreeSet<&str> = states.keys().map(String::as_str).collect();
@@ -701,10 +775,10 @@ async fn case(encoding: pb::Encoding, device_encoding: gnmi::Encoding, seed: u64
         }
         assert!(Instant::now() < deadline, "never all APPLIED: {states:?}");
         // The next event (a job's phase, a commit), or a look again soon.
-        let _ =
-            tokio::time::timeout(Duration::from_millis(200), client::next_event(&mut events)).await;
+        jobs.next_within(Duration::from_millis(200)).await;
     }
-    drop(events);
+    assert!(!jobs.settle().await, "a Set after quiescence");
+    drop(jobs);
 
     let device_now = sim.leaves().await;
     let wrong = model.mismatches(&before, &device_now);
