@@ -857,8 +857,10 @@ pub fn dry_run(
 /// revertive intents when revert is enabled, as every job does), planned by
 /// [`plan_set`] from `snapshot` and `intents` as they would be after the
 /// write. `failing` are the FAILING intents; a write makes `intent` PENDING
-/// again, so its own leaves are planned even if it is one of them.
-/// Withdrawals queued by a DeleteIntent and not yet done are not part of it.
+/// again, so its own leaves are planned even if it is one of them. The
+/// leaves a previous version of `intent` set and this one drops are
+/// withdrawn in the same job, as the write queues them. Withdrawals queued by
+/// a DeleteIntent and not yet done are not part of it.
 fn plan_write(
     spec: &DatastoreSpec,
     snapshot: &Snapshot,
@@ -867,11 +869,23 @@ fn plan_write(
     intent: Intent,
 ) -> Result<DryRun, String> {
     let running = &snapshot.running;
+    let withdrawn: BTreeSet<Key> = intents
+        .iter()
+        .find(|old| old.name == intent.name)
+        .map(|old| {
+            old.updates
+                .keys()
+                .filter(|k| !intent.updates.contains_key(*k))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     let before = Intended::from_intents(intents, running);
     let mut after = before.clone();
     failing.remove(&intent.name);
     let job = Job {
         apply: BTreeSet::from([intent.name.clone()]),
+        withdrawn,
         ..Job::default()
     };
     after.set(intent, running);
@@ -1088,5 +1102,35 @@ mod tests {
             updates(&plan.set.unwrap()),
             vec![("/mtu".into(), typed(V::UintVal(9000)))]
         );
+    }
+
+    #[test]
+    fn rewriting_an_intent_without_a_leaf_plans_its_withdrawal() {
+        let running = Running::from_leaves([
+            (Key::from("/a"), string("mine")),
+            (Key::from("/b"), string("mine too")),
+        ]);
+        let snapshot = Snapshot {
+            revision: 4,
+            time: None,
+            running,
+        };
+        let old = intent(
+            "i",
+            1,
+            &[("/a", string("mine")), ("/b", string("mine too"))],
+            &[],
+        );
+        let new = intent("i", 1, &[("/a", string("mine"))], &[]);
+        let spec = spec(pb::Encoding::Proto, false);
+        let plan = plan_write(&spec, &snapshot, vec![old], BTreeSet::new(), new).unwrap();
+        let set = plan.set.expect("the dropped leaf is withdrawn");
+        assert!(set.update.is_empty(), "{set:?}");
+        let deletes: Vec<String> = set
+            .delete
+            .iter()
+            .map(|p| Path::from_gnmi(None, p).unwrap().to_string())
+            .collect();
+        assert_eq!(deletes, ["/b"]);
     }
 }

@@ -217,14 +217,15 @@ impl Store {
             .await
     }
 
-    /// Creates or replaces an intent of `datastore` and queues the job that
-    /// applies it, in one transaction; returns whether a new job was queued
-    /// (rather than merged into a queued one).
+    /// Creates or replaces an intent of `datastore` and queues `triggers`
+    /// (applying it, withdrawing the leaves it no longer sets), in one
+    /// transaction; returns whether a new job was queued (rather than merged
+    /// into a queued one).
     pub async fn put_intent(
         &self,
         datastore: &str,
         intent: &netsync_core::intent::Intent,
-        trigger: Trigger,
+        triggers: Vec<Trigger>,
     ) -> Result<bool, Error> {
         let body = convert::intent_to_proto(intent).encode_to_vec();
         let (datastore, name) = (datastore.to_string(), intent.name.clone());
@@ -240,7 +241,11 @@ impl Store {
                     .bind(body)
                     .execute(&mut *conn)
                     .await?;
-                    jobs::enqueue(conn, &datastore, &trigger).await
+                    let mut created = false;
+                    for trigger in &triggers {
+                        created |= jobs::enqueue(conn, &datastore, trigger).await?;
+                    }
+                    Ok(created)
                 })
             })
             .await

@@ -127,6 +127,33 @@ pub async fn until_running(
     }
 }
 
+/// Like [`until_running`], for at most `within`: the revision `check` held
+/// at, or the last running read when it never did (for the caller to say
+/// what is wrong with it).
+pub async fn until_running_within(
+    client: &mut Client,
+    name: &str,
+    within: Duration,
+    mut check: impl FnMut(&BTreeMap<String, gnmi::TypedValue>) -> bool,
+) -> Result<u64, Option<Running>> {
+    let deadline = Instant::now() + within;
+    let mut next = 0;
+    let mut last = None;
+    while Instant::now() < deadline {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(2));
+        if let Ok(running) = try_running(client, name, next, wait).await {
+            if check(&running.leaves) {
+                return Ok(running.revision);
+            }
+            next = running.revision + 1;
+            last = Some(running);
+        }
+    }
+    Err(last)
+}
+
 /// A device whose leaves a test can read, to compare running with.
 pub trait DeviceLeaves {
     /// Every leaf of the device now, canonical path -> value.
@@ -148,22 +175,90 @@ impl DeviceLeaves for crate::device::Device {
     }
 }
 
-/// Waits until running of `name` equals `device`, and still does when read
-/// again after the device (a churning device may move on meanwhile);
-/// returns the revision.
+/// Waits until running of `name` equals `device` as read after it (a
+/// churning device may move on meanwhile: it is read again at each new
+/// revision); returns the revision. On a timeout, says where they differ.
 pub async fn converge(client: &mut Client, name: &str, device: &impl DeviceLeaves) -> u64 {
+    converge_with(client, name, device, |a, b| a == b).await
+}
+
+/// As [`converge`], with values compared by meaning
+/// ([`netsync_core::value::same_meaning`]): for a datastore whose device
+/// streams another encoding than the one [`DeviceLeaves`] reads it in (a
+/// JSON_IETF datastore's running holds `json_ietf_val`, a PROTO Get of the
+/// simulator typed values).
+pub async fn converge_by_meaning(
+    client: &mut Client,
+    name: &str,
+    device: &impl DeviceLeaves,
+) -> u64 {
+    converge_with(client, name, device, same_leaves).await
+}
+
+/// Where `running` and `device` differ, one line per leaf (compared by
+/// meaning, so that only real differences show).
+fn differences(
+    running: &BTreeMap<String, gnmi::TypedValue>,
+    device: &BTreeMap<String, gnmi::TypedValue>,
+) -> Vec<String> {
+    let paths: std::collections::BTreeSet<&String> = running.keys().chain(device.keys()).collect();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let (r, d) = (running.get(path), device.get(path));
+            let same = match (r, d) {
+                (Some(r), Some(d)) => netsync_core::value::same_meaning(r, d),
+                (None, None) => true,
+                _ => false,
+            };
+            (!same).then(|| format!("{path}: {r:?}, {d:?}"))
+        })
+        .collect()
+}
+
+/// Whether `a` and `b` have the same leaves with values of the same meaning.
+pub fn same_leaves(
+    a: &BTreeMap<String, gnmi::TypedValue>,
+    b: &BTreeMap<String, gnmi::TypedValue>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && netsync_core::value::same_meaning(va, vb))
+}
+
+async fn converge_with(
+    client: &mut Client,
+    name: &str,
+    device: &impl DeviceLeaves,
+    same: impl Fn(&BTreeMap<String, gnmi::TypedValue>, &BTreeMap<String, gnmi::TypedValue>) -> bool,
+) -> u64 {
     let deadline = Instant::now() + DEADLINE;
+    let mut next = 0;
+    let mut last: Option<Running> = None;
     loop {
-        let now = device.device_leaves().await;
-        let revision =
-            until_running(client, name, "running to equal the device", |r| *r == now).await;
-        if device.device_leaves().await == running(client, name, revision).await.leaves {
-            return revision;
+        // Each new revision (or every 2 s without one) is compared with the
+        // device as it is after it: running never runs ahead of the device,
+        // so equal then means running had caught up. The device is read
+        // again each time, since it may move on (a churn, a Set landing).
+        if let Ok(running) = try_running(client, name, next, Duration::from_secs(2)).await {
+            next = running.revision + 1;
+            last = Some(running);
         }
-        assert!(
-            Instant::now() < deadline,
-            "running of {name} never settled on the device"
-        );
+        let now = device.device_leaves().await;
+        if let Some(running) = &last
+            && same(&running.leaves, &now)
+        {
+            return running.revision;
+        }
+        if Instant::now() >= deadline {
+            let running = last.map(|r| r.leaves).unwrap_or_default();
+            panic!(
+                "running of {name} never equalled the device within {DEADLINE:?}; where they \
+                 differ (running, device):\n{}",
+                differences(&running, &now).join("\n")
+            );
+        }
     }
 }
 

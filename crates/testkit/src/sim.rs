@@ -43,6 +43,19 @@ pub fn failing_sets(code: tonic::Code) -> simpb::Faults {
     }
 }
 
+/// Faults under which the next `count` gNMI Sets fail with `code` (then the
+/// fault switches itself off).
+pub fn failing_next_sets(code: tonic::Code, count: u64) -> simpb::Faults {
+    simpb::Faults {
+        set_failure: Some(simpb::SetFailure {
+            code: code as i32,
+            message: String::new(),
+            count,
+        }),
+        ..Default::default()
+    }
+}
+
 /// Faults under which every gNMI Set is held `ms` milliseconds.
 pub fn held_sets(ms: u64) -> simpb::Faults {
     simpb::Faults {
@@ -109,6 +122,16 @@ impl Sim {
     /// Sets and deletes leaves through the control service (no gNMI), as a
     /// change made on the device itself.
     pub async fn set_leaves(&self, updates: Vec<(String, gnmi::TypedValue)>, deletes: Vec<String>) {
+        self.try_set_leaves(updates, deletes).await.unwrap();
+    }
+
+    /// As [`Sim::set_leaves`], with the simulator's refusal (a value of
+    /// another kind than the leaf holds, ...) as an error.
+    pub async fn try_set_leaves(
+        &self,
+        updates: Vec<(String, gnmi::TypedValue)>,
+        deletes: Vec<String>,
+    ) -> Result<(), tonic::Status> {
         self.control()
             .await
             .set_leaves(simpb::SetLeavesRequest {
@@ -122,7 +145,7 @@ impl Sim {
                 deletes,
             })
             .await
-            .unwrap();
+            .map(|_| ())
     }
 
     /// Sets the simulator's faults (replacing the ones set before).
@@ -143,6 +166,24 @@ impl Sim {
             .clear_faults(simpb::ClearFaultsRequest {})
             .await
             .unwrap();
+    }
+
+    /// Ends every open Subscribe stream after `after_messages` more messages
+    /// (0: now) with UNAVAILABLE, as a device that drops its streams; its
+    /// clients connect again. Returns how many streams were open.
+    pub async fn disconnect(&self, after_messages: u64) -> u64 {
+        self.control()
+            .await
+            .disconnect(simpb::DisconnectRequest { after_messages })
+            .await
+            .unwrap()
+            .into_inner()
+            .streams
+    }
+
+    /// gNMI Sets the device has received so far (accepted or not).
+    pub async fn sets_received(&self) -> u64 {
+        self.counters().await.sets_received
     }
 
     /// Signals shutdown and waits for a clean exit.

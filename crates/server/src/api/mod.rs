@@ -370,8 +370,23 @@ impl NetSync for NetSyncService {
             intent.revision = sync.snapshot().revision;
             // The intent and the job that applies it (through the reconcile
             // queue, even when non-revertive) are written in one transaction.
-            let trigger = Trigger::Apply(intent.name.clone());
-            let queued = store.put_intent(&req.datastore, &intent, trigger).await?;
+            // Leaves the previous version set and this one does not leave the
+            // device too, unless another intent provides them, as on
+            // DeleteIntent.
+            let mut triggers = vec![Trigger::Apply(intent.name.clone())];
+            let dropped: Vec<_> = sync
+                .intent(&intent.name)
+                .map(|old| {
+                    old.updates
+                        .into_keys()
+                        .filter(|k| !intent.updates.contains_key(k))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !dropped.is_empty() {
+                triggers.push(Trigger::Withdraw(dropped));
+            }
+            let queued = store.put_intent(&req.datastore, &intent, triggers).await?;
             tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
             let status = engine.intent_written(&req.datastore, &intent.name);
             let reply = convert::intent_with_status(&intent, &status);

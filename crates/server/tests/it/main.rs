@@ -18,6 +18,7 @@ mod observability;
 mod process;
 mod reconcile;
 mod reconcile_lifecycle;
+mod reconcile_property;
 mod storage;
 mod sync;
 mod tls_api;

@@ -1,7 +1,9 @@
 //! Reconcile jobs against netsync-sim: apply on SetIntent, drift reverted,
 //! non-revertive drift reported, DeleteIntent, priority conflicts, failing
 //! Sets retried then FAILED, a job resumed after a restart, and the seed
-//! failure in full: a stalled revert never holds up the sync.
+//! failure in full: a stalled revert never holds up the sync. Each runs for a
+//! PROTO and a JSON_IETF datastore ([`both_encodings`]), the simulator taking
+//! Set values only in the datastore's encoding.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 use netsync_proto::gnmi;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
+use netsync_sim::SimConfig;
 use netsync_testkit::LONG_DEADLINE as DEADLINE;
 use netsync_testkit::client::{self, set_intent, wait_revision};
 use netsync_testkit::datastore::{self, DatastoreBuilder, create};
@@ -21,6 +24,45 @@ use tonic::transport::Channel;
 
 use crate::support::TestServer;
 
+/// Runs the async fn `$case(encoding: pb::Encoding)` as two tests,
+/// `$case::proto` and `$case::json_ietf`: the datastore's encoding decides
+/// how running holds values and how Sets are sent.
+macro_rules! both_encodings {
+    ($case:ident) => {
+        mod $case {
+            use netsync_proto::netsync::v1::Encoding;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn proto() {
+                super::$case(Encoding::Proto).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn json_ietf() {
+                super::$case(Encoding::JsonIetf).await;
+            }
+        }
+    };
+}
+pub(crate) use both_encodings;
+
+/// A generated device of `leaves` leaves that takes Set values only in the
+/// encoding of a datastore of `encoding`, as a device that speaks one does.
+pub(crate) async fn strict_sim(encoding: pb::Encoding, leaves: usize) -> Sim {
+    let device = match encoding {
+        pb::Encoding::Json => gnmi::Encoding::Json,
+        pb::Encoding::Proto => gnmi::Encoding::Proto,
+        pb::Encoding::Ascii => gnmi::Encoding::Ascii,
+        // Unspecified is the API default, JSON_IETF.
+        pb::Encoding::JsonIetf | pb::Encoding::Unspecified => gnmi::Encoding::JsonIetf,
+    };
+    Sim::start(SimConfig {
+        set_encoding: Some(device),
+        ..generated(leaves)
+    })
+    .await
+}
+
 fn config(db: &std::path::Path) -> Config {
     let mut config = crate::support::config(db);
     config.reconcile.backoff_min = Duration::from_millis(50);
@@ -30,11 +72,11 @@ fn config(db: &std::path::Path) -> Config {
     config
 }
 
-/// The PROTO datastore `r1` of `sim`, committing every 200 ms, reverting
-/// drift at once if `revert`.
-fn datastore(sim: &Sim, revert: bool) -> pb::Datastore {
+/// The datastore `r1` of `sim` in `encoding`, committing every 200 ms,
+/// reverting drift at once if `revert`.
+fn datastore(sim: &Sim, encoding: pb::Encoding, revert: bool) -> pb::Datastore {
     DatastoreBuilder::new("r1", sim.addr)
-        .encoding(pb::Encoding::Proto)
+        .encoding(encoding)
         .commit_interval_ms(200)
         .revert(revert, 0)
         .build()
@@ -83,22 +125,26 @@ async fn deviations(client: &mut NetSyncClient<Channel>) -> BTreeMap<String, Str
         .collect()
 }
 
-async fn start(sim: &Sim, revert: bool) -> (tempfile::TempDir, TestServer, NetSyncClient<Channel>) {
+async fn start(
+    sim: &Sim,
+    encoding: pb::Encoding,
+    revert: bool,
+) -> (tempfile::TempDir, TestServer, NetSyncClient<Channel>) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(config(&dir.path().join("n.db"))).await;
     let mut client = server.client().await;
     client
-        .create_datastore(create(datastore(sim, revert)))
+        .create_datastore(create(datastore(sim, encoding, revert)))
         .await
         .unwrap();
     wait_revision(&mut client, "r1", 1).await;
     (dir, server, client)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_revert_priority_and_delete() {
-    let sim = Sim::start(generated(200)).await;
-    let (_dir, server, mut client) = start(&sim, true).await;
+both_encodings!(apply_revert_priority_and_delete);
+async fn apply_revert_priority_and_delete(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 200).await;
+    let (_dir, server, mut client) = start(&sim, encoding, true).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
 
     // Apply: SetIntent brings the device to the intent.
@@ -190,10 +236,56 @@ async fn apply_revert_priority_and_delete() {
     sim.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_revertive_drift_is_reported_not_reverted() {
-    let sim = Sim::start(generated(200)).await;
-    let (_dir, server, mut client) = start(&sim, true).await;
+both_encodings!(a_rewrite_withdraws_the_leaves_it_drops);
+/// Writing an intent again without some of its leaves takes them off the
+/// device, as deleting it would, except where another intent provides them.
+async fn a_rewrite_withdraws_the_leaves_it_drops(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 100).await;
+    let (_dir, server, mut client) = start(&sim, encoding, true).await;
+    let mut events = client::watch(&mut client, "r1", 0).await;
+    let (only, shared, new) = (
+        "/system/intent/only",
+        "/system/intent/shared",
+        "/system/intent/new",
+    );
+    set_intent(
+        &mut client,
+        "r1",
+        intent("base", 10, &[(only, "base"), (shared, "base")], &[], false),
+    )
+    .await;
+    next_revert(&mut events, pb::RevertPhase::Applied).await;
+    // A lower-ranked intent also sets `shared`: base wins it for now.
+    set_intent(
+        &mut client,
+        "r1",
+        intent("fallback", 20, &[(shared, "fallback")], &[], false),
+    )
+    .await;
+    assert_eq!(device_leaf(&sim, shared).await, Some(string("base")));
+
+    set_intent(
+        &mut client,
+        "r1",
+        intent("base", 10, &[(new, "base")], &[], false),
+    )
+    .await;
+    let applied = next_revert(&mut events, pb::RevertPhase::Applied).await;
+    assert_eq!(applied.deletes, [only], "{applied:?}");
+    let device = sim.leaves().await;
+    assert_eq!(device.get(only), None, "dropped, and nobody provides it");
+    assert_eq!(device.get(shared), Some(&string("fallback")));
+    assert_eq!(device.get(new), Some(&string("base")));
+    assert!(deviations(&mut client).await.is_empty());
+    drop(events);
+    server.stop().await;
+    sim.stop().await;
+}
+
+both_encodings!(non_revertive_drift_is_reported_not_reverted);
+async fn non_revertive_drift_is_reported_not_reverted(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 200).await;
+    let (_dir, server, mut client) = start(&sim, encoding, true).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
@@ -241,10 +333,10 @@ async fn non_revertive_drift_is_reported_not_reverted() {
     sim.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_sets_are_retried_then_failed() {
-    let sim = Sim::start(generated(100)).await;
-    let (_dir, server, mut client) = start(&sim, false).await;
+both_encodings!(failing_sets_are_retried_then_failed);
+async fn failing_sets_are_retried_then_failed(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 100).await;
+    let (_dir, server, mut client) = start(&sim, encoding, false).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     // Transient: retried with backoff, then FAILED after the last attempt.
     sim.set_faults(failing_sets(tonic::Code::Unavailable)).await;
@@ -298,15 +390,15 @@ async fn failing_sets_are_retried_then_failed() {
     sim.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_interrupted_by_a_restart_runs_after_it() {
-    let sim = Sim::start(generated(100)).await;
+both_encodings!(a_job_interrupted_by_a_restart_runs_after_it);
+async fn a_job_interrupted_by_a_restart_runs_after_it(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 100).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("n.db");
     let server = TestServer::start_with(config(&db)).await;
     let mut client = server.client().await;
     client
-        .create_datastore(create(datastore(&sim, false)))
+        .create_datastore(create(datastore(&sim, encoding, false)))
         .await
         .unwrap();
     sim.set_faults(failing_sets(tonic::Code::Unavailable)).await;
@@ -338,13 +430,13 @@ async fn a_job_interrupted_by_a_restart_runs_after_it() {
     sim.stop().await;
 }
 
+both_encodings!(a_stalled_revert_never_holds_up_the_sync);
 /// The seed failure in full: the device answers Set only after 60 s. A drift
 /// starts a revert that stalls; meanwhile 2,000 more changes arrive, and
 /// running shows every one on time; then the revert completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_revert_never_holds_up_the_sync() {
-    let sim = Sim::start(generated(500)).await;
-    let (_dir, server, mut client) = start(&sim, true).await;
+async fn a_stalled_revert_never_holds_up_the_sync(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 500).await;
+    let (_dir, server, mut client) = start(&sim, encoding, true).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,

@@ -4,6 +4,8 @@
 //! its leaf back after every Set ends with a FAILING intent after a bounded
 //! number of Sets, auto-revert paused until the intent is written again or
 //! the datastore resynced; DeleteIntent converges the store and the engine.
+//! All but the last (the store alone) run for a PROTO and a JSON_IETF
+//! datastore, the simulator taking Set values only in its encoding.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use crate::reconcile::{both_encodings, strict_sim};
 use crate::support::TestServer;
 
 const MOTD: &str = "/system/intent/motd";
@@ -36,14 +39,19 @@ fn config(db: &std::path::Path) -> Config {
     config
 }
 
-/// Starts netsyncd with `config` and the PROTO datastore `r1` of `sim`
-/// (revert at once), committing every `commit_ms`; waits for its first
-/// revision.
-async fn start(sim: &Sim, config: Config, commit_ms: u64) -> (TestServer, NetSyncClient<Channel>) {
+/// Starts netsyncd with `config` and the datastore `r1` of `sim` in
+/// `encoding` (revert at once), committing every `commit_ms`; waits for its
+/// first revision.
+async fn start(
+    sim: &Sim,
+    encoding: pb::Encoding,
+    config: Config,
+    commit_ms: u64,
+) -> (TestServer, NetSyncClient<Channel>) {
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
     let ds = DatastoreBuilder::new("r1", sim.addr)
-        .encoding(pb::Encoding::Proto)
+        .encoding(encoding)
         .commit_interval_ms(commit_ms)
         .revert(true, 0)
         .build();
@@ -104,18 +112,18 @@ async fn next_motd(sub: &mut Sub) -> String {
     }
 }
 
+both_encodings!(drift_within_the_echo_of_a_set_is_reverted_at_once);
 /// The drift of the issue: the device changes the leaf right after it took
 /// netsync's revert, inside the same commit window as the Set's echo, so
 /// running never shows the Set. The job must see the device's answer in the
 /// next revision and set the leaf again at once, not wait out its 60 s
 /// confirm timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_within_the_echo_of_a_set_is_reverted_at_once() {
-    let sim = Sim::start(generated(100)).await;
+async fn drift_within_the_echo_of_a_set_is_reverted_at_once(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 100).await;
     let dir = tempfile::tempdir().unwrap();
     // A 2 s commit window: the Set's echo and the drift that follows it
     // within milliseconds are one revision.
-    let (server, mut client) = start(&sim, config(&dir.path().join("n.db")), 2000).await;
+    let (server, mut client) = start(&sim, encoding, config(&dir.path().join("n.db")), 2000).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     set_intent(
         &mut client,
@@ -158,14 +166,14 @@ async fn drift_within_the_echo_of_a_set_is_reverted_at_once() {
     sim.stop().await;
 }
 
+both_encodings!(intent_writes_answer_while_the_device_holds_a_set);
 /// The device holds every Set for 60 s. SetIntent and DeleteIntent on the
 /// datastore answer meanwhile, each far within that time: no intent write
 /// waits for the device.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn intent_writes_answer_while_the_device_holds_a_set() {
-    let sim = Sim::start(generated(100)).await;
+async fn intent_writes_answer_while_the_device_holds_a_set(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 100).await;
     let dir = tempfile::tempdir().unwrap();
-    let (server, mut client) = start(&sim, config(&dir.path().join("n.db")), 200).await;
+    let (server, mut client) = start(&sim, encoding, config(&dir.path().join("n.db")), 200).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     sim.set_faults(held_sets(60_000)).await;
     set_intent(
@@ -238,13 +246,15 @@ fn fight_back(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_that_fights_back_ends_failing_until_the_intent_is_written_again() {
-    let sim = Sim::start(generated(100)).await;
+both_encodings!(a_device_that_fights_back_ends_failing_until_the_intent_is_written_again);
+async fn a_device_that_fights_back_ends_failing_until_the_intent_is_written_again(
+    encoding: pb::Encoding,
+) {
+    let sim = strict_sim(encoding, 100).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&dir.path().join("n.db"));
     config.reconcile.max_failures = 3;
-    let (server, mut client) = start(&sim, config, 200).await;
+    let (server, mut client) = start(&sim, encoding, config, 200).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     let written = set_intent(
         &mut client,
@@ -339,15 +349,15 @@ async fn a_device_that_fights_back_ends_failing_until_the_intent_is_written_agai
     sim.stop().await;
 }
 
+both_encodings!(a_resync_resumes_a_failing_intent);
 /// A refused Set counts as one that did not stick: with `max_failures` 1,
 /// the intent is FAILING after one refusal. A Resync resumes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resync_resumes_a_failing_intent() {
-    let sim = Sim::start(generated(100)).await;
+async fn a_resync_resumes_a_failing_intent(encoding: pb::Encoding) {
+    let sim = strict_sim(encoding, 100).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&dir.path().join("n.db"));
     config.reconcile.max_failures = 1;
-    let (server, mut client) = start(&sim, config, 200).await;
+    let (server, mut client) = start(&sim, encoding, config, 200).await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     sim.set_faults(failing_sets(tonic::Code::InvalidArgument))
         .await;
@@ -394,7 +404,7 @@ async fn delete_intent_converges_the_store_and_the_engine() {
     let sim = Sim::start(generated(100)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("n.db");
-    let (server, mut client) = start(&sim, config(&db), 200).await;
+    let (server, mut client) = start(&sim, pb::Encoding::Proto, config(&db), 200).await;
     set_intent(
         &mut client,
         "r1",
