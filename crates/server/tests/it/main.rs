@@ -21,3 +21,4 @@ mod storage;
 mod sync;
 mod tls_api;
 mod tls_device;
+mod watch_races;
