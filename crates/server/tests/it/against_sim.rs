@@ -10,7 +10,7 @@ use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::DEADLINE;
-use netsync_testkit::client::{converge, running, status, until_running};
+use netsync_testkit::client::{self, converge, running, status, until_running};
 use netsync_testkit::client::{next_event, watch};
 use netsync_testkit::datastore::{DatastoreBuilder, create, millis};
 use netsync_testkit::gnmi::string;
@@ -102,6 +102,7 @@ async fn the_seed_failure_loses_nothing() {
     converge(&mut client, "r1", &sim).await;
     let st = status(&mut client, "r1").await;
     assert_eq!(st.stats.unwrap().dropped, 0);
+    client::assert_no_recovery(&mut client, "r1").await;
     drop(events);
     server.stop().await;
     sim.stop().await;
@@ -153,6 +154,7 @@ async fn the_barrier_holds_with_delayed_delivery() {
     assert_eq!(committed, device);
     let at_one = running(&mut client, "r1", 1).await.leaves;
     assert_eq!(at_one.len(), device.len());
+    client::assert_no_recovery(&mut client, "r1").await;
     drop(events);
     server.stop().await;
     sim.stop().await;
@@ -251,6 +253,10 @@ async fn every_mode_converges() {
         converge(&mut client, name, &sim).await;
         let st = status(&mut client, name).await;
         assert_eq!(st.state, pb::SyncState::InSync as i32, "{name}");
+        // The Resync asked of "sample" is no recovery; the others had none.
+        if name != "sample" {
+            client::assert_no_recovery(&mut client, name).await;
+        }
     }
     server.stop().await;
     sim.stop().await;
@@ -301,6 +307,7 @@ async fn json_ietf_documents_flatten_into_leaves() {
             serde_json::to_vec(text).unwrap()
         ))
     );
+    client::assert_no_recovery(&mut client, "json").await;
     server.stop().await;
     sim.stop().await;
 }
@@ -482,4 +489,5 @@ async fn a_large_revision_comes_in_parts_within_the_default_message_limit() {
     }
     assert_eq!(seen, added.into_iter().collect::<BTreeMap<_, _>>());
     assert!(in_parts, "no live revision came in parts");
+    client::assert_no_recovery(&mut client, "big").await;
 }
