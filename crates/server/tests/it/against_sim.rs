@@ -4,7 +4,6 @@
 //! list keys, churn with injected faults, and large revisions in parts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
 
 use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
@@ -43,7 +42,6 @@ async fn the_seed_failure_loses_nothing() {
     )
     .await;
     let (_dir, server, mut client) = crate::support::start().await;
-    let commit_interval = Duration::from_millis(500);
     client
         .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 500)))
         .await
@@ -88,17 +86,13 @@ async fn the_seed_failure_loses_nothing() {
         250,
         (format!("{user}/config/password"), string("$6$mandatory")),
     );
-    let sent = Instant::now();
+    // Whole in running although the stalled watcher never reads: nothing
+    // waits on it (a wait would show as the deadline, not as a timing).
     sim.set_leaves(burst.clone(), vec![]).await;
     until_running(&mut client, "r1", "the whole burst", |r| {
         burst.iter().all(|(path, value)| r.get(path) == Some(value))
     })
     .await;
-    let took = sent.elapsed();
-    assert!(
-        took < commit_interval + Duration::from_secs(2),
-        "the burst took {took:?} to reach running"
-    );
     converge(&mut client, "r1", &sim).await;
     let st = status(&mut client, "r1").await;
     assert_eq!(st.stats.unwrap().dropped, 0);
