@@ -321,9 +321,12 @@ pub fn prepare(response: &[u8]) -> Option<Prepared> {
         found = match (number, payload, &found) {
             (1, Payload::Len(n), None) => Some(Prepared::Notification(prepare_notification(n)?)),
             (3, Payload::Varint(_), None) => Some(Prepared::SyncResponse),
-            // Extensions mean nothing to the sync; the general path skips
-            // them too.
-            (5, Payload::Len(_), _) => continue,
+            // Extensions mean nothing to the sync, but prost rejects a
+            // malformed one, and so must the fast path.
+            (5, Payload::Len(extension), _) => {
+                netsync_proto::gnmi_ext::Extension::decode(extension).ok()?;
+                continue;
+            }
             // The oneof given twice, the deprecated error, a mistyped field.
             (1 | 3 | 4 | 5, _, _) => return None,
             _ => continue,
@@ -803,6 +806,11 @@ mod tests {
         }
         // Garbage is not read either; the decoder says what is wrong.
         assert!(prepare(&[0x0a, 0x05, 0x01]).is_none());
+        // Nor is a malformed extension (here a group where a message
+        // belongs), which prost rejects even though the sync ignores it.
+        let bad_extension = [0x18, 0x01, 0x2a, 0x02, 0x1b, 0x1c];
+        assert!(gnmi::SubscribeResponse::decode(&bad_extension[..]).is_err());
+        assert!(prepare(&bad_extension).is_none());
     }
 
     /// A notification with one update of path `/a` whose `TypedValue` has

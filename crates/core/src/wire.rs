@@ -52,7 +52,9 @@ impl<'a> Fields<'a> {
             }
             _ => self.varint()?,
         };
-        let number = u32::try_from(tag >> 3).map_err(|_| Malformed)?;
+        // A key beyond 32 bits is malformed even when its number would fit
+        // (prost rejects it: a fast path must never accept more).
+        let number = u32::try_from(tag).map_err(|_| Malformed)? >> 3;
         if number == 0 {
             return Err(Malformed);
         }
@@ -159,7 +161,15 @@ mod tests {
         assert!(!fields.minimal);
         // Truncated length, field 0, group wire type, an 11-byte varint.
         let long = [[0x10].as_slice(), &[0x80; 10], &[0x01]].concat();
-        for bad in [&[0x0a, 0x05, 1][..], &[0x00, 0x01], &[0x0b], &long] {
+        // A key of 33 bits (field 2^29 + 100, varint 0), which prost rejects.
+        let wide_key = [0xa0, 0x86, 0x80, 0x80, 0x10, 0x00];
+        for bad in [
+            &[0x0a, 0x05, 1][..],
+            &[0x00, 0x01],
+            &[0x0b],
+            &long,
+            &wide_key,
+        ] {
             assert_eq!(Fields::new(bad).next(), Err(Malformed), "{bad:?}");
         }
     }

@@ -180,7 +180,16 @@ fn printed_grpcurl_commands_work_against_the_running_demo() {
             .unwrap_or_else(|| panic!("no {method} command printed"))
     };
     assert!(answer(" list").contains("netsync.v1.NetSync"));
-    assert!(answer("/GetDatastore").contains("SYNC_STATE_IN_SYNC"));
+    let datastore = answer("/GetDatastore");
+    assert!(datastore.contains("SYNC_STATE_IN_SYNC"));
+    // No fault was injected: the sync never had to recover (proto3 JSON
+    // leaves zero counters out).
+    assert!(
+        datastore.contains("\"stats\"")
+            && !datastore.contains("\"reconnects\"")
+            && !datastore.contains("\"resyncs\""),
+        "{datastore}"
+    );
     let running = answer("/GetRunning");
     assert!(
         running.contains("/system/config/hostname") && running.contains("demo-router"),

@@ -404,3 +404,18 @@ pub async fn assert_quiet(client: &mut Client, name: &str) -> pb::DatastoreStatu
     assert_eq!(status.last_error, "", "{name}: {status:?}");
     status
 }
+
+/// Asserts that `name` never had to recover: no reconnect and no resync, so
+/// that a loss the engine healed by resyncing (which a final comparison with
+/// the device cannot see) fails a test in which no fault was injected.
+/// Returns the status.
+pub async fn assert_no_recovery(client: &mut Client, name: &str) -> pb::DatastoreStatus {
+    let status = status(client, name).await;
+    let stats = status.stats.unwrap_or_default();
+    assert_eq!(
+        (stats.reconnects, stats.resyncs),
+        (0, 0),
+        "{name} recovered (reconnects, resyncs) with no fault injected: {status:?}"
+    );
+    status
+}

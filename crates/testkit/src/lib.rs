@@ -31,3 +31,20 @@ pub async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"))
 }
+
+/// A tonic channel to `http://addr` whose HTTP/2 flow-control windows (per
+/// stream and per connection) are `window` bytes: a client that reads slowly
+/// on it holds the server back after about `window` bytes, instead of after
+/// the default 64 KiB and more.
+pub async fn channel_with_window(
+    addr: std::net::SocketAddr,
+    window: u32,
+) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("a loopback address is a valid URI")
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"))
+}

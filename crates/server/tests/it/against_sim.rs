@@ -4,13 +4,12 @@
 //! list keys, churn with injected faults, and large revisions in parts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
 
 use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::DEADLINE;
-use netsync_testkit::client::{converge, running, status, until_running};
+use netsync_testkit::client::{self, converge, running, status, until_running};
 use netsync_testkit::client::{next_event, watch};
 use netsync_testkit::datastore::{DatastoreBuilder, create, millis};
 use netsync_testkit::gnmi::string;
@@ -43,7 +42,6 @@ async fn the_seed_failure_loses_nothing() {
     )
     .await;
     let (_dir, server, mut client) = crate::support::start().await;
-    let commit_interval = Duration::from_millis(500);
     client
         .create_datastore(create(datastore("r1", &sim, pb::SyncMode::OnChange, 500)))
         .await
@@ -88,20 +86,17 @@ async fn the_seed_failure_loses_nothing() {
         250,
         (format!("{user}/config/password"), string("$6$mandatory")),
     );
-    let sent = Instant::now();
+    // Whole in running although the stalled watcher never reads: nothing
+    // waits on it (a wait would show as the deadline, not as a timing).
     sim.set_leaves(burst.clone(), vec![]).await;
     until_running(&mut client, "r1", "the whole burst", |r| {
         burst.iter().all(|(path, value)| r.get(path) == Some(value))
     })
     .await;
-    let took = sent.elapsed();
-    assert!(
-        took < commit_interval + Duration::from_secs(2),
-        "the burst took {took:?} to reach running"
-    );
     converge(&mut client, "r1", &sim).await;
     let st = status(&mut client, "r1").await;
     assert_eq!(st.stats.unwrap().dropped, 0);
+    client::assert_no_recovery(&mut client, "r1").await;
     drop(events);
     server.stop().await;
     sim.stop().await;
@@ -153,6 +148,7 @@ async fn the_barrier_holds_with_delayed_delivery() {
     assert_eq!(committed, device);
     let at_one = running(&mut client, "r1", 1).await.leaves;
     assert_eq!(at_one.len(), device.len());
+    client::assert_no_recovery(&mut client, "r1").await;
     drop(events);
     server.stop().await;
     sim.stop().await;
@@ -251,6 +247,10 @@ async fn every_mode_converges() {
         converge(&mut client, name, &sim).await;
         let st = status(&mut client, name).await;
         assert_eq!(st.state, pb::SyncState::InSync as i32, "{name}");
+        // The Resync asked of "sample" is no recovery; the others had none.
+        if name != "sample" {
+            client::assert_no_recovery(&mut client, name).await;
+        }
     }
     server.stop().await;
     sim.stop().await;
@@ -301,6 +301,7 @@ async fn json_ietf_documents_flatten_into_leaves() {
             serde_json::to_vec(text).unwrap()
         ))
     );
+    client::assert_no_recovery(&mut client, "json").await;
     server.stop().await;
     sim.stop().await;
 }
@@ -482,4 +483,5 @@ async fn a_large_revision_comes_in_parts_within_the_default_message_limit() {
     }
     assert_eq!(seen, added.into_iter().collect::<BTreeMap<_, _>>());
     assert!(in_parts, "no live revision came in parts");
+    client::assert_no_recovery(&mut client, "big").await;
 }

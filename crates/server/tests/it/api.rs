@@ -454,7 +454,10 @@ async fn shutdown_ends_open_watches_at_once_with_the_revision_to_resume_from() {
         .unwrap();
     let mut watch = watch(&mut client, "w", 0).await;
     // The current state comes first, at the latest revision.
-    let first = watch.message().await.unwrap().unwrap();
+    let first = netsync_testkit::within(watch.message())
+        .await
+        .unwrap()
+        .unwrap();
 
     let stopped = server.begin_stop();
     let ended = tokio::time::timeout(Duration::from_secs(60), async {

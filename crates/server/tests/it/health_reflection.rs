@@ -35,16 +35,22 @@ async fn health_is_serving_then_not_serving_on_shutdown() {
         .await
         .unwrap()
         .into_inner();
-    let first = watch.next().await.unwrap().unwrap();
+    let first = netsync_testkit::within(watch.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
 
     // Shutdown turns health NOT_SERVING while in-flight calls (this watch) run on.
     let stopped = server.begin_stop();
-    let next = watch.next().await.unwrap().unwrap();
+    let next = netsync_testkit::within(watch.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.status, ServingStatus::NotServing as i32);
     drop(watch);
     drop(health);
-    stopped.await.unwrap().unwrap();
+    netsync_testkit::within(stopped).await.unwrap().unwrap();
 }
 
 mod v1 {

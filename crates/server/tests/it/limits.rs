@@ -35,7 +35,9 @@ async fn open_watch(
         })
         .await?
         .into_inner();
-    events.next().await.expect("a first event")?;
+    netsync_testkit::within(events.next())
+        .await
+        .expect("a first event")?;
     Ok(events)
 }
 

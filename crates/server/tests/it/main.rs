@@ -23,4 +23,5 @@ mod storage;
 mod sync;
 mod tls_api;
 mod tls_device;
+mod watch_races;
 mod wildcard;

@@ -240,7 +240,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
             .into_inner();
         let mut leaves = std::collections::BTreeMap::new();
         revision = 0;
-        while let Some(batch) = stream.next().await {
+        while let Some(batch) = netsync_testkit::within(stream.next()).await {
             let batch = batch.unwrap();
             revision = batch.revision;
             for leaf in batch.leaves {

@@ -85,6 +85,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
     assert_eq!(st.leaves, 2);
     assert_eq!(st.stats.as_ref().unwrap().dropped, 0);
     assert!(st.last_commit_time.is_some());
+    client::assert_no_recovery(&mut client, "r1").await;
 
     // Subtree reads.
     let mut request = tonic::Request::new(pb::GetRunningRequest {
@@ -214,6 +215,7 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("path"));
+    client::assert_no_recovery(&mut client, "r1").await;
     drop(client);
     server.stop().await;
 }
@@ -271,6 +273,8 @@ async fn a_slow_watcher_is_cut_off_and_resumes_without_gap() {
         received.last().map_or(2, |r| r + 1),
         "N is the first revision not received"
     );
+    // The watcher was cut; the sync never had to recover.
+    client::assert_no_recovery(&mut client, "r1").await;
 
     let mut resumed = watch(&mut client, "r1", resume).await;
     let mut next = resume;
@@ -318,6 +322,7 @@ async fn compacted_revisions_are_out_of_range() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
     assert!(err.message().contains("GetRunning"), "{}", err.message());
+    client::assert_no_recovery(&mut client, "r1").await;
 
     // What is kept still replays, and a restart still loads running exactly.
     let (revision, leaves) = running(&mut client, "r1", 0).await;
@@ -382,6 +387,7 @@ async fn evicted_events_are_read_from_the_log() {
         got == expected,
         "commits differ from what the device went through"
     );
+    client::assert_no_recovery(&mut client, "r1").await;
     drop((watcher, client));
     server.stop().await;
 }

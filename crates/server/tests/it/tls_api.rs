@@ -143,7 +143,10 @@ async fn call_limits_apply_over_tls() {
         .await
         .unwrap();
     let mut watch = watch(&mut client, "r1", 0).await;
-    watch.message().await.unwrap().unwrap();
+    netsync_testkit::within(watch.message())
+        .await
+        .unwrap()
+        .unwrap();
     let err = client
         .list_datastores(pb::ListDatastoresRequest {})
         .await
