@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netsync_core::Path;
 use netsync_core::datastore::{
-    self, Credentials, DatastoreSpec, Encoding, FieldError, ListKey, RevertSpec, Secret, SyncMode,
-    SyncSpec, TargetSpec, TlsSpec,
+    self, Credentials, DatastoreSpec, DeviceCaps, Encoding, FieldError, ListKey, RevertSpec,
+    Secret, SyncMode, SyncSpec, TargetSpec, TlsSpec,
 };
 use netsync_core::intent::{Deviation, Intent};
 use netsync_core::notification::Decoder;
@@ -45,8 +45,11 @@ pub fn datastore_from_proto(ds: pb::Datastore, field: &str) -> Result<DatastoreS
 ///   default (not the smallest positive value, which would poll or commit
 ///   without pause), a negative `debounce` is zero ("at once"), nanos of
 ///   a second or more are clamped to just under a second, and a duration
-///   above its bound (24 h for the intervals, 1 h for `debounce`) is the
-///   bound;
+///   above its bound (24 h for the intervals and `initial_sync_timeout`, 1 h
+///   for `debounce`) is the bound; a zero `initial_sync_timeout` is the
+///   server's default;
+/// - a device cap (`max_message_bytes`, `max_leaves`, `max_leaf_bytes`)
+///   above its bound is the bound;
 /// - the name, address, TLS settings and credentials are taken as they are: a
 ///   target that cannot be built from them reports why in the datastore's
 ///   status, as any unusable target does;
@@ -213,13 +216,52 @@ fn sync_from_proto(
             .map_err(|m| FieldError::new(format!("{field}.list_keys[{i}]"), m))?;
         list_keys.push(key);
     }
+    let initial_sync_timeout = duration_from_proto(
+        s.initial_sync_timeout,
+        &format!("{field}.initial_sync_timeout"),
+        Positive::Yes,
+        SyncSpec::MAX_INITIAL_SYNC_TIMEOUT,
+        reading,
+    )?;
+    let cap = |value: u64, name: &str, max: u64| match reading {
+        Reading::Lenient => Ok(value.min(max)),
+        Reading::Strict if value > max => Err(FieldError::new(
+            format!("{field}.{name}"),
+            format!("at most {max} ({}); 0 means the server's default", bytes_or_count(name, max)),
+        )),
+        Reading::Strict => Ok(value),
+    };
+    let caps = DeviceCaps {
+        max_message_bytes: cap(
+            s.max_message_bytes,
+            "max_message_bytes",
+            DeviceCaps::MAX_MESSAGE_BYTES,
+        )?,
+        max_leaves: cap(s.max_leaves, "max_leaves", DeviceCaps::MAX_LEAVES)?,
+        max_leaf_bytes: cap(
+            s.max_leaf_bytes,
+            "max_leaf_bytes",
+            DeviceCaps::MAX_LEAF_BYTES,
+        )?,
+    };
     Ok(SyncSpec {
         mode,
         paths,
         interval,
         commit_interval,
         list_keys,
+        initial_sync_timeout,
+        caps,
     })
+}
+
+/// A cap's bound in words: bytes in binary units, counts with separators.
+fn bytes_or_count(name: &str, value: u64) -> String {
+    if name.ends_with("_bytes") {
+        netsync_core::sync::human_bytes(value)
+    } else {
+        netsync_core::sync::human_count(value)
+    }
 }
 
 fn revert_from_proto(
@@ -347,6 +389,10 @@ pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datasto
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            initial_sync_timeout: spec.sync.initial_sync_timeout.map(duration_to_proto),
+            max_message_bytes: spec.sync.caps.max_message_bytes,
+            max_leaves: spec.sync.caps.max_leaves,
+            max_leaf_bytes: spec.sync.caps.max_leaf_bytes,
         }),
         revert: Some(pb::RevertConfig {
             enabled: spec.revert.enabled,
