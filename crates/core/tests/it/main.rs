@@ -1,8 +1,10 @@
 //! The sync engine's integration tests, in one binary: the engine against a
 //! scripted device (`engine`) and a property test against a model device
-//! (`engine_model`), both through `netsync_core::device::fake`.
+//! (`engine_model`), and against devices that do not behave (`caps`), all
+//! through `netsync_core::device::fake`.
 
 mod support;
 
+mod caps;
 mod engine;
 mod engine_model;
