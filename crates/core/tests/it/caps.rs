@@ -231,7 +231,7 @@ async fn a_dump_that_repeats_its_leaves_holds_each_leaf_about_once() {
     let (handle, mut device) = start(spec("repeats"), limits);
     let conn = accept(&mut device).await;
     let names: Vec<String> = (0..100).map(|i| format!("/l/{i}")).collect();
-    let rounds = 300;
+    let rounds = 1000;
     for round in 0..rounds {
         let value = round.to_string();
         let updates: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
@@ -242,10 +242,15 @@ async fn a_dump_that_repeats_its_leaves_holds_each_leaf_about_once() {
         h.stats().updates.load(Ordering::Relaxed) == sent
     })
     .await;
-    // 30,000 updates of 100 leaves: what the dump holds stays near a few
-    // batches, where it held every update (30,001) before.
-    let pending = handle.status().pending;
-    assert!(pending <= 4 * batch as u64, "the dump holds {pending} operations");
+    // 100,000 updates of 100 leaves: what the dump holds stays within a few
+    // batches. Before, it held every update (or, once sorted in batches,
+    // the 100 leaves once per batch: at least 10,000).
+    // (Once the batches in flight are sorted: on a loaded machine the
+    // committer may be a little behind the ingest.)
+    until(&handle, "the dump coalesced", |h| {
+        h.status().pending <= 3 * batch as u64
+    })
+    .await;
     send(&conn, sync_response());
     until(&handle, "in sync", |h| h.status().state == SyncState::InSync).await;
     let running = handle.snapshot().running;
