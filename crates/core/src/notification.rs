@@ -95,7 +95,10 @@ impl Decoder {
     /// the work of a notification but the copy into a delta, so that it can
     /// be done before the lock the copy needs (the sync's read-ahead does it
     /// on a task of its own).
-    pub fn prepare(&self, n: &gnmi::Notification) -> Result<PreparedNotification, NotificationError> {
+    pub fn prepare(
+        &self,
+        n: &gnmi::Notification,
+    ) -> Result<PreparedNotification, NotificationError> {
         let prefix = n.prefix.as_ref();
         let mut out = PreparedNotification::default();
         for path in &n.delete {

@@ -116,7 +116,11 @@ pub struct ServeArgs {
     /// Longest wait for the end of a device's dump (sync_response, Get
     /// answer), for datastores that set no sync.initial_sync_timeout
     /// [default: 300].
-    #[arg(long, env = "NETSYNC_INITIAL_SYNC_TIMEOUT_SECONDS", value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "NETSYNC_INITIAL_SYNC_TIMEOUT_SECONDS",
+        value_name = "SECONDS"
+    )]
     pub initial_sync_timeout_seconds: Option<u64>,
     /// Largest message a device may send, for datastores that set no
     /// sync.max_message_bytes [default: 67108864].
@@ -246,7 +250,9 @@ impl Config {
         // Above zero and within what a datastore may declare itself.
         let bounded = |name: &str, value: Option<u64>, max: u64| match value {
             Some(0) => Err(ConfigError::Invalid(format!("{name} must be above zero"))),
-            Some(v) if v > max => Err(ConfigError::Invalid(format!("{name} must be at most {max}"))),
+            Some(v) if v > max => Err(ConfigError::Invalid(format!(
+                "{name} must be at most {max}"
+            ))),
             other => Ok(other),
         };
         let limits = SyncLimits {

@@ -227,7 +227,10 @@ fn sync_from_proto(
         Reading::Lenient => Ok(value.min(max)),
         Reading::Strict if value > max => Err(FieldError::new(
             format!("{field}.{name}"),
-            format!("at most {max} ({}); 0 means the server's default", bytes_or_count(name, max)),
+            format!(
+                "at most {max} ({}); 0 means the server's default",
+                bytes_or_count(name, max)
+            ),
         )),
         Reading::Strict => Ok(value),
     };
@@ -808,6 +811,45 @@ mod tests {
                 },
                 "datastore.sync.list_keys[0]",
             ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        initial_sync_timeout: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.initial_sync_timeout",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        max_message_bytes: DeviceCaps::MAX_MESSAGE_BYTES + 1,
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.max_message_bytes",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        max_leaves: u64::MAX,
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.max_leaves",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        max_leaf_bytes: DeviceCaps::MAX_LEAF_BYTES + 1,
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.max_leaf_bytes",
+            ),
         ];
         for (mutate, field) in cases {
             let mut ds = valid();
@@ -822,7 +864,18 @@ mod tests {
         let seconds = |seconds, nanos| prost_types::Duration { seconds, nanos };
         type Set = fn(&mut pb::Datastore, prost_types::Duration);
         type Get = fn(&DatastoreSpec) -> Duration;
-        let cases: [(Set, Get, &str, i64, &str); 3] = [
+        let cases: [(Set, Get, &str, i64, &str); 4] = [
+            (
+                |d, v| {
+                    d.sync
+                        .get_or_insert_with(Default::default)
+                        .initial_sync_timeout = Some(v)
+                },
+                |s| s.sync.initial_sync_timeout.unwrap(),
+                "datastore.sync.initial_sync_timeout",
+                24 * 3600,
+                "at most 24h",
+            ),
             (
                 |d, v| d.sync.get_or_insert_with(Default::default).interval = Some(v),
                 |s| s.sync.interval,
@@ -861,6 +914,60 @@ mod tests {
             let spec = datastore_from_proto(ds, "datastore").unwrap();
             assert_eq!(get(&spec), Duration::from_secs(bound as u64), "{field}");
         }
+    }
+
+    #[test]
+    fn caps_round_trip_and_their_bounds_are_told() {
+        let mut ds = valid();
+        ds.sync = Some(pb::SyncConfig {
+            initial_sync_timeout: Some(prost_types::Duration {
+                seconds: 90,
+                nanos: 0,
+            }),
+            max_message_bytes: 1 << 20,
+            max_leaves: 1000,
+            max_leaf_bytes: 0,
+            ..Default::default()
+        });
+        let spec = datastore_from_proto(ds, "datastore").unwrap();
+        assert_eq!(
+            spec.sync.initial_sync_timeout,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            spec.sync.caps,
+            DeviceCaps {
+                max_message_bytes: 1 << 20,
+                max_leaves: 1000,
+                max_leaf_bytes: 0,
+            }
+        );
+        let back = datastore_to_proto(&spec, Secrets::Keep);
+        assert_eq!(datastore_from_proto(back, "datastore").unwrap(), spec);
+        // Unset: the server's defaults, and written back unset.
+        let spec = datastore_from_proto(valid(), "datastore").unwrap();
+        assert_eq!(spec.sync.initial_sync_timeout, None);
+        assert_eq!(spec.sync.caps, DeviceCaps::default());
+        let back = datastore_to_proto(&spec, Secrets::Keep).sync.unwrap();
+        assert_eq!(back.initial_sync_timeout, None);
+        assert_eq!(back.max_leaves, 0);
+
+        let mut ds = valid();
+        ds.sync
+            .get_or_insert_with(Default::default)
+            .max_message_bytes = 3 << 30;
+        let err = datastore_from_proto(ds.clone(), "datastore").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "datastore.sync.max_message_bytes: at most 2147483648 (2 GiB); \
+             0 means the server's default"
+        );
+        // Stored by a release that allowed more: read as the bound.
+        let stored = datastore_from_stored(ds).unwrap();
+        assert_eq!(
+            stored.sync.caps.max_message_bytes,
+            DeviceCaps::MAX_MESSAGE_BYTES
+        );
     }
 
     fn intent_spec() -> DatastoreSpec {

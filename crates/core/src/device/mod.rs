@@ -107,10 +107,7 @@ impl From<tonic::Status> for TargetError {
         if let Some((found, limit)) = over_decoding_limit(&status) {
             return Self {
                 over_cap: true,
-                ..Self::new(
-                    status.code(),
-                    crate::sync::message_over_cap(found, limit),
-                )
+                ..Self::new(status.code(), crate::sync::message_over_cap(found, limit))
             };
         }
         let mut root: &(dyn std::error::Error + 'static) = &status;
@@ -346,16 +343,19 @@ mod tests {
 
     #[tokio::test]
     async fn credentials_travel_as_metadata_and_print_nowhere() {
-        let target = GnmiTarget::new(&TargetSpec {
-            address: "127.0.0.1:57400".into(),
-            tls: None,
-            credentials: Some(Credentials {
-                username: "admin".into(),
-                password: Secret::new("hunter2"),
-            }),
-            encoding: Encoding::Proto,
-            target_name: String::new(),
-        }, 1 << 20)
+        let target = GnmiTarget::new(
+            &TargetSpec {
+                address: "127.0.0.1:57400".into(),
+                tls: None,
+                credentials: Some(Credentials {
+                    username: "admin".into(),
+                    password: Secret::new("hunter2"),
+                }),
+                encoding: Encoding::Proto,
+                target_name: String::new(),
+            },
+            1 << 20,
+        )
         .unwrap();
         let request = target.request(());
         let metadata = request.metadata();

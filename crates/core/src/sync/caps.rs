@@ -81,10 +81,7 @@ pub(super) fn running_over(found: usize, max: usize) -> String {
 
 /// No end of a dump before the deadline; `what` is the end awaited.
 pub(super) fn no_end_within(what: &str, timeout: Duration) -> String {
-    format!(
-        "no {what} within {}; reconnecting",
-        human_duration(timeout)
-    )
+    format!("no {what} within {}; reconnecting", human_duration(timeout))
 }
 
 /// A size as people read it: `64 MiB`, `70.0 MiB`, `512 bytes`.

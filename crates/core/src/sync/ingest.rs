@@ -576,7 +576,11 @@ impl Ingest {
 
     /// Reads notifications into the dump until `sync_response`, which must
     /// come before `deadline`.
-    async fn read_dump(&mut self, responses: &mut Incomings, deadline: Instant) -> Result<(), Ended> {
+    async fn read_dump(
+        &mut self,
+        responses: &mut Incomings,
+        deadline: Instant,
+    ) -> Result<(), Ended> {
         loop {
             let next = tokio::select! {
                 next = responses.next() => next,

@@ -97,7 +97,10 @@ impl Reader {
 /// wait in between, so flow control still pushes back on the device when the
 /// ingest stops reading. The task ends with the returned stream, or at the
 /// end of the device's stream, or after a response that ends the connection.
-pub(super) fn read_ahead(mut responses: crate::device::ResponseStream, reader: Reader) -> Incomings {
+pub(super) fn read_ahead(
+    mut responses: crate::device::ResponseStream,
+    reader: Reader,
+) -> Incomings {
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
     let task = tokio::spawn(
         async move {

@@ -12,8 +12,7 @@ use futures::future::BoxFuture;
 use netsync_core::datastore::{DatastoreSpec, SyncMode};
 use netsync_core::device::fake::{Connection, FakeDevice, FakeTarget};
 use netsync_core::sync::{
-    Committed, Event, EventKind, Persist, Snapshot, SyncHandle, SyncLimits, SyncState,
-    human_bytes,
+    Committed, Event, EventKind, Persist, Snapshot, SyncHandle, SyncLimits, SyncState, human_bytes,
 };
 use netsync_proto::gnmi::{self, typed_value};
 use netsync_testkit::DEADLINE;
@@ -144,7 +143,10 @@ async fn refused(
     .unwrap_or_else(|_| panic!("timed out waiting for {words}: {:?}", handle.status()));
     assert!(reason.contains(words), "{reason}");
     let snapshot = handle.snapshot();
-    assert_eq!(snapshot.revision, revision, "running stays at its last good revision");
+    assert_eq!(
+        snapshot.revision, revision,
+        "running stays at its last good revision"
+    );
     assert_eq!(snapshot.running.len(), leaves);
     reason
 }
@@ -186,7 +188,11 @@ async fn a_dump_without_sync_response_ends_at_the_deadline_and_is_retried_with_b
     }
     let status = handle.status();
     assert_ne!(status.state, SyncState::InSync);
-    assert_eq!(handle.snapshot().revision, 0, "a partial dump is never committed");
+    assert_eq!(
+        handle.snapshot().revision,
+        0,
+        "a partial dump is never committed"
+    );
     assert!(handle.stats().reconnects.load(Ordering::Relaxed) >= 3);
     // Each attempt waited out the deadline, then a backoff that grows
     // (1 s, 2 s, 4 s, each jittered by half): no tight loop.
@@ -234,7 +240,8 @@ async fn a_dump_that_repeats_its_leaves_holds_each_leaf_about_once() {
     let rounds = 1000;
     for round in 0..rounds {
         let value = round.to_string();
-        let updates: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
+        let updates: Vec<(&str, &str)> =
+            names.iter().map(|n| (n.as_str(), value.as_str())).collect();
         send(&conn, notification(&updates));
     }
     let sent = (rounds * names.len()) as u64;
@@ -252,7 +259,10 @@ async fn a_dump_that_repeats_its_leaves_holds_each_leaf_about_once() {
     })
     .await;
     send(&conn, sync_response());
-    until(&handle, "in sync", |h| h.status().state == SyncState::InSync).await;
+    until(&handle, "in sync", |h| {
+        h.status().state == SyncState::InSync
+    })
+    .await;
     let running = handle.snapshot().running;
     assert_eq!(running.len(), 100);
     let last = running.get("/l/7").unwrap();
@@ -273,7 +283,9 @@ async fn a_message_over_max_message_bytes_is_refused_and_running_stays() {
     let conn = in_sync(&handle, &mut device, 10).await;
     let mut events = handle.subscribe();
     // 200 leaves of about 60 bytes each: about 14 KB in one message.
-    let names: Vec<String> = (0..200).map(|i| format!("/big/leaf-with-a-long-name/{i}")).collect();
+    let names: Vec<String> = (0..200)
+        .map(|i| format!("/big/leaf-with-a-long-name/{i}"))
+        .collect();
     let value = "x".repeat(20);
     let updates: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
     let message = notification(&updates);
@@ -332,9 +344,13 @@ async fn a_change_or_dump_over_max_leaves_is_not_committed() {
         error,
         "running would hold 60 leaves; max_leaves is 50; not committed"
     );
-    assert!(handle.snapshot().running.get("/l/0").is_some_and(|v| {
-        v.value == Some(typed_value::Value::StringVal("v".into()))
-    }));
+    assert!(
+        handle
+            .snapshot()
+            .running
+            .get("/l/0")
+            .is_some_and(|v| { v.value == Some(typed_value::Value::StringVal("v".into())) })
+    );
     assert_eq!(handle.status().pending, 0, "nothing of it is held either");
     unaffected(&other, &other_conn).await;
     handle.stop().await;
@@ -368,9 +384,16 @@ async fn a_dump_that_never_ends_with_ever_new_leaves_stops_at_max_leaves() {
         }
     })
     .await;
-    assert!(ended.is_ok(), "the dump was never cut: {:?}", handle.status());
+    assert!(
+        ended.is_ok(),
+        "the dump was never cut: {:?}",
+        handle.status()
+    );
     let error = refused(&handle, &mut events, "max_leaves is 500", 0, 0).await;
-    assert!(error.starts_with("device sent a dump of at least "), "{error}");
+    assert!(
+        error.starts_with("device sent a dump of at least "),
+        "{error}"
+    );
     assert!(sent < 10_000, "cut after {sent} leaves");
     handle.stop().await;
 }
@@ -385,15 +408,22 @@ async fn a_leaf_over_max_leaf_bytes_is_refused_in_changes_and_in_dumps() {
     let big = "x".repeat(200);
     // A change, in a notification with a good leaf before it: none of it
     // is applied.
-    send(&conn, notification(&[("/l/0", "changed"), ("/big", big.as_str())]));
+    send(
+        &conn,
+        notification(&[("/l/0", "changed"), ("/big", big.as_str())]),
+    );
     let error = refused(&handle, &mut events, "max_leaf_bytes", 1, 5).await;
     assert_eq!(
         error,
         "device sent a 203 bytes value for /big; max_leaf_bytes is 100 bytes"
     );
-    assert!(handle.snapshot().running.get("/l/0").is_some_and(|v| {
-        v.value == Some(typed_value::Value::StringVal("v".into()))
-    }));
+    assert!(
+        handle
+            .snapshot()
+            .running
+            .get("/l/0")
+            .is_some_and(|v| { v.value == Some(typed_value::Value::StringVal("v".into())) })
+    );
     // The next dump holds it inside a JSON value (flattened, read by the
     // general decoder): not committed either.
     let conn = accept(&mut device).await;
