@@ -287,6 +287,33 @@ pub struct SyncSpec {
     pub commit_interval: Duration,
     /// Lists that arrive as JSON arrays.
     pub list_keys: Vec<ListKey>,
+    /// Longest wait for a dump's end (`sync_response`, or a Get's answer)
+    /// before the connection is dropped and tried again; `None`: the
+    /// server's default. At most [`SyncSpec::MAX_INITIAL_SYNC_TIMEOUT`].
+    pub initial_sync_timeout: Option<Duration>,
+    /// Device-side caps; 0 in each: the server's default.
+    pub caps: DeviceCaps,
+}
+
+/// What a device may send, per datastore (see [`SyncSpec::caps`]). A device
+/// over a cap is disconnected with backoff and what it sent is not committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceCaps {
+    /// Largest message (Subscribe response, Get answer), in bytes.
+    pub max_message_bytes: u64,
+    /// Most leaves running may hold.
+    pub max_leaves: u64,
+    /// Largest value of one leaf (its encoded `TypedValue`), in bytes.
+    pub max_leaf_bytes: u64,
+}
+
+impl DeviceCaps {
+    /// Largest `max_message_bytes`: 2 GiB, protobuf's own limit.
+    pub const MAX_MESSAGE_BYTES: u64 = 2 << 30;
+    /// Largest `max_leaves`.
+    pub const MAX_LEAVES: u64 = 1_000_000_000;
+    /// Largest `max_leaf_bytes`: 1 GiB.
+    pub const MAX_LEAF_BYTES: u64 = 1 << 30;
 }
 
 impl SyncSpec {
@@ -299,6 +326,8 @@ impl SyncSpec {
     pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
     /// Longest `commit_interval`: a day.
     pub const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+    /// Longest `initial_sync_timeout`: a day.
+    pub const MAX_INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
     /// Whether `path` lies at or below one of the subscribed paths, so that
     /// running can hold it. A subscribed path may use gNMI wildcards: element
@@ -435,6 +464,8 @@ mod tests {
             interval: SyncSpec::DEFAULT_INTERVAL,
             commit_interval: SyncSpec::DEFAULT_COMMIT_INTERVAL,
             list_keys: Vec::new(),
+            initial_sync_timeout: None,
+            caps: DeviceCaps::default(),
         };
         let covers = |paths: &[&str], path: &str| spec(paths).covers(&Path::parse(path).unwrap());
         let cases = [

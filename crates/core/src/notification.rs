@@ -52,14 +52,6 @@ pub enum NotificationError {
     },
 }
 
-/// An update checked and waiting to be applied.
-enum Pending<'n> {
-    /// A scalar: its key's place in the key buffer, and its value.
-    Scalar(std::ops::Range<usize>, &'n gnmi::TypedValue),
-    /// A JSON value: its leaves' places in the flattened list.
-    Flattened(std::ops::Range<usize>),
-}
-
 /// What one notification contributed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -95,18 +87,25 @@ impl Decoder {
         n: &gnmi::Notification,
         delta: &mut Delta,
     ) -> Result<Counts, NotificationError> {
+        Ok(self.prepare(n)?.apply(delta))
+    }
+
+    /// Reads `n` into the form [`PreparedNotification::apply`] applies: its
+    /// paths canonical, its JSON values flattened, every value encoded. All
+    /// the work of a notification but the copy into a delta, so that it can
+    /// be done before the lock the copy needs (the sync's read-ahead does it
+    /// on a task of its own).
+    pub fn prepare(
+        &self,
+        n: &gnmi::Notification,
+    ) -> Result<PreparedNotification, NotificationError> {
         let prefix = n.prefix.as_ref();
-        let mut deletes = Vec::with_capacity(n.delete.len());
+        let mut out = PreparedNotification::default();
         for path in &n.delete {
-            deletes.push(Subtree::new(&Path::from_gnmi(prefix, path)?));
+            out.deletes
+                .push(Subtree::new(&Path::from_gnmi(prefix, path)?));
         }
-        // Everything is checked before anything is applied. Scalar updates
-        // (the common case) keep their canonical paths back to back in one
-        // buffer and borrow their values, so a notification of a thousand
-        // updates allocates a handful of times, not thousands.
-        let mut keys = String::new();
         let mut scratch = String::new();
-        let mut updates = Vec::with_capacity(n.update.len());
         let mut flattened = Vec::new();
         let empty = gnmi::Path::default();
         for update in &n.update {
@@ -122,41 +121,16 @@ impl Decoder {
             };
             match json {
                 Some((bytes, encoding)) => {
-                    let start = flattened.len();
                     let path = Path::from_gnmi(prefix, path)?;
                     self.flatten_bytes(path, bytes, encoding, &mut flattened)?;
-                    updates.push(Pending::Flattened(start..flattened.len()));
-                }
-                None => {
-                    let start = keys.len();
-                    keys.push_str(&scratch);
-                    updates.push(Pending::Scalar(start..keys.len(), value));
-                }
-            }
-        }
-        let mut counts = Counts {
-            updates: 0,
-            deletes: deletes.len() as u64,
-        };
-        for subtree in deletes {
-            delta.delete(subtree);
-        }
-        let mut flattened = flattened.into_iter();
-        for update in updates {
-            match update {
-                Pending::Scalar(range, value) => {
-                    counts.updates += 1;
-                    delta.update_ref(&keys[range], value);
-                }
-                Pending::Flattened(range) => {
-                    for (key, value) in flattened.by_ref().take(range.len()) {
-                        counts.updates += 1;
-                        delta.update(key, value);
+                    for (key, value) in flattened.drain(..) {
+                        out.push(&key, &value);
                     }
                 }
+                None => out.push(&scratch, value),
             }
         }
-        Ok(counts)
+        Ok(out)
     }
 
     /// The leaves `value` at `path` stands for, exactly as [`Decoder::apply`]
@@ -284,6 +258,30 @@ impl PreparedNotification {
     /// Whether it deletes anything.
     pub fn has_deletes(&self) -> bool {
         !self.deletes.is_empty()
+    }
+
+    /// Adds an update (for [`Decoder::prepare`]).
+    fn push(&mut self, key: &str, value: &Value) {
+        self.keys.push_str(key);
+        // Into the buffer as `encode_to_vec` would write it: running
+        // compares values by their bytes.
+        value
+            .encode(&mut self.values)
+            .expect("a Vec has room for any message");
+        self.ends.push((self.keys.len(), self.values.len()));
+    }
+
+    /// The first update whose encoded value is longer than `max` bytes: its
+    /// key and the value's length.
+    pub fn value_over(&self, max: usize) -> Option<(&str, usize)> {
+        let (mut key_start, mut value_start) = (0, 0);
+        for &(key_end, value_end) in &self.ends {
+            if value_end - value_start > max {
+                return Some((&self.keys[key_start..key_end], value_end - value_start));
+            }
+            (key_start, value_start) = (key_end, value_end);
+        }
+        None
     }
 
     /// Applies it to `delta`: its deletes, then its updates.

@@ -151,30 +151,64 @@ impl Default for Updates {
 /// A dump's updates: sorted runs (oldest first) built from earlier batches,
 /// then the latest updates in arrival order, keys and encoded values back to
 /// back in one buffer.
+///
+/// A device that sends the same leaves again and again during its dump would
+/// make the log grow per update; so the runs are coalesced (merged, the
+/// newest update of a key winning) whenever they and the next batch hold more
+/// than twice the distinct leaves the last coalescing found. That keeps the
+/// log within about twice the dump's distinct leaves plus a batch, at an
+/// amortised cost of a few copies per update, and none for a dump that
+/// arrives in key order (its runs are disjoint and are chained, not copied).
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Log {
     runs: Vec<Leaves>,
     bytes: Vec<u8>,
     entries: Vec<LogEntry>,
+    /// Distinct leaves found by the last coalescing.
+    coalesced: usize,
 }
 
 /// Updates of a dump taken out to be sorted off the ingest (see
-/// [`Delta::take_batch`]).
+/// [`Delta::take_batch`]), with the runs to coalesce them with, if due.
 #[derive(Debug)]
-pub struct Batch(Log);
+pub struct Batch {
+    log: Log,
+    /// Every run of the dump, oldest first, or none.
+    runs: Vec<Leaves>,
+}
 
 /// A sorted [`Batch`], to be given back with [`Delta::add_run`].
 #[derive(Debug)]
-pub struct Run(Leaves);
+pub struct Run {
+    leaves: Leaves,
+    /// Whether it holds every run of the dump too (it replaces them).
+    coalesced: bool,
+}
 
 impl Batch {
-    /// Sorts the batch (last update of a key wins).
+    /// Sorts the batch (last update of a key wins), and coalesces it with
+    /// the runs it carries.
     pub fn sort(mut self) -> Run {
         let mut out = Builder::new();
-        for (k, v) in self.0.sorted() {
+        for (k, v) in self.log.sorted() {
             out.push(k, v);
         }
-        Run(out.finish())
+        let newest = out.finish();
+        if self.runs.is_empty() {
+            return Run {
+                leaves: newest,
+                coalesced: false,
+            };
+        }
+        self.runs.push(newest);
+        let leaves = Leaves::concat_disjoint(&self.runs).unwrap_or_else(|| {
+            let sources = self.runs.iter().map(Leaves::source).collect();
+            Leaves::default().merge(Union::new(sources), &Ranges::default(), None)
+        });
+        Run {
+            leaves,
+            coalesced: true,
+        }
     }
 }
 
@@ -292,12 +326,33 @@ impl Delta {
     /// must come back in the order their batches were taken.
     pub fn take_batch(&mut self, min: usize) -> Option<Batch> {
         match &mut self.updates {
-            Updates::Log(log) if log.entries.len() >= min.max(1) => Some(Batch(Log {
-                runs: Vec::new(),
-                bytes: std::mem::take(&mut log.bytes),
-                entries: std::mem::take(&mut log.entries),
-            })),
+            Updates::Log(log) if log.entries.len() >= min.max(1) => {
+                let held = log.entries.len() + log.runs.iter().map(Leaves::len).sum::<usize>();
+                let coalesce = held > 2 * log.coalesced.max(min.max(1));
+                Some(Batch {
+                    log: Log {
+                        bytes: std::mem::take(&mut log.bytes),
+                        entries: std::mem::take(&mut log.entries),
+                        ..Log::default()
+                    },
+                    runs: if coalesce {
+                        std::mem::take(&mut log.runs)
+                    } else {
+                        Vec::new()
+                    },
+                })
+            }
             _ => None,
+        }
+    }
+
+    /// A lower bound of the distinct leaves the delta updates: exact for
+    /// the map form, the largest sorted run for a dump's log (after a
+    /// coalescing, every leaf received before it).
+    pub fn leaves_at_least(&self) -> usize {
+        match &self.updates {
+            Updates::Latest(map) => map.len(),
+            Updates::Log(log) => log.runs.iter().map(Leaves::len).max().unwrap_or(0),
         }
     }
 
@@ -313,7 +368,11 @@ impl Delta {
     /// received since it was taken.
     pub fn add_run(&mut self, run: Run) {
         match &mut self.updates {
-            Updates::Log(log) => log.runs.push(run.0),
+            Updates::Log(log) if run.coalesced => {
+                log.coalesced = run.leaves.len();
+                log.runs = vec![run.leaves];
+            }
+            Updates::Log(log) => log.runs.push(run.leaves),
             Updates::Latest(_) => unreachable!("a delete was recorded while a batch was out"),
         }
     }
@@ -804,14 +863,17 @@ impl Running {
         let first = self.is_empty();
         let leaves = match &mut delta.updates {
             Updates::Log(log) => {
-                let newest = Batch(Log {
+                let newest = Batch {
+                    log: Log {
+                        bytes: std::mem::take(&mut log.bytes),
+                        entries: std::mem::take(&mut log.entries),
+                        ..Log::default()
+                    },
                     runs: Vec::new(),
-                    bytes: std::mem::take(&mut log.bytes),
-                    entries: std::mem::take(&mut log.entries),
-                })
+                }
                 .sort();
                 let mut runs = std::mem::take(&mut log.runs);
-                runs.push(newest.0);
+                runs.push(newest.leaves);
                 let disjoint = Leaves::concat_disjoint(&runs);
                 tracing::debug!(
                     runs = runs.len(),
@@ -1045,6 +1107,27 @@ mod tests {
         let (after, _) = before.apply(d);
         assert_eq!(snapshot.get("/a"), Some(int(1)));
         assert_eq!(after.get("/a"), Some(int(2)));
+    }
+
+    #[test]
+    fn a_dump_that_repeats_its_leaves_stays_bounded_by_its_distinct_leaves() {
+        let batch = 100;
+        let mut delta = Delta::replacing(&[]);
+        for round in 0..1000 {
+            for i in 0..30 {
+                delta.update_ref(&format!("/a/l{i}"), &int(round));
+            }
+            if let Some(b) = delta.take_batch(batch) {
+                delta.add_run(b.sort());
+            }
+            // 30,000 updates of 30 leaves: never more than about twice a
+            // batch held (before coalescing, every update was).
+            assert!(delta.len() <= 4 * batch, "{} held", delta.len());
+        }
+        assert!(delta.leaves_at_least() <= 30);
+        let (after, _) = Running::new().apply(delta);
+        assert_eq!(after.len(), 30);
+        assert_eq!(after.get("/a/l0"), Some(int(999)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use netsync_core::datastore::{DeviceCaps, SyncSpec};
 use netsync_core::sync::SyncLimits;
 use serde::Deserialize;
 
@@ -91,6 +92,8 @@ pub struct ServeArgs {
     pub db: Option<String>,
     /// TOML configuration file (keys as the long flags, with `_`: listen, db,
     /// log_format, retain_commits, retain_seconds, pending_cap, watch_buffer,
+    /// initial_sync_timeout_seconds, device_max_message_bytes,
+    /// device_max_leaves, device_max_leaf_bytes,
     /// set_timeout_seconds, revert_max_failures, metrics_listen,
     /// health_listen; tables [authorization] with readers, writers;
     /// [tls] with cert, key,
@@ -113,6 +116,27 @@ pub struct ServeArgs {
     /// cut off [default: 4096].
     #[arg(long, env = "NETSYNC_WATCH_BUFFER", value_name = "N")]
     pub watch_buffer: Option<usize>,
+    /// Longest wait for the end of a device's dump (sync_response, Get
+    /// answer), for datastores that set no sync.initial_sync_timeout
+    /// [default: 300].
+    #[arg(
+        long,
+        env = "NETSYNC_INITIAL_SYNC_TIMEOUT_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub initial_sync_timeout_seconds: Option<u64>,
+    /// Largest message a device may send, for datastores that set no
+    /// sync.max_message_bytes [default: 67108864].
+    #[arg(long, env = "NETSYNC_DEVICE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub device_max_message_bytes: Option<u64>,
+    /// Most leaves of a datastore's running, for datastores that set no
+    /// sync.max_leaves [default: 10000000].
+    #[arg(long, env = "NETSYNC_DEVICE_MAX_LEAVES", value_name = "N")]
+    pub device_max_leaves: Option<u64>,
+    /// Largest value of one leaf, for datastores that set no
+    /// sync.max_leaf_bytes [default: 1048576].
+    #[arg(long, env = "NETSYNC_DEVICE_MAX_LEAF_BYTES", value_name = "BYTES")]
+    pub device_max_leaf_bytes: Option<u64>,
     /// Longest wait for one gNMI Set of a reconcile job, in seconds [default: 60].
     #[arg(long, env = "NETSYNC_SET_TIMEOUT_SECONDS", value_name = "SECONDS")]
     pub set_timeout_seconds: Option<u64>,
@@ -149,6 +173,10 @@ struct FileConfig {
     retain_seconds: Option<u64>,
     pending_cap: Option<usize>,
     watch_buffer: Option<usize>,
+    initial_sync_timeout_seconds: Option<u64>,
+    device_max_message_bytes: Option<u64>,
+    device_max_leaves: Option<u64>,
+    device_max_leaf_bytes: Option<u64>,
     set_timeout_seconds: Option<u64>,
     revert_max_failures: Option<u32>,
     tls: Option<TlsFile>,
@@ -225,11 +253,45 @@ impl Config {
             Some(0) => Err(ConfigError::Invalid(format!("{name} must be above zero"))),
             other => Ok(other),
         };
+        // Above zero and within what a datastore may declare itself.
+        let bounded = |name: &str, value: Option<u64>, max: u64| match value {
+            Some(0) => Err(ConfigError::Invalid(format!("{name} must be above zero"))),
+            Some(v) if v > max => Err(ConfigError::Invalid(format!(
+                "{name} must be at most {max}"
+            ))),
+            other => Ok(other),
+        };
         let limits = SyncLimits {
             pending_cap: positive("pending_cap", args.pending_cap.or(file.pending_cap))?
                 .unwrap_or(defaults.pending_cap),
             event_buffer: positive("watch_buffer", args.watch_buffer.or(file.watch_buffer))?
                 .unwrap_or(defaults.event_buffer),
+            initial_sync_timeout: bounded(
+                "initial_sync_timeout_seconds",
+                args.initial_sync_timeout_seconds
+                    .or(file.initial_sync_timeout_seconds),
+                SyncSpec::MAX_INITIAL_SYNC_TIMEOUT.as_secs(),
+            )?
+            .map_or(defaults.initial_sync_timeout, Duration::from_secs),
+            max_message_bytes: bounded(
+                "device_max_message_bytes",
+                args.device_max_message_bytes
+                    .or(file.device_max_message_bytes),
+                DeviceCaps::MAX_MESSAGE_BYTES,
+            )?
+            .unwrap_or(defaults.max_message_bytes),
+            max_leaves: bounded(
+                "device_max_leaves",
+                args.device_max_leaves.or(file.device_max_leaves),
+                DeviceCaps::MAX_LEAVES,
+            )?
+            .unwrap_or(defaults.max_leaves),
+            max_leaf_bytes: bounded(
+                "device_max_leaf_bytes",
+                args.device_max_leaf_bytes.or(file.device_max_leaf_bytes),
+                DeviceCaps::MAX_LEAF_BYTES,
+            )?
+            .unwrap_or(defaults.max_leaf_bytes),
             ..defaults
         };
         let retention_default = Retention::default();
@@ -397,7 +459,8 @@ mod tests {
         let file = dir.path().join("netsync.toml");
         std::fs::write(
             &file,
-            "pending_cap = 10\nretain_seconds = 60\nrevert_max_failures = 0\n",
+            "pending_cap = 10\nretain_seconds = 60\nrevert_max_failures = 0\n\
+             device_max_leaves = 1000\ninitial_sync_timeout_seconds = 9\n",
         )
         .unwrap();
         let config = Config::resolve(ServeArgs {
@@ -416,6 +479,29 @@ mod tests {
         );
         assert_eq!(config.limits.pending_cap, 10);
         assert_eq!(config.limits.event_buffer, 7);
+        assert_eq!(config.limits.max_leaves, 1000);
+        assert_eq!(config.limits.initial_sync_timeout, Duration::from_secs(9));
+        assert_eq!(
+            config.limits.max_message_bytes,
+            SyncLimits::DEFAULT_MAX_MESSAGE_BYTES
+        );
+        let flags = Config::resolve(parse(&[
+            "--device-max-message-bytes",
+            "1024",
+            "--device-max-leaf-bytes",
+            "10",
+        ]))
+        .unwrap();
+        assert_eq!(flags.limits.max_message_bytes, 1024);
+        assert_eq!(flags.limits.max_leaf_bytes, 10);
+        for bad in [
+            &["--device-max-leaves", "0"][..],
+            &["--device-max-message-bytes", "3000000000"],
+            &["--initial-sync-timeout-seconds", "100000"],
+        ] {
+            let err = Config::resolve(parse(bad)).unwrap_err().to_string();
+            assert!(err.contains(&bad[0][2..].replace('-', "_")), "{err}");
+        }
         assert_eq!(config.retention.age, Duration::from_secs(60));
         assert_eq!(config.retention.commits, 10_000);
         assert_eq!(config.metrics_listen, None);

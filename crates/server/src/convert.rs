@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use netsync_core::Path;
 use netsync_core::datastore::{
-    self, Credentials, DatastoreSpec, Encoding, FieldError, ListKey, RevertSpec, Secret, SyncMode,
-    SyncSpec, TargetSpec, TlsSpec,
+    self, Credentials, DatastoreSpec, DeviceCaps, Encoding, FieldError, ListKey, RevertSpec,
+    Secret, SyncMode, SyncSpec, TargetSpec, TlsSpec,
 };
 use netsync_core::intent::{Deviation, Intent};
 use netsync_core::notification::Decoder;
@@ -45,8 +45,11 @@ pub fn datastore_from_proto(ds: pb::Datastore, field: &str) -> Result<DatastoreS
 ///   default (not the smallest positive value, which would poll or commit
 ///   without pause), a negative `debounce` is zero ("at once"), nanos of
 ///   a second or more are clamped to just under a second, and a duration
-///   above its bound (24 h for the intervals, 1 h for `debounce`) is the
-///   bound;
+///   above its bound (24 h for the intervals and `initial_sync_timeout`, 1 h
+///   for `debounce`) is the bound; a zero `initial_sync_timeout` is the
+///   server's default;
+/// - a device cap (`max_message_bytes`, `max_leaves`, `max_leaf_bytes`)
+///   above its bound is the bound;
 /// - the name, address, TLS settings and credentials are taken as they are: a
 ///   target that cannot be built from them reports why in the datastore's
 ///   status, as any unusable target does;
@@ -228,13 +231,55 @@ fn sync_from_proto(
             .map_err(|m| FieldError::new(format!("{field}.list_keys[{i}]"), m))?;
         list_keys.push(key);
     }
+    let initial_sync_timeout = duration_from_proto(
+        s.initial_sync_timeout,
+        &format!("{field}.initial_sync_timeout"),
+        Positive::Yes,
+        SyncSpec::MAX_INITIAL_SYNC_TIMEOUT,
+        reading,
+    )?;
+    let cap = |value: u64, name: &str, max: u64| match reading {
+        Reading::Lenient => Ok(value.min(max)),
+        Reading::Strict if value > max => Err(FieldError::new(
+            format!("{field}.{name}"),
+            format!(
+                "at most {max} ({}); 0 means the server's default",
+                bytes_or_count(name, max)
+            ),
+        )),
+        Reading::Strict => Ok(value),
+    };
+    let caps = DeviceCaps {
+        max_message_bytes: cap(
+            s.max_message_bytes,
+            "max_message_bytes",
+            DeviceCaps::MAX_MESSAGE_BYTES,
+        )?,
+        max_leaves: cap(s.max_leaves, "max_leaves", DeviceCaps::MAX_LEAVES)?,
+        max_leaf_bytes: cap(
+            s.max_leaf_bytes,
+            "max_leaf_bytes",
+            DeviceCaps::MAX_LEAF_BYTES,
+        )?,
+    };
     Ok(SyncSpec {
         mode,
         paths,
         interval,
         commit_interval,
         list_keys,
+        initial_sync_timeout,
+        caps,
     })
+}
+
+/// A cap's bound in words: bytes in binary units, counts with separators.
+fn bytes_or_count(name: &str, value: u64) -> String {
+    if name.ends_with("_bytes") {
+        netsync_core::sync::human_bytes(value)
+    } else {
+        netsync_core::sync::human_count(value)
+    }
 }
 
 fn revert_from_proto(
@@ -363,6 +408,10 @@ pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datasto
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            initial_sync_timeout: spec.sync.initial_sync_timeout.map(duration_to_proto),
+            max_message_bytes: spec.sync.caps.max_message_bytes,
+            max_leaves: spec.sync.caps.max_leaves,
+            max_leaf_bytes: spec.sync.caps.max_leaf_bytes,
         }),
         revert: Some(pb::RevertConfig {
             enabled: spec.revert.enabled,
@@ -779,6 +828,45 @@ mod tests {
                 },
                 "datastore.sync.list_keys[0]",
             ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        initial_sync_timeout: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.initial_sync_timeout",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        max_message_bytes: DeviceCaps::MAX_MESSAGE_BYTES + 1,
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.max_message_bytes",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        max_leaves: u64::MAX,
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.max_leaves",
+            ),
+            (
+                |d| {
+                    d.sync = Some(pb::SyncConfig {
+                        max_leaf_bytes: DeviceCaps::MAX_LEAF_BYTES + 1,
+                        ..Default::default()
+                    })
+                },
+                "datastore.sync.max_leaf_bytes",
+            ),
         ];
         for (mutate, field) in cases {
             let mut ds = valid();
@@ -793,7 +881,18 @@ mod tests {
         let seconds = |seconds, nanos| prost_types::Duration { seconds, nanos };
         type Set = fn(&mut pb::Datastore, prost_types::Duration);
         type Get = fn(&DatastoreSpec) -> Duration;
-        let cases: [(Set, Get, &str, i64, &str); 3] = [
+        let cases: [(Set, Get, &str, i64, &str); 4] = [
+            (
+                |d, v| {
+                    d.sync
+                        .get_or_insert_with(Default::default)
+                        .initial_sync_timeout = Some(v)
+                },
+                |s| s.sync.initial_sync_timeout.unwrap(),
+                "datastore.sync.initial_sync_timeout",
+                24 * 3600,
+                "at most 24h",
+            ),
             (
                 |d, v| d.sync.get_or_insert_with(Default::default).interval = Some(v),
                 |s| s.sync.interval,
@@ -832,6 +931,60 @@ mod tests {
             let spec = datastore_from_proto(ds, "datastore").unwrap();
             assert_eq!(get(&spec), Duration::from_secs(bound as u64), "{field}");
         }
+    }
+
+    #[test]
+    fn caps_round_trip_and_their_bounds_are_told() {
+        let mut ds = valid();
+        ds.sync = Some(pb::SyncConfig {
+            initial_sync_timeout: Some(prost_types::Duration {
+                seconds: 90,
+                nanos: 0,
+            }),
+            max_message_bytes: 1 << 20,
+            max_leaves: 1000,
+            max_leaf_bytes: 0,
+            ..Default::default()
+        });
+        let spec = datastore_from_proto(ds, "datastore").unwrap();
+        assert_eq!(
+            spec.sync.initial_sync_timeout,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            spec.sync.caps,
+            DeviceCaps {
+                max_message_bytes: 1 << 20,
+                max_leaves: 1000,
+                max_leaf_bytes: 0,
+            }
+        );
+        let back = datastore_to_proto(&spec, Secrets::Keep);
+        assert_eq!(datastore_from_proto(back, "datastore").unwrap(), spec);
+        // Unset: the server's defaults, and written back unset.
+        let spec = datastore_from_proto(valid(), "datastore").unwrap();
+        assert_eq!(spec.sync.initial_sync_timeout, None);
+        assert_eq!(spec.sync.caps, DeviceCaps::default());
+        let back = datastore_to_proto(&spec, Secrets::Keep).sync.unwrap();
+        assert_eq!(back.initial_sync_timeout, None);
+        assert_eq!(back.max_leaves, 0);
+
+        let mut ds = valid();
+        ds.sync
+            .get_or_insert_with(Default::default)
+            .max_message_bytes = 3 << 30;
+        let err = datastore_from_proto(ds.clone(), "datastore").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "datastore.sync.max_message_bytes: at most 2147483648 (2 GiB); \
+             0 means the server's default"
+        );
+        // Stored by a release that allowed more: read as the bound.
+        let stored = datastore_from_stored(ds).unwrap();
+        assert_eq!(
+            stored.sync.caps.max_message_bytes,
+            DeviceCaps::MAX_MESSAGE_BYTES
+        );
     }
 
     fn intent_spec() -> DatastoreSpec {

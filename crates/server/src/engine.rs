@@ -178,7 +178,8 @@ impl Engine {
             tracing::error!(datastore = %spec.name, "already synced; not started again");
             return;
         }
-        let target: Arc<dyn Target> = match GnmiTarget::new(&spec.target) {
+        let max_message_bytes = self.limits.caps(&spec.sync).max_message_bytes;
+        let target: Arc<dyn Target> = match GnmiTarget::new(&spec.target, max_message_bytes) {
             Ok(target) => Arc::new(target),
             Err(error) => Arc::new(Unusable(error)),
         };

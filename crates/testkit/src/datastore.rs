@@ -130,6 +130,22 @@ impl DatastoreBuilder {
         self
     }
 
+    /// Longest wait for the end of a dump.
+    pub fn initial_sync_timeout_ms(mut self, ms: u64) -> Self {
+        self.sync().initial_sync_timeout = Some(millis(ms));
+        self
+    }
+
+    /// Device-side caps: largest message, most leaves, largest leaf value
+    /// (0: the server's default).
+    pub fn caps(mut self, max_message_bytes: u64, max_leaves: u64, max_leaf_bytes: u64) -> Self {
+        let sync = self.sync();
+        sync.max_message_bytes = max_message_bytes;
+        sync.max_leaves = max_leaves;
+        sync.max_leaf_bytes = max_leaf_bytes;
+        self
+    }
+
     /// Key names of JSON lists.
     pub fn list_keys(mut self, keys: &[&str]) -> Self {
         self.sync().list_keys = keys.iter().map(|k| k.to_string()).collect();

@@ -2,7 +2,8 @@
 //! gRPC on loopback: Subscribe STREAM sends the current leaves (string
 //! values), `sync_response`, then every change made through [`Device::set`] /
 //! [`Device::delete`]. Smaller and more predictable than netsync-sim where a
-//! test needs exactly these leaves and nothing else.
+//! test needs exactly these leaves and nothing else. It can also misbehave
+//! on purpose: hold its `sync_response` back ([`Device::hold_sync_response`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +22,10 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Default)]
 struct State {
     leaves: BTreeMap<String, String>,
+    /// Dump without `sync_response`, then send nothing.
+    hold_sync: bool,
+    /// Subscribe calls received.
+    subscribes: u64,
 }
 
 /// The device; cloning shares it.
@@ -43,6 +48,7 @@ impl Device {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..State::default()
         }));
         let (changes, _) = broadcast::channel(100_000);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -82,6 +88,18 @@ impl Device {
     /// The leaves it holds now.
     pub fn leaves(&self) -> BTreeMap<String, String> {
         self.state.lock().unwrap().leaves.clone()
+    }
+
+    /// From the next Subscribe on, sends the dump but never its
+    /// `sync_response` (nor anything after it), keeping the stream open: a
+    /// device whose initial sync never ends.
+    pub fn hold_sync_response(&self, hold: bool) {
+        self.state.lock().unwrap().hold_sync = hold;
+    }
+
+    /// Subscribe calls received so far.
+    pub fn subscribes(&self) -> u64 {
+        self.state.lock().unwrap().subscribes
     }
 }
 
@@ -142,20 +160,33 @@ impl GNmi for Service {
         _request: Request<Streaming<gnmi::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         // Snapshot and subscription under one lock: no change falls between.
-        let (dump, live) = {
-            let state = self.state.lock().unwrap();
+        let (dump, live, hold) = {
+            let mut state = self.state.lock().unwrap();
+            state.subscribes += 1;
             let pairs: Vec<(&str, &str)> = state
                 .leaves
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            (notification(&pairs, &[]), self.changes.subscribe())
+            (
+                notification(&pairs, &[]),
+                self.changes.subscribe(),
+                state.hold_sync,
+            )
         };
+        let dump = gnmi::SubscribeResponse {
+            response: Some(gnmi::subscribe_response::Response::Update(dump)),
+            ..Default::default()
+        };
+        if hold {
+            let stream: Responses = Box::pin(futures::StreamExt::chain(
+                futures::stream::iter([Ok(dump)]),
+                futures::stream::pending(),
+            ));
+            return Ok(Response::new(stream));
+        }
         let head = futures::stream::iter([
-            Ok(gnmi::SubscribeResponse {
-                response: Some(gnmi::subscribe_response::Response::Update(dump)),
-                ..Default::default()
-            }),
+            Ok(dump),
             Ok(gnmi::SubscribeResponse {
                 response: Some(gnmi::subscribe_response::Response::SyncResponse(true)),
                 ..Default::default()

@@ -64,6 +64,10 @@ pub struct TargetError {
     pub code: tonic::Code,
     /// What the device (or the transport) said.
     pub message: String,
+    /// The device sent a message over the connection's decoding limit
+    /// (the datastore's `max_message_bytes`); `message` says so with both
+    /// sizes.
+    pub over_cap: bool,
 }
 
 impl TargetError {
@@ -72,6 +76,7 @@ impl TargetError {
         Self {
             code,
             message: message.into(),
+            over_cap: false,
         }
     }
 
@@ -99,6 +104,12 @@ impl From<tonic::Status> for TargetError {
         if let Some(explained) = tls::explain(&status) {
             return Self::new(status.code(), explained);
         }
+        if let Some((found, limit)) = over_decoding_limit(&status) {
+            return Self {
+                over_cap: true,
+                ..Self::new(status.code(), crate::sync::message_over_cap(found, limit))
+            };
+        }
         let mut root: &(dyn std::error::Error + 'static) = &status;
         while let Some(next) = root.source() {
             root = next;
@@ -110,6 +121,23 @@ impl From<tonic::Status> for TargetError {
             Self::new(status.code(), format!("{}: {cause}", status.message()))
         }
     }
+}
+
+/// The sizes in tonic's refusal of a message over the decoding limit
+/// ("decoded message length too large: found N bytes, the limit is: L
+/// bytes"), if `status` is one. Only that refusal is OUT_OF_RANGE with both
+/// numbers in this order.
+fn over_decoding_limit(status: &tonic::Status) -> Option<(usize, usize)> {
+    if status.code() != tonic::Code::OutOfRange {
+        return None;
+    }
+    let message = status.message();
+    let number_after = |marker: &str| -> Option<usize> {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    Some((number_after("found ")?, number_after("limit is: ")?))
 }
 
 /// Subscribe's codec: requests encoded by prost, responses left as their
@@ -189,9 +217,11 @@ impl std::fmt::Debug for GnmiTarget {
 }
 
 impl GnmiTarget {
-    /// A target for `spec`. Connects on first use; never fails for an
-    /// unreachable device (the calls do).
-    pub fn new(spec: &TargetSpec) -> Result<Self, TargetError> {
+    /// A target for `spec`, accepting messages from the device up to
+    /// `max_message_bytes` (Subscribe responses and Get answers; a larger
+    /// one fails the call with [`TargetError::over_cap`]). Connects on first
+    /// use; never fails for an unreachable device (the calls do).
+    pub fn new(spec: &TargetSpec, max_message_bytes: usize) -> Result<Self, TargetError> {
         let scheme = if spec.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", spec.address))
             .map_err(|e| {
@@ -209,10 +239,10 @@ impl GnmiTarget {
         }
         let channel = endpoint.connect_lazy();
         let raw = tonic::client::Grpc::new(channel.clone())
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(usize::MAX);
         let client = GNmiClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(usize::MAX);
         let credentials = match &spec.credentials {
             Some(c) if !c.username.is_empty() => {
@@ -313,17 +343,20 @@ mod tests {
 
     #[tokio::test]
     async fn credentials_travel_as_metadata_and_print_nowhere() {
-        let target = GnmiTarget::new(&TargetSpec {
-            address: "127.0.0.1:57400".into(),
-            tls: None,
-            credentials: Some(Credentials {
-                username: "admin".into(),
-                password: Secret::new("hunter2"),
-            }),
-            encoding: Encoding::Proto,
-            target_name: String::new(),
-            allow_insecure_credentials: true,
-        })
+        let target = GnmiTarget::new(
+            &TargetSpec {
+                address: "127.0.0.1:57400".into(),
+                tls: None,
+                credentials: Some(Credentials {
+                    username: "admin".into(),
+                    password: Secret::new("hunter2"),
+                }),
+                encoding: Encoding::Proto,
+                target_name: String::new(),
+                allow_insecure_credentials: true,
+            },
+            1 << 20,
+        )
         .unwrap();
         let request = target.request(());
         let metadata = request.metadata();
@@ -333,5 +366,20 @@ mod tests {
         assert!(password.is_sensitive());
         assert!(!format!("{request:?}").contains("hunter2"));
         assert!(!format!("{target:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_message_over_the_decoding_limit_is_told_as_a_cap() {
+        let status = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 73400320 bytes, the limit is: 67108864 bytes",
+        );
+        let error = TargetError::from(status);
+        assert!(error.over_cap);
+        assert_eq!(
+            error.message,
+            "device sent a 70 MiB message; max_message_bytes is 64 MiB"
+        );
+        let other = TargetError::from(tonic::Status::out_of_range("found 3 bytes"));
+        assert!(!other.over_cap);
     }
 }

@@ -77,6 +77,8 @@ pub(super) struct Committer {
     pub(super) commit_interval: Duration,
     pub(super) threshold: usize,
     pub(super) sort_batch: usize,
+    /// Most leaves running may hold: a commit past it is refused.
+    pub(super) max_leaves: usize,
     /// How long recent commits of changes took.
     pub(super) costs: Mutex<CommitCosts>,
     /// Running at the last durable revision: the base of the next commit.
@@ -271,6 +273,11 @@ impl Committer {
         if change.is_empty() && !initial {
             return;
         }
+        if running.len() > self.max_leaves && running.len() > base.running.len() {
+            // Never durable, never published: running stays at `base`.
+            self.refuse(super::caps::running_over(running.len(), self.max_leaves));
+            return;
+        }
         let revision = base.revision + 1;
         // As i64: OpenTelemetry attributes have no unsigned integers.
         tracing::Span::current()
@@ -398,11 +405,42 @@ impl Committer {
         }
     }
 
+    /// A commit over a cap was refused: as when one fails, what `open` holds
+    /// now lies on a base without it, so it goes too; but the ingest
+    /// reconnects after a backoff, not at once, since the device's next dump
+    /// is likely over the cap as well.
+    fn refuse(&self, error: String) {
+        tracing::warn!(datastore = %self.shared.name, %error, "commit refused");
+        self.drop_open(&error);
+        if self
+            .shared
+            .control
+            .try_send(Control::Breach(error))
+            .is_err()
+        {
+            tracing::warn!(datastore = %self.shared.name, "control queue full");
+        }
+    }
+
     /// A commit could not be made: its delta is gone from pending, so the only
     /// way not to lose it is a resync, whose dump brings it back.
     fn fail(&self, error: String) {
         tracing::error!(datastore = %self.shared.name, %error, "commit failed; forcing a resync");
-        self.shared.set_error(error.clone());
+        self.drop_open(&error);
+        if self
+            .shared
+            .control
+            .try_send(Control::Resync(error))
+            .is_err()
+        {
+            tracing::warn!(datastore = %self.shared.name, "resync already queued");
+        }
+    }
+
+    /// A delta taken was not committed: reports `error`, and drops `open`
+    /// and what the ingest reads until it reconnects (see `Pending::lost`).
+    fn drop_open(&self, error: &str) {
+        self.shared.set_error(error);
         // Changes after the lost delta would be committed on the wrong base,
         // giving a running the device never had; the resync brings them back.
         // So do those the ingest reads until it handles the resync (`lost`).
@@ -417,14 +455,6 @@ impl Committer {
             pending.lost = true;
         }
         self.shared.ingest_wake.notify_one();
-        if self
-            .shared
-            .control
-            .try_send(Control::Resync(error))
-            .is_err()
-        {
-            tracing::warn!(datastore = %self.shared.name, "resync already queued");
-        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The ingest task: connects to the device, subscribes (or polls, or Gets),
 //! applies each notification to its segment of `Pending`, and reconnects with
-//! a jittered backoff when the stream ends or fails. Owns the subscription
-//! sent to the device and the reconnect loop.
+//! a jittered backoff when the stream ends or fails, when a dump does not end
+//! within `initial_sync_timeout`, or when the device goes over a cap. Owns
+//! the subscription sent to the device and the reconnect loop.
 //!
 //! It never awaits a commit, the store or watchers: it takes the `Pending`
 //! lock for one notification at a time and wakes the committer without
@@ -23,12 +24,13 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::caps::{self, Caps};
 use super::pending::Sealed;
-use super::read_ahead::{Incomings, Note, Step, read_ahead};
+use super::read_ahead::{Incomings, Reader, Step, read_ahead};
 use super::{Control, Shared, SyncLimits, SyncState};
 use crate::datastore::{DatastoreSpec, Encoding, SyncMode};
-use crate::device::Target;
-use crate::notification::Decoder;
+use crate::device::{Target, TargetError};
+use crate::notification::{Decoder, PreparedNotification};
 use crate::running::Delta;
 
 /// The ingest task: connects, subscribes, reads, reconnects.
@@ -38,6 +40,8 @@ pub(super) struct Ingest {
     pub(super) target: Arc<dyn Target>,
     pub(super) decoder: Decoder,
     pub(super) limits: SyncLimits,
+    /// The datastore's caps (its spec's, else the server's).
+    pub(super) caps: Caps,
     /// Set when the open delta reached `pending_cap`; cleared once it is
     /// taken. Lets the per-notification cap check skip the locks.
     pub(super) at_cap: AtomicBool,
@@ -50,6 +54,28 @@ enum Ended {
     Resync(String),
     /// The stream failed or ended: reconnect after a backoff.
     Failed(String),
+    /// The committer refused a commit over a cap: what `open` holds is on a
+    /// base without it, as after a lost commit; reconnect after a backoff.
+    Breach(String),
+}
+
+/// How a connection ends on a message from outside (`None`: stopping).
+fn ended_by(control: Option<Control>) -> Ended {
+    match control {
+        Some(Control::Resync(reason)) => Ended::Resync(reason),
+        Some(Control::Breach(reason)) => Ended::Breach(reason),
+        None => Ended::Failed("stopped".into()),
+    }
+}
+
+/// Why a subscription's stream failed: a message over the cap in the
+/// device's words, anything else as the transport said it.
+fn stream_failed(e: &TargetError) -> String {
+    if e.over_cap {
+        e.message.clone()
+    } else {
+        format!("subscription failed: {e}")
+    }
 }
 
 impl Ingest {
@@ -87,10 +113,9 @@ impl Ingest {
             }
             first = false;
             self.shared.connecting();
-            let reached_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let ended = match self.spec.sync.mode {
-                SyncMode::OnChange | SyncMode::Sample => self.stream(&reached_sync).await,
-                SyncMode::Once | SyncMode::Poll | SyncMode::Get => self.cycles(&reached_sync).await,
+                SyncMode::OnChange | SyncMode::Sample => self.stream().await,
+                SyncMode::Once | SyncMode::Poll | SyncMode::Get => self.cycles().await,
             };
             // A dump cut short is incomplete: it is never committed.
             self.shared
@@ -98,34 +123,53 @@ impl Ingest {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .dump = None;
-            let delay = match ended {
+            let reason = match ended {
                 Ended::Resync(reason) => {
                     self.resync_handled();
                     self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
                     self.shared.set_state(SyncState::Disconnected, reason);
                     continue;
                 }
-                Ended::Failed(reason) => {
-                    tracing::warn!(datastore = %self.shared.name, %reason, "sync connection ended");
-                    self.shared.disconnected(reason);
-                    if reached_sync.load(Ordering::Relaxed) {
-                        backoff = self.limits.backoff_min;
-                    }
-                    let delay = jitter(backoff);
-                    backoff = (backoff * 2).min(self.limits.backoff_max);
-                    delay
+                Ended::Breach(reason) => {
+                    self.resync_handled();
+                    reason
                 }
+                Ended::Failed(reason) => reason,
             };
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                control = self.control.recv() => match control {
-                    Some(Control::Resync(_)) => {
-                        self.resync_handled();
-                        self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    None => return,
-                },
+            tracing::warn!(datastore = %self.shared.name, %reason, "sync connection ended");
+            // The backoff starts again only after a connection that reached
+            // IN_SYNC: a device that fails every dump (a deadline, a cap)
+            // is tried less and less often.
+            if self.shared.disconnected(reason) == SyncState::InSync {
+                backoff = self.limits.backoff_min;
             }
+            let delay = jitter(backoff);
+            backoff = (backoff * 2).min(self.limits.backoff_max);
+            let until = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => break,
+                    control = self.control.recv() => match control {
+                        Some(Control::Resync(_)) => {
+                            self.resync_handled();
+                            self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        // A commit of the connection that ended was refused:
+                        // the next one starts from a dump anyway.
+                        Some(Control::Breach(_)) => self.resync_handled(),
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+
+    /// How responses of this datastore are read.
+    fn reader(&self) -> Reader {
+        Reader {
+            decoder: self.decoder.clone(),
+            caps: self.caps,
         }
     }
 
@@ -185,7 +229,9 @@ impl Ingest {
     /// batch's updates came before it. Whether one is out is checked under
     /// the same lock as the delete is applied, so the committer cannot take a
     /// batch in between.
-    async fn apply(&self, note: Note<'_>) -> Result<(), String> {
+    ///
+    /// An error is a cap breach: the connection must end.
+    async fn apply(&self, note: &PreparedNotification) -> Result<(), String> {
         #[cfg(test)]
         self.shared
             .at(super::Point::IngestApply {
@@ -207,8 +253,10 @@ impl Ingest {
 
     /// Applies one notification to the segment it belongs to, unless it
     /// deletes something in the dump while a batch of the dump is out: then
-    /// it applies nothing and answers `false` (wait for `ingest_wake`).
-    fn ingest(&self, note: Note<'_>) -> Result<bool, String> {
+    /// it applies nothing and answers `false` (wait for `ingest_wake`). An
+    /// error says the dump now holds more than `max_leaves` leaves: it must
+    /// not be committed (the connection ends, and with it the dump).
+    fn ingest(&self, note: &PreparedNotification) -> Result<bool, String> {
         let stats = &self.shared.stats;
         let counts = {
             let mut pending = self
@@ -229,10 +277,13 @@ impl Ingest {
                 // After a lost commit, until the resync: see `Pending::lost`.
                 return Ok(true);
             }
-            let counts = match note {
-                Note::Fast(n) => n.apply(delta),
-                Note::Decoded(n) => self.decoder.apply(n, delta).map_err(|e| e.to_string())?,
-            };
+            let counts = note.apply(delta);
+            if !is_open {
+                let leaves = delta.leaves_at_least();
+                if leaves > self.caps.max_leaves {
+                    return Err(caps::dump_over(leaves, self.caps.max_leaves));
+                }
+            }
             let batch_due =
                 !is_open && !pending.batch_out && delta.unsorted() >= self.limits.sort_batch.max(1);
             let first_open_change =
@@ -333,13 +384,22 @@ impl Ingest {
         })
     }
 
-    /// ON_CHANGE and SAMPLE: one long-lived STREAM subscription.
-    async fn stream(&mut self, reached_sync: &std::sync::atomic::AtomicBool) -> Ended {
+    /// ON_CHANGE and SAMPLE: one long-lived STREAM subscription. Its dump
+    /// must end (`sync_response`) within `initial_sync_timeout` of the
+    /// request.
+    async fn stream(&mut self) -> Ended {
+        let timeout = self.caps.initial_sync_timeout;
+        let deadline = Instant::now() + timeout;
+        let too_late = || Ended::Failed(caps::no_end_within("sync_response", timeout));
         let (requests, requests_rx) = mpsc::channel(4);
         let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Stream));
         // `requests` stays alive (the request side open) for the whole stream.
-        let mut responses = match self.target.subscribe(requests_rx).await {
-            Ok(r) => read_ahead(r),
+        let subscribed = tokio::select! {
+            r = self.target.subscribe(requests_rx) => r,
+            () = tokio::time::sleep_until(deadline) => return too_late(),
+        };
+        let mut responses = match subscribed {
+            Ok(r) => read_ahead(r, self.reader()),
             Err(e) => return Ended::Failed(format!("subscribe: {e}")),
         };
         self.begin_dump();
@@ -352,34 +412,32 @@ impl Ingest {
             self.shared.at(super::Point::IngestWaits).await;
             let next = tokio::select! {
                 next = responses.next() => next,
-                control = self.control.recv() => return match control {
-                    Some(Control::Resync(reason)) => Ended::Resync(reason),
-                    None => Ended::Failed("stopped".into()),
-                },
+                control = self.control.recv() => return ended_by(control),
+                () = tokio::time::sleep_until(deadline), if in_dump => return too_late(),
             };
             match next {
                 None => return Ended::Failed("the device ended the subscription".into()),
-                Some(Err(e)) => return Ended::Failed(format!("subscription failed: {e}")),
+                Some(Err(e)) => return Ended::Failed(stream_failed(&e)),
                 Some(Ok(step)) => match step {
                     Step::Apply(note) => {
-                        if let Err(e) = self.apply(note.as_note()).await {
-                            return self.bad_input(e);
+                        if let Err(e) = self.apply(&note).await {
+                            return Ended::Failed(e);
                         }
                     }
                     Step::Sync if in_dump => {
                         in_dump = false;
-                        reached_sync.store(true, Ordering::Relaxed);
                         self.seal_dump(true);
                     }
                     Step::Sync | Step::Skip => {}
                     Step::Fail(error) => return Ended::Failed(error),
+                    Step::Unusable(error) => return self.bad_input(error),
                 },
             }
         }
     }
 
     /// ONCE, POLL and GET: a full dump every `interval`, each a replace.
-    async fn cycles(&mut self, reached_sync: &std::sync::atomic::AtomicBool) -> Ended {
+    async fn cycles(&mut self) -> Ended {
         let mut initial = true;
         let mut poll: Option<(mpsc::Sender<gnmi::SubscribeRequest>, Incomings)> = None;
         loop {
@@ -395,7 +453,6 @@ impl Ingest {
             };
             match result {
                 Ok(()) => {
-                    reached_sync.store(true, Ordering::Relaxed);
                     self.seal_dump(initial);
                     initial = false;
                 }
@@ -411,10 +468,7 @@ impl Ingest {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.spec.sync.interval) => {}
-                control = self.control.recv() => return match control {
-                    Some(Control::Resync(reason)) => Ended::Resync(reason),
-                    None => Ended::Failed("stopped".into()),
-                },
+                control = self.control.recv() => return ended_by(control),
             }
         }
     }
@@ -427,45 +481,74 @@ impl Ingest {
             encoding: gnmi_encoding(self.spec.target.encoding) as i32,
             ..Default::default()
         };
+        let timeout = self.caps.initial_sync_timeout;
         let response = tokio::select! {
-            r = self.target.get(request) => r.map_err(|e| Ended::Failed(format!("get: {e}")))?,
-            control = self.control.recv() => return Err(match control {
-                Some(Control::Resync(reason)) => Ended::Resync(reason),
-                None => Ended::Failed("stopped".into()),
-            }),
+            r = self.target.get(request) => r.map_err(|e| Ended::Failed(if e.over_cap {
+                e.message
+            } else {
+                format!("get: {e}")
+            }))?,
+            control = self.control.recv() => return Err(ended_by(control)),
+            () = tokio::time::sleep(timeout) => {
+                return Err(Ended::Failed(caps::no_end_within("Get answer", timeout)));
+            }
         };
+        // A transport with a decoding limit refused a larger answer already.
+        let len = prost::Message::encoded_len(&response);
+        if len > self.caps.max_message_bytes {
+            return Err(Ended::Failed(caps::message_over(
+                len,
+                self.caps.max_message_bytes,
+            )));
+        }
+        let reader = self.reader();
         for n in &response.notification {
-            self.apply(Note::Decoded(n))
-                .await
-                .map_err(|e| self.bad_input(e))?;
+            match reader.prepare(n) {
+                Step::Apply(note) => self.apply(&note).await.map_err(Ended::Failed)?,
+                Step::Unusable(error) => return Err(self.bad_input(error)),
+                Step::Fail(error) => return Err(Ended::Failed(error)),
+                Step::Sync | Step::Skip => {}
+            }
         }
         Ok(())
     }
 
     async fn once_cycle(&mut self) -> Result<(), Ended> {
+        let deadline = Instant::now() + self.caps.initial_sync_timeout;
         let (requests, requests_rx) = mpsc::channel(1);
         let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Once));
-        let mut responses = self
-            .target
-            .subscribe(requests_rx)
-            .await
-            .map(read_ahead)
+        let subscribed = tokio::select! {
+            r = self.target.subscribe(requests_rx) => r,
+            () = tokio::time::sleep_until(deadline) => return Err(self.too_late()),
+        };
+        let mut responses = subscribed
+            .map(|r| read_ahead(r, self.reader()))
             .map_err(|e| Ended::Failed(format!("subscribe: {e}")))?;
-        self.read_dump(&mut responses).await
+        self.read_dump(&mut responses, deadline).await
+    }
+
+    /// A dump that did not end within `initial_sync_timeout`.
+    fn too_late(&self) -> Ended {
+        Ended::Failed(caps::no_end_within(
+            "sync_response",
+            self.caps.initial_sync_timeout,
+        ))
     }
 
     async fn poll_cycle(
         &mut self,
         poll: &mut Option<(mpsc::Sender<gnmi::SubscribeRequest>, Incomings)>,
     ) -> Result<(), Ended> {
+        let deadline = Instant::now() + self.caps.initial_sync_timeout;
         if poll.is_none() {
             let (requests, requests_rx) = mpsc::channel(4);
             let _ = requests.try_send(self.subscription(gnmi::subscription_list::Mode::Poll));
-            let responses = self
-                .target
-                .subscribe(requests_rx)
-                .await
-                .map(read_ahead)
+            let subscribed = tokio::select! {
+                r = self.target.subscribe(requests_rx) => r,
+                () = tokio::time::sleep_until(deadline) => return Err(self.too_late()),
+            };
+            let responses = subscribed
+                .map(|r| read_ahead(r, self.reader()))
                 .map_err(|e| Ended::Failed(format!("subscribe: {e}")))?;
             *poll = Some((requests, responses));
             // The first dump comes without a Poll.
@@ -483,7 +566,7 @@ impl Ingest {
             unreachable!()
         };
         let mut responses = std::mem::replace(responses, Box::pin(futures::stream::empty()));
-        let result = self.read_dump(&mut responses).await;
+        let result = self.read_dump(&mut responses, deadline).await;
         match (&result, poll.as_mut()) {
             (Ok(()), Some((_, slot))) => *slot = responses,
             _ => *poll = None,
@@ -491,15 +574,18 @@ impl Ingest {
         result
     }
 
-    /// Reads notifications into the dump until `sync_response`.
-    async fn read_dump(&mut self, responses: &mut Incomings) -> Result<(), Ended> {
+    /// Reads notifications into the dump until `sync_response`, which must
+    /// come before `deadline`.
+    async fn read_dump(
+        &mut self,
+        responses: &mut Incomings,
+        deadline: Instant,
+    ) -> Result<(), Ended> {
         loop {
             let next = tokio::select! {
                 next = responses.next() => next,
-                control = self.control.recv() => return Err(match control {
-                    Some(Control::Resync(reason)) => Ended::Resync(reason),
-                    None => Ended::Failed("stopped".into()),
-                }),
+                control = self.control.recv() => return Err(ended_by(control)),
+                () = tokio::time::sleep_until(deadline) => return Err(self.too_late()),
             };
             match next {
                 None => {
@@ -507,16 +593,13 @@ impl Ingest {
                         "the device ended the stream before sync_response".into(),
                     ));
                 }
-                Some(Err(e)) => return Err(Ended::Failed(format!("subscription failed: {e}"))),
+                Some(Err(e)) => return Err(Ended::Failed(stream_failed(&e))),
                 Some(Ok(step)) => match step {
-                    Step::Apply(note) => {
-                        self.apply(note.as_note())
-                            .await
-                            .map_err(|e| self.bad_input(e))?;
-                    }
+                    Step::Apply(note) => self.apply(&note).await.map_err(Ended::Failed)?,
                     Step::Sync => return Ok(()),
                     Step::Skip => {}
                     Step::Fail(error) => return Err(Ended::Failed(error)),
+                    Step::Unusable(error) => return Err(self.bad_input(error)),
                 },
             }
         }

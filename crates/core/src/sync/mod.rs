@@ -47,6 +47,7 @@ use crate::intent::{Deviation, Intended, Intent};
 use crate::notification::Decoder;
 use crate::running::{Change, Key, Running, Value};
 
+mod caps;
 mod committer;
 mod ingest;
 mod pending;
@@ -54,6 +55,7 @@ mod read_ahead;
 #[cfg(test)]
 mod tests;
 
+pub use caps::{Caps, human_bytes, human_count, human_duration, message_over as message_over_cap};
 use committer::Committer;
 use ingest::Ingest;
 use pending::Pending;
@@ -309,6 +311,30 @@ pub struct SyncLimits {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Longest wait for the end of a dump, for datastores that set none.
+    pub initial_sync_timeout: Duration,
+    /// Largest device message in bytes, for datastores that set none.
+    pub max_message_bytes: u64,
+    /// Most leaves of running, for datastores that set none.
+    pub max_leaves: u64,
+    /// Largest encoded leaf value in bytes, for datastores that set none.
+    pub max_leaf_bytes: u64,
+}
+
+impl SyncLimits {
+    /// Default `initial_sync_timeout`: a 10M-leaf device dumps in under a
+    /// minute at the rates measured here; five leave room for a slow device.
+    pub const DEFAULT_INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Default `max_message_bytes`: 64 MiB, far above a notification of a
+    /// thousand updates (about 150 KB), and a bound on what one message costs.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
+    /// Default `max_leaves`: ten times the 1M-leaf device the engine is
+    /// sized for (about 3 GB of running at the 300 bytes per leaf budget).
+    pub const DEFAULT_MAX_LEAVES: u64 = 10_000_000;
+    /// Default `max_leaf_bytes`: 1 MiB, the size of a WatchSync or GetRunning
+    /// message part; a larger leaf could not reach a client with gRPC's
+    /// default 4 MiB limit in one part anyway.
+    pub const DEFAULT_MAX_LEAF_BYTES: u64 = 1 << 20;
 }
 
 impl Default for SyncLimits {
@@ -321,6 +347,10 @@ impl Default for SyncLimits {
             sort_batch: 1 << 16,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            initial_sync_timeout: Self::DEFAULT_INITIAL_SYNC_TIMEOUT,
+            max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+            max_leaves: Self::DEFAULT_MAX_LEAVES,
+            max_leaf_bytes: Self::DEFAULT_MAX_LEAF_BYTES,
         }
     }
 }
@@ -329,6 +359,9 @@ impl Default for SyncLimits {
 #[derive(Debug)]
 enum Control {
     Resync(String),
+    /// The committer refused a commit over a cap (see `caps`): disconnect,
+    /// and reconnect after a backoff, not at once.
+    Breach(String),
 }
 
 /// State shared by the tasks of one sync and its handle.
@@ -489,11 +522,14 @@ impl Shared {
     }
 
     /// The connection failed: DISCONNECTED with `reason` as the last error,
-    /// at once, so that nothing can clear the error in between.
-    fn disconnected(&self, reason: String) {
+    /// at once, so that nothing can clear the error in between. Returns the
+    /// state it left.
+    fn disconnected(&self, reason: String) -> SyncState {
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = status.state;
         status.last_error.clone_from(&reason);
         self.transition(&mut status, SyncState::Disconnected, reason);
+        before
     }
 
     /// IN_SYNC, now that connection `generation`'s initial dump is durable,
@@ -582,6 +618,7 @@ impl SyncHandle {
         initial: Snapshot,
         limits: SyncLimits,
     ) -> Self {
+        let caps = limits.caps(&spec.sync);
         let (control_tx, control_rx) = mpsc::channel(16);
         let initial_revision = initial.revision;
         let durable = Mutex::new(initial.clone());
@@ -628,6 +665,7 @@ impl SyncHandle {
             target,
             decoder: Decoder::new(&spec.sync.list_keys),
             limits: limits.clone(),
+            caps,
             at_cap: AtomicBool::new(false),
             control: control_rx,
         };
@@ -637,6 +675,7 @@ impl SyncHandle {
             commit_interval: spec.sync.commit_interval,
             threshold: limits.commit_threshold,
             sort_batch: limits.sort_batch.max(1),
+            max_leaves: caps.max_leaves,
             costs: Mutex::default(),
             durable,
         };

@@ -86,6 +86,8 @@ fn spec() -> DatastoreSpec {
             interval: Duration::from_millis(50),
             commit_interval: Duration::from_millis(5),
             list_keys: vec![],
+            initial_sync_timeout: None,
+            caps: Default::default(),
         },
         revert: RevertSpec {
             enabled: false,

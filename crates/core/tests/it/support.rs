@@ -34,6 +34,8 @@ pub fn spec(
             interval,
             commit_interval,
             list_keys: vec![],
+            initial_sync_timeout: None,
+            caps: Default::default(),
         },
         revert: RevertSpec {
             enabled: false,

@@ -9,6 +9,7 @@ mod support;
 mod against_sim;
 mod api;
 mod damaged;
+mod device_caps;
 mod health_reflection;
 mod intent_plan;
 mod intent_values;
