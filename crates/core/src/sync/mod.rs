@@ -155,6 +155,17 @@ impl Encoded {
         value
     }
 
+    /// The value if someone made one and it was not dropped since (an event
+    /// evicted from the recent ones drops it), without making one.
+    pub fn get<T: std::any::Any + Clone + Send + Sync>(&self) -> Option<T> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
     fn clear(&self) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
@@ -696,6 +707,12 @@ impl SyncHandle {
             self.shared.events.subscribe(),
             Watching(self.shared.watching.clone()),
         )
+    }
+
+    /// Events the ring keeps for subscribers (`SyncLimits::event_buffer`): a
+    /// subscriber further behind than this has lost events.
+    pub fn event_buffer(&self) -> usize {
+        self.shared.event_buffer
     }
 
     /// The current status.
