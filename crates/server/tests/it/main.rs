@@ -22,4 +22,5 @@ mod storage;
 mod sync;
 mod tls_api;
 mod tls_device;
+mod watch_memory;
 mod wildcard;
