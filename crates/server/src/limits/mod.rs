@@ -228,3 +228,52 @@ impl ApiLimits {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_budgets_and_keepalive_resolve_and_are_checked() {
+        let defaults = ApiLimits::resolve(&LimitArgs::default(), None).unwrap();
+        assert_eq!(defaults.max_watcher_bytes, 8 << 20);
+        assert_eq!(defaults.max_watch_bytes_total, 256 << 20);
+        assert_eq!(defaults.keepalive_interval, Some(Duration::from_secs(30)));
+        assert_eq!(defaults.keepalive_timeout, Duration::from_secs(20));
+
+        let file: LimitsFile = toml::from_str(
+            "max_watcher_bytes = 1024\nmax_watch_bytes_total = 4096\nkeepalive_interval_seconds = 0",
+        )
+        .unwrap();
+        let args = LimitArgs {
+            keepalive_timeout_seconds: Some(3),
+            ..LimitArgs::default()
+        };
+        let limits = ApiLimits::resolve(&args, Some(&file)).unwrap();
+        assert_eq!(
+            (limits.max_watcher_bytes, limits.max_watch_bytes_total),
+            (1024, 4096)
+        );
+        assert_eq!(limits.keepalive_interval, None, "0 turns pings off");
+        assert_eq!(limits.keepalive_timeout, Duration::from_secs(3));
+
+        let smaller_total = LimitArgs {
+            max_watcher_bytes: Some(2048),
+            max_watch_bytes_total: Some(1024),
+            ..LimitArgs::default()
+        };
+        let err = ApiLimits::resolve(&smaller_total, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "max_watch_bytes_total must be at least max_watcher_bytes"
+        );
+        let zero = LimitArgs {
+            max_watcher_bytes: Some(0),
+            ..LimitArgs::default()
+        };
+        let err = ApiLimits::resolve(&zero, None).unwrap_err().to_string();
+        assert_eq!(err, "max_watcher_bytes must be above zero");
+    }
+}
