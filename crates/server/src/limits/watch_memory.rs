@@ -50,6 +50,9 @@ pub struct WatchMemory {
     /// Every open watcher's queue, to find the one to end when `total` is full.
     queues: Mutex<HashMap<u64, Weak<Queue>>>,
     next_id: AtomicU64,
+    /// Response streams open (a watcher task may outlive its stream until
+    /// it next has something to send).
+    readers: AtomicUsize,
 }
 
 impl WatchMemory {
@@ -62,6 +65,7 @@ impl WatchMemory {
             peak: AtomicUsize::new(0),
             queues: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            readers: AtomicUsize::new(0),
         })
     }
 
@@ -80,9 +84,9 @@ impl WatchMemory {
         self.peak.load(Ordering::Relaxed)
     }
 
-    /// Watchers with a queue open.
+    /// Watchers whose response stream is open.
     pub fn watchers(&self) -> usize {
-        self.lock_queues().len()
+        self.readers.load(Ordering::Relaxed)
     }
 
     /// A queue for a new watcher of `datastore`: its writing and reading ends.
@@ -97,6 +101,7 @@ impl WatchMemory {
             writable: Notify::new(),
         });
         self.lock_queues().insert(id, Arc::downgrade(&queue));
+        self.readers.fetch_add(1, Ordering::Relaxed);
         (
             QueueWriter(queue.clone()),
             QueueReader { queue, done: false },
@@ -131,13 +136,19 @@ impl WatchMemory {
         }
     }
 
+    /// Takes `len` bytes from the total whatever it holds.
+    fn force(&self, len: usize) {
+        let now = self.total.fetch_add(len, Ordering::Relaxed) + len;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
     fn release(&self, len: usize) {
         self.total.fetch_sub(len, Ordering::Relaxed);
     }
 
-    /// Ends the watcher whose oldest queued message has waited longest, if
-    /// any queue holds something.
-    fn end_slowest(&self) {
+    /// Ends the watcher whose oldest queued message has waited longest;
+    /// false if no queue holds anything.
+    fn end_slowest(&self) -> bool {
         let queues: Vec<Arc<Queue>> = self
             .lock_queues()
             .values()
@@ -148,7 +159,7 @@ impl WatchMemory {
             .filter_map(|queue| Some((queue.lock().items.front()?.queued, queue)))
             .min_by_key(|(queued, _)| *queued);
         let Some((_, queue)) = slowest else {
-            return;
+            return false;
         };
         let total_max = self.total_max;
         let datastore = queue.datastore.clone();
@@ -159,6 +170,7 @@ impl WatchMemory {
                  client longest; resume with from_revision={from}"
             ))
         });
+        true
     }
 }
 
@@ -202,11 +214,12 @@ impl Queue {
     }
 
     /// Drops what is queued and ends the stream with `status(from)`, `from`
-    /// being the revision to resume from. Does nothing to a stream already
-    /// ended.
+    /// being the revision to resume from. A stream ending already keeps its
+    /// status, unless messages were still queued before it: they are
+    /// dropped too, and the new status names where to resume.
     fn cut(&self, status: impl FnOnce(u64) -> Status) {
         let mut state = self.lock();
-        if state.end.is_some() {
+        if state.stopped && state.items.is_empty() {
             return;
         }
         let dropped = state.items.iter().find_map(|item| item.revision);
@@ -262,10 +275,19 @@ impl QueueWriter {
             }
             if !queue.memory.reserve(len) {
                 drop(state);
-                // Perhaps this watcher: the next round says so. Finding
-                // nothing to end means the bytes were being taken meanwhile.
-                queue.memory.end_slowest();
-                continue;
+                // Perhaps this watcher: the next round says so.
+                if queue.memory.end_slowest() {
+                    continue;
+                }
+                // Nothing queued anywhere: the total was being given back
+                // meanwhile (it is changed under each queue's lock, so this
+                // is a moment's race). Go over by this message rather than
+                // spin.
+                state = queue.lock();
+                if state.stopped {
+                    return Push::Stopped;
+                }
+                queue.memory.force(len);
             }
             state.items.push_back(Item {
                 bytes: bytes.clone(),
@@ -368,6 +390,7 @@ impl QueueReader {
 
 impl Drop for QueueReader {
     fn drop(&mut self) {
+        self.queue.memory.readers.fetch_sub(1, Ordering::Relaxed);
         let mut state = self.queue.lock();
         state.stopped = true;
         state.items.clear();
@@ -450,15 +473,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_finished_watch_still_queued_gives_way_to_the_total() {
+        let memory = memory(200, 100);
+        let (ended, mut ended_reader) = memory.queue("a");
+        let (other, _other_reader) = memory.queue("a");
+        ended.set_next(4);
+        ended.try_push(&message(60), Some(4));
+        ended.set_next(5);
+        ended.finish(|from| Status::unavailable(format!("from_revision={from}")));
+        // Its client reads nothing: its bytes are the ones to go.
+        assert_eq!(other.try_push(&message(60), Some(5)), Push::Queued);
+        let end = ended_reader.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::ResourceExhausted);
+        assert!(end.message().contains("from_revision=4"), "{end:?}");
+        assert!(ended_reader.next().await.is_none());
+    }
+
+    #[tokio::test]
     async fn a_reader_that_leaves_frees_its_bytes_and_its_place() {
         let memory = memory(100, 1000);
         let (writer, reader) = memory.queue("a");
         writer.try_push(&message(40), None);
         assert_eq!(memory.watchers(), 1);
         drop(reader);
-        assert_eq!(memory.queued(), 0);
+        assert_eq!((memory.queued(), memory.watchers()), (0, 0));
         assert_eq!(writer.try_push(&message(1), None), Push::Stopped);
         drop(writer);
-        assert_eq!(memory.watchers(), 0);
+        assert!(memory.lock_queues().is_empty());
     }
 }

@@ -142,18 +142,15 @@ async fn scrape(metrics: SocketAddr, series: &str) -> f64 {
     sample(&body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"))
 }
 
-/// Scrapes until `series` is at least `at_least`.
-async fn scrape_until(metrics: SocketAddr, series: &str, at_least: f64) {
+/// Scrapes until `ready` holds for the value of `series`.
+async fn scrape_until(metrics: SocketAddr, series: &str, ready: impl Fn(f64) -> bool) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let value = scrape(metrics, series).await;
-        if value >= at_least {
+        if ready(value) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{series} stayed at {value}, below {at_least}"
-        );
+        assert!(Instant::now() < deadline, "{series} stayed at {value}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -213,9 +210,10 @@ async fn many_slow_watchers_stay_within_the_total_budget() {
     let mut writer = client(&daemon).await;
     let first = create_r1(&mut writer, &device).await;
     let mut watchers = Vec::new();
-    for _ in 0..5 {
+    for open in 1..=5 {
         let mut own = client(&daemon).await;
         watchers.push(watch(&mut own, "r1", 0).await);
+        scrape_until(metrics, "netsync_watchers", |n| n == f64::from(open)).await;
     }
     history(&mut writer, &device, 40).await;
 
@@ -240,7 +238,7 @@ async fn many_slow_watchers_stay_within_the_total_budget() {
         "peak of {peak} bytes queued, the total is 2 MiB"
     );
     drop(watchers);
-    scrape_until(metrics, "netsync_watchers", 0.0).await;
+    scrape_until(metrics, "netsync_watchers", |n| n == 0.0).await;
     assert_eq!(scrape(metrics, "netsync_watch_buffered_bytes").await, 0.0);
     daemon.terminate();
 }
@@ -258,7 +256,10 @@ async fn a_replay_of_large_history_goes_at_its_readers_pace_within_the_budget() 
     // replay fills the windows and its queue, and waits.
     let mut reader_client = client(&daemon).await;
     let mut replay = watch(&mut reader_client, "r1", first).await;
-    scrape_until(metrics, "netsync_watch_buffered_bytes", (256 << 10) as f64).await;
+    scrape_until(metrics, "netsync_watch_buffered_bytes", |b| {
+        b >= (256 << 10) as f64
+    })
+    .await;
 
     // Never cut for being slow: the log keeps what it has not read.
     expect_revisions(&mut replay, first, last).await;
@@ -285,7 +286,7 @@ async fn events_after_a_replay_never_go_back_in_revision() {
     // from the log before the state events come from the ring.
     let mut reader_client = client(&daemon).await;
     let mut events = watch(&mut reader_client, "r1", first).await;
-    scrape_until(metrics, "netsync_watch_buffered_bytes", 1.0).await;
+    scrape_until(metrics, "netsync_watch_buffered_bytes", |b| b > 0.0).await;
     writer
         .resync(pb::ResyncRequest { name: "r1".into() })
         .await
