@@ -4,6 +4,7 @@
 pub mod datastore;
 pub mod device;
 pub mod histogram;
+pub mod human;
 pub mod intent;
 mod leaves;
 pub mod notification;

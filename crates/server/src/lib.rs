@@ -230,7 +230,12 @@ pub async fn serve(
         )
     };
 
-    let metrics = Arc::new(metrics::Metrics::new(store.clone(), engine.clone()));
+    let watch_memory = limits::WatchMemory::new(&config.api_limits);
+    let metrics = Arc::new(metrics::Metrics::new(
+        store.clone(),
+        engine.clone(),
+        watch_memory.clone(),
+    ));
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
     let metrics_server = metrics_listener
         .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), metrics_stopped)));
@@ -257,6 +262,10 @@ pub async fn serve(
     let stopping = tokio_util::sync::CancellationToken::new();
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(limits::calls::http2_stream_limit(&config.api_limits))
+        // A client that stops answering PINGs loses its connection, and its
+        // watchers their slots and queued bytes.
+        .http2_keepalive_interval(config.api_limits.keepalive_interval)
+        .http2_keepalive_timeout(Some(config.api_limits.keepalive_timeout))
         // Outermost first: calls refused by the limits are measured too.
         .layer(rpc_layer::RpcLayer::new(metrics.rpc()))
         .layer(authz::AuthzLayer::new(config.authorization.clone()))
@@ -264,17 +273,18 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(
-            NetSyncServer::new(api::NetSyncService::new(
+        .add_service(api::NetSyncRoutes::new(
+            api::NetSyncService::new(
                 store.clone(),
                 engine.clone(),
                 &config.api_limits,
+                watch_memory,
                 stopping.clone(),
-            ))
+            ),
             // Our layer answers first, with RESOURCE_EXHAUSTED; tonic's check
             // (OUT_OF_RANGE) is set to match so it never refuses less.
-            .max_decoding_message_size(config.api_limits.max_message_bytes),
-        );
+            config.api_limits.max_message_bytes,
+        ));
     let stop = async {
         let _ = stop_rx.await;
     };

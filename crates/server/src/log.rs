@@ -55,6 +55,46 @@ pub struct LoggedCommit {
     pub change: Change,
 }
 
+/// One logged commit as stored: its change still compressed, decoded by
+/// [`StoredCommit::decode`] when it is needed.
+#[derive(Debug)]
+pub struct StoredCommit {
+    datastore: String,
+    /// Its revision.
+    pub revision: u64,
+    /// When it was made.
+    pub time: SystemTime,
+    /// Whether it was a replace.
+    pub replace: bool,
+    body: Vec<u8>,
+}
+
+/// A stored body larger than this is decoded on the blocking pool (it is
+/// compressed: about a few thousand leaves).
+const LARGE_BODY: usize = 64 << 10;
+
+impl StoredCommit {
+    /// Its net change; a large one decoded off the async workers.
+    pub async fn decode(self) -> Result<Change, Error> {
+        let Self {
+            datastore,
+            revision,
+            body,
+            ..
+        } = self;
+        let decoded = if body.len() > LARGE_BODY {
+            blocking(move || decode_commit(&body)).await?
+        } else {
+            decode_commit(&body)
+        };
+        decoded.map_err(|detail| Error::Damaged {
+            datastore,
+            what: format!("revision {revision} of the change log is damaged"),
+            detail,
+        })
+    }
+}
+
 /// Writes commits of every datastore to the store. One per process.
 #[derive(Debug)]
 pub struct CommitLog {
@@ -299,6 +339,68 @@ impl CommitLog {
                     time: from_micros(row.try_get("time_us")?),
                     replace: row.try_get("replace")?,
                     change,
+                })
+            })
+            .collect()
+    }
+
+    /// Logged commits from revision `from` on, in order and as stored, for a
+    /// replay that decodes each when its turn comes: at most `max_commits`,
+    /// and no more than `max_bytes` of stored bodies (at least one commit,
+    /// however large). A replay then holds a page of compressed bodies and
+    /// one decoded commit, never a run of whole decoded commits.
+    pub async fn read_page(
+        &self,
+        datastore: &str,
+        from: u64,
+        max_commits: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredCommit>, Error> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        // SQLite reads a blob's length from its record header, without
+        // reading the blob.
+        let sizes: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT revision, length(body) FROM commits WHERE datastore = ? AND revision >= ? \
+             ORDER BY revision LIMIT ?",
+        )
+        .bind(datastore)
+        .bind(from)
+        .bind(max_commits)
+        .fetch_all(self.store.readers())
+        .await?;
+        let mut bytes = 0;
+        let mut last = None;
+        for (revision, len) in sizes {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if last.is_some() && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            last = Some(revision);
+        }
+        let Some(last) = last else {
+            return Ok(Vec::new());
+        };
+        // Compacted meanwhile, this starts later than `from`: the caller,
+        // which checks that revisions follow on, sees the gap.
+        let rows = sqlx::query(
+            "SELECT revision, time_us, replace, body FROM commits WHERE datastore = ? \
+             AND revision >= ? AND revision <= ? ORDER BY revision",
+        )
+        .bind(datastore)
+        .bind(from)
+        .bind(last)
+        .fetch_all(self.store.readers())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let revision: i64 = row.try_get("revision")?;
+                Ok(StoredCommit {
+                    datastore: datastore.to_string(),
+                    revision: revision as u64,
+                    time: from_micros(row.try_get("time_us")?),
+                    replace: row.try_get("replace")?,
+                    body: row.try_get("body")?,
                 })
             })
             .collect()

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::engine::Engine;
 use crate::jobs;
+use crate::limits::WatchMemory;
 use crate::reconcile::Outcome;
 use crate::rpc_layer::RpcMetrics;
 use crate::store::Store;
@@ -36,15 +37,18 @@ pub struct Metrics {
     rpc: RpcMetrics,
     engine: Arc<Engine>,
     store: Store,
+    watch_memory: Arc<WatchMemory>,
 }
 
 impl Metrics {
-    /// Metrics of `engine`'s datastores and `store`'s reconcile queue.
-    pub fn new(store: Store, engine: Arc<Engine>) -> Self {
+    /// Metrics of `engine`'s datastores, `store`'s reconcile queue and what
+    /// watchers hold in `watch_memory`.
+    pub fn new(store: Store, engine: Arc<Engine>, watch_memory: Arc<WatchMemory>) -> Self {
         Self {
             rpc: RpcMetrics::default(),
             engine,
             store,
+            watch_memory,
         }
     }
 
@@ -117,9 +121,47 @@ impl Metrics {
             failures: writer.stats().failures.load(Ordering::Relaxed),
             failing: matches!(*writer.health().borrow(), crate::writer::Health::Failing(_)),
         }));
+        registry.register_collector(Box::new(WatchFigures {
+            buffered: self.watch_memory.queued() as u64,
+            peak: self.watch_memory.peak() as u64,
+            watchers: self.watch_memory.watchers() as u64,
+        }));
         let mut text = String::new();
         prometheus_text::encode(&mut text, &root).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// What WatchSync holds: `netsync_watch_buffered_bytes` (encoded messages
+/// queued for clients, all watchers together), its highest value since start
+/// (`netsync_watch_buffered_bytes_peak`), and the open watches
+/// (`netsync_watchers`).
+#[derive(Debug)]
+struct WatchFigures {
+    buffered: u64,
+    peak: u64,
+    watchers: u64,
+}
+
+impl Collector for WatchFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "watch_buffered_bytes",
+                "Bytes of encoded WatchSync messages queued for clients and not yet taken by HTTP/2, all watchers together (bounded by max_watch_bytes_total).",
+                self.buffered,
+            ),
+            (
+                "watch_buffered_bytes_peak",
+                "The highest netsync_watch_buffered_bytes since netsyncd started.",
+                self.peak,
+            ),
+            ("watchers", "Open WatchSync streams.", self.watchers),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_gauge(&value)?;
+        }
+        Ok(())
     }
 }
 

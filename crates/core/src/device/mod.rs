@@ -96,6 +96,15 @@ impl TargetError {
     }
 }
 
+/// A message over `max_message_bytes`.
+pub fn message_over(found: usize, max: usize) -> String {
+    format!(
+        "device sent a {} message; max_message_bytes is {}",
+        crate::human::human_bytes(found as u64),
+        crate::human::human_bytes(max as u64)
+    )
+}
+
 impl From<tonic::Status> for TargetError {
     fn from(status: tonic::Status) -> Self {
         // A TLS failure is told in terms of the datastore's settings. Other
@@ -107,7 +116,7 @@ impl From<tonic::Status> for TargetError {
         if let Some((found, limit)) = over_decoding_limit(&status) {
             return Self {
                 over_cap: true,
-                ..Self::new(status.code(), crate::sync::message_over_cap(found, limit))
+                ..Self::new(status.code(), message_over(found, limit))
             };
         }
         let mut root: &(dyn std::error::Error + 'static) = &status;

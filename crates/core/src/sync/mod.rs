@@ -55,7 +55,8 @@ mod read_ahead;
 #[cfg(test)]
 mod tests;
 
-pub use caps::{Caps, human_bytes, human_count, human_duration, message_over as message_over_cap};
+pub use crate::human::{human_bytes, human_count, human_duration};
+pub use caps::Caps;
 use committer::Committer;
 use ingest::Ingest;
 use pending::Pending;
@@ -155,6 +156,17 @@ impl Encoded {
             *slot = Some(Arc::new(value.clone()));
         }
         value
+    }
+
+    /// The value if someone made one and it was not dropped since (an event
+    /// evicted from the recent ones drops it), without making one.
+    pub fn get<T: std::any::Any + Clone + Send + Sync>(&self) -> Option<T> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
     }
 
     fn clear(&self) {
@@ -735,6 +747,12 @@ impl SyncHandle {
             self.shared.events.subscribe(),
             Watching(self.shared.watching.clone()),
         )
+    }
+
+    /// Events the ring keeps for subscribers (`SyncLimits::event_buffer`): a
+    /// subscriber further behind than this has lost events.
+    pub fn event_buffer(&self) -> usize {
+        self.shared.event_buffer
     }
 
     /// The current status.

@@ -19,12 +19,14 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::intent_status::IntentStatus;
 use crate::jobs::Trigger;
-use crate::limits::{ApiLimits, WatcherSlots};
+use crate::limits::{ApiLimits, WatchMemory, WatcherSlots};
 use crate::reconcile;
 use crate::store::{self, DatastoreRow, Store, StoredDatastore};
 
 mod running;
 mod watch;
+
+pub use watch::NetSyncRoutes;
 
 /// A boxed response stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -40,6 +42,8 @@ pub struct NetSyncService {
     /// mutex: the store write in between awaits.
     creating: Arc<tokio::sync::Mutex<()>>,
     watchers: Arc<WatcherSlots>,
+    /// What watchers hold, bounded in bytes.
+    watch_memory: Arc<WatchMemory>,
     /// Cancelled when shutdown starts: open watches end at once instead of
     /// holding shutdown for its whole grace period.
     stopping: CancellationToken,
@@ -58,12 +62,14 @@ async fn to_completion<T: Send + 'static>(
 }
 
 impl NetSyncService {
-    /// A service answering from `store` and `engine`, within `limits`;
-    /// `stopping` is cancelled when shutdown starts.
+    /// A service answering from `store` and `engine`, within `limits`, its
+    /// watchers' messages queued within `watch_memory`; `stopping` is
+    /// cancelled when shutdown starts.
     pub fn new(
         store: Store,
         engine: Arc<Engine>,
         limits: &ApiLimits,
+        watch_memory: Arc<WatchMemory>,
         stopping: CancellationToken,
     ) -> Self {
         Self {
@@ -72,6 +78,7 @@ impl NetSyncService {
             max_datastores: limits.max_datastores,
             creating: Arc::new(tokio::sync::Mutex::new(())),
             watchers: WatcherSlots::new(limits.max_watchers_per_datastore),
+            watch_memory,
             stopping,
         }
     }
@@ -102,6 +109,27 @@ impl NetSyncService {
                 name: name.to_string(),
             }),
         }
+    }
+
+    /// WatchSync, its messages encoded (see [`NetSyncRoutes`]).
+    async fn watch_sync_encoded(
+        &self,
+        request: Request<pb::WatchSyncRequest>,
+    ) -> Result<Response<watch::EncodedStream>, Status> {
+        let req = request.into_inner();
+        let sync = self.require_sync("datastore", &req.datastore)?;
+        let slot = self.watchers.take(&req.datastore)?;
+        let stream = watch::watch(
+            sync,
+            self.engine.log().clone(),
+            req.from_revision,
+            &self.watch_memory,
+            self.stopping.clone(),
+        )
+        .await?;
+        // The slot is given back when the client's stream is dropped, not when
+        // the watch task notices: that may wait for the next event.
+        Ok(Response::new(Box::pin(slot.hold(stream))))
     }
 
     /// The API view of a registry row: [`datastore_view`](Self::datastore_view),
@@ -322,19 +350,16 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::WatchSyncRequest>,
     ) -> Result<Response<Self::WatchSyncStream>, Status> {
-        let req = request.into_inner();
-        let sync = self.require_sync("datastore", &req.datastore)?;
-        let slot = self.watchers.take(&req.datastore)?;
-        let stream = watch::watch(
-            sync,
-            self.engine.log().clone(),
-            req.from_revision,
-            self.stopping.clone(),
-        )
-        .await?;
-        // The slot is given back when the client's stream is dropped, not when
-        // the watch task notices: that may wait for the next event.
-        Ok(Response::new(Box::pin(slot.hold(stream))))
+        // Served through `NetSyncRoutes`, which sends the encoded messages
+        // as they are; this decodes them for a server built without it.
+        let encoded = self.watch_sync_encoded(request).await?.into_inner();
+        let decoded = futures::StreamExt::map(encoded, |message| {
+            message.and_then(|bytes| {
+                prost::Message::decode(bytes)
+                    .map_err(|e| Status::internal(format!("decoding a SyncEvent: {e}")))
+            })
+        });
+        Ok(Response::new(Box::pin(decoded)))
     }
 
     async fn set_intent(

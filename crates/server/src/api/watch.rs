@@ -1,39 +1,68 @@
 //! WatchSync with etcd-like guarantees: events in revision order, no gap, no
-//! duplicate; replay from the persisted change log, then live. A watcher that
-//! falls behind is ended with RESOURCE_EXHAUSTED naming the revision to resume
-//! from; the sync itself never waits for watchers (events are broadcast into a
-//! bounded ring that never blocks the committer).
+//! duplicate; replay from the persisted change log, then live. The sync itself
+//! never waits for watchers (events are broadcast into a bounded ring that
+//! never blocks the committer).
+//!
+//! Memory is bounded in bytes (`limits::watch_memory`): each watcher's task
+//! writes encoded messages into a queue of at most half its budget, waiting
+//! while it is full. A replay reads the log a page at a time and encodes a
+//! part only when the queue takes it, so it goes at its client's pace and
+//! is never cut for being slow. A live watcher owes its client what is
+//! queued plus the revisions that arrived while it waited (counted by their
+//! encoded size); once that passes `max_watcher_bytes`, or the ring laps it,
+//! it is ended with RESOURCE_EXHAUSTED naming the revision to resume from.
+//! The revision it is sending does not count: a client that reads along is
+//! never cut for one large commit.
+//!
+//! Messages are sent as the bytes they were encoded to, through a codec of
+//! ours for this one method ([`NetSyncRoutes`]): one encoding of a live event
+//! serves every watcher.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use bytes::{BufMut as _, Bytes};
+use futures::Stream;
 use netsync_core::sync::{Event, EventKind, SyncHandle};
 use netsync_proto::netsync::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use pb::net_sync_server::NetSyncServer;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::server::NamedService;
 
-use super::ResponseStream;
+use super::NetSyncService;
 use crate::convert;
 use crate::error::Error;
+use crate::limits::WatchMemory;
+use crate::limits::watch_memory::{Push, QueueWriter};
 use crate::log::CommitLog;
-use crate::watch::{CommitParts, converted};
+use crate::watch::{self, Parts};
 
-/// Events buffered per watcher beyond the shared ring.
-const WATCHER_BUFFER: usize = 64;
+/// A WatchSync response stream: encoded `SyncEvent`s.
+pub type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
-/// Commits read from the log per query while replaying.
-const REPLAY_BATCH: u32 = 64;
+/// Commits read from the log per query while replaying, at most.
+const REPLAY_PAGE_COMMITS: u32 = 64;
 
-/// Starts a watch of `sync` from revision `from` (0: from now on), ended
-/// with UNAVAILABLE when `stopping` is cancelled.
+/// Stored (compressed) bytes read from the log per query while replaying,
+/// at most (a single larger commit is read alone).
+const REPLAY_PAGE_BYTES: usize = 1 << 20;
+
+/// Starts a watch of `sync` from revision `from` (0: from now on), its
+/// messages queued within `memory`'s budgets, ended with UNAVAILABLE when
+/// `stopping` is cancelled.
 pub async fn watch(
     sync: Arc<SyncHandle>,
     log: Arc<CommitLog>,
     from: u64,
+    memory: &Arc<WatchMemory>,
     stopping: CancellationToken,
-) -> Result<ResponseStream<pb::SyncEvent>, Error> {
+) -> Result<EncodedStream, Error> {
     // Subscribe before looking at the log, so nothing falls between the two.
     let (live, watching) = sync.subscribe_watching();
     let current = sync.snapshot().revision;
@@ -65,62 +94,50 @@ pub async fn watch(
             )));
         }
     }
-    let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
     let next = if from == 0 { current + 1 } else { from };
     let status = sync.status();
-    let first = pb::SyncEvent {
-        datastore: name.clone(),
-        revision: current,
-        time: Some(convert::timestamp_to_proto(SystemTime::now())),
-        event: Some(pb::sync_event::Event::StateChanged(pb::StateChanged {
-            state: convert::state_to_proto(status.state) as i32,
-            reason: "current state".into(),
-        })),
+    let state = pb::StateChanged {
+        state: convert::state_to_proto(status.state) as i32,
+        reason: "current state".into(),
+    };
+    let (queue, reader) = memory.queue(&name);
+    queue.set_next(next);
+    let watcher = Watcher {
+        name,
+        log,
+        queue,
+        events: live,
+        stopping,
+        next,
+        budget: memory.per_watcher(),
+        max_waiting: sync.event_buffer(),
+        waiting: VecDeque::new(),
+        waiting_bytes: 0,
+        closed: false,
     };
     // Drop our handle clone: the task must not keep a deleted datastore alive.
     drop(sync);
     tokio::spawn(async move {
-        // Counted as watching (the committer converts events ahead) until
+        // Counted as watching (the committer encodes events ahead) until
         // the watch ends.
         let _watching = watching;
-        let live = Live {
-            events: live,
-            stopping,
-        };
-        run(name, log, live, tx, next, from > 0, first).await;
+        // However it ends, the queue's status (if any) has been set; the
+        // stream ends once the client has read what is queued.
+        let _ = watcher.run(from > 0, state).await;
     });
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Ok(reader.into_stream())
 }
 
-/// A watch's live events, until shutdown starts.
-struct Live {
-    events: broadcast::Receiver<Arc<Event>>,
-    stopping: CancellationToken,
-}
-
-/// Why a watch's live events ended.
+/// Why a watch ended.
 enum Ended {
-    /// The watcher fell further behind than the buffered events reach.
+    /// The ring of live events lapped the watcher.
     Lagged,
+    /// The watcher owed its client more than its byte budget.
+    OverBudget(usize),
     /// The sync stopped: its datastore was deleted, or netsyncd is stopping.
     Closed,
     /// netsyncd's shutdown started.
     ShuttingDown,
-}
-
-impl Live {
-    /// The next event; shutdown ends the watch at once, even while events
-    /// keep coming.
-    async fn recv(&mut self) -> Result<Arc<Event>, Ended> {
-        tokio::select! {
-            biased;
-            () = self.stopping.cancelled() => Err(Ended::ShuttingDown),
-            received = self.events.recv() => received.map_err(|e| match e {
-                broadcast::error::RecvError::Lagged(_) => Ended::Lagged,
-                broadcast::error::RecvError::Closed => Ended::Closed,
-            }),
-        }
-    }
 }
 
 impl Ended {
@@ -129,6 +146,10 @@ impl Ended {
         match self {
             Self::Lagged => Status::resource_exhausted(format!(
                 "watcher fell behind the commits of {name:?}; resume with from_revision={next}"
+            )),
+            Self::OverBudget(budget) => Status::resource_exhausted(format!(
+                "watcher fell more than max_watcher_bytes ({budget} bytes) behind the commits of \
+                 {name:?}; resume with from_revision={next}"
             )),
             Self::Closed => Status::unavailable(format!(
                 "the sync of {name:?} stopped (deleted or shutting down); resume with from_revision={next}"
@@ -140,106 +161,258 @@ impl Ended {
     }
 }
 
-async fn run(
+/// The watch is over: its end is queued, or its client left.
+struct Over;
+
+/// One watcher's task: replay, then live events, into its queue.
+struct Watcher {
     name: String,
     log: Arc<CommitLog>,
-    mut live: Live,
-    tx: mpsc::Sender<Result<pb::SyncEvent, Status>>,
-    mut next: u64,
-    replay: bool,
-    first: pb::SyncEvent,
-) {
-    if replay && replay_log(&name, &log, &tx, &mut next).await.is_err() {
-        return;
-    }
-    // The state as of the last revision sent, so revisions never go back.
-    let first = pb::SyncEvent {
-        revision: next - 1,
-        ..first
-    };
-    if tx.send(Ok(first)).await.is_err() {
-        return;
-    }
-    loop {
-        let event = match live.recv().await {
-            Ok(event) => event,
-            Err(ended) => {
-                let _ = tx.send(Err(ended.status(&name, next))).await;
-                return;
-            }
-        };
-        // A commit's change, held here: the event's own may be evicted.
-        let mut held = None;
-        if let EventKind::Commit { change, .. } = &event.kind {
-            if event.revision < next {
-                continue;
-            }
-            if event.revision > next {
-                // Persisted before published, so the gap is in the log.
-                if replay_log(&name, &log, &tx, &mut next).await.is_err() {
-                    return;
-                }
-                if event.revision < next {
-                    continue;
-                }
-                if event.revision > next {
-                    let _ = tx.send(Err(gap(&name, next))).await;
-                    return;
-                }
-            }
-            let Some(change) = change.get() else {
-                // Evicted from memory before this watcher got to it: the
-                // log has it.
-                if replay_log(&name, &log, &tx, &mut next).await.is_err() {
-                    return;
-                }
-                continue;
-            };
-            held = Some(change);
-            next = event.revision + 1;
+    queue: QueueWriter,
+    events: broadcast::Receiver<Arc<Event>>,
+    stopping: CancellationToken,
+    /// The first revision not queued whole.
+    next: u64,
+    budget: usize,
+    /// Live events that may wait, however small: as many as the engine's
+    /// ring keeps, the bound a watcher had before it waited here.
+    max_waiting: usize,
+    /// Live events received while the queue was full, with their encoded
+    /// sizes, oldest first.
+    waiting: VecDeque<(Arc<Event>, usize)>,
+    waiting_bytes: usize,
+    /// The ring is closed: after `waiting`, the watch ends.
+    closed: bool,
+}
+
+impl Watcher {
+    async fn run(mut self, replay: bool, state: pb::StateChanged) -> Result<(), Over> {
+        if replay {
+            self.replay(0).await?;
         }
-        // Converted once, by the committer or the first watcher; the others
-        // copy it.
-        let messages = converted(&name, &event, held.as_deref());
-        for message in messages.iter() {
-            if tx.send(Ok(message.clone())).await.is_err() {
-                return;
+        // The state as of the last revision sent, so revisions never go back.
+        let first = pb::SyncEvent {
+            datastore: self.name.clone(),
+            revision: self.next - 1,
+            time: Some(convert::timestamp_to_proto(SystemTime::now())),
+            event: Some(pb::sync_event::Event::StateChanged(state)),
+        };
+        self.push_paced(&watch::encode(&first), None).await?;
+        loop {
+            let event = self.next_event().await?;
+            self.send(&event).await?;
+        }
+    }
+
+    /// Ends the watch at once, dropping what is queued.
+    fn cut(&self, ended: Ended) -> Over {
+        let name = &self.name;
+        self.queue.cut(|from| ended.status(name, from));
+        Over
+    }
+
+    /// Ends the watch after what is queued.
+    fn finish(&self, status: impl FnOnce(u64) -> Status) -> Over {
+        self.queue.finish(status);
+        Over
+    }
+
+    /// The next live event: one that waited, else the ring's next.
+    async fn next_event(&mut self) -> Result<Arc<Event>, Over> {
+        if let Some((event, size)) = self.waiting.pop_front() {
+            self.waiting_bytes -= size;
+            return Ok(event);
+        }
+        if self.closed {
+            let name = &self.name;
+            return Err(self.finish(|next| Ended::Closed.status(name, next)));
+        }
+        tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => Err(self.cut(Ended::ShuttingDown)),
+            received = self.events.recv() => match received {
+                Ok(event) => Ok(event),
+                Err(broadcast::error::RecvError::Lagged(_)) => Err(self.cut(Ended::Lagged)),
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.closed = true;
+                    let name = &self.name;
+                    Err(self.finish(|next| Ended::Closed.status(name, next)))
+                }
+            },
+        }
+    }
+
+    /// Queues one live event.
+    async fn send(&mut self, event: &Arc<Event>) -> Result<(), Over> {
+        let EventKind::Commit { change, .. } = &event.kind else {
+            // A state change or revert observed before a revision this
+            // stream has already carried (a replay went past it): sent at
+            // that revision, so revisions never go back on a stream.
+            let floor = self.next - 1;
+            let bytes = if event.revision >= floor {
+                watch::encoded(&self.name, event, None)[0].clone()
+            } else {
+                watch::encode(&watch::other_event(&self.name, event, floor))
+            };
+            self.push_live(&bytes, None).await?;
+            return Ok(());
+        };
+        if event.revision < self.next {
+            return Ok(());
+        }
+        if event.revision > self.next {
+            // Persisted before published, so the gap is in the log.
+            self.replay(0).await?;
+            return self.after_replay(event.revision);
+        }
+        let parts = match watch::cached(event) {
+            Some(parts) => parts,
+            None => match change.get() {
+                Some(change) => watch::encoded(&self.name, event, Some(&change)),
+                None => {
+                    // Evicted from memory before this watcher got to it:
+                    // the log has it.
+                    self.replay(0).await?;
+                    return self.after_replay(event.revision);
+                }
+            },
+        };
+        let revision = event.revision;
+        let mut index = 0;
+        while index < parts.len() {
+            let part = parts[index].clone();
+            let waited = self.push_live(&part, Some(revision)).await?;
+            index += 1;
+            if waited && index < parts.len() && watch::cached(event).is_none() {
+                // The engine let go of this revision while the client was
+                // slow: holding its parts would make them this watcher's
+                // alone. The rest comes from the log, a part at a time.
+                drop(parts);
+                self.replay(index).await?;
+                return self.after_replay(revision);
+            }
+        }
+        self.next = revision + 1;
+        self.queue.set_next(self.next);
+        Ok(())
+    }
+
+    /// After a replay meant to reach `revision`: an error if it did not.
+    fn after_replay(&self, revision: u64) -> Result<(), Over> {
+        if revision < self.next {
+            return Ok(());
+        }
+        let name = &self.name;
+        Err(self.finish(|next| gap(name, next)))
+    }
+
+    /// Queues `bytes`, waiting while the queue is full; meanwhile, the live
+    /// events that arrive wait too, and once what the watcher owes passes
+    /// its budget it is cut. Whether it had to wait.
+    async fn push_live(&mut self, bytes: &Bytes, revision: Option<u64>) -> Result<bool, Over> {
+        let mut waited = false;
+        loop {
+            match self.queue.try_push(bytes, revision) {
+                Push::Queued => return Ok(waited),
+                Push::Stopped => return Err(Over),
+                Push::Full => waited = true,
+            }
+            tokio::select! {
+                biased;
+                () = self.stopping.cancelled() => return Err(self.cut(Ended::ShuttingDown)),
+                () = self.queue.writable() => {}
+                received = self.events.recv(), if !self.closed => match received {
+                    Ok(event) => {
+                        let size = encoded_size(&self.name, &event);
+                        self.waiting.push_back((event, size));
+                        self.waiting_bytes += size;
+                        if self.queue.bytes() + self.waiting_bytes > self.budget {
+                            return Err(self.cut(Ended::OverBudget(self.budget)));
+                        }
+                        if self.waiting.len() > self.max_waiting {
+                            return Err(self.cut(Ended::Lagged));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Err(self.cut(Ended::Lagged)),
+                    Err(broadcast::error::RecvError::Closed) => self.closed = true,
+                },
+            }
+        }
+    }
+
+    /// Queues `bytes`, waiting while the queue is full (a replay: the log
+    /// keeps what the client has not read yet).
+    async fn push_paced(&mut self, bytes: &Bytes, revision: Option<u64>) -> Result<(), Over> {
+        loop {
+            match self.queue.try_push(bytes, revision) {
+                Push::Queued => return Ok(()),
+                Push::Stopped => return Err(Over),
+                Push::Full => {}
+            }
+            tokio::select! {
+                biased;
+                () = self.stopping.cancelled() => return Err(self.cut(Ended::ShuttingDown)),
+                () = self.queue.writable() => {}
+            }
+        }
+    }
+
+    /// Queues every logged commit from `next` on, the first without its
+    /// first `skip` parts (already queued); advances `next`.
+    async fn replay(&mut self, mut skip: usize) -> Result<(), Over> {
+        loop {
+            let page = match self
+                .log
+                .read_page(
+                    &self.name,
+                    self.next,
+                    REPLAY_PAGE_COMMITS,
+                    REPLAY_PAGE_BYTES,
+                )
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => return Err(self.finish(|_| Status::from(e))),
+            };
+            if page.is_empty() {
+                return Ok(());
+            }
+            for stored in page {
+                if stored.revision != self.next {
+                    // Compacted between our check and this read.
+                    let name = &self.name;
+                    return Err(self.finish(|next| gap(name, next)));
+                }
+                let (revision, time, replace) = (stored.revision, stored.time, stored.replace);
+                let change = match stored.decode().await {
+                    Ok(change) => change,
+                    Err(e) => return Err(self.finish(|_| Status::from(e))),
+                };
+                let name = self.name.clone();
+                for part in Parts::new(&name, revision, time, replace, &change).skip(skip) {
+                    self.push_paced(&part, Some(revision)).await?;
+                }
+                skip = 0;
+                self.next = revision + 1;
+                self.queue.set_next(self.next);
             }
         }
     }
 }
 
-/// Sends every logged commit from `next` on; advances `next`.
-async fn replay_log(
-    name: &str,
-    log: &CommitLog,
-    tx: &mpsc::Sender<Result<pb::SyncEvent, Status>>,
-    next: &mut u64,
-) -> Result<(), ()> {
-    loop {
-        let batch = match log.read(name, *next, REPLAY_BATCH).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                let _ = tx.send(Err(Status::from(e))).await;
-                return Err(());
-            }
-        };
-        if batch.is_empty() {
-            return Ok(());
-        }
-        for commit in batch {
-            if commit.revision != *next {
-                // Compacted between our check and this read.
-                let _ = tx.send(Err(gap(name, *next))).await;
-                return Err(());
-            }
-            *next = commit.revision + 1;
-            let parts = CommitParts::new(name, commit.revision, commit.time, commit.replace);
-            for event in parts.of(&commit.change) {
-                tx.send(Ok(event)).await.map_err(|_| ())?;
-            }
-        }
-    }
+/// A live event's encoded size, to count what a waiting watcher owes. An
+/// event whose change the engine has let go of counts nothing: it comes
+/// from the log when its turn comes.
+fn encoded_size(name: &str, event: &Event) -> usize {
+    let encoded = match (&event.kind, watch::cached(event)) {
+        (_, Some(encoded)) => encoded,
+        (EventKind::Commit { change, .. }, None) => match change.get() {
+            Some(change) => watch::encoded(name, event, Some(&change)),
+            None => return 0,
+        },
+        (_, None) => watch::encoded(name, event, None),
+    };
+    encoded.iter().map(Bytes::len).sum()
 }
 
 /// The error for a revision the log no longer has.
@@ -248,4 +421,126 @@ fn gap(name: &str, missing: u64) -> Status {
         "revision {missing} of {name:?} is no longer kept; read running with GetRunning and watch \
          from its revision + 1"
     ))
+}
+
+/// The path of WatchSync.
+const WATCH_SYNC: &str = "/netsync.v1.NetSync/WatchSync";
+
+/// The `netsync.v1.NetSync` service as served: the generated server for
+/// every method but WatchSync, which goes through [`WatchCodec`] so that its
+/// messages leave as the bytes they were encoded to once.
+#[derive(Debug, Clone)]
+pub struct NetSyncRoutes {
+    service: Arc<NetSyncService>,
+    generated: NetSyncServer<NetSyncService>,
+    max_decoding_message_size: usize,
+}
+
+impl NetSyncRoutes {
+    /// Serves `service`, refusing request messages over
+    /// `max_decoding_message_size` bytes.
+    pub fn new(service: NetSyncService, max_decoding_message_size: usize) -> Self {
+        let service = Arc::new(service);
+        Self {
+            generated: NetSyncServer::from_arc(service.clone())
+                .max_decoding_message_size(max_decoding_message_size),
+            service,
+            max_decoding_message_size,
+        }
+    }
+}
+
+impl NamedService for NetSyncRoutes {
+    const NAME: &'static str = <NetSyncServer<NetSyncService> as NamedService>::NAME;
+}
+
+type RouteFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for NetSyncRoutes {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() != WATCH_SYNC {
+            return Box::pin(self.generated.call(request));
+        }
+        let service = self.service.clone();
+        let max = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(WatchCodec).apply_max_message_size_config(Some(max), None);
+            Ok(grpc.server_streaming(EncodedWatch(service), request).await)
+        })
+    }
+}
+
+/// WatchSync, answering with encoded messages.
+struct EncodedWatch(Arc<NetSyncService>);
+
+impl tonic::server::ServerStreamingService<pb::WatchSyncRequest> for EncodedWatch {
+    type Response = Bytes;
+    type ResponseStream = EncodedStream;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<tonic::Response<EncodedStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: tonic::Request<pb::WatchSyncRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.watch_sync_encoded(request).await })
+    }
+}
+
+/// WatchSync's codec: requests decoded by prost, responses sent as the bytes
+/// of an already encoded `SyncEvent`.
+#[derive(Debug, Clone, Copy, Default)]
+struct WatchCodec;
+
+impl tonic::codec::Codec for WatchCodec {
+    type Encode = Bytes;
+    type Decode = pb::WatchSyncRequest;
+    type Encoder = EncodedMessages;
+    type Decoder = RequestDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedMessages
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedMessages;
+
+impl tonic::codec::Encoder for EncodedMessages {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestDecoder;
+
+impl tonic::codec::Decoder for RequestDecoder {
+    type Item = pb::WatchSyncRequest;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<pb::WatchSyncRequest>, Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding a WatchSyncRequest: {e}")))
+    }
 }

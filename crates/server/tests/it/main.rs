@@ -24,5 +24,6 @@ mod storage;
 mod sync;
 mod tls_api;
 mod tls_device;
+mod watch_memory;
 mod watch_races;
 mod wildcard;
