@@ -147,12 +147,15 @@ impl Committer {
             pending.batch_out = false;
             // The dump may have been sealed meanwhile, or dropped (then so is
             // the run).
-            if pending.dump_seq == seq {
+            // A sealed dump keeps its number when the next connection opens
+            // a new dump (`dump_seq` moves on): its run goes back to it
+            // whatever dump is open now.
+            if pending.dump_seq == seq && pending.dump.is_some() {
                 if let Some(dump) = pending.dump.as_mut() {
                     dump.add_run(run);
-                } else if let Some(sealed) = pending.sealed.as_mut().filter(|s| s.seq == seq) {
-                    sealed.delta.add_run(run);
                 }
+            } else if let Some(sealed) = pending.sealed.as_mut().filter(|s| s.seq == seq) {
+                sealed.delta.add_run(run);
             }
         }
         // A delete may be waiting for the batch.
