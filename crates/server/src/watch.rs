@@ -270,6 +270,10 @@ mod tests {
             deletes += commit.deletes.len();
         }
         assert_eq!((updates, deletes), (3000, 500));
+        for bytes in &parts {
+            let event = pb::SyncEvent::decode(bytes.clone()).unwrap();
+            assert_eq!((event.datastore.as_str(), event.uid.as_str()), ("ds", "u"));
+        }
     }
 
     #[test]

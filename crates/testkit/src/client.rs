@@ -281,6 +281,34 @@ pub async fn watch(
         .into_inner()
 }
 
+/// A WatchSync of `name` from `from_revision` that names the incarnation it
+/// expects (`expected_uid`; empty: no check); the call's error, if refused.
+pub async fn watch_uid(
+    client: &mut Client,
+    name: &str,
+    from_revision: u64,
+    expected_uid: &str,
+) -> Result<tonic::Streaming<pb::SyncEvent>, tonic::Status> {
+    client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: name.into(),
+            from_revision,
+            expected_uid: expected_uid.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The uid of datastore `name` (GetDatastore): which incarnation it is.
+pub async fn uid(client: &mut Client, name: &str) -> String {
+    client
+        .get_datastore(pb::GetDatastoreRequest { name: name.into() })
+        .await
+        .unwrap_or_else(|s| panic!("GetDatastore {name}: {s:?}"))
+        .into_inner()
+        .uid
+}
+
 /// The next event of a WatchSync stream (waiting up to [`DEADLINE`]);
 /// panics if the stream ends or fails.
 pub async fn next_event(events: &mut tonic::Streaming<pb::SyncEvent>) -> pb::SyncEvent {
