@@ -248,8 +248,9 @@ async fn the_uid_is_stored_and_the_same_after_a_restart() {
     server.stop().await;
 
     assert_eq!(stored_uids(&db).await, [("r1".into(), Some(uid.clone()))]);
-    assert_eq!(uids_served(&db, &["r1"]).await, [uid.clone()]);
-    assert_eq!(uids_served(&db, &["r1"]).await, [uid]);
+    for _restart in 0..2 {
+        assert_eq!(uids_served(&db, &["r1"]).await, std::slice::from_ref(&uid));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
