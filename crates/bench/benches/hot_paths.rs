@@ -20,7 +20,7 @@ use netsync_proto::gnmi::{self, typed_value};
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::convert::datastore_from_proto;
 use netsync_server::log::{CommitLog, Retention};
-use netsync_server::store::{Store, StoredDatastore};
+use netsync_server::store::Store;
 use prost::Message as _;
 
 /// Path of leaf `i` of a device: 64 interfaces, 16 subinterfaces each, a
@@ -203,10 +203,7 @@ fn open_log(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc<Com
         )
         .unwrap();
         store
-            .create_datastore(&StoredDatastore {
-                spec,
-                create_time: SystemTime::now(),
-            })
+            .create_datastore(spec, SystemTime::now())
             .await
             .unwrap();
         CommitLog::new(store, Retention::default())

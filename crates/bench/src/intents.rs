@@ -172,6 +172,7 @@ async fn intent(
             ..Default::default()
         }),
         validate_only: false,
+        ..Default::default()
     };
     let set = timed(Call::Set, timeout, api.client.set_intent(request)).await;
     let was_set = set.code == tonic::Code::Ok;
@@ -187,6 +188,7 @@ async fn intent(
     let request = pb::DeleteIntentRequest {
         datastore,
         name: WRITTEN.into(),
+        ..Default::default()
     };
     records.push(timed(Call::Delete, timeout, api.client.delete_intent(request)).await);
     records

@@ -231,6 +231,8 @@ mod tests {
     fn a_commit_is_summarised_with_its_markers() {
         let event = pb::SyncEvent {
             datastore: "d".into(),
+            // Walked past like any field the summary does not need.
+            uid: "0b5e8f5e-2f0c-4c1e-9d43-6f1f1c2b7a10".into(),
             revision: 42,
             time: Some(prost_types::Timestamp {
                 seconds: 1,

@@ -298,6 +298,7 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
         .watch_sync(pb::WatchSyncRequest {
             datastore: DATASTORE.into(),
             from_revision: 1,
+            ..Default::default()
         })
         .await
         .context("WatchSync")?
@@ -347,6 +348,7 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
                 ..Default::default()
             }),
             validate_only: false,
+            ..Default::default()
         })
         .await
         .context("SetIntent")?;

@@ -259,6 +259,7 @@ mod tests {
             revision,
             time: None,
             event: Some(event),
+            ..Default::default()
         }
     }
 

@@ -360,7 +360,8 @@ fn unknown_enum(field: String, value: i32) -> FieldError {
     FieldError::new(field, format!("unknown value {value}"))
 }
 
-/// The wire form of a datastore's declared parts (no status, no create time).
+/// The wire form of a datastore's declared parts (no status, no create time,
+/// no uid: the store keeps the uid in a column of its own).
 pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datastore {
     let secret = |s: &Secret| match secrets {
         Secrets::Keep => s.expose().to_string(),
@@ -419,6 +420,7 @@ pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datasto
         }),
         status: None,
         create_time: None,
+        uid: String::new(),
     }
 }
 

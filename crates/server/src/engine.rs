@@ -28,6 +28,8 @@ use crate::store::Store;
 /// One datastore's running parts: its sync and its reconcile worker.
 struct Entry {
     sync: Arc<SyncHandle>,
+    /// The incarnation synced: the datastore's stored uid.
+    uid: String,
     /// Wakes the reconcile worker when a job is queued.
     wake: Arc<Notify>,
     /// Serialises intent writes of this datastore with each other and with
@@ -108,7 +110,7 @@ impl Engine {
     /// ListIntents) as FAILING with the reason as its last error, is never
     /// sent to the device, and is logged; SetIntent replaces it,
     /// DeleteIntent removes it.
-    pub async fn start(&self, spec: &DatastoreSpec) {
+    pub async fn start(&self, spec: &DatastoreSpec, uid: &str) {
         let loaded = match self.log.load(&spec.name).await {
             Ok(initial) => match self.store.list_intents(&spec.name).await {
                 Ok(intents) => Ok((initial, intents)),
@@ -134,7 +136,7 @@ impl Engine {
                         }
                     }
                 }
-                self.start_with(spec, initial, intents, unusable);
+                self.start_with(spec, uid, initial, intents, unusable);
             }
             Err((part, error)) => {
                 tracing::error!(datastore = %spec.name, %error, "cannot load {part}: the datastore stays stopped until it is deleted");
@@ -162,13 +164,14 @@ impl Engine {
     }
 
     /// Starts syncing a datastore that has nothing stored yet.
-    pub fn start_new(&self, spec: &DatastoreSpec) {
-        self.start_with(spec, Snapshot::default(), Vec::new(), Vec::new());
+    pub fn start_new(&self, spec: &DatastoreSpec, uid: &str) {
+        self.start_with(spec, uid, Snapshot::default(), Vec::new(), Vec::new());
     }
 
     fn start_with(
         &self,
         spec: &DatastoreSpec,
+        uid: &str,
         initial: Snapshot,
         intents: Vec<Intent>,
         unusable: Vec<(pb::Intent, String)>,
@@ -190,7 +193,10 @@ impl Engine {
             initial,
             self.limits.clone(),
         ));
-        sync.prepare_events_with(crate::watch::event_preparer(spec.name.clone()));
+        sync.prepare_events_with(crate::watch::event_preparer(
+            spec.name.clone(),
+            uid.to_string(),
+        ));
         // Every loaded intent starts PENDING: the worker marks APPLIED those
         // that running holds once the sync is IN_SYNC.
         let tracker = Arc::new(Tracker::new(intents.iter().map(|i| i.name.clone())));
@@ -220,6 +226,7 @@ impl Engine {
         let span = tracing::info_span!(parent: None, "reconcile_worker", datastore = %spec.name);
         let entry = Arc::new(Entry {
             sync,
+            uid: uid.to_string(),
             wake,
             lock,
             stop_worker,
@@ -248,6 +255,16 @@ impl Engine {
             .expect("lock")
             .get(name)
             .map(|e| e.sync.clone())
+    }
+
+    /// The sync of `name`, if it runs, with the uid of the incarnation it
+    /// syncs: read together, so that the two always belong to each other.
+    pub fn get_with_uid(&self, name: &str) -> Option<(Arc<SyncHandle>, String)> {
+        self.entries
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map(|e| (e.sync.clone(), e.uid.clone()))
     }
 
     /// Every running datastore's sync, reconcile counters and tracker,

@@ -198,7 +198,7 @@ pub async fn serve(
         .map_err(ServeError::Load)?
     {
         match row {
-            DatastoreRow::Readable(ds) => engine.start(&ds.spec).await,
+            DatastoreRow::Readable(ds) => engine.start(&ds.spec, &ds.uid).await,
             DatastoreRow::Unreadable {
                 name,
                 reason,

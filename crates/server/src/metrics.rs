@@ -75,7 +75,6 @@ impl Metrics {
                     commits: stats.commits.load(Ordering::Relaxed),
                     resyncs: stats.resyncs.load(Ordering::Relaxed),
                     reconnects: stats.reconnects.load(Ordering::Relaxed),
-                    dropped: stats.dropped.load(Ordering::Relaxed),
                     persist_errors: stats.persist_errors.load(Ordering::Relaxed),
                     commit_duration: stats.commit_duration.snapshot(),
                     pending: status.pending,
@@ -318,7 +317,6 @@ struct DatastoreSample {
     commits: u64,
     resyncs: u64,
     reconnects: u64,
-    dropped: u64,
     persist_errors: u64,
     commit_duration: HistogramSnapshot,
     pending: u64,
@@ -391,7 +389,7 @@ impl Collector for Datastores {
         if self.0.is_empty() {
             return Ok(());
         }
-        let counters: [Figure; 10] = [
+        let counters: [Figure; 9] = [
             ("sync_notifications", "gNMI notifications read.", |s| {
                 s.notifications
             }),
@@ -402,11 +400,6 @@ impl Collector for Datastores {
             ),
             ("sync_deletes", "Deletes read.", |s| s.deletes),
             ("sync_commits", "Revisions committed.", |s| s.commits),
-            (
-                "sync_dropped",
-                "Changes lost; always 0, the engine resyncs instead.",
-                |s| s.dropped,
-            ),
             (
                 "sync_reconnects",
                 "Reconnects after the stream ended or failed.",

@@ -37,13 +37,29 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Read-only connections for API reads, WatchSync replay and metrics.
 const READERS: u32 = 4;
 
-/// A datastore as stored: its declaration and when it was created.
+/// SQL for a new datastore uid: a random UUID (version 4 in form, from
+/// SQLite's own random generator, which the OS seeds), evaluated once per row.
+/// Generated in SQL so that CreateDatastore and the uids given at open to rows
+/// stored without one come from one place, with no generator of our own. A
+/// macro, so that the statements using it stay static strings.
+macro_rules! new_uid {
+    () => {
+        "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || \
+         substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (random() & 3), 1) || \
+         substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6)))"
+    };
+}
+
+/// A datastore as stored: its declaration, when it was created, and which
+/// incarnation of its name it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDatastore {
     /// What the client declared (secrets included).
     pub spec: DatastoreSpec,
     /// When it was created.
     pub create_time: SystemTime,
+    /// Its uid: new at every creation, stable for its life (see `new_uid!`).
+    pub uid: String,
 }
 
 /// A row of the datastore registry as read back: the datastore, or, when its
@@ -64,6 +80,8 @@ pub enum DatastoreRow {
         name: String,
         /// When it was created.
         create_time: SystemTime,
+        /// Its uid.
+        uid: String,
         /// Why, as the datastore's status shows it (safe to show to clients).
         reason: String,
         /// The decoder's own words, for the log only.
@@ -123,6 +141,7 @@ impl Store {
             .run_direct(None, &mut conn, false)
             .await
             .map_err(|e| StoreOpenError::Migrate(e.to_string()))?;
+        give_uids(&mut conn).await?;
         let (writer, task) = Writer::start(writer_options, conn);
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
@@ -141,39 +160,47 @@ impl Store {
         &self.writer
     }
 
-    /// Stores a new datastore; `AlreadyExists` if the name is taken.
-    pub async fn create_datastore(&self, ds: &StoredDatastore) -> Result<(), Error> {
-        let spec = convert::datastore_to_proto(&ds.spec, Secrets::Keep).encode_to_vec();
-        let name = ds.spec.name.clone();
-        let create_time = to_micros(ds.create_time);
-        self.writer
+    /// Stores a new datastore, created at `create_time`, with a new uid;
+    /// returns it as stored. `AlreadyExists` if the name is taken.
+    pub async fn create_datastore(
+        &self,
+        spec: DatastoreSpec,
+        create_time: SystemTime,
+    ) -> Result<StoredDatastore, Error> {
+        let encoded = convert::datastore_to_proto(&spec, Secrets::Keep).encode_to_vec();
+        let name = spec.name.clone();
+        let uid = self
+            .writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO datastores (name, spec, create_time_us) VALUES (?, ?, ?) \
-                         ON CONFLICT (name) DO NOTHING",
-                    )
+                    let uid: Option<String> = sqlx::query_scalar(concat!(
+                        "INSERT INTO datastores (name, spec, create_time_us, uid) VALUES (?, ?, ?, ",
+                        new_uid!(),
+                        ") ON CONFLICT (name) DO NOTHING RETURNING uid"
+                    ))
                     .bind(&name)
-                    .bind(spec)
-                    .bind(create_time)
-                    .execute(&mut *conn)
+                    .bind(encoded)
+                    .bind(to_micros(create_time))
+                    .fetch_optional(&mut *conn)
                     .await?;
-                    if done.rows_affected() == 0 {
-                        return Err(Error::AlreadyExists {
-                            kind: "datastore",
-                            name,
-                        });
-                    }
-                    Ok(())
+                    uid.ok_or(Error::AlreadyExists {
+                        kind: "datastore",
+                        name,
+                    })
                 })
             })
-            .await
+            .await?;
+        Ok(StoredDatastore {
+            spec,
+            create_time,
+            uid,
+        })
     }
 
     /// Reads one registry row, even one whose declaration cannot be used;
     /// `NotFound` if there is none of that name.
     pub async fn get_datastore_row(&self, name: &str) -> Result<DatastoreRow, Error> {
-        let row = sqlx::query("SELECT spec, create_time_us FROM datastores WHERE name = ?")
+        let row = sqlx::query("SELECT spec, create_time_us, uid FROM datastores WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.readers)
             .await?
@@ -187,9 +214,10 @@ impl Store {
     /// Reads every registry row, sorted by name; a row whose declaration
     /// cannot be used is listed too, as [`DatastoreRow::Unreadable`].
     pub async fn list_datastore_rows(&self) -> Result<Vec<DatastoreRow>, Error> {
-        let rows = sqlx::query("SELECT name, spec, create_time_us FROM datastores ORDER BY name")
-            .fetch_all(&self.readers)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name, spec, create_time_us, uid FROM datastores ORDER BY name")
+                .fetch_all(&self.readers)
+                .await?;
         rows.iter()
             .map(|row| read_row(row.try_get("name")?, row))
             .collect()
@@ -220,18 +248,22 @@ impl Store {
     /// Creates or replaces an intent of `datastore` and queues `triggers`
     /// (applying it, withdrawing the leaves it no longer sets), in one
     /// transaction; returns whether a new job was queued (rather than merged
-    /// into a queued one).
+    /// into a queued one). Writes nothing unless the datastore is still the
+    /// incarnation `uid` (see [`check_uid`]).
     pub async fn put_intent(
         &self,
         datastore: &str,
+        uid: &str,
         intent: &netsync_core::intent::Intent,
         triggers: Vec<Trigger>,
     ) -> Result<bool, Error> {
         let body = convert::intent_to_proto(intent).encode_to_vec();
         let (datastore, name) = (datastore.to_string(), intent.name.clone());
+        let uid = uid.to_string();
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
+                    check_uid(conn, &datastore, &uid).await?;
                     sqlx::query(
                         "INSERT INTO intents (datastore, name, body) VALUES (?, ?, ?) \
                          ON CONFLICT (datastore, name) DO UPDATE SET body = excluded.body",
@@ -258,19 +290,24 @@ impl Store {
     /// deleted (and its leaves, from either, withdrawn), so that the store and
     /// the engine agree again. `NotFound` only when neither holds it.
     /// `withdraw_stored`: whether the stored row's leaves are withdrawn too
-    /// (not for an intent the engine holds aside as unusable).
+    /// (not for an intent the engine holds aside as unusable). Deletes
+    /// nothing unless the datastore is still the incarnation `uid` (see
+    /// [`check_uid`]).
     pub async fn delete_intent(
         &self,
         datastore: &str,
+        uid: &str,
         name: &str,
         in_memory: bool,
         withdrawn: Vec<netsync_core::running::Key>,
         withdraw_stored: bool,
     ) -> Result<bool, Error> {
         let (datastore, name) = (datastore.to_string(), name.to_string());
+        let uid = uid.to_string();
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
+                    check_uid(conn, &datastore, &uid).await?;
                     let body: Option<Vec<u8>> = sqlx::query_scalar(
                         "DELETE FROM intents WHERE datastore = ? AND name = ? RETURNING body",
                     )
@@ -423,14 +460,80 @@ pub enum StoreOpenError {
     Lock(PathBuf, String),
 }
 
+/// The FAILED_PRECONDITION error for a request meant for incarnation
+/// `expected` of `datastore`, which is `current` now. Both uids are named, so
+/// a client can tell which history it holds.
+pub fn uid_mismatch(datastore: &str, current: &str, expected: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "datastore {datastore:?} has uid {current:?}, not {expected:?} (the uid this request is \
+         for): it was deleted and created again since, and its revisions started over at 1; \
+         read it again (GetDatastore, GetRunning) before watching or writing"
+    ))
+}
+
+/// Checks, inside an intent write's transaction, that `datastore` is still
+/// the incarnation `uid` the write was checked and planned against (the sync
+/// whose intents it changes): a datastore deleted and created again in
+/// between would otherwise get the old one's intent and job.
+async fn check_uid(
+    conn: &mut sqlx::SqliteConnection,
+    datastore: &str,
+    uid: &str,
+) -> Result<(), Error> {
+    let stored: Option<Option<String>> =
+        sqlx::query_scalar("SELECT uid FROM datastores WHERE name = ?")
+            .bind(datastore)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match stored {
+        None => Err(Error::NotFound {
+            kind: "datastore",
+            name: datastore.to_string(),
+        }),
+        Some(stored) if stored.as_deref() != Some(uid) => Err(uid_mismatch(
+            datastore,
+            stored.as_deref().unwrap_or_default(),
+            uid,
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Gives every datastore row without a uid (stored before uids existed, or
+/// written by hand) a new one, once: from then on it is stored, so it stays
+/// the same across restarts. A random uid rather than one derived from the
+/// name and creation time, so that every uid has one form and one meaning
+/// (an incarnation), whoever wrote the row.
+async fn give_uids(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreOpenError> {
+    let given = sqlx::query(concat!(
+        "UPDATE datastores SET uid = ",
+        new_uid!(),
+        " WHERE uid IS NULL OR uid = ''"
+    ))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if given > 0 {
+        tracing::info!(
+            datastores = given,
+            "gave a uid to datastores stored without one"
+        );
+    }
+    Ok(())
+}
+
 /// Reads a registry row leniently (see [`convert::datastore_from_stored`]):
 /// only a row whose columns cannot be read at all is an error.
 fn read_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<DatastoreRow, Error> {
     let bytes: &[u8] = row.try_get("spec")?;
     let create_time = from_micros(row.try_get("create_time_us")?);
+    // Never empty: rows without one got one at open, and only this process
+    // writes the table while it runs.
+    let uid: String = row.try_get::<Option<String>, _>("uid")?.unwrap_or_default();
     let unreadable = |reason: String, detail: String| DatastoreRow::Unreadable {
         name: name.to_string(),
         create_time,
+        uid: uid.clone(),
         reason,
         detail,
     };
@@ -447,7 +550,11 @@ fn read_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<DatastoreRow, E
     // declaration is not read.
     proto.name = name.to_string();
     Ok(match convert::datastore_from_stored(proto) {
-        Ok(spec) => DatastoreRow::Readable(StoredDatastore { spec, create_time }),
+        Ok(spec) => DatastoreRow::Readable(StoredDatastore {
+            spec,
+            create_time,
+            uid,
+        }),
         Err(e) => unreadable(
             format!("cannot load the stored datastore: its declaration cannot be used: {e}"),
             e.to_string(),

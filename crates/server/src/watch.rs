@@ -29,13 +29,14 @@ pub(crate) type Encoded = Arc<Vec<Bytes>>;
 /// Encodes each commit in the committer, ahead of the watchers, which then
 /// find it in the event's cache: the encoding of a large commit then counts
 /// in the commit's duration, which later commits start early by, rather than
-/// delaying every watcher after the commit.
-pub(crate) fn event_preparer(name: String) -> EventPreparer {
+/// delaying every watcher after the commit. `uid` is the datastore's
+/// (`SyncEvent.uid`).
+pub(crate) fn event_preparer(name: String, uid: String) -> EventPreparer {
     Arc::new(move |event: &Event| {
         if let EventKind::Commit { change, .. } = &event.kind
             && let Some(change) = change.get()
         {
-            encoded(&name, event, Some(&change));
+            encoded(&name, &uid, event, Some(&change));
         }
     })
 }
@@ -43,19 +44,22 @@ pub(crate) fn event_preparer(name: String) -> EventPreparer {
 /// `event`'s messages, encoded once per event and cached in it. `change` is a
 /// commit's change, held by the caller (an event's own may be evicted at any
 /// time); a caller without it must not ask for a commit (it would cache an
-/// empty one).
-pub(crate) fn encoded(name: &str, event: &Event, change: Option<&Change>) -> Encoded {
+/// empty one). The datastore is `name`, incarnation `uid`: an event belongs to
+/// one sync, hence one incarnation, so the cached bytes are the same for
+/// every caller.
+pub(crate) fn encoded(name: &str, uid: &str, event: &Event, change: Option<&Change>) -> Encoded {
     event.encoded.get_or_make(|| {
         Arc::new(match &event.kind {
             EventKind::Commit { replace, .. } => Parts::new(
                 name,
+                uid,
                 event.revision,
                 event.time,
                 *replace,
                 change.unwrap_or(&Change::default()),
             )
             .collect(),
-            _ => vec![encode(&other_event(name, event, event.revision))],
+            _ => vec![encode(&other_event(name, uid, event, event.revision))],
         })
     })
 }
@@ -91,6 +95,7 @@ impl Piece {
 /// set. A change with no leaves is one empty part.
 pub(crate) struct Parts<'a> {
     name: &'a str,
+    uid: &'a str,
     revision: u64,
     time: prost_types::Timestamp,
     replace: bool,
@@ -99,9 +104,11 @@ pub(crate) struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    /// The parts of revision `revision` of `name`, committed at `time`.
+    /// The parts of revision `revision` of `name` (incarnation `uid`),
+    /// committed at `time`.
     pub(crate) fn new(
         name: &'a str,
+        uid: &'a str,
         revision: u64,
         time: SystemTime,
         replace: bool,
@@ -118,6 +125,7 @@ impl<'a> Parts<'a> {
         let pieces: Box<dyn Iterator<Item = Piece> + Send + 'a> = Box::new(updates.chain(deletes));
         Self {
             name,
+            uid,
             revision,
             // The log keeps microseconds: a revision has the same time live
             // and replayed, in each of its parts.
@@ -159,6 +167,7 @@ impl Iterator for Parts<'_> {
             datastore: self.name.to_string(),
             revision: self.revision,
             time: Some(self.time),
+            uid: self.uid.to_string(),
             event: Some(pb::sync_event::Event::Commit(commit)),
         }))
     }
@@ -174,9 +183,10 @@ pub(crate) fn encode(event: &pb::SyncEvent) -> Bytes {
     Bytes::from(event.encode_to_vec())
 }
 
-/// A state change or revert of `name` in its WatchSync form, at `revision`
-/// (its own, or a later one already sent on the stream it goes to).
-pub(crate) fn other_event(name: &str, event: &Event, revision: u64) -> pb::SyncEvent {
+/// A state change or revert of `name` (incarnation `uid`) in its WatchSync
+/// form, at `revision` (its own, or a later one already sent on the stream it
+/// goes to).
+pub(crate) fn other_event(name: &str, uid: &str, event: &Event, revision: u64) -> pb::SyncEvent {
     let kind = match &event.kind {
         EventKind::Commit { .. } => unreachable!("commits are sent in parts"),
         EventKind::StateChanged { state, reason } => {
@@ -206,6 +216,7 @@ pub(crate) fn other_event(name: &str, event: &Event, revision: u64) -> pb::SyncE
         datastore: name.to_string(),
         revision,
         time: Some(convert::timestamp_to_proto(event.time)),
+        uid: uid.to_string(),
         event: Some(kind),
     }
 }
@@ -245,7 +256,8 @@ mod tests {
     #[test]
     fn parts_are_bounded_disjoint_complete_and_only_the_last_has_no_more() {
         let change = change(3000, 1000, 500);
-        let parts: Vec<Bytes> = Parts::new("ds", 7, SystemTime::now(), true, &change).collect();
+        let parts: Vec<Bytes> =
+            Parts::new("ds", "u", 7, SystemTime::now(), true, &change).collect();
         assert!(parts.len() >= 3, "{} parts", parts.len());
         let commits = decoded(&parts);
         let mut updates = 0;
@@ -258,17 +270,22 @@ mod tests {
             deletes += commit.deletes.len();
         }
         assert_eq!((updates, deletes), (3000, 500));
+        for bytes in &parts {
+            let event = pb::SyncEvent::decode(bytes.clone()).unwrap();
+            assert_eq!((event.datastore.as_str(), event.uid.as_str()), ("ds", "u"));
+        }
     }
 
     #[test]
     fn an_empty_change_is_one_empty_part_and_a_huge_leaf_a_part_of_its_own() {
         let empty = Change::default();
-        let parts: Vec<Bytes> = Parts::new("ds", 1, SystemTime::now(), false, &empty).collect();
+        let parts: Vec<Bytes> =
+            Parts::new("ds", "u", 1, SystemTime::now(), false, &empty).collect();
         assert_eq!(decoded(&parts), vec![pb::Commit::default()]);
 
         let huge = change(2, 3 << 20, 0);
         let commits =
-            decoded(&Parts::new("ds", 2, SystemTime::now(), false, &huge).collect::<Vec<_>>());
+            decoded(&Parts::new("ds", "u", 2, SystemTime::now(), false, &huge).collect::<Vec<_>>());
         assert_eq!(commits.len(), 2);
         assert!(commits[0].more && !commits[1].more);
     }

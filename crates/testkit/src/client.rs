@@ -51,6 +51,7 @@ pub async fn try_running(
         path: String::new(),
         min_revision,
         with_owner: false,
+        ..Default::default()
     });
     request.set_timeout(timeout);
     let mut stream = client.get_running(request).await?.into_inner();
@@ -90,6 +91,7 @@ pub async fn wait_revision(client: &mut Client, name: &str, revision: u64) -> u6
         path: "/netsync-testkit-none".into(),
         min_revision: revision,
         with_owner: false,
+        ..Default::default()
     });
     request.set_timeout(DEADLINE);
     let mut stream = client
@@ -272,10 +274,39 @@ pub async fn watch(
         .watch_sync(pb::WatchSyncRequest {
             datastore: name.into(),
             from_revision,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("WatchSync {name} from {from_revision}: {s:?}"))
         .into_inner()
+}
+
+/// A WatchSync of `name` from `from_revision` that names the incarnation it
+/// expects (`expected_uid`; empty: no check); the call's error, if refused.
+pub async fn watch_uid(
+    client: &mut Client,
+    name: &str,
+    from_revision: u64,
+    expected_uid: &str,
+) -> Result<tonic::Streaming<pb::SyncEvent>, tonic::Status> {
+    client
+        .watch_sync(pb::WatchSyncRequest {
+            datastore: name.into(),
+            from_revision,
+            expected_uid: expected_uid.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The uid of datastore `name` (GetDatastore): which incarnation it is.
+pub async fn uid(client: &mut Client, name: &str) -> String {
+    client
+        .get_datastore(pb::GetDatastoreRequest { name: name.into() })
+        .await
+        .unwrap_or_else(|s| panic!("GetDatastore {name}: {s:?}"))
+        .into_inner()
+        .uid
 }
 
 /// The next event of a WatchSync stream (waiting up to [`DEADLINE`]);
@@ -296,6 +327,7 @@ pub async fn set_intent(client: &mut Client, name: &str, intent: pb::Intent) -> 
             datastore: name.into(),
             intent: Some(intent),
             validate_only: false,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("SetIntent {intent_name} on {name}: {s:?}"))
@@ -314,6 +346,7 @@ pub async fn plan_intent(
             datastore: name.into(),
             intent: Some(intent),
             validate_only: true,
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -329,6 +362,7 @@ pub async fn owners(client: &mut Client, name: &str, path: &str) -> BTreeMap<Str
             path: path.into(),
             min_revision: 0,
             with_owner: true,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("GetRunning {name} {path} with owners: {s:?}"))
@@ -363,6 +397,7 @@ pub async fn delete_intent(
         .delete_intent(pb::DeleteIntentRequest {
             datastore: name.into(),
             name: intent.into(),
+            ..Default::default()
         })
         .await
         .map(|_| ())
@@ -391,16 +426,11 @@ pub async fn status(client: &mut Client, name: &str) -> pb::DatastoreStatus {
         .expect("a datastore has a status")
 }
 
-/// Asserts that `name` synced quietly: no reconnect, no resync, nothing
-/// dropped, no error. Returns the status.
+/// Asserts that `name` synced quietly: no reconnect and no resync (see
+/// [`assert_no_recovery`]: a loss healed by a resync shows there), and no
+/// error. Returns the status.
 pub async fn assert_quiet(client: &mut Client, name: &str) -> pb::DatastoreStatus {
-    let status = status(client, name).await;
-    let stats = status.stats.unwrap_or_default();
-    assert_eq!(
-        (stats.reconnects, stats.resyncs, stats.dropped),
-        (0, 0, 0),
-        "{name}: reconnects, resyncs, dropped: {status:?}"
-    );
+    let status = assert_no_recovery(client, name).await;
     assert_eq!(status.last_error, "", "{name}: {status:?}");
     status
 }

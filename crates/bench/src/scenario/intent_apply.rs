@@ -34,7 +34,7 @@ use pb::net_sync_client::NetSyncClient;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use super::{Ctx, Rig, check_nothing_dropped, settle_and_compare};
+use super::{Ctx, Rig, resyncs, settle_and_compare};
 use crate::api::datastore;
 use crate::markers::{Applied, Latency, Markers, Watcher, analyse};
 use crate::report::Report;
@@ -118,11 +118,11 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     settle_and_compare(&mut rig.device, &mut rig.api, &name_refs, sizes.deadline).await?;
     rig.sim.check_running()?;
     rig.netsyncd.check_running()?;
-    let mut dropped = 0;
+    let mut resynced = 0;
     let mut reconnects = 0;
     for name in &names {
         let status = rig.api.status(name).await?;
-        dropped += check_nothing_dropped(name, &status)?;
+        resynced += resyncs(&status);
         reconnects += status.stats.as_ref().map_or(0, |s| s.reconnects);
     }
 
@@ -168,11 +168,11 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.millis_if("commit_latency_p99_ms", commits.latency.map(|l| l.p99));
     report.count("sets", phase.sets);
     report.count("reconnects", reconnects);
-    report.count("dropped", dropped);
+    report.count("resyncs", resynced);
     report.flag("running_equals_device", true);
     report.at_most("apply_p99_ms", interval_ms + 200.0);
     report.at_most("reconnects", 0.0);
-    report.at_most("dropped", 0.0);
+    report.at_most("resyncs", 0.0);
     report.note(format!(
         "{:.1} s window after {:.1} s of churn; apply = SetIntent called to the WatchSync APPLIED \
          event of the job that set the write's values (GetIntent then checked APPLIED), one \
@@ -289,6 +289,7 @@ async fn write_and_wait(
                 datastore: datastore.clone(),
                 intent: Some(intent.clone()),
                 validate_only: false,
+                ..Default::default()
             })
             .await
             .with_context(|| format!("SetIntent on {datastore}"))?

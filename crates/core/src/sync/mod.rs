@@ -281,8 +281,6 @@ pub struct Stats {
     pub resyncs: AtomicU64,
     /// Reconnects after a stream ended or failed.
     pub reconnects: AtomicU64,
-    /// Changes lost. Never incremented: the engine resyncs instead of dropping.
-    pub dropped: AtomicU64,
     /// Attempts to persist a commit that failed (each is retried).
     pub persist_errors: AtomicU64,
     /// Time from taking a delta to publishing its revision, per revision made.

@@ -111,16 +111,43 @@ impl NetSyncService {
         }
     }
 
+    /// [`require_sync`](Self::require_sync), with the uid of the incarnation
+    /// it syncs; FAILED_PRECONDITION naming both uids if `expected_uid` is
+    /// set and is not that one.
+    fn require_incarnation(
+        &self,
+        field: &str,
+        name: &str,
+        expected_uid: &str,
+    ) -> Result<(Arc<SyncHandle>, String), Error> {
+        self.require_sync(field, name)?;
+        // Read again with its uid, the two from one entry: a datastore
+        // deleted and created again in between is seen whole, old or new.
+        let (sync, uid) = self
+            .engine
+            .get_with_uid(name)
+            .ok_or_else(|| Error::NotFound {
+                kind: "datastore",
+                name: name.to_string(),
+            })?;
+        if !expected_uid.is_empty() && expected_uid != uid {
+            return Err(store::uid_mismatch(name, &uid, expected_uid));
+        }
+        Ok((sync, uid))
+    }
+
     /// WatchSync, its messages encoded (see [`NetSyncRoutes`]).
     async fn watch_sync_encoded(
         &self,
         request: Request<pb::WatchSyncRequest>,
     ) -> Result<Response<watch::EncodedStream>, Status> {
         let req = request.into_inner();
-        let sync = self.require_sync("datastore", &req.datastore)?;
+        let (sync, uid) =
+            self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
         let slot = self.watchers.take(&req.datastore)?;
         let stream = watch::watch(
             sync,
+            uid,
             self.engine.log().clone(),
             req.from_revision,
             &self.watch_memory,
@@ -141,11 +168,13 @@ impl NetSyncService {
             DatastoreRow::Unreadable {
                 name,
                 create_time,
+                uid,
                 reason,
                 ..
             } => pb::Datastore {
                 name: name.clone(),
                 create_time: Some(convert::timestamp_to_proto(*create_time)),
+                uid: uid.clone(),
                 status: Some(pb::DatastoreStatus {
                     state: pb::SyncState::Stopped as i32,
                     last_error: self.engine.stopped(name).unwrap_or_else(|| reason.clone()),
@@ -161,6 +190,7 @@ impl NetSyncService {
     fn datastore_view(&self, ds: &StoredDatastore) -> pb::Datastore {
         let mut out = convert::datastore_to_proto(&ds.spec, Secrets::Redact);
         out.create_time = Some(convert::timestamp_to_proto(ds.create_time));
+        out.uid = ds.uid.clone();
         out.status = Some(match self.engine.get(&ds.spec.name) {
             Some(sync) => status_view(&sync),
             None => pb::DatastoreStatus {
@@ -204,8 +234,10 @@ fn status_view(sync: &SyncHandle) -> pb::DatastoreStatus {
             commits: get(&stats.commits),
             resyncs: get(&stats.resyncs),
             reconnects: get(&stats.reconnects),
-            dropped: get(&stats.dropped),
             pending: status.pending,
+            // `dropped` (deprecated) stays 0: nothing counts lost changes,
+            // the engine resyncs instead (counted in `resyncs`).
+            ..Default::default()
         }),
     }
 }
@@ -228,10 +260,6 @@ impl NetSync for NetSyncService {
             .datastore
             .ok_or_else(|| Error::invalid("datastore", "is required"))?;
         let spec = convert::datastore_from_proto(ds, "datastore").map_err(Error::from)?;
-        let stored = StoredDatastore {
-            spec,
-            create_time: store::now(),
-        };
         let (store, engine, creating) = (
             self.store.clone(),
             self.engine.clone(),
@@ -245,8 +273,8 @@ impl NetSync for NetSyncService {
                     "datastore limit of {max_datastores} reached (max_datastores); delete one before creating another"
                 )));
             }
-            store.create_datastore(&stored).await?;
-            engine.start_new(&stored.spec);
+            let stored = store.create_datastore(spec, store::now()).await?;
+            engine.start_new(&stored.spec, &stored.uid);
             tracing::info!(datastore = %stored.spec.name, address = %stored.spec.target.address, "datastore created");
             Ok(stored)
         })
@@ -297,7 +325,7 @@ impl NetSync for NetSyncService {
                 // Still stored, so it is served again: memory and database
                 // agree.
                 match &stored {
-                    DatastoreRow::Readable(stored) => engine.start(&stored.spec).await,
+                    DatastoreRow::Readable(stored) => engine.start(&stored.spec, &stored.uid).await,
                     DatastoreRow::Unreadable { reason, .. } => {
                         engine.hold_stopped(&name, reason.clone())
                     }
@@ -337,7 +365,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<Self::GetRunningStream>, Status> {
         let timeout = request_timeout(&request);
         let req = request.into_inner();
-        let sync = self.require_sync("datastore", &req.datastore)?;
+        let (sync, _) = self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
         let stream =
             running::get_running(&sync, &req.path, req.min_revision, req.with_owner, timeout)
                 .await?;
@@ -367,7 +395,8 @@ impl NetSync for NetSyncService {
         request: Request<pb::SetIntentRequest>,
     ) -> Result<Response<pb::Intent>, Status> {
         let req = request.into_inner();
-        let sync = self.require_sync("datastore", &req.datastore)?;
+        let (sync, uid) =
+            self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
         let intent = req
             .intent
             .ok_or_else(|| Error::invalid("intent", "is required"))?;
@@ -411,7 +440,9 @@ impl NetSync for NetSyncService {
             if !dropped.is_empty() {
                 triggers.push(Trigger::Withdraw(dropped));
             }
-            let queued = store.put_intent(&req.datastore, &intent, triggers).await?;
+            let queued = store
+                .put_intent(&req.datastore, &uid, &intent, triggers)
+                .await?;
             tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
             let status = engine.intent_written(&req.datastore, &intent.name);
             let reply = convert::intent_with_status(&intent, &status);
@@ -463,7 +494,8 @@ impl NetSync for NetSyncService {
         request: Request<pb::DeleteIntentRequest>,
     ) -> Result<Response<pb::DeleteIntentResponse>, Status> {
         let req = request.into_inner();
-        let sync = self.require_sync("datastore", &req.datastore)?;
+        let (sync, uid) =
+            self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
         if req.name.is_empty() {
             return Err(Error::invalid("name", "is required").into());
         }
@@ -483,6 +515,7 @@ impl NetSync for NetSyncService {
             let queued = store
                 .delete_intent(
                     &req.datastore,
+                    &uid,
                     &req.name,
                     in_memory.is_some(),
                     withdrawn,

@@ -53,11 +53,13 @@ const REPLAY_PAGE_COMMITS: u32 = 64;
 /// at most (a single larger commit is read alone).
 const REPLAY_PAGE_BYTES: usize = 1 << 20;
 
-/// Starts a watch of `sync` from revision `from` (0: from now on), its
-/// messages queued within `memory`'s budgets, ended with UNAVAILABLE when
-/// `stopping` is cancelled.
+/// Starts a watch of `sync` (incarnation `uid` of its datastore, which every
+/// event carries) from revision `from` (0: from now on), its messages queued
+/// within `memory`'s budgets, ended with UNAVAILABLE when `stopping` is
+/// cancelled.
 pub async fn watch(
     sync: Arc<SyncHandle>,
+    uid: String,
     log: Arc<CommitLog>,
     from: u64,
     memory: &Arc<WatchMemory>,
@@ -104,6 +106,7 @@ pub async fn watch(
     queue.set_next(next);
     let watcher = Watcher {
         name,
+        uid,
         log,
         queue,
         events: live,
@@ -167,6 +170,7 @@ struct Over;
 /// One watcher's task: replay, then live events, into its queue.
 struct Watcher {
     name: String,
+    uid: String,
     log: Arc<CommitLog>,
     queue: QueueWriter,
     events: broadcast::Receiver<Arc<Event>>,
@@ -195,6 +199,7 @@ impl Watcher {
             datastore: self.name.clone(),
             revision: self.next - 1,
             time: Some(convert::timestamp_to_proto(SystemTime::now())),
+            uid: self.uid.clone(),
             event: Some(pb::sync_event::Event::StateChanged(state)),
         };
         self.push_paced(&watch::encode(&first), None).await?;
@@ -250,9 +255,9 @@ impl Watcher {
             // that revision, so revisions never go back on a stream.
             let floor = self.next - 1;
             let bytes = if event.revision >= floor {
-                watch::encoded(&self.name, event, None)[0].clone()
+                watch::encoded(&self.name, &self.uid, event, None)[0].clone()
             } else {
-                watch::encode(&watch::other_event(&self.name, event, floor))
+                watch::encode(&watch::other_event(&self.name, &self.uid, event, floor))
             };
             self.push_live(&bytes, None).await?;
             return Ok(());
@@ -268,7 +273,7 @@ impl Watcher {
         let parts = match watch::cached(event) {
             Some(parts) => parts,
             None => match change.get() {
-                Some(change) => watch::encoded(&self.name, event, Some(&change)),
+                Some(change) => watch::encoded(&self.name, &self.uid, event, Some(&change)),
                 None => {
                     // Evicted from memory before this watcher got to it:
                     // the log has it.
@@ -323,7 +328,7 @@ impl Watcher {
                 () = self.queue.writable() => {}
                 received = self.events.recv(), if !self.closed => match received {
                     Ok(event) => {
-                        let size = encoded_size(&self.name, &event);
+                        let size = encoded_size(&self.name, &self.uid, &event);
                         self.waiting.push_back((event, size));
                         self.waiting_bytes += size;
                         if self.queue.bytes() + self.waiting_bytes > self.budget {
@@ -388,8 +393,8 @@ impl Watcher {
                     Ok(change) => change,
                     Err(e) => return Err(self.finish(|_| Status::from(e))),
                 };
-                let name = self.name.clone();
-                for part in Parts::new(&name, revision, time, replace, &change).skip(skip) {
+                let (name, uid) = (self.name.clone(), self.uid.clone());
+                for part in Parts::new(&name, &uid, revision, time, replace, &change).skip(skip) {
                     self.push_paced(&part, Some(revision)).await?;
                 }
                 skip = 0;
@@ -403,14 +408,14 @@ impl Watcher {
 /// A live event's encoded size, to count what a waiting watcher owes. An
 /// event whose change the engine has let go of counts nothing: it comes
 /// from the log when its turn comes.
-fn encoded_size(name: &str, event: &Event) -> usize {
+fn encoded_size(name: &str, uid: &str, event: &Event) -> usize {
     let encoded = match (&event.kind, watch::cached(event)) {
         (_, Some(encoded)) => encoded,
         (EventKind::Commit { change, .. }, None) => match change.get() {
-            Some(change) => watch::encoded(name, event, Some(&change)),
+            Some(change) => watch::encoded(name, uid, event, Some(&change)),
             None => return 0,
         },
-        (_, None) => watch::encoded(name, event, None),
+        (_, None) => watch::encoded(name, uid, event, None),
     };
     encoded.iter().map(Bytes::len).sum()
 }

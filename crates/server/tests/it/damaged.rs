@@ -125,6 +125,7 @@ async fn assert_stopped(client: &mut Client, name: &str, words: &[&str]) {
             .watch_sync(pb::WatchSyncRequest {
                 datastore: name.into(),
                 from_revision: 1,
+                ..Default::default()
             })
             .await
             .unwrap_err(),
@@ -133,6 +134,7 @@ async fn assert_stopped(client: &mut Client, name: &str, words: &[&str]) {
                 datastore: name.into(),
                 intent: Some(intent("mtu", 10, &[("/system/mtu", "9000")], &[])),
                 validate_only: false,
+                ..Default::default()
             })
             .await
             .unwrap_err(),

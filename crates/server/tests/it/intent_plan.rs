@@ -384,6 +384,7 @@ async fn validate_only_refuses_what_a_write_refuses_with_the_same_error() {
                         datastore: datastore.into(),
                         intent: intent.clone(),
                         validate_only,
+                        ..Default::default()
                     })
                     .await
                     .unwrap_err();
@@ -401,6 +402,7 @@ async fn validate_only_refuses_what_a_write_refuses_with_the_same_error() {
                 datastore: "nope".into(),
                 intent: Some(ok.clone()),
                 validate_only,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -607,6 +609,7 @@ async fn with_owner_names_the_intent_deciding_each_leaf() {
             path: ETH0.into(),
             min_revision: 0,
             with_owner: false,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -19,6 +19,7 @@ fn set(ds: &str, intent: pb::Intent) -> pb::SetIntentRequest {
         datastore: ds.into(),
         intent: Some(intent),
         validate_only: false,
+        ..Default::default()
     }
 }
 
@@ -85,6 +86,7 @@ async fn until_deviations(
             path: "/none".into(),
             min_revision: revision + 1,
             with_owner: false,
+            ..Default::default()
         });
         wait.set_timeout(Duration::from_secs(1));
         let _ = client.get_running(wait).await;
@@ -162,6 +164,7 @@ async fn bad_intents_get_clear_errors() {
         .delete_intent(pb::DeleteIntentRequest {
             datastore: "r1".into(),
             name: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -201,6 +204,7 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
         path: String::new(),
         min_revision: 1,
         with_owner: false,
+        ..Default::default()
     });
     first.set_timeout(DEADLINE);
     client.get_running(first).await.unwrap();
@@ -316,6 +320,7 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
         .delete_intent(pb::DeleteIntentRequest {
             datastore: "r1".into(),
             name: "base".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

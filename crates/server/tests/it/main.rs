@@ -11,6 +11,7 @@ mod api;
 mod damaged;
 mod device_caps;
 mod health_reflection;
+mod incarnation;
 mod intent_plan;
 mod intent_values;
 mod intents;

@@ -236,6 +236,7 @@ async fn authorization_by_certificate_identity() {
             datastore: "r1".into(),
             intent: Some(intent("i2", 10, &leaf, &[])),
             validate_only: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
