@@ -488,11 +488,10 @@ async fn a_stalled_revert_never_holds_up_the_sync(encoding: pb::Encoding) {
             break;
         }
     }
+    // Committed while the Set is still held (60 s): a bound far below the
+    // hold, not a speed figure, so a loaded machine cannot break it.
     let took = sent.elapsed();
-    assert!(
-        took < Duration::from_millis(200) + Duration::from_secs(2),
-        "the burst took {took:?}"
-    );
+    assert!(took < Duration::from_secs(30), "the burst took {took:?}");
     // The held Set cost the sync nothing: no change lost and healed by a
     // resync.
     client::assert_no_recovery(&mut client, "r1").await;

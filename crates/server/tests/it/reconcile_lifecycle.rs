@@ -184,9 +184,9 @@ async fn intent_writes_answer_while_the_device_holds_a_set(encoding: pb::Encodin
     .await;
     reverts_until(&mut events, pb::RevertPhase::Applying, DEADLINE).await;
 
-    // The Set is held now. A generous bound, far below the 60 s hold (the
-    // benchmark measures the real figure, in milliseconds).
-    let bound = Duration::from_secs(5);
+    // The Set is held now. A bound far below the 60 s hold, not a speed
+    // figure (the `stall` benchmark measures that, in milliseconds).
+    let bound = Duration::from_secs(20);
     let started = Instant::now();
     set_intent(
         &mut client,
