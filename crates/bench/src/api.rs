@@ -110,6 +110,7 @@ impl Netsync {
             path: NOTHING.into(),
             min_revision: revision,
             with_owner: false,
+            ..Default::default()
         });
         request.set_timeout(deadline);
         let mut stream = self
@@ -171,6 +172,7 @@ impl Netsync {
                 path: path.into(),
                 min_revision: 0,
                 with_owner: false,
+                ..Default::default()
             })
             .await
             .with_context(|| format!("GetRunning {name} {path}"))?

@@ -186,6 +186,7 @@ impl Watcher {
                 tonic::Request::new(pb::WatchSyncRequest {
                     datastore: datastore.into(),
                     from_revision: 0,
+                    ..Default::default()
                 }),
                 tonic::codegen::http::uri::PathAndQuery::from_static(
                     "/netsync.v1.NetSync/WatchSync",

@@ -298,6 +298,7 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
         .watch_sync(pb::WatchSyncRequest {
             datastore: DATASTORE.into(),
             from_revision: 1,
+            ..Default::default()
         })
         .await
         .context("WatchSync")?
@@ -404,6 +405,7 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
     let deviations = client
         .get_deviations(pb::GetDeviationsRequest {
             datastore: DATASTORE.into(),
+            ..Default::default()
         })
         .await
         .context("GetDeviations")?

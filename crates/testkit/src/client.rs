@@ -51,6 +51,7 @@ pub async fn try_running(
         path: String::new(),
         min_revision,
         with_owner: false,
+        ..Default::default()
     });
     request.set_timeout(timeout);
     let mut stream = client.get_running(request).await?.into_inner();
@@ -90,6 +91,7 @@ pub async fn wait_revision(client: &mut Client, name: &str, revision: u64) -> u6
         path: "/netsync-testkit-none".into(),
         min_revision: revision,
         with_owner: false,
+        ..Default::default()
     });
     request.set_timeout(DEADLINE);
     let mut stream = client
@@ -272,6 +274,7 @@ pub async fn watch(
         .watch_sync(pb::WatchSyncRequest {
             datastore: name.into(),
             from_revision,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("WatchSync {name} from {from_revision}: {s:?}"))
@@ -329,6 +332,7 @@ pub async fn owners(client: &mut Client, name: &str, path: &str) -> BTreeMap<Str
             path: path.into(),
             min_revision: 0,
             with_owner: true,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("GetRunning {name} {path} with owners: {s:?}"))
@@ -373,6 +377,7 @@ pub async fn deviations(client: &mut Client, name: &str) -> Vec<pb::Deviation> {
     client
         .get_deviations(pb::GetDeviationsRequest {
             datastore: name.into(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("GetDeviations {name}: {s:?}"))

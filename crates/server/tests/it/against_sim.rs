@@ -54,6 +54,7 @@ async fn the_seed_failure_loses_nothing() {
         .watch_sync(pb::WatchSyncRequest {
             datastore: "r1".into(),
             from_revision: 0,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -361,6 +361,7 @@ async fn unknown_datastores_are_named() {
         path: path.into(),
         min_revision: 0,
         with_owner: false,
+        ..Default::default()
     };
     let err = client.get_running(running("r1", "/a[")).await.unwrap_err();
     assert_status(&err, Code::InvalidArgument, &["path"]);
@@ -372,6 +373,7 @@ async fn unknown_datastores_are_named() {
         .watch_sync(pb::WatchSyncRequest {
             datastore: "nope".into(),
             from_revision: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -396,6 +398,7 @@ async fn unknown_datastores_are_named() {
     let err = client
         .get_deviations(pb::GetDeviationsRequest {
             datastore: "zz".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -125,6 +125,7 @@ async fn assert_stopped(client: &mut Client, name: &str, words: &[&str]) {
             .watch_sync(pb::WatchSyncRequest {
                 datastore: name.into(),
                 from_revision: 1,
+                ..Default::default()
             })
             .await
             .unwrap_err(),

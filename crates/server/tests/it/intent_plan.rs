@@ -607,6 +607,7 @@ async fn with_owner_names_the_intent_deciding_each_leaf() {
             path: ETH0.into(),
             min_revision: 0,
             with_owner: false,
+            ..Default::default()
         })
         .await
         .unwrap()

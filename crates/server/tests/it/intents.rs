@@ -75,6 +75,7 @@ async fn until_deviations(
         let revision = client
             .get_deviations(pb::GetDeviationsRequest {
                 datastore: "r1".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -85,6 +86,7 @@ async fn until_deviations(
             path: "/none".into(),
             min_revision: revision + 1,
             with_owner: false,
+            ..Default::default()
         });
         wait.set_timeout(Duration::from_secs(1));
         let _ = client.get_running(wait).await;
@@ -201,6 +203,7 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
         path: String::new(),
         min_revision: 1,
         with_owner: false,
+        ..Default::default()
     });
     first.set_timeout(DEADLINE);
     client.get_running(first).await.unwrap();

@@ -32,6 +32,7 @@ async fn open_watch(
         .watch_sync(pb::WatchSyncRequest {
             datastore: name.into(),
             from_revision: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -258,6 +259,7 @@ async fn calls_without_a_deadline_get_the_servers() {
         path: String::new(),
         min_revision: 1_000_000,
         with_owner: false,
+        ..Default::default()
     };
     let err = match client.get_running(request).await {
         Ok(_) => panic!("min_revision 1000000 was reached"),

@@ -234,6 +234,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
                 path: String::new(),
                 min_revision: 0,
                 with_owner: false,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -264,6 +265,7 @@ async fn kill_9_during_a_burst_loses_nothing_committed_and_reuses_no_revision() 
             path: String::new(),
             min_revision: revision + 1,
             with_owner: false,
+            ..Default::default()
         });
         wait.set_timeout(std::time::Duration::from_secs(2));
         let _ = client.get_running(wait).await;

@@ -472,6 +472,7 @@ async fn a_stalled_revert_never_holds_up_the_sync(encoding: pb::Encoding) {
             path: "/system/churn".into(),
             min_revision: revision + 1,
             with_owner: false,
+            ..Default::default()
         });
         request.set_timeout(Duration::from_secs(5));
         let mut stream = client.get_running(request).await.unwrap().into_inner();

@@ -93,6 +93,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
         path: "/system".into(),
         min_revision: 0,
         with_owner: false,
+        ..Default::default()
     });
     request.set_timeout(DEADLINE);
     let batch = client
@@ -159,6 +160,7 @@ async fn running_follows_the_device_and_survives_a_restart() {
         .watch_sync(pb::WatchSyncRequest {
             datastore: "r1".into(),
             from_revision: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -185,6 +187,7 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
         path: String::new(),
         min_revision: 1000,
         with_owner: false,
+        ..Default::default()
     });
     request.set_timeout(Duration::from_millis(200));
     let err = client.get_running(request).await.unwrap_err();
@@ -193,6 +196,7 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
         .watch_sync(pb::WatchSyncRequest {
             datastore: "r1".into(),
             from_revision: 1000,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -210,6 +214,7 @@ async fn compacted_or_unreachable_revisions_are_refused_clearly() {
             path: "/a[".into(),
             min_revision: 0,
             with_owner: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -317,6 +322,7 @@ async fn compacted_revisions_are_out_of_range() {
         .watch_sync(pb::WatchSyncRequest {
             datastore: "r1".into(),
             from_revision: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -346,6 +346,7 @@ async fn frozen_watch(addr: SocketAddr, datastore: &str) -> Frozen {
     let message = pb::WatchSyncRequest {
         datastore: datastore.into(),
         from_revision: 0,
+        ..Default::default()
     }
     .encode_to_vec();
     let mut frame = vec![0];
@@ -402,6 +403,7 @@ async fn a_client_that_stops_answering_pings_frees_its_watcher_slot() {
         .watch_sync(pb::WatchSyncRequest {
             datastore: "r1".into(),
             from_revision: 0,
+            ..Default::default()
         })
         .await
         .expect_err("the one watcher slot is taken");
@@ -419,6 +421,7 @@ async fn a_client_that_stops_answering_pings_frees_its_watcher_slot() {
             .watch_sync(pb::WatchSyncRequest {
                 datastore: "r1".into(),
                 from_revision: 0,
+                ..Default::default()
             })
             .await
         {

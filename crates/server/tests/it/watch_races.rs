@@ -53,6 +53,7 @@ impl Commits {
         let events = within(client.watch_sync(pb::WatchSyncRequest {
             datastore: name.into(),
             from_revision,
+            ..Default::default()
         }))
         .await?
         .into_inner();
