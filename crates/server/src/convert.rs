@@ -14,7 +14,7 @@ use netsync_core::intent::{Deviation, Intent};
 use netsync_core::notification::Decoder;
 use netsync_core::running::{Key, Subtree, Value};
 use netsync_core::sync::SyncState;
-use netsync_proto::gnmi::typed_value;
+use netsync_proto::gnmi::{self, typed_value};
 use netsync_proto::netsync::v1 as pb;
 
 use crate::dry_run::DryRun;
@@ -710,6 +710,80 @@ pub fn timestamp_to_proto(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
         nanos: since.subsec_nanos() as i32,
+    }
+}
+
+/// How the values of a response are written (`value_format` of a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueFormat {
+    /// As the device sent them.
+    #[default]
+    Device,
+    /// JSON scalars as typed scalars ([`netsync_core::value::to_scalar`]).
+    Scalar,
+}
+
+impl ValueFormat {
+    /// The format asked in request field `field` (`value_format`).
+    pub fn from_proto(field: &str, value: i32) -> Result<Self, crate::error::Error> {
+        match pb::ValueFormat::try_from(value) {
+            Ok(pb::ValueFormat::Unspecified | pb::ValueFormat::Device) => Ok(Self::Device),
+            Ok(pb::ValueFormat::Scalar) => Ok(Self::Scalar),
+            Err(_) => Err(crate::error::Error::invalid(
+                field,
+                format!("unknown value {value}"),
+            )),
+        }
+    }
+
+    /// `value` written in this format.
+    pub fn value(self, value: gnmi::TypedValue) -> gnmi::TypedValue {
+        match self {
+            Self::Device => value,
+            Self::Scalar => netsync_core::value::to_scalar(value),
+        }
+    }
+
+    /// `leaf` with its value written in this format.
+    pub fn leaf(self, mut leaf: pb::Leaf) -> pb::Leaf {
+        if self == Self::Scalar {
+            leaf.value = leaf.value.map(|v| self.value(v));
+        }
+        leaf
+    }
+
+    /// `deviation` with its values written in this format.
+    pub fn deviation(self, mut deviation: pb::Deviation) -> pb::Deviation {
+        if self == Self::Scalar {
+            deviation.expected = deviation.expected.map(|v| self.value(v));
+            deviation.actual = deviation.actual.map(|v| self.value(v));
+        }
+        deviation
+    }
+
+    /// An encoded `SyncEvent` with the values of its leaves (a commit's
+    /// updates, a revert's) written in this format: the same bytes for
+    /// DEVICE; for SCALAR decoded, converted and encoded again.
+    pub fn sync_event(self, encoded: &bytes::Bytes) -> bytes::Bytes {
+        use prost::Message as _;
+        if self == Self::Device {
+            return encoded.clone();
+        }
+        let Ok(mut event) = pb::SyncEvent::decode(encoded.clone()) else {
+            return encoded.clone();
+        };
+        let leaves = match &mut event.event {
+            Some(pb::sync_event::Event::Commit(commit)) => &mut commit.updates,
+            Some(pb::sync_event::Event::Revert(revert)) => &mut revert.updates,
+            _ => return encoded.clone(),
+        };
+        if leaves.is_empty() {
+            return encoded.clone();
+        }
+        for leaf in leaves.iter_mut() {
+            leaf.value = leaf.value.take().map(|v| self.value(v));
+        }
+        event.encode_to_vec().into()
     }
 }
 
