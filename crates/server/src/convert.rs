@@ -791,6 +791,68 @@ impl ValueFormat {
 mod tests {
     use super::*;
 
+    #[test]
+    fn value_format_converts_event_leaves_and_leaves_device_bytes_alone() {
+        use prost::Message as _;
+        let ietf = |json: &str| gnmi::TypedValue {
+            value: Some(typed_value::Value::JsonIetfVal(json.as_bytes().to_vec())),
+        };
+        let leaf = |value| pb::Leaf {
+            path: "/a".into(),
+            value: Some(value),
+            owner: String::new(),
+        };
+        let commit = pb::SyncEvent {
+            datastore: "r1".into(),
+            revision: 3,
+            time: None,
+            event: Some(pb::sync_event::Event::Commit(pb::Commit {
+                updates: vec![leaf(ietf("\"up\"")), leaf(ietf("[1]"))],
+                deletes: vec!["/b".into()],
+                ..Default::default()
+            })),
+        };
+        let bytes = bytes::Bytes::from(commit.encode_to_vec());
+        let device = ValueFormat::Device.sync_event(&bytes);
+        assert_eq!(device.as_ptr(), bytes.as_ptr(), "DEVICE shares the bytes");
+        let scalar = pb::SyncEvent::decode(ValueFormat::Scalar.sync_event(&bytes)).unwrap();
+        let Some(pb::sync_event::Event::Commit(c)) = scalar.event else {
+            panic!("{scalar:?}")
+        };
+        assert_eq!(
+            c.updates[0].value,
+            Some(gnmi::TypedValue {
+                value: Some(typed_value::Value::StringVal("up".into()))
+            })
+        );
+        assert_eq!(c.updates[1].value, Some(ietf("[1]")), "a list stays JSON");
+        assert_eq!((c.deletes, scalar.revision), (vec!["/b".to_string()], 3));
+
+        let revert = pb::SyncEvent {
+            event: Some(pb::sync_event::Event::Revert(pb::Revert {
+                updates: vec![leaf(ietf("true"))],
+                ..Default::default()
+            })),
+            ..commit
+        };
+        let scalar = ValueFormat::Scalar.sync_event(&revert.encode_to_vec().into());
+        let Some(pb::sync_event::Event::Revert(r)) = pb::SyncEvent::decode(scalar).unwrap().event
+        else {
+            panic!("a revert")
+        };
+        assert_eq!(
+            r.updates[0].value,
+            Some(gnmi::TypedValue {
+                value: Some(typed_value::Value::BoolVal(true))
+            })
+        );
+        assert!(ValueFormat::from_proto("value_format", 9).is_err());
+        assert_eq!(
+            ValueFormat::from_proto("value_format", 0).unwrap(),
+            ValueFormat::Device
+        );
+    }
+
     fn valid() -> pb::Datastore {
         pb::Datastore {
             name: "r1".into(),
