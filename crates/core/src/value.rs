@@ -1,6 +1,7 @@
 //! Values by meaning: whether two gNMI values say the same thing whatever
 //! encoding they came in ([`same_meaning`]), and a value written the way a
-//! device's encoding expects it ([`for_device`]).
+//! device's encoding expects it ([`for_device`]), and a JSON scalar as a
+//! typed scalar for people to read ([`to_scalar`]).
 //!
 //! netsync has no YANG schema, so equality is decided from the values alone:
 //! - text (`string_val`, `ascii_val`, a JSON string) equals the same text;
@@ -109,6 +110,38 @@ pub fn for_device(
             }
             None => value.clone(),
         },
+    }
+}
+
+/// `value` with a JSON scalar (`json_val`, `json_ietf_val`) as a typed
+/// scalar, for readers (the API's `VALUE_FORMAT_SCALAR`): a string as
+/// `string_val`, an integer as `int_val` (`uint_val` above `i64::MAX`), any
+/// other number as `double_val`, `true`/`false` as `bool_val`. Objects,
+/// arrays, `null`, JSON that does not parse and every other kind of value are
+/// returned as they are.
+///
+/// A JSON string stays a string even when it holds a number, as RFC 7951
+/// writes 64-bit integers and decimal64: without a schema `"42"` may as well
+/// be a string leaf, and a leaf whose type changes with its value would be
+/// harder to use than text. The result has the same meaning as `value`
+/// ([`same_meaning`]).
+pub fn to_scalar(value: TypedValue) -> TypedValue {
+    let Some(V::JsonVal(bytes) | V::JsonIetfVal(bytes)) = &value.value else {
+        return value;
+    };
+    let scalar = match serde_json::from_slice::<Json>(bytes) {
+        Ok(Json::String(s)) => V::StringVal(s),
+        Ok(Json::Bool(b)) => V::BoolVal(b),
+        Ok(Json::Number(n)) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => V::IntVal(i),
+            (None, Some(u), _) => V::UintVal(u),
+            (None, None, Some(f)) => V::DoubleVal(f),
+            _ => return value,
+        },
+        _ => return value,
+    };
+    TypedValue {
+        value: Some(scalar),
     }
 }
 
@@ -551,6 +584,52 @@ fn json_eq(a: &Json, b: &Json) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn to_scalar_decodes_json_scalars_and_leaves_the_rest() {
+        let ietf = |j: &str| TypedValue {
+            value: Some(V::JsonIetfVal(j.as_bytes().to_vec())),
+        };
+        let json = |j: &str| TypedValue {
+            value: Some(V::JsonVal(j.as_bytes().to_vec())),
+        };
+        let typed = |v: V| TypedValue { value: Some(v) };
+        let cases = [
+            (
+                ietf("\"managed by netsync\""),
+                typed(V::StringVal("managed by netsync".into())),
+            ),
+            // RFC 7951's uint64: a JSON string, kept a string without a schema.
+            (
+                ietf("\"18446744073709551615\""),
+                typed(V::StringVal("18446744073709551615".into())),
+            ),
+            (ietf("-7"), typed(V::IntVal(-7))),
+            (json("1500"), typed(V::IntVal(1500))),
+            (ietf("18446744073709551615"), typed(V::UintVal(u64::MAX))),
+            (ietf("2.5"), typed(V::DoubleVal(2.5))),
+            (ietf("true"), typed(V::BoolVal(true))),
+            (json("false"), typed(V::BoolVal(false))),
+        ];
+        for (given, scalar) in cases {
+            let got = to_scalar(given.clone());
+            assert_eq!(got, scalar, "{given:?}");
+            assert!(same_meaning(&got, &given), "{given:?} kept its meaning");
+        }
+        // Non-scalars, unparsable JSON and typed values: unchanged.
+        for given in [
+            ietf("{\"a\": 1}"),
+            ietf("[1, 2]"),
+            ietf("null"),
+            ietf("not json"),
+            typed(V::UintVal(9)),
+            typed(V::StringVal("x".into())),
+            TypedValue { value: None },
+        ] {
+            assert_eq!(to_scalar(given.clone()), given);
+        }
+    }
+
     use proptest::prelude::*;
 
     use super::*;

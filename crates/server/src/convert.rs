@@ -14,7 +14,7 @@ use netsync_core::intent::{Deviation, Intent};
 use netsync_core::notification::Decoder;
 use netsync_core::running::{Key, Subtree, Value};
 use netsync_core::sync::SyncState;
-use netsync_proto::gnmi::typed_value;
+use netsync_proto::gnmi::{self, typed_value};
 use netsync_proto::netsync::v1 as pb;
 
 use crate::dry_run::DryRun;
@@ -715,9 +715,146 @@ pub fn timestamp_to_proto(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
+/// How the values of a response are written (`value_format` of a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueFormat {
+    /// As the device sent them.
+    #[default]
+    Device,
+    /// JSON scalars as typed scalars ([`netsync_core::value::to_scalar`]).
+    Scalar,
+}
+
+impl ValueFormat {
+    /// The format asked in request field `field` (`value_format`).
+    pub fn from_proto(field: &str, value: i32) -> Result<Self, crate::error::Error> {
+        match pb::ValueFormat::try_from(value) {
+            Ok(pb::ValueFormat::Unspecified | pb::ValueFormat::Device) => Ok(Self::Device),
+            Ok(pb::ValueFormat::Scalar) => Ok(Self::Scalar),
+            Err(_) => Err(crate::error::Error::invalid(
+                field,
+                format!("unknown value {value}"),
+            )),
+        }
+    }
+
+    /// `value` written in this format.
+    pub fn value(self, value: gnmi::TypedValue) -> gnmi::TypedValue {
+        match self {
+            Self::Device => value,
+            Self::Scalar => netsync_core::value::to_scalar(value),
+        }
+    }
+
+    /// `leaf` with its value written in this format.
+    pub fn leaf(self, mut leaf: pb::Leaf) -> pb::Leaf {
+        if self == Self::Scalar {
+            leaf.value = leaf.value.map(|v| self.value(v));
+        }
+        leaf
+    }
+
+    /// `deviation` with its values written in this format.
+    pub fn deviation(self, mut deviation: pb::Deviation) -> pb::Deviation {
+        if self == Self::Scalar {
+            deviation.expected = deviation.expected.map(|v| self.value(v));
+            deviation.actual = deviation.actual.map(|v| self.value(v));
+        }
+        deviation
+    }
+
+    /// An encoded `SyncEvent` with the values of its leaves (a commit's
+    /// updates, a revert's) written in this format: the same bytes for
+    /// DEVICE; for SCALAR decoded, converted and encoded again.
+    pub fn sync_event(self, encoded: &bytes::Bytes) -> bytes::Bytes {
+        use prost::Message as _;
+        if self == Self::Device {
+            return encoded.clone();
+        }
+        let Ok(mut event) = pb::SyncEvent::decode(encoded.clone()) else {
+            return encoded.clone();
+        };
+        let leaves = match &mut event.event {
+            Some(pb::sync_event::Event::Commit(commit)) => &mut commit.updates,
+            Some(pb::sync_event::Event::Revert(revert)) => &mut revert.updates,
+            _ => return encoded.clone(),
+        };
+        if leaves.is_empty() {
+            return encoded.clone();
+        }
+        for leaf in leaves.iter_mut() {
+            leaf.value = leaf.value.take().map(|v| self.value(v));
+        }
+        event.encode_to_vec().into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_format_converts_event_leaves_and_leaves_device_bytes_alone() {
+        use prost::Message as _;
+        let ietf = |json: &str| gnmi::TypedValue {
+            value: Some(typed_value::Value::JsonIetfVal(json.as_bytes().to_vec())),
+        };
+        let leaf = |value| pb::Leaf {
+            path: "/a".into(),
+            value: Some(value),
+            owner: String::new(),
+        };
+        let commit = pb::SyncEvent {
+            datastore: "r1".into(),
+            uid: String::new(),
+            revision: 3,
+            time: None,
+            event: Some(pb::sync_event::Event::Commit(pb::Commit {
+                updates: vec![leaf(ietf("\"up\"")), leaf(ietf("[1]"))],
+                deletes: vec!["/b".into()],
+                ..Default::default()
+            })),
+        };
+        let bytes = bytes::Bytes::from(commit.encode_to_vec());
+        let device = ValueFormat::Device.sync_event(&bytes);
+        assert_eq!(device.as_ptr(), bytes.as_ptr(), "DEVICE shares the bytes");
+        let scalar = pb::SyncEvent::decode(ValueFormat::Scalar.sync_event(&bytes)).unwrap();
+        let Some(pb::sync_event::Event::Commit(c)) = scalar.event else {
+            panic!("{scalar:?}")
+        };
+        assert_eq!(
+            c.updates[0].value,
+            Some(gnmi::TypedValue {
+                value: Some(typed_value::Value::StringVal("up".into()))
+            })
+        );
+        assert_eq!(c.updates[1].value, Some(ietf("[1]")), "a list stays JSON");
+        assert_eq!((c.deletes, scalar.revision), (vec!["/b".to_string()], 3));
+
+        let revert = pb::SyncEvent {
+            event: Some(pb::sync_event::Event::Revert(pb::Revert {
+                updates: vec![leaf(ietf("true"))],
+                ..Default::default()
+            })),
+            ..commit
+        };
+        let scalar = ValueFormat::Scalar.sync_event(&revert.encode_to_vec().into());
+        let Some(pb::sync_event::Event::Revert(r)) = pb::SyncEvent::decode(scalar).unwrap().event
+        else {
+            panic!("a revert")
+        };
+        assert_eq!(
+            r.updates[0].value,
+            Some(gnmi::TypedValue {
+                value: Some(typed_value::Value::BoolVal(true))
+            })
+        );
+        assert!(ValueFormat::from_proto("value_format", 9).is_err());
+        assert_eq!(
+            ValueFormat::from_proto("value_format", 0).unwrap(),
+            ValueFormat::Device
+        );
+    }
 
     fn valid() -> pb::Datastore {
         pb::Datastore {

@@ -8,6 +8,15 @@
 //! written twice. The log keeps at least `retain_commits` commits and at least
 //! `retain_age`; older rows are compacted away, but never past the newest
 //! snapshot, which restart needs.
+//!
+//! Running can be read at any revision from the oldest kept snapshot on
+//! ([`CommitLog::read_at`]): the nearest snapshot at or below, then the
+//! commits after it. So compaction cuts the log only at a snapshot: it
+//! removes the commits up to the newest snapshot that is older than what
+//! must be kept, and the snapshots below that one; the snapshots in between
+//! stay. The log then keeps up to one snapshot interval more than retention
+//! asks, and the snapshots kept add about half the size of the changes kept
+//! (one is written per twice running's leaves of changes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -208,28 +217,37 @@ impl CommitLog {
                     .bind(snapshot)
                     .execute(&mut *conn)
                     .await?;
-                    sqlx::query("DELETE FROM snapshots WHERE datastore = ? AND revision < ?")
-                        .bind(&name)
-                        .bind(revision)
-                        .execute(&mut *conn)
-                        .await?;
                     // Only a prefix of the log goes, so what is kept has no
-                    // holes even if the wall clock stepped back: everything
-                    // below the oldest commit that is young enough, below the
-                    // retained count, and at or below the snapshot just written.
-                    sqlx::query(
-                        "DELETE FROM commits WHERE datastore = ? AND revision <= ? AND revision <= ? \
+                    // holes even if the wall clock stepped back, and it goes
+                    // up to a snapshot, so that every kept revision can be
+                    // read (`read_at`): the newest snapshot below the oldest
+                    // commit that is young enough, within the retained count
+                    // (at most the snapshot just written).
+                    let cut: Option<i64> = sqlx::query_scalar(
+                        "SELECT MAX(revision) FROM snapshots WHERE datastore = ? AND revision <= ? \
                          AND revision < COALESCE( \
                              (SELECT MIN(revision) FROM commits WHERE datastore = ? AND time_us >= ?), ?)",
                     )
                     .bind(&name)
                     .bind(keep_after)
-                    .bind(revision)
                     .bind(&name)
                     .bind(old)
                     .bind(revision + 1)
-                    .execute(&mut *conn)
+                    .fetch_one(&mut *conn)
                     .await?;
+                    let Some(cut) = cut else {
+                        return Ok(());
+                    };
+                    sqlx::query("DELETE FROM snapshots WHERE datastore = ? AND revision < ?")
+                        .bind(&name)
+                        .bind(cut)
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("DELETE FROM commits WHERE datastore = ? AND revision <= ?")
+                        .bind(&name)
+                        .bind(cut)
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })
@@ -404,6 +422,100 @@ impl CommitLog {
                 })
             })
             .collect()
+    }
+
+    /// Running of `datastore` as it was right after revision `revision`
+    /// (at least 1, at most the newest logged): the nearest snapshot at or
+    /// below it, then the commits after it up to `revision`, a page at a
+    /// time. Holds one running and one page of stored commits; a large
+    /// snapshot or change is decoded and applied on the blocking pool.
+    /// OUT_OF_RANGE, naming the oldest readable revision, when compaction
+    /// has removed what it needs (also when that happens during the read).
+    pub async fn read_at(&self, datastore: &str, revision: u64) -> Result<Running, Error> {
+        let snapshot: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT revision, body FROM snapshots WHERE datastore = ? AND revision <= ? \
+             ORDER BY revision DESC LIMIT 1",
+        )
+        .bind(datastore)
+        .bind(i64::try_from(revision).unwrap_or(i64::MAX))
+        .fetch_optional(self.store.readers())
+        .await?;
+        let (mut running, mut at) = match snapshot {
+            Some((at, body)) => {
+                let decoded = if body.len() > LARGE_BODY {
+                    blocking(move || decode_snapshot(&body)).await?
+                } else {
+                    decode_snapshot(&body)
+                };
+                let running = decoded.map_err(|detail| Error::Damaged {
+                    datastore: datastore.to_string(),
+                    what: format!("the snapshot at revision {at} is damaged"),
+                    detail,
+                })?;
+                (running, at as u64)
+            }
+            None => (Running::new(), 0),
+        };
+        while at < revision {
+            let page = self.read_page(datastore, at + 1, 64, 1 << 20).await?;
+            if page.first().is_none_or(|first| first.revision != at + 1) {
+                return Err(self.compacted(datastore, revision).await);
+            }
+            for stored in page {
+                if stored.revision > revision {
+                    break;
+                }
+                if stored.revision != at + 1 {
+                    return Err(self.compacted(datastore, revision).await);
+                }
+                at = stored.revision;
+                let change = stored.decode().await?;
+                let changed = (change.update_count() + change.delete_count()) as u64;
+                if changed > LARGE {
+                    running = blocking(move || {
+                        running.apply_change(&change);
+                        running
+                    })
+                    .await?;
+                } else {
+                    running.apply_change(&change);
+                }
+            }
+        }
+        Ok(running)
+    }
+
+    /// The error for a read at `revision`, which the log no longer holds.
+    async fn compacted(&self, datastore: &str, revision: u64) -> Error {
+        let oldest = match self.oldest_readable(datastore).await {
+            Ok(Some(oldest)) => oldest.to_string(),
+            Ok(None) => "none".to_string(),
+            Err(e) => return e,
+        };
+        Error::OutOfRange(format!(
+            "revision {revision} of {datastore:?} is no longer kept (oldest readable revision: \
+             {oldest})"
+        ))
+    }
+
+    /// The oldest revision [`read_at`](Self::read_at) can read, if any: 1
+    /// while the log starts at 1, else the oldest snapshot from which the
+    /// log follows on without a gap.
+    pub async fn oldest_readable(&self, datastore: &str) -> Result<Option<u64>, Error> {
+        let oldest = self.oldest(datastore).await?;
+        if oldest == Some(1) {
+            return Ok(Some(1));
+        }
+        // Without a commit, the newest snapshot is the current revision.
+        let floor = oldest.map_or(0, |o| o.saturating_sub(1));
+        let snapshot: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(revision) FROM snapshots WHERE datastore = ? AND revision >= ?",
+        )
+        .bind(datastore)
+        .bind(i64::try_from(floor).unwrap_or(i64::MAX))
+        .fetch_one(self.store.readers())
+        .await?;
+        Ok(snapshot.map(|r| r as u64))
     }
 
     /// The oldest revision still in the log, if any.

@@ -75,6 +75,35 @@ pub async fn try_running(
     })
 }
 
+/// Running as one GetRunning call with `request` answers it (within
+/// [`DEADLINE`]); checks that every message of the call is of one revision.
+pub async fn read_running(
+    client: &mut Client,
+    request: pb::GetRunningRequest,
+) -> Result<Running, tonic::Status> {
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(DEADLINE);
+    let mut stream = client.get_running(request).await?.into_inner();
+    let mut leaves = BTreeMap::new();
+    let mut revision = None;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        assert!(
+            revision.is_none_or(|r| r == batch.revision),
+            "one GetRunning call gave revisions {revision:?} and {}",
+            batch.revision
+        );
+        revision = Some(batch.revision);
+        for leaf in batch.leaves {
+            leaves.insert(leaf.path, leaf.value.unwrap_or_default());
+        }
+    }
+    Ok(Running {
+        revision: revision.unwrap_or(0),
+        leaves,
+    })
+}
+
 /// Running of `name` at `min_revision` or later (waiting up to [`DEADLINE`]).
 pub async fn running(client: &mut Client, name: &str, min_revision: u64) -> Running {
     try_running(client, name, min_revision, DEADLINE)
@@ -294,6 +323,7 @@ pub async fn watch_uid(
             datastore: name.into(),
             from_revision,
             expected_uid: expected_uid.into(),
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -408,6 +438,7 @@ pub async fn deviations(client: &mut Client, name: &str) -> Vec<pb::Deviation> {
     client
         .get_deviations(pb::GetDeviationsRequest {
             datastore: name.into(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("GetDeviations {name}: {s:?}"))

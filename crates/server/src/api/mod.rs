@@ -142,6 +142,7 @@ impl NetSyncService {
         request: Request<pb::WatchSyncRequest>,
     ) -> Result<Response<watch::EncodedStream>, Status> {
         let req = request.into_inner();
+        let format = convert::ValueFormat::from_proto("value_format", req.value_format)?;
         let (sync, uid) =
             self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
         let slot = self.watchers.take(&req.datastore)?;
@@ -150,6 +151,7 @@ impl NetSyncService {
             uid,
             self.engine.log().clone(),
             req.from_revision,
+            format,
             &self.watch_memory,
             self.stopping.clone(),
         )
@@ -366,9 +368,14 @@ impl NetSync for NetSyncService {
         let timeout = request_timeout(&request);
         let req = request.into_inner();
         let (sync, _) = self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
-        let stream =
-            running::get_running(&sync, &req.path, req.min_revision, req.with_owner, timeout)
-                .await?;
+        let read = running::Read {
+            format: convert::ValueFormat::from_proto("value_format", req.value_format)?,
+            path: req.path,
+            min_revision: req.min_revision,
+            revision: req.revision,
+            with_owner: req.with_owner,
+        };
+        let stream = running::get_running(&sync, self.engine.log(), read, timeout).await?;
         Ok(Response::new(stream))
     }
 
@@ -539,11 +546,16 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::GetDeviationsRequest>,
     ) -> Result<Response<pb::GetDeviationsResponse>, Status> {
-        let sync = self.require_sync("datastore", &request.into_inner().datastore)?;
+        let req = request.into_inner();
+        let format = convert::ValueFormat::from_proto("value_format", req.value_format)?;
+        let sync = self.require_sync("datastore", &req.datastore)?;
         let (revision, deviations) = sync.deviations();
         Ok(Response::new(pb::GetDeviationsResponse {
             revision,
-            deviations: deviations.iter().map(convert::deviation_to_proto).collect(),
+            deviations: deviations
+                .iter()
+                .map(|d| format.deviation(convert::deviation_to_proto(d)))
+                .collect(),
         }))
     }
 }

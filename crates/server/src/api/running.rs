@@ -1,6 +1,7 @@
 //! GetRunning: one consistent revision per call, a subtree filter, batches of
 //! at most about 1 MiB, `min_revision` waits within the caller's deadline,
-//! and with `with_owner` the intent that decides each leaf (a blame).
+//! and with `with_owner` the intent that decides each leaf (a blame); at a
+//! past `revision`, rebuilt from the change log; values in a `value_format`.
 
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ResponseStream;
+use crate::convert::ValueFormat;
 use crate::error::Error;
+use crate::log::CommitLog;
 
 /// Target encoded size of one response message.
 const BATCH_BYTES: usize = 1 << 20;
@@ -22,17 +25,41 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Longest `min_revision` wait when the caller set no deadline.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
+/// What a GetRunning call asks, beyond the datastore.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    /// The subtree, as the request gave it.
+    pub path: String,
+    /// Wait until running reaches this revision.
+    pub min_revision: u64,
+    /// Read at this past revision (0: the current one).
+    pub revision: u64,
+    /// Name each leaf's owner.
+    pub with_owner: bool,
+    /// How values are written.
+    pub format: ValueFormat,
+}
+
 /// Streams running (or the subtree at `path`) of `sync` at one revision, once
 /// that revision is at least `min_revision`; with `with_owner`, each leaf
-/// names the intent that decides it.
+/// names the intent that decides it. With `revision`, running as it was at
+/// that revision (after the wait for `min_revision`, so that a client can
+/// wait for a revision it means to read): rebuilt from `log` unless it is the
+/// current one; OUT_OF_RANGE when it is compacted away or not committed yet.
 pub async fn get_running(
     sync: &SyncHandle,
-    path: &str,
-    min_revision: u64,
-    with_owner: bool,
+    log: &CommitLog,
+    read: Read,
     timeout: Option<Duration>,
 ) -> Result<ResponseStream<pb::GetRunningResponse>, Error> {
-    let path = Path::parse(path).map_err(|e| Error::invalid("path", e.to_string()))?;
+    let Read {
+        path,
+        min_revision,
+        revision: at,
+        with_owner,
+        format,
+    } = read;
+    let path = Path::parse(&path).map_err(|e| Error::invalid("path", e.to_string()))?;
     let mut snapshots = sync.watch_snapshot();
     // Answer a little before the caller gives up, so it gets our explanation.
     let wait = timeout.map_or(DEFAULT_WAIT, |t| t.mul_f64(0.9));
@@ -59,6 +86,19 @@ pub async fn get_running(
             )));
         }
     };
+    let (revision, running) = if at == 0 || at == snapshot.revision {
+        (snapshot.revision, snapshot.running)
+    } else if at > snapshot.revision {
+        return Err(Error::OutOfRange(format!(
+            "revision {at} of {:?} does not exist yet (latest: {}); set min_revision as well to \
+             wait for it",
+            sync.name(),
+            snapshot.revision
+        )));
+    } else {
+        drop(snapshot);
+        (at, log.read_at(sync.name(), at).await?)
+    };
     // The intents as they are now, right after the snapshot was taken: the
     // owners are those of the read's moment. Only their claims are indexed
     // (no deviation is computed), and nothing at all without `with_owner`.
@@ -66,11 +106,10 @@ pub async fn get_running(
     let (tx, rx) = mpsc::channel(2);
     // Batches are built as the client reads them; the task ends with the call.
     tokio::spawn(async move {
-        let revision = snapshot.revision;
         let subtree = (!path.is_root() || path.origin().is_some()).then(|| Subtree::new(&path));
         let leaves: Box<dyn Iterator<Item = _> + Send> = match &subtree {
-            Some(subtree) => Box::new(snapshot.running.subtree(subtree)),
-            None => Box::new(snapshot.running.iter()),
+            Some(subtree) => Box::new(running.subtree(subtree)),
+            None => Box::new(running.iter()),
         };
         let mut batch = pb::GetRunningResponse {
             revision,
@@ -86,7 +125,7 @@ pub async fn get_running(
                 .unwrap_or_default();
             let leaf = pb::Leaf {
                 path: key,
-                value: Some(value),
+                value: Some(format.value(value)),
                 owner,
             };
             size += leaf.encoded_len() + 4;

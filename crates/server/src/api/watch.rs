@@ -16,7 +16,10 @@
 //!
 //! Messages are sent as the bytes they were encoded to, through a codec of
 //! ours for this one method ([`NetSyncRoutes`]): one encoding of a live event
-//! serves every watcher.
+//! serves every watcher. A watcher that asked for `VALUE_FORMAT_SCALAR`
+//! converts each message it queues (decoded, values converted, encoded
+//! again: its own CPU work and copy per message, in proportion to the
+//! commit); DEVICE watchers share the bytes as before.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -36,7 +39,7 @@ use tonic::Status;
 use tonic::server::NamedService;
 
 use super::NetSyncService;
-use crate::convert;
+use crate::convert::{self, ValueFormat};
 use crate::error::Error;
 use crate::limits::WatchMemory;
 use crate::limits::watch_memory::{Push, QueueWriter};
@@ -62,6 +65,7 @@ pub async fn watch(
     uid: String,
     log: Arc<CommitLog>,
     from: u64,
+    format: ValueFormat,
     memory: &Arc<WatchMemory>,
     stopping: CancellationToken,
 ) -> Result<EncodedStream, Error> {
@@ -109,6 +113,7 @@ pub async fn watch(
         uid,
         log,
         queue,
+        format,
         events: live,
         stopping,
         next,
@@ -173,6 +178,8 @@ struct Watcher {
     uid: String,
     log: Arc<CommitLog>,
     queue: QueueWriter,
+    /// How values are written: DEVICE queues the shared bytes as they are.
+    format: ValueFormat,
     events: broadcast::Receiver<Arc<Event>>,
     stopping: CancellationToken,
     /// The first revision not queued whole.
@@ -315,6 +322,8 @@ impl Watcher {
     /// events that arrive wait too, and once what the watcher owes passes
     /// its budget it is cut. Whether it had to wait.
     async fn push_live(&mut self, bytes: &Bytes, revision: Option<u64>) -> Result<bool, Over> {
+        let formatted = self.format.sync_event(bytes);
+        let bytes = &formatted;
         let mut waited = false;
         loop {
             match self.queue.try_push(bytes, revision) {
@@ -348,6 +357,8 @@ impl Watcher {
     /// Queues `bytes`, waiting while the queue is full (a replay: the log
     /// keeps what the client has not read yet).
     async fn push_paced(&mut self, bytes: &Bytes, revision: Option<u64>) -> Result<(), Over> {
+        let formatted = self.format.sync_event(bytes);
+        let bytes = &formatted;
         loop {
             match self.queue.try_push(bytes, revision) {
                 Push::Queued => return Ok(()),

@@ -399,6 +399,7 @@ async fn unknown_datastores_are_named() {
     let err = client
         .get_deviations(pb::GetDeviationsRequest {
             datastore: "zz".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -76,6 +76,7 @@ async fn until_deviations(
         let revision = client
             .get_deviations(pb::GetDeviationsRequest {
                 datastore: "r1".into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -23,6 +23,7 @@ mod reconcile_lifecycle;
 mod reconcile_property;
 mod storage;
 mod sync;
+mod time_travel;
 mod tls_api;
 mod tls_device;
 mod watch_memory;

@@ -309,9 +309,11 @@ async fn compacted_revisions_are_out_of_range() {
         .await
         .unwrap();
     running(&mut client, "r1", 1).await;
-    // Enough changed leaves over a few commits that a snapshot is due, which
-    // is when the log is compacted.
-    for round in 0..6 {
+    // Enough changed leaves over a few commits that two snapshots are due:
+    // the log is compacted when a snapshot is written, up to an older
+    // snapshot outside retention (so that every kept revision stays readable
+    // at a past revision), here the first.
+    for round in 0..12 {
         for i in 0..400 {
             device.set(&format!("/bulk/l{i}"), &round.to_string());
         }
