@@ -206,6 +206,7 @@ fn open_log(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc<Com
             .create_datastore(&StoredDatastore {
                 spec,
                 create_time: SystemTime::now(),
+                labels: Default::default(),
             })
             .await
             .unwrap();

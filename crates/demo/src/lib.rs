@@ -404,6 +404,7 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
     let deviations = client
         .get_deviations(pb::GetDeviationsRequest {
             datastore: DATASTORE.into(),
+            ..Default::default()
         })
         .await
         .context("GetDeviations")?

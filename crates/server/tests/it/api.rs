@@ -65,7 +65,7 @@ async fn crud_round_trip() {
     assert_eq!(without_status(got), without_status(created.clone()));
 
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -295,7 +295,7 @@ async fn bad_input_gets_clear_errors() {
 
     // Nothing invalid was stored.
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap();
     assert!(listed.into_inner().datastores.is_empty());
@@ -389,6 +389,7 @@ async fn unknown_datastores_are_named() {
     let err = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "zz".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -396,6 +397,7 @@ async fn unknown_datastores_are_named() {
     let err = client
         .get_deviations(pb::GetDeviationsRequest {
             datastore: "zz".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -428,7 +430,10 @@ async fn datastores_survive_a_restart() {
     let server = TestServer::start(&db).await;
     let mut client = server.client().await;
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest {
+            view: pb::DatastoreView::Full as i32,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -75,6 +75,7 @@ async fn until_deviations(
         let revision = client
             .get_deviations(pb::GetDeviationsRequest {
                 datastore: "r1".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -264,6 +265,7 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
     let listed = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -300,6 +302,7 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
     let listed = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
