@@ -170,7 +170,8 @@ async fn bad_intents_get_clear_errors() {
     assert!(
         client
             .list_intents(pb::ListIntentsRequest {
-                datastore: "r1".into()
+                datastore: "r1".into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -24,6 +24,7 @@ mod storage;
 mod sync;
 mod tls_api;
 mod tls_device;
+mod update_list;
 mod watch_memory;
 mod watch_races;
 mod wildcard;
