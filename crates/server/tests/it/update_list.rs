@@ -97,6 +97,7 @@ async fn a_new_address_restarts_the_sync_and_keeps_revisions_history_and_intents
     client
         .create_datastore(create(
             DatastoreBuilder::new("r1", a.addr)
+                .encoding(pb::Encoding::Proto)
                 .commit_interval_ms(100)
                 .label("env", "lab")
                 .build(),
@@ -259,6 +260,8 @@ async fn credentials_rotate_and_a_blank_password_keeps_the_stored_one() {
     let reason = disconnected(&mut events).await;
     assert!(!reason.contains("secret"), "{reason}");
     assert_eq!(client::status(&mut client, "r1").await.revision, 0);
+    // The simulator answers only with the new credentials, so reading it
+    // here cannot use converge: the datastore's own commits show it got in.
 
     let rotated = update(
         &mut client,
@@ -279,7 +282,7 @@ async fn credentials_rotate_and_a_blank_password_keeps_the_stored_one() {
     .unwrap();
     let creds = rotated.target.unwrap().credentials.unwrap();
     assert_eq!((creds.username.as_str(), creds.password.as_str()), ("ops", ""));
-    let first = converge(&mut client, "r1", &sim).await;
+    let first = client::wait_revision(&mut client, "r1", 1).await;
 
     // Read, change, write everything back (`*`): the password came back
     // blank, and blank keeps the stored one, so the restarted sync still
@@ -289,8 +292,8 @@ async fn credentials_rotate_and_a_blank_password_keeps_the_stored_one() {
     update(&mut client, read, &["*"]).await.unwrap();
     sim.set_leaves(vec![("/system/after".into(), string("x"))], vec![])
         .await;
-    let second = converge(&mut client, "r1", &sim).await;
-    assert!(second > first);
+    let after = client::running(&mut client, "r1", first + 1).await;
+    assert!(after.leaves.contains_key("/system/after"));
     assert!(client::status(&mut client, "r1").await.last_error.is_empty());
     server.stop().await;
 }
@@ -582,14 +585,14 @@ fn grpcurl_updates_and_filters_with_json_names() {
     }
     let (ok, out, err) = g(
         r#"{"datastore":{"name":"r2","labels":{"env":"prod"},"sync":{"paths":["/system"]}},
-            "updateMask":"labels,sync.paths"}"#,
+            "updateMask":{"paths":["labels","sync.paths"]}}"#,
         "UpdateDatastore",
     );
     assert!(ok, "{err}");
     assert!(out.contains(r#""env": "prod""#), "{out}");
     assert!(out.contains(r#""/system""#), "{out}");
     let (ok, _, err) = g(
-        r#"{"datastore":{"name":"r2"},"updateMask":"sync.pathz"}"#,
+        r#"{"datastore":{"name":"r2"},"updateMask":{"paths":["sync.pathz"]}}"#,
         "UpdateDatastore",
     );
     assert!(!ok);
