@@ -288,14 +288,24 @@ mod tests {
         ];
         for (text, want) in cases {
             let s = Selector::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
-            let got = [s.matches(&lab_leaf), s.matches(&lab_spine), s.matches(&bare)];
+            let got = [
+                s.matches(&lab_leaf),
+                s.matches(&lab_spine),
+                s.matches(&bare),
+            ];
             assert_eq!(&got, want, "{text:?}");
         }
     }
 
     #[test]
     fn keys_and_values() {
-        for ok in ["env", "a", "example.com/env", "k8s.io/a_b-c.d", &"k".repeat(63)] {
+        for ok in [
+            "env",
+            "a",
+            "example.com/env",
+            "k8s.io/a_b-c.d",
+            &"k".repeat(63),
+        ] {
             assert_eq!(validate_key(ok), Ok(()), "{ok}");
         }
         for bad in [

@@ -178,7 +178,11 @@ async fn open_call_limit_per_connection() {
     drop(first);
     until_ok(|| {
         let mut client = client.clone();
-        async move { client.list_datastores(pb::ListDatastoresRequest::default()).await }
+        async move {
+            client
+                .list_datastores(pb::ListDatastoresRequest::default())
+                .await
+        }
     })
     .await;
     drop(second);

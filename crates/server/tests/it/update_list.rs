@@ -155,7 +155,10 @@ async fn a_new_address_restarts_the_sync_and_keeps_revisions_history_and_intents
         }
     }
     assert_eq!(replayed, running.leaves);
-    assert_eq!(client::get_intent(&mut client, "r1", "banner").await.name, "banner");
+    assert_eq!(
+        client::get_intent(&mut client, "r1", "banner").await.name,
+        "banner"
+    );
     server.stop().await;
 }
 
@@ -181,7 +184,10 @@ async fn bad_masks_and_values_are_refused_naming_them_and_change_nothing() {
         ..Default::default()
     };
     for (paths, words) in [
-        (&["target.adress"][..], &["update_mask", "target.adress"][..]),
+        (
+            &["target.adress"][..],
+            &["update_mask", "target.adress"][..],
+        ),
         (&["status"], &["update_mask", "status", "output only"]),
         (&["create_time"], &["update_mask", "create_time"]),
         (&["status.revision"], &["update_mask", "status.revision"]),
@@ -229,10 +235,11 @@ async fn bad_masks_and_values_are_refused_naming_them_and_change_nothing() {
 /// Waits for the sync to be DISCONNECTED with a reason.
 async fn disconnected(events: &mut tonic::Streaming<pb::SyncEvent>) -> String {
     loop {
-        if let Some(pb::sync_event::Event::StateChanged(s)) = next_event(events).await.event {
-            if s.state == pb::SyncState::Disconnected as i32 && !s.reason.is_empty() {
-                return s.reason;
-            }
+        if let Some(pb::sync_event::Event::StateChanged(s)) = next_event(events).await.event
+            && s.state == pb::SyncState::Disconnected as i32
+            && !s.reason.is_empty()
+        {
+            return s.reason;
         }
     }
 }
@@ -281,7 +288,10 @@ async fn credentials_rotate_and_a_blank_password_keeps_the_stored_one() {
     .await
     .unwrap();
     let creds = rotated.target.unwrap().credentials.unwrap();
-    assert_eq!((creds.username.as_str(), creds.password.as_str()), ("ops", ""));
+    assert_eq!(
+        (creds.username.as_str(), creds.password.as_str()),
+        ("ops", "")
+    );
     let first = client::wait_revision(&mut client, "r1", 1).await;
 
     // Read, change, write everything back (`*`): the password came back
@@ -294,7 +304,12 @@ async fn credentials_rotate_and_a_blank_password_keeps_the_stored_one() {
         .await;
     let after = client::running(&mut client, "r1", first + 1).await;
     assert!(after.leaves.contains_key("/system/after"));
-    assert!(client::status(&mut client, "r1").await.last_error.is_empty());
+    assert!(
+        client::status(&mut client, "r1")
+            .await
+            .last_error
+            .is_empty()
+    );
     server.stop().await;
 }
 
@@ -314,7 +329,11 @@ async fn labels_select_across_create_and_update() {
         client.create_datastore(ds.create()).await.unwrap();
     }
     let err = client
-        .create_datastore(DatastoreBuilder::new("e", "127.0.0.1:9").label("-x", "y").create())
+        .create_datastore(
+            DatastoreBuilder::new("e", "127.0.0.1:9")
+                .label("-x", "y")
+                .create(),
+        )
         .await
         .unwrap_err();
     assert_status(&err, Code::InvalidArgument, &["datastore.labels[-x]"]);
@@ -462,7 +481,10 @@ async fn lists_leave_out_credentials_and_pems_unless_asked_for_the_full_view() {
         .unwrap();
     let target = full[0].target.clone().unwrap();
     let creds = target.credentials.unwrap();
-    assert_eq!((creds.username.as_str(), creds.password.as_str()), ("admin", ""));
+    assert_eq!(
+        (creds.username.as_str(), creds.password.as_str()),
+        ("admin", "")
+    );
     let tls = target.tls.unwrap();
     assert_eq!((tls.ca_pem.as_str(), tls.key_pem.as_str()), ("CA", ""));
     let err = client
@@ -487,7 +509,12 @@ async fn intents_and_deviations_come_in_pages() {
         client::set_intent(
             &mut client,
             "r1",
-            intent(&format!("i{i}"), i, &[(&format!("/system/leaf-{i}"), "v")], &[]),
+            intent(
+                &format!("i{i}"),
+                i,
+                &[(&format!("/system/leaf-{i}"), "v")],
+                &[],
+            ),
         )
         .await;
     }
@@ -605,7 +632,10 @@ fn grpcurl_updates_and_filters_with_json_names() {
         "ListDatastores",
     );
     assert!(ok, "{err}");
-    assert!(out.contains(r#""name": "r1""#) && !out.contains("r2"), "{out}");
+    assert!(
+        out.contains(r#""name": "r1""#) && !out.contains("r2"),
+        "{out}"
+    );
     assert!(!out.contains("nextPageToken"), "{out}");
     let (ok, out, err) = g(r#"{"pageSize":1}"#, "ListDatastores");
     assert!(ok, "{err}");
