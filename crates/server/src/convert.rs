@@ -917,6 +917,68 @@ fn set_path(dst: &mut pb::Datastore, src: &pb::Datastore, path: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn update_masks_copy_what_they_name_and_keep_blank_secrets() {
+        let current = valid();
+        let mut update = pb::Datastore {
+            name: "r1".into(),
+            target: Some(pb::Target {
+                address: "10.0.0.2:57400".into(),
+                credentials: Some(pb::Credentials {
+                    username: "ops".into(),
+                    password: String::new(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        update.labels.insert("env".into(), "lab".into());
+        let paths = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+        let out = apply_update_mask(current.clone(), update.clone(), &paths(&["target.address"]))
+            .unwrap();
+        let t = out.target.as_ref().unwrap();
+        assert_eq!(t.address, "10.0.0.2:57400");
+        assert_eq!(t.credentials.as_ref().unwrap().username, "admin");
+        assert!(out.labels.is_empty());
+
+        let out = apply_update_mask(
+            current.clone(),
+            update.clone(),
+            &paths(&["target.credentials.username"]),
+        )
+        .unwrap();
+        let c = out.target.unwrap().credentials.unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("ops", "s3cret")
+        );
+
+        // No mask: every top-level field given, whole; the sync settings not
+        // given stay.
+        let out = apply_update_mask(current.clone(), update.clone(), &[]).unwrap();
+        let t = out.target.as_ref().unwrap();
+        assert_eq!(t.credentials.as_ref().unwrap().password, "s3cret");
+        assert!(!t.allow_insecure_credentials, "target replaced whole");
+        assert_eq!(out.sync, current.sync);
+        assert_eq!(out.labels.get("env").map(String::as_str), Some("lab"));
+
+        // `*`: every updatable field, so absent sync is the default.
+        let out = apply_update_mask(current.clone(), update.clone(), &paths(&["*"])).unwrap();
+        assert_eq!(out.sync, None);
+
+        for bad in [
+            &["nope"][..],
+            &["status"],
+            &["name"],
+            &["*", "labels"],
+            &["target.tls.x"],
+        ] {
+            let e = apply_update_mask(current.clone(), update.clone(), &paths(bad)).unwrap_err();
+            assert_eq!(e.field, "update_mask", "{bad:?}");
+        }
+    }
+
     fn valid() -> pb::Datastore {
         pb::Datastore {
             name: "r1".into(),
