@@ -64,8 +64,13 @@ async fn crud_round_trip() {
         .into_inner();
     assert_eq!(without_status(got), without_status(created.clone()));
 
+    // The FULL view has the credentials and PEMs, the secrets blank (the
+    // BASIC default leaves them out: update_list tests that).
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest::default())
+        .list_datastores(pb::ListDatastoresRequest {
+            view: pb::DatastoreView::Full as i32,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
