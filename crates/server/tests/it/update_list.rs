@@ -302,8 +302,11 @@ async fn credentials_rotate_and_a_blank_password_keeps_the_stored_one() {
     update(&mut client, read, &["*"]).await.unwrap();
     sim.set_leaves(vec![("/system/after".into(), string("x"))], vec![])
         .await;
-    let after = client::running(&mut client, "r1", first + 1).await;
-    assert!(after.leaves.contains_key("/system/after"));
+    let after = client::until_running(&mut client, "r1", "the leaf set after", |leaves| {
+        leaves.contains_key("/system/after")
+    })
+    .await;
+    assert!(after > first);
     assert!(
         client::status(&mut client, "r1")
             .await
@@ -641,4 +644,43 @@ fn grpcurl_updates_and_filters_with_json_names() {
     assert!(ok, "{err}");
     assert!(out.contains("nextPageToken"), "{out}");
     assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_racing_a_delete_leaves_nothing_behind() {
+    let (_dir, server, mut client) = support::start().await;
+    for round in 0..20 {
+        client
+            .create_datastore(DatastoreBuilder::new("r1", "127.0.0.1:9").create())
+            .await
+            .unwrap();
+        let mut other = server.client().await;
+        let change = pb::Datastore {
+            name: "r1".into(),
+            target: Some(pb::Target {
+                address: format!("127.0.0.1:{}", 10 + round),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (updated, deleted) = tokio::join!(
+            update(&mut other, change, &["target.address"]),
+            client.delete_datastore(pb::DeleteDatastoreRequest { name: "r1".into() })
+        );
+        deleted.unwrap();
+        if let Err(e) = updated {
+            assert_status(&e, Code::NotFound, &["r1"]);
+        }
+        // Gone from the store and from the engine: no sync left running.
+        let err = client
+            .get_datastore(pb::GetDatastoreRequest { name: "r1".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        let err = client::try_running(&mut client, "r1", 0, std::time::Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "round {round}: {err:?}");
+    }
+    server.stop().await;
 }
