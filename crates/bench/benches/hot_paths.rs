@@ -203,7 +203,7 @@ fn open_log(runtime: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc<Com
         )
         .unwrap();
         store
-            .create_datastore(spec, SystemTime::now())
+            .create_datastore(spec, Default::default(), SystemTime::now())
             .await
             .unwrap();
         CommitLog::new(store, Retention::default())

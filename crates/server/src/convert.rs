@@ -421,6 +421,7 @@ pub fn datastore_to_proto(spec: &DatastoreSpec, secrets: Secrets) -> pb::Datasto
         status: None,
         create_time: None,
         uid: String::new(),
+        labels: Default::default(),
     }
 }
 
@@ -789,6 +790,205 @@ impl ValueFormat {
     }
 }
 
+/// Validates a datastore's labels (see [`crate::selector`]); errors name
+/// `{field}.labels[key]`.
+pub fn labels_from_proto(
+    labels: &std::collections::HashMap<String, String>,
+    field: &str,
+) -> Result<BTreeMap<String, String>, FieldError> {
+    let labels: BTreeMap<String, String> = labels.clone().into_iter().collect();
+    for (key, value) in &labels {
+        crate::selector::validate_key(key)
+            .and_then(|()| crate::selector::validate_value(value))
+            .map_err(|m| FieldError::new(format!("{field}.labels[{key}]"), m))?;
+    }
+    Ok(labels)
+}
+
+/// The BASIC view of a datastore (AIP-157): no credentials and no PEMs,
+/// which lists leave out unless asked for the FULL view.
+pub fn basic_view(ds: &mut pb::Datastore) {
+    if let Some(target) = ds.target.as_mut() {
+        target.credentials = None;
+        if let Some(tls) = target.tls.as_mut() {
+            tls.ca_pem.clear();
+            tls.cert_pem.clear();
+            tls.key_pem.clear();
+        }
+    }
+}
+
+/// The top-level fields UpdateDatastore may change, which `*` replaces.
+const UPDATABLE: [&str; 4] = ["target", "sync", "revert", "labels"];
+
+/// Applies an UpdateDatastore (AIP-134) to `current` (the stored form:
+/// secrets kept, labels set): copies from `update` each field `paths`
+/// names. No paths: every top-level field `update` gives; `*`: every
+/// updatable field. An empty password or key_pem keeps the current one (reads
+/// return them blank, so a read-modify-write must not erase them). Unknown
+/// and output-only paths are errors naming `update_mask`.
+pub fn apply_update_mask(
+    mut current: pb::Datastore,
+    update: pb::Datastore,
+    paths: &[String],
+) -> Result<pb::Datastore, FieldError> {
+    let paths: Vec<&str> = if paths.is_empty() {
+        let given = [
+            update.target.is_some(),
+            update.sync.is_some(),
+            update.revert.is_some(),
+            !update.labels.is_empty(),
+        ];
+        UPDATABLE
+            .iter()
+            .zip(given)
+            .filter(|(_, given)| *given)
+            .map(|(path, _)| *path)
+            .collect()
+    } else if paths.iter().any(|p| p == "*") {
+        if paths.len() > 1 {
+            return Err(FieldError::new(
+                "update_mask",
+                "\"*\" replaces every field and cannot be combined with other paths",
+            ));
+        }
+        UPDATABLE.to_vec()
+    } else {
+        paths.iter().map(String::as_str).collect()
+    };
+    let old_password = current
+        .target
+        .as_ref()
+        .and_then(|t| t.credentials.as_ref())
+        .map(|c| c.password.clone());
+    let old_key = current
+        .target
+        .as_ref()
+        .and_then(|t| t.tls.as_ref())
+        .map(|t| t.key_pem.clone());
+    for path in paths {
+        if !set_path(&mut current, &update, path) {
+            let why = match path {
+                "name" => "cannot be changed: it names the datastore".to_string(),
+                p if ["status", "create_time"]
+                    .iter()
+                    .any(|o| p == *o || p.starts_with(&format!("{o}."))) =>
+                {
+                    format!("{p:?} is output only")
+                }
+                p => format!("unknown path {p:?}"),
+            };
+            return Err(FieldError::new("update_mask", why));
+        }
+    }
+    if let Some(target) = current.target.as_mut() {
+        if let (Some(c), Some(old)) = (target.credentials.as_mut(), old_password)
+            && c.password.is_empty()
+        {
+            c.password = old;
+        }
+        if let (Some(t), Some(old)) = (target.tls.as_mut(), old_key)
+            && t.key_pem.is_empty()
+        {
+            t.key_pem = old;
+        }
+    }
+    Ok(current)
+}
+
+/// Copies the fields named in `names` from `$src` to `$dst` if `$name` is
+/// one of them; evaluates to whether it was.
+macro_rules! copy_named {
+    ($dst:expr, $src:expr, $name:expr, [$($f:ident),* $(,)?]) => {
+        match $name {
+            $(stringify!($f) => { $dst.$f = $src.$f.clone(); true })*
+            _ => false,
+        }
+    };
+}
+
+/// Copies one mask path from `src` to `dst`; false if the path is not an
+/// updatable field.
+fn set_path(dst: &mut pb::Datastore, src: &pb::Datastore, path: &str) -> bool {
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    match (head, rest) {
+        ("target" | "sync" | "revert" | "labels", None) => {
+            copy_named!(dst, src, head, [target, sync, revert, labels])
+        }
+        ("labels", Some(key)) => {
+            match src.labels.get(key) {
+                Some(value) => dst.labels.insert(key.to_string(), value.clone()),
+                None => dst.labels.remove(key),
+            };
+            true
+        }
+        ("target", Some(field)) => {
+            let from = src.target.clone().unwrap_or_default();
+            let to = dst.target.get_or_insert_default();
+            match field.split_once('.') {
+                Some(("tls", f)) => {
+                    let from = from.tls.unwrap_or_default();
+                    let to = to.tls.get_or_insert_default();
+                    copy_named!(
+                        to,
+                        from,
+                        f,
+                        [ca_pem, cert_pem, key_pem, insecure_skip_verify, server_name]
+                    )
+                }
+                Some(("credentials", f)) => {
+                    let from = from.credentials.unwrap_or_default();
+                    let to = to.credentials.get_or_insert_default();
+                    copy_named!(to, from, f, [username, password])
+                }
+                Some(_) => false,
+                None => copy_named!(
+                    to,
+                    from,
+                    field,
+                    [
+                        address,
+                        tls,
+                        credentials,
+                        encoding,
+                        target_name,
+                        allow_insecure_credentials,
+                    ]
+                ),
+            }
+        }
+        ("sync", Some(field)) => {
+            let from = src.sync.clone().unwrap_or_default();
+            let to = dst.sync.get_or_insert_default();
+            copy_named!(
+                to,
+                from,
+                field,
+                [
+                    mode,
+                    paths,
+                    interval,
+                    commit_interval,
+                    list_keys,
+                    initial_sync_timeout,
+                    max_message_bytes,
+                    max_leaves,
+                    max_leaf_bytes,
+                ]
+            )
+        }
+        ("revert", Some(field)) => {
+            let from = src.revert.unwrap_or_default();
+            let to = dst.revert.get_or_insert_default();
+            copy_named!(to, from, field, [enabled, debounce])
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -854,6 +1054,68 @@ mod tests {
             ValueFormat::from_proto("value_format", 0).unwrap(),
             ValueFormat::Device
         );
+    }
+
+    #[test]
+    fn update_masks_copy_what_they_name_and_keep_blank_secrets() {
+        let current = valid();
+        let mut update = pb::Datastore {
+            name: "r1".into(),
+            target: Some(pb::Target {
+                address: "10.0.0.2:57400".into(),
+                credentials: Some(pb::Credentials {
+                    username: "ops".into(),
+                    password: String::new(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        update.labels.insert("env".into(), "lab".into());
+        let paths = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+        let out = apply_update_mask(current.clone(), update.clone(), &paths(&["target.address"]))
+            .unwrap();
+        let t = out.target.as_ref().unwrap();
+        assert_eq!(t.address, "10.0.0.2:57400");
+        assert_eq!(t.credentials.as_ref().unwrap().username, "admin");
+        assert!(out.labels.is_empty());
+
+        let out = apply_update_mask(
+            current.clone(),
+            update.clone(),
+            &paths(&["target.credentials.username"]),
+        )
+        .unwrap();
+        let c = out.target.unwrap().credentials.unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("ops", "s3cret")
+        );
+
+        // No mask: every top-level field given, whole; the sync settings not
+        // given stay.
+        let out = apply_update_mask(current.clone(), update.clone(), &[]).unwrap();
+        let t = out.target.as_ref().unwrap();
+        assert_eq!(t.credentials.as_ref().unwrap().password, "s3cret");
+        assert!(!t.allow_insecure_credentials, "target replaced whole");
+        assert_eq!(out.sync, current.sync);
+        assert_eq!(out.labels.get("env").map(String::as_str), Some("lab"));
+
+        // `*`: every updatable field, so absent sync is the default.
+        let out = apply_update_mask(current.clone(), update.clone(), &paths(&["*"])).unwrap();
+        assert_eq!(out.sync, None);
+
+        for bad in [
+            &["nope"][..],
+            &["status"],
+            &["name"],
+            &["*", "labels"],
+            &["target.tls.x"],
+        ] {
+            let e = apply_update_mask(current.clone(), update.clone(), &paths(bad)).unwrap_err();
+            assert_eq!(e.field, "update_mask", "{bad:?}");
+        }
     }
 
     fn valid() -> pb::Datastore {

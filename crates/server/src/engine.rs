@@ -426,6 +426,16 @@ impl Engine {
         self.log.forget(name);
     }
 
+    /// Restarts the sync of `name` with a changed declaration (UpdateDatastore):
+    /// stops it and starts it again from what is stored, so revisions continue
+    /// from the last commit, intents are kept (PENDING again until confirmed),
+    /// and the new connection's first commit is a replace. Open watches of the
+    /// old sync end; watching again from a revision continues with no gap.
+    pub async fn restart(&self, spec: &DatastoreSpec, uid: &str) {
+        self.stop(&spec.name).await;
+        self.start(spec, uid).await;
+    }
+
     /// Stops everything.
     pub async fn stop_all(&self) {
         self.stopped.lock().expect("lock").clear();

@@ -16,6 +16,7 @@ pub mod log;
 pub mod metrics;
 pub mod reconcile;
 pub mod rpc_layer;
+pub mod selector;
 pub mod store;
 pub mod stored_time;
 mod supervise;

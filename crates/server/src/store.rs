@@ -3,7 +3,7 @@
 //! a pool of read-only connections, which WAL mode lets read while the
 //! writer writes (a reader waits behind no transaction).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -60,6 +60,8 @@ pub struct StoredDatastore {
     pub create_time: SystemTime,
     /// Its uid: new at every creation, stable for its life (see `new_uid!`).
     pub uid: String,
+    /// Its labels (see [`crate::selector`]).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A row of the datastore registry as read back: the datastore, or, when its
@@ -160,16 +162,23 @@ impl Store {
         &self.writer
     }
 
-    /// Stores a new datastore, created at `create_time`, with a new uid;
-    /// returns it as stored. `AlreadyExists` if the name is taken.
+    /// Stores a new datastore, created at `create_time`, with its labels and
+    /// a new uid; returns it as stored. `AlreadyExists` if the name is taken.
     pub async fn create_datastore(
         &self,
         spec: DatastoreSpec,
+        labels: BTreeMap<String, String>,
         create_time: SystemTime,
     ) -> Result<StoredDatastore, Error> {
-        let encoded = convert::datastore_to_proto(&spec, Secrets::Keep).encode_to_vec();
-        let name = spec.name.clone();
-        let uid = self
+        let mut stored = StoredDatastore {
+            spec,
+            create_time,
+            uid: String::new(),
+            labels,
+        };
+        let encoded = stored_form(&stored).encode_to_vec();
+        let name = stored.spec.name.clone();
+        stored.uid = self
             .writer
             .write(move |conn| {
                 Box::pin(async move {
@@ -190,11 +199,7 @@ impl Store {
                 })
             })
             .await?;
-        Ok(StoredDatastore {
-            spec,
-            create_time,
-            uid,
-        })
+        Ok(stored)
     }
 
     /// Reads one registry row, even one whose declaration cannot be used;
@@ -221,6 +226,32 @@ impl Store {
         rows.iter()
             .map(|row| read_row(row.try_get("name")?, row))
             .collect()
+    }
+
+    /// Replaces the declaration and labels of an existing datastore, in one
+    /// write; `NotFound` if absent (deleted meanwhile). Running, the log and
+    /// intents are not touched.
+    pub async fn update_datastore(&self, ds: &StoredDatastore) -> Result<(), Error> {
+        let spec = stored_form(ds).encode_to_vec();
+        let name = ds.spec.name.clone();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query("UPDATE datastores SET spec = ? WHERE name = ?")
+                        .bind(spec)
+                        .bind(&name)
+                        .execute(&mut *conn)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(Error::NotFound {
+                            kind: "datastore",
+                            name,
+                        });
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Removes a datastore and everything stored for it; `NotFound` if absent.
@@ -549,17 +580,27 @@ fn read_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<DatastoreRow, E
     // The row's key is the name every other table refers to; the copy in the
     // declaration is not read.
     proto.name = name.to_string();
+    let labels = std::mem::take(&mut proto.labels).into_iter().collect();
     Ok(match convert::datastore_from_stored(proto) {
         Ok(spec) => DatastoreRow::Readable(StoredDatastore {
             spec,
             create_time,
             uid,
+            labels,
         }),
         Err(e) => unreadable(
             format!("cannot load the stored datastore: its declaration cannot be used: {e}"),
             e.to_string(),
         ),
     })
+}
+
+/// The stored form of a datastore: its declaration with secrets, and its
+/// labels (the create time has a column of its own).
+fn stored_form(ds: &StoredDatastore) -> netsync_proto::netsync::v1::Datastore {
+    let mut proto = convert::datastore_to_proto(&ds.spec, Secrets::Keep);
+    proto.labels = ds.labels.clone().into_iter().collect();
+    proto
 }
 
 /// The current time at the precision the store keeps (microseconds), so that

@@ -433,17 +433,54 @@ pub async fn delete_intent(
         .map(|_| ())
 }
 
-/// The deviations of `name` from its intents now.
+/// Every datastore whose labels match `filter` (a label selector; empty:
+/// all), in `view`, reading every page.
+pub async fn list_datastores(
+    client: &mut Client,
+    filter: &str,
+    view: pb::DatastoreView,
+) -> Result<Vec<pb::Datastore>, tonic::Status> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_datastores(pb::ListDatastoresRequest {
+                page_size: 1000,
+                page_token,
+                filter: filter.into(),
+                view: view as i32,
+            })
+            .await?
+            .into_inner();
+        all.extend(page.datastores);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The deviations of `name` from its intents now, every page of them.
 pub async fn deviations(client: &mut Client, name: &str) -> Vec<pb::Deviation> {
-    client
-        .get_deviations(pb::GetDeviationsRequest {
-            datastore: name.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|s| panic!("GetDeviations {name}: {s:?}"))
-        .into_inner()
-        .deviations
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .get_deviations(pb::GetDeviationsRequest {
+                datastore: name.into(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("GetDeviations {name}: {s:?}"))
+            .into_inner();
+        all.extend(page.deviations);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// The status of `name`.

@@ -161,6 +161,12 @@ impl DatastoreBuilder {
         self
     }
 
+    /// Adds label `key` = `value`.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.0.labels.insert(key.into(), value.into());
+        self
+    }
+
     /// The datastore.
     pub fn build(self) -> pb::Datastore {
         self.0

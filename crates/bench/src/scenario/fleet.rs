@@ -49,13 +49,10 @@ pub async fn create_in_sync(
     let created_time = start.elapsed();
     let mut api = api.clone();
     loop {
-        let all = api
-            .client
-            .list_datastores(pb::ListDatastoresRequest {})
-            .await
-            .context("ListDatastores")?
-            .into_inner()
-            .datastores;
+        let all =
+            netsync_testkit::client::list_datastores(&mut api.client, "", pb::DatastoreView::Basic)
+                .await
+                .context("ListDatastores")?;
         let synced = all
             .iter()
             .filter(|d| d.status.as_ref().is_some_and(in_sync))

@@ -421,13 +421,10 @@ struct Fleet {
 impl Fleet {
     /// ListDatastores, summed.
     async fn list(api: &mut Netsync) -> anyhow::Result<Self> {
-        let datastores = api
-            .client
-            .list_datastores(pb::ListDatastoresRequest {})
-            .await
-            .context("ListDatastores")?
-            .into_inner()
-            .datastores;
+        let datastores =
+            netsync_testkit::client::list_datastores(&mut api.client, "", pb::DatastoreView::Basic)
+                .await
+                .context("ListDatastores")?;
         let mut fleet = Self::default();
         for ds in datastores {
             let status = ds.status.unwrap_or_default();

@@ -21,8 +21,10 @@ use crate::intent_status::IntentStatus;
 use crate::jobs::Trigger;
 use crate::limits::{ApiLimits, WatchMemory, WatcherSlots};
 use crate::reconcile;
+use crate::selector::Selector;
 use crate::store::{self, DatastoreRow, Store, StoredDatastore};
 
+mod page;
 mod running;
 mod watch;
 
@@ -191,6 +193,7 @@ impl NetSyncService {
     /// The API view of a stored datastore: secrets blanked, live status filled in.
     fn datastore_view(&self, ds: &StoredDatastore) -> pb::Datastore {
         let mut out = convert::datastore_to_proto(&ds.spec, Secrets::Redact);
+        out.labels = ds.labels.clone().into_iter().collect();
         out.create_time = Some(convert::timestamp_to_proto(ds.create_time));
         out.uid = ds.uid.clone();
         out.status = Some(match self.engine.get(&ds.spec.name) {
@@ -212,6 +215,23 @@ fn check_name(field: &str, name: &str) -> Result<(), Error> {
         return Err(Error::invalid(field, "is required"));
     }
     datastore::validate_name(name).map_err(|m| Error::invalid(field, m))
+}
+
+/// A registry row's name.
+fn row_name(row: &DatastoreRow) -> &str {
+    match row {
+        DatastoreRow::Readable(ds) => &ds.spec.name,
+        DatastoreRow::Unreadable { name, .. } => name,
+    }
+}
+
+/// A registry row's labels; none for a row whose declaration cannot be read.
+fn row_labels(row: &DatastoreRow) -> &std::collections::BTreeMap<String, String> {
+    static NONE: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    match row {
+        DatastoreRow::Readable(ds) => &ds.labels,
+        DatastoreRow::Unreadable { .. } => &NONE,
+    }
 }
 
 fn status_view(sync: &SyncHandle) -> pb::DatastoreStatus {
@@ -261,6 +281,7 @@ impl NetSync for NetSyncService {
             .into_inner()
             .datastore
             .ok_or_else(|| Error::invalid("datastore", "is required"))?;
+        let labels = convert::labels_from_proto(&ds.labels, "datastore").map_err(Error::from)?;
         let spec = convert::datastore_from_proto(ds, "datastore").map_err(Error::from)?;
         let (store, engine, creating) = (
             self.store.clone(),
@@ -275,7 +296,7 @@ impl NetSync for NetSyncService {
                     "datastore limit of {max_datastores} reached (max_datastores); delete one before creating another"
                 )));
             }
-            let stored = store.create_datastore(spec, store::now()).await?;
+            let stored = store.create_datastore(spec, labels, store::now()).await?;
             engine.start_new(&stored.spec, &stored.uid);
             tracing::info!(datastore = %stored.spec.name, address = %stored.spec.target.address, "datastore created");
             Ok(stored)
@@ -295,12 +316,97 @@ impl NetSync for NetSyncService {
 
     async fn list_datastores(
         &self,
-        _request: Request<pb::ListDatastoresRequest>,
+        request: Request<pb::ListDatastoresRequest>,
     ) -> Result<Response<pb::ListDatastoresResponse>, Status> {
+        let req = request.into_inner();
+        let size = page::size(req.page_size)?;
+        let selector = Selector::parse(&req.filter).map_err(|m| Error::invalid("filter", m))?;
+        let full = match pb::DatastoreView::try_from(req.view) {
+            Ok(pb::DatastoreView::Full) => true,
+            Ok(pb::DatastoreView::Unspecified | pb::DatastoreView::Basic) => false,
+            Err(_) => return Err(Error::invalid("view", "unknown value").into()),
+        };
+        // A token is valid only with the filter of the first page.
+        let scope = format!("datastores\n{}", req.filter);
+        let after = page::after(&scope, &req.page_token)?;
         let rows = self.store.list_datastore_rows().await?;
+        let matching: Vec<DatastoreRow> = rows
+            .into_iter()
+            .filter(|row| selector.matches(row_labels(row)))
+            .collect();
+        let (rows, next_page_token) =
+            page::page(matching, row_name, &scope, after.as_deref(), size);
         Ok(Response::new(pb::ListDatastoresResponse {
-            datastores: rows.iter().map(|row| self.row_view(row)).collect(),
+            datastores: rows
+                .iter()
+                .map(|row| {
+                    let mut ds = self.row_view(row);
+                    if !full {
+                        convert::basic_view(&mut ds);
+                    }
+                    ds
+                })
+                .collect(),
+            next_page_token,
         }))
+    }
+
+    async fn update_datastore(
+        &self,
+        request: Request<pb::UpdateDatastoreRequest>,
+    ) -> Result<Response<pb::Datastore>, Status> {
+        let req = request.into_inner();
+        let update = req
+            .datastore
+            .ok_or_else(|| Error::invalid("datastore", "is required"))?;
+        check_name("datastore.name", &update.name)?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let (store, engine, changing) = (
+            self.store.clone(),
+            self.engine.clone(),
+            self.creating.clone(),
+        );
+        let stored = to_completion(async move {
+            // One at a time with creates and deletes: a delete racing this
+            // update either comes first (NOT_FOUND here) or after (it removes
+            // the updated datastore); the sync is never restarted for a
+            // datastore already gone.
+            let _changing = changing.lock().await;
+            let name = update.name.clone();
+            let old = match store.get_datastore_row(&name).await? {
+                DatastoreRow::Readable(old) => old,
+                DatastoreRow::Unreadable { .. } => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "datastore {name:?} is stopped: its stored declaration cannot be used; \
+                         DeleteDatastore removes it, so that it can be created again"
+                    )));
+                }
+            };
+            let mut current = convert::datastore_to_proto(&old.spec, Secrets::Keep);
+            current.labels = old.labels.clone().into_iter().collect();
+            let merged = convert::apply_update_mask(current, update, &paths)?;
+            let labels = convert::labels_from_proto(&merged.labels, "datastore")?;
+            let spec = convert::datastore_from_proto(merged, "datastore")?;
+            let new = StoredDatastore {
+                spec,
+                labels,
+                ..old.clone()
+            };
+            if new == old {
+                return Ok(new);
+            }
+            // Stored first, in one write: if that fails nothing changed.
+            store.update_datastore(&new).await?;
+            if new.spec != old.spec {
+                engine.restart(&new.spec, &new.uid).await;
+                tracing::info!(datastore = %name, address = %new.spec.target.address, "datastore updated; its sync restarted");
+            } else {
+                tracing::info!(datastore = %name, "datastore labels updated");
+            }
+            Ok(new)
+        })
+        .await?;
+        Ok(Response::new(self.datastore_view(&stored)))
     }
 
     async fn delete_datastore(
@@ -483,8 +589,12 @@ impl NetSync for NetSyncService {
         &self,
         request: Request<pb::ListIntentsRequest>,
     ) -> Result<Response<pb::ListIntentsResponse>, Status> {
-        let name = request.into_inner().datastore;
+        let req = request.into_inner();
+        let name = req.datastore;
         let sync = self.require_sync("datastore", &name)?;
+        let size = page::size(req.page_size)?;
+        let scope = format!("intents\n{name}");
+        let after = page::after(&scope, &req.page_token)?;
         let mut intents: Vec<pb::Intent> = sync
             .intents()
             .iter()
@@ -493,7 +603,12 @@ impl NetSync for NetSyncService {
         // With the stored intents today's validation refuses, by name too.
         intents.extend(self.engine.unusable_intents(&name));
         intents.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(pb::ListIntentsResponse { intents }))
+        let (intents, next_page_token) =
+            page::page(intents, |i| &i.name, &scope, after.as_deref(), size);
+        Ok(Response::new(pb::ListIntentsResponse {
+            intents,
+            next_page_token,
+        }))
     }
 
     async fn delete_intent(
@@ -549,13 +664,21 @@ impl NetSync for NetSyncService {
         let req = request.into_inner();
         let format = convert::ValueFormat::from_proto("value_format", req.value_format)?;
         let sync = self.require_sync("datastore", &req.datastore)?;
+        let size = page::size(req.page_size)?;
+        let scope = format!("deviations\n{}", req.datastore);
+        let after = page::after(&scope, &req.page_token)?;
         let (revision, deviations) = sync.deviations();
+        let mut deviations: Vec<pb::Deviation> = deviations
+            .iter()
+            .map(|d| format.deviation(convert::deviation_to_proto(d)))
+            .collect();
+        deviations.sort_by(|a, b| a.path.cmp(&b.path));
+        let (deviations, next_page_token) =
+            page::page(deviations, |d| &d.path, &scope, after.as_deref(), size);
         Ok(Response::new(pb::GetDeviationsResponse {
             revision,
-            deviations: deviations
-                .iter()
-                .map(|d| format.deviation(convert::deviation_to_proto(d)))
-                .collect(),
+            deviations,
+            next_page_token,
         }))
     }
 }

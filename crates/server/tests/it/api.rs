@@ -64,8 +64,13 @@ async fn crud_round_trip() {
         .into_inner();
     assert_eq!(without_status(got), without_status(created.clone()));
 
+    // The FULL view has the credentials and PEMs, the secrets blank (the
+    // BASIC default leaves them out: update_list tests that).
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest {
+            view: pb::DatastoreView::Full as i32,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -295,7 +300,7 @@ async fn bad_input_gets_clear_errors() {
 
     // Nothing invalid was stored.
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap();
     assert!(listed.into_inner().datastores.is_empty());
@@ -392,6 +397,7 @@ async fn unknown_datastores_are_named() {
     let err = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "zz".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -432,7 +438,10 @@ async fn datastores_survive_a_restart() {
     let server = TestServer::start(&db).await;
     let mut client = server.client().await;
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest {
+            view: pb::DatastoreView::Full as i32,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -97,7 +97,7 @@ async fn assert_stopped(client: &mut Client, name: &str, words: &[&str]) {
         .unwrap()
         .into_inner();
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -57,6 +57,7 @@ async fn intent_names(client: &mut Client) -> Vec<String> {
     client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -100,7 +101,9 @@ async fn a_datastore_created_again_refuses_the_old_uid_and_serves_the_new() {
     assert_uuid_form(&new);
     assert_ne!(new, old, "a new incarnation has a new uid");
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest {
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -119,6 +119,7 @@ async fn list_intents(client: &mut Client) -> Vec<pb::Intent> {
     client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

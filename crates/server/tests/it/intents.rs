@@ -173,7 +173,8 @@ async fn bad_intents_get_clear_errors() {
     assert!(
         client
             .list_intents(pb::ListIntentsRequest {
-                datastore: "r1".into()
+                datastore: "r1".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -269,6 +270,7 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
     let listed = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -305,6 +307,7 @@ async fn deviations_follow_intents_and_the_device_and_survive_a_restart() {
     let listed = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -161,7 +161,7 @@ async fn open_call_limit_per_connection() {
     let second = open_watch(&mut client, "r1").await.unwrap();
     // Any third call on this connection, unary too, is refused at once.
     let err = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap_err();
     assert_status(
@@ -172,14 +172,18 @@ async fn open_call_limit_per_connection() {
     // Another connection has its own limit.
     let mut other = server.client().await;
     other
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap();
     // A call that ends frees its place.
     drop(first);
     until_ok(|| {
         let mut client = client.clone();
-        async move { client.list_datastores(pb::ListDatastoresRequest {}).await }
+        async move {
+            client
+                .list_datastores(pb::ListDatastoresRequest::default())
+                .await
+        }
     })
     .await;
     drop(second);

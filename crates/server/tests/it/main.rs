@@ -26,6 +26,7 @@ mod sync;
 mod time_travel;
 mod tls_api;
 mod tls_device;
+mod update_list;
 mod watch_memory;
 mod watch_races;
 mod wildcard;

@@ -34,7 +34,7 @@ async fn sigterm_exits_cleanly_and_restart_keeps_datastores() {
     let daemon = Netsyncd::start(&db);
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -458,7 +458,7 @@ async fn health_listener_answers_probes_while_the_api_requires_mutual_tls() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
     let refused = NetSyncClient::new(channel)
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
@@ -608,7 +608,7 @@ async fn device_secrets_reach_the_device_and_nothing_else() {
     assert!(last_error.contains("Unauthenticated"), "{last_error}");
     responses.push(format!("{wrong:?}"));
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap()
         .into_inner();

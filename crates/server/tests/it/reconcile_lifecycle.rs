@@ -203,6 +203,7 @@ async fn intent_writes_answer_while_the_device_holds_a_set(encoding: pb::Encodin
     let listed = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -445,6 +446,7 @@ async fn delete_intent_converges_the_store_and_the_engine() {
     let listed = client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -547,6 +547,7 @@ async fn states(client: &mut NetSyncClient<Channel>) -> BTreeMap<String, pb::Int
     client
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

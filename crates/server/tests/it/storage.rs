@@ -703,6 +703,7 @@ async fn fleet_write_load_with_concurrent_intent_writes_has_no_errors() {
         let intents = client
             .list_intents(pb::ListIntentsRequest {
                 datastore: ds.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -749,7 +750,7 @@ async fn a_second_netsyncd_on_the_same_database_refuses_to_start() {
         .await
         .unwrap();
     let listed = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -425,6 +425,7 @@ async fn scalar_values_are_typed_and_device_values_unchanged() {
             .get_deviations(pb::GetDeviationsRequest {
                 datastore: "ietf".into(),
                 value_format: format as i32,
+                ..Default::default()
             })
             .await
             .unwrap()

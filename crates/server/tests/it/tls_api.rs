@@ -56,7 +56,7 @@ fn plaintext_channel(server: &TestServer) -> Channel {
 
 async fn list(channel: Channel) -> Result<Vec<pb::Datastore>, tonic::Status> {
     Ok(NetSyncClient::new(channel)
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await?
         .into_inner()
         .datastores)
@@ -148,7 +148,7 @@ async fn call_limits_apply_over_tls() {
         .unwrap()
         .unwrap();
     let err = client
-        .list_datastores(pb::ListDatastoresRequest {})
+        .list_datastores(pb::ListDatastoresRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
@@ -205,6 +205,7 @@ async fn authorization_by_certificate_identity() {
     as_reader
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -268,6 +269,7 @@ async fn authorization_by_certificate_identity() {
     let intents = as_writer
         .list_intents(pb::ListIntentsRequest {
             datastore: "r1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
