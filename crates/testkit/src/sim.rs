@@ -113,6 +113,29 @@ impl Sim {
             .into_inner()
     }
 
+    /// Starts random churn: `rate` leaf changes a second, a fifth of them
+    /// deletes, from a fixed seed.
+    pub async fn start_churn(&self, rate: f64) {
+        self.control()
+            .await
+            .start_churn(simpb::StartChurnRequest {
+                rate,
+                delete_share: 0.2,
+                seed: 7,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Stops the churn [`Sim::start_churn`] started.
+    pub async fn stop_churn(&self) {
+        self.control()
+            .await
+            .stop_churn(simpb::StopChurnRequest {})
+            .await
+            .unwrap();
+    }
+
     /// Every leaf of the device as canonical path -> value, read with a
     /// PROTO gNMI Get of `/`.
     pub async fn leaves(&self) -> BTreeMap<String, gnmi::TypedValue> {

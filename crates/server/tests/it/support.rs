@@ -32,7 +32,14 @@ impl TestServer {
 
     /// Starts netsyncd on 127.0.0.1:0 with `config` (its `listen` is ignored).
     pub async fn start_with(config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(config, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts netsyncd on `addr` with `config` (its `listen` is ignored): on
+    /// the port of a server stopped before, for a restart its clients
+    /// reconnect to by themselves.
+    pub async fn start_at(config: Config, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

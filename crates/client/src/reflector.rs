@@ -1,0 +1,361 @@
+//! The reflector: a local copy of one datastore's running, kept up to date
+//! the way a Kubernetes informer keeps its cache. It lists running
+//! (GetRunning), then watches from the next revision (WatchSync with
+//! `from_revision` = revision + 1) and applies each commit to its map. A
+//! watch cut by netsyncd (RESOURCE_EXHAUSTED for a slow reader, UNAVAILABLE
+//! when netsyncd stops) or broken with the connection is resumed from the
+//! revision the status names; a watch whose next revision the change log no
+//! longer keeps (OUT_OF_RANGE) starts over with a new list.
+//!
+//! The map only ever holds whole revisions: the parts of a large commit
+//! (`Commit.more`) are held back until its last part has come.
+
+use std::time::Duration;
+
+use tonic::{Code, Status, Streaming};
+
+use crate::{Error, Leaves, RawClient, pb};
+
+/// What [`Reflector::next`] did.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Running was read whole: the map was replaced. `after` is the status
+    /// that made a new list necessary (OUT_OF_RANGE: the watch could not go
+    /// on without a gap); `None` for the first list.
+    Listed {
+        /// The revision read.
+        revision: u64,
+        /// Why the map was read again.
+        after: Option<Status>,
+    },
+    /// One revision was applied to the map.
+    Applied {
+        /// The revision the map is now at.
+        revision: u64,
+        /// A full resync of the device (its pruned leaves are among the deletes).
+        replace: bool,
+        /// Leaves set.
+        updated: usize,
+        /// Leaves removed.
+        deleted: usize,
+    },
+    /// The watch ended with `status` and is resumed from `from_revision` by
+    /// the next call, without a new list.
+    Cut {
+        /// What ended it.
+        status: Status,
+        /// The revision the next watch starts at.
+        from_revision: u64,
+    },
+    /// The sync of the datastore changed state (the map does not change).
+    StateChanged {
+        /// The revision it was observed at.
+        revision: u64,
+        /// The new state and why.
+        state: pb::StateChanged,
+    },
+    /// A revert job's progress (the map does not change; the commit that a
+    /// revert causes comes as an [`Event::Applied`]).
+    Revert {
+        /// The revision it was observed at.
+        revision: u64,
+        /// The job's progress.
+        revert: pb::Revert,
+    },
+}
+
+/// A revision whose parts are still coming.
+struct Partial {
+    revision: u64,
+    replace: bool,
+    updates: Vec<pb::Leaf>,
+    deletes: Vec<String>,
+}
+
+/// A local copy of one datastore's running; see the module documentation.
+/// Driven by its caller: nothing happens between calls of [`Reflector::next`]
+/// (a caller that stops calling may be cut by netsyncd, and is then resumed).
+pub struct Reflector {
+    raw: RawClient,
+    datastore: String,
+    leaves: Leaves,
+    revision: u64,
+    /// Why the next call must list: `Some(None)` for the first list.
+    relist: Option<Option<Status>>,
+    stream: Option<Streaming<pb::SyncEvent>>,
+    /// Where the next watch starts.
+    from_revision: u64,
+    partial: Option<Partial>,
+    /// Calls that failed in a row, for the backoff before the next attempt.
+    failures: u32,
+    max_backoff: Duration,
+}
+
+impl std::fmt::Debug for Reflector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reflector")
+            .field("datastore", &self.datastore)
+            .field("revision", &self.revision)
+            .field("leaves", &self.leaves.len())
+            .field("watching", &self.stream.is_some())
+            .finish()
+    }
+}
+
+impl Reflector {
+    pub(crate) fn new(raw: RawClient, datastore: &str) -> Self {
+        Self {
+            raw,
+            datastore: datastore.into(),
+            leaves: Leaves::new(),
+            revision: 0,
+            relist: Some(None),
+            stream: None,
+            from_revision: 0,
+            partial: None,
+            failures: 0,
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+
+    /// The longest wait between two attempts while netsyncd cannot be
+    /// reached (the wait doubles from 50 ms up to this; 2 s by default).
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// The datastore reflected.
+    pub fn datastore(&self) -> &str {
+        &self.datastore
+    }
+
+    /// The revision the map is at (0 before the first list).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The map: running of the datastore at [`Reflector::revision`].
+    pub fn leaves(&self) -> &Leaves {
+        &self.leaves
+    }
+
+    /// The map and its revision, copied.
+    pub fn snapshot(&self) -> (u64, Leaves) {
+        (self.revision, self.leaves.clone())
+    }
+
+    /// Brings the map one step further and says what changed: waits for the
+    /// next revision (or the first list), resuming or relisting on the way
+    /// as needed, with a backoff while netsyncd cannot be reached. Errors
+    /// only on what trying again cannot fix: an unknown datastore, a refused
+    /// credential, a bad request. Cancel-safe between events: dropping the
+    /// future loses nothing the map holds (a revision half-received is
+    /// received again whole).
+    pub async fn next(&mut self) -> Result<Event, Error> {
+        loop {
+            if let Some(after) = self.relist.clone() {
+                match self.list().await {
+                    Ok(()) => {
+                        self.relist = None;
+                        return Ok(Event::Listed {
+                            revision: self.revision,
+                            after,
+                        });
+                    }
+                    Err(status) => self.retry_or_fail(status).await?,
+                }
+                continue;
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                match self.watch().await {
+                    Ok(stream) => self.stream = Some(stream),
+                    Err(status) if status.code() == Code::OutOfRange => {
+                        self.relist = Some(Some(status));
+                    }
+                    Err(status) => self.retry_or_fail(status).await?,
+                }
+                continue;
+            };
+            let message = match stream.message().await {
+                Ok(Some(event)) => event,
+                Ok(None) => Err(Status::unavailable("the watch ended without a status"))?,
+                Err(status) => {
+                    if let Some(event) = self.cut(status)? {
+                        return Ok(event);
+                    }
+                    continue;
+                }
+            };
+            self.failures = 0;
+            if let Some(event) = self.apply(message) {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Reads running whole and starts the next watch after it.
+    async fn list(&mut self) -> Result<(), Status> {
+        self.stream = None;
+        self.partial = None;
+        let mut stream = self
+            .raw
+            .get_running(pb::GetRunningRequest {
+                datastore: self.datastore.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut leaves = Leaves::new();
+        let mut revision = 0;
+        while let Some(batch) = stream.message().await? {
+            revision = batch.revision;
+            for leaf in batch.leaves {
+                leaves.insert(leaf.path, leaf.value.unwrap_or_default());
+            }
+        }
+        self.leaves = leaves;
+        self.revision = revision;
+        self.from_revision = revision + 1;
+        self.failures = 0;
+        Ok(())
+    }
+
+    async fn watch(&mut self) -> Result<Streaming<pb::SyncEvent>, Status> {
+        self.partial = None;
+        Ok(self
+            .raw
+            .watch_sync(pb::WatchSyncRequest {
+                datastore: self.datastore.clone(),
+                from_revision: self.from_revision,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The watch ended with `status`: resume it, relist, or give up.
+    fn cut(&mut self, status: Status) -> Result<Option<Event>, Error> {
+        self.stream = None;
+        self.partial = None;
+        if status.code() == Code::OutOfRange {
+            self.relist = Some(Some(status));
+            return Ok(None);
+        }
+        if !crate::is_retryable(status.code()) {
+            return Err(status.into());
+        }
+        // Where netsyncd says to resume: the first revision it did not send
+        // whole. Without one (a broken connection), the revision after the
+        // map's. One past the map's would leave a gap: list again instead.
+        let next = self.revision + 1;
+        match resume_revision(status.message()).unwrap_or(next) {
+            from if from <= next => {
+                self.from_revision = from;
+                Ok(Some(Event::Cut {
+                    status,
+                    from_revision: from,
+                }))
+            }
+            _ => {
+                self.relist = Some(Some(status));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Waits before the next attempt after a retryable `status`; returns the
+    /// error for any other.
+    async fn retry_or_fail(&mut self, status: Status) -> Result<(), Error> {
+        if !crate::is_retryable(status.code()) {
+            return Err(status.into());
+        }
+        let backoff = Duration::from_millis(50)
+            .saturating_mul(1 << self.failures.min(10))
+            .min(self.max_backoff);
+        self.failures += 1;
+        tokio::time::sleep(backoff).await;
+        Ok(())
+    }
+
+    /// Applies one event; `None` for a part of a revision still coming or a
+    /// revision the map already holds (a resume from an earlier revision
+    /// than the map's next).
+    fn apply(&mut self, event: pb::SyncEvent) -> Option<Event> {
+        let revision = event.revision;
+        match event.event? {
+            pb::sync_event::Event::Commit(part) => {
+                if revision <= self.revision {
+                    return None;
+                }
+                let partial = self.partial.get_or_insert_with(|| Partial {
+                    revision,
+                    replace: part.replace,
+                    updates: Vec::new(),
+                    deletes: Vec::new(),
+                });
+                if partial.revision != revision || revision != self.revision + 1 {
+                    // Parts of two revisions mixed, or a revision skipped:
+                    // not what netsyncd sends, and the map cannot be
+                    // trusted past it. Start over from a list.
+                    self.stream = None;
+                    self.partial = None;
+                    self.relist = Some(Some(Status::data_loss(format!(
+                        "the watch of {:?} sent revision {revision} after {}",
+                        self.datastore, self.revision
+                    ))));
+                    return None;
+                }
+                partial.updates.extend(part.updates);
+                partial.deletes.extend(part.deletes);
+                if part.more {
+                    return None;
+                }
+                let whole = self.partial.take()?;
+                let (updated, deleted) = (whole.updates.len(), whole.deletes.len());
+                for path in &whole.deletes {
+                    self.leaves.remove(path);
+                }
+                for leaf in whole.updates {
+                    self.leaves
+                        .insert(leaf.path, leaf.value.unwrap_or_default());
+                }
+                self.revision = revision;
+                self.from_revision = revision + 1;
+                Some(Event::Applied {
+                    revision,
+                    replace: whole.replace,
+                    updated,
+                    deleted,
+                })
+            }
+            pb::sync_event::Event::StateChanged(state) => {
+                Some(Event::StateChanged { revision, state })
+            }
+            pb::sync_event::Event::Revert(revert) => Some(Event::Revert { revision, revert }),
+        }
+    }
+}
+
+/// The revision a cut watch resumes from, as netsyncd names it in the
+/// status message ("... resume with from_revision=N").
+fn resume_revision(message: &str) -> Option<u64> {
+    let (_, after) = message.split_once("from_revision=")?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_revision_is_read_from_the_status_message() {
+        assert_eq!(
+            resume_revision("netsyncd is shutting down; resume with from_revision=42"),
+            Some(42)
+        );
+        assert_eq!(resume_revision("from_revision=7"), Some(7));
+        assert_eq!(resume_revision("from_revision=, no number"), None);
+        assert_eq!(resume_revision("transport error"), None);
+    }
+}
