@@ -228,6 +228,7 @@ impl Reflector {
             .watch_sync(pb::WatchSyncRequest {
                 datastore: self.datastore.clone(),
                 from_revision: self.from_revision,
+                ..Default::default()
             })
             .await?
             .into_inner())

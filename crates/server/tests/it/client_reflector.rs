@@ -244,6 +244,7 @@ async fn a_log_compacted_past_the_reflector_makes_it_list_again_and_end_equal_to
             .watch_sync(pb::WatchSyncRequest {
                 datastore: "r1".into(),
                 from_revision: stalled_at + 400,
+                ..Default::default()
             })
             .await;
         match watch {
