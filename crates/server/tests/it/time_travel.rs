@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use netsync_proto::gnmi::{self, typed_value::Value as V};
-use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::log::Retention;
 use netsync_sim::{InitialState, SimConfig};
@@ -78,26 +77,6 @@ fn at(name: &str, revision: u64, path: &str) -> pb::GetRunningRequest {
     }
 }
 
-async fn churn(sim: &Sim, rate: f64) {
-    sim.control()
-        .await
-        .start_churn(simpb::StartChurnRequest {
-            rate,
-            delete_share: 0.2,
-            seed: 11,
-        })
-        .await
-        .unwrap();
-}
-
-async fn stop_churn(sim: &Sim) {
-    sim.control()
-        .await
-        .stop_churn(simpb::StopChurnRequest {})
-        .await
-        .unwrap();
-}
-
 /// While the simulator churns (several snapshots written along the way),
 /// running read at revisions from 1 to the current one, whole and a subtree,
 /// equals the state a WatchSync replay from 1 has after that revision; a
@@ -118,7 +97,7 @@ async fn a_read_at_a_past_revision_equals_the_replayed_history() {
         .unwrap();
     wait_revision(&mut client, "r1", 1).await;
     let (mut history, _closer) = record_history(client.clone(), "r1");
-    churn(&sim, 400.0).await;
+    sim.start_churn(400.0).await;
 
     // Not committed yet: refused, not waited for.
     let now = wait_revision(&mut client, "r1", 2).await;
@@ -189,7 +168,7 @@ async fn a_read_at_a_past_revision_equals_the_replayed_history() {
         replayed(&mut history, 1).await,
         replayed(&mut history, now).await
     );
-    stop_churn(&sim).await;
+    sim.stop_churn().await;
     drop(client);
     server.stop().await;
     sim.stop().await;
@@ -221,7 +200,7 @@ async fn a_compacted_revision_is_out_of_range_naming_the_oldest_readable() {
         .unwrap();
     wait_revision(&mut client, "r1", 1).await;
     let (mut history, _closer) = record_history(client.clone(), "r1");
-    churn(&sim, 400.0).await;
+    sim.start_churn(400.0).await;
     let mut now = 1;
     loop {
         now = wait_revision(&mut client, "r1", now + 10).await;
@@ -229,7 +208,7 @@ async fn a_compacted_revision_is_out_of_range_naming_the_oldest_readable() {
             break;
         }
     }
-    stop_churn(&sim).await;
+    sim.stop_churn().await;
     let gone = read_running(&mut client, at("r1", 1, ""))
         .await
         .expect_err("compacted");

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use netsync_proto::gnmi;
-use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::log::Retention;
 use netsync_testkit::client::{self, Client, wait_revision};
@@ -139,26 +138,6 @@ fn state_at(commits: &[Commit], revision: u64) -> BTreeMap<String, gnmi::TypedVa
     leaves
 }
 
-async fn start_churn(sim: &Sim, rate: f64) {
-    sim.control()
-        .await
-        .start_churn(simpb::StartChurnRequest {
-            rate,
-            delete_share: 0.2,
-            seed: 7,
-        })
-        .await
-        .unwrap();
-}
-
-async fn stop_churn(sim: &Sim) {
-    sim.control()
-        .await
-        .stop_churn(simpb::StopChurnRequest {})
-        .await
-        .unwrap();
-}
-
 /// Watchers starting at revisions in the past (1, 2, a third and half of the
 /// way, the one before the current, the current, the next) and from now on,
 /// all while commits land. Each sees consecutive revisions from its start
@@ -179,7 +158,7 @@ async fn watchers_replaying_from_the_past_while_commits_land_see_every_revision_
         .await
         .unwrap();
     wait_revision(&mut client, "r1", 1).await;
-    start_churn(&sim, 300.0).await;
+    sim.start_churn(300.0).await;
     let early = wait_revision(&mut client, "r1", 40).await;
 
     // Each watcher reads until it has the commit of the revision `stop_at`
@@ -236,7 +215,7 @@ async fn watchers_replaying_from_the_past_while_commits_land_see_every_revision_
     for watcher in watchers {
         watched.push(within(watcher).await.unwrap());
     }
-    stop_churn(&sim).await;
+    sim.stop_churn().await;
 
     let reference = &watched[0].2;
     assert_eq!(reference[0].revision, 1);
@@ -446,7 +425,7 @@ async fn compaction_during_a_slow_replay_cuts_the_watcher_and_never_leaves_a_gap
         .await
         .unwrap();
     wait_revision(&mut client, "r1", 1).await;
-    start_churn(&sim, 400.0).await;
+    sim.start_churn(400.0).await;
 
     // A watcher that keeps up, from now on: the reference.
     let mut reference = Commits::open(&mut client, "r1", 0).await.unwrap();
@@ -511,7 +490,7 @@ async fn compaction_during_a_slow_replay_cuts_the_watcher_and_never_leaves_a_gap
         .expect("the reference watcher goes on")
         .clone();
     reference.abort();
-    stop_churn(&sim).await;
+    sim.stop_churn().await;
     let first_kept = kept[0].revision;
     for slow in &ended {
         for commit in slow.commits.iter().filter(|c| c.revision >= first_kept) {
