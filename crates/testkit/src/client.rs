@@ -54,6 +54,15 @@ pub async fn try_running(
         ..Default::default()
     });
     request.set_timeout(timeout);
+    collect(client, request).await
+}
+
+/// The leaves of one GetRunning call, checking that every message of it is
+/// of one revision.
+async fn collect(
+    client: &mut Client,
+    request: tonic::Request<pb::GetRunningRequest>,
+) -> Result<Running, tonic::Status> {
     let mut stream = client.get_running(request).await?.into_inner();
     let mut leaves = BTreeMap::new();
     let mut revision = None;
@@ -83,25 +92,7 @@ pub async fn read_running(
 ) -> Result<Running, tonic::Status> {
     let mut request = tonic::Request::new(request);
     request.set_timeout(DEADLINE);
-    let mut stream = client.get_running(request).await?.into_inner();
-    let mut leaves = BTreeMap::new();
-    let mut revision = None;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        assert!(
-            revision.is_none_or(|r| r == batch.revision),
-            "one GetRunning call gave revisions {revision:?} and {}",
-            batch.revision
-        );
-        revision = Some(batch.revision);
-        for leaf in batch.leaves {
-            leaves.insert(leaf.path, leaf.value.unwrap_or_default());
-        }
-    }
-    Ok(Running {
-        revision: revision.unwrap_or(0),
-        leaves,
-    })
+    collect(client, request).await
 }
 
 /// Running of `name` at `min_revision` or later (waiting up to [`DEADLINE`]).

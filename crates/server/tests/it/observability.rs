@@ -108,12 +108,18 @@ async fn scrape_until(addr: SocketAddr, what: &str, ready: impl Fn(&str) -> bool
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
-    let sim = Sim::start(generated(50)).await;
-    let dir = tempfile::tempdir().unwrap();
+/// netsyncd with metrics on a port of its choosing, a database in `dir`,
+/// and datastore r1 syncing `sim` up to its first revision.
+async fn syncing_with_metrics(
+    dir: &std::path::Path,
+    sim: &Sim,
+) -> (
+    Netsyncd,
+    SocketAddr,
+    NetSyncClient<tonic::transport::Channel>,
+) {
     let daemon = Netsyncd::start_with(
-        &dir.path().join("n.db"),
+        &dir.join("n.db"),
         Options {
             args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
             ..Default::default()
@@ -124,10 +130,18 @@ async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
     });
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
     client
-        .create_datastore(create(datastore(&sim)))
+        .create_datastore(create(datastore(sim)))
         .await
         .unwrap();
     first_revision(&mut client).await;
+    (daemon, metrics, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_scrape_shows_datastores_jobs_and_rpcs() {
+    let sim = Sim::start(generated(50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, metrics, mut client) = syncing_with_metrics(dir.path(), &sim).await;
     let missing = client
         .get_datastore(pb::GetDatastoreRequest {
             name: "nope".into(),
@@ -372,22 +386,7 @@ fn metric_names_skip_functions_labels_ranges_and_strings() {
 async fn every_dashboard_query_names_an_exported_metric() {
     let sim = Sim::start(generated(20)).await;
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Netsyncd::start_with(
-        &dir.path().join("n.db"),
-        Options {
-            args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
-            ..Default::default()
-        },
-    );
-    let metrics: SocketAddr = daemon.wait_for_log("the metrics address", |line| {
-        line.get("metrics_listen")?.as_str()?.parse().ok()
-    });
-    let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
-    client
-        .create_datastore(create(datastore(&sim)))
-        .await
-        .unwrap();
-    first_revision(&mut client).await;
+    let (daemon, metrics, mut client) = syncing_with_metrics(dir.path(), &sim).await;
     apply_intent(&mut client).await;
     // A job's outcome is counted just after its APPLIED event.
     let text = scrape_until(metrics, "the applied job", |text| {
