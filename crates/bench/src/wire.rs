@@ -250,6 +250,7 @@ mod tests {
                 deletes: vec!["/c".into(), "/netsync-bench/m5".into()],
                 more: true,
             })),
+            ..Default::default()
         };
         let summary = summarise(&event.encode_to_vec(), b"/netsync-bench/m").unwrap();
         assert_eq!(

@@ -333,6 +333,10 @@ impl Reflector {
                 Some(Event::StateChanged { revision, state })
             }
             pb::sync_event::Event::Revert(revert) => Some(Event::Revert { revision, revert }),
+            // Events of a watch of many datastores; this one watches one.
+            pb::sync_event::Event::Baseline(_)
+            | pb::sync_event::Event::Left(_)
+            | pb::sync_event::Event::Progress(_) => None,
         }
     }
 }

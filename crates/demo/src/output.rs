@@ -203,6 +203,9 @@ pub fn describe(event: &pb::SyncEvent) -> Vec<String> {
             }
             lines
         }
+        Some(pb::sync_event::Event::Baseline(b)) => vec![format!("baseline {}", b.reason)],
+        Some(pb::sync_event::Event::Left(l)) => vec![format!("left     {}", l.reason)],
+        Some(pb::sync_event::Event::Progress(_)) => vec!["progress".into()],
         None => vec!["(empty event)".into()],
     }
 }

@@ -1014,6 +1014,7 @@ mod tests {
                 deletes: vec!["/b".into()],
                 ..Default::default()
             })),
+            ..Default::default()
         };
         let bytes = bytes::Bytes::from(commit.encode_to_vec());
         let device = ValueFormat::Device.sync_event(&bytes);

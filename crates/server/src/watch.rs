@@ -169,6 +169,7 @@ impl Iterator for Parts<'_> {
             time: Some(self.time),
             uid: self.uid.to_string(),
             event: Some(pb::sync_event::Event::Commit(commit)),
+            ..Default::default()
         }))
     }
 }
@@ -218,6 +219,7 @@ pub(crate) fn other_event(name: &str, uid: &str, event: &Event, revision: u64) -
         time: Some(convert::timestamp_to_proto(event.time)),
         uid: uid.to_string(),
         event: Some(kind),
+        ..Default::default()
     }
 }
 

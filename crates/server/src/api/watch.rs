@@ -208,6 +208,7 @@ impl Watcher {
             time: Some(convert::timestamp_to_proto(SystemTime::now())),
             uid: self.uid.clone(),
             event: Some(pb::sync_event::Event::StateChanged(state)),
+            ..Default::default()
         };
         self.push_paced(&watch::encode(&first), None).await?;
         loop {
