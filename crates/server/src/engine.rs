@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use futures::future::BoxFuture;
-use netsync_core::datastore::DatastoreSpec;
 use netsync_core::device::{GnmiTarget, RequestStream, ResponseStream, Target, TargetError};
 use netsync_core::intent::Intent;
 use netsync_core::sync::{RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncLimits};
@@ -23,7 +22,7 @@ use crate::intent_status::{IntentStatus, Tracker};
 use crate::jobs::{self, Trigger};
 use crate::log::CommitLog;
 use crate::reconcile::{JobStats, ReconcileConfig, Worker};
-use crate::store::Store;
+use crate::store::{Store, StoredDatastore};
 
 /// One datastore's running parts: its sync and its reconcile worker.
 struct Entry {
@@ -44,6 +43,19 @@ struct Entry {
     /// Stored intents that today's validation refuses, as stored, by name:
     /// shown (FAILING, see [`Tracker::unusable`]), never planned.
     unusable: Mutex<BTreeMap<String, pb::Intent>>,
+    /// The datastore's labels, for watches of many datastores.
+    labels: Mutex<BTreeMap<String, String>>,
+}
+
+/// A datastore this process syncs, as a watch of many datastores sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its sync.
+    pub sync: Arc<SyncHandle>,
+    /// The incarnation synced.
+    pub uid: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Every running sync, by datastore name.
@@ -66,6 +78,9 @@ pub struct Engine {
     /// why instead. It leaves by [`Engine::stop`] (DeleteDatastore), after
     /// which it can be created again.
     stopped: Mutex<HashMap<String, String>>,
+    /// Counts changes of the set of syncs and of their labels: a watch of
+    /// many datastores looks at [`Engine::members`] again when it moves.
+    members_changed: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -89,7 +104,40 @@ impl Engine {
             reconcile,
             entries: Mutex::new(HashMap::new()),
             stopped: Mutex::new(HashMap::new()),
+            members_changed: watch::Sender::new(0),
         }
+    }
+
+    /// Every running sync with its uid and labels.
+    pub fn members(&self) -> Vec<Member> {
+        self.entries
+            .lock()
+            .expect("lock")
+            .values()
+            .map(|e| Member {
+                sync: e.sync.clone(),
+                uid: e.uid.clone(),
+                labels: e.labels.lock().expect("lock").clone(),
+            })
+            .collect()
+    }
+
+    /// Moves whenever a sync starts or stops or a datastore's labels change
+    /// (a restart moves it once, after the new sync started).
+    pub fn members_changed(&self) -> watch::Receiver<u64> {
+        self.members_changed.subscribe()
+    }
+
+    fn announce_members(&self) {
+        self.members_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Sets the labels of `name` (UpdateDatastore of its labels alone).
+    pub fn set_labels(&self, name: &str, labels: &BTreeMap<String, String>) {
+        if let Some(entry) = self.entries.lock().expect("lock").get(name) {
+            *entry.labels.lock().expect("lock") = labels.clone();
+        }
+        self.announce_members();
     }
 
     /// The change log.
@@ -110,7 +158,14 @@ impl Engine {
     /// ListIntents) as FAILING with the reason as its last error, is never
     /// sent to the device, and is logged; SetIntent replaces it,
     /// DeleteIntent removes it.
-    pub async fn start(&self, spec: &DatastoreSpec, uid: &str) {
+    pub async fn start(&self, ds: &StoredDatastore) {
+        self.start_quietly(ds).await;
+        self.announce_members();
+    }
+
+    /// [`Engine::start`], without announcing the change of members.
+    async fn start_quietly(&self, ds: &StoredDatastore) {
+        let spec = &ds.spec;
         let loaded = match self.log.load(&spec.name).await {
             Ok(initial) => match self.store.list_intents(&spec.name).await {
                 Ok(intents) => Ok((initial, intents)),
@@ -136,7 +191,7 @@ impl Engine {
                         }
                     }
                 }
-                self.start_with(spec, uid, initial, intents, unusable);
+                self.start_with(ds, initial, intents, unusable);
             }
             Err((part, error)) => {
                 tracing::error!(datastore = %spec.name, %error, "cannot load {part}: the datastore stays stopped until it is deleted");
@@ -164,18 +219,19 @@ impl Engine {
     }
 
     /// Starts syncing a datastore that has nothing stored yet.
-    pub fn start_new(&self, spec: &DatastoreSpec, uid: &str) {
-        self.start_with(spec, uid, Snapshot::default(), Vec::new(), Vec::new());
+    pub fn start_new(&self, ds: &StoredDatastore) {
+        self.start_with(ds, Snapshot::default(), Vec::new(), Vec::new());
+        self.announce_members();
     }
 
     fn start_with(
         &self,
-        spec: &DatastoreSpec,
-        uid: &str,
+        ds: &StoredDatastore,
         initial: Snapshot,
         intents: Vec<Intent>,
         unusable: Vec<(pb::Intent, String)>,
     ) {
+        let (spec, uid) = (&ds.spec, ds.uid.as_str());
         if self.entries.lock().expect("lock").contains_key(&spec.name) {
             // Two syncs of one datastore would both commit its revisions.
             tracing::error!(datastore = %spec.name, "already synced; not started again");
@@ -234,6 +290,7 @@ impl Engine {
             tracker,
             jobs,
             unusable: Mutex::new(unusable),
+            labels: Mutex::new(ds.labels.clone()),
         });
         let old = self
             .entries
@@ -418,6 +475,12 @@ impl Engine {
     /// Stops the sync and the worker of `name` and waits for them to end (or
     /// lets go of it, if it is held stopped).
     pub async fn stop(&self, name: &str) {
+        self.stop_quietly(name).await;
+        self.announce_members();
+    }
+
+    /// [`Engine::stop`], without announcing the change of members.
+    async fn stop_quietly(&self, name: &str) {
         self.stopped.lock().expect("lock").remove(name);
         let entry = self.entries.lock().expect("lock").remove(name);
         if let Some(entry) = entry {
@@ -431,9 +494,12 @@ impl Engine {
     /// from the last commit, intents are kept (PENDING again until confirmed),
     /// and the new connection's first commit is a replace. Open watches of the
     /// old sync end; watching again from a revision continues with no gap.
-    pub async fn restart(&self, spec: &DatastoreSpec, uid: &str) {
-        self.stop(&spec.name).await;
-        self.start(spec, uid).await;
+    /// Watches of many datastores see it as one change, after the new sync
+    /// started (never the datastore gone in between).
+    pub async fn restart(&self, ds: &StoredDatastore) {
+        self.stop_quietly(&ds.spec.name).await;
+        self.start_quietly(ds).await;
+        self.announce_members();
     }
 
     /// Stops everything.
@@ -449,6 +515,7 @@ impl Engine {
         for entry in entries {
             stop_entry(entry).await;
         }
+        self.announce_members();
     }
 }
 

@@ -199,7 +199,7 @@ pub async fn serve(
         .map_err(ServeError::Load)?
     {
         match row {
-            DatastoreRow::Readable(ds) => engine.start(&ds.spec, &ds.uid).await,
+            DatastoreRow::Readable(ds) => engine.start(&ds).await,
             DatastoreRow::Unreadable {
                 name,
                 reason,

@@ -320,6 +320,38 @@ pub async fn watch_uid(
         .map(tonic::Response::into_inner)
 }
 
+/// A WatchSync of many datastores: those matching `label_selector` (all
+/// when empty), resumed with `resume_token` (empty: from now on); the
+/// call's error, if refused.
+pub async fn watch_many(
+    client: &mut Client,
+    label_selector: &str,
+    resume_token: &str,
+) -> Result<tonic::Streaming<pb::SyncEvent>, tonic::Status> {
+    client
+        .watch_sync(pb::WatchSyncRequest {
+            label_selector: label_selector.into(),
+            resume_token: resume_token.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Running of `name` as it was at `revision` (GetRunning with `revision`).
+pub async fn running_at(client: &mut Client, name: &str, revision: u64) -> Running {
+    read_running(
+        client,
+        pb::GetRunningRequest {
+            datastore: name.into(),
+            revision,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|s| panic!("running of {name} at revision {revision}: {s:?}"))
+}
+
 /// The uid of datastore `name` (GetDatastore): which incarnation it is.
 pub async fn uid(client: &mut Client, name: &str) -> String {
     client

@@ -27,6 +27,7 @@ use crate::store::{self, DatastoreRow, Store, StoredDatastore};
 mod page;
 mod running;
 mod watch;
+mod watch_many;
 
 pub use watch::NetSyncRoutes;
 
@@ -145,6 +146,48 @@ impl NetSyncService {
     ) -> Result<Response<watch::EncodedStream>, Status> {
         let req = request.into_inner();
         let format = convert::ValueFormat::from_proto("value_format", req.value_format)?;
+        let many = req.datastore.is_empty();
+        if many || !req.label_selector.is_empty() || !req.resume_token.is_empty() {
+            let only_many = |field: &str, why: &str| Error::invalid(field, why);
+            if !many {
+                let field = if req.label_selector.is_empty() {
+                    "resume_token"
+                } else {
+                    "label_selector"
+                };
+                return Err(only_many(
+                    field,
+                    "is for a watch of many datastores: leave datastore empty",
+                )
+                .into());
+            }
+            if req.from_revision != 0 {
+                return Err(only_many(
+                    "from_revision",
+                    "needs datastore; a watch of many datastores resumes with resume_token",
+                )
+                .into());
+            }
+            if !req.expected_uid.is_empty() {
+                return Err(only_many(
+                    "expected_uid",
+                    "needs datastore; a watch of many datastores checks the uids its resume_token holds",
+                )
+                .into());
+            }
+            let slot = self.watchers.take_many()?;
+            let stream = watch_many::watch_many(watch_many::Many {
+                engine: self.engine.clone(),
+                log: self.engine.log().clone(),
+                selector: req.label_selector,
+                resume_token: req.resume_token,
+                format,
+                memory: self.watch_memory.clone(),
+                stopping: self.stopping.clone(),
+            })
+            .await?;
+            return Ok(Response::new(Box::pin(slot.hold(stream))));
+        }
         let (sync, uid) =
             self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
         let slot = self.watchers.take(&req.datastore)?;
@@ -153,6 +196,7 @@ impl NetSyncService {
             uid,
             self.engine.log().clone(),
             req.from_revision,
+            0,
             format,
             &self.watch_memory,
             self.stopping.clone(),
@@ -297,7 +341,7 @@ impl NetSync for NetSyncService {
                 )));
             }
             let stored = store.create_datastore(spec, labels, store::now()).await?;
-            engine.start_new(&stored.spec, &stored.uid);
+            engine.start_new(&stored);
             tracing::info!(datastore = %stored.spec.name, address = %stored.spec.target.address, "datastore created");
             Ok(stored)
         })
@@ -398,9 +442,10 @@ impl NetSync for NetSyncService {
             // Stored first, in one write: if that fails nothing changed.
             store.update_datastore(&new).await?;
             if new.spec != old.spec {
-                engine.restart(&new.spec, &new.uid).await;
+                engine.restart(&new).await;
                 tracing::info!(datastore = %name, address = %new.spec.target.address, "datastore updated; its sync restarted");
             } else {
+                engine.set_labels(&name, &new.labels);
                 tracing::info!(datastore = %name, "datastore labels updated");
             }
             Ok(new)
@@ -433,7 +478,7 @@ impl NetSync for NetSyncService {
                 // Still stored, so it is served again: memory and database
                 // agree.
                 match &stored {
-                    DatastoreRow::Readable(stored) => engine.start(&stored.spec, &stored.uid).await,
+                    DatastoreRow::Readable(stored) => engine.start(stored).await,
                     DatastoreRow::Unreadable { reason, .. } => {
                         engine.hold_stopped(&name, reason.clone())
                     }

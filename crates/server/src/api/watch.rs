@@ -57,14 +57,20 @@ const REPLAY_PAGE_COMMITS: u32 = 64;
 const REPLAY_PAGE_BYTES: usize = 1 << 20;
 
 /// Starts a watch of `sync` (incarnation `uid` of its datastore, which every
-/// event carries) from revision `from` (0: from now on), its messages queued
-/// within `memory`'s budgets, ended with UNAVAILABLE when `stopping` is
-/// cancelled.
+/// event carries) from revision `from` (0: from now on; else without the
+/// first `skip` parts of that revision, which its client has), its messages
+/// queued within `memory`'s budgets, ended with UNAVAILABLE when `stopping`
+/// is cancelled.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one thing the watch needs; a struct would only name them twice"
+)]
 pub async fn watch(
     sync: Arc<SyncHandle>,
     uid: String,
     log: Arc<CommitLog>,
     from: u64,
+    skip: usize,
     format: ValueFormat,
     memory: &Arc<WatchMemory>,
     stopping: CancellationToken,
@@ -131,7 +137,8 @@ pub async fn watch(
         let _watching = watching;
         // However it ends, the queue's status (if any) has been set; the
         // stream ends once the client has read what is queued.
-        let _ = watcher.run(from > 0, state).await;
+        let replay = (from > 0).then_some(skip);
+        let _ = watcher.run(replay, state).await;
     });
     Ok(reader.into_stream())
 }
@@ -197,9 +204,11 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn run(mut self, replay: bool, state: pb::StateChanged) -> Result<(), Over> {
-        if replay {
-            self.replay(0).await?;
+    /// Replays first when `replay` says how many parts of the first
+    /// revision to skip.
+    async fn run(mut self, replay: Option<usize>, state: pb::StateChanged) -> Result<(), Over> {
+        if let Some(skip) = replay {
+            self.replay(skip).await?;
         }
         // The state as of the last revision sent, so revisions never go back.
         let first = pb::SyncEvent {

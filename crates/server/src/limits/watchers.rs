@@ -46,6 +46,29 @@ impl WatcherSlots {
             datastore: datastore.to_string(),
         })
     }
+
+    /// A slot for a new watch of many datastores, or RESOURCE_EXHAUSTED when
+    /// `max` are open. Such watches are counted together, as if they watched
+    /// one datastore of their own (no datastore is named ""), and take no
+    /// slot of the datastores they follow: one watch of a thousand
+    /// datastores is one watcher, as it is one call on its connection.
+    pub fn take_many(self: &Arc<Self>) -> Result<WatcherSlot, Error> {
+        let mut open = self.open.lock().expect("lock");
+        let count = open.entry(String::new()).or_default();
+        if *count >= self.max {
+            return Err(Error::ResourceExhausted(format!(
+                "there are already {} watches of many datastores, the limit \
+                 (max_watchers_per_datastore, which counts them together); end one before opening \
+                 another",
+                self.max
+            )));
+        }
+        *count += 1;
+        Ok(WatcherSlot {
+            slots: self.clone(),
+            datastore: String::new(),
+        })
+    }
 }
 
 /// One watcher's place among its datastore's watchers; given back on drop.

@@ -28,6 +28,7 @@ mod time_travel;
 mod tls_api;
 mod tls_device;
 mod update_list;
+mod watch_many;
 mod watch_memory;
 mod watch_races;
 mod wildcard;

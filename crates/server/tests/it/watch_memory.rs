@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use netsync_proto::netsync::v1 as pb;
-use netsync_testkit::client::{converge, status, watch};
+use netsync_testkit::client::{converge, status, watch, watch_many};
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::device::Device;
 use netsync_testkit::{DEADLINE, LONG_DEADLINE};
@@ -190,6 +190,41 @@ async fn a_slow_watcher_is_cut_by_bytes_and_resumes_without_gap() {
     let mut resumed = watch(&mut writer, "r1", resume).await;
     expect_revisions(&mut resumed, resume, last).await;
     drop((slow, resumed));
+    daemon.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watch_of_many_datastores_is_not_cut_and_catches_up_from_the_log() {
+    let device = Device::start(&[("/a", "0")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _) = start(&dir, &["--max-watcher-bytes", "1048576"]);
+    let mut writer = client(&daemon).await;
+    create_r1(&mut writer, &device).await;
+
+    // Neither reads while about 10 MiB of commits go by: the single watch
+    // is cut (the witness that the budget was passed), the watch of many
+    // is not: the watch of r1 inside it starts again from the log where
+    // its client is.
+    let mut witness_client = client(&daemon).await;
+    let mut witness = watch(&mut witness_client, "r1", 0).await;
+    let mut slow_client = client(&daemon).await;
+    let mut slow = watch_many(&mut slow_client, "", "").await.unwrap();
+    let baseline = loop {
+        let event = netsync_testkit::client::next_event(&mut slow).await;
+        if let Some(pb::sync_event::Event::Baseline(_)) = event.event {
+            break event.revision;
+        }
+    };
+    let last = history(&mut writer, &device, 40).await;
+    let (_, status) = until_error(&mut witness).await;
+    assert_status(
+        &status,
+        tonic::Code::ResourceExhausted,
+        &["max_watcher_bytes"],
+    );
+
+    expect_revisions(&mut slow, baseline + 1, last).await;
+    drop((witness, slow));
     daemon.terminate();
 }
 
