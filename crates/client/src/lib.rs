@@ -1,17 +1,21 @@
 //! A typed Rust client of the netsync API: [`connect`] (plaintext or TLS, with
 //! a client certificate for mutual TLS) gives a [`Client`], whose
 //! [`Client::running`] reads a datastore's running at one revision and whose
-//! [`Client::reflector`] keeps a local copy of it up to date ([`Reflector`]).
+//! [`Client::reflector`] keeps a local copy of it up to date ([`Reflector`]);
+//! [`Client::fleet_reflector`] does so for every datastore matching a label
+//! selector, through one watch ([`FleetReflector`]).
 //!
 //! The generated tonic client stays reachable ([`Client::raw`]) for every RPC
 //! this crate does not wrap.
 
 mod connect;
+mod fleet;
 mod reflector;
 
 use std::collections::BTreeMap;
 
 pub use connect::{Tls, connect};
+pub use fleet::{FleetEvent, FleetReflector};
 pub use netsync_proto::gnmi;
 pub use netsync_proto::netsync::v1 as pb;
 pub use reflector::{Event, Reflector};
@@ -140,5 +144,12 @@ impl Client {
     /// its first [`Reflector::next`].
     pub fn reflector(&self, datastore: &str) -> Reflector {
         Reflector::new(self.raw.clone(), datastore)
+    }
+
+    /// A reflector of every datastore whose labels match `selector` (all,
+    /// if empty): see [`FleetReflector`]. Nothing is read until its first
+    /// [`FleetReflector::next`].
+    pub fn fleet_reflector(&self, selector: &str) -> FleetReflector {
+        FleetReflector::new(self.raw.clone(), selector)
     }
 }

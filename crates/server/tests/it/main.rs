@@ -8,6 +8,7 @@ mod support;
 
 mod against_sim;
 mod api;
+mod client_fleet;
 mod client_reflector;
 mod damaged;
 mod device_caps;
