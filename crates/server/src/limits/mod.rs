@@ -33,7 +33,8 @@ pub struct ApiLimits {
     pub request_timeout: Duration,
     /// Datastores this process keeps at most.
     pub max_datastores: usize,
-    /// WatchSync calls open at once on one datastore.
+    /// WatchSync calls open at once on one datastore; watches of many
+    /// datastores count together against the same number.
     pub max_watchers_per_datastore: usize,
     /// Encoded bytes one watcher may be owed: queued for its client and not
     /// yet taken by HTTP/2, plus newer revisions waiting behind the one it is
@@ -91,7 +92,9 @@ pub struct LimitArgs {
     /// Datastores kept at most [default: 1000].
     #[arg(long, env = "NETSYNC_MAX_DATASTORES", value_name = "N")]
     pub max_datastores: Option<usize>,
-    /// WatchSync calls open at once per datastore [default: 100].
+    /// WatchSync calls open at once per datastore; watches of many
+    /// datastores (label selector) count together as one more datastore
+    /// [default: 100].
     #[arg(long, env = "NETSYNC_MAX_WATCHERS_PER_DATASTORE", value_name = "N")]
     pub max_watchers_per_datastore: Option<usize>,
     /// Encoded bytes one watcher may be owed before it is ended with

@@ -508,3 +508,53 @@ async fn a_watch_of_many_is_one_call_and_one_watcher() {
     drop((events, single));
     daemon.terminate();
 }
+
+/// The README's grpcurl lines: a watch of many by label selector, then
+/// resumed with the token of its last Progress event (JSON names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_watches_many_and_resumes_with_the_token() {
+    let Some(grpcurl) = netsync_testkit::tools::grpcurl() else {
+        return;
+    };
+    let sim = Sim::start(generated(10)).await;
+    let (_dir, server, mut client) = support::start().await;
+    add(&mut client, "r1", &sim, &[("env", "lab")]).await;
+    converge(&mut client, "r1", &sim).await;
+    let addr = server.addr.to_string();
+    // grpcurl streams until -max-time ends the call (exit status non-zero).
+    let watch = move |body: String| {
+        let output = std::process::Command::new(&grpcurl)
+            .args(["-plaintext", "-max-time", "2", "-d", &body, &addr])
+            .arg("netsync.v1.NetSync/WatchSync")
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = tokio::task::spawn_blocking({
+        let watch = watch.clone();
+        move || watch(r#"{"labelSelector": "env=lab"}"#.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(first.contains("\"baseline\""), "{first}");
+    assert!(first.contains("\"datastore\": \"r1\""), "{first}");
+    let token = first
+        .split("\"resumeToken\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("a Progress with a resumeToken: {first}"))
+        .to_string();
+    let resumed = tokio::task::spawn_blocking(move || {
+        watch(format!(
+            r#"{{"labelSelector": "env=lab", "resumeToken": "{token}"}}"#
+        ))
+    })
+    .await
+    .unwrap();
+    assert!(
+        !resumed.contains("\"baseline\""),
+        "r1 continues where the token was: {resumed}"
+    );
+    assert!(resumed.contains("\"progress\""), "{resumed}");
+    server.stop().await;
+}
