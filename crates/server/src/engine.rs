@@ -47,6 +47,16 @@ struct Entry {
     labels: Mutex<BTreeMap<String, String>>,
 }
 
+impl Entry {
+    fn member(&self) -> Member {
+        Member {
+            sync: self.sync.clone(),
+            uid: self.uid.clone(),
+            labels: self.labels.lock().expect("lock").clone(),
+        }
+    }
+}
+
 /// A datastore this process syncs, as a watch of many datastores sees it.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -114,12 +124,17 @@ impl Engine {
             .lock()
             .expect("lock")
             .values()
-            .map(|e| Member {
-                sync: e.sync.clone(),
-                uid: e.uid.clone(),
-                labels: e.labels.lock().expect("lock").clone(),
-            })
+            .map(|e| e.member())
             .collect()
+    }
+
+    /// The running sync of `name` with its uid and labels.
+    pub fn member(&self, name: &str) -> Option<Member> {
+        self.entries
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map(|e| e.member())
     }
 
     /// Moves whenever a sync starts or stops or a datastore's labels change

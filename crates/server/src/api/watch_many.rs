@@ -351,7 +351,7 @@ impl Merger {
         let (uid, next, parts) = (followed.uid.clone(), followed.next, followed.parts);
         match status.code() {
             // Cut for being slow: the log has what it had not sent.
-            Code::ResourceExhausted => match self.members().remove(name) {
+            Code::ResourceExhausted => match self.engine.member(name) {
                 Some(member) if member.uid == uid => {
                     self.follow(name, &member, next, parts).await?;
                 }
@@ -364,7 +364,7 @@ impl Merger {
                 // Its sync stopped: restarted (a new sync is, or will be,
                 // a member) or deleted (the next look says Left).
                 let old = followed.sync.clone();
-                match self.members().remove(name) {
+                match self.engine.member(name) {
                     Some(member)
                         if member.uid == uid
                             && !Weak::ptr_eq(&old, &Arc::downgrade(&member.sync)) =>
@@ -374,7 +374,7 @@ impl Merger {
                     _ => self.detach(name),
                 }
             }
-            Code::OutOfRange => match self.members().remove(name) {
+            Code::OutOfRange => match self.engine.member(name) {
                 Some(member) if member.uid == uid => {
                     let reason = format!("revisions from {next} are no longer kept");
                     self.join_now(name, &member, &reason).await?;
