@@ -149,22 +149,43 @@ enum Ended {
 }
 
 impl Ended {
-    /// What the watcher of `name` is told, with the revision to resume from.
+    /// What the watcher of `name` is told, with the revision to resume from
+    /// (in the text and in an `ErrorInfo`).
     fn status(&self, name: &str, next: u64) -> Status {
+        use crate::error::{CutReason, watch_cut};
         match self {
-            Self::Lagged => Status::resource_exhausted(format!(
-                "watcher fell behind the commits of {name:?}; resume with from_revision={next}"
-            )),
-            Self::OverBudget(budget) => Status::resource_exhausted(format!(
-                "watcher fell more than max_watcher_bytes ({budget} bytes) behind the commits of \
-                 {name:?}; resume with from_revision={next}"
-            )),
-            Self::Closed => Status::unavailable(format!(
-                "the sync of {name:?} stopped (deleted or shutting down); resume with from_revision={next}"
-            )),
-            Self::ShuttingDown => Status::unavailable(format!(
-                "netsyncd is shutting down; resume with from_revision={next}"
-            )),
+            Self::Lagged => watch_cut(
+                CutReason::WatcherLagged,
+                name,
+                next,
+                format!(
+                    "watcher fell behind the commits of {name:?}; resume with from_revision={next}"
+                ),
+            ),
+            Self::OverBudget(budget) => watch_cut(
+                CutReason::WatcherOverBudget,
+                name,
+                next,
+                format!(
+                    "watcher fell more than max_watcher_bytes ({budget} bytes) behind the commits \
+                     of {name:?}; resume with from_revision={next}"
+                ),
+            ),
+            Self::Closed => watch_cut(
+                CutReason::SyncStopped,
+                name,
+                next,
+                format!(
+                    "the sync of {name:?} stopped (deleted or shutting down); resume with \
+                     from_revision={next}"
+                ),
+            ),
+            Self::ShuttingDown => watch_cut(
+                CutReason::ShuttingDown,
+                name,
+                next,
+                format!("netsyncd is shutting down; resume with from_revision={next}"),
+            ),
         }
     }
 }
@@ -434,10 +455,16 @@ fn encoded_size(name: &str, uid: &str, event: &Event) -> usize {
 
 /// The error for a revision the log no longer has.
 fn gap(name: &str, missing: u64) -> Status {
-    Status::out_of_range(format!(
-        "revision {missing} of {name:?} is no longer kept; read running with GetRunning and watch \
-         from its revision + 1"
-    ))
+    Status::from(crate::error::Error::Revision {
+        reason: crate::error::RevisionReason::NotKept,
+        datastore: name.to_string(),
+        revision: missing,
+        bound: None,
+        message: format!(
+            "revision {missing} of {name:?} is no longer kept; read running with GetRunning and \
+             watch from its revision + 1"
+        ),
+    })
 }
 
 /// The path of WatchSync.
