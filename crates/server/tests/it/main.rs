@@ -11,6 +11,7 @@ mod api;
 mod client_reflector;
 mod damaged;
 mod device_caps;
+mod error_details;
 mod health_reflection;
 mod incarnation;
 mod intent_plan;
