@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use netsync_proto::netsync::v1 as pb;
-use netsync_testkit::client::{converge, status, watch};
+use netsync_testkit::client::{converge, cut_from, status, watch};
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::device::Device;
 use netsync_testkit::{DEADLINE, LONG_DEADLINE};
@@ -23,7 +23,6 @@ use pb::net_sync_client::NetSyncClient;
 use prost::Message as _;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
 use crate::support::{Netsyncd, Options, assert_status, http_get, sample};
 
@@ -123,27 +122,6 @@ fn from_revision(status: &tonic::Status) -> u64 {
         .unwrap_or_else(|| panic!("no from_revision=N in {status:?}"))
 }
 
-/// The `ErrorInfo` of a cut watch of `datastore`: its reason is `reason`,
-/// and its `from_revision` is the N of the text's `from_revision=N`; that N.
-fn cut_info(status: &tonic::Status, datastore: &str, reason: &str) -> u64 {
-    let info = status
-        .get_details_error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    assert_eq!(
-        (info.reason.as_str(), info.domain.as_str()),
-        (reason, "netsync.dev"),
-        "{status:?}"
-    );
-    assert_eq!(info.metadata["datastore"], datastore, "{status:?}");
-    let from: u64 = info.metadata["from_revision"].parse().unwrap();
-    assert_eq!(
-        from,
-        from_revision(status),
-        "the details and the text agree"
-    );
-    from
-}
-
 /// Reads `events` until revision `last` has come whole, asserting that the
 /// commits are exactly `from..=last`, in order, each whole once.
 async fn expect_revisions(events: &mut tonic::Streaming<pb::SyncEvent>, from: u64, last: u64) {
@@ -201,7 +179,7 @@ async fn a_slow_watcher_is_cut_by_bytes_and_resumes_without_gap() {
     );
     let whole = whole_commits(&received);
     // A client resumes from the details, not the text.
-    let resume = cut_info(&status, "r1", "WATCHER_OVER_BUDGET");
+    let resume = cut_from(&status, "r1", "WATCHER_OVER_BUDGET");
     assert_eq!(
         resume,
         whole.last().map_or(first + 1, |r| r + 1),
@@ -246,10 +224,10 @@ async fn many_slow_watchers_stay_within_the_total_budget() {
         let (received, status) = until_error(events).await;
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
         if status.message().contains("max_watch_bytes_total") {
-            cut_info(&status, "r1", "WATCH_MEMORY_FULL");
+            cut_from(&status, "r1", "WATCH_MEMORY_FULL");
             by_total += 1;
         } else {
-            cut_info(&status, "r1", "WATCHER_OVER_BUDGET");
+            cut_from(&status, "r1", "WATCHER_OVER_BUDGET");
         }
         let whole = whole_commits(&received);
         assert_eq!(
