@@ -29,7 +29,7 @@ use netsync_core::running::{Change, Running};
 use netsync_core::sync::{Committed, Persist, Snapshot};
 use sqlx::Row;
 
-use crate::error::Error;
+use crate::error::{Error, RevisionReason};
 use crate::store::Store;
 use crate::stored_time::{from_micros, to_micros};
 
@@ -488,14 +488,20 @@ impl CommitLog {
     /// The error for a read at `revision`, which the log no longer holds.
     async fn compacted(&self, datastore: &str, revision: u64) -> Error {
         let oldest = match self.oldest_readable(datastore).await {
-            Ok(Some(oldest)) => oldest.to_string(),
-            Ok(None) => "none".to_string(),
+            Ok(oldest) => oldest,
             Err(e) => return e,
         };
-        Error::OutOfRange(format!(
-            "revision {revision} of {datastore:?} is no longer kept (oldest readable revision: \
-             {oldest})"
-        ))
+        let shown = oldest.map_or("none".to_string(), |o| o.to_string());
+        Error::Revision {
+            reason: RevisionReason::NotKept,
+            datastore: datastore.to_string(),
+            revision,
+            bound: oldest,
+            message: format!(
+                "revision {revision} of {datastore:?} is no longer kept (oldest readable \
+                 revision: {shown})"
+            ),
+        }
     }
 
     /// The oldest revision [`read_at`](Self::read_at) can read, if any: 1

@@ -1,7 +1,8 @@
 //! netsync API client helpers: running read at one revision, waiting for a
 //! revision or a condition on running (event-driven: each wait is a
 //! GetRunning with `min_revision`, never a sleep), convergence to a device,
-//! and the checks a user makes on a datastore's status.
+//! and the checks a user makes on a datastore's status and on the details of
+//! an error.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,6 +14,7 @@ use pb::net_sync_client::NetSyncClient;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 use crate::deadline::DEADLINE;
 
@@ -539,4 +541,34 @@ pub async fn assert_no_recovery(client: &mut Client, name: &str) -> pb::Datastor
         "{name} recovered (reconnects, resyncs) with no fault injected: {status:?}"
     );
     status
+}
+
+/// Where a cut WatchSync of `datastore` resumes, read as a client reads it:
+/// the `ErrorInfo` (domain `netsync.dev`) whose `reason` is `reason` and whose
+/// `from_revision` metadata must equal the text's `from_revision=N`.
+pub fn cut_from(status: &tonic::Status, datastore: &str, reason: &str) -> u64 {
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        (reason, "netsync.dev"),
+        "{status:?}"
+    );
+    assert_eq!(info.metadata["datastore"], datastore, "{status:?}");
+    let from: u64 = info.metadata["from_revision"]
+        .parse()
+        .unwrap_or_else(|_| panic!("from_revision is no number in {status:?}"));
+    let in_text = status
+        .message()
+        .split("from_revision=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(
+        Some(from),
+        in_text,
+        "the details and the text agree: {status:?}"
+    );
+    from
 }

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::ResponseStream;
 use crate::convert::ValueFormat;
-use crate::error::Error;
+use crate::error::{Error, RevisionReason};
 use crate::log::CommitLog;
 
 /// Target encoded size of one response message.
@@ -89,12 +89,18 @@ pub async fn get_running(
     let (revision, running) = if at == 0 || at == snapshot.revision {
         (snapshot.revision, snapshot.running)
     } else if at > snapshot.revision {
-        return Err(Error::OutOfRange(format!(
-            "revision {at} of {:?} does not exist yet (latest: {}); set min_revision as well to \
-             wait for it",
-            sync.name(),
-            snapshot.revision
-        )));
+        return Err(Error::Revision {
+            reason: RevisionReason::NotYet,
+            datastore: sync.name().to_string(),
+            revision: at,
+            bound: Some(snapshot.revision),
+            message: format!(
+                "revision {at} of {:?} does not exist yet (latest: {}); set min_revision as well \
+                 to wait for it",
+                sync.name(),
+                snapshot.revision
+            ),
+        });
     } else {
         drop(snapshot);
         (at, log.read_at(sync.name(), at).await?)

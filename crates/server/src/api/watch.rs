@@ -40,7 +40,7 @@ use tonic::server::NamedService;
 
 use super::NetSyncService;
 use crate::convert::{self, ValueFormat};
-use crate::error::Error;
+use crate::error::{Error, RevisionReason};
 use crate::limits::WatchMemory;
 use crate::limits::watch_memory::{Push, QueueWriter};
 use crate::log::CommitLog;
@@ -91,19 +91,31 @@ pub async fn watch(
         // Revisions are consecutive from 1: a later one does not exist yet.
         // Waiting for it would hide that the client holds revisions of another
         // history (a re-created datastore, a restored database).
-        return Err(Error::OutOfRange(format!(
-            "revision {from} of {name:?} does not exist yet (latest: {current}); read running with \
-             GetRunning and watch from its revision + 1"
-        )));
+        return Err(Error::Revision {
+            reason: RevisionReason::NotYet,
+            message: format!(
+                "revision {from} of {name:?} does not exist yet (latest: {current}); read running \
+                 with GetRunning and watch from its revision + 1"
+            ),
+            datastore: name,
+            revision: from,
+            bound: Some(current),
+        });
     }
     if from > 0 && from <= current {
         let oldest = log.oldest(&name).await?;
         if oldest.is_none_or(|oldest| from < oldest) {
-            return Err(Error::OutOfRange(format!(
-                "revision {from} of {name:?} is no longer kept (oldest kept: {}); read running with \
-                 GetRunning and watch from its revision + 1",
-                oldest.map_or("none".to_string(), |o| o.to_string())
-            )));
+            return Err(Error::Revision {
+                reason: RevisionReason::NotKept,
+                message: format!(
+                    "revision {from} of {name:?} is no longer kept (oldest kept: {}); read running \
+                     with GetRunning and watch from its revision + 1",
+                    oldest.map_or("none".to_string(), |o| o.to_string())
+                ),
+                datastore: name,
+                revision: from,
+                bound: oldest,
+            });
         }
     }
     let next = if from == 0 { current + 1 } else { from };
@@ -156,22 +168,43 @@ enum Ended {
 }
 
 impl Ended {
-    /// What the watcher of `name` is told, with the revision to resume from.
+    /// What the watcher of `name` is told, with the revision to resume from
+    /// (in the text and in an `ErrorInfo`).
     fn status(&self, name: &str, next: u64) -> Status {
+        use crate::error::{CutReason, watch_cut};
         match self {
-            Self::Lagged => Status::resource_exhausted(format!(
-                "watcher fell behind the commits of {name:?}; resume with from_revision={next}"
-            )),
-            Self::OverBudget(budget) => Status::resource_exhausted(format!(
-                "watcher fell more than max_watcher_bytes ({budget} bytes) behind the commits of \
-                 {name:?}; resume with from_revision={next}"
-            )),
-            Self::Closed => Status::unavailable(format!(
-                "the sync of {name:?} stopped (deleted or shutting down); resume with from_revision={next}"
-            )),
-            Self::ShuttingDown => Status::unavailable(format!(
-                "netsyncd is shutting down; resume with from_revision={next}"
-            )),
+            Self::Lagged => watch_cut(
+                CutReason::WatcherLagged,
+                name,
+                next,
+                format!(
+                    "watcher fell behind the commits of {name:?}; resume with from_revision={next}"
+                ),
+            ),
+            Self::OverBudget(budget) => watch_cut(
+                CutReason::WatcherOverBudget,
+                name,
+                next,
+                format!(
+                    "watcher fell more than max_watcher_bytes ({budget} bytes) behind the commits \
+                     of {name:?}; resume with from_revision={next}"
+                ),
+            ),
+            Self::Closed => watch_cut(
+                CutReason::SyncStopped,
+                name,
+                next,
+                format!(
+                    "the sync of {name:?} stopped (deleted or shutting down); resume with \
+                     from_revision={next}"
+                ),
+            ),
+            Self::ShuttingDown => watch_cut(
+                CutReason::ShuttingDown,
+                name,
+                next,
+                format!("netsyncd is shutting down; resume with from_revision={next}"),
+            ),
         }
     }
 }
@@ -443,10 +476,16 @@ fn encoded_size(name: &str, uid: &str, event: &Event) -> usize {
 
 /// The error for a revision the log no longer has.
 fn gap(name: &str, missing: u64) -> Status {
-    Status::out_of_range(format!(
-        "revision {missing} of {name:?} is no longer kept; read running with GetRunning and watch \
-         from its revision + 1"
-    ))
+    Status::from(crate::error::Error::Revision {
+        reason: crate::error::RevisionReason::NotKept,
+        datastore: name.to_string(),
+        revision: missing,
+        bound: None,
+        message: format!(
+            "revision {missing} of {name:?} is no longer kept; read running with GetRunning and \
+             watch from its revision + 1"
+        ),
+    })
 }
 
 /// The path of WatchSync.

@@ -514,7 +514,7 @@ impl Merger {
         .await;
         let (stream, next, parts) = match started {
             Ok(stream) => (stream, next, parts),
-            Err(Error::OutOfRange(_)) => {
+            Err(Error::Revision { .. }) => {
                 let current = member.sync.snapshot().revision;
                 self.baseline(
                     name,

@@ -164,11 +164,16 @@ impl WatchMemory {
         let total_max = self.total_max;
         let datastore = queue.datastore.clone();
         queue.cut(|from| {
-            Status::resource_exhausted(format!(
-                "the watchers of this netsyncd hold max_watch_bytes_total ({total_max} bytes) \
-                 between them, and this watcher of {datastore:?} has had a message waiting for its \
-                 client longest; resume with from_revision={from}"
-            ))
+            crate::error::watch_cut(
+                crate::error::CutReason::WatchMemoryFull,
+                &datastore,
+                from,
+                format!(
+                    "the watchers of this netsyncd hold max_watch_bytes_total ({total_max} bytes) \
+                     between them, and this watcher of {datastore:?} has had a message waiting \
+                     for its client longest; resume with from_revision={from}"
+                ),
+            )
         });
         true
     }

@@ -492,6 +492,10 @@ async fn shutdown_ends_open_watches_at_once_with_the_revision_to_resume_from() {
             &format!("from_revision={}", first.revision + 1),
         ],
     );
+    assert_eq!(
+        netsync_testkit::client::cut_from(&ended, "w", "SHUTTING_DOWN"),
+        first.revision + 1
+    );
     drop((watch, client));
     tokio::time::timeout(Duration::from_secs(60), stopped)
         .await

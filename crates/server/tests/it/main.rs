@@ -12,6 +12,7 @@ mod client_fleet;
 mod client_reflector;
 mod damaged;
 mod device_caps;
+mod error_details;
 mod health_reflection;
 mod incarnation;
 mod intent_plan;

@@ -113,8 +113,18 @@ fn grpcurl_walkthrough() {
         err.contains("InvalidArgument") && err.contains("datastore.name"),
         "{err}"
     );
+    // The details decode through reflection: JSON, not base64.
+    assert!(
+        err.contains("type.googleapis.com/google.rpc.BadRequest")
+            && err.contains(r#""field":"datastore.name""#),
+        "{err}"
+    );
     let dup = g(&["-d", body, &addr, "netsync.v1.NetSync/CreateDatastore"]);
-    assert!(String::from_utf8_lossy(&dup.stderr).contains("AlreadyExists"));
+    let err = String::from_utf8_lossy(&dup.stderr);
+    assert!(
+        err.contains("AlreadyExists") && err.contains(r#""resourceType":"netsync.v1.Datastore""#),
+        "{err}"
+    );
     let missing = g(&[
         "-d",
         r#"{"name":"zz"}"#,

@@ -15,6 +15,7 @@ use netsync_testkit::datastore::{DatastoreBuilder, intent};
 use netsync_testkit::sim::{Sim, generated};
 use tokio::sync::watch;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::support::{self, TestServer};
 
@@ -224,6 +225,15 @@ async fn a_compacted_revision_is_out_of_range_naming_the_oldest_readable() {
         .and_then(|rest| rest.trim_end_matches(')').parse().ok())
         .unwrap_or_else(|| panic!("no revision in {:?}", gone.message()));
     assert!(oldest > 1, "{oldest}");
+    let info = gone
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {gone:?}"));
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("REVISION_NOT_KEPT", "netsync.dev")
+    );
+    assert_eq!(info.metadata["revision"], "1");
+    assert_eq!(info.metadata["oldest_kept"], oldest.to_string());
 
     let read = read_running(&mut client, at("r1", oldest, ""))
         .await

@@ -1,5 +1,6 @@
 //! WatchSync memory bounded in bytes: a client that does not read is cut
-//! once it owes more than `max_watcher_bytes` and resumes without a gap;
+//! once it owes more than `max_watcher_bytes` (an `ErrorInfo` saying why and
+//! where to resume) and resumes without a gap;
 //! watchers together stay within `max_watch_bytes_total`
 //! (`netsync_watch_buffered_bytes_peak`, scraped); a replay goes at its
 //! client's pace within the budget; events after a replay never go back in
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use netsync_proto::netsync::v1 as pb;
-use netsync_testkit::client::{converge, status, watch, watch_many};
+use netsync_testkit::client::{converge, cut_from, status, watch, watch_many};
 use netsync_testkit::datastore::{DatastoreBuilder, create};
 use netsync_testkit::device::Device;
 use netsync_testkit::{DEADLINE, LONG_DEADLINE};
@@ -177,7 +178,8 @@ async fn a_slow_watcher_is_cut_by_bytes_and_resumes_without_gap() {
         &["max_watcher_bytes", "\"r1\""],
     );
     let whole = whole_commits(&received);
-    let resume = from_revision(&status);
+    // A client resumes from the details, not the text.
+    let resume = cut_from(&status, "r1", "WATCHER_OVER_BUDGET");
     assert_eq!(
         resume,
         whole.last().map_or(first + 1, |r| r + 1),
@@ -257,7 +259,10 @@ async fn many_slow_watchers_stay_within_the_total_budget() {
         let (received, status) = until_error(events).await;
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
         if status.message().contains("max_watch_bytes_total") {
+            cut_from(&status, "r1", "WATCH_MEMORY_FULL");
             by_total += 1;
+        } else {
+            cut_from(&status, "r1", "WATCHER_OVER_BUDGET");
         }
         let whole = whole_commits(&received);
         assert_eq!(

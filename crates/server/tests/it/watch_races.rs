@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::support::{self, TestServer};
 
@@ -307,6 +308,13 @@ async fn slow_watcher(server: SocketAddr, from: u64) -> Slow {
                         Code::ResourceExhausted,
                         &[&format!("from_revision={next}")],
                     );
+                    // Lapped by the small ring, or over the small budget.
+                    let reason = if status.message().contains("max_watcher_bytes") {
+                        "WATCHER_OVER_BUDGET"
+                    } else {
+                        "WATCHER_LAGGED"
+                    };
+                    assert_eq!(client::cut_from(&status, "r1", reason), next);
                     resumed += 1;
                     break;
                 }
@@ -316,6 +324,11 @@ async fn slow_watcher(server: SocketAddr, from: u64) -> Slow {
                         Code::OutOfRange,
                         &[&format!("revision {next} ")],
                     );
+                    let info = status
+                        .get_details_error_info()
+                        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+                    assert_eq!(info.reason, "REVISION_NOT_KEPT", "{status:?}");
+                    assert_eq!(info.metadata["revision"], next.to_string(), "{status:?}");
                     return Slow {
                         from,
                         commits,
