@@ -53,7 +53,8 @@ named!(
 /// everything else (YAML is a superset of JSON, so a JSON file named
 /// `.yaml` reads too).
 fn is_json(file: &Path) -> bool {
-    file.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+    file.extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
 }
 
 /// A message of type `T` read from `file` (JSON or YAML), with the top-level
@@ -144,8 +145,20 @@ mod tests {
         let (from_json, json_fields) = parse::<pb::Datastore>(json, true).unwrap();
         let (from_yaml, yaml_fields) = parse::<pb::Datastore>(yaml, false).unwrap();
         assert_eq!(from_json, from_yaml);
-        assert_eq!(from_json.target.as_ref().unwrap().encoding, pb::Encoding::Proto as i32);
-        assert_eq!(from_json.sync.as_ref().unwrap().commit_interval.unwrap().nanos, 500_000_000);
+        assert_eq!(
+            from_json.target.as_ref().unwrap().encoding,
+            pb::Encoding::Proto as i32
+        );
+        assert_eq!(
+            from_json
+                .sync
+                .as_ref()
+                .unwrap()
+                .commit_interval
+                .unwrap()
+                .nanos,
+            500_000_000
+        );
         assert_eq!(json_fields, ["labels", "name", "sync", "target"]);
         assert_eq!(yaml_fields, json_fields);
     }
@@ -155,9 +168,13 @@ mod tests {
         let error = parse::<pb::Datastore>("name: r1\ntarget:\n  adress: x\n", false).unwrap_err();
         assert!(error.contains("adress"), "{error}");
         assert!(error.contains("line 3"), "{error}");
-        let error = parse::<pb::Datastore>("{\"name\": \"r1\",\n \"sync\": {\"mode\": \"FAST\"}}", true)
-            .unwrap_err();
-        assert!(error.contains("FAST") && error.contains("line 2"), "{error}");
+        let error =
+            parse::<pb::Datastore>("{\"name\": \"r1\",\n \"sync\": {\"mode\": \"FAST\"}}", true)
+                .unwrap_err();
+        assert!(
+            error.contains("FAST") && error.contains("line 2"),
+            "{error}"
+        );
     }
 
     #[test]

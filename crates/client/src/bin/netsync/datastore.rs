@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use netsync_client::{Client, pb};
 
+use crate::Output;
 use crate::codec;
 use crate::error::CliError;
 use crate::show;
-use crate::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -32,7 +32,12 @@ pub enum Command {
     #[command(visible_alias = "ls")]
     List {
         /// Label selector in Kubernetes syntax: env=lab,role!=spine, tier in (a,b), !key.
-        #[arg(short = 'l', long = "selector", value_name = "SELECTOR", default_value = "")]
+        #[arg(
+            short = 'l',
+            long = "selector",
+            value_name = "SELECTOR",
+            default_value = ""
+        )]
         selector: String,
         /// Datastores per page asked of netsyncd (0: its default).
         #[arg(long, default_value_t = 0)]
@@ -214,11 +219,17 @@ fn table(datastores: &[pb::Datastore]) -> Result<(), CliError> {
             let labels: Vec<String> = {
                 let mut labels: Vec<_> = d.labels.iter().collect();
                 labels.sort();
-                labels.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+                labels
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect()
             };
             vec![
                 d.name.clone(),
-                d.target.as_ref().map(|t| t.address.clone()).unwrap_or_default(),
+                d.target
+                    .as_ref()
+                    .map(|t| t.address.clone())
+                    .unwrap_or_default(),
                 state_name(status.state()),
                 status.revision.to_string(),
                 status.leaves.to_string(),

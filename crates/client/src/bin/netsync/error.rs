@@ -73,7 +73,9 @@ impl From<netsync_client::Error> for CliError {
         use netsync_client::Error;
         match error {
             Error::Status(status) => Self::Status(status),
-            Error::Transport(e) => Self::Unreachable(format!("cannot connect: {}", source_chain(&e))),
+            Error::Transport(e) => {
+                Self::Unreachable(format!("cannot connect: {}", source_chain(&e)))
+            }
             e @ (Error::InvalidAddress { .. } | Error::Tls(_)) => Self::Input(e.to_string()),
         }
     }

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use netsync_client::{Client, gnmi, pb};
 
+use crate::Output;
 use crate::codec;
 use crate::datastore::OutputArg;
 use crate::error::CliError;
 use crate::show;
-use crate::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -85,7 +85,10 @@ pub async fn run(client: Client, command: Command) -> Result<(), CliError> {
                 None => pb::Intent {
                     name: name.unwrap_or_default(),
                     priority,
-                    updates: leaf.iter().map(|l| parse_leaf(l)).collect::<Result<_, _>>()?,
+                    updates: leaf
+                        .iter()
+                        .map(|l| parse_leaf(l))
+                        .collect::<Result<_, _>>()?,
                     deletes: delete,
                     non_revertive,
                     ..Default::default()
@@ -164,7 +167,9 @@ fn parse_leaf(text: &str) -> Result<pb::Leaf, CliError> {
                 return Ok(pb::Leaf {
                     path: text[..i].to_string(),
                     value: Some(gnmi::TypedValue {
-                        value: Some(gnmi::typed_value::Value::StringVal(text[i + 1..].to_string())),
+                        value: Some(gnmi::typed_value::Value::StringVal(
+                            text[i + 1..].to_string(),
+                        )),
                     }),
                     owner: String::new(),
                 });
@@ -172,7 +177,9 @@ fn parse_leaf(text: &str) -> Result<pb::Leaf, CliError> {
             _ => {}
         }
     }
-    Err(CliError::Input(format!("--leaf {text:?}: expected PATH=VALUE")))
+    Err(CliError::Input(format!(
+        "--leaf {text:?}: expected PATH=VALUE"
+    )))
 }
 
 fn table(intents: &[pb::Intent]) -> Result<(), CliError> {
@@ -196,7 +203,9 @@ fn table(intents: &[pb::Intent]) -> Result<(), CliError> {
         })
         .collect();
     show::table(
-        &["NAME", "PRIORITY", "STATE", "UPDATES", "DELETES", "REVISION", "ERROR"],
+        &[
+            "NAME", "PRIORITY", "STATE", "UPDATES", "DELETES", "REVISION", "ERROR",
+        ],
         &rows,
     )
 }
@@ -207,8 +216,12 @@ mod tests {
 
     #[test]
     fn a_leaf_splits_at_the_first_equals_outside_a_key() {
-        let leaf = parse_leaf("/interfaces/interface[name=eth0]/config/description=up=down").unwrap();
-        assert_eq!(leaf.path, "/interfaces/interface[name=eth0]/config/description");
+        let leaf =
+            parse_leaf("/interfaces/interface[name=eth0]/config/description=up=down").unwrap();
+        assert_eq!(
+            leaf.path,
+            "/interfaces/interface[name=eth0]/config/description"
+        );
         assert_eq!(show::value_text(leaf.value.as_ref()), "up=down");
         assert!(parse_leaf("/a/b").is_err());
     }

@@ -20,9 +20,17 @@ use netsync_client::{Client, Tls};
 
 use crate::error::CliError;
 
-/// The command line of netsyncd's API.
+/// The command line of the netsync API: datastores, running, watches, intents and deviations.
 #[derive(Debug, Parser)]
-#[command(name = "netsync", version, about, max_term_width = 100)]
+#[command(
+    name = "netsync",
+    version,
+    max_term_width = 100,
+    after_help = "Exit codes: 0 done; 1 bad input (a file, a flag value); 2 usage; 3 netsyncd \
+                  unreachable or UNAVAILABLE; 4 NOT_FOUND; 5 refused (INVALID_ARGUMENT, \
+                  ALREADY_EXISTS, FAILED_PRECONDITION, OUT_OF_RANGE, PERMISSION_DENIED, \
+                  UNAUTHENTICATED); 6 any other error from netsyncd."
+)]
 struct Cli {
     #[command(flatten)]
     server: ServerArgs,

@@ -6,11 +6,11 @@
 use clap::{Args, Subcommand};
 use netsync_client::{Client, pb};
 
+use crate::Output;
 use crate::codec;
 use crate::datastore::{OutputArg, state_name};
 use crate::error::CliError;
 use crate::show::{self, value_json, value_text};
-use crate::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum RunningCommand {
@@ -41,12 +41,24 @@ pub struct WatchArgs {
     selector: Option<String>,
     /// Replay the commits from this revision on, then continue live (one datastore only);
     /// default: from now.
-    #[arg(long = "from", value_name = "REVISION", default_value_t = 0, requires = "datastore")]
+    #[arg(
+        long = "from",
+        value_name = "REVISION",
+        default_value_t = 0,
+        requires = "datastore"
+    )]
     from: u64,
     /// Resume a watch of many datastores from an event's resumeToken.
-    #[arg(long, value_name = "TOKEN", default_value = "", conflicts_with = "datastore")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        default_value = "",
+        conflicts_with = "datastore"
+    )]
     resume_token: String,
-    /// `json`: one SyncEvent per line in protobuf JSON; otherwise one line of text per event.
+    /// `json`: one SyncEvent per line in protobuf JSON; `yaml`: one document per event;
+    /// `table`: one line per event (revision, kind, path=value and -path; on a terminal
+    /// a long commit shows its first changes and a count).
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -195,13 +207,22 @@ fn event_line(event: &pb::SyncEvent, many: bool) -> String {
     line
 }
 
+/// Changes shown in full on one line; on a terminal, a replace of a whole
+/// device would fill the screen, so past this many the rest is counted.
+const SHOWN_ON_A_TERMINAL: usize = 10;
+
 fn changes(updates: &[pb::Leaf], deletes: &[String]) -> String {
-    updates
+    let mut all: Vec<String> = updates
         .iter()
         .map(|leaf| format!("{}={}", leaf.path, value_text(leaf.value.as_ref())))
         .chain(deletes.iter().map(|path| format!("-{path}")))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    if show::is_terminal() && all.len() > SHOWN_ON_A_TERMINAL {
+        let more = all.len() - SHOWN_ON_A_TERMINAL;
+        all.truncate(SHOWN_ON_A_TERMINAL);
+        all.push(show::paint("2", &format!("(+{more} more)")));
+    }
+    all.join(" ")
 }
 
 pub async fn deviations(client: Client, args: DeviationsArgs) -> Result<(), CliError> {

@@ -17,7 +17,10 @@ pub fn is_terminal() -> bool {
 /// an error worth a message: the reader has what it wanted.
 pub fn out(text: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => Err(CliError::Input(format!("cannot write to stdout: {e}"))),
@@ -59,6 +62,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
             line.push_str(&if header { bold(&cell) } else { cell });
             line.push_str(&" ".repeat(pad));
         }
+        // An empty last cell would leave the padding of the one before.
+        let mut line = line.trim_end().to_string();
         line.push('\n');
         line
     };
@@ -96,7 +101,9 @@ pub fn value_text(value: Option<&TypedValue>) -> String {
                 Err(_) => String::from_utf8_lossy(bytes).into_owned(),
             }
         }
-        Some(Value::BytesVal(bytes) | Value::ProtoBytes(bytes)) => format!("<{} bytes>", bytes.len()),
+        Some(Value::BytesVal(bytes) | Value::ProtoBytes(bytes)) => {
+            format!("<{} bytes>", bytes.len())
+        }
         Some(Value::AnyVal(any)) => format!("<{}>", any.type_url),
     }
 }
@@ -147,18 +154,28 @@ mod tests {
 
     #[test]
     fn values_read_as_plain_text() {
-        assert_eq!(value_text(Some(&typed(Value::StringVal("up".into())))), "up");
+        assert_eq!(
+            value_text(Some(&typed(Value::StringVal("up".into())))),
+            "up"
+        );
         assert_eq!(value_text(Some(&typed(Value::UintVal(9000)))), "9000");
         assert_eq!(
-            value_text(Some(&typed(Value::JsonIetfVal(b"\"managed by netsync\"".to_vec())))),
+            value_text(Some(&typed(Value::JsonIetfVal(
+                b"\"managed by netsync\"".to_vec()
+            )))),
             "managed by netsync"
         );
         assert_eq!(
-            value_text(Some(&typed(Value::JsonIetfVal(b"{ \"a\" : [1, 2] }".to_vec())))),
+            value_text(Some(&typed(Value::JsonIetfVal(
+                b"{ \"a\" : [1, 2] }".to_vec()
+            )))),
             r#"{"a":[1,2]}"#
         );
         assert_eq!(decimal_text(12345, 2), "123.45");
         assert_eq!(decimal_text(-5, 3), "-0.005");
-        assert_eq!(value_json(Some(&typed(Value::IntVal(-3)))), serde_json::json!(-3));
+        assert_eq!(
+            value_json(Some(&typed(Value::IntVal(-3)))),
+            serde_json::json!(-3)
+        );
     }
 }

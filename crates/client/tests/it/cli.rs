@@ -3,10 +3,7 @@
 //! first (an unreachable server, a missing datastore, a bad spec file),
 //! each with its message on stderr and its own exit code.
 
-mod common;
-
-
-use common::{Netsyncd, assert_failed, file, netsync};
+use crate::support::{Netsyncd, assert_failed, file, netsync};
 use netsync_testkit::client::{self, wait_revision};
 use netsync_testkit::gnmi::string;
 use netsync_testkit::process::{Echo, Process, Stream};
@@ -43,7 +40,11 @@ async fn with_datastore() -> (Netsyncd, Sim, tempfile::TempDir) {
     let server = Netsyncd::start().await;
     let sim = Sim::start(generated(20)).await;
     let dir = tempfile::tempdir().unwrap();
-    let spec = file(&dir, "r1.yaml", &spec_yaml("r1", &sim.addr.to_string(), "lab"));
+    let spec = file(
+        &dir,
+        "r1.yaml",
+        &spec_yaml("r1", &sim.addr.to_string(), "lab"),
+    );
     assert_eq!(
         server.ok(&["datastore", "create", "-f", &spec]).await,
         "datastore/r1 created\n"
@@ -55,19 +56,25 @@ async fn with_datastore() -> (Netsyncd, Sim, tempfile::TempDir) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_server_is_its_own_exit_code_and_netsync_server_is_honoured() {
     // Nothing listens on port 1 of loopback.
-    let output = tools::output(&mut netsync(&["--server", "http://127.0.0.1:1", "datastore", "list"])).await;
+    let output = tools::output(&mut netsync(&[
+        "--server",
+        "http://127.0.0.1:1",
+        "datastore",
+        "list",
+    ]))
+    .await;
     assert_failed(&output, UNREACHABLE, &["cannot connect", "127.0.0.1:1"]);
 
-    let output = tools::output(
-        netsync(&["datastore", "list"]).env("NETSYNC_SERVER", "http://127.0.0.1:1"),
-    )
-    .await;
+    let output =
+        tools::output(netsync(&["datastore", "list"]).env("NETSYNC_SERVER", "http://127.0.0.1:1"))
+            .await;
     assert_failed(&output, UNREACHABLE, &["127.0.0.1:1"]);
 
     let (server, _sim, _dir) = with_datastore().await;
-    let output =
-        tools::run(netsync(&["datastore", "list", "-o", "json"]).env("NETSYNC_SERVER", server.url()))
-            .await;
+    let output = tools::run(
+        netsync(&["datastore", "list", "-o", "json"]).env("NETSYNC_SERVER", server.url()),
+    )
+    .await;
     let list = json(&String::from_utf8(output.stdout).unwrap());
     assert_eq!(list["datastores"][0]["name"], "r1");
 }
@@ -84,7 +91,11 @@ async fn a_missing_datastore_is_not_found_on_stderr() {
     ] {
         let output = server.fails(args).await;
         assert_failed(&output, NOT_FOUND, &["NOT_FOUND", "nope"]);
-        assert!(output.stdout.is_empty(), "{args:?} printed {:?}", output.stdout);
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} printed {:?}",
+            output.stdout
+        );
     }
 }
 
@@ -92,8 +103,14 @@ async fn a_missing_datastore_is_not_found_on_stderr() {
 async fn a_bad_spec_file_is_named_with_its_line_and_field() {
     let server = Netsyncd::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let misspelt = file(&dir, "bad.yaml", "name: r1\ntarget:\n  adress: 127.0.0.1:1\n");
-    let output = server.fails(&["datastore", "create", "-f", &misspelt]).await;
+    let misspelt = file(
+        &dir,
+        "bad.yaml",
+        "name: r1\ntarget:\n  adress: 127.0.0.1:1\n",
+    );
+    let output = server
+        .fails(&["datastore", "create", "-f", &misspelt])
+        .await;
     assert_failed(&output, INPUT, &["bad.yaml", "adress", "line 3"]);
 
     let bad_enum = file(
@@ -101,7 +118,9 @@ async fn a_bad_spec_file_is_named_with_its_line_and_field() {
         "bad.json",
         "{\"name\": \"r1\",\n \"sync\": {\"mode\": \"SYNC_MODE_FAST\"}}",
     );
-    let output = server.fails(&["datastore", "create", "-f", &bad_enum]).await;
+    let output = server
+        .fails(&["datastore", "create", "-f", &bad_enum])
+        .await;
     assert_failed(&output, INPUT, &["bad.json", "SYNC_MODE_FAST", "line 2"]);
 
     let output = server
@@ -111,7 +130,9 @@ async fn a_bad_spec_file_is_named_with_its_line_and_field() {
 
     // A valid file the server refuses: its code and message, naming the field.
     let no_address = file(&dir, "empty.yaml", "name: r1\n");
-    let output = server.fails(&["datastore", "create", "-f", &no_address]).await;
+    let output = server
+        .fails(&["datastore", "create", "-f", &no_address])
+        .await;
     assert_failed(&output, 5, &["INVALID_ARGUMENT", "datastore.target"]);
     assert!(server.ok(&["datastore", "list"]).await.lines().count() == 1);
 }
@@ -119,7 +140,11 @@ async fn a_bad_spec_file_is_named_with_its_line_and_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn datastores_are_created_listed_updated_and_deleted() {
     let (server, sim, dir) = with_datastore().await;
-    let json_spec = file(&dir, "r2.json", &spec_json("r2", &sim.addr.to_string(), "prod"));
+    let json_spec = file(
+        &dir,
+        "r2.json",
+        &spec_json("r2", &sim.addr.to_string(), "prod"),
+    );
     assert_eq!(
         server.ok(&["datastore", "create", "-f", &json_spec]).await,
         "datastore/r2 created\n"
@@ -130,30 +155,58 @@ async fn datastores_are_created_listed_updated_and_deleted() {
     assert_eq!(r1["target"]["address"], sim.addr.to_string());
     assert_eq!(r1["sync"]["commitInterval"], "0.010s");
     let yaml: serde_json::Value =
-        serde_yaml_ng::from_str(&server.ok(&["datastore", "get", "r2", "-o", "yaml"]).await).unwrap();
+        serde_yaml_ng::from_str(&server.ok(&["datastore", "get", "r2", "-o", "yaml"]).await)
+            .unwrap();
     assert_eq!(yaml["labels"]["env"], "prod");
 
     // The selector matches r1 only; the table has a header and one row.
     let lab = server.ok(&["datastore", "list", "-l", "env=lab"]).await;
     let rows: Vec<&str> = lab.lines().collect();
     assert_eq!(rows.len(), 2, "{lab}");
-    assert!(rows[0].starts_with("NAME") && rows[1].starts_with("r1 "), "{lab}");
+    assert!(
+        rows[0].starts_with("NAME") && rows[1].starts_with("r1 "),
+        "{lab}"
+    );
     assert!(rows[1].contains("env=lab"), "{lab}");
     let names = |list: serde_json::Value| -> Vec<String> {
         list["datastores"]
             .as_array()
-            .map(|a| a.iter().map(|d| d["name"].as_str().unwrap().to_string()).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|d| d["name"].as_str().unwrap().to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     assert_eq!(
-        names(json(&server.ok(&["datastore", "list", "-l", "env!=lab", "-o", "json"]).await)),
+        names(json(
+            &server
+                .ok(&["datastore", "list", "-l", "env!=lab", "-o", "json"])
+                .await
+        )),
         ["r2"]
     );
     // One per page: without --all only the first, with it every page.
-    let first = json(&server.ok(&["datastore", "list", "--page-size", "1", "-o", "json"]).await);
+    let first = json(
+        &server
+            .ok(&["datastore", "list", "--page-size", "1", "-o", "json"])
+            .await,
+    );
     assert_eq!(names(first.clone()), ["r1"]);
     assert!(first["nextPageToken"].is_string());
-    let all = json(&server.ok(&["datastore", "list", "--page-size", "1", "--all", "-o", "json"]).await);
+    let all = json(
+        &server
+            .ok(&[
+                "datastore",
+                "list",
+                "--page-size",
+                "1",
+                "--all",
+                "-o",
+                "json",
+            ])
+            .await,
+    );
     assert_eq!(names(all), ["r1", "r2"]);
 
     // Update r1 to another device: the same uid, revisions go on from where they were.
@@ -176,7 +229,10 @@ async fn datastores_are_created_listed_updated_and_deleted() {
     );
     assert_eq!(updated["target"]["address"], other.addr.to_string());
     assert_eq!(updated["uid"], r1["uid"]);
-    assert_eq!(updated["labels"]["env"], "lab", "a field outside the mask is kept");
+    assert_eq!(
+        updated["labels"]["env"], "lab",
+        "a field outside the mask is kept"
+    );
     let after = client::until_running(&mut client, "r1", "the other device's hostname", |leaves| {
         leaves.get(hostname) != before.leaves.get(hostname)
     })
@@ -188,9 +244,21 @@ async fn datastores_are_created_listed_updated_and_deleted() {
     );
 
     // A mask given explicitly: only the labels change.
-    let relabel = file(&dir, "relabel.yaml", "labels:\n  env: staging\ntarget:\n  address: 127.0.0.1:1\n");
+    let relabel = file(
+        &dir,
+        "relabel.yaml",
+        "labels:\n  env: staging\ntarget:\n  address: 127.0.0.1:1\n",
+    );
     server
-        .ok(&["datastore", "update", "r1", "-f", &relabel, "--update-mask", "labels"])
+        .ok(&[
+            "datastore",
+            "update",
+            "r1",
+            "-f",
+            &relabel,
+            "--update-mask",
+            "labels",
+        ])
         .await;
     let r1 = json(&server.ok(&["datastore", "get", "r1", "-o", "json"]).await);
     assert_eq!(r1["labels"]["env"], "staging");
@@ -233,9 +301,14 @@ async fn running_reads_in_every_format_now_and_at_a_past_revision() {
     let table = server.ok(&["running", "get", "r1"]).await;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), running.leaves.len() + 1, "{table}");
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["PATH", "VALUE"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["PATH", "VALUE"]
+    );
     assert!(
-        lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == [hostname, "first"]),
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == [hostname, "first"]),
         "{table}"
     );
 
@@ -249,16 +322,31 @@ async fn running_reads_in_every_format_now_and_at_a_past_revision() {
         leaves.get(hostname) != running.leaves.get(hostname)
     })
     .await;
-    let now = json(&server.ok(&["running", "get", "r1", hostname, "-o", "json"]).await);
+    let now = json(
+        &server
+            .ok(&["running", "get", "r1", hostname, "-o", "json"])
+            .await,
+    );
     assert_eq!(now["leaves"][hostname], "second");
     let past = json(
         &server
-            .ok(&["running", "get", "r1", "--revision", &earlier.to_string(), "-o", "json"])
+            .ok(&[
+                "running",
+                "get",
+                "r1",
+                "--revision",
+                &earlier.to_string(),
+                "-o",
+                "json",
+            ])
             .await,
     );
     assert_eq!(past["revision"], earlier);
     assert_eq!(past["leaves"][hostname], "first");
-    assert_eq!(past["leaves"].as_object().unwrap().len(), running.leaves.len());
+    assert_eq!(
+        past["leaves"].as_object().unwrap().len(),
+        running.leaves.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -274,12 +362,24 @@ async fn watch_of_one_datastore_prints_a_line_per_event_from_a_revision() {
         (line.stream == Stream::Stdout).then(|| line.text.clone())
     };
     // Revision 1 replayed first: the initial sync's commit.
-    let first = text.output().wait_for(DEADLINE, stdout).expect("a first event line");
+    let first = text
+        .output()
+        .wait_for(DEADLINE, stdout)
+        .expect("a first event line");
     assert!(first.starts_with("1 "), "{first}");
 
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netsync"));
     command
-        .args(["--server", &server.url(), "watch", "r1", "--from", "1", "-o", "json"])
+        .args([
+            "--server",
+            &server.url(),
+            "watch",
+            "r1",
+            "--from",
+            "1",
+            "-o",
+            "json",
+        ])
         .env_remove("NETSYNC_SERVER");
     let json_lines = Process::start("netsync watch -o json", command, Echo::default()).unwrap();
 
@@ -332,8 +432,15 @@ async fn intents_are_set_read_listed_and_deleted_and_deviations_shown() {
     let set = json(
         &server
             .ok(&[
-                "intent", "set", "r1", "--name", "desc", "--leaf",
-                "/interfaces/interface[name=eth0]/config/description=uplink", "-o", "json",
+                "intent",
+                "set",
+                "r1",
+                "--name",
+                "desc",
+                "--leaf",
+                "/interfaces/interface[name=eth0]/config/description=uplink",
+                "-o",
+                "json",
             ])
             .await,
     );
@@ -343,22 +450,47 @@ async fn intents_are_set_read_listed_and_deleted_and_deviations_shown() {
         "/interfaces/interface[name=eth0]/config/description"
     );
 
-    let motd = json(&server.ok(&["intent", "get", "r1", "motd", "-o", "json"]).await);
+    let motd = json(
+        &server
+            .ok(&["intent", "get", "r1", "motd", "-o", "json"])
+            .await,
+    );
     assert_eq!(motd["priority"], 10);
-    assert_eq!(motd["updates"][0]["value"]["stringVal"], "managed by netsync");
+    assert_eq!(
+        motd["updates"][0]["value"]["stringVal"],
+        "managed by netsync"
+    );
 
     let list = server.ok(&["intent", "list", "r1"]).await;
-    let names: Vec<&str> = list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    let names: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert_eq!(names, ["desc", "motd"], "{list}");
 
     let deviations = server.ok(&["deviations", "r1"]).await;
     let rows: Vec<Vec<&str>> = deviations
         .lines()
-        .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect())
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
         .collect();
-    assert_eq!(rows[0], ["PATH", "INTENT", "EXPECTED", "ACTUAL"], "{deviations}");
+    assert_eq!(
+        rows[0],
+        ["PATH", "INTENT", "EXPECTED", "ACTUAL"],
+        "{deviations}"
+    );
     assert!(
-        rows.contains(&vec!["/system/config/motd-banner", "motd", "managed by netsync", "<absent>"]),
+        rows.contains(&vec![
+            "/system/config/motd-banner",
+            "motd",
+            "managed by netsync",
+            "<absent>"
+        ]),
         "{deviations}"
     );
     let deviations = json(&server.ok(&["deviations", "r1", "-o", "json"]).await);
