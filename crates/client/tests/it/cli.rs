@@ -4,8 +4,11 @@
 //! each with its message on stderr and its own exit code.
 
 use crate::support::{Netsyncd, assert_failed, file, netsync};
+use netsync_core::datastore::Secret;
+use netsync_server::tls::ApiTls;
 use netsync_testkit::client::{self, wait_revision};
 use netsync_testkit::gnmi::string;
+use netsync_testkit::pki::Ca;
 use netsync_testkit::process::{Echo, Process, Stream};
 use netsync_testkit::sim::{Sim, failing_sets, generated};
 use netsync_testkit::{DEADLINE, tools};
@@ -504,4 +507,65 @@ async fn intents_are_set_read_listed_and_deleted_and_deviations_shown() {
     assert_failed(&output, NOT_FOUND, &["NOT_FOUND", "motd"]);
     let left = json(&server.ok(&["intent", "list", "r1", "-o", "json"]).await);
     assert_eq!(left["intents"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_flags_reach_a_mutual_tls_netsyncd() {
+    let ca = Ca::new("API CA");
+    let clients = Ca::new("client CA");
+    let server = Netsyncd::start_with(|mut config| {
+        let identity = ca.server(&["localhost"]);
+        config.tls = Some(ApiTls {
+            cert_pem: identity.cert_pem,
+            key_pem: Secret::new(identity.key_pem),
+            client_ca_pem: Some(clients.cert_pem.clone()),
+            reload_from: None,
+        });
+        config
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let me = clients.client("operator");
+    let ca_file = file(&dir, "ca.pem", &ca.cert_pem);
+    let cert_file = file(&dir, "client.pem", &me.cert_pem);
+    let key_file = file(&dir, "client.key", &me.key_pem);
+    let address = server.addr.to_string();
+    let tls = |extra: &[&str]| {
+        let mut args = vec![
+            "--server",
+            &address,
+            "--tls-ca",
+            &ca_file,
+            "--tls-server-name",
+            "localhost",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["datastore", "list", "-o", "json"]);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+
+    // Without a client certificate, netsyncd refuses the call.
+    let output = tools::output(netsync(&[]).args(tls(&[]))).await;
+    assert_failed(&output, UNREACHABLE, &["connection"]);
+    // A plaintext address with TLS flags is a contradiction, said so.
+    let output = tools::output(&mut netsync(&[
+        "--server",
+        &server.url(),
+        "--tls-ca",
+        &ca_file,
+        "datastore",
+        "list",
+    ]))
+    .await;
+    assert_failed(&output, INPUT, &["TLS", "https://"]);
+
+    let output =
+        tools::run(netsync(&[]).args(tls(&["--tls-cert", &cert_file, "--tls-key", &key_file])))
+            .await;
+    let list = json(&String::from_utf8(output.stdout).unwrap());
+    assert!(
+        list.as_object()
+            .is_some_and(|l| l.get("datastores").is_none()),
+        "{list}"
+    );
 }

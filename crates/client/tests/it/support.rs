@@ -25,11 +25,17 @@ pub struct Netsyncd {
 impl Netsyncd {
     /// Starts netsyncd on 127.0.0.1:0.
     pub async fn start() -> Self {
+        Self::start_with(|config| config).await
+    }
+
+    /// Starts netsyncd on 127.0.0.1:0 with the default configuration
+    /// changed by `change` (TLS, for one).
+    pub async fn start_with(change: impl FnOnce(Config) -> Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::with_db(format!(
+        let config = change(Config::with_db(format!(
             "sqlite://{}",
             dir.path().join("netsync.db").display()
-        ));
+        )));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -69,7 +75,18 @@ impl Netsyncd {
     /// returns its stdout.
     pub async fn ok(&self, args: &[&str]) -> String {
         let output = netsync_testkit::tools::run(&mut self.command(args)).await;
-        String::from_utf8(output.stdout).unwrap()
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        // A pipe gets no colours and no progress, ever.
+        assert!(
+            !stdout.contains('\x1b'),
+            "escape codes in a pipe: {stdout:?}"
+        );
+        assert!(
+            output.stderr.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
     }
 
     /// Runs `netsync args...` against this netsyncd, asserting it fails.

@@ -114,6 +114,7 @@ pub async fn run(client: Client, command: Command) -> Result<(), CliError> {
             output,
         } => {
             let mut datastores = Vec::new();
+            let progress = show::progress();
             loop {
                 let page = raw
                     .list_datastores(pb::ListDatastoresRequest {
@@ -125,11 +126,13 @@ pub async fn run(client: Client, command: Command) -> Result<(), CliError> {
                     .await?
                     .into_inner();
                 datastores.extend(page.datastores);
+                progress.set_message(format!("{} datastores", datastores.len()));
                 page_token = page.next_page_token;
                 if page_token.is_empty() || !all {
                     break;
                 }
             }
+            progress.finish_and_clear();
             if !page_token.is_empty() && output.output == Output::Table {
                 eprintln!("more datastores: --all for every page, or --page-token {page_token}");
             }

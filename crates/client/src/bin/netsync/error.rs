@@ -8,7 +8,7 @@ use tonic::Code;
 pub mod exit {
     /// A local mistake: a file that cannot be read or is not a valid spec, flags that do not fit.
     pub const INPUT: i32 = 1;
-    /// netsyncd could not be reached (or answered UNAVAILABLE).
+    /// netsyncd could not be reached, answered UNAVAILABLE, or the connection broke.
     pub const UNREACHABLE: i32 = 3;
     /// NOT_FOUND: no such datastore, intent, or path.
     pub const NOT_FOUND: i32 = 4;
@@ -36,6 +36,11 @@ impl CliError {
         match self {
             Self::Input(_) => exit::INPUT,
             Self::Unreachable(_) => exit::UNREACHABLE,
+            // A status made by tonic from a broken connection: netsyncd
+            // never answered (a TLS handshake refused, a netsyncd killed).
+            Self::Status(status) if std::error::Error::source(status).is_some() => {
+                exit::UNREACHABLE
+            }
             Self::Status(status) => match status.code() {
                 Code::NotFound => exit::NOT_FOUND,
                 Code::Unavailable => exit::UNREACHABLE,
@@ -57,7 +62,23 @@ impl std::fmt::Display for CliError {
             Self::Input(message) | Self::Unreachable(message) => f.write_str(message),
             // The code as grpcurl and the gRPC docs spell it, then netsyncd's
             // message, which names the field or the thing.
-            Self::Status(status) => write!(f, "{}: {}", code_name(status.code()), status.message()),
+            // tonic's status for a broken connection says only "transport
+            // error"; its causes say what broke (a TLS alert, a reset).
+            Self::Status(status) => match std::error::Error::source(status) {
+                Some(cause) => {
+                    let causes = source_chain(cause);
+                    let causes = causes
+                        .strip_prefix(status.message())
+                        .map_or(causes.as_str(), |rest| rest.trim_start_matches(": "));
+                    write!(
+                        f,
+                        "{}: {}: {causes}",
+                        code_name(status.code()),
+                        status.message()
+                    )
+                }
+                None => write!(f, "{}: {}", code_name(status.code()), status.message()),
+            },
         }
     }
 }
@@ -84,14 +105,17 @@ impl From<netsync_client::Error> for CliError {
 /// An error and its causes, `a: b: c` (tonic's transport error alone says
 /// only "transport error").
 fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
+    let mut parts = vec![error.to_string()];
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let part = cause.to_string();
+        // Layers often repeat their cause's words ("transport error").
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
         source = cause.source();
     }
-    text
+    parts.join(": ")
 }
 
 /// The canonical name of a gRPC code (`NOT_FOUND`).

@@ -92,11 +92,14 @@ pub async fn run(client: Client, command: RunningCommand) -> Result<(), CliError
         .into_inner();
     let mut read_at = 0;
     let mut leaves = Vec::new();
+    let progress = show::progress();
     while let Some(batch) = stream.message().await? {
         // Every message of one call is of one revision.
         read_at = batch.revision;
         leaves.extend(batch.leaves);
+        progress.set_message(format!("{} leaves at revision {read_at}", leaves.len()));
     }
+    progress.finish_and_clear();
     match output.output {
         Output::Table => show::table(
             &["PATH", "VALUE"],

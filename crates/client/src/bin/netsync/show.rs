@@ -27,6 +27,18 @@ pub fn out(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// A spinner on stderr counting what a long read has received, only when
+/// stdout is a terminal (a person waiting); hidden otherwise, so a pipe or a
+/// log gets nothing but the result. Clear it before printing the result.
+pub fn progress() -> indicatif::ProgressBar {
+    if !is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
+}
+
 /// `text` in bold, on a terminal.
 pub fn bold(text: &str) -> String {
     paint("1", text)
