@@ -246,6 +246,15 @@ async fn datastores_are_created_listed_updated_and_deleted() {
         before.revision
     );
 
+    // What get prints, edited, is an update: output-only fields stay out of the mask.
+    let got = server.ok(&["datastore", "get", "r1", "-o", "yaml"]).await;
+    let edited = file(&dir, "edited.yaml", &got.replace("env: lab", "env: edited"));
+    server
+        .ok(&["datastore", "update", "r1", "-f", &edited])
+        .await;
+    let r1 = json(&server.ok(&["datastore", "get", "r1", "-o", "json"]).await);
+    assert_eq!(r1["labels"]["env"], "edited");
+
     // A mask given explicitly: only the labels change.
     let relabel = file(
         &dir,

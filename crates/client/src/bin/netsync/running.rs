@@ -44,10 +44,10 @@ pub struct WatchArgs {
     #[arg(
         long = "from",
         value_name = "REVISION",
-        default_value_t = 0,
-        requires = "datastore"
+        requires = "datastore",
+        conflicts_with = "selector"
     )]
-    from: u64,
+    from: Option<u64>,
     /// Resume a watch of many datastores from an event's resumeToken.
     #[arg(
         long,
@@ -124,18 +124,25 @@ pub async fn run(client: Client, command: RunningCommand) -> Result<(), CliError
     }
 }
 
+/// The WatchSync request of `netsync watch`: one datastore by name, or
+/// (datastore empty) every datastore the selector matches, all of them
+/// without one.
+fn watch_request(args: &WatchArgs) -> pb::WatchSyncRequest {
+    pb::WatchSyncRequest {
+        datastore: args.datastore.clone().unwrap_or_default(),
+        from_revision: args.from.unwrap_or(0),
+        label_selector: args.selector.clone().unwrap_or_default(),
+        resume_token: args.resume_token.clone(),
+        value_format: pb::ValueFormat::Scalar as i32,
+        ..Default::default()
+    }
+}
+
 pub async fn watch(client: Client, args: WatchArgs) -> Result<(), CliError> {
     let many = args.datastore.is_none();
     let mut stream = client
         .raw()
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: args.datastore.unwrap_or_default(),
-            from_revision: args.from,
-            label_selector: args.selector.unwrap_or_default(),
-            resume_token: args.resume_token,
-            value_format: pb::ValueFormat::Scalar as i32,
-            ..Default::default()
-        })
+        .watch_sync(watch_request(&args))
         .await?
         .into_inner();
     while let Some(event) = stream.message().await? {
@@ -271,4 +278,75 @@ pub async fn deviations(client: Client, args: DeviationsArgs) -> Result<(), CliE
 /// missing on the device), which an empty cell would not say.
 fn or_absent(text: String, present: bool) -> String {
     if present { text } else { "<absent>".into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Watch {
+        #[command(flatten)]
+        args: WatchArgs,
+    }
+
+    fn request(args: &[&str]) -> pb::WatchSyncRequest {
+        let parsed = Watch::try_parse_from(std::iter::once("watch").chain(args.iter().copied()));
+        watch_request(&parsed.unwrap_or_else(|e| panic!("{args:?}: {e}")).args)
+    }
+
+    #[test]
+    fn a_watch_names_one_datastore_or_selects_many() {
+        let one = request(&["r1", "--from", "7"]);
+        assert_eq!((one.datastore.as_str(), one.from_revision), ("r1", 7));
+        assert_eq!(one.value_format, pb::ValueFormat::Scalar as i32);
+        let many = request(&["-l", "env=lab"]);
+        assert_eq!(
+            (many.datastore.as_str(), many.label_selector.as_str()),
+            ("", "env=lab")
+        );
+        let all = request(&["--resume-token", "t1"]);
+        assert_eq!(
+            (all.datastore.as_str(), all.label_selector.as_str()),
+            ("", "")
+        );
+        assert_eq!(all.resume_token, "t1");
+        // --from is a revision of one datastore; many resume by token.
+        assert!(Watch::try_parse_from(["watch", "-l", "env=lab", "--from", "3"]).is_err());
+        assert!(Watch::try_parse_from(["watch", "r1", "-l", "env=lab"]).is_err());
+    }
+
+    #[test]
+    fn an_event_of_many_datastores_starts_with_its_datastore() {
+        use pb::sync_event::Event;
+        let event = |event| pb::SyncEvent {
+            datastore: "r2".into(),
+            revision: 4,
+            event: Some(event),
+            ..Default::default()
+        };
+        let commit = event(Event::Commit(pb::Commit {
+            updates: vec![pb::Leaf {
+                path: "/a".into(),
+                value: Some(netsync_client::gnmi::TypedValue {
+                    value: Some(netsync_client::gnmi::typed_value::Value::UintVal(5)),
+                }),
+                owner: String::new(),
+            }],
+            deletes: vec!["/b".into()],
+            ..Default::default()
+        }));
+        assert_eq!(event_line(&commit, false), "4 commit /a=5 -/b");
+        assert_eq!(event_line(&commit, true), "r2 4 commit /a=5 -/b");
+        let left = event(Event::Left(pb::Left {
+            reason: "deleted".into(),
+        }));
+        assert_eq!(event_line(&left, true), "r2 4 left deleted");
+        assert_eq!(
+            event_line(&event(Event::Progress(pb::Progress {})), true),
+            "r2 4 progress"
+        );
+    }
 }
