@@ -91,6 +91,7 @@ async fn a_missing_datastore_is_not_found_on_stderr() {
         &["running", "get", "nope"],
         &["intent", "list", "nope"],
         &["deviations", "nope"],
+        &["watch", "nope"],
     ] {
         let output = server.fails(args).await;
         assert_failed(&output, NOT_FOUND, &["NOT_FOUND", "nope"]);
@@ -126,13 +127,17 @@ async fn a_bad_spec_file_is_named_with_its_line_and_field() {
         .await;
     assert_failed(&output, INPUT, &["bad.json", "SYNC_MODE_FAST", "line 2"]);
 
+    let empty = file(&dir, "empty.json", "\n");
+    let output = server.fails(&["datastore", "create", "-f", &empty]).await;
+    assert_failed(&output, INPUT, &["empty.json", "empty"]);
+
     let output = server
         .fails(&["datastore", "create", "-f", "/nonexistent/spec.yaml"])
         .await;
     assert_failed(&output, INPUT, &["/nonexistent/spec.yaml"]);
 
     // A valid file the server refuses: its code and message, naming the field.
-    let no_address = file(&dir, "empty.yaml", "name: r1\n");
+    let no_address = file(&dir, "no-target.yaml", "name: r1\n");
     let output = server
         .fails(&["datastore", "create", "-f", &no_address])
         .await;

@@ -70,6 +70,9 @@ pub fn read_file<T: Named>(file: &Path) -> Result<(T, Vec<String>), CliError> {
 
 /// A message of type `T` from `text`, JSON or YAML; see [`read_file`].
 pub fn parse<T: Named>(text: &str, json: bool) -> Result<(T, Vec<String>), String> {
+    if text.trim().is_empty() {
+        return Err(format!("empty, expected a {}", T::NAME));
+    }
     let desc = descriptor(T::NAME);
     // Unknown fields are mistakes in a hand-written spec (a misspelt
     // `adress` would otherwise be dropped without a word).
