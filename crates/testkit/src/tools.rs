@@ -125,12 +125,18 @@ fn answers(program: &Path, args: &[&str]) -> bool {
 /// Runs `command` to its end (killed after [`LONG_DEADLINE`]) and asserts it
 /// succeeded, showing its output if not.
 pub async fn run(command: &mut tokio::process::Command) -> Output {
-    let output = tokio::time::timeout(LONG_DEADLINE, command.kill_on_drop(true).output())
-        .await
-        .unwrap_or_else(|_| panic!("{command:?} did not end within {LONG_DEADLINE:?}"))
-        .unwrap_or_else(|e| panic!("{command:?} cannot run: {e}"));
+    let output = output(command).await;
     assert_success(&format!("{command:?}"), &output);
     output
+}
+
+/// Runs `command` to its end (killed after [`LONG_DEADLINE`]) and returns its output whether it succeeded or not (for the
+/// tests of a failure: its exit code and stderr).
+pub async fn output(command: &mut tokio::process::Command) -> Output {
+    tokio::time::timeout(LONG_DEADLINE, command.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not end within {LONG_DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("{command:?} cannot run: {e}"))
 }
 
 /// Asserts `output` is of a successful run of `what`, showing it if not.
