@@ -50,6 +50,11 @@ pub enum Event {
         updated: usize,
         /// Leaves removed.
         deleted: usize,
+        /// The paths set, in the order the commit sent them (their values
+        /// are in the map).
+        updated_paths: Vec<String>,
+        /// The paths removed.
+        deleted_paths: Vec<String>,
     },
     /// The datastore was deleted and created again under the same name (a
     /// new incarnation: another uid, revisions from 1 again): the map was
@@ -450,7 +455,9 @@ impl Reflector {
                 for path in &whole.deletes {
                     self.leaves.remove(path);
                 }
+                let mut updated_paths = Vec::with_capacity(updated);
                 for leaf in whole.updates {
+                    updated_paths.push(leaf.path.clone());
                     self.leaves
                         .insert(leaf.path, leaf.value.unwrap_or_default());
                 }
@@ -461,6 +468,8 @@ impl Reflector {
                     replace: whole.replace,
                     updated,
                     deleted,
+                    updated_paths,
+                    deleted_paths: whole.deletes,
                 })
             }
             pb::sync_event::Event::StateChanged(state) => {
