@@ -192,8 +192,9 @@ impl Reflector {
     /// Brings the map one step further and says what changed: waits for the
     /// next revision (or the first list), resuming or relisting on the way
     /// as needed, with a backoff while netsyncd cannot be reached. Errors
-    /// only on what trying again cannot fix: an unknown datastore, a refused
-    /// credential, a bad request. Cancel-safe between events: dropping the
+    /// only on what trying again cannot fix: an unknown or deleted datastore
+    /// (NOT_FOUND), a stopped one (FAILED_PRECONDITION for its own uid), a
+    /// refused credential, a bad request. Cancel-safe between events: dropping the
     /// future loses nothing the map holds (a revision half-received is
     /// received again whole).
     pub async fn next(&mut self) -> Result<Event, Error> {
