@@ -21,8 +21,10 @@ const POLL: Duration = Duration::from_millis(20);
 /// A client of one netsyncd.
 #[derive(Clone)]
 pub struct Netsync {
-    /// The generated client.
+    /// The generated client, without a limit on the size of a message.
     pub client: NetSyncClient<Channel>,
+    /// The client library's client, on the same connection (reflectors).
+    pub library: netsync_client::Client,
 }
 
 /// A datastore on the device at `device`: PROTO encoding, ON_CHANGE on `/`
@@ -56,16 +58,18 @@ impl Netsync {
     /// Connects to `url`, trying again until `deadline` passes (a process
     /// that has just logged its address may still be starting).
     pub async fn connect(url: &str, deadline: Duration) -> anyhow::Result<Self> {
-        let endpoint = Channel::from_shared(url.to_string())?.tcp_nodelay(true);
         let give_up = Instant::now() + deadline;
         loop {
-            match endpoint.connect().await {
-                Ok(channel) => {
+            // netsync-client's connect: tonic's endpoint defaults, which
+            // include TCP_NODELAY.
+            match netsync_client::connect(url, None).await {
+                Ok(library) => {
                     return Ok(Self {
-                        client: NetSyncClient::new(channel).max_decoding_message_size(usize::MAX),
+                        client: library.raw().max_decoding_message_size(usize::MAX),
+                        library,
                     });
                 }
-                Err(e) if Instant::now() >= give_up => {
+                Err(e) if !e.is_retryable() || Instant::now() >= give_up => {
                     return Err(e).with_context(|| format!("cannot connect to netsyncd at {url}"));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

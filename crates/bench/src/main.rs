@@ -18,6 +18,7 @@
 mod api;
 mod binaries;
 mod device;
+mod follower;
 mod intents;
 mod markers;
 mod process;

@@ -7,6 +7,18 @@
 //! revision the status names; a watch whose next revision the change log no
 //! longer keeps (OUT_OF_RANGE) starts over with a new list.
 //!
+//! Every call after the first names the incarnation of the datastore the map
+//! belongs to (`expected_uid`, the uid GetDatastore read before the first
+//! list): a datastore deleted and created again under the same name has
+//! another uid and revisions that start over at 1, and without the check a
+//! resumed watch would splice the new history onto the old map. netsyncd
+//! refuses such a call with FAILED_PRECONDITION; the reflector then reads the
+//! new uid, lists the new incarnation from scratch and says so
+//! ([`Event::Recreated`]). A datastore deleted and not (yet) created again
+//! ends the reflector: [`Reflector::next`] returns NOT_FOUND (after the
+//! [`Event::Cut`] of the watch the deletion ended), and a caller that
+//! expects the datastore back makes a new reflector later.
+//!
 //! The map only ever holds whole revisions: the parts of a large commit
 //! (`Commit.more`) are held back until its last part has come.
 
@@ -38,6 +50,25 @@ pub enum Event {
         updated: usize,
         /// Leaves removed.
         deleted: usize,
+        /// The paths set, in the order the commit sent them (their values
+        /// are in the map).
+        updated_paths: Vec<String>,
+        /// The paths removed.
+        deleted_paths: Vec<String>,
+    },
+    /// The datastore was deleted and created again under the same name (a
+    /// new incarnation: another uid, revisions from 1 again): the map was
+    /// replaced by the new incarnation's running, read whole at `revision`.
+    /// Nothing of the old map is kept.
+    Recreated {
+        /// The revision of the new incarnation read.
+        revision: u64,
+        /// The new incarnation's uid.
+        uid: String,
+        /// The uid of the incarnation the map held before.
+        previous_uid: String,
+        /// The FAILED_PRECONDITION that showed the uid had changed.
+        after: Status,
     },
     /// The watch ended with `status` and is resumed from `from_revision` by
     /// the next call, without a new list.
@@ -78,6 +109,11 @@ struct Partial {
 pub struct Reflector {
     raw: RawClient,
     datastore: String,
+    /// The incarnation the map belongs to (empty before the first list).
+    uid: String,
+    /// netsyncd refused a call for `uid` (FAILED_PRECONDITION): the next
+    /// list reads the uid again, and lists the new incarnation if it changed.
+    uid_refused: bool,
     leaves: Leaves,
     revision: u64,
     /// Why the next call must list: `Some(None)` for the first list.
@@ -107,6 +143,8 @@ impl Reflector {
         Self {
             raw,
             datastore: datastore.into(),
+            uid: String::new(),
+            uid_refused: false,
             leaves: Leaves::new(),
             revision: 0,
             relist: Some(None),
@@ -130,6 +168,12 @@ impl Reflector {
         &self.datastore
     }
 
+    /// The uid of the datastore incarnation the map belongs to (empty before
+    /// the first list).
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
     /// The revision the map is at (0 before the first list).
     pub fn revision(&self) -> u64 {
         self.revision
@@ -148,19 +192,28 @@ impl Reflector {
     /// Brings the map one step further and says what changed: waits for the
     /// next revision (or the first list), resuming or relisting on the way
     /// as needed, with a backoff while netsyncd cannot be reached. Errors
-    /// only on what trying again cannot fix: an unknown datastore, a refused
-    /// credential, a bad request. Cancel-safe between events: dropping the
+    /// only on what trying again cannot fix: an unknown or deleted datastore
+    /// (NOT_FOUND), a stopped one (FAILED_PRECONDITION for its own uid), a
+    /// refused credential, a bad request. Cancel-safe between events: dropping the
     /// future loses nothing the map holds (a revision half-received is
     /// received again whole).
     pub async fn next(&mut self) -> Result<Event, Error> {
         loop {
             if let Some(after) = self.relist.clone() {
-                match self.list().await {
-                    Ok(()) => {
+                match self.list(after.as_ref()).await {
+                    Ok(previous_uid) => {
                         self.relist = None;
-                        return Ok(Event::Listed {
-                            revision: self.revision,
-                            after,
+                        return Ok(match previous_uid {
+                            Some((previous_uid, after)) => Event::Recreated {
+                                revision: self.revision,
+                                uid: self.uid.clone(),
+                                previous_uid,
+                                after,
+                            },
+                            None => Event::Listed {
+                                revision: self.revision,
+                                after,
+                            },
                         });
                     }
                     Err(status) => self.retry_or_fail(status).await?,
@@ -171,6 +224,10 @@ impl Reflector {
                 match self.watch().await {
                     Ok(stream) => self.stream = Some(stream),
                     Err(status) if status.code() == Code::OutOfRange => {
+                        self.relist = Some(Some(status));
+                    }
+                    Err(status) if status.code() == Code::FailedPrecondition => {
+                        self.uid_refused = true;
                         self.relist = Some(Some(status));
                     }
                     Err(status) => self.retry_or_fail(status).await?,
@@ -194,14 +251,82 @@ impl Reflector {
         }
     }
 
-    /// Reads running whole and starts the next watch after it.
-    async fn list(&mut self) -> Result<(), Status> {
+    /// Reads running whole and starts the next watch after it. Reads the
+    /// datastore's uid first when the map has none yet, or when netsyncd
+    /// refused the one it has (`after` is that refusal); returns the uid
+    /// the map held before, with the refusal that showed it, when the list
+    /// is of another incarnation.
+    async fn list(&mut self, after: Option<&Status>) -> Result<Option<(String, Status)>, Status> {
         self.stream = None;
         self.partial = None;
+        let mut refusal = after
+            .filter(|s| s.code() == Code::FailedPrecondition)
+            .cloned();
+        let mut uid = self.uid.clone();
+        if uid.is_empty() || self.uid_refused {
+            uid = self.read_uid().await?;
+            if self.uid_refused && uid == self.uid {
+                // Refused for another reason than a new incarnation (a
+                // stopped datastore): nothing a new list can fix.
+                self.uid_refused = false;
+                return Err(after.cloned().unwrap_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "{:?} refused a call for its own uid",
+                        self.datastore
+                    ))
+                }));
+            }
+        }
+        let (revision, leaves) = loop {
+            match self.read_running(&uid).await {
+                Ok(read) => break read,
+                // Deleted and created again between the two reads: list the
+                // newest incarnation; the same uid means another refusal.
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    let current = self.read_uid().await?;
+                    if current == uid {
+                        return Err(status);
+                    }
+                    uid = current;
+                    refusal = Some(status);
+                }
+                Err(status) => return Err(status),
+            }
+        };
+        let previous = std::mem::replace(&mut self.uid, uid);
+        self.uid_refused = false;
+        self.leaves = leaves;
+        self.revision = revision;
+        self.from_revision = revision + 1;
+        self.failures = 0;
+        if previous.is_empty() || previous == self.uid {
+            return Ok(None);
+        }
+        let refusal = refusal.unwrap_or_else(|| {
+            Status::failed_precondition(format!("{:?} has another uid", self.datastore))
+        });
+        Ok(Some((previous, refusal)))
+    }
+
+    /// The uid of the datastore's current incarnation.
+    async fn read_uid(&mut self) -> Result<String, Status> {
+        Ok(self
+            .raw
+            .get_datastore(pb::GetDatastoreRequest {
+                name: self.datastore.clone(),
+            })
+            .await?
+            .into_inner()
+            .uid)
+    }
+
+    /// Running of incarnation `uid` of the datastore, whole.
+    async fn read_running(&mut self, uid: &str) -> Result<(u64, Leaves), Status> {
         let mut stream = self
             .raw
             .get_running(pb::GetRunningRequest {
                 datastore: self.datastore.clone(),
+                expected_uid: uid.into(),
                 ..Default::default()
             })
             .await?
@@ -214,11 +339,7 @@ impl Reflector {
                 leaves.insert(leaf.path, leaf.value.unwrap_or_default());
             }
         }
-        self.leaves = leaves;
-        self.revision = revision;
-        self.from_revision = revision + 1;
-        self.failures = 0;
-        Ok(())
+        Ok((revision, leaves))
     }
 
     async fn watch(&mut self) -> Result<Streaming<pb::SyncEvent>, Status> {
@@ -228,6 +349,7 @@ impl Reflector {
             .watch_sync(pb::WatchSyncRequest {
                 datastore: self.datastore.clone(),
                 from_revision: self.from_revision,
+                expected_uid: self.uid.clone(),
                 ..Default::default()
             })
             .await?
@@ -239,6 +361,11 @@ impl Reflector {
         self.stream = None;
         self.partial = None;
         if status.code() == Code::OutOfRange {
+            self.relist = Some(Some(status));
+            return Ok(None);
+        }
+        if status.code() == Code::FailedPrecondition {
+            self.uid_refused = true;
             self.relist = Some(Some(status));
             return Ok(None);
         }
@@ -283,6 +410,19 @@ impl Reflector {
     /// than the map's next).
     fn apply(&mut self, event: pb::SyncEvent) -> Option<Event> {
         let revision = event.revision;
+        if !event.uid.is_empty() && event.uid != self.uid {
+            // netsyncd checks expected_uid when the watch opens, so this is
+            // not expected; an event of another incarnation must not reach
+            // the map all the same.
+            self.stream = None;
+            self.partial = None;
+            self.uid_refused = true;
+            self.relist = Some(Some(Status::failed_precondition(format!(
+                "the watch of {:?} sent an event of uid {:?}, not {:?}",
+                self.datastore, event.uid, self.uid
+            ))));
+            return None;
+        }
         match event.event? {
             pb::sync_event::Event::Commit(part) => {
                 if revision <= self.revision {
@@ -316,7 +456,9 @@ impl Reflector {
                 for path in &whole.deletes {
                     self.leaves.remove(path);
                 }
+                let mut updated_paths = Vec::with_capacity(updated);
                 for leaf in whole.updates {
+                    updated_paths.push(leaf.path.clone());
                     self.leaves
                         .insert(leaf.path, leaf.value.unwrap_or_default());
                 }
@@ -327,6 +469,8 @@ impl Reflector {
                     replace: whole.replace,
                     updated,
                     deleted,
+                    updated_paths,
+                    deleted_paths: whole.deletes,
                 })
             }
             pb::sync_event::Event::StateChanged(state) => {

@@ -3,8 +3,11 @@
 //! happen, then serving on so that the suggested grpcurl commands can be tried.
 //!
 //! The demo drives netsync as a controller would, over real gRPC on loopback:
-//! CreateDatastore, WatchSync (every event shown as it arrives), GetDatastore
-//! (the progress bar), SetIntent and GetDeviations. It makes the device drift
+//! through the client library (netsync-client): CreateDatastore, a reflector
+//! of the datastore (GetRunning, then WatchSync from the next revision; every
+//! event shown as it arrives, the values of a commit read from the
+//! reflector's copy of running), GetDatastore (the progress bar), SetIntent
+//! and GetDeviations. It makes the device drift
 //! through the simulator's own control service (SimControl/SetLeaves), as a
 //! person editing the device by hand would. This is command-line front-end
 //! code, so it reports errors with `anyhow`, like `main`.
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
+use netsync_client::{Event, Leaves, Reflector};
 use netsync_proto::gnmi;
 use netsync_proto::netsync::sim::v1 as simpb;
 use netsync_proto::netsync::sim::v1::sim_control_client::SimControlClient;
@@ -26,7 +30,6 @@ use pb::net_sync_client::NetSyncClient;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::Streaming;
 use tonic::transport::Channel;
 use tracing_subscriber::EnvFilter;
 
@@ -272,14 +275,19 @@ struct Seen {
 
 /// The narrated scenario, as a controller would drive it.
 async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Result<()> {
-    // tonic's default 4 MiB message limit: large revisions come in parts.
-    let mut client = NetSyncClient::new(channel(api).await?);
+    // tonic's default 4 MiB message limit: large revisions come in parts
+    // (which the reflector joins).
+    let netsync = netsync_client::connect(&api.to_string(), None)
+        .await
+        .with_context(|| format!("cannot connect to {api}"))?;
+    let mut client = netsync.raw();
     let mut sim = SimControlClient::new(channel(sim_addr).await?);
 
     out.line("");
     out.line(
-        "Each event line: seconds since the start, the datastore's revision (r), what WatchSync \
-         streamed.",
+        "Each event line: seconds since the start, the datastore's revision (r), what the \
+         reflector (netsync-client) read: running listed (GetRunning), then what WatchSync \
+         streamed from the next revision.",
     );
     out.line("");
     out.line(format!(
@@ -292,18 +300,11 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
         })
         .await
         .context("CreateDatastore")?;
-    // From revision 1: every commit is replayed, none can fall between the
-    // create and the watch.
-    let stream = client
-        .watch_sync(pb::WatchSyncRequest {
-            datastore: DATASTORE.into(),
-            from_revision: 1,
-            ..Default::default()
-        })
-        .await
-        .context("WatchSync")?
-        .into_inner();
-    let mut events = Events { stream };
+    // It lists running, then watches from the revision after the list:
+    // nothing can fall between the create and the watch.
+    let mut events = Events {
+        reflector: netsync.reflector(DATASTORE),
+    };
     let total = sim
         .get_counters(simpb::GetCountersRequest {})
         .await
@@ -329,7 +330,7 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
     out.line(format!(
         "   => running holds all {dump_leaves} leaves of the device after {:.2} s, at revision {}",
         initial_sync.as_secs_f64(),
-        in_sync.revision
+        in_sync
     ));
 
     out.line("");
@@ -353,13 +354,12 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
         .await
         .context("SetIntent")?;
     let applied = events
-        .until(out, "the intent applied", |e| {
+        .until(out, "the intent applied", |e, _| {
             revert_phase(e) == Some(pb::RevertPhase::Applied)
         })
         .await?;
     out.line(format!(
-        "   => the device has the intent's values (revision {})",
-        applied.revision
+        "   => the device has the intent's values (revision {applied})"
     ));
 
     out.line("");
@@ -370,25 +370,24 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
     let edited = Instant::now();
     set_on_device(&mut sim, HOSTNAME_PATH, HAND_EDITED_HOSTNAME).await?;
     let drift = events
-        .until(out, "the hand edit committed", |e| {
-            commit_sets(e, HOSTNAME_PATH, HAND_EDITED_HOSTNAME)
+        .until(out, "the hand edit committed", |e, leaves| {
+            commit_sets(e, leaves, HOSTNAME_PATH, HAND_EDITED_HOSTNAME)
         })
         .await?;
     let reverted = events
-        .until(out, "the hostname reverted", |e| {
-            commit_sets(e, HOSTNAME_PATH, HOSTNAME)
+        .until(out, "the hostname reverted", |e, leaves| {
+            commit_sets(e, leaves, HOSTNAME_PATH, HOSTNAME)
         })
         .await?;
     let revert_after = edited.elapsed();
     events
-        .until(out, "the revert APPLIED", |e| {
+        .until(out, "the revert APPLIED", |e, _| {
             revert_phase(e) == Some(pb::RevertPhase::Applied)
         })
         .await?;
     out.line(format!(
-        "   => drift committed at revision {}, reverted at revision {}, {} ms after the edit",
-        drift.revision,
-        reverted.revision,
+        "   => drift committed at revision {drift}, reverted at revision {reverted}, {} ms after \
+         the edit",
         revert_after.as_millis()
     ));
 
@@ -399,8 +398,8 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
     ));
     set_on_device(&mut sim, DESCRIPTION_PATH, DESCRIPTION).await?;
     let untracked = events
-        .until(out, "the description committed", |e| {
-            commit_sets(e, DESCRIPTION_PATH, DESCRIPTION)
+        .until(out, "the description committed", |e, leaves| {
+            commit_sets(e, leaves, DESCRIPTION_PATH, DESCRIPTION)
         })
         .await?;
     let deviations = client
@@ -412,9 +411,8 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
         .context("GetDeviations")?
         .into_inner();
     out.line(format!(
-        "   => recorded in running at revision {}, not reverted: GetDeviations lists {} \
+        "   => recorded in running at revision {untracked}, not reverted: GetDeviations lists {} \
          deviations at revision {}",
-        untracked.revision,
         deviations.deviations.len(),
         deviations.revision
     ));
@@ -425,11 +423,11 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
         &Seen {
             dump_leaves,
             initial_sync,
-            initial_revision: in_sync.revision,
-            drift_revision: drift.revision,
-            revert_revision: reverted.revision,
+            initial_revision: in_sync,
+            drift_revision: drift,
+            revert_revision: reverted,
             revert_after,
-            untracked_revision: untracked.revision,
+            untracked_revision: untracked,
             deviations: deviations.deviations.len(),
         },
         api,
@@ -439,21 +437,22 @@ async fn script(out: &Out, api: SocketAddr, sim_addr: SocketAddr) -> anyhow::Res
 }
 
 /// Shows events and the dump's progress until the sync is IN_SYNC; returns
-/// that event.
+/// the revision that event was observed at.
 async fn initial_sync(
     out: &Out,
     client: &mut NetSyncClient<Channel>,
     events: &mut Events,
-) -> anyhow::Result<pb::SyncEvent> {
+) -> anyhow::Result<u64> {
     let mut tick = tokio::time::interval(PROGRESS_PERIOD);
     let deadline = tokio::time::sleep(STEP_DEADLINE);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             event = events.next(out) => {
-                let event = event?;
-                if state(&event) == Some(pb::SyncState::InSync) {
-                    return Ok(event);
+                if let Event::StateChanged { revision, state } = event?
+                    && state.state == pb::SyncState::InSync as i32
+                {
+                    return Ok(revision);
                 }
             }
             _ = tick.tick() => {
@@ -535,42 +534,42 @@ async fn set_on_device(
     Ok(())
 }
 
-/// The WatchSync stream, printed as it is read.
+/// The datastore's reflector, its events printed as they come.
 struct Events {
-    stream: Streaming<pb::SyncEvent>,
+    reflector: Reflector,
 }
 
 impl Events {
     /// The next event, printed. A FAILED revert ends the demo: what follows
     /// would not be what the narration says.
-    async fn next(&mut self, out: &Out) -> anyhow::Result<pb::SyncEvent> {
+    async fn next(&mut self, out: &Out) -> anyhow::Result<Event> {
         let event = self
-            .stream
-            .message()
+            .reflector
+            .next()
             .await
-            .context("WatchSync")?
-            .ok_or_else(|| anyhow!("WatchSync ended"))?;
-        out.event(&event);
-        if let Some(pb::sync_event::Event::Revert(r)) = &event.event
-            && r.phase == pb::RevertPhase::Failed as i32
+            .context("the reflector of the datastore (GetRunning, WatchSync)")?;
+        out.event(&event, self.reflector.leaves());
+        if let Event::Revert { revert, .. } = &event
+            && revert.phase == pb::RevertPhase::Failed as i32
         {
-            bail!("the revert failed: {}", r.error);
+            bail!("the revert failed: {}", revert.error);
         }
         Ok(event)
     }
 
-    /// Reads (and prints) events until one satisfies `done`.
+    /// Reads (and prints) events until one satisfies `done` (given the event
+    /// and the reflector's map after it); returns its revision.
     async fn until(
         &mut self,
         out: &Out,
         what: &str,
-        mut done: impl FnMut(&pb::SyncEvent) -> bool,
-    ) -> anyhow::Result<pb::SyncEvent> {
+        mut done: impl FnMut(&Event, &Leaves) -> bool,
+    ) -> anyhow::Result<u64> {
         tokio::time::timeout(STEP_DEADLINE, async {
             loop {
                 let event = self.next(out).await?;
-                if done(&event) {
-                    return Ok(event);
+                if done(&event, self.reflector.leaves()) {
+                    return Ok(revision(&event));
                 }
             }
         })
@@ -579,27 +578,32 @@ impl Events {
     }
 }
 
-fn state(event: &pb::SyncEvent) -> Option<pb::SyncState> {
-    match &event.event {
-        Some(pb::sync_event::Event::StateChanged(s)) => pb::SyncState::try_from(s.state).ok(),
+/// The revision `event` was applied or observed at.
+fn revision(event: &Event) -> u64 {
+    match event {
+        Event::Listed { revision, .. }
+        | Event::Recreated { revision, .. }
+        | Event::Applied { revision, .. }
+        | Event::StateChanged { revision, .. }
+        | Event::Revert { revision, .. } => *revision,
+        Event::Cut { from_revision, .. } => from_revision.saturating_sub(1),
+    }
+}
+
+fn revert_phase(event: &Event) -> Option<pb::RevertPhase> {
+    match event {
+        Event::Revert { revert, .. } => pb::RevertPhase::try_from(revert.phase).ok(),
         _ => None,
     }
 }
 
-fn revert_phase(event: &pb::SyncEvent) -> Option<pb::RevertPhase> {
-    match &event.event {
-        Some(pb::sync_event::Event::Revert(r)) => pb::RevertPhase::try_from(r.phase).ok(),
-        _ => None,
-    }
-}
-
-/// Whether `event` is a commit that sets `path` to the string `value`.
-fn commit_sets(event: &pb::SyncEvent, path: &str, value: &str) -> bool {
-    match &event.event {
-        Some(pb::sync_event::Event::Commit(c)) => c
-            .updates
-            .iter()
-            .any(|l| l.path == path && l.value.as_ref() == Some(&string(value))),
+/// Whether `event` applied a commit that set `path` to the string `value`
+/// (`leaves`: the map after it).
+fn commit_sets(event: &Event, leaves: &Leaves, path: &str, value: &str) -> bool {
+    match event {
+        Event::Applied { updated_paths, .. } => {
+            updated_paths.iter().any(|p| p == path) && leaves.get(path) == Some(&string(value))
+        }
         _ => false,
     }
 }

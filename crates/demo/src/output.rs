@@ -1,4 +1,5 @@
-//! What the demo prints: timestamped lines for WatchSync events, and the
+//! What the demo prints: timestamped lines for what its reflector (the
+//! client library's list-then-WatchSync helper) reports, and the
 //! progress of the initial sync (an indicatif bar on a terminal, plain lines
 //! otherwise, so that a pipe or a log file gets readable text).
 
@@ -7,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use netsync_client::{Event, Leaves};
 use netsync_proto::gnmi;
 use netsync_proto::netsync::v1 as pb;
 
@@ -72,11 +74,12 @@ impl Out {
         ));
     }
 
-    /// Prints a WatchSync event.
-    pub fn event(&self, event: &pb::SyncEvent) {
-        let mut lines = describe(event).into_iter();
+    /// Prints what the reflector reported, `leaves` its map after it.
+    pub fn event(&self, event: &Event, leaves: &Leaves) {
+        let (revision, lines) = describe_reflected(event, leaves);
+        let mut lines = lines.into_iter();
         if let Some(first) = lines.next() {
-            self.at(event.revision, first);
+            self.at(revision, first);
         }
         for detail in lines {
             self.line(format!("{DETAIL_INDENT}{detail}"));
@@ -132,6 +135,92 @@ impl Out {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The revision of what the reflector reported, and the lines that show it.
+/// A revision applied is shown as the WatchSync commit it came in (whole:
+/// the reflector joins the parts of a large one), its values read from the
+/// map `leaves` the commit was applied to.
+pub fn describe_reflected(event: &Event, leaves: &Leaves) -> (u64, Vec<String>) {
+    let watched = |revision, event| {
+        let lines = describe(&pb::SyncEvent {
+            revision,
+            event: Some(event),
+            ..Default::default()
+        });
+        (revision, lines)
+    };
+    match event {
+        Event::Listed { revision, after } => {
+            let why = match after {
+                None => String::new(),
+                Some(status) => format!(" again ({})", status.message()),
+            };
+            let lines = vec![format!(
+                "list     running read whole{why}: {} at revision {revision} (GetRunning), \
+                 watched from revision {} (WatchSync)",
+                count(leaves.len()),
+                revision + 1
+            )];
+            (*revision, lines)
+        }
+        Event::Recreated {
+            revision,
+            uid,
+            previous_uid,
+            ..
+        } => (
+            *revision,
+            vec![format!(
+                "list     the datastore was created again (uid {uid}, was {previous_uid}): \
+                 running read whole, {}",
+                count(leaves.len())
+            )],
+        ),
+        Event::Cut {
+            status,
+            from_revision,
+        } => (
+            from_revision.saturating_sub(1),
+            vec![format!(
+                "watch    cut ({}), resumed from revision {from_revision}",
+                status.message()
+            )],
+        ),
+        Event::Applied {
+            revision,
+            replace,
+            updated_paths,
+            deleted_paths,
+            ..
+        } => {
+            let commit = pb::Commit {
+                replace: *replace,
+                updates: updated_paths
+                    .iter()
+                    .map(|path| pb::Leaf {
+                        path: path.clone(),
+                        value: leaves.get(path).cloned(),
+                        owner: String::new(),
+                    })
+                    .collect(),
+                deletes: deleted_paths.clone(),
+                more: false,
+            };
+            watched(*revision, pb::sync_event::Event::Commit(commit))
+        }
+        Event::StateChanged { revision, state } => watched(
+            *revision,
+            pb::sync_event::Event::StateChanged(state.clone()),
+        ),
+        Event::Revert { revision, revert } => {
+            watched(*revision, pb::sync_event::Event::Revert(revert.clone()))
+        }
+    }
+}
+
+fn count(leaves: usize) -> String {
+    format!("{leaves} {}", plural(leaves, "leaf"))
 }
 
 /// The lines that show `event`: a headline, then details.
@@ -264,6 +353,49 @@ mod tests {
             event: Some(event),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_revision_the_reflector_applied_shows_its_values_from_the_map() {
+        let leaves: Leaves = [
+            ("/a".to_string(), string("new").unwrap()),
+            ("/b".to_string(), string("kept").unwrap()),
+        ]
+        .into();
+        let applied = Event::Applied {
+            revision: 7,
+            replace: false,
+            updated: 1,
+            deleted: 1,
+            updated_paths: vec!["/a".into()],
+            deleted_paths: vec!["/c".into()],
+        };
+        assert_eq!(
+            describe_reflected(&applied, &leaves),
+            (
+                7,
+                vec![
+                    "commit   2 changes".to_string(),
+                    "/a = \"new\"".into(),
+                    "/c deleted".into()
+                ]
+            )
+        );
+        let listed = Event::Listed {
+            revision: 3,
+            after: None,
+        };
+        assert_eq!(
+            describe_reflected(&listed, &leaves),
+            (
+                3,
+                vec![
+                    "list     running read whole: 2 leaves at revision 3 (GetRunning), watched \
+                     from revision 4 (WatchSync)"
+                        .to_string()
+                ]
+            )
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! RESOURCE_EXHAUSTED, a netsyncd restart, a change log compacted past it),
 //! its map ends equal to running read at the same revision. Each test also
 //! checks that the cut it is about happened, and was handled the way it
-//! should be (resumed without a new list, or listed again).
+//! should be (resumed without a new list, or listed again). A datastore
+//! deleted and created again under the reflector is listed from scratch, its
+//! old leaves never mixed with the new incarnation's; one deleted for good
+//! ends the reflector with NOT_FOUND.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,6 +16,7 @@ use netsync_client::{Event, Reflector};
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::Config;
 use netsync_server::log::Retention;
+use netsync_sim::{InitialState, SimConfig};
 use netsync_testkit::client::{self, Client, converge, wait_revision};
 use netsync_testkit::datastore::DatastoreBuilder;
 use netsync_testkit::sim::{Sim, generated};
@@ -26,6 +30,8 @@ use crate::support::{self, TestServer};
 struct Tally {
     /// Each list, with the code of the status that made it necessary.
     listed: Vec<Option<Code>>,
+    /// Each new incarnation listed: the code of the status that showed it.
+    recreated: Vec<Code>,
     /// Each cut that was resumed: the code and the revision resumed from.
     cuts: Vec<(Code, u64)>,
     applied: usize,
@@ -43,6 +49,7 @@ impl Tally {
                 status,
                 from_revision,
             } => self.cuts.push((status.code(), *from_revision)),
+            Event::Recreated { after, .. } => self.recreated.push(after.code()),
             Event::Applied { .. } => self.applied += 1,
             Event::StateChanged { .. } | Event::Revert { .. } => {}
         }
@@ -53,7 +60,13 @@ impl Tally {
 /// A churning simulator synced into datastore "r1" of the server at
 /// `addr`, committing every 10 ms.
 async fn churning(addr: SocketAddr, rate: f64) -> Sim {
-    let sim = Sim::start(generated(100)).await;
+    churning_on(addr, generated(100), rate).await
+}
+
+/// A simulator started with `config`, churning at `rate`, synced into
+/// datastore "r1" of the server at `addr`, committing every 10 ms.
+async fn churning_on(addr: SocketAddr, config: SimConfig, rate: f64) -> Sim {
+    let sim = Sim::start(config).await;
     let mut client = Client::new(netsync_testkit::channel(addr).await);
     client
         .create_datastore(
@@ -270,6 +283,159 @@ async fn a_log_compacted_past_the_reflector_makes_it_list_again_and_end_equal_to
         [None, Some(Code::OutOfRange)],
         "listed once, then again after OUT_OF_RANGE: {tally:?}"
     );
+    drop(observer);
+    server.stop().await;
+    sim.stop().await;
+}
+
+/// Datastore "r1" deleted while a reflector watches it, and created again
+/// under the same name on another device (other leaves, its revisions from 1
+/// again) that commits past the revision the old watch would resume from:
+/// the reflector's resumed watch names the old uid, is refused with
+/// FAILED_PRECONDITION, and the reflector lists the new incarnation from
+/// scratch (Recreated). Its map is then the new incarnation's running at
+/// that revision (read back in time), with nothing of the old device, and
+/// ends equal to running. Without expected_uid the watch from the old
+/// revision + 1 would be served by the new history and splice it onto the
+/// old map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datastore_deleted_and_created_again_is_listed_from_scratch_never_mixing_the_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let old = churning(server.addr, 200.0).await;
+    let mut reflector = netsync_client::connect(&server.addr.to_string(), None)
+        .await
+        .unwrap()
+        .reflector("r1");
+    let mut tally = Tally::default();
+    while tally.applied < 3 {
+        tally.next(&mut reflector).await;
+    }
+    let old_uid = reflector.uid().to_string();
+    let mut observer = Client::new(netsync_testkit::channel(server.addr).await);
+    assert_eq!(old_uid, client::uid(&mut observer, "r1").await);
+    old.stop_churn().await;
+    let old_last = converge(&mut observer, "r1", &old).await;
+    let old_leaves = client::running(&mut observer, "r1", old_last).await.leaves;
+
+    // The reflector is not reading: its watch is cut by the deletion while
+    // the new incarnation commits far past old_last.
+    observer
+        .delete_datastore(pb::DeleteDatastoreRequest { name: "r1".into() })
+        .await
+        .unwrap();
+    let other = SimConfig {
+        initial: InitialState::Generated {
+            leaves: 60,
+            seed: 2,
+        },
+        ..SimConfig::default()
+    };
+    let new = churning_on(server.addr, other, 200.0).await;
+    let new_uid = client::uid(&mut observer, "r1").await;
+    assert_ne!(new_uid, old_uid);
+    wait_revision(&mut observer, "r1", old_last + 10).await;
+
+    let relisted_at = within(async {
+        loop {
+            match tally.next(&mut reflector).await {
+                Event::Recreated {
+                    revision,
+                    uid,
+                    previous_uid,
+                    ..
+                } => {
+                    assert_eq!((&uid, &previous_uid), (&new_uid, &old_uid));
+                    break revision;
+                }
+                // The old incarnation never went past old_last.
+                Event::Applied { revision, .. } => assert!(
+                    revision <= old_last,
+                    "revision {revision} of the new incarnation applied onto the old map \
+                     (old incarnation's last: {old_last}): {tally:?}"
+                ),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let then = client::read_running(
+        &mut observer,
+        pb::GetRunningRequest {
+            datastore: "r1".into(),
+            revision: relisted_at,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (relisted_at, reflector.leaves()),
+        (then.revision, &then.leaves),
+        "listed from scratch: the new incarnation's running at its revision"
+    );
+    assert!(
+        old_leaves
+            .iter()
+            .any(|(path, value)| then.leaves.get(path) != Some(value)),
+        "the old device has leaves the new one has not, so that a mix would show"
+    );
+    assert_reflects_running(&new, server.addr, &mut reflector, &mut tally).await;
+    assert_eq!(reflector.uid(), new_uid);
+    assert_eq!(
+        (tally.listed.as_slice(), tally.recreated.as_slice()),
+        (&[None][..], &[Code::FailedPrecondition][..]),
+        "one first list, one list of the new incarnation after its uid was refused: {tally:?}"
+    );
+    drop(observer);
+    server.stop().await;
+    old.stop().await;
+    new.stop().await;
+}
+
+/// A datastore deleted under a reflector and not created again: the watch
+/// the deletion cut cannot be resumed, and the reflector ends with
+/// NOT_FOUND (what trying again cannot fix) instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_datastore_ends_the_reflector_with_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("netsync.db")).await;
+    let sim = churning(server.addr, 100.0).await;
+    let mut reflector = netsync_client::connect(&server.addr.to_string(), None)
+        .await
+        .unwrap()
+        .reflector("r1");
+    let mut tally = Tally::default();
+    while tally.applied < 2 {
+        tally.next(&mut reflector).await;
+    }
+    let mut observer = Client::new(netsync_testkit::channel(server.addr).await);
+    observer
+        .delete_datastore(pb::DeleteDatastoreRequest { name: "r1".into() })
+        .await
+        .unwrap();
+    let ended = within(async {
+        loop {
+            match reflector.next().await {
+                Ok(event) => assert!(
+                    matches!(
+                        event,
+                        Event::Applied { .. } | Event::Cut { .. } | Event::StateChanged { .. }
+                    ),
+                    "after the deletion: {event:?}"
+                ),
+                Err(error) => break error,
+            }
+        }
+    })
+    .await;
+    match ended {
+        netsync_client::Error::Status(status) => {
+            assert_eq!(status.code(), Code::NotFound, "{status:?}");
+            assert!(status.message().contains("r1"), "{status:?}");
+        }
+        other => panic!("ended with {other:?}, not NOT_FOUND"),
+    }
     drop(observer);
     server.stop().await;
     sim.stop().await;

@@ -200,6 +200,18 @@ async fn a_damaged_change_log_stops_only_its_datastore() {
     )
     .await;
     assert_serves_and_syncs(&mut client, "r1", &devices[0], revisions[0]).await;
+    // A reflector (netsync-client) of it: refused with FAILED_PRECONDITION
+    // for its own uid, which no new list can fix, it ends with that error
+    // instead of listing again and again.
+    let mut reflector =
+        netsync_client::Client::from_channel(server.channel().await).reflector("r2");
+    match netsync_testkit::within(reflector.next()).await {
+        Err(netsync_client::Error::Status(refused)) => {
+            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            assert!(refused.message().contains("stopped"), "{refused:?}");
+        }
+        other => panic!("a reflector of a stopped datastore: {other:?}"),
+    }
 
     // The operator removes it and creates it again.
     delete_and_create_again(&mut client, "r2", &devices[1]).await;
