@@ -200,11 +200,7 @@ impl FleetReflector {
                 self.stream = Some(response.into_inner());
                 Ok(())
             }
-            Err(status)
-                if status.code() == Code::InvalidArgument
-                    && !self.token.is_empty()
-                    && status.message().starts_with("resume_token") =>
-            {
+            Err(status) if !self.token.is_empty() && names_the_token(&status) => {
                 // A token this netsyncd does not take (another version):
                 // start over.
                 self.token.clear();
@@ -369,5 +365,21 @@ impl FleetReflector {
             }
         }
         Ok(copy)
+    }
+}
+
+/// Whether `status` refuses the resume token (its BadRequest names the
+/// field; the message does too, for a netsyncd without details).
+fn names_the_token(status: &Status) -> bool {
+    use tonic_types::StatusExt as _;
+    if status.code() != Code::InvalidArgument {
+        return false;
+    }
+    match status.get_details_bad_request() {
+        Some(bad) => bad
+            .field_violations
+            .iter()
+            .any(|violation| violation.field == "resume_token"),
+        None => status.message().starts_with("resume_token"),
     }
 }

@@ -376,7 +376,7 @@ impl Reflector {
         // whole. Without one (a broken connection), the revision after the
         // map's. One past the map's would leave a gap: list again instead.
         let next = self.revision + 1;
-        match resume_revision(status.message()).unwrap_or(next) {
+        match resume_revision(&status).unwrap_or(next) {
             from if from <= next => {
                 self.from_revision = from;
                 Ok(Some(Event::Cut {
@@ -485,10 +485,18 @@ impl Reflector {
     }
 }
 
-/// The revision a cut watch resumes from, as netsyncd names it in the
-/// status message ("... resume with from_revision=N").
-fn resume_revision(message: &str) -> Option<u64> {
-    let (_, after) = message.split_once("from_revision=")?;
+/// The revision a cut watch resumes from: the `from_revision` of the
+/// status's ErrorInfo, else (a netsyncd from before error details) the one
+/// its message names ("... resume with from_revision=N").
+fn resume_revision(status: &Status) -> Option<u64> {
+    use tonic_types::StatusExt as _;
+    if let Some(from) = status
+        .get_details_error_info()
+        .and_then(|info| info.metadata.get("from_revision").cloned())
+    {
+        return from.parse().ok();
+    }
+    let (_, after) = status.message().split_once("from_revision=")?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
@@ -498,13 +506,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_resume_revision_is_read_from_the_status_message() {
+    fn the_resume_revision_is_read_from_the_error_info_else_the_message() {
+        let text = |m: &str| resume_revision(&Status::unavailable(m));
         assert_eq!(
-            resume_revision("netsyncd is shutting down; resume with from_revision=42"),
+            text("netsyncd is shutting down; resume with from_revision=42"),
             Some(42)
         );
-        assert_eq!(resume_revision("from_revision=7"), Some(7));
-        assert_eq!(resume_revision("from_revision=, no number"), None);
-        assert_eq!(resume_revision("transport error"), None);
+        assert_eq!(text("from_revision=7"), Some(7));
+        assert_eq!(text("from_revision=, no number"), None);
+        assert_eq!(text("transport error"), None);
+
+        use tonic_types::{ErrorDetails, StatusExt as _};
+        let detailed = Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            "the text names another: from_revision=1",
+            ErrorDetails::with_error_info(
+                "WATCHER_LAGGED",
+                "netsync.dev",
+                [("from_revision".to_string(), "9".to_string())],
+            ),
+        );
+        assert_eq!(resume_revision(&detailed), Some(9));
     }
 }

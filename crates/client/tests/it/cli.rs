@@ -583,3 +583,107 @@ async fn tls_flags_reach_a_mutual_tls_netsyncd() {
         "{list}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_of_many_by_selector_follows_datastores_created_later_and_resumes() {
+    let (server, sim, dir) = with_datastore().await;
+    let address = sim.addr.to_string();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netsync"));
+    command
+        .args([
+            "--server",
+            &server.url(),
+            "watch",
+            "-l",
+            "env=lab",
+            "-o",
+            "json",
+        ])
+        .env_remove("NETSYNC_SERVER");
+    let watch = Process::start("netsync watch -l", command, Echo::default()).unwrap();
+    let json_line = |want: fn(&serde_json::Value) -> bool| {
+        move |line: &netsync_testkit::process::Line| {
+            let event = line.json()?;
+            (line.stream == Stream::Stdout && want(&event)).then_some(event)
+        }
+    };
+    watch
+        .output()
+        .wait_for(
+            DEADLINE,
+            json_line(|e| e["datastore"] == "r1" && e["baseline"].is_object()),
+        )
+        .expect("r1's Baseline");
+    let progress = watch
+        .output()
+        .wait_for(DEADLINE, json_line(|e| e["progress"].is_object()))
+        .expect("a Progress after the Baselines");
+    let token = progress["resumeToken"].as_str().unwrap().to_string();
+
+    // Created while it runs: one matching, one not.
+    for (name, env) in [("r2", "prod"), ("r3", "lab")] {
+        let spec = file(
+            &dir,
+            &format!("{name}.yaml"),
+            &spec_yaml(name, &address, env),
+        );
+        server.ok(&["datastore", "create", "-f", &spec]).await;
+    }
+    let baseline = watch
+        .output()
+        .wait_for(
+            DEADLINE,
+            json_line(|e| e["datastore"] == "r3" && e["baseline"].is_object()),
+        )
+        .expect("r3's Baseline");
+    assert_eq!(baseline["baseline"]["reason"], "created");
+    watch
+        .output()
+        .wait_for(
+            DEADLINE,
+            json_line(|e| e["datastore"] == "r3" && e["commit"].is_object()),
+        )
+        .expect("r3's first commit");
+    assert!(
+        watch
+            .output()
+            .lines()
+            .iter()
+            .all(|line| line.json().is_none_or(|e| e["datastore"] != "r2")),
+        "r2 does not match"
+    );
+
+    // Resumed in text form from the first token: r1 continues (no new
+    // Baseline), r3 was not in the token (a Baseline of its own).
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netsync"));
+    command
+        .args(["--server", &server.url(), "watch", "-l", "env=lab"])
+        .args(["--resume-token", &token])
+        .env_remove("NETSYNC_SERVER");
+    let resumed = Process::start("netsync watch --resume-token", command, Echo::default()).unwrap();
+    let progress_line = resumed
+        .output()
+        .wait_for(DEADLINE, |line| {
+            (line.stream == Stream::Stdout && line.text.starts_with("progress --resume-token "))
+                .then(|| line.text.clone())
+        })
+        .expect("a progress line with its token");
+    let text: Vec<String> = resumed
+        .output()
+        .lines()
+        .into_iter()
+        .filter(|line| line.stream == Stream::Stdout)
+        .map(|line| line.text.clone())
+        .collect();
+    assert!(
+        text.iter().any(|l| l.starts_with("r3 0 baseline")),
+        "{text:?}"
+    );
+    assert!(
+        !text
+            .iter()
+            .any(|l| l.starts_with("r1 ") && l.contains("baseline")),
+        "{text:?}"
+    );
+    assert!(progress_line.len() > "progress --resume-token ".len());
+}

@@ -199,7 +199,15 @@ fn event_line(event: &pb::SyncEvent, many: bool) -> String {
         ),
         Some(Event::Baseline(baseline)) => ("baseline", "36", baseline.reason.clone()),
         Some(Event::Left(left)) => ("left", "31", left.reason.clone()),
-        Some(Event::Progress(_)) => ("progress", "2", String::new()),
+        Some(Event::Progress(_)) => {
+            // No datastore, no revision: a point to resume the whole watch
+            // from, written as the flag that does it.
+            return format!(
+                "{} --resume-token {}",
+                show::paint("2", "progress"),
+                event.resume_token
+            );
+        }
         None => ("unknown", "2", String::new()),
     };
     let mut line = String::new();
@@ -344,9 +352,8 @@ mod tests {
             reason: "deleted".into(),
         }));
         assert_eq!(event_line(&left, true), "r2 4 left deleted");
-        assert_eq!(
-            event_line(&event(Event::Progress(pb::Progress {})), true),
-            "r2 4 progress"
-        );
+        let mut progress = event(Event::Progress(pb::Progress {}));
+        progress.resume_token = "t1".into();
+        assert_eq!(event_line(&progress, true), "progress --resume-token t1");
     }
 }
