@@ -194,28 +194,26 @@ async fn datastores_are_created_listed_updated_and_deleted() {
         )),
         ["r2"]
     );
-    // One per page: without --all only the first, with it every page.
-    let first = json(
+    // Every page by default (one datastore a page here); --limit: the first.
+    let all = json(
         &server
             .ok(&["datastore", "list", "--page-size", "1", "-o", "json"])
             .await,
     );
-    assert_eq!(names(first.clone()), ["r1"]);
-    assert!(first["nextPageToken"].is_string());
-    let all = json(
+    assert_eq!(names(all), ["r1", "r2"]);
+    let first = json(
         &server
-            .ok(&[
-                "datastore",
-                "list",
-                "--page-size",
-                "1",
-                "--all",
-                "-o",
-                "json",
-            ])
+            .ok(&["datastore", "list", "--limit", "1", "-o", "json"])
             .await,
     );
-    assert_eq!(names(all), ["r1", "r2"]);
+    assert_eq!(names(first.clone()), ["r1"]);
+    let token = first["nextPageToken"].as_str().unwrap().to_string();
+    let rest = json(
+        &server
+            .ok(&["datastore", "list", "--page-token", &token, "-o", "json"])
+            .await,
+    );
+    assert_eq!(names(rest), ["r2"]);
 
     // Update r1 to another device: the same uid, revisions go on from where they were.
     let mut client = server.client().await;

@@ -39,13 +39,15 @@ pub enum Command {
             default_value = ""
         )]
         selector: String,
-        /// Datastores per page asked of netsyncd (0: its default).
+        /// Datastores per page asked of netsyncd while reading every page
+        /// (0: its default).
         #[arg(long, default_value_t = 0)]
         page_size: i32,
-        /// Every page, following next_page_token (by default only the first; a
-        /// note on stderr says when there are more).
-        #[arg(long)]
-        all: bool,
+        /// Only the first N datastores, one page (as kubectl's --limit); a
+        /// note on stderr, or nextPageToken in json/yaml, says where the rest
+        /// starts (--page-token).
+        #[arg(long, value_name = "N")]
+        limit: Option<i32>,
         /// Start at this page (the next_page_token of an earlier list, same selector).
         #[arg(long, default_value = "")]
         page_token: String,
@@ -109,7 +111,7 @@ pub async fn run(client: Client, command: Command) -> Result<(), CliError> {
         Command::List {
             selector,
             page_size,
-            all,
+            limit,
             mut page_token,
             output,
         } => {
@@ -118,7 +120,7 @@ pub async fn run(client: Client, command: Command) -> Result<(), CliError> {
             loop {
                 let page = raw
                     .list_datastores(pb::ListDatastoresRequest {
-                        page_size,
+                        page_size: limit.unwrap_or(page_size),
                         page_token,
                         filter: selector.clone(),
                         ..Default::default()
@@ -128,13 +130,13 @@ pub async fn run(client: Client, command: Command) -> Result<(), CliError> {
                 datastores.extend(page.datastores);
                 progress.set_message(format!("{} datastores", datastores.len()));
                 page_token = page.next_page_token;
-                if page_token.is_empty() || !all {
+                if page_token.is_empty() || limit.is_some() {
                     break;
                 }
             }
             progress.finish_and_clear();
             if !page_token.is_empty() && output.output == Output::Table {
-                eprintln!("more datastores: --all for every page, or --page-token {page_token}");
+                eprintln!("more datastores: --page-token {page_token}");
             }
             if output.output == Output::Table {
                 return table(&datastores);
