@@ -501,18 +501,7 @@ impl Merger {
         next: u64,
         parts: u64,
     ) -> Result<(), Error> {
-        let started = watch(
-            member.sync.clone(),
-            member.uid.clone(),
-            self.log.clone(),
-            next,
-            usize::try_from(parts).unwrap_or(usize::MAX),
-            self.format,
-            &self.memory,
-            self.watches.clone(),
-        )
-        .await;
-        let (stream, next, parts) = match started {
+        let (stream, next, parts) = match self.watch(member, next, parts).await {
             Ok(stream) => (stream, next, parts),
             Err(Error::Revision { .. }) => {
                 let current = member.sync.snapshot().revision;
@@ -522,18 +511,7 @@ impl Merger {
                     current,
                     &format!("revisions from {next} are no longer kept"),
                 );
-                let stream = watch(
-                    member.sync.clone(),
-                    member.uid.clone(),
-                    self.log.clone(),
-                    current + 1,
-                    0,
-                    self.format,
-                    &self.memory,
-                    self.watches.clone(),
-                )
-                .await?;
-                (stream, current + 1, 0)
+                (self.watch(member, current + 1, 0).await?, current + 1, 0)
             }
             Err(e) => return Err(e),
         };
@@ -550,6 +528,22 @@ impl Merger {
             },
         );
         Ok(())
+    }
+
+    /// The single watch of `member` from `next`, its first `parts` parts
+    /// skipped. (Not an `async fn` of `&self`: the merger would have to be
+    /// `Sync` for its task to hold that across the wait.)
+    fn watch(
+        &self,
+        member: &Member,
+        next: u64,
+        parts: u64,
+    ) -> impl Future<Output = Result<EncodedStream, Error>> + Send + use<> {
+        let (sync, uid) = (member.sync.clone(), member.uid.clone());
+        let (log, format) = (self.log.clone(), self.format);
+        let (memory, watches) = (self.memory.clone(), self.watches.clone());
+        let skip = usize::try_from(parts).unwrap_or(usize::MAX);
+        async move { watch(sync, uid, log, next, skip, format, &memory, watches).await }
     }
 
     /// A Progress event with the token of every followed datastore's
