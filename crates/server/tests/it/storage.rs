@@ -4,6 +4,10 @@
 //! second netsyncd on the same file, the file's permissions. Nothing
 //! published is lost or taken back, a revision number is never reused, and
 //! writes recover by themselves when space comes back.
+//!
+//! The full disk and the file's permissions are SQLite's own: those tests
+//! run on SQLite whatever `NETSYNC_TEST_DB` says. The fleet's write load and
+//! the second netsyncd run on the test database (PostgreSQL too).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -294,7 +298,7 @@ async fn disk_full_deterministic_loses_nothing_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("n.db");
     let pages = PageLimit::new(NO_PAGE_LIMIT);
-    let mut config = support::config(&db);
+    let mut config = support::sqlite_config(&db);
     config.max_page_count = pages.clone();
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
@@ -506,6 +510,7 @@ async fn disk_full_on_a_real_filesystem_survives_kill_9() {
         &db,
         Options {
             args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+            sqlite: true,
             ..Options::default()
         },
     );
@@ -573,7 +578,13 @@ async fn disk_full_on_a_real_filesystem_survives_kill_9() {
     assert!(highest >= stuck - 1, "stored up to {highest}");
     assert_eq!(stored, (1..=highest).collect::<Vec<_>>());
 
-    let daemon = Netsyncd::start(&db);
+    let daemon = Netsyncd::start_with(
+        &db,
+        Options {
+            sqlite: true,
+            ..Options::default()
+        },
+    );
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
     stop.cancel();
     churn.await.unwrap();
@@ -725,16 +736,23 @@ async fn a_second_netsyncd_on_the_same_database_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("netsync.db");
     let first = Netsyncd::start(&db);
+    let url = support::db_url(&db);
     let second = {
-        let db = db.to_str().unwrap().to_string();
-        tokio::task::spawn_blocking(move || Netsyncd::run_to_exit(&["--db", &db]))
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || Netsyncd::run_to_exit(&["--db", &url]))
             .await
             .unwrap()
     };
     assert!(!second.status.success(), "{:?}", second.status);
     let stderr = String::from_utf8_lossy(&second.stderr);
+    // SQLite names the file; PostgreSQL the writer lock.
+    let named = if support::on_postgres() {
+        "writer lock".to_string()
+    } else {
+        db.display().to_string()
+    };
     assert!(
-        stderr.contains(db.to_str().unwrap()) && stderr.contains("in use"),
+        stderr.contains(&named) && stderr.contains("in use"),
         "{stderr}"
     );
 
@@ -790,7 +808,7 @@ async fn the_database_file_is_private() {
     // It holds device credentials.
     let create = |name: &str| DatastoreBuilder::every_field(name).create();
 
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     client.create_datastore(create("r1")).await.unwrap();
     let files = database_files(&db);
@@ -806,7 +824,7 @@ async fn the_database_file_is_private() {
 
     // A file someone made readable to all is narrowed at start.
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     client.create_datastore(create("r2")).await.unwrap();
     for file in database_files(&db) {
