@@ -69,7 +69,7 @@ const REOPEN_MAX: Duration = Duration::from_secs(2);
 
 /// The key of the PostgreSQL session advisory lock the writer's connection
 /// holds: one netsyncd writes a database at a time. ("netsync" in ASCII.)
-pub const PG_LOCK: i64 = 0x6e65_7473_796e_63;
+pub const PG_LOCK: i64 = 0x006e_6574_7379_6e63;
 
 /// Longest wait to close a failed PostgreSQL connection (which ends its
 /// session, and so releases its lock, before the new one asks for it).

@@ -92,6 +92,13 @@ pub fn sqlite_config(db: &Path) -> Config {
     Config::with_db(format!("sqlite://{}", db.display()))
 }
 
+/// `config` with the SQLite file `db` as its database, whatever
+/// `NETSYNC_TEST_DB` says: for tests that read or damage the file.
+pub fn on_sqlite(mut config: Config, db: &Path) -> Config {
+    config.db = format!("sqlite://{}", db.display());
+    config
+}
+
 /// Whether the tests run on PostgreSQL (`NETSYNC_TEST_DB=postgres`).
 pub fn on_postgres() -> bool {
     std::env::var("NETSYNC_TEST_DB").is_ok_and(|v| v == "postgres")
