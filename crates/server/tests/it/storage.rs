@@ -7,7 +7,10 @@
 //!
 //! The full disk and the file's permissions are SQLite's own: those tests
 //! run on SQLite whatever `NETSYNC_TEST_DB` says. The fleet's write load and
-//! the second netsyncd run on the test database (PostgreSQL too).
+//! the second netsyncd run on the test database (PostgreSQL too). The
+//! writer's PostgreSQL session ended during a burst is PostgreSQL's own and
+//! runs on it always (skipped where PostgreSQL is missing, unless
+//! `NETSYNC_REQUIRE_POSTGRES=1`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -830,6 +833,97 @@ async fn the_database_file_is_private() {
     for file in database_files(&db) {
         assert_eq!(mode(&file), "600", "{}", file.display());
     }
+    drop(client);
+    server.stop().await;
+}
+
+// ------------------------------------------------------ PostgreSQL: a lost session
+
+/// The process id of the PostgreSQL sessions holding an advisory lock on the
+/// database at `url`: netsyncd's writer.
+async fn writer_sessions(url: &str) -> Vec<i32> {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    pids
+}
+
+/// Ends the PostgreSQL session `pid`, as a database restart or a network
+/// cut would.
+async fn end_session(url: &str, pid: i32) {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(ended, "session {pid} ended");
+    admin.close().await.unwrap();
+}
+
+/// On PostgreSQL (whatever `NETSYNC_TEST_DB` says; skipped without it unless
+/// required): the writer's session is ended twice during a burst of
+/// commits. The writer reopens, takes its lock again and reads back what is
+/// durable; the watcher sees consecutive revisions, nothing published is
+/// lost, and a restart replays the same history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_session_lost_during_a_burst_loses_nothing() {
+    let Some(cluster) = netsync_testkit::postgres::PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let device = Device::start(&[("/system/hostname", "r1")]).await;
+    let server = TestServer::start_with(netsync_server::Config::with_db(url.clone())).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(
+            DatastoreBuilder::new("r1", device.addr)
+                .commit_interval_ms(10)
+                .create(),
+        )
+        .await
+        .unwrap();
+    let mut commits = Recorder::start(&mut client, "r1").await;
+    wait_revision(&mut client, "r1", 1).await;
+    let churn = change_device(
+        &device,
+        Duration::from_millis(3),
+        40,
+        300,
+        CancellationToken::new(),
+    );
+    let mut ended = Vec::new();
+    for at in [5, 15] {
+        wait_revision(&mut client, "r1", at).await;
+        let writer = writer_sessions(&url).await;
+        assert_eq!(writer.len(), 1, "one writer session: {writer:?}");
+        end_session(&url, writer[0]).await;
+        ended.push(writer[0]);
+    }
+    assert_eq!(churn.await.unwrap(), 300);
+    let last = converge(&mut client, "r1", &device).await;
+    // The writer reopened: a new session holds its lock.
+    let writer = writer_sessions(&url).await;
+    assert_eq!(writer.len(), 1, "{writer:?}");
+    assert!(!ended.contains(&writer[0]), "{writer:?} {ended:?}");
+    let seen = commits.until(last).await;
+    assert_consecutive(&seen);
+    drop(commits);
+    drop(client);
+    server.stop().await;
+
+    let server = TestServer::start_with(netsync_server::Config::with_db(url)).await;
+    let mut client = server.client().await;
+    let mut replay = Recorder::start(&mut client, "r1").await;
+    let replayed = replay.until(last).await;
+    assert_same_commits(&replayed[..seen.len()], &seen, "after a restart");
+    drop(replay);
     drop(client);
     server.stop().await;
 }
