@@ -12,9 +12,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use netsync_core::running::Key;
-use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
 
+use crate::db::{Conn, Readers, on_conn, on_readers};
 use crate::error::Error;
 use crate::stored_time::{from_micros, to_micros};
 use crate::writer::Writer;
@@ -68,24 +67,24 @@ impl Job {
 /// Queues a job for `datastore` (coalescing into a queued one), inside the
 /// writer's transaction. Returns whether a new job was created (rather than
 /// merged).
-pub async fn enqueue(
-    conn: &mut SqliteConnection,
-    datastore: &str,
-    trigger: &Trigger,
-) -> Result<bool, Error> {
+pub async fn enqueue(conn: &mut Conn, datastore: &str, trigger: &Trigger) -> Result<bool, Error> {
     let now = SystemTime::now();
     let (not_before, apply, withdrawn) = match trigger {
         Trigger::Apply(name) => (now, vec![name.clone()], vec![]),
         Trigger::Withdraw(paths) => (now, vec![], paths.iter().map(|k| k.to_string()).collect()),
         Trigger::Revert(debounce) => (now + *debounce, vec![], vec![]),
     };
-    let existing = sqlx::query(
-        "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = ? AND running = 0",
-    )
-    .bind(datastore)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let mut job = match &existing {
+    let existing: Option<Columns> = on_conn!(&mut *conn, conn => {
+        sqlx::query_as(
+            "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = $1 AND running = $2",
+        )
+        .bind(datastore)
+        .bind(false)
+        .fetch_optional(&mut *conn)
+        .await?
+    });
+    let created = existing.is_none();
+    let mut job = match existing {
         Some(row) => decode(row)?,
         None => Job::default(),
     };
@@ -94,8 +93,8 @@ pub async fn enqueue(
     job.not_before = Some(job.not_before.map_or(not_before, |t| t.min(not_before)));
     job.apply.extend(apply);
     job.withdrawn.extend(withdrawn.into_iter().map(Key::from));
-    put(conn, datastore, 0, &job).await?;
-    Ok(existing.is_none())
+    put(conn, datastore, false, &job).await?;
+    Ok(created)
 }
 
 /// Queues a job for `datastore` on its own (a revert after drift).
@@ -128,54 +127,59 @@ pub async fn enqueue_all(
         .await
 }
 
-/// Writes the job row of `datastore` in state `running`.
-async fn put(
-    conn: &mut SqliteConnection,
-    datastore: &str,
-    running: i64,
-    job: &Job,
-) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO reconcile_jobs (datastore, running, not_before_us, apply, withdrawn) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (datastore, running) DO UPDATE SET not_before_us = excluded.not_before_us, \
-         apply = excluded.apply, withdrawn = excluded.withdrawn",
+/// Writes the job row of `datastore` in state `running` (false: queued,
+/// true: running; SQLite stores 0 and 1).
+async fn put(conn: &mut Conn, datastore: &str, running: bool, job: &Job) -> Result<(), Error> {
+    let not_before = to_micros(job.not_before.unwrap_or_else(SystemTime::now));
+    let apply = serde_json::to_string(&job.apply).unwrap_or_default();
+    let withdrawn = serde_json::to_string(
+        &job.withdrawn
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>(),
     )
-    .bind(datastore)
-    .bind(running)
-    .bind(to_micros(job.not_before.unwrap_or_else(SystemTime::now)))
-    .bind(serde_json::to_string(&job.apply).unwrap_or_default())
-    .bind(
-        serde_json::to_string(&job.withdrawn.iter().map(|k| k.to_string()).collect::<Vec<_>>())
-            .unwrap_or_default(),
-    )
-    .execute(&mut *conn)
-    .await?;
+    .unwrap_or_default();
+    on_conn!(conn, conn => {
+        sqlx::query(
+            "INSERT INTO reconcile_jobs (datastore, running, not_before_us, apply, withdrawn) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (datastore, running) DO UPDATE SET not_before_us = excluded.not_before_us, \
+             apply = excluded.apply, withdrawn = excluded.withdrawn",
+        )
+        .bind(datastore)
+        .bind(running)
+        .bind(not_before)
+        .bind(&apply)
+        .bind(&withdrawn)
+        .execute(&mut *conn)
+        .await?;
+    });
     Ok(())
 }
 
-/// The job row of `datastore` in state `running` (0: queued, 1: running).
-async fn get(
-    conn: &mut SqliteConnection,
-    datastore: &str,
-    running: i64,
-) -> Result<Option<Job>, Error> {
-    let row = sqlx::query(
-        "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = ? AND running = ?",
-    )
-    .bind(datastore)
-    .bind(running)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(decode).transpose()
+/// The job row of `datastore` in state `running` (false: queued, true:
+/// running).
+async fn get(conn: &mut Conn, datastore: &str, running: bool) -> Result<Option<Job>, Error> {
+    let row: Option<Columns> = on_conn!(conn, conn => {
+        sqlx::query_as(
+            "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = $1 AND running = $2",
+        )
+        .bind(datastore)
+        .bind(running)
+        .fetch_optional(&mut *conn)
+        .await?
+    });
+    row.map(decode).transpose()
 }
 
 /// Deletes the job row of `datastore` in state `running`.
-async fn remove(conn: &mut SqliteConnection, datastore: &str, running: i64) -> Result<(), Error> {
-    sqlx::query("DELETE FROM reconcile_jobs WHERE datastore = ? AND running = ?")
-        .bind(datastore)
-        .bind(running)
-        .execute(&mut *conn)
-        .await?;
+async fn remove(conn: &mut Conn, datastore: &str, running: bool) -> Result<(), Error> {
+    on_conn!(conn, conn => {
+        sqlx::query("DELETE FROM reconcile_jobs WHERE datastore = $1 AND running = $2")
+            .bind(datastore)
+            .bind(running)
+            .execute(&mut *conn)
+            .await?;
+    });
     Ok(())
 }
 
@@ -195,8 +199,8 @@ pub async fn take_due(
     writer
         .write(move |conn| {
             Box::pin(async move {
-                let leftover = get(conn, &datastore, 1).await?;
-                let queued = get(conn, &datastore, 0).await?;
+                let leftover = get(conn, &datastore, true).await?;
+                let queued = get(conn, &datastore, false).await?;
                 let now = SystemTime::now();
                 let wait = queued.as_ref().and_then(|job| {
                     job.not_before
@@ -207,19 +211,23 @@ pub async fn take_due(
                     (None, None, _) => Ok(Err(None)),
                     (None, Some(_), Some(wait)) => Ok(Err(Some(wait))),
                     (None, Some(queued), None) => {
-                        sqlx::query(
-                            "UPDATE reconcile_jobs SET running = 1 WHERE datastore = ? AND running = 0",
-                        )
-                        .bind(&datastore)
-                        .execute(&mut *conn)
-                        .await?;
+                        on_conn!(conn, conn => {
+                            sqlx::query(
+                                "UPDATE reconcile_jobs SET running = $1 WHERE datastore = $2 AND running = $3",
+                            )
+                            .bind(true)
+                            .bind(&datastore)
+                            .bind(false)
+                            .execute(&mut *conn)
+                            .await?;
+                        });
                         Ok(Ok(queued))
                     }
                     (Some(mut leftover), queued, wait) => {
                         if let (Some(queued), None) = (queued, wait) {
                             leftover.merge(queued);
-                            remove(conn, &datastore, 0).await?;
-                            put(conn, &datastore, 1, &leftover).await?;
+                            remove(conn, &datastore, false).await?;
+                            put(conn, &datastore, true, &leftover).await?;
                         }
                         Ok(Ok(leftover))
                     }
@@ -238,13 +246,13 @@ pub async fn absorb(writer: &Writer, datastore: &str) -> Result<Option<Job>, Err
     writer
         .write(move |conn| {
             Box::pin(async move {
-                let Some(queued) = get(conn, &datastore, 0).await? else {
+                let Some(queued) = get(conn, &datastore, false).await? else {
                     return Ok(None);
                 };
-                let mut job = get(conn, &datastore, 1).await?.unwrap_or_default();
+                let mut job = get(conn, &datastore, true).await?.unwrap_or_default();
                 job.merge(queued);
-                remove(conn, &datastore, 0).await?;
-                put(conn, &datastore, 1, &job).await?;
+                remove(conn, &datastore, false).await?;
+                put(conn, &datastore, true, &job).await?;
                 Ok(Some(job))
             })
         })
@@ -256,36 +264,33 @@ pub async fn absorb(writer: &Writer, datastore: &str) -> Result<Option<Job>, Err
 pub async fn finish(writer: &Writer, datastore: &str) -> Result<(), Error> {
     let datastore = datastore.to_string();
     writer
-        .write(move |conn| Box::pin(async move { remove(conn, &datastore, 1).await }))
+        .write(move |conn| Box::pin(async move { remove(conn, &datastore, true).await }))
         .await
 }
 
 /// Jobs in the queue of each datastore that has any: `(datastore, running, count)`.
 /// `running` is false for the queued job, true for the one being run.
-pub async fn queue_depth(readers: &sqlx::SqlitePool) -> Result<Vec<(String, bool, u64)>, Error> {
-    let rows = sqlx::query(
-        "SELECT datastore, running, COUNT(*) AS jobs FROM reconcile_jobs GROUP BY datastore, running",
-    )
-    .fetch_all(readers)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let jobs: i64 = row.try_get("jobs")?;
-            Ok((
-                row.try_get("datastore")?,
-                row.try_get("running")?,
-                u64::try_from(jobs).unwrap_or(0),
-            ))
-        })
-        .collect()
+pub async fn queue_depth(readers: &Readers) -> Result<Vec<(String, bool, u64)>, Error> {
+    let rows: Vec<(String, bool, i64)> = on_readers!(readers, pool => {
+        sqlx::query_as(
+            "SELECT datastore, running, COUNT(*) AS jobs FROM reconcile_jobs GROUP BY datastore, running",
+        )
+        .fetch_all(pool)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(datastore, running, jobs)| (datastore, running, u64::try_from(jobs).unwrap_or(0)))
+        .collect())
 }
 
-fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Job, Error> {
-    let apply: String = row.try_get("apply")?;
-    let withdrawn: String = row.try_get("withdrawn")?;
+/// A job row's columns: `not_before_us`, `apply`, `withdrawn`.
+type Columns = (i64, String, String);
+
+fn decode((not_before_us, apply, withdrawn): Columns) -> Result<Job, Error> {
     let corrupt = |e: serde_json::Error| Error::Corrupt(format!("reconcile job: {e}"));
     Ok(Job {
-        not_before: Some(from_micros(row.try_get("not_before_us")?)),
+        not_before: Some(from_micros(not_before_us)),
         apply: serde_json::from_str(&apply).map_err(corrupt)?,
         withdrawn: serde_json::from_str::<Vec<String>>(&withdrawn)
             .map_err(corrupt)?
@@ -308,11 +313,13 @@ mod tests {
             .writer()
             .write(|conn| {
                 Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO datastores (name, spec, create_time_us) VALUES ('d', x'', 0)",
-                    )
-                    .execute(&mut *conn)
-                    .await?;
+                    on_conn!(conn, conn => {
+                        sqlx::query(
+                            "INSERT INTO datastores (name, spec, create_time_us) VALUES ('d', x'', 0)",
+                        )
+                        .execute(&mut *conn)
+                        .await?;
+                    });
                     Ok(())
                 })
             })

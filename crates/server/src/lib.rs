@@ -5,6 +5,7 @@ pub mod api;
 pub mod authz;
 pub mod config;
 pub mod convert;
+pub mod db;
 pub mod dry_run;
 pub mod engine;
 pub mod error;

@@ -1,5 +1,6 @@
 //! Running on disk: the per-commit change log and the snapshots that bound
-//! restart work, in the same SQLite database as the registry.
+//! restart work, in the same database as the registry (SQLite or
+//! PostgreSQL).
 //!
 //! A commit is one transaction: its log row and, when due, a snapshot of the
 //! whole running. A snapshot is due once the changes logged since the last one
@@ -27,8 +28,8 @@ use std::io::{Read, Write};
 
 use netsync_core::running::{Change, Running};
 use netsync_core::sync::{Committed, Persist, Snapshot};
-use sqlx::Row;
 
+use crate::db::{on_conn, on_readers};
 use crate::error::{Error, RevisionReason};
 use crate::store::Store;
 use crate::stored_time::{from_micros, to_micros};
@@ -173,29 +174,34 @@ impl CommitLog {
                     // A retry of a commit that is durable already (its answer
                     // was lost) finds its row: the same revision, the same
                     // content, nothing to do. A revision is never rewritten.
-                    let inserted = sqlx::query(
-                        "INSERT INTO commits (datastore, revision, time_us, replace, body) \
-                         VALUES (?, ?, ?, ?, ?) ON CONFLICT (datastore, revision) DO NOTHING",
-                    )
-                    .bind(&name)
-                    .bind(revision)
-                    .bind(time_us)
-                    .bind(replace)
-                    .bind(&body)
-                    .execute(&mut *conn)
-                    .await?;
-                    if inserted.rows_affected() == 0 {
+                    let inserted = on_conn!(&mut *conn, conn => {
+                        sqlx::query(
+                            "INSERT INTO commits (datastore, revision, time_us, replace, body) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (datastore, revision) DO NOTHING",
+                        )
+                        .bind(&name)
+                        .bind(revision)
+                        .bind(time_us)
+                        .bind(replace)
+                        .bind(&body)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected()
+                    });
+                    if inserted == 0 {
                         // A retry of a durable commit finds the same body
                         // (encoding is deterministic). Another body means two
                         // histories for one revision number: never accepted.
-                        let same: bool = sqlx::query_scalar(
-                            "SELECT body = ? FROM commits WHERE datastore = ? AND revision = ?",
-                        )
-                        .bind(&body)
-                        .bind(&name)
-                        .bind(revision)
-                        .fetch_one(&mut *conn)
-                        .await?;
+                        let same: bool = on_conn!(&mut *conn, conn => {
+                            sqlx::query_scalar(
+                                "SELECT body = $1 FROM commits WHERE datastore = $2 AND revision = $3",
+                            )
+                            .bind(&body)
+                            .bind(&name)
+                            .bind(revision)
+                            .fetch_one(&mut *conn)
+                            .await?
+                        });
                         if !same {
                             tracing::error!(datastore = %name, revision, "revision stored already with other content; refused");
                             return Err(Error::Internal(format!(
@@ -208,46 +214,51 @@ impl CommitLog {
                     let Some(snapshot) = snapshot else {
                         return Ok(());
                     };
-                    sqlx::query(
-                        "INSERT INTO snapshots (datastore, revision, time_us, body) VALUES (?, ?, ?, ?)",
-                    )
-                    .bind(&name)
-                    .bind(revision)
-                    .bind(time_us)
-                    .bind(snapshot)
-                    .execute(&mut *conn)
-                    .await?;
+                    on_conn!(&mut *conn, conn => {
+                        sqlx::query(
+                            "INSERT INTO snapshots (datastore, revision, time_us, body) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(&name)
+                        .bind(revision)
+                        .bind(time_us)
+                        .bind(snapshot)
+                        .execute(&mut *conn)
+                        .await?;
+                    });
                     // Only a prefix of the log goes, so what is kept has no
                     // holes even if the wall clock stepped back, and it goes
                     // up to a snapshot, so that every kept revision can be
                     // read (`read_at`): the newest snapshot below the oldest
                     // commit that is young enough, within the retained count
                     // (at most the snapshot just written).
-                    let cut: Option<i64> = sqlx::query_scalar(
-                        "SELECT MAX(revision) FROM snapshots WHERE datastore = ? AND revision <= ? \
-                         AND revision < COALESCE( \
-                             (SELECT MIN(revision) FROM commits WHERE datastore = ? AND time_us >= ?), ?)",
-                    )
-                    .bind(&name)
-                    .bind(keep_after)
-                    .bind(&name)
-                    .bind(old)
-                    .bind(revision + 1)
-                    .fetch_one(&mut *conn)
-                    .await?;
+                    let cut: Option<i64> = on_conn!(&mut *conn, conn => {
+                        sqlx::query_scalar(
+                            "SELECT MAX(revision) FROM snapshots WHERE datastore = $1 AND revision <= $2 \
+                             AND revision < COALESCE( \
+                                 (SELECT MIN(revision) FROM commits WHERE datastore = $1 AND time_us >= $3), $4)",
+                        )
+                        .bind(&name)
+                        .bind(keep_after)
+                        .bind(old)
+                        .bind(revision + 1)
+                        .fetch_one(&mut *conn)
+                        .await?
+                    });
                     let Some(cut) = cut else {
                         return Ok(());
                     };
-                    sqlx::query("DELETE FROM snapshots WHERE datastore = ? AND revision < ?")
-                        .bind(&name)
-                        .bind(cut)
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("DELETE FROM commits WHERE datastore = ? AND revision <= ?")
-                        .bind(&name)
-                        .bind(cut)
-                        .execute(&mut *conn)
-                        .await?;
+                    on_conn!(conn, conn => {
+                        sqlx::query("DELETE FROM snapshots WHERE datastore = $1 AND revision < $2")
+                            .bind(&name)
+                            .bind(cut)
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("DELETE FROM commits WHERE datastore = $1 AND revision <= $2")
+                            .bind(&name)
+                            .bind(cut)
+                            .execute(&mut *conn)
+                            .await?;
+                    });
                     Ok(())
                 })
             })
@@ -272,21 +283,20 @@ impl CommitLog {
             what,
             detail,
         };
-        let snapshot = sqlx::query("SELECT revision, time_us, body FROM snapshots WHERE datastore = ? ORDER BY revision DESC LIMIT 1")
-            .bind(datastore)
-            .fetch_optional(self.store.readers())
-            .await?;
+        let snapshot: Option<(i64, i64, Vec<u8>)> = on_readers!(self.store.readers(), pool => {
+            sqlx::query_as("SELECT revision, time_us, body FROM snapshots WHERE datastore = $1 ORDER BY revision DESC LIMIT 1")
+                .bind(datastore)
+                .fetch_optional(pool)
+                .await?
+        });
         let (mut running, mut revision, mut time) = match snapshot {
-            Some(row) => {
-                let body: Vec<u8> = row.try_get("body")?;
-                let revision: i64 = row.try_get("revision")?;
+            Some((revision, time, body)) => {
                 let running = decode_snapshot(&body).map_err(|detail| {
                     damaged(
                         format!("the snapshot at revision {revision} is damaged"),
                         detail,
                     )
                 })?;
-                let time: i64 = row.try_get("time_us")?;
                 (running, revision as u64, Some(from_micros(time)))
             }
             None => (Running::new(), 0, None),
@@ -335,18 +345,18 @@ impl CommitLog {
         from: u64,
         limit: u32,
     ) -> Result<Vec<LoggedCommit>, Error> {
-        let rows = sqlx::query(
-            "SELECT revision, time_us, replace, body FROM commits WHERE datastore = ? AND revision >= ? ORDER BY revision LIMIT ?",
-        )
-        .bind(datastore)
-        .bind(i64::try_from(from).unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(self.store.readers())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let revision: i64 = row.try_get("revision")?;
-                let body: Vec<u8> = row.try_get("body")?;
+        let rows: Vec<(i64, i64, bool, Vec<u8>)> = on_readers!(self.store.readers(), pool => {
+            sqlx::query_as(
+                "SELECT revision, time_us, replace, body FROM commits WHERE datastore = $1 AND revision >= $2 ORDER BY revision LIMIT $3",
+            )
+            .bind(datastore)
+            .bind(i64::try_from(from).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(revision, time_us, replace, body)| {
                 let change = decode_commit(&body).map_err(|detail| Error::Damaged {
                     datastore: datastore.to_string(),
                     what: format!("revision {revision} of the change log is damaged"),
@@ -354,8 +364,8 @@ impl CommitLog {
                 })?;
                 Ok(LoggedCommit {
                     revision: revision as u64,
-                    time: from_micros(row.try_get("time_us")?),
-                    replace: row.try_get("replace")?,
+                    time: from_micros(time_us),
+                    replace,
                     change,
                 })
             })
@@ -376,16 +386,20 @@ impl CommitLog {
     ) -> Result<Vec<StoredCommit>, Error> {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         // SQLite reads a blob's length from its record header, without
-        // reading the blob.
-        let sizes: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT revision, length(body) FROM commits WHERE datastore = ? AND revision >= ? \
-             ORDER BY revision LIMIT ?",
-        )
-        .bind(datastore)
-        .bind(from)
-        .bind(max_commits)
-        .fetch_all(self.store.readers())
-        .await?;
+        // reading the blob; PostgreSQL from the value's header (without
+        // decompressing or fetching a TOASTed value). The cast: PostgreSQL's
+        // length is a 32-bit integer.
+        let sizes: Vec<(i64, i64)> = on_readers!(self.store.readers(), pool => {
+            sqlx::query_as(
+                "SELECT revision, CAST(length(body) AS BIGINT) FROM commits WHERE datastore = $1 \
+                 AND revision >= $2 ORDER BY revision LIMIT $3",
+            )
+            .bind(datastore)
+            .bind(from)
+            .bind(i64::from(max_commits))
+            .fetch_all(pool)
+            .await?
+        });
         let mut bytes = 0;
         let mut last = None;
         for (revision, len) in sizes {
@@ -401,27 +415,27 @@ impl CommitLog {
         };
         // Compacted meanwhile, this starts later than `from`: the caller,
         // which checks that revisions follow on, sees the gap.
-        let rows = sqlx::query(
-            "SELECT revision, time_us, replace, body FROM commits WHERE datastore = ? \
-             AND revision >= ? AND revision <= ? ORDER BY revision",
-        )
-        .bind(datastore)
-        .bind(from)
-        .bind(last)
-        .fetch_all(self.store.readers())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let revision: i64 = row.try_get("revision")?;
-                Ok(StoredCommit {
-                    datastore: datastore.to_string(),
-                    revision: revision as u64,
-                    time: from_micros(row.try_get("time_us")?),
-                    replace: row.try_get("replace")?,
-                    body: row.try_get("body")?,
-                })
+        let rows: Vec<(i64, i64, bool, Vec<u8>)> = on_readers!(self.store.readers(), pool => {
+            sqlx::query_as(
+                "SELECT revision, time_us, replace, body FROM commits WHERE datastore = $1 \
+                 AND revision >= $2 AND revision <= $3 ORDER BY revision",
+            )
+            .bind(datastore)
+            .bind(from)
+            .bind(last)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(revision, time_us, replace, body)| StoredCommit {
+                datastore: datastore.to_string(),
+                revision: revision as u64,
+                time: from_micros(time_us),
+                replace,
+                body,
             })
-            .collect()
+            .collect())
     }
 
     /// Running of `datastore` as it was right after revision `revision`
@@ -432,14 +446,16 @@ impl CommitLog {
     /// OUT_OF_RANGE, naming the oldest readable revision, when compaction
     /// has removed what it needs (also when that happens during the read).
     pub async fn read_at(&self, datastore: &str, revision: u64) -> Result<Running, Error> {
-        let snapshot: Option<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT revision, body FROM snapshots WHERE datastore = ? AND revision <= ? \
-             ORDER BY revision DESC LIMIT 1",
-        )
-        .bind(datastore)
-        .bind(i64::try_from(revision).unwrap_or(i64::MAX))
-        .fetch_optional(self.store.readers())
-        .await?;
+        let snapshot: Option<(i64, Vec<u8>)> = on_readers!(self.store.readers(), pool => {
+            sqlx::query_as(
+                "SELECT revision, body FROM snapshots WHERE datastore = $1 AND revision <= $2 \
+                 ORDER BY revision DESC LIMIT 1",
+            )
+            .bind(datastore)
+            .bind(i64::try_from(revision).unwrap_or(i64::MAX))
+            .fetch_optional(pool)
+            .await?
+        });
         let (mut running, mut at) = match snapshot {
             Some((at, body)) => {
                 let decoded = if body.len() > LARGE_BODY {
@@ -514,23 +530,26 @@ impl CommitLog {
         }
         // Without a commit, the newest snapshot is the current revision.
         let floor = oldest.map_or(0, |o| o.saturating_sub(1));
-        let snapshot: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(revision) FROM snapshots WHERE datastore = ? AND revision >= ?",
-        )
-        .bind(datastore)
-        .bind(i64::try_from(floor).unwrap_or(i64::MAX))
-        .fetch_one(self.store.readers())
-        .await?;
+        let snapshot: Option<i64> = on_readers!(self.store.readers(), pool => {
+            sqlx::query_scalar(
+                "SELECT MIN(revision) FROM snapshots WHERE datastore = $1 AND revision >= $2",
+            )
+            .bind(datastore)
+            .bind(i64::try_from(floor).unwrap_or(i64::MAX))
+            .fetch_one(pool)
+            .await?
+        });
         Ok(snapshot.map(|r| r as u64))
     }
 
     /// The oldest revision still in the log, if any.
     pub async fn oldest(&self, datastore: &str) -> Result<Option<u64>, Error> {
-        let oldest: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(revision) FROM commits WHERE datastore = ?")
+        let oldest: Option<i64> = on_readers!(self.store.readers(), pool => {
+            sqlx::query_scalar("SELECT MIN(revision) FROM commits WHERE datastore = $1")
                 .bind(datastore)
-                .fetch_one(self.store.readers())
-                .await?;
+                .fetch_one(pool)
+                .await?
+        });
         Ok(oldest.map(|r| r as u64))
     }
 
@@ -538,11 +557,12 @@ impl CommitLog {
     /// published revision for a moment: durable, and published once its
     /// committer hears so (after a retry, up to its backoff later).
     pub async fn newest(&self, datastore: &str) -> Result<Option<u64>, Error> {
-        let newest: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(revision) FROM commits WHERE datastore = ?")
+        let newest: Option<i64> = on_readers!(self.store.readers(), pool => {
+            sqlx::query_scalar("SELECT MAX(revision) FROM commits WHERE datastore = $1")
                 .bind(datastore)
-                .fetch_one(self.store.readers())
-                .await?;
+                .fetch_one(pool)
+                .await?
+        });
         Ok(newest.map(|r| r as u64))
     }
 }

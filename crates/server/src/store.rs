@@ -1,7 +1,9 @@
-//! The SQLite store: the datastore registry and intents, opened, locked and
-//! migrated at start. Every write goes through the one [`Writer`]; reads use
-//! a pool of read-only connections, which WAL mode lets read while the
-//! writer writes (a reader waits behind no transaction).
+//! The store: the datastore registry and intents, opened, locked and
+//! migrated at start, in a SQLite file (the default) or a PostgreSQL
+//! database (see [`crate::db`]). Every write goes through the one
+//! [`Writer`]; reads use a pool of read-only connections, which read while
+//! the writer writes (SQLite's WAL mode; PostgreSQL's MVCC): a reader waits
+//! behind no transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -13,15 +15,16 @@ use std::time::{Duration, SystemTime};
 
 use netsync_core::datastore::DatastoreSpec;
 use prost::Message;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 use tokio::task::JoinHandle;
 
 use crate::convert::{self, Secrets};
+use crate::db::{Backend, Conn, Connect, Readers, on_conn, on_readers};
 use crate::error::Error;
 use crate::jobs::{self, Trigger};
 use crate::stored_time::{from_micros, to_micros};
-use crate::writer::{PageLimit, Writer, WriterOptions};
+use crate::writer::{ConnectError, PageLimit, Writer, WriterOptions};
 
 /// How long a connection waits for SQLite's lock before failing. Only the
 /// writer takes it, so this is waited only if another program holds it.
@@ -37,8 +40,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Read-only connections for API reads, WatchSync replay and metrics.
 const READERS: u32 = 4;
 
-/// SQL for a new datastore uid: a random UUID (version 4 in form, from
-/// SQLite's own random generator, which the OS seeds), evaluated once per row.
+/// SQL for a new datastore uid on SQLite: a random UUID (version 4 in form,
+/// from SQLite's own random generator, which the OS seeds), evaluated once
+/// per row. (On PostgreSQL: `gen_random_uuid()`, see [`PG_NEW_UID`].)
 /// Generated in SQL so that CreateDatastore and the uids given at open to rows
 /// stored without one come from one place, with no generator of our own. A
 /// macro, so that the statements using it stay static strings.
@@ -49,6 +53,18 @@ macro_rules! new_uid {
          substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6)))"
     };
 }
+
+/// SQL for a new datastore uid on PostgreSQL: a random (version 4) UUID from
+/// its own generator, in the same text form as SQLite's.
+macro_rules! pg_new_uid {
+    () => {
+        "gen_random_uuid()::text"
+    };
+}
+
+/// The PostgreSQL form of a new uid, named for the docs of [`new_uid!`].
+#[allow(dead_code, reason = "named for the documentation")]
+const PG_NEW_UID: &str = pg_new_uid!();
 
 /// A datastore as stored: its declaration, when it was created, and which
 /// incarnation of its name it is.
@@ -94,25 +110,36 @@ pub enum DatastoreRow {
 /// Handle to the database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    readers: SqlitePool,
+    readers: Readers,
     writer: Writer,
     /// The writer task; ends when the last handle is dropped.
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
-    /// Held for the life of the process: a second netsyncd on this database
-    /// is refused (see [`lock`]).
-    _lock: Arc<File>,
+    /// SQLite: held for the life of the process, so that a second netsyncd
+    /// on this database is refused (see [`lock`]). PostgreSQL has none: the
+    /// writer's connection holds an advisory lock instead
+    /// ([`crate::writer::PG_LOCK`]).
+    _lock: Option<Arc<File>>,
 }
 
 impl Store {
-    /// Opens (creating if missing, mode 0600) and migrates the database at
-    /// `url`, which is `sqlite://PATH` or a plain file path; refuses it if
-    /// another process has it open.
+    /// Opens and migrates the database at `url`: a PostgreSQL database
+    /// (`postgres://...`), or a SQLite file (`sqlite://PATH` or a plain path,
+    /// created if missing, mode 0600). Refuses it if another netsyncd has it
+    /// open.
     pub async fn open(url: &str) -> Result<Self, StoreOpenError> {
         Self::open_with(url, PageLimit::default()).await
     }
 
-    /// [`Store::open`] with a test-only page limit on the writer.
+    /// [`Store::open`] with a test-only page limit on the writer (SQLite
+    /// only; ignored on PostgreSQL).
     pub async fn open_with(url: &str, max_page_count: PageLimit) -> Result<Self, StoreOpenError> {
+        match Backend::of(url) {
+            Backend::Sqlite => Self::open_sqlite(url, max_page_count).await,
+            Backend::Postgres => Self::open_postgres(url).await,
+        }
+    }
+
+    async fn open_sqlite(url: &str, max_page_count: PageLimit) -> Result<Self, StoreOpenError> {
         let options = if url.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url)?
         } else {
@@ -128,19 +155,24 @@ impl Store {
         // The file exists now (created above, 0600): a reopen after a
         // failure must never create an empty database in its place.
         let writer_options = WriterOptions {
-            connect: options
-                .clone()
-                .create_if_missing(false)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string()),
+            connect: Connect::Sqlite(
+                options
+                    .clone()
+                    .create_if_missing(false)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string()),
+            ),
             max_page_count,
         };
         let mut conn = Writer::connect(&writer_options).await?;
+        let Conn::Sqlite(sqlite) = &mut conn else {
+            unreachable!("SQLite options open a SQLite connection")
+        };
         // `run_direct` on the connection itself: `run` goes through
         // `Acquire`, whose future rustc cannot prove `Send` for every lifetime.
         sqlx::migrate!("../../migrations")
-            .run_direct(None, &mut conn, false)
+            .run_direct(None, sqlite, false)
             .await
             .map_err(|e| StoreOpenError::Migrate(e.to_string()))?;
         give_uids(&mut conn).await?;
@@ -150,10 +182,42 @@ impl Store {
             .connect_with(options.read_only(true))
             .await?;
         Ok(Self {
-            readers,
+            readers: Readers::Sqlite(readers),
             writer,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
-            _lock: Arc::new(lock),
+            _lock: Some(Arc::new(lock)),
+        })
+    }
+
+    /// Opens a PostgreSQL database: the writer's connection (which takes the
+    /// writer lock, refusing a database another netsyncd writes), the
+    /// migrations of `migrations/postgres`, then the readers, whose sessions
+    /// are read-only.
+    async fn open_postgres(url: &str) -> Result<Self, StoreOpenError> {
+        let options = Connect::postgres(url)?;
+        let writer_options = WriterOptions {
+            connect: Connect::Postgres(options.clone()),
+            max_page_count: PageLimit::default(),
+        };
+        let mut conn = Writer::connect(&writer_options).await?;
+        let Conn::Postgres(pg) = &mut conn else {
+            unreachable!("PostgreSQL options open a PostgreSQL connection")
+        };
+        sqlx::migrate!("../../migrations/postgres")
+            .run_direct(None, pg, false)
+            .await
+            .map_err(|e| StoreOpenError::Migrate(e.to_string()))?;
+        give_uids(&mut conn).await?;
+        let (writer, task) = Writer::start(writer_options, conn);
+        let readers = PgPoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.options([("default_transaction_read_only", "on")]))
+            .await?;
+        Ok(Self {
+            readers: Readers::Postgres(readers),
+            writer,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+            _lock: None,
         })
     }
 
@@ -182,16 +246,26 @@ impl Store {
             .writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let uid: Option<String> = sqlx::query_scalar(concat!(
-                        "INSERT INTO datastores (name, spec, create_time_us, uid) VALUES (?, ?, ?, ",
-                        new_uid!(),
-                        ") ON CONFLICT (name) DO NOTHING RETURNING uid"
-                    ))
-                    .bind(&name)
-                    .bind(encoded)
-                    .bind(to_micros(create_time))
-                    .fetch_optional(&mut *conn)
-                    .await?;
+                    let insert = match conn.backend() {
+                        Backend::Sqlite => concat!(
+                            "INSERT INTO datastores (name, spec, create_time_us, uid) VALUES ($1, $2, $3, ",
+                            new_uid!(),
+                            ") ON CONFLICT (name) DO NOTHING RETURNING uid"
+                        ),
+                        Backend::Postgres => concat!(
+                            "INSERT INTO datastores (name, spec, create_time_us, uid) VALUES ($1, $2, $3, ",
+                            pg_new_uid!(),
+                            ") ON CONFLICT (name) DO NOTHING RETURNING uid"
+                        ),
+                    };
+                    let uid: Option<String> = on_conn!(conn, conn => {
+                        sqlx::query_scalar(insert)
+                            .bind(&name)
+                            .bind(encoded)
+                            .bind(to_micros(create_time))
+                            .fetch_optional(&mut *conn)
+                            .await?
+                    });
                     uid.ok_or(Error::AlreadyExists {
                         kind: "datastore",
                         name,
@@ -205,27 +279,35 @@ impl Store {
     /// Reads one registry row, even one whose declaration cannot be used;
     /// `NotFound` if there is none of that name.
     pub async fn get_datastore_row(&self, name: &str) -> Result<DatastoreRow, Error> {
-        let row = sqlx::query("SELECT spec, create_time_us, uid FROM datastores WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.readers)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: "datastore",
-                name: name.to_string(),
-            })?;
-        read_row(name, &row)
+        let row: Option<(Vec<u8>, i64, Option<String>)> = on_readers!(&self.readers, pool => {
+            sqlx::query_as("SELECT spec, create_time_us, uid FROM datastores WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        let (spec, create_time_us, uid) = row.ok_or_else(|| Error::NotFound {
+            kind: "datastore",
+            name: name.to_string(),
+        })?;
+        Ok(read_row(name, &spec, create_time_us, uid))
     }
 
     /// Reads every registry row, sorted by name; a row whose declaration
     /// cannot be used is listed too, as [`DatastoreRow::Unreadable`].
     pub async fn list_datastore_rows(&self) -> Result<Vec<DatastoreRow>, Error> {
-        let rows =
-            sqlx::query("SELECT name, spec, create_time_us, uid FROM datastores ORDER BY name")
-                .fetch_all(&self.readers)
-                .await?;
-        rows.iter()
-            .map(|row| read_row(row.try_get("name")?, row))
-            .collect()
+        // Sorted here, not by the database: PostgreSQL sorts text by the
+        // database's collation, SQLite by bytes, and the API lists by name
+        // in byte order.
+        let mut rows: Vec<(String, Vec<u8>, i64, Option<String>)> = on_readers!(&self.readers, pool => {
+            sqlx::query_as("SELECT name, spec, create_time_us, uid FROM datastores")
+                .fetch_all(pool)
+                .await?
+        });
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows
+            .into_iter()
+            .map(|(name, spec, create_time_us, uid)| read_row(&name, &spec, create_time_us, uid))
+            .collect())
     }
 
     /// Replaces the declaration and labels of an existing datastore, in one
@@ -237,12 +319,15 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let done = sqlx::query("UPDATE datastores SET spec = ? WHERE name = ?")
-                        .bind(spec)
-                        .bind(&name)
-                        .execute(&mut *conn)
-                        .await?;
-                    if done.rows_affected() == 0 {
+                    let updated = on_conn!(conn, conn => {
+                        sqlx::query("UPDATE datastores SET spec = $1 WHERE name = $2")
+                            .bind(spec)
+                            .bind(&name)
+                            .execute(&mut *conn)
+                            .await?
+                            .rows_affected()
+                    });
+                    if updated == 0 {
                         return Err(Error::NotFound {
                             kind: "datastore",
                             name,
@@ -260,11 +345,14 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let done = sqlx::query("DELETE FROM datastores WHERE name = ?")
-                        .bind(&name)
-                        .execute(&mut *conn)
-                        .await?;
-                    if done.rows_affected() == 0 {
+                    let deleted = on_conn!(conn, conn => {
+                        sqlx::query("DELETE FROM datastores WHERE name = $1")
+                            .bind(&name)
+                            .execute(&mut *conn)
+                            .await?
+                            .rows_affected()
+                    });
+                    if deleted == 0 {
                         return Err(Error::NotFound {
                             kind: "datastore",
                             name,
@@ -295,15 +383,17 @@ impl Store {
             .write(move |conn| {
                 Box::pin(async move {
                     check_uid(conn, &datastore, &uid).await?;
-                    sqlx::query(
-                        "INSERT INTO intents (datastore, name, body) VALUES (?, ?, ?) \
-                         ON CONFLICT (datastore, name) DO UPDATE SET body = excluded.body",
-                    )
-                    .bind(&datastore)
-                    .bind(&name)
-                    .bind(body)
-                    .execute(&mut *conn)
-                    .await?;
+                    on_conn!(&mut *conn, conn => {
+                        sqlx::query(
+                            "INSERT INTO intents (datastore, name, body) VALUES ($1, $2, $3) \
+                             ON CONFLICT (datastore, name) DO UPDATE SET body = excluded.body",
+                        )
+                        .bind(&datastore)
+                        .bind(&name)
+                        .bind(body)
+                        .execute(&mut *conn)
+                        .await?;
+                    });
                     let mut created = false;
                     for trigger in &triggers {
                         created |= jobs::enqueue(conn, &datastore, trigger).await?;
@@ -339,13 +429,15 @@ impl Store {
             .write(move |conn| {
                 Box::pin(async move {
                     check_uid(conn, &datastore, &uid).await?;
-                    let body: Option<Vec<u8>> = sqlx::query_scalar(
-                        "DELETE FROM intents WHERE datastore = ? AND name = ? RETURNING body",
-                    )
-                    .bind(&datastore)
-                    .bind(&name)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+                    let body: Option<Vec<u8>> = on_conn!(&mut *conn, conn => {
+                        sqlx::query_scalar(
+                            "DELETE FROM intents WHERE datastore = $1 AND name = $2 RETURNING body",
+                        )
+                        .bind(&datastore)
+                        .bind(&name)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                    });
                     if body.is_none() && !in_memory {
                         return Err(Error::NotFound {
                             kind: "intent",
@@ -378,30 +470,34 @@ impl Store {
         &self,
         datastore: &str,
     ) -> Result<Vec<netsync_proto::netsync::v1::Intent>, Error> {
-        let rows = sqlx::query("SELECT name, body FROM intents WHERE datastore = ? ORDER BY name")
-            .bind(datastore)
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let name: &str = row.try_get("name")?;
-                let body: &[u8] = row.try_get("body")?;
-                let mut proto = netsync_proto::netsync::v1::Intent::decode(body).map_err(|e| {
-                    Error::Damaged {
-                        datastore: datastore.to_string(),
-                        what: format!("intent {name:?} is damaged"),
-                        detail: e.to_string(),
-                    }
-                })?;
+        // Sorted here (byte order), as datastores are: see
+        // `list_datastore_rows`.
+        let mut rows: Vec<(String, Vec<u8>)> = on_readers!(&self.readers, pool => {
+            sqlx::query_as("SELECT name, body FROM intents WHERE datastore = $1")
+                .bind(datastore)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows.into_iter()
+            .map(|(name, body)| {
+                let mut proto =
+                    netsync_proto::netsync::v1::Intent::decode(&body[..]).map_err(|e| {
+                        Error::Damaged {
+                            datastore: datastore.to_string(),
+                            what: format!("intent {name:?} is damaged"),
+                            detail: e.to_string(),
+                        }
+                    })?;
                 // The row's name is the one GetIntent and DeleteIntent find.
-                proto.name = name.to_string();
+                proto.name = name;
                 Ok(proto)
             })
             .collect()
     }
 
     /// The read-only connections, for the other tables' code.
-    pub fn readers(&self) -> &SqlitePool {
+    pub fn readers(&self) -> &Readers {
         &self.readers
     }
 
@@ -473,6 +569,10 @@ pub enum StoreOpenError {
     /// Opening or connecting failed.
     #[error("cannot open the database: {0}")]
     Open(#[from] sqlx::Error),
+    /// The writer's connection could not be opened, or another netsyncd
+    /// writes the PostgreSQL database.
+    #[error("cannot open the database: {0}")]
+    Connect(#[from] ConnectError),
     /// A migration failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(String),
@@ -506,16 +606,13 @@ pub fn uid_mismatch(datastore: &str, current: &str, expected: &str) -> Error {
 /// the incarnation `uid` the write was checked and planned against (the sync
 /// whose intents it changes): a datastore deleted and created again in
 /// between would otherwise get the old one's intent and job.
-async fn check_uid(
-    conn: &mut sqlx::SqliteConnection,
-    datastore: &str,
-    uid: &str,
-) -> Result<(), Error> {
-    let stored: Option<Option<String>> =
-        sqlx::query_scalar("SELECT uid FROM datastores WHERE name = ?")
+async fn check_uid(conn: &mut Conn, datastore: &str, uid: &str) -> Result<(), Error> {
+    let stored: Option<Option<String>> = on_conn!(conn, conn => {
+        sqlx::query_scalar("SELECT uid FROM datastores WHERE name = $1")
             .bind(datastore)
             .fetch_optional(&mut *conn)
-            .await?;
+            .await?
+    });
     match stored {
         None => Err(Error::NotFound {
             kind: "datastore",
@@ -535,15 +632,22 @@ async fn check_uid(
 /// the same across restarts. A random uid rather than one derived from the
 /// name and creation time, so that every uid has one form and one meaning
 /// (an incarnation), whoever wrote the row.
-async fn give_uids(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreOpenError> {
-    let given = sqlx::query(concat!(
-        "UPDATE datastores SET uid = ",
-        new_uid!(),
-        " WHERE uid IS NULL OR uid = ''"
-    ))
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+async fn give_uids(conn: &mut Conn) -> Result<(), StoreOpenError> {
+    let update = match conn.backend() {
+        Backend::Sqlite => concat!(
+            "UPDATE datastores SET uid = ",
+            new_uid!(),
+            " WHERE uid IS NULL OR uid = ''"
+        ),
+        Backend::Postgres => concat!(
+            "UPDATE datastores SET uid = ",
+            pg_new_uid!(),
+            " WHERE uid IS NULL OR uid = ''"
+        ),
+    };
+    let given = on_conn!(conn, conn => {
+        sqlx::query(update).execute(&mut *conn).await?.rows_affected()
+    });
     if given > 0 {
         tracing::info!(
             datastores = given,
@@ -553,14 +657,14 @@ async fn give_uids(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreOpenErr
     Ok(())
 }
 
-/// Reads a registry row leniently (see [`convert::datastore_from_stored`]):
-/// only a row whose columns cannot be read at all is an error.
-fn read_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<DatastoreRow, Error> {
-    let bytes: &[u8] = row.try_get("spec")?;
-    let create_time = from_micros(row.try_get("create_time_us")?);
+/// Reads a registry row leniently (see [`convert::datastore_from_stored`]);
+/// its columns were read already (a row whose columns cannot be read at all
+/// failed there).
+fn read_row(name: &str, bytes: &[u8], create_time_us: i64, uid: Option<String>) -> DatastoreRow {
+    let create_time = from_micros(create_time_us);
     // Never empty: rows without one got one at open, and only this process
     // writes the table while it runs.
-    let uid: String = row.try_get::<Option<String>, _>("uid")?.unwrap_or_default();
+    let uid: String = uid.unwrap_or_default();
     let unreadable = |reason: String, detail: String| DatastoreRow::Unreadable {
         name: name.to_string(),
         create_time,
@@ -571,17 +675,17 @@ fn read_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<DatastoreRow, E
     let mut proto = match netsync_proto::netsync::v1::Datastore::decode(bytes) {
         Ok(proto) => proto,
         Err(e) => {
-            return Ok(unreadable(
+            return unreadable(
                 "cannot load the stored datastore: its declaration is damaged".into(),
                 e.to_string(),
-            ));
+            );
         }
     };
     // The row's key is the name every other table refers to; the copy in the
     // declaration is not read.
     proto.name = name.to_string();
     let labels = std::mem::take(&mut proto.labels).into_iter().collect();
-    Ok(match convert::datastore_from_stored(proto) {
+    match convert::datastore_from_stored(proto) {
         Ok(spec) => DatastoreRow::Readable(StoredDatastore {
             spec,
             create_time,
@@ -592,7 +696,7 @@ fn read_row(name: &str, row: &sqlx::sqlite::SqliteRow) -> Result<DatastoreRow, E
             format!("cannot load the stored datastore: its declaration cannot be used: {e}"),
             e.to_string(),
         ),
-    })
+    }
 }
 
 /// The stored form of a datastore: its declaration with secrets, and its

@@ -1,7 +1,7 @@
 //! The one writer: every write of the process goes through one task that
-//! owns one SQLite connection, so that no two writers ever meet on SQLite's
-//! lock, and work that is ready together shares one transaction and one
-//! fsync (group commit).
+//! owns one database connection (SQLite or PostgreSQL, see [`crate::db`]), so
+//! that no two writers ever meet on the database's locks, and work that is
+//! ready together shares one transaction and one fsync (group commit).
 //!
 //! A caller hands the writer a piece of work (a closure over the connection)
 //! and gets its result only once the transaction holding it is committed:
@@ -21,9 +21,22 @@
 //! fail, and their callers retry with the same content. While writes fail,
 //! [`Writer::health`] says so, and readiness follows it.
 //!
-//! Transactions start with `BEGIN IMMEDIATE`: the write lock is taken before
-//! the first read, so a read-then-write never fails on a lock it could not
-//! upgrade (SQLite does not retry that case; it answers SQLITE_BUSY at once).
+//! On SQLite, transactions start with `BEGIN IMMEDIATE`: the write lock is
+//! taken before the first read, so a read-then-write never fails on a lock it
+//! could not upgrade (SQLite does not retry that case; it answers SQLITE_BUSY
+//! at once).
+//!
+//! On PostgreSQL the design is the same: one connection, a transaction per
+//! batch, a savepoint per piece (which PostgreSQL needs all the more: an
+//! error aborts the whole transaction unless rolled back to a savepoint), and
+//! on a database error the connection is closed, a new one opened and
+//! durability read back. The writer's connection holds a session advisory
+//! lock ([`PG_LOCK`]) for its whole life, taken again at every reopen: a
+//! second netsyncd on the same database cannot take it and refuses to start,
+//! or, if it got it while this one was reconnecting, this one's writes fail
+//! instead of writing beside it. A `COMMIT` returns once the commit is
+//! durable (`synchronous_commit`, on by default; netsyncd does not change
+//! it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,13 +44,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{Connection, Row};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgDatabaseError};
+use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::db::{Conn, Connect, on_conn};
 use crate::error::Error;
 
 /// Most pieces of work in one transaction. Bounds how long a batch holds
@@ -51,6 +66,14 @@ const QUEUE: usize = 4096;
 /// Backoff between attempts to open a new connection after a failure.
 const REOPEN_MIN: Duration = Duration::from_millis(50);
 const REOPEN_MAX: Duration = Duration::from_secs(2);
+
+/// The key of the PostgreSQL session advisory lock the writer's connection
+/// holds: one netsyncd writes a database at a time. ("netsync" in ASCII.)
+pub const PG_LOCK: i64 = 0x006e_6574_7379_6e63;
+
+/// Longest wait to close a failed PostgreSQL connection (which ends its
+/// session, and so releases its lock, before the new one asks for it).
+const PG_CLOSE: Duration = Duration::from_secs(1);
 
 /// Whether writes succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +100,7 @@ pub struct WriterStats {
 trait Job: Send {
     /// Runs the work on `conn`. An error is a database error (the batch
     /// fails); the work's own failure is kept for [`Job::finish`].
-    fn run<'c>(
-        &'c mut self,
-        conn: &'c mut SqliteConnection,
-    ) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+    fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, Result<(), sqlx::Error>>;
     /// Whether the work failed for its own reasons (its savepoint is undone).
     fn refused(&self) -> bool;
     /// For a commit of running: its datastore and revision, by which its
@@ -100,8 +120,7 @@ enum Fate {
     Failed(Arc<str>),
 }
 
-type Work<T> =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, Error>> + Send>;
+type Work<T> = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, Error>> + Send>;
 
 /// A commit's datastore and revision, and the work's result once the commit
 /// is read back as durable.
@@ -120,10 +139,7 @@ struct Typed<T> {
 }
 
 impl<T: Send + 'static> Job for Typed<T> {
-    fn run<'c>(
-        &'c mut self,
-        conn: &'c mut SqliteConnection,
-    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    fn run<'c>(&'c mut self, conn: &'c mut Conn) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let Some(work) = self.work.take() else {
                 return Ok(());
@@ -183,9 +199,9 @@ impl std::fmt::Debug for dyn Job {
 /// How the writer opens its connection.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
-    /// The database, with the pragmas every connection gets.
-    pub connect: SqliteConnectOptions,
-    /// Test-only: see [`PageLimit`].
+    /// The database (for SQLite, with the pragmas every connection gets).
+    pub connect: Connect,
+    /// Test-only, SQLite only: see [`PageLimit`].
     pub max_page_count: PageLimit,
 }
 
@@ -228,14 +244,14 @@ impl Eq for PageLimit {}
 
 impl Writer {
     /// Opens the writer's connection (see [`Writer::connect`]).
-    pub async fn connect(options: &WriterOptions) -> Result<SqliteConnection, sqlx::Error> {
+    pub async fn connect(options: &WriterOptions) -> Result<Conn, ConnectError> {
         connect(options).await
     }
 
     /// Starts the writer task on `conn`, opened with `options` (which it uses
     /// again to reopen after a failure); it ends at [`Writer::close`] or
     /// when every handle is dropped.
-    pub fn start(options: WriterOptions, conn: SqliteConnection) -> (Self, JoinHandle<()>) {
+    pub fn start(options: WriterOptions, conn: Conn) -> (Self, JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let (health_tx, health) = watch::channel(Health::Ok);
         let stats = Arc::new(WriterStats::default());
@@ -267,9 +283,7 @@ impl Writer {
     pub async fn write<T, F>(&self, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, Error>>
-            + Send
-            + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
     {
         self.submit(Box::new(work), None).await
     }
@@ -284,9 +298,7 @@ impl Writer {
         work: F,
     ) -> Result<(), Error>
     where
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<(), Error>>
-            + Send
-            + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<(), Error>> + Send + 'static,
     {
         self.submit(
             Box::new(work),
@@ -337,7 +349,7 @@ impl Writer {
 struct Task {
     options: WriterOptions,
     /// `None` after a failure, until a new connection opens.
-    conn: Option<SqliteConnection>,
+    conn: Option<Conn>,
     queue: mpsc::Receiver<Box<dyn Job>>,
     health: watch::Sender<Health>,
     stats: Arc<WriterStats>,
@@ -362,7 +374,7 @@ impl Task {
             self.batch(jobs).await;
         }
         if let Some(conn) = self.conn.take() {
-            let _ = conn.close().await;
+            let _ = on_conn!(conn, conn => conn.close().await);
         }
     }
 
@@ -399,7 +411,11 @@ impl Task {
                 let why: Arc<str> = describe_error(&e).into();
                 tracing::error!(error = %e, writes = jobs.len(), "a write transaction failed; reopening the database connection");
                 // Never reused: it may still hold the failed transaction.
-                self.conn = None;
+                // A PostgreSQL session is ended first (bounded), so that it
+                // lets go of the writer's lock before the new one asks.
+                if let Some(Conn::Postgres(conn)) = self.conn.take() {
+                    let _ = tokio::time::timeout(PG_CLOSE, conn.close()).await;
+                }
                 self.health.send_replace(Health::Failing(why.to_string()));
                 let datastores: Vec<String> = jobs
                     .iter()
@@ -432,7 +448,7 @@ impl Task {
     /// The connection, reopened first if the last one failed (once; a
     /// failure to reopen fails this batch and the next one tries again after
     /// a pause, so that callers are answered instead of queueing up).
-    async fn ready(&mut self) -> Option<&mut SqliteConnection> {
+    async fn ready(&mut self) -> Option<&mut Conn> {
         if self.conn.is_none() {
             let mut pause = REOPEN_MIN;
             for _ in 0..3 {
@@ -443,8 +459,7 @@ impl Task {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot reopen the database");
-                        self.health
-                            .send_replace(Health::Failing(describe_error(&e)));
+                        self.health.send_replace(Health::Failing(e.describe()));
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(REOPEN_MAX);
                     }
@@ -467,41 +482,70 @@ impl Task {
 /// database takes writes again (one that only read, or wrote nothing, commits
 /// even on a full disk).
 async fn transaction(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     jobs: &mut [Box<dyn Job>],
     max_page_count: &PageLimit,
 ) -> Result<bool, sqlx::Error> {
-    if let Some(pages) = max_page_count.get() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "PRAGMA max_page_count = {pages}"
-        )))
-        .execute(&mut *conn)
-        .await?;
+    match &mut *conn {
+        Conn::Sqlite(sqlite) => {
+            if let Some(pages) = max_page_count.get() {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA max_page_count = {pages}"
+                )))
+                .execute(&mut *sqlite)
+                .await?;
+            }
+            sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut *sqlite)
+                .await?;
+            let before: i64 = sqlx::query_scalar("SELECT total_changes()")
+                .fetch_one(&mut *sqlite)
+                .await?;
+            pieces(conn, jobs).await?;
+            let Conn::Sqlite(sqlite) = conn else {
+                unreachable!("the connection stays what it was")
+            };
+            let after: i64 = sqlx::query_scalar("SELECT total_changes()")
+                .fetch_one(&mut *sqlite)
+                .await?;
+            sqlx::raw_sql("COMMIT").execute(&mut *sqlite).await?;
+            Ok(after > before)
+        }
+        Conn::Postgres(pg) => {
+            // One writer: no other transaction writes what this one reads,
+            // so the default isolation (read committed) reads what it wrote.
+            sqlx::raw_sql("BEGIN").execute(&mut *pg).await?;
+            pieces(conn, jobs).await?;
+            let Conn::Postgres(pg) = conn else {
+                unreachable!("the connection stays what it was")
+            };
+            // A transaction gets a transaction id at its first write.
+            let wrote: bool = sqlx::query_scalar("SELECT txid_current_if_assigned() IS NOT NULL")
+                .fetch_one(&mut *pg)
+                .await?;
+            sqlx::raw_sql("COMMIT").execute(&mut *pg).await?;
+            Ok(wrote)
+        }
     }
-    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let before: i64 = sqlx::query_scalar("SELECT total_changes()")
-        .fetch_one(&mut *conn)
-        .await?;
+}
+
+/// Runs each of `jobs` in a savepoint of the open transaction, undoing the
+/// one that refuses.
+async fn pieces(conn: &mut Conn, jobs: &mut [Box<dyn Job>]) -> Result<(), sqlx::Error> {
     for job in jobs.iter_mut() {
-        sqlx::raw_sql("SAVEPOINT work").execute(&mut *conn).await?;
+        on_conn!(&mut *conn, c => sqlx::raw_sql("SAVEPOINT piece").execute(&mut *c).await.map(drop))?;
         job.run(conn).await?;
         if job.refused() {
-            sqlx::raw_sql("ROLLBACK TO work")
-                .execute(&mut *conn)
-                .await?;
+            on_conn!(&mut *conn, c => sqlx::raw_sql("ROLLBACK TO SAVEPOINT piece").execute(&mut *c).await.map(drop))?;
         }
-        sqlx::raw_sql("RELEASE work").execute(&mut *conn).await?;
+        on_conn!(&mut *conn, c => sqlx::raw_sql("RELEASE SAVEPOINT piece").execute(&mut *c).await.map(drop))?;
     }
-    let after: i64 = sqlx::query_scalar("SELECT total_changes()")
-        .fetch_one(&mut *conn)
-        .await?;
-    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-    Ok(after > before)
+    Ok(())
 }
 
 /// The highest stored revision of each of `datastores`.
 async fn highest_revisions(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     datastores: Vec<String>,
 ) -> Result<HashMap<String, u64>, sqlx::Error> {
     let mut highest = HashMap::new();
@@ -509,11 +553,12 @@ async fn highest_revisions(
         if highest.contains_key(&datastore) {
             continue;
         }
-        let row = sqlx::query("SELECT MAX(revision) AS r FROM commits WHERE datastore = ?")
-            .bind(&datastore)
-            .fetch_one(&mut *conn)
-            .await?;
-        let revision: Option<i64> = row.try_get("r")?;
+        let revision: Option<i64> = on_conn!(&mut *conn, conn => {
+            sqlx::query_scalar("SELECT MAX(revision) FROM commits WHERE datastore = $1")
+                .bind(&datastore)
+                .fetch_one(&mut *conn)
+                .await?
+        });
         highest.insert(
             datastore,
             revision.map_or(0, |r| u64::try_from(r).unwrap_or(0)),
@@ -522,17 +567,34 @@ async fn highest_revisions(
     Ok(highest)
 }
 
-/// Whether `error` is SQLite's SQLITE_CONSTRAINT (any extended code).
+/// Whether `error` refuses one statement and leaves the transaction usable
+/// (once rolled back to its savepoint): SQLite's SQLITE_CONSTRAINT (any
+/// extended code), PostgreSQL's integrity constraint violations (class 23).
 fn is_constraint(error: &sqlx::Error) -> bool {
-    primary_code(error) == Some(19)
+    match pg_code(error) {
+        Some(code) => code.starts_with("23"),
+        None => primary_code(error) == Some(19),
+    }
 }
 
-/// Whether `error` is SQLITE_CONSTRAINT_FOREIGNKEY: a row refers to a
-/// datastore that is gone (deleted meanwhile).
+/// Whether `error` is a foreign key violation (SQLITE_CONSTRAINT_FOREIGNKEY,
+/// PostgreSQL's 23503): a row refers to a datastore that is gone (deleted
+/// meanwhile).
 pub fn is_foreign_key(error: &sqlx::Error) -> bool {
+    if let Some(code) = pg_code(error) {
+        return code == "23503";
+    }
     match error {
         sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i64>().ok()) == Some(787),
         _ => false,
+    }
+}
+
+/// PostgreSQL's SQLSTATE of a database error; `None` for SQLite's errors.
+fn pg_code(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(db) => db.try_downcast_ref::<PgDatabaseError>().map(|e| e.code()),
+        _ => None,
     }
 }
 
@@ -540,26 +602,81 @@ pub fn is_foreign_key(error: &sqlx::Error) -> bool {
 /// extended code).
 fn primary_code(error: &sqlx::Error) -> Option<i64> {
     match error {
-        sqlx::Error::Database(db) => db.code()?.parse::<i64>().ok().map(|c| c & 0xff),
+        sqlx::Error::Database(db) if pg_code(error).is_none() => {
+            db.code()?.parse::<i64>().ok().map(|c| c & 0xff)
+        }
         _ => None,
     }
 }
 
-/// Opens the writer's connection.
-async fn connect(options: &WriterOptions) -> Result<SqliteConnection, sqlx::Error> {
-    let mut conn = SqliteConnection::connect_with(&options.connect).await?;
-    if let Some(pages) = options.max_page_count.get() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "PRAGMA max_page_count = {pages}"
-        )))
-        .execute(&mut conn)
-        .await?;
+/// Why the writer's connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The database refused or could not be reached.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Another netsyncd holds the PostgreSQL database's writer lock.
+    #[error(
+        "the database is in use by another netsyncd (it holds the writer lock, advisory lock \
+         {PG_LOCK}); stop that one first, or give this one another --db"
+    )]
+    InUse,
+}
+
+impl ConnectError {
+    /// A short reason, fit for a datastore's status.
+    fn describe(&self) -> String {
+        match self {
+            Self::Database(e) => describe_error(e),
+            Self::InUse => "database in use by another netsyncd".into(),
+        }
     }
-    Ok(conn)
+}
+
+/// Opens the writer's connection; on PostgreSQL, takes the writer lock.
+async fn connect(options: &WriterOptions) -> Result<Conn, ConnectError> {
+    match &options.connect {
+        Connect::Sqlite(connect) => {
+            let mut conn = SqliteConnection::connect_with(connect).await?;
+            if let Some(pages) = options.max_page_count.get() {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA max_page_count = {pages}"
+                )))
+                .execute(&mut conn)
+                .await?;
+            }
+            Ok(Conn::Sqlite(conn))
+        }
+        Connect::Postgres(connect) => {
+            let mut conn = PgConnection::connect_with(connect).await?;
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(PG_LOCK)
+                .fetch_one(&mut conn)
+                .await?;
+            if !locked {
+                let _ = conn.close().await;
+                return Err(ConnectError::InUse);
+            }
+            Ok(Conn::Postgres(conn))
+        }
+    }
 }
 
 /// A short reason for a failed write, fit for a datastore's status.
 fn describe_error(error: &sqlx::Error) -> String {
+    if let Some(code) = pg_code(error) {
+        return match code {
+            "53100" => "disk full".into(),
+            c if c.starts_with("53") => "database out of resources".into(),
+            c if c.starts_with("08") || c.starts_with("57P") => "database connection lost".into(),
+            "55P03" | "40P01" => "database locked by another process".into(),
+            "25006" => "database is read-only".into(),
+            "XX001" | "XX002" => "database damaged".into(),
+            // PostgreSQL's own words stay in the log: this text reaches
+            // clients through a datastore's status.
+            _ => "database error (see the log)".into(),
+        };
+    }
     if let sqlx::Error::Database(_) = error {
         return match primary_code(error) {
             Some(13) => "disk full".into(),

@@ -2,9 +2,10 @@
 //! ([`sim::Sim`]) and any of our binaries as a guarded child process
 //! ([`process::Process`]), finders for the outside tools the tests drive
 //! netsync with ([`tools`]), certificates ([`pki`]), one set of deadlines
-//! ([`deadline`]), a small scriptable gNMI device ([`device::Device`]), gNMI
-//! request and stream helpers ([`gnmi`]), datastore builders ([`datastore`])
-//! and netsync API client helpers ([`client`]).
+//! ([`deadline`]), a throwaway PostgreSQL cluster ([`postgres`]), a small
+//! scriptable gNMI device ([`device::Device`]), gNMI request and stream
+//! helpers ([`gnmi`]), datastore builders ([`datastore`]) and netsync API
+//! client helpers ([`client`]).
 //!
 //! A dev-only crate: tests and the benchmark harness depend on it; netsyncd
 //! and netsync-sim never do. It knows netsync-sim (to run it in-process) but
@@ -17,6 +18,7 @@ pub mod deadline;
 pub mod device;
 pub mod gnmi;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod sim;
 pub mod tools;

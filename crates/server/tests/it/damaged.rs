@@ -3,7 +3,8 @@
 //! what would need its running or would write to it, while every other
 //! datastore serves and syncs; a declaration that today's validation refuses
 //! is read leniently and syncs. The rows are changed with a SQLite connection
-//! of the test's own while netsyncd is stopped.
+//! of the test's own while netsyncd is stopped, so these tests run on SQLite
+//! whatever `NETSYNC_TEST_DB` says (the loading code they test is shared).
 
 use std::path::Path;
 
@@ -38,7 +39,7 @@ async fn devices(names: &[&str]) -> Vec<Device> {
 /// each holds its device's leaves, and stops netsyncd; returns each one's
 /// revision.
 async fn commit_and_stop(db: &Path, names: &[&str], devices: &[Device]) -> Vec<u64> {
-    let server = TestServer::start(db).await;
+    let server = TestServer::start_with(crate::support::sqlite_config(db)).await;
     let mut client = server.client().await;
     let mut revisions = Vec::new();
     for (name, device) in names.iter().zip(devices) {
@@ -188,7 +189,7 @@ async fn a_damaged_change_log_stops_only_its_datastore() {
     assert_eq!(damaged.rows_affected(), 1);
     pool.close().await;
 
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(crate::support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     assert_stopped(
         &mut client,
@@ -249,7 +250,7 @@ async fn a_damaged_snapshot_intent_or_declaration_stops_only_its_datastore() {
         .unwrap();
     pool.close().await;
 
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(crate::support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     assert_stopped(
         &mut client,
@@ -323,7 +324,7 @@ async fn a_declaration_todays_validation_refuses_is_read_leniently() {
         .unwrap();
     pool.close().await;
 
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(crate::support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     // API input stays as strict as before.
     let refused = client

@@ -4,6 +4,9 @@
 //! FAILED_PRECONDITION naming both uids, instead of being spliced onto the
 //! new history; the uid is in every event, stays the same across restarts,
 //! and a row stored without one gets one, once.
+//!
+//! The two tests that read or write the uid column with a SQLite connection
+//! of their own run on SQLite whatever `NETSYNC_TEST_DB` says.
 
 use std::path::Path;
 
@@ -216,7 +219,7 @@ async fn stored_uids(db: &Path) -> Vec<(String, Option<String>)> {
 /// Starts netsyncd on `db` and returns the uid each of `names` shows, after
 /// checking that r1's events carry it from revision 1.
 async fn uids_served(db: &Path, names: &[&str]) -> Vec<String> {
-    let server = TestServer::start(db).await;
+    let server = TestServer::start_with(crate::support::sqlite_config(db)).await;
     let mut client = server.client().await;
     let mut uids = Vec::new();
     for name in names {
@@ -238,7 +241,7 @@ async fn the_uid_is_stored_and_the_same_after_a_restart() {
     let device = Device::start(&[("/system/name", "a")]).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("netsync.db");
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(crate::support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     let uid = client
         .create_datastore(create(datastore("r1", &device)))
@@ -264,7 +267,7 @@ async fn rows_stored_without_a_uid_get_one_each_once() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("netsync.db");
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(crate::support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     for (name, device) in ["r1", "r2"].iter().zip(&devices) {
         client

@@ -1,7 +1,9 @@
 //! The dry run of an intent write (SetIntent with `validate_only`), the
 //! blame of a read (GetRunning with `with_owner`), and stored intents that
 //! today's validation refuses, against netsync-sim on PROTO and JSON_IETF
-//! datastores.
+//! datastores. The stored-intents test writes its rows with a SQLite
+//! connection of its own, so it runs on SQLite whatever `NETSYNC_TEST_DB`
+//! says.
 //!
 //! The simulator takes Set values only in the datastore's encoding
 //! (`SimConfig::set_encoding`), as a device speaking one encoding does: a
@@ -638,7 +640,7 @@ async fn stored_intents_todays_validation_refuses_are_failing_not_fatal() {
         .paths(&["/interfaces"])
         .list_keys(&["/interfaces/interface[name]"])
         .build();
-    let server = TestServer::start_with(config(&db)).await;
+    let server = TestServer::start_with(crate::support::on_sqlite(config(&db), &db)).await;
     let mut client = server.client().await;
     client.create_datastore(create(ds)).await.unwrap();
     wait_revision(&mut client, "r1", 1).await;
@@ -682,7 +684,7 @@ async fn stored_intents_todays_validation_refuses_are_failing_not_fatal() {
     pool.close().await;
     let device_before = sim.leaves().await;
 
-    let server = TestServer::start_with(config(&db)).await;
+    let server = TestServer::start_with(crate::support::on_sqlite(config(&db), &db)).await;
     let mut client = server.client().await;
     let mut events = client::watch(&mut client, "r1", 0).await;
     let description = leaf("config/description");

@@ -5,7 +5,9 @@
 //! number of Sets, auto-revert paused until the intent is written again or
 //! the datastore resynced; DeleteIntent converges the store and the engine.
 //! All but the last (the store alone) run for a PROTO and a JSON_IETF
-//! datastore, the simulator taking Set values only in its encoding.
+//! datastore, the simulator taking Set values only in its encoding. The last
+//! deletes a row with a SQLite connection of its own, so it runs on SQLite
+//! whatever `NETSYNC_TEST_DB` says.
 
 use std::time::{Duration, Instant};
 
@@ -405,7 +407,13 @@ async fn delete_intent_converges_the_store_and_the_engine() {
     let sim = Sim::start(generated(100)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("n.db");
-    let (server, mut client) = start(&sim, pb::Encoding::Proto, config(&db), 200).await;
+    let (server, mut client) = start(
+        &sim,
+        pb::Encoding::Proto,
+        crate::support::on_sqlite(config(&db), &db),
+        200,
+    )
+    .await;
     set_intent(
         &mut client,
         "r1",
@@ -441,7 +449,7 @@ async fn delete_intent_converges_the_store_and_the_engine() {
     // After a restart, neither comes back.
     drop(client);
     server.stop().await;
-    let server = TestServer::start_with(config(&db)).await;
+    let server = TestServer::start_with(crate::support::on_sqlite(config(&db), &db)).await;
     let mut client = server.client().await;
     let listed = client
         .list_intents(pb::ListIntentsRequest {

@@ -4,6 +4,13 @@
 //! second netsyncd on the same file, the file's permissions. Nothing
 //! published is lost or taken back, a revision number is never reused, and
 //! writes recover by themselves when space comes back.
+//!
+//! The full disk and the file's permissions are SQLite's own: those tests
+//! run on SQLite whatever `NETSYNC_TEST_DB` says. The fleet's write load and
+//! the second netsyncd run on the test database (PostgreSQL too). The
+//! writer's PostgreSQL session ended during a burst is PostgreSQL's own and
+//! runs on it always (skipped where PostgreSQL is missing, unless
+//! `NETSYNC_REQUIRE_POSTGRES=1`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -294,7 +301,7 @@ async fn disk_full_deterministic_loses_nothing_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("n.db");
     let pages = PageLimit::new(NO_PAGE_LIMIT);
-    let mut config = support::config(&db);
+    let mut config = support::sqlite_config(&db);
     config.max_page_count = pages.clone();
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
@@ -506,6 +513,7 @@ async fn disk_full_on_a_real_filesystem_survives_kill_9() {
         &db,
         Options {
             args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+            sqlite: true,
             ..Options::default()
         },
     );
@@ -573,7 +581,13 @@ async fn disk_full_on_a_real_filesystem_survives_kill_9() {
     assert!(highest >= stuck - 1, "stored up to {highest}");
     assert_eq!(stored, (1..=highest).collect::<Vec<_>>());
 
-    let daemon = Netsyncd::start(&db);
+    let daemon = Netsyncd::start_with(
+        &db,
+        Options {
+            sqlite: true,
+            ..Options::default()
+        },
+    );
     let mut client = NetSyncClient::connect(daemon.url()).await.unwrap();
     stop.cancel();
     churn.await.unwrap();
@@ -725,16 +739,23 @@ async fn a_second_netsyncd_on_the_same_database_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("netsync.db");
     let first = Netsyncd::start(&db);
+    let url = support::db_url(&db);
     let second = {
-        let db = db.to_str().unwrap().to_string();
-        tokio::task::spawn_blocking(move || Netsyncd::run_to_exit(&["--db", &db]))
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || Netsyncd::run_to_exit(&["--db", &url]))
             .await
             .unwrap()
     };
     assert!(!second.status.success(), "{:?}", second.status);
     let stderr = String::from_utf8_lossy(&second.stderr);
+    // SQLite names the file; PostgreSQL the writer lock.
+    let named = if support::on_postgres() {
+        "writer lock".to_string()
+    } else {
+        db.display().to_string()
+    };
     assert!(
-        stderr.contains(db.to_str().unwrap()) && stderr.contains("in use"),
+        stderr.contains(&named) && stderr.contains("in use"),
         "{stderr}"
     );
 
@@ -790,7 +811,7 @@ async fn the_database_file_is_private() {
     // It holds device credentials.
     let create = |name: &str| DatastoreBuilder::every_field(name).create();
 
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     client.create_datastore(create("r1")).await.unwrap();
     let files = database_files(&db);
@@ -806,12 +827,103 @@ async fn the_database_file_is_private() {
 
     // A file someone made readable to all is narrowed at start.
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(support::sqlite_config(&db)).await;
     let mut client = server.client().await;
     client.create_datastore(create("r2")).await.unwrap();
     for file in database_files(&db) {
         assert_eq!(mode(&file), "600", "{}", file.display());
     }
+    drop(client);
+    server.stop().await;
+}
+
+// ------------------------------------------------------ PostgreSQL: a lost session
+
+/// The process id of the PostgreSQL sessions holding an advisory lock on the
+/// database at `url`: netsyncd's writer.
+async fn writer_sessions(url: &str) -> Vec<i32> {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    pids
+}
+
+/// Ends the PostgreSQL session `pid`, as a database restart or a network
+/// cut would.
+async fn end_session(url: &str, pid: i32) {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(ended, "session {pid} ended");
+    admin.close().await.unwrap();
+}
+
+/// On PostgreSQL (whatever `NETSYNC_TEST_DB` says; skipped without it unless
+/// required): the writer's session is ended twice during a burst of
+/// commits. The writer reopens, takes its lock again and reads back what is
+/// durable; the watcher sees consecutive revisions, nothing published is
+/// lost, and a restart replays the same history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_session_lost_during_a_burst_loses_nothing() {
+    let Some(cluster) = netsync_testkit::postgres::PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let device = Device::start(&[("/system/hostname", "r1")]).await;
+    let server = TestServer::start_with(netsync_server::Config::with_db(url.clone())).await;
+    let mut client = server.client().await;
+    client
+        .create_datastore(
+            DatastoreBuilder::new("r1", device.addr)
+                .commit_interval_ms(10)
+                .create(),
+        )
+        .await
+        .unwrap();
+    let mut commits = Recorder::start(&mut client, "r1").await;
+    wait_revision(&mut client, "r1", 1).await;
+    let churn = change_device(
+        &device,
+        Duration::from_millis(3),
+        40,
+        300,
+        CancellationToken::new(),
+    );
+    let mut ended = Vec::new();
+    for at in [5, 15] {
+        wait_revision(&mut client, "r1", at).await;
+        let writer = writer_sessions(&url).await;
+        assert_eq!(writer.len(), 1, "one writer session: {writer:?}");
+        end_session(&url, writer[0]).await;
+        ended.push(writer[0]);
+    }
+    assert_eq!(churn.await.unwrap(), 300);
+    let last = converge(&mut client, "r1", &device).await;
+    // The writer reopened: a new session holds its lock.
+    let writer = writer_sessions(&url).await;
+    assert_eq!(writer.len(), 1, "{writer:?}");
+    assert!(!ended.contains(&writer[0]), "{writer:?} {ended:?}");
+    let seen = commits.until(last).await;
+    assert_consecutive(&seen);
+    drop(commits);
+    drop(client);
+    server.stop().await;
+
+    let server = TestServer::start_with(netsync_server::Config::with_db(url)).await;
+    let mut client = server.client().await;
+    let mut replay = Recorder::start(&mut client, "r1").await;
+    let replayed = replay.until(last).await;
+    assert_same_commits(&replayed[..seen.len()], &seen, "after a restart");
+    drop(replay);
     drop(client);
     server.stop().await;
 }

@@ -1,6 +1,12 @@
 //! Starting netsyncd for a test: in this process on an ephemeral loopback
 //! port ([`TestServer`]), or as a real process from the built binary
 //! ([`Netsyncd`], its address read from its JSON log, stopped with SIGTERM).
+//!
+//! The database is SQLite, or PostgreSQL when `NETSYNC_TEST_DB=postgres`
+//! ([`db_url`]): the same tests then run on a database of a throwaway cluster
+//! (`netsync_testkit::postgres`). Tests about SQLite itself (its file, a full
+//! disk under it, its lock) use [`sqlite_config`] and say so in their module
+//! doc.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,7 +31,8 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts netsyncd on 127.0.0.1:0 with the SQLite file `db`.
+    /// Starts netsyncd on 127.0.0.1:0 with the test database `db` (see
+    /// [`db_url`]).
     pub async fn start(db: &Path) -> Self {
         Self::start_with(config(db)).await
     }
@@ -74,9 +81,43 @@ impl TestServer {
     }
 }
 
-/// The default configuration, with the SQLite file `db`.
+/// The default configuration, with the test database `db` (see [`db_url`]).
 pub fn config(db: &Path) -> Config {
+    Config::with_db(db_url(db))
+}
+
+/// The default configuration with the SQLite file `db`, whatever
+/// `NETSYNC_TEST_DB` says: for tests about SQLite itself.
+pub fn sqlite_config(db: &Path) -> Config {
     Config::with_db(format!("sqlite://{}", db.display()))
+}
+
+/// `config` with the SQLite file `db` as its database, whatever
+/// `NETSYNC_TEST_DB` says: for tests that read or damage the file.
+pub fn on_sqlite(mut config: Config, db: &Path) -> Config {
+    config.db = format!("sqlite://{}", db.display());
+    config
+}
+
+/// Whether the tests run on PostgreSQL (`NETSYNC_TEST_DB=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("NETSYNC_TEST_DB").is_ok_and(|v| v == "postgres")
+}
+
+/// The database URL for the test database named by the path `db`: the
+/// SQLite file `db`, or on PostgreSQL a database of the shared cluster named
+/// after `db`, created at first use: the same path gives the same database,
+/// so a restarted netsyncd finds what the one before wrote, as it would in
+/// the file.
+pub fn db_url(db: &Path) -> String {
+    if !on_postgres() {
+        return format!("sqlite://{}", db.display());
+    }
+    let cluster = netsync_testkit::postgres::PgCluster::shared()
+        .expect("NETSYNC_TEST_DB=postgres, but PostgreSQL (initdb, pg_ctl) is missing");
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(db, &mut hasher);
+    cluster.database(&format!("t_{:016x}", std::hash::Hasher::finish(&hasher)))
 }
 
 /// A temporary directory, netsyncd in this process with its database there,
@@ -103,16 +144,20 @@ pub struct Options {
     pub args: Vec<String>,
     /// Environment variables, over the default `RUST_LOG=info`.
     pub env: Vec<(String, String)>,
+    /// The SQLite file `db` whatever `NETSYNC_TEST_DB` says: for tests
+    /// about SQLite itself.
+    pub sqlite: bool,
 }
 
 impl Netsyncd {
-    /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db`.
+    /// Starts `netsyncd serve` on 127.0.0.1:0 with the test database `db`
+    /// (see [`db_url`]).
     pub fn start(db: &Path) -> Self {
         Self::start_with(db, Options::default())
     }
 
-    /// Starts `netsyncd serve` on 127.0.0.1:0 with the SQLite file `db`,
-    /// JSON logs, and `options`.
+    /// Starts `netsyncd serve` on 127.0.0.1:0 with the test database `db`
+    /// (see [`db_url`]), JSON logs, and `options`.
     pub fn start_with(db: &Path, options: Options) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_netsyncd"));
         command.arg("serve");
@@ -121,7 +166,11 @@ impl Netsyncd {
         }
         command
             .args(["--log-format", "json", "--db"])
-            .arg(db)
+            .arg(if options.sqlite {
+                format!("sqlite://{}", db.display())
+            } else {
+                db_url(db)
+            })
             .args(&options.args)
             .env("RUST_LOG", "info")
             .envs(options.env);
