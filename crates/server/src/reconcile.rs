@@ -281,6 +281,11 @@ impl Worker {
                         .instrument(span.clone())
                         .await;
                     span.record("outcome", outcome.as_str());
+                    // The job's trace ends with its outcome, which its
+                    // watchers have already seen: closed now, not after the
+                    // row is cleared (a netsyncd stopped meanwhile would cut
+                    // that write, and the span with it, before the export).
+                    drop(span);
                     self.stats.record(outcome);
                     if let Err(e) = jobs::finish(self.store.writer(), name).await {
                         // Not retried here: the next claim takes the row over.
