@@ -17,6 +17,9 @@ pub struct Binaries {
     pub sim: PathBuf,
     /// Extra arguments for every netsyncd started (`--netsyncd-arg`).
     pub netsyncd_args: Vec<String>,
+    /// The PostgreSQL cluster netsyncd stores in (`--postgres`); `None`:
+    /// a SQLite file in the scenario's directory.
+    pub postgres: Option<&'static netsync_testkit::postgres::PgCluster>,
 }
 
 /// Finds (and, under cargo, builds) the executables. Paths given win.
@@ -35,6 +38,7 @@ pub fn locate(netsyncd: Option<PathBuf>, sim: Option<PathBuf>) -> anyhow::Result
         netsyncd: netsyncd.unwrap_or_else(|| dir.join(executable("netsyncd"))),
         sim: sim.unwrap_or_else(|| dir.join(executable("netsync-sim"))),
         netsyncd_args: Vec::new(),
+        postgres: None,
     };
     for path in [&found.netsyncd, &found.sim] {
         ensure!(

@@ -85,6 +85,11 @@ struct Cli {
     /// for the count only.
     #[arg(long)]
     trace_fsyncs: bool,
+    /// Store in PostgreSQL instead of SQLite: a throwaway cluster (initdb and
+    /// pg_ctl from PATH or /usr/lib/postgresql/*/bin), one database per
+    /// scenario.
+    #[arg(long)]
+    postgres: bool,
     /// Keep every scenario's directory (databases, logs); a failed scenario's
     /// is always kept.
     #[arg(long)]
@@ -145,6 +150,13 @@ async fn main() -> ExitCode {
 async fn run(cli: &Cli) -> anyhow::Result<bool> {
     let mut bins = binaries::locate(cli.netsyncd.clone(), cli.sim.clone())?;
     bins.netsyncd_args.clone_from(&cli.netsyncd_arg);
+    if cli.postgres {
+        bins.postgres = Some(
+            netsync_testkit::postgres::PgCluster::shared().ok_or_else(|| {
+                anyhow::anyhow!("--postgres: no PostgreSQL (initdb, pg_ctl) on this machine")
+            })?,
+        );
+    }
     let ctx = Ctx {
         bins,
         sizes: cli.sizes()?,

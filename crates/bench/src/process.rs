@@ -280,7 +280,7 @@ pub async fn start_netsyncd_with(
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .arg("--db")
-        .arg(dir.join("netsync.db"))
+        .arg(database(bins, dir))
         // The scenarios open more than the defaults let a client have: 1,000
         // datastores (the default cap exactly) and 101 watchers of one.
         .args([
@@ -415,5 +415,25 @@ mod tests {
 ";
         assert_eq!(count_sync_calls(trace), 4);
         assert_eq!(count_sync_calls(""), 0);
+    }
+}
+
+/// Where the netsyncd of the scenario in `dir` stores: `netsync.db` there,
+/// or with `--postgres` a database of the cluster named after `dir` (the
+/// same one again for a netsyncd restarted on it).
+fn database(bins: &Binaries, dir: &Path) -> std::ffi::OsString {
+    match bins.postgres {
+        None => dir.join("netsync.db").into_os_string(),
+        Some(cluster) => {
+            // FNV-1a of the path: a plain identifier, stable for `dir`.
+            let hash = dir
+                .as_os_str()
+                .as_encoded_bytes()
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            cluster.database(&format!("bench_{hash:016x}")).into()
+        }
     }
 }

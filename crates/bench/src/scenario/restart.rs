@@ -71,7 +71,9 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
 
     let mut report = Report::new("restart", ctx.quick);
     report.count("leaves", before.leaves);
-    report.bytes("db_bytes", db_bytes);
+    if ctx.bins.postgres.is_none() {
+        report.bytes("db_bytes", db_bytes);
+    }
     report.seconds("shutdown_seconds", shutdown);
     report.seconds("listening_seconds", listening);
     report.seconds("first_answer_seconds", first_answer);
