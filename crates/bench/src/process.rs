@@ -363,6 +363,26 @@ fn cpu_time_in(stat: &str, ticks: u64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(ticks_used as f64 / ticks as f64))
 }
 
+/// Where the netsyncd of the scenario in `dir` stores: `netsync.db` there,
+/// or with `--postgres` a database of the cluster named after `dir` (the
+/// same one again for a netsyncd restarted on it).
+fn database(bins: &Binaries, dir: &Path) -> std::ffi::OsString {
+    match bins.postgres {
+        None => dir.join("netsync.db").into_os_string(),
+        Some(cluster) => {
+            // FNV-1a of the path: a plain identifier, stable for `dir`.
+            let hash = dir
+                .as_os_str()
+                .as_encoded_bytes()
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            cluster.database(&format!("bench_{hash:016x}")).into()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,25 +435,5 @@ mod tests {
 ";
         assert_eq!(count_sync_calls(trace), 4);
         assert_eq!(count_sync_calls(""), 0);
-    }
-}
-
-/// Where the netsyncd of the scenario in `dir` stores: `netsync.db` there,
-/// or with `--postgres` a database of the cluster named after `dir` (the
-/// same one again for a netsyncd restarted on it).
-fn database(bins: &Binaries, dir: &Path) -> std::ffi::OsString {
-    match bins.postgres {
-        None => dir.join("netsync.db").into_os_string(),
-        Some(cluster) => {
-            // FNV-1a of the path: a plain identifier, stable for `dir`.
-            let hash = dir
-                .as_os_str()
-                .as_encoded_bytes()
-                .iter()
-                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-                });
-            cluster.database(&format!("bench_{hash:016x}")).into()
-        }
     }
 }
