@@ -495,3 +495,60 @@ async fn the_database_refuses_a_stale_owners_commit_and_the_rest_of_its_batch_co
     assert!(refused.contains("no longer owns"), "{refused}");
     store.close().await;
 }
+
+#[test]
+fn replicas_on_sqlite_are_refused_at_start_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("netsync.db").display());
+    let output = Netsyncd::run_to_exit(&["--db", &db, "--replicas"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--replicas needs a PostgreSQL database"),
+        "{stderr}"
+    );
+}
+
+/// Readiness of a replica follows its database: NOT_SERVING once the
+/// database is gone (its own cluster here, stopped), and its datastores'
+/// syncs stop when their leases can no longer be renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_from_its_database_turns_not_ready_and_stops_its_syncs() {
+    use tokio_stream::StreamExt;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let db = PgPool::connect(&url).await.unwrap();
+    let sim = Sim::start(generated(20)).await;
+    let mut a = Replica::start(&url, "a").await;
+    let names = create(&mut a, &sim, 3).await;
+    settled(&db, &mut [&mut a], &names).await;
+    let mut watch = HealthClient::new(netsync_testkit::channel(a.server.addr).await)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "netsync.v1.NetSync".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = netsync_testkit::within(watch.next()).await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    db.close().await;
+    drop(cluster);
+    let next = netsync_testkit::within(watch.next()).await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    a.server.wait_for_log("a sync stopped for its lease", |line| {
+        let message = line.get("message")?.as_str()?;
+        message.contains("lease not renewed in time").then_some(())
+    });
+    let started = Instant::now();
+    while a.metric("netsync_replica_datastores").await != 0.0 {
+        assert!(started.elapsed() < DEADLINE, "a still owns datastores");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.server.kill_hard();
+}
