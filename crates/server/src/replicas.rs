@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sqlx::postgres::PgPool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -181,24 +181,13 @@ impl Replicas {
 struct Manager {
     replicas: Arc<Replicas>,
     pool: PgPool,
-    store: Store,
     engine: Arc<Engine>,
+    /// To the syncs task.
+    orders: mpsc::UnboundedSender<Order>,
     /// When the last successful renewal (or the take) of each owned lease
     /// started, by this process's monotonic clock: the lease surely lasts
     /// until then plus the lease length.
     renewed: HashMap<String, Instant>,
-}
-
-/// What a round decided, done after its database work (so that a round cut
-/// short by its time limit never leaves a lease taken without its sync).
-#[derive(Default)]
-struct Decided {
-    /// Syncs to stop: leases lost or released, or datastores deleted.
-    stop: Vec<String>,
-    /// Leases to free once their sync stopped, with the epoch held.
-    release: Vec<(String, i64)>,
-    /// Leases taken: syncs to start.
-    start: Vec<String>,
 }
 
 /// Runs the lease manager of `replicas` until `stop`, then stops its syncs
@@ -210,11 +199,19 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let period = replicas.config.lease / 3;
+    let (orders, received) = mpsc::unbounded_channel();
+    let syncs = tokio::spawn(syncs(
+        replicas.clone(),
+        replicas.pool.clone(),
+        store,
+        engine.clone(),
+        received,
+    ));
     let mut manager = Manager {
         pool: replicas.pool.clone(),
         replicas,
-        store,
         engine,
+        orders,
         renewed: HashMap::new(),
     };
     let mut ticks = tokio::time::interval(period);
@@ -226,35 +223,23 @@ pub async fn run(
             () = manager.replicas.wake.notified() => {}
             () = stop.cancelled() => break,
         }
-        manager.fence_expired().await;
-        let decided = match tokio::time::timeout(period, manager.round()).await {
-            Ok(Ok(decided)) => {
-                manager
-                    .replicas
-                    .healthy
-                    .send_if_modified(|h| !std::mem::replace(h, true));
-                decided
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "lease round failed; leases not renewed stop their syncs when they expire");
-                manager
-                    .replicas
-                    .healthy
-                    .send_if_modified(|h| std::mem::replace(h, false));
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!(limit = ?period, "lease round took too long; leases not renewed stop their syncs when they expire");
-                manager
-                    .replicas
-                    .healthy
-                    .send_if_modified(|h| std::mem::replace(h, false));
-                continue;
-            }
+        manager.fence_expired();
+        // Up to half the lease: a slow database (or a busy machine) still
+        // renews in time; a round that takes longer counts as failed.
+        let limit = manager.replicas.config.lease / 2;
+        let failed = match tokio::time::timeout(limit, manager.round()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("it took longer than {limit:?}")),
         };
-        manager.apply(decided).await;
+        if let Some(why) = &failed {
+            tracing::warn!(error = %why, "lease round failed; leases not renewed stop their syncs when they expire");
+        }
+        manager.replicas.healthy.send_if_modified(|healthy| {
+            std::mem::replace(healthy, failed.is_none()) == failed.is_some()
+        });
     }
-    manager.shut_down().await;
+    manager.shut_down(syncs).await;
 }
 
 impl Manager {
@@ -267,7 +252,7 @@ impl Manager {
     }
 
     /// Stops at once the syncs whose lease may have expired unrenewed.
-    async fn fence_expired(&mut self) {
+    fn fence_expired(&mut self) {
         let lease = self.replicas.config.lease;
         let now = Instant::now();
         let expired: Vec<String> = self
@@ -281,12 +266,12 @@ impl Manager {
             self.replicas.fence.disown(&name);
             self.renewed.remove(&name);
             self.replicas.losses.fetch_add(1, Ordering::Relaxed);
-            self.engine.stop(&name).await;
+            self.order(Order::Stop(name));
         }
     }
 
     /// One round's database work and decisions (see the module doc).
-    async fn round(&mut self) -> Result<Decided, sqlx::Error> {
+    async fn round(&mut self) -> Result<(), sqlx::Error> {
         let started = Instant::now();
         let me = self.me().to_string();
         let lease = self.lease_secs();
@@ -324,7 +309,6 @@ impl Manager {
             .map(|(name, owner, epoch, valid)| (name.as_str(), (owner.as_deref(), *epoch, *valid)))
             .collect();
 
-        let mut decided = Decided::default();
         let owned = self.replicas.fence.owned();
         let mut renew: Vec<(String, i64)> = Vec::new();
         for (name, epoch) in &owned {
@@ -332,38 +316,35 @@ impl Manager {
                 None => {
                     tracing::info!(datastore = %name, "the datastore was deleted: its sync stops");
                     self.drop_lease(name);
-                    decided.stop.push(name.clone());
+                    self.order(Order::Stop(name.clone()));
                 }
                 Some((owner, at, _)) if *owner != Some(me.as_str()) || at != epoch => {
                     tracing::warn!(datastore = %name, epoch, owner = ?owner, now_epoch = at, "lease lost: its sync stops");
                     self.drop_lease(name);
                     self.replicas.losses.fetch_add(1, Ordering::Relaxed);
-                    decided.stop.push(name.clone());
+                    self.order(Order::Stop(name.clone()));
                 }
                 Some(_) if desired(&live, name) != Some(me.as_str()) => {
                     tracing::info!(datastore = %name, to = ?desired(&live, name), "lease released to the replica it belongs to");
                     self.drop_lease(name);
-                    decided.stop.push(name.clone());
-                    decided.release.push((name.clone(), *epoch));
+                    // Freed only once its sync stopped: the next owner never
+                    // overlaps it (it would be fenced anyway, but would
+                    // waste its commits).
+                    self.order(Order::Stop(name.clone()));
+                    self.order(Order::Free(name.clone(), *epoch));
                 }
                 Some(_) => renew.push((name.clone(), *epoch)),
             }
         }
         if !renew.is_empty() {
             let (names, epochs): (Vec<String>, Vec<i64>) = renew.into_iter().unzip();
-            // A lease row locked by this replica's writer (a fenced write in
-            // an open transaction) is skipped, not waited for: waiting here
-            // while the writer waits for a row this statement locked would
-            // deadlock. It is renewed at the next round, well within the
-            // lease.
+            // An UPDATE of `expires` alone locks FOR NO KEY UPDATE, which
+            // the writer's fence (FOR KEY SHARE) does not hold up.
             let renewed: Vec<String> = sqlx::query_scalar(
-                "UPDATE leases SET expires = now() + make_interval(secs => $1) \
-                 WHERE datastore IN ( \
-                     SELECT l.datastore FROM leases l \
-                     JOIN unnest($2::text[], $3::bigint[]) AS m(datastore, epoch) \
-                       ON l.datastore = m.datastore AND l.epoch = m.epoch \
-                     WHERE l.owner = $4 FOR UPDATE OF l SKIP LOCKED) \
-                 RETURNING datastore",
+                "UPDATE leases l SET expires = now() + make_interval(secs => $1) \
+                 FROM unnest($2::text[], $3::bigint[]) AS m(datastore, epoch) \
+                 WHERE l.datastore = m.datastore AND l.epoch = m.epoch AND l.owner = $4 \
+                 RETURNING l.datastore",
             )
             .bind(lease)
             .bind(&names)
@@ -384,12 +365,15 @@ impl Manager {
                 continue;
             }
             // Compare-and-set on the epoch read: of two replicas racing for
-            // it (their live sets differ for a moment), one wins.
+            // it (their live sets differ for a moment), one wins. The row is
+            // locked FOR UPDATE first, which waits for any writer batch that
+            // passed the old owner's fence (FOR KEY SHARE) to commit.
             let taken: Option<i64> = sqlx::query_scalar(
                 "UPDATE leases SET owner = $1, epoch = epoch + 1, \
                  expires = now() + make_interval(secs => $2) \
-                 WHERE datastore = $3 AND epoch = $4 \
-                   AND (owner IS NULL OR owner = $1 OR expires <= now()) \
+                 WHERE datastore IN ( \
+                     SELECT datastore FROM leases WHERE datastore = $3 AND epoch = $4 \
+                       AND (owner IS NULL OR owner = $1 OR expires <= now()) FOR UPDATE) \
                  RETURNING epoch",
             )
             .bind(&me)
@@ -408,10 +392,10 @@ impl Manager {
                     .lock()
                     .expect("lock")
                     .insert(name.to_string(), Some(me.clone()));
-                decided.start.push(name.to_string());
+                self.order(Order::Start(name.to_string()));
             }
         }
-        Ok(decided)
+        Ok(())
     }
 
     /// Stops writing `name` at once (its syncs stop after the round).
@@ -420,71 +404,99 @@ impl Manager {
         self.renewed.remove(name);
     }
 
-    /// Stops, frees and starts what the round decided.
-    async fn apply(&mut self, decided: Decided) {
-        for name in &decided.stop {
-            self.engine.stop(name).await;
-        }
-        // Freed only once the sync stopped: the next owner never overlaps it
-        // (it would be fenced anyway, but would waste its commits).
-        self.free(&decided.release).await;
-        for name in decided.start {
-            match self.store.get_datastore_row(&name).await {
-                Ok(DatastoreRow::Readable(ds)) => self.engine.start(&ds).await,
-                Ok(DatastoreRow::Unreadable { reason, detail, .. }) => {
-                    tracing::error!(datastore = %name, %reason, %detail, "the datastore stays stopped until it is deleted");
-                    self.engine.hold_stopped(&name, reason);
-                }
-                Err(e) => {
-                    // Deleted meanwhile, or unreadable now: the lease goes
-                    // back, and a later round tries again if it is still there.
-                    tracing::warn!(datastore = %name, error = %e, "cannot load a datastore whose lease was taken");
-                    if let Some(epoch) = self.replicas.fence.epoch(&name) {
-                        self.drop_lease(&name);
-                        self.free(&[(name.clone(), epoch)]).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Frees `leases` (held at the epochs given) for the next owner.
-    async fn free(&self, leases: &[(String, i64)]) {
-        for (name, epoch) in leases {
-            let freed = sqlx::query(
-                "UPDATE leases SET owner = NULL, expires = now() \
-                 WHERE datastore = $1 AND owner = $2 AND epoch = $3",
-            )
-            .bind(name)
-            .bind(self.me())
-            .bind(epoch)
-            .execute(&self.pool)
-            .await;
-            if let Err(e) = freed {
-                tracing::warn!(datastore = %name, error = %e, "cannot free a lease; it expires by itself");
-            }
-        }
+    /// Hands `order` to the syncs task at once: a round cut short by its
+    /// time limit never leaves a lease taken without its sync, or a sync
+    /// running without its lease.
+    fn order(&self, order: Order) {
+        let _ = self.orders.send(order);
     }
 
     /// At shutdown: stops every sync, frees every lease and leaves the live
     /// set, so that the other replicas take over within a round instead of
     /// a lease.
-    async fn shut_down(&mut self) {
+    async fn shut_down(mut self, syncs: tokio::task::JoinHandle<()>) {
         let owned: Vec<(String, i64)> = self.replicas.fence.owned().into_iter().collect();
-        for (name, _) in &owned {
+        for (name, epoch) in &owned {
             self.drop_lease(name);
-            self.engine.stop(name).await;
+            let _ = self.orders.send(Order::Stop(name.clone()));
+            let _ = self.orders.send(Order::Free(name.clone(), *epoch));
         }
+        drop(self.orders);
+        let _ = syncs.await;
         let limit = self.replicas.config.lease / 3;
-        let _ = tokio::time::timeout(limit, async {
-            self.free(&owned).await;
-            let _ = sqlx::query("DELETE FROM replicas WHERE id = $1")
-                .bind(self.me())
-                .execute(&self.pool)
-                .await;
-        })
+        let _ = tokio::time::timeout(
+            limit,
+            sqlx::query("DELETE FROM replicas WHERE id = $1")
+                .bind(&self.replicas.config.id)
+                .execute(&self.pool),
+        )
         .await;
         tracing::info!(released = owned.len(), "leases released at shutdown");
+    }
+}
+
+/// What the syncs task does, in the order given.
+enum Order {
+    /// Stop the sync of a datastore.
+    Stop(String),
+    /// Free a lease held at an epoch (its sync stopped before).
+    Free(String, i64),
+    /// Start the sync of a datastore whose lease was taken.
+    Start(String),
+}
+
+/// Starts and stops syncs as the lease manager orders, on a task of its own:
+/// starting a hundred syncs (each loads running) must not hold up the
+/// renewal of the leases already held.
+async fn syncs(
+    replicas: Arc<Replicas>,
+    pool: PgPool,
+    store: Store,
+    engine: Arc<Engine>,
+    mut orders: mpsc::UnboundedReceiver<Order>,
+) {
+    while let Some(order) = orders.recv().await {
+        match order {
+            Order::Stop(name) => engine.stop(&name).await,
+            Order::Free(name, epoch) => free(&pool, &replicas.config.id, &name, epoch).await,
+            Order::Start(name) => {
+                // Lost or released meanwhile (a later order stops it).
+                let Some(epoch) = replicas.fence.epoch(&name) else {
+                    continue;
+                };
+                match store.get_datastore_row(&name).await {
+                    Ok(DatastoreRow::Readable(ds)) => engine.start(&ds).await,
+                    Ok(DatastoreRow::Unreadable { reason, detail, .. }) => {
+                        tracing::error!(datastore = %name, %reason, %detail, "the datastore stays stopped until it is deleted");
+                        engine.hold_stopped(&name, reason);
+                    }
+                    Err(e) => {
+                        // Deleted meanwhile, or unreadable now: the lease
+                        // goes back, and a later round takes it again if the
+                        // datastore is still there.
+                        tracing::warn!(datastore = %name, error = %e, "cannot load a datastore whose lease was taken");
+                        replicas.fence.disown(&name);
+                        free(&pool, &replicas.config.id, &name, epoch).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Frees the lease of `name` held by `me` at `epoch` for the next owner.
+async fn free(pool: &PgPool, me: &str, name: &str, epoch: i64) {
+    let freed = sqlx::query(
+        "UPDATE leases SET owner = NULL, expires = now() \
+         WHERE datastore = $1 AND owner = $2 AND epoch = $3",
+    )
+    .bind(name)
+    .bind(me)
+    .bind(epoch)
+    .execute(pool)
+    .await;
+    if let Err(e) = freed {
+        tracing::warn!(datastore = %name, error = %e, "cannot free a lease; it expires by itself");
     }
 }
 

@@ -144,17 +144,20 @@ struct FenceCheck {
 }
 
 impl FenceCheck {
-    /// Whether the lease still holds, locking its row (shared) until the
-    /// transaction ends: a takeover (which updates the row) waits for this
-    /// batch to commit, and so loads running with this piece in it; a
-    /// takeover that committed first makes this find no row, since
-    /// PostgreSQL re-reads a row updated meanwhile before locking it.
+    /// Whether the lease still holds, locking its row (`FOR KEY SHARE`)
+    /// until the transaction ends. A takeover locks the row `FOR UPDATE`
+    /// first, which waits for this batch to commit, and so loads running
+    /// with this piece in it; a takeover that committed first makes this
+    /// find no row, since PostgreSQL re-reads a row updated meanwhile before
+    /// locking it. The weakest lock that does this: renewals (which update
+    /// only `expires`) do not conflict with it, so a busy writer never holds
+    /// up its own replica's renewals.
     async fn holds(&self, conn: &mut Conn) -> Result<bool, sqlx::Error> {
         let Conn::Postgres(pg) = conn else {
             return Ok(true);
         };
         let row: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM leases WHERE datastore = $1 AND owner = $2 AND epoch = $3 FOR SHARE",
+            "SELECT 1 FROM leases WHERE datastore = $1 AND owner = $2 AND epoch = $3 FOR KEY SHARE",
         )
         .bind(&self.datastore)
         .bind(&*self.replica)
