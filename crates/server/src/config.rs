@@ -253,16 +253,6 @@ pub struct ReplicaConfig {
     pub lease: Duration,
 }
 
-impl ReplicaConfig {
-    /// A replica with a random id and the default lease.
-    pub fn random() -> Self {
-        Self {
-            id: random_id(),
-            lease: DEFAULT_LEASE,
-        }
-    }
-}
-
 /// `replica-` and 16 hex digits, random for each process (std's hasher
 /// keys are drawn from the OS's random source).
 fn random_id() -> String {
