@@ -95,7 +95,7 @@ pub struct ServeArgs {
     /// initial_sync_timeout_seconds, device_max_message_bytes,
     /// device_max_leaves, device_max_leaf_bytes,
     /// set_timeout_seconds, revert_max_failures, metrics_listen,
-    /// health_listen; tables [authorization] with readers, writers;
+    /// health_listen, replicas, replica_id, lease_seconds; tables [authorization] with readers, writers;
     /// [tls] with cert, key,
     /// client_ca and [limits] with the limit flags).
     #[arg(long, env = "NETSYNC_CONFIG", value_name = "FILE")]
@@ -160,6 +160,20 @@ pub struct ServeArgs {
     /// chosen by the system and logged.
     #[arg(long, env = "NETSYNC_HEALTH_LISTEN", value_name = "HOST:PORT")]
     pub health_listen: Option<String>,
+    /// Run as one of several replicas sharing one PostgreSQL database: each
+    /// datastore is synced by one replica at a time, under a lease
+    /// (PostgreSQL only; without it a second netsyncd on the database is
+    /// refused).
+    #[arg(long, env = "NETSYNC_REPLICAS")]
+    pub replicas: bool,
+    /// This replica's id, unique among the replicas [default: random at
+    /// start].
+    #[arg(long, env = "NETSYNC_REPLICA_ID", value_name = "ID")]
+    pub replica_id: Option<String>,
+    /// Seconds a replica's leases last without renewal: how long its
+    /// datastores wait for another replica after it dies [default: 10].
+    #[arg(long, env = "NETSYNC_LEASE_SECONDS", value_name = "SECONDS")]
+    pub lease_seconds: Option<u64>,
 }
 
 /// Keys accepted in the TOML configuration file.
@@ -184,6 +198,9 @@ struct FileConfig {
     metrics_listen: Option<String>,
     health_listen: Option<String>,
     authorization: Option<Authorization>,
+    replicas: Option<bool>,
+    replica_id: Option<String>,
+    lease_seconds: Option<u64>,
 }
 
 /// The resolved configuration of a netsyncd process.
@@ -219,6 +236,29 @@ pub struct Config {
     /// Test-only: a page limit on the database (a deterministic disk full);
     /// no flag sets it.
     pub max_page_count: crate::writer::PageLimit,
+    /// Replica mode (`--replicas`, PostgreSQL only); `None`: this netsyncd
+    /// alone syncs every datastore of its database.
+    pub replica: Option<ReplicaConfig>,
+}
+
+/// Default lease length of a replica.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// One replica of several on one PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Its id, unique among the replicas.
+    pub id: String,
+    /// How long its leases (and its heartbeat) last without renewal.
+    pub lease: Duration,
+}
+
+/// `replica-` and 16 hex digits, random for each process (std's hasher
+/// keys are drawn from the OS's random source).
+fn random_id() -> String {
+    use std::hash::BuildHasher;
+    let random = std::hash::RandomState::new().hash_one(std::process::id());
+    format!("replica-{random:016x}")
 }
 
 impl Config {
@@ -239,6 +279,7 @@ impl Config {
             tls_reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
             authorization: None,
             max_page_count: crate::writer::PageLimit::default(),
+            replica: None,
         }
     }
 
@@ -315,7 +356,39 @@ impl Config {
                     .into(),
             ));
         }
+        let db = args.db.or(file.db).unwrap_or_else(|| DEFAULT_DB.into());
+        let replica = if args.replicas || file.replicas == Some(true) {
+            if crate::db::Backend::of(&db) != crate::db::Backend::Postgres {
+                return Err(ConfigError::Invalid(
+                    "--replicas needs a PostgreSQL database (--db postgres://...): a SQLite file \
+                     is served by one netsyncd"
+                        .into(),
+                ));
+            }
+            let id = args
+                .replica_id
+                .or(file.replica_id)
+                .unwrap_or_else(random_id);
+            if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()) {
+                return Err(ConfigError::Invalid(
+                    "replica_id must be 1 to 200 printable characters".into(),
+                ));
+            }
+            let lease = match args.lease_seconds.or(file.lease_seconds) {
+                Some(s) if !(1..=3600).contains(&s) => {
+                    return Err(ConfigError::Invalid(
+                        "lease_seconds must be between 1 and 3600".into(),
+                    ));
+                }
+                Some(s) => Duration::from_secs(s),
+                None => DEFAULT_LEASE,
+            };
+            Some(ReplicaConfig { id, lease })
+        } else {
+            None
+        };
         Ok(Self {
+            replica,
             tls,
             authorization: file.authorization,
             api_limits: ApiLimits::resolve(&args.api_limits, file.limits.as_ref())?,
@@ -341,7 +414,7 @@ impl Config {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            db: args.db.or(file.db).unwrap_or_else(|| DEFAULT_DB.into()),
+            db,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
@@ -416,6 +489,54 @@ mod tests {
             .unwrap()
             .serve_args()
             .unwrap()
+    }
+
+    #[test]
+    fn replicas_need_postgres_and_take_an_id_and_a_lease() {
+        let error = Config::resolve(parse(&["--replicas", "--db", "sqlite://x.db"])).unwrap_err();
+        assert!(
+            error.to_string().contains("--replicas needs a PostgreSQL"),
+            "{error}"
+        );
+        let config = Config::resolve(parse(&[
+            "--replicas",
+            "--db",
+            "postgres://h/db",
+            "--replica-id",
+            "a",
+            "--lease-seconds",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.replica,
+            Some(ReplicaConfig {
+                id: "a".into(),
+                lease: Duration::from_secs(3)
+            })
+        );
+        let random = Config::resolve(parse(&["--replicas", "--db", "postgres://h/db"]))
+            .unwrap()
+            .replica
+            .unwrap();
+        assert!(random.id.starts_with("replica-"), "{}", random.id);
+        assert_eq!(random.lease, DEFAULT_LEASE);
+        let error = Config::resolve(parse(&[
+            "--replicas",
+            "--db",
+            "postgres://h/db",
+            "--lease-seconds",
+            "0",
+        ]))
+        .unwrap_err();
+        assert!(error.to_string().contains("lease_seconds"), "{error}");
+        // Without --replicas, PostgreSQL is one netsyncd, as before.
+        assert_eq!(
+            Config::resolve(parse(&["--db", "postgres://h/db"]))
+                .unwrap()
+                .replica,
+            None
+        );
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub enum Error {
     /// datastore that could not be loaded at start); the message says why.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Replica mode: another replica syncs the datastore, or this one no
+    /// longer does (UNAVAILABLE: ask the owner, or retry); the message names
+    /// the owner when known.
+    #[error("{0}")]
+    NotOwner(String),
     /// The capability belongs to a later part of netsync that this build lacks.
     #[error("{0}")]
     Unimplemented(&'static str),
@@ -273,6 +278,7 @@ impl From<Error> for Status {
                 )
             }
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::NotOwner(m) => Status::unavailable(m),
             Error::Store(_) | Error::Corrupt(_) | Error::Internal(_) | Error::Damaged { .. } => {
                 tracing::error!(%error, "internal error");
                 Status::internal("internal error; the server log has the details")

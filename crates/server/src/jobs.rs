@@ -115,7 +115,7 @@ pub async fn enqueue_all(
 ) -> Result<bool, Error> {
     let datastore = datastore.to_string();
     writer
-        .write(move |conn| {
+        .write_owned(&datastore.clone(), move |conn| {
             Box::pin(async move {
                 let mut created = false;
                 for trigger in &triggers {
@@ -197,7 +197,7 @@ pub async fn take_due(
 ) -> Result<Result<Job, Option<Duration>>, Error> {
     let datastore = datastore.to_string();
     writer
-        .write(move |conn| {
+        .write_owned(&datastore.clone(), move |conn| {
             Box::pin(async move {
                 let leftover = get(conn, &datastore, true).await?;
                 let queued = get(conn, &datastore, false).await?;
@@ -244,7 +244,7 @@ pub async fn take_due(
 pub async fn absorb(writer: &Writer, datastore: &str) -> Result<Option<Job>, Error> {
     let datastore = datastore.to_string();
     writer
-        .write(move |conn| {
+        .write_owned(&datastore.clone(), move |conn| {
             Box::pin(async move {
                 let Some(queued) = get(conn, &datastore, false).await? else {
                     return Ok(None);
@@ -264,7 +264,9 @@ pub async fn absorb(writer: &Writer, datastore: &str) -> Result<Option<Job>, Err
 pub async fn finish(writer: &Writer, datastore: &str) -> Result<(), Error> {
     let datastore = datastore.to_string();
     writer
-        .write(move |conn| Box::pin(async move { remove(conn, &datastore, true).await }))
+        .write_owned(&datastore.clone(), move |conn| {
+            Box::pin(async move { remove(conn, &datastore, true).await })
+        })
         .await
 }
 

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod reconcile;
+pub mod replicas;
 pub mod rpc_layer;
 pub mod selector;
 pub mod store;
@@ -92,15 +93,18 @@ const SERVED: [&str; 4] = [
 /// aborted at shutdown.
 async fn follow_writer(
     mut writer: tokio::sync::watch::Receiver<writer::Health>,
+    mut leases: Option<tokio::sync::watch::Receiver<bool>>,
     health: tonic_health::server::HealthReporter,
 ) {
     // Readiness is SERVING when this starts. The writer reports every
     // failed transaction; readiness is set only when it changes, since
     // tonic-health sends every status set to Health/Watch streams, changed
-    // or not.
+    // or not. A replica is also NOT_SERVING while its lease manager cannot
+    // reach the database.
     let mut announced_failing = false;
     loop {
-        let failing = matches!(*writer.borrow_and_update(), writer::Health::Failing(_));
+        let failing = matches!(*writer.borrow_and_update(), writer::Health::Failing(_))
+            || leases.as_mut().is_some_and(|l| !*l.borrow_and_update());
         if failing != announced_failing {
             if failing {
                 health
@@ -113,7 +117,14 @@ async fn follow_writer(
             }
             announced_failing = failing;
         }
-        if writer.changed().await.is_err() {
+        let changed = match leases.as_mut() {
+            Some(leases) => tokio::select! {
+                changed = writer.changed() => changed,
+                changed = leases.changed() => changed,
+            },
+            None => writer.changed().await,
+        };
+        if changed.is_err() {
             // The writer has stopped: no write can succeed any more.
             health
                 .set_not_serving::<NetSyncServer<api::NetSyncService>>()
@@ -184,21 +195,54 @@ pub async fn serve(
         ),
         None => None,
     };
-    let store = Store::open_with(&config.db, config.max_page_count.clone()).await?;
+    let fence = config
+        .replica
+        .as_ref()
+        .map(|replica| writer::Fence::new(&replica.id));
+    let store = Store::open_as(&config.db, config.max_page_count.clone(), fence.clone()).await?;
     let engine = Arc::new(Engine::new(
         store.clone(),
         CommitLog::new(store.clone(), config.retention),
         config.limits.clone(),
         config.reconcile.clone(),
     ));
+    // A replica syncs the datastores whose leases it takes, started by its
+    // lease manager; it loads none here.
+    let stop_leases = tokio_util::sync::CancellationToken::new();
+    let (replicas, lease_manager) = match (&config.replica, fence) {
+        (Some(replica), Some(fence)) => {
+            // Its own connections: renewals never queue behind the writer's
+            // batches.
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(replica.lease / 3)
+                .connect_lazy_with(
+                    db::Connect::postgres(&config.db).map_err(store::StoreOpenError::from)?,
+                );
+            let replicas = replicas::Replicas::new(replica.clone(), fence, pool);
+            tracing::info!(replica = %replica.id, lease = ?replica.lease, "serving as a replica: datastores are synced under leases");
+            let task = tokio::spawn(replicas::run(
+                replicas.clone(),
+                store.clone(),
+                engine.clone(),
+                stop_leases.clone(),
+            ));
+            (Some(replicas), Some(task))
+        }
+        _ => (None, None),
+    };
     // Every stored datastore's running is loaded and served at once; its sync
     // then resumes with a resync. One whose rows cannot be loaded is served
     // STOPPED with the reason, and every other one as usual.
-    for row in store
-        .list_datastore_rows()
-        .await
-        .map_err(ServeError::Load)?
-    {
+    let rows = if replicas.is_some() {
+        Vec::new()
+    } else {
+        store
+            .list_datastore_rows()
+            .await
+            .map_err(ServeError::Load)?
+    };
+    for row in rows {
         match row {
             DatastoreRow::Readable(ds) => engine.start(&ds).await,
             DatastoreRow::Unreadable {
@@ -221,7 +265,11 @@ pub async fn serve(
     // Readiness (the API service's status) follows the writer: NOT_SERVING
     // while writes fail, so that traffic goes elsewhere; liveness ("") stays
     // SERVING, since restarting would not bring disk space back.
-    let readiness = tokio::spawn(follow_writer(store.writer().health(), health.clone()));
+    let readiness = tokio::spawn(follow_writer(
+        store.writer().health(),
+        replicas.as_ref().map(|r| r.healthy()),
+        health.clone(),
+    ));
 
     let reflection = || {
         SERVED.iter().fold(
@@ -236,11 +284,10 @@ pub async fn serve(
     };
 
     let watch_memory = limits::WatchMemory::new(&config.api_limits);
-    let metrics = Arc::new(metrics::Metrics::new(
-        store.clone(),
-        engine.clone(),
-        watch_memory.clone(),
-    ));
+    let metrics = Arc::new(
+        metrics::Metrics::new(store.clone(), engine.clone(), watch_memory.clone())
+            .with_replicas(replicas.clone()),
+    );
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
     let metrics_server = metrics_listener
         .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), metrics_stopped)));
@@ -285,7 +332,8 @@ pub async fn serve(
                 &config.api_limits,
                 watch_memory,
                 stopping.clone(),
-            ),
+            )
+            .with_replicas(replicas.clone()),
             // Our layer answers first, with RESOURCE_EXHAUSTED; tonic's check
             // (OUT_OF_RANGE) is set to match so it never refuses less.
             config.api_limits.max_message_bytes,
@@ -351,6 +399,12 @@ pub async fn serve(
         && let Ok(Err(e)) = health_server.await
     {
         tracing::warn!(error = %e, "the health listener failed");
+    }
+    // A replica hands its leases back first (its syncs stopped), so that
+    // the others take them within a round.
+    stop_leases.cancel();
+    if let Some(task) = lease_manager {
+        let _ = task.await;
     }
     engine.stop_all().await;
     let _ = stop_metrics.send(true);

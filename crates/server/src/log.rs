@@ -167,23 +167,28 @@ impl CommitLog {
         );
         let replace = commit.replace;
         let name = datastore.to_string();
+        // Replica mode: the lease epoch this commit is written under (it is
+        // stored with it, and fences it); refused here if this replica does
+        // not own the datastore any more.
+        let epoch = self.store.writer().epoch_of(datastore)?;
         self.store
             .writer()
-            .write_commit(datastore, commit.revision, move |conn| {
+            .write_commit(datastore, commit.revision, epoch, move |conn| {
                 Box::pin(async move {
                     // A retry of a commit that is durable already (its answer
                     // was lost) finds its row: the same revision, the same
                     // content, nothing to do. A revision is never rewritten.
                     let inserted = on_conn!(&mut *conn, conn => {
                         sqlx::query(
-                            "INSERT INTO commits (datastore, revision, time_us, replace, body) \
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (datastore, revision) DO NOTHING",
+                            "INSERT INTO commits (datastore, revision, time_us, replace, body, epoch) \
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (datastore, revision) DO NOTHING",
                         )
                         .bind(&name)
                         .bind(revision)
                         .bind(time_us)
                         .bind(replace)
                         .bind(&body)
+                        .bind(epoch)
                         .execute(&mut *conn)
                         .await?
                         .rows_affected()
@@ -580,6 +585,7 @@ impl Persist for CommitLog {
                 // reason, not the SQL.
                 match e {
                     Error::StorageUnavailable(why) => why,
+                    Error::NotOwner(_) => "this replica no longer owns the datastore".into(),
                     Error::NotFound { .. } => "the datastore was deleted".into(),
                     Error::Store(e) if crate::writer::is_foreign_key(&e) => {
                         "the datastore was deleted".into()

@@ -28,6 +28,7 @@ use crate::engine::Engine;
 use crate::jobs;
 use crate::limits::WatchMemory;
 use crate::reconcile::Outcome;
+use crate::replicas::Replicas;
 use crate::rpc_layer::RpcMetrics;
 use crate::store::Store;
 
@@ -38,6 +39,8 @@ pub struct Metrics {
     engine: Arc<Engine>,
     store: Store,
     watch_memory: Arc<WatchMemory>,
+    /// Replica mode: the leases of this replica.
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl Metrics {
@@ -49,7 +52,14 @@ impl Metrics {
             engine,
             store,
             watch_memory,
+            replicas: None,
         }
+    }
+
+    /// These metrics, with the lease figures of `replicas` (replica mode).
+    pub fn with_replicas(mut self, replicas: Option<Arc<Replicas>>) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// Where the RPC layer records.
@@ -120,6 +130,13 @@ impl Metrics {
             failures: writer.stats().failures.load(Ordering::Relaxed),
             failing: matches!(*writer.health().borrow(), crate::writer::Health::Failing(_)),
         }));
+        if let Some(replicas) = &self.replicas {
+            registry.register_collector(Box::new(LeaseFigures {
+                owned: replicas.owned() as u64,
+                takeovers: replicas.takeovers(),
+                losses: replicas.losses(),
+            }));
+        }
         registry.register_collector(Box::new(WatchFigures {
             buffered: self.watch_memory.queued() as u64,
             peak: self.watch_memory.peak() as u64,
@@ -303,6 +320,46 @@ impl Collector for StoreFigures {
                 MetricType::Gauge,
             )?
             .encode_gauge(&u64::from(self.failing))?;
+        Ok(())
+    }
+}
+
+/// A replica's leases (replica mode only): `netsync_replica_datastores`,
+/// `netsync_lease_takeovers_total`, `netsync_lease_losses_total`.
+#[derive(Debug)]
+struct LeaseFigures {
+    owned: u64,
+    takeovers: u64,
+    losses: u64,
+}
+
+impl Collector for LeaseFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encoder
+            .encode_descriptor(
+                "replica_datastores",
+                "Datastores this replica owns (holds the lease of) now.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&self.owned)?;
+        let counters = [
+            (
+                "lease_takeovers",
+                "Leases this replica took (free, expired, or its own from before).",
+                self.takeovers,
+            ),
+            (
+                "lease_losses",
+                "Leases this replica lost: taken over by another, or not renewed in time.",
+                self.losses,
+            ),
+        ];
+        for (name, help, value) in counters {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ use crate::db::{Backend, Conn, Connect, Readers, on_conn, on_readers};
 use crate::error::Error;
 use crate::jobs::{self, Trigger};
 use crate::stored_time::{from_micros, to_micros};
-use crate::writer::{ConnectError, PageLimit, Writer, WriterOptions};
+use crate::writer::{ConnectError, Fence, PageLimit, Writer, WriterOptions};
 
 /// How long a connection waits for SQLite's lock before failing. Only the
 /// writer takes it, so this is waited only if another program holds it.
@@ -133,9 +133,20 @@ impl Store {
     /// [`Store::open`] with a test-only page limit on the writer (SQLite
     /// only; ignored on PostgreSQL).
     pub async fn open_with(url: &str, max_page_count: PageLimit) -> Result<Self, StoreOpenError> {
+        Self::open_as(url, max_page_count, None).await
+    }
+
+    /// [`Store::open_with`], as one replica of several when `fence` is set
+    /// (PostgreSQL only): the writer lock is shared, and owned datastores'
+    /// writes are fenced (see [`crate::writer::Fence`]).
+    pub async fn open_as(
+        url: &str,
+        max_page_count: PageLimit,
+        fence: Option<Arc<Fence>>,
+    ) -> Result<Self, StoreOpenError> {
         match Backend::of(url) {
             Backend::Sqlite => Self::open_sqlite(url, max_page_count).await,
-            Backend::Postgres => Self::open_postgres(url).await,
+            Backend::Postgres => Self::open_postgres(url, fence).await,
         }
     }
 
@@ -164,6 +175,7 @@ impl Store {
                     .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string()),
             ),
             max_page_count,
+            fence: None,
         };
         let mut conn = Writer::connect(&writer_options).await?;
         let Conn::Sqlite(sqlite) = &mut conn else {
@@ -193,11 +205,12 @@ impl Store {
     /// writer lock, refusing a database another netsyncd writes), the
     /// migrations of `migrations/postgres`, then the readers, whose sessions
     /// are read-only.
-    async fn open_postgres(url: &str) -> Result<Self, StoreOpenError> {
+    async fn open_postgres(url: &str, fence: Option<Arc<Fence>>) -> Result<Self, StoreOpenError> {
         let options = Connect::postgres(url)?;
         let writer_options = WriterOptions {
             connect: Connect::Postgres(options.clone()),
             max_page_count: PageLimit::default(),
+            fence,
         };
         let mut conn = Writer::connect(&writer_options).await?;
         let Conn::Postgres(pg) = &mut conn else {
@@ -242,6 +255,9 @@ impl Store {
         };
         let encoded = stored_form(&stored).encode_to_vec();
         let name = stored.spec.name.clone();
+        // Replica mode: created with a free lease, which the replica it
+        // belongs to (by rendezvous hashing) takes.
+        let free_lease = self.writer.fence().is_some();
         stored.uid = self
             .writer
             .write(move |conn| {
@@ -266,10 +282,22 @@ impl Store {
                             .fetch_optional(&mut *conn)
                             .await?
                     });
-                    uid.ok_or(Error::AlreadyExists {
+                    let uid = uid.ok_or_else(|| Error::AlreadyExists {
                         kind: "datastore",
-                        name,
-                    })
+                        name: name.clone(),
+                    })?;
+                    if free_lease {
+                        on_conn!(conn, conn => {
+                            sqlx::query(
+                                "INSERT INTO leases (datastore, owner, epoch, expires) \
+                                 VALUES ($1, NULL, 0, CURRENT_TIMESTAMP)",
+                            )
+                            .bind(&name)
+                            .execute(&mut *conn)
+                            .await?;
+                        });
+                    }
+                    Ok(uid)
                 })
             })
             .await?;

@@ -37,6 +37,18 @@
 //! instead of writing beside it. A `COMMIT` returns once the commit is
 //! durable (`synchronous_commit`, on by default; netsyncd does not change
 //! it).
+//!
+//! With several replicas on one PostgreSQL database (`--replicas`, see
+//! [`crate::replicas`]) every replica has a writer, so the exclusive lock
+//! gives way to a shared one (a replica and a single netsyncd still exclude
+//! each other), and writes that belong to the owner of a datastore (its
+//! commits, snapshots, compaction, reconcile job rows) are fenced: each such
+//! piece carries the lease epoch its replica held when it was handed over,
+//! and checks in its own transaction, before writing, that the lease row still
+//! names this replica at that epoch ([`Fence`]). A piece whose lease moved on
+//! is refused alone (its savepoint undone, the rest of the batch commits),
+//! and a commit of a failed batch is read back as durable only while the
+//! lease is still its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +82,99 @@ const REOPEN_MAX: Duration = Duration::from_secs(2);
 /// The key of the PostgreSQL session advisory lock the writer's connection
 /// holds: one netsyncd writes a database at a time. ("netsync" in ASCII.)
 pub const PG_LOCK: i64 = 0x006e_6574_7379_6e63;
+
+/// What fences the writes of a replica ([`crate::replicas`]): its id, and
+/// the lease epoch of each datastore it owns now. The lease manager fills
+/// it (before it starts a sync) and empties it (before it stops one); a
+/// write of an owned datastore takes the epoch at hand-over time, so a
+/// piece still queued from a sync that lost its lease can never pass under
+/// a later epoch of the same replica.
+#[derive(Debug)]
+pub struct Fence {
+    replica: Arc<str>,
+    epochs: std::sync::Mutex<HashMap<String, i64>>,
+}
+
+impl Fence {
+    /// The fence of replica `replica`, owning nothing yet.
+    pub fn new(replica: &str) -> Arc<Self> {
+        Arc::new(Self {
+            replica: replica.into(),
+            epochs: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The replica's id.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// This replica owns `datastore` at `epoch` from now on.
+    pub fn own(&self, datastore: &str, epoch: i64) {
+        self.epochs
+            .lock()
+            .expect("lock")
+            .insert(datastore.to_string(), epoch);
+    }
+
+    /// This replica no longer owns `datastore`: its writes are refused from
+    /// now on, even before the database would refuse them.
+    pub fn disown(&self, datastore: &str) {
+        self.epochs.lock().expect("lock").remove(datastore);
+    }
+
+    /// The epoch at which this replica owns `datastore`, if it does.
+    pub fn epoch(&self, datastore: &str) -> Option<i64> {
+        self.epochs.lock().expect("lock").get(datastore).copied()
+    }
+
+    /// The datastores owned now, with their epochs.
+    pub fn owned(&self) -> HashMap<String, i64> {
+        self.epochs.lock().expect("lock").clone()
+    }
+}
+
+/// The check a fenced piece runs before its work: the lease of `datastore`
+/// still names `replica` at `epoch`.
+#[derive(Debug, Clone)]
+struct FenceCheck {
+    datastore: String,
+    replica: Arc<str>,
+    epoch: i64,
+}
+
+impl FenceCheck {
+    /// Whether the lease still holds, locking its row (`FOR KEY SHARE`)
+    /// until the transaction ends. A takeover locks the row `FOR UPDATE`
+    /// first, which waits for this batch to commit, and so loads running
+    /// with this piece in it; a takeover that committed first makes this
+    /// find no row, since PostgreSQL re-reads a row updated meanwhile before
+    /// locking it. The weakest lock that does this: renewals (which update
+    /// only `expires`) do not conflict with it, so a busy writer never holds
+    /// up its own replica's renewals.
+    async fn holds(&self, conn: &mut Conn) -> Result<bool, sqlx::Error> {
+        let Conn::Postgres(pg) = conn else {
+            return Ok(true);
+        };
+        let row: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM leases WHERE datastore = $1 AND owner = $2 AND epoch = $3 FOR KEY SHARE",
+        )
+        .bind(&self.datastore)
+        .bind(&*self.replica)
+        .bind(self.epoch)
+        .fetch_optional(&mut *pg)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    fn refusal(&self) -> Error {
+        Error::NotOwner(format!(
+            "this replica no longer owns datastore {:?} (its lease at epoch {} was taken over or \
+             released); nothing was written, retry",
+            self.datastore, self.epoch
+        ))
+    }
+}
 
 /// Longest wait to close a failed PostgreSQL connection (which ends its
 /// session, and so releases its lock, before the new one asks for it).
@@ -106,6 +211,8 @@ trait Job: Send {
     /// For a commit of running: its datastore and revision, by which its
     /// durability is read back after a failed batch.
     fn revision(&self) -> Option<(&str, u64)>;
+    /// For a fenced piece: the lease it needs.
+    fn fence(&self) -> Option<&FenceCheck>;
     /// Tells the caller how it ended.
     fn finish(self: Box<Self>, fate: Fate);
 }
@@ -136,6 +243,8 @@ struct Typed<T> {
     /// A commit's datastore and revision, and its result once read back as
     /// durable.
     durable: Durable<T>,
+    /// For a write of an owned datastore: the lease it needs.
+    fence: Option<FenceCheck>,
 }
 
 impl<T: Send + 'static> Job for Typed<T> {
@@ -144,6 +253,13 @@ impl<T: Send + 'static> Job for Typed<T> {
             let Some(work) = self.work.take() else {
                 return Ok(());
             };
+            if let Some(fence) = &self.fence
+                && !fence.holds(conn).await?
+            {
+                tracing::warn!(datastore = %fence.datastore, epoch = fence.epoch, "a write refused: the lease moved on (fenced)");
+                self.outcome = Some(Err(fence.refusal()));
+                return Ok(());
+            }
             match work(conn).instrument(self.span.clone()).await {
                 // A constraint refuses one statement and leaves the
                 // transaction as it was: the work's own failure. Anything
@@ -163,6 +279,10 @@ impl<T: Send + 'static> Job for Typed<T> {
 
     fn revision(&self) -> Option<(&str, u64)> {
         self.durable.as_ref().map(|(d, r, _)| (d.as_str(), *r))
+    }
+
+    fn fence(&self) -> Option<&FenceCheck> {
+        self.fence.as_ref()
     }
 
     fn finish(self: Box<Self>, fate: Fate) {
@@ -188,6 +308,8 @@ pub struct Writer {
     stats: Arc<WriterStats>,
     /// Ends the task once what is queued is written (see [`Writer::close`]).
     closing: CancellationToken,
+    /// Replica mode: the fence of owned datastores' writes.
+    fence: Option<Arc<Fence>>,
 }
 
 impl std::fmt::Debug for dyn Job {
@@ -203,6 +325,9 @@ pub struct WriterOptions {
     pub connect: Connect,
     /// Test-only, SQLite only: see [`PageLimit`].
     pub max_page_count: PageLimit,
+    /// PostgreSQL replicas only: the fence of this replica's writes. With
+    /// one, the writer's connection takes the writer lock shared.
+    pub fence: Option<Arc<Fence>>,
 }
 
 /// Test-only: SQLite's `max_page_count` for the writer, which makes the
@@ -256,6 +381,7 @@ impl Writer {
         let (health_tx, health) = watch::channel(Health::Ok);
         let stats = Arc::new(WriterStats::default());
         let closing = CancellationToken::new();
+        let fence = options.fence.clone();
         let task = tokio::spawn(
             Task {
                 options,
@@ -272,6 +398,7 @@ impl Writer {
                 health,
                 stats,
                 closing,
+                fence,
             },
             task,
         )
@@ -285,24 +412,68 @@ impl Writer {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
     {
-        self.submit(Box::new(work), None).await
+        self.submit(Box::new(work), None, None).await
+    }
+
+    /// Like [`Writer::write`], for a write that only the owner of
+    /// `datastore` may make (reconcile job rows): fenced in replica mode
+    /// (see [`Fence`]); refused at once if this replica does not own it.
+    pub async fn write_owned<T, F>(&self, datastore: &str, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
+    {
+        let fence = self.fence_check(datastore, self.epoch_of(datastore)?);
+        self.submit(Box::new(work), None, fence).await
+    }
+
+    /// The lease epoch under which this replica writes `datastore`: `None`
+    /// outside replica mode; NotOwner if this replica does not own it.
+    pub fn epoch_of(&self, datastore: &str) -> Result<Option<i64>, Error> {
+        let Some(fence) = &self.fence else {
+            return Ok(None);
+        };
+        match fence.epoch(datastore) {
+            Some(epoch) => Ok(Some(epoch)),
+            None => Err(Error::NotOwner(format!(
+                "this replica does not own datastore {datastore:?}; nothing was written"
+            ))),
+        }
+    }
+
+    /// The fence of this replica, in replica mode.
+    pub fn fence(&self) -> Option<&Arc<Fence>> {
+        self.fence.as_ref()
+    }
+
+    fn fence_check(&self, datastore: &str, epoch: Option<i64>) -> Option<FenceCheck> {
+        Some(FenceCheck {
+            datastore: datastore.to_string(),
+            replica: self.fence.as_ref()?.replica.clone(),
+            epoch: epoch?,
+        })
     }
 
     /// Like [`Writer::write`], for the commit of `revision` of `datastore`:
     /// after a failed batch, a commit found durable by reading back the
-    /// highest revision stored is acknowledged all the same.
+    /// highest revision stored is acknowledged all the same. `epoch`: the
+    /// lease epoch it is written under ([`Writer::epoch_of`]), which fences
+    /// it in replica mode.
     pub async fn write_commit<F>(
         &self,
         datastore: &str,
         revision: u64,
+        epoch: Option<i64>,
         work: F,
     ) -> Result<(), Error>
     where
         F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<(), Error>> + Send + 'static,
     {
+        let fence = self.fence_check(datastore, epoch);
         self.submit(
             Box::new(work),
             Some((datastore.to_string(), revision, || ())),
+            fence,
         )
         .await
     }
@@ -311,6 +482,7 @@ impl Writer {
         &self,
         work: Work<T>,
         durable: Durable<T>,
+        fence: Option<FenceCheck>,
     ) -> Result<T, Error> {
         let (reply, result) = oneshot::channel();
         let job = Box::new(Typed {
@@ -319,6 +491,7 @@ impl Writer {
             outcome: None,
             reply,
             durable,
+            fence,
         });
         if self.jobs.send(job).await.is_err() {
             return Err(Error::StorageUnavailable("the writer has stopped".into()));
@@ -421,14 +594,27 @@ impl Task {
                     .iter()
                     .filter_map(|j| j.revision().map(|(d, _)| d.to_string()))
                     .collect();
-                let durable = match self.ready().await {
-                    Some(conn) => highest_revisions(conn, datastores).await.ok(),
-                    None => None,
+                let fences: Vec<FenceCheck> =
+                    jobs.iter().filter_map(|j| j.fence().cloned()).collect();
+                let (durable, leases) = match self.ready().await {
+                    Some(conn) => (
+                        highest_revisions(conn, datastores).await.ok(),
+                        leases_held(conn, fences).await.ok(),
+                    ),
+                    None => (None, None),
                 };
                 for job in jobs {
+                    // A fenced commit is its own only while its lease is:
+                    // after a takeover, the revisions read back may be the
+                    // new owner's.
+                    let own = job.fence().is_none_or(|f| {
+                        leases
+                            .as_ref()
+                            .is_some_and(|held| held.contains(&f.datastore))
+                    });
                     let fate = match (job.revision(), &durable) {
                         (Some((datastore, revision)), Some(durable))
-                            if durable.get(datastore).is_some_and(|&r| r >= revision) =>
+                            if own && durable.get(datastore).is_some_and(|&r| r >= revision) =>
                         {
                             tracing::warn!(
                                 datastore,
@@ -567,6 +753,20 @@ async fn highest_revisions(
     Ok(highest)
 }
 
+/// The datastores among `fences` whose lease still holds.
+async fn leases_held(
+    conn: &mut Conn,
+    fences: Vec<FenceCheck>,
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let mut held = std::collections::HashSet::new();
+    for fence in fences {
+        if fence.holds(conn).await? {
+            held.insert(fence.datastore);
+        }
+    }
+    Ok(held)
+}
+
 /// Whether `error` refuses one statement and leaves the transaction usable
 /// (once rolled back to its savepoint): SQLite's SQLITE_CONSTRAINT (any
 /// extended code), PostgreSQL's integrity constraint violations (class 23).
@@ -618,7 +818,8 @@ pub enum ConnectError {
     /// Another netsyncd holds the PostgreSQL database's writer lock.
     #[error(
         "the database is in use by another netsyncd (it holds the writer lock, advisory lock \
-         {PG_LOCK}); stop that one first, or give this one another --db"
+         {PG_LOCK}); stop that one first, or give this one another --db (several netsyncd \
+         share one database only as replicas: --replicas on every one of them)"
     )]
     InUse,
 }
@@ -649,7 +850,13 @@ async fn connect(options: &WriterOptions) -> Result<Conn, ConnectError> {
         }
         Connect::Postgres(connect) => {
             let mut conn = PgConnection::connect_with(connect).await?;
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            // Replicas share the lock; one netsyncd alone holds it exclusive.
+            let take = if options.fence.is_some() {
+                "SELECT pg_try_advisory_lock_shared($1)"
+            } else {
+                "SELECT pg_try_advisory_lock($1)"
+            };
+            let locked: bool = sqlx::query_scalar(take)
                 .bind(PG_LOCK)
                 .fetch_one(&mut conn)
                 .await?;

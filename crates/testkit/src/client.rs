@@ -340,6 +340,47 @@ pub async fn watch_many(
         .map(tonic::Response::into_inner)
 }
 
+/// Every commit of `name` from revision 1 through `last`, by revision, with
+/// the parts of a revision joined (WatchSync from 1).
+pub async fn history(client: &mut Client, name: &str, last: u64) -> Vec<(u64, pb::Commit)> {
+    let mut events = watch(client, name, 1).await;
+    let mut commits: Vec<(u64, pb::Commit)> = Vec::new();
+    if last == 0 {
+        return commits;
+    }
+    loop {
+        let event = next_event(&mut events).await;
+        let Some(pb::sync_event::Event::Commit(c)) = event.event else {
+            continue;
+        };
+        match commits.last_mut() {
+            Some((rev, joined)) if *rev == event.revision => {
+                joined.updates.extend(c.updates);
+                joined.deletes.extend(c.deletes);
+                joined.more = c.more;
+            }
+            _ => commits.push((event.revision, c)),
+        }
+        if event.revision >= last && !commits.last().expect("one").1.more {
+            return commits;
+        }
+    }
+}
+
+/// The leaves that replaying `commits` in order gives.
+pub fn replay(commits: &[(u64, pb::Commit)]) -> BTreeMap<String, gnmi::TypedValue> {
+    let mut leaves = BTreeMap::new();
+    for (_, c) in commits {
+        for d in &c.deletes {
+            leaves.remove(d);
+        }
+        for l in &c.updates {
+            leaves.insert(l.path.clone(), l.value.clone().unwrap_or_default());
+        }
+    }
+    leaves
+}
+
 /// Running of `name` as it was at `revision` (GetRunning with `revision`).
 pub async fn running_at(client: &mut Client, name: &str, revision: u64) -> Running {
     read_running(

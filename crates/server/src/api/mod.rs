@@ -21,6 +21,7 @@ use crate::intent_status::IntentStatus;
 use crate::jobs::Trigger;
 use crate::limits::{ApiLimits, WatchMemory, WatcherSlots};
 use crate::reconcile;
+use crate::replicas::Replicas;
 use crate::selector::Selector;
 use crate::store::{self, DatastoreRow, Store, StoredDatastore};
 
@@ -50,6 +51,9 @@ pub struct NetSyncService {
     /// Cancelled when shutdown starts: open watches end at once instead of
     /// holding shutdown for its whole grace period.
     stopping: CancellationToken,
+    /// Replica mode: who syncs what (calls about a datastore synced by
+    /// another replica are refused, naming it).
+    replicas: Option<Arc<Replicas>>,
 }
 
 /// Runs `work` to its end even if the client goes away: a handler's future is
@@ -83,7 +87,14 @@ impl NetSyncService {
             watchers: WatcherSlots::new(limits.max_watchers_per_datastore),
             watch_memory,
             stopping,
+            replicas: None,
         }
+    }
+
+    /// This service as one replica of several (see [`crate::replicas`]).
+    pub fn with_replicas(mut self, replicas: Option<Arc<Replicas>>) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// Checks that `name` (sent in request field `field`) is a well-formed
@@ -96,8 +107,8 @@ impl NetSyncService {
 
     /// The running sync of datastore `name` (given in request field `field`);
     /// FAILED_PRECONDITION if it is held stopped because it could not be
-    /// loaded.
-    fn require_sync(&self, field: &str, name: &str) -> Result<Arc<SyncHandle>, Error> {
+    /// loaded; in replica mode, UNAVAILABLE naming the replica that syncs it.
+    async fn require_sync(&self, field: &str, name: &str) -> Result<Arc<SyncHandle>, Error> {
         check_name(field, name)?;
         if let Some(sync) = self.engine.get(name) {
             return Ok(sync);
@@ -107,23 +118,26 @@ impl NetSyncService {
                 "datastore {name:?} is stopped: {reason}; DeleteDatastore removes it and what is \
                  stored of it, so that it can be created again"
             ))),
-            None => Err(Error::NotFound {
-                kind: "datastore",
-                name: name.to_string(),
-            }),
+            None => match &self.replicas {
+                Some(replicas) => Err(replicas.not_here(name).await),
+                None => Err(Error::NotFound {
+                    kind: "datastore",
+                    name: name.to_string(),
+                }),
+            },
         }
     }
 
     /// [`require_sync`](Self::require_sync), with the uid of the incarnation
     /// it syncs; FAILED_PRECONDITION naming both uids if `expected_uid` is
     /// set and is not that one.
-    fn require_incarnation(
+    async fn require_incarnation(
         &self,
         field: &str,
         name: &str,
         expected_uid: &str,
     ) -> Result<(Arc<SyncHandle>, String), Error> {
-        self.require_sync(field, name)?;
+        self.require_sync(field, name).await?;
         // Read again with its uid, the two from one entry: a datastore
         // deleted and created again in between is seen whole, old or new.
         let (sync, uid) = self
@@ -188,8 +202,9 @@ impl NetSyncService {
             .await?;
             return Ok(Response::new(Box::pin(slot.hold(stream))));
         }
-        let (sync, uid) =
-            self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
+        let (sync, uid) = self
+            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
+            .await?;
         let slot = self.watchers.take(&req.datastore)?;
         let stream = watch::watch(
             sync,
@@ -244,7 +259,11 @@ impl NetSyncService {
             Some(sync) => status_view(&sync),
             None => pb::DatastoreStatus {
                 state: pb::SyncState::Stopped as i32,
-                last_error: self.engine.stopped(&ds.spec.name).unwrap_or_default(),
+                last_error: self
+                    .engine
+                    .stopped(&ds.spec.name)
+                    .or_else(|| self.replicas.as_ref()?.owner_note(&ds.spec.name))
+                    .unwrap_or_default(),
                 stats: Some(pb::SyncStats::default()),
                 ..Default::default()
             },
@@ -333,6 +352,7 @@ impl NetSync for NetSyncService {
             self.creating.clone(),
         );
         let max_datastores = self.max_datastores;
+        let replicas = self.replicas.clone();
         let stored = to_completion(async move {
             let _creating = creating.lock().await;
             if engine.count() >= max_datastores {
@@ -341,7 +361,11 @@ impl NetSync for NetSyncService {
                 )));
             }
             let stored = store.create_datastore(spec, labels, store::now()).await?;
-            engine.start_new(&stored);
+            match &replicas {
+                // Stored with a free lease: the replica it belongs to takes it.
+                Some(replicas) => replicas.created(&stored.spec.name),
+                None => engine.start_new(&stored),
+            }
             tracing::info!(datastore = %stored.spec.name, address = %stored.spec.target.address, "datastore created");
             Ok(stored)
         })
@@ -355,6 +379,9 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::Datastore>, Status> {
         let name = request.into_inner().name;
         let row = self.require_datastore("name", &name).await?;
+        if let Some(replicas) = &self.replicas {
+            replicas.refresh_owners().await;
+        }
         Ok(Response::new(self.row_view(&row)))
     }
 
@@ -374,6 +401,9 @@ impl NetSync for NetSyncService {
         let scope = format!("datastores\n{}", req.filter);
         let after = page::after(&scope, &req.page_token)?;
         let rows = self.store.list_datastore_rows().await?;
+        if let Some(replicas) = &self.replicas {
+            replicas.refresh_owners().await;
+        }
         let matching: Vec<DatastoreRow> = rows
             .into_iter()
             .filter(|row| selector.matches(row_labels(row)))
@@ -404,6 +434,14 @@ impl NetSync for NetSyncService {
             .datastore
             .ok_or_else(|| Error::invalid("datastore", "is required"))?;
         check_name("datastore.name", &update.name)?;
+        // A replica updates only what it syncs: the restart that follows
+        // must happen where the sync runs.
+        if let Some(replicas) = &self.replicas
+            && self.engine.get(&update.name).is_none()
+            && self.engine.stopped(&update.name).is_none()
+        {
+            return Err(replicas.not_here(&update.name).await.into());
+        }
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let (store, engine, changing) = (
             self.store.clone(),
@@ -470,9 +508,12 @@ impl NetSync for NetSyncService {
             // retrying) must not both stop, and one then restart, a sync.
             let _changing = creating.lock().await;
             let stored = store.get_datastore_row(&name).await?;
+            // In replica mode the datastore may be synced elsewhere: its
+            // owner stops it when its lease row goes with the datastore.
+            let synced_here = engine.get(&name).is_some() || engine.stopped(&name).is_some();
             engine.stop(&name).await;
             if let Err(e) = store.delete_datastore(&name).await {
-                if !matches!(e, Error::StorageUnavailable(_)) {
+                if !matches!(e, Error::StorageUnavailable(_)) || !synced_here {
                     return Err(e);
                 }
                 // Still stored, so it is served again: memory and database
@@ -497,7 +538,7 @@ impl NetSync for NetSyncService {
         request: Request<pb::ResyncRequest>,
     ) -> Result<Response<pb::ResyncResponse>, Status> {
         let name = request.into_inner().name;
-        let sync = self.require_sync("name", &name)?;
+        let sync = self.require_sync("name", &name).await?;
         sync.resync();
         // Intents FAILING are tried again: a Resync is one of the two ways
         // (with writing the intent) to resume their auto-revert.
@@ -518,7 +559,9 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<Self::GetRunningStream>, Status> {
         let timeout = request_timeout(&request);
         let req = request.into_inner();
-        let (sync, _) = self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
+        let (sync, _) = self
+            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
+            .await?;
         let read = running::Read {
             format: convert::ValueFormat::from_proto("value_format", req.value_format)?,
             path: req.path,
@@ -553,8 +596,9 @@ impl NetSync for NetSyncService {
         request: Request<pb::SetIntentRequest>,
     ) -> Result<Response<pb::Intent>, Status> {
         let req = request.into_inner();
-        let (sync, uid) =
-            self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
+        let (sync, uid) = self
+            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
+            .await?;
         let intent = req
             .intent
             .ok_or_else(|| Error::invalid("intent", "is required"))?;
@@ -617,7 +661,7 @@ impl NetSync for NetSyncService {
         request: Request<pb::GetIntentRequest>,
     ) -> Result<Response<pb::Intent>, Status> {
         let req = request.into_inner();
-        let sync = self.require_sync("datastore", &req.datastore)?;
+        let sync = self.require_sync("datastore", &req.datastore).await?;
         if let Some(intent) = sync.intent(&req.name) {
             let status = self.engine.intent_status(&req.datastore, &req.name);
             return Ok(Response::new(convert::intent_with_status(&intent, &status)));
@@ -636,7 +680,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::ListIntentsResponse>, Status> {
         let req = request.into_inner();
         let name = req.datastore;
-        let sync = self.require_sync("datastore", &name)?;
+        let sync = self.require_sync("datastore", &name).await?;
         let size = page::size(req.page_size)?;
         let scope = format!("intents\n{name}");
         let after = page::after(&scope, &req.page_token)?;
@@ -661,8 +705,9 @@ impl NetSync for NetSyncService {
         request: Request<pb::DeleteIntentRequest>,
     ) -> Result<Response<pb::DeleteIntentResponse>, Status> {
         let req = request.into_inner();
-        let (sync, uid) =
-            self.require_incarnation("datastore", &req.datastore, &req.expected_uid)?;
+        let (sync, uid) = self
+            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
+            .await?;
         if req.name.is_empty() {
             return Err(Error::invalid("name", "is required").into());
         }
@@ -708,7 +753,7 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::GetDeviationsResponse>, Status> {
         let req = request.into_inner();
         let format = convert::ValueFormat::from_proto("value_format", req.value_format)?;
-        let sync = self.require_sync("datastore", &req.datastore)?;
+        let sync = self.require_sync("datastore", &req.datastore).await?;
         let size = page::size(req.page_size)?;
         let scope = format!("deviations\n{}", req.datastore);
         let after = page::after(&scope, &req.page_token)?;

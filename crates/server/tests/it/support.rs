@@ -147,6 +147,9 @@ pub struct Options {
     /// The SQLite file `db` whatever `NETSYNC_TEST_DB` says: for tests
     /// about SQLite itself.
     pub sqlite: bool,
+    /// This database URL whatever `NETSYNC_TEST_DB` says: for replicas
+    /// sharing a database of a [`netsync_testkit::postgres::PgCluster`].
+    pub db_url: Option<String>,
 }
 
 impl Netsyncd {
@@ -166,10 +169,10 @@ impl Netsyncd {
         }
         command
             .args(["--log-format", "json", "--db"])
-            .arg(if options.sqlite {
-                format!("sqlite://{}", db.display())
-            } else {
-                db_url(db)
+            .arg(match (&options.db_url, options.sqlite) {
+                (Some(url), _) => url.clone(),
+                (None, true) => format!("sqlite://{}", db.display()),
+                (None, false) => db_url(db),
             })
             .args(&options.args)
             .env("RUST_LOG", "info")
@@ -198,6 +201,11 @@ impl Netsyncd {
     /// `http://addr`, for tonic clients.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT...) to the process.
+    pub fn signal(&self, signal: netsync_testkit::process::Signal) {
+        self.process.signal(signal).unwrap();
     }
 
     /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
