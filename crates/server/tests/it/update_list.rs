@@ -4,10 +4,8 @@
 //! (AIP-158) and the BASIC/FULL view (AIP-157) of ListDatastores, pages of
 //! ListIntents and GetDeviations, and the JSON names through grpcurl.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 
-use netsync_proto::gnmi;
 use netsync_proto::netsync::v1 as pb;
 use netsync_testkit::client::{self, converge, next_event, watch};
 use netsync_testkit::datastore::{DatastoreBuilder, create, intent};
@@ -61,30 +59,6 @@ async fn names(client: &mut Client, filter: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every commit of `name` from revision 1 through `last`, by revision,
-/// with the parts of a revision joined.
-async fn history(client: &mut Client, name: &str, last: u64) -> Vec<(u64, pb::Commit)> {
-    let mut events = watch(client, name, 1).await;
-    let mut commits: Vec<(u64, pb::Commit)> = Vec::new();
-    loop {
-        let event = next_event(&mut events).await;
-        let Some(pb::sync_event::Event::Commit(c)) = event.event else {
-            continue;
-        };
-        match commits.last_mut() {
-            Some((rev, joined)) if *rev == event.revision => {
-                joined.updates.extend(c.updates);
-                joined.deletes.extend(c.deletes);
-                joined.more = c.more;
-            }
-            _ => commits.push((event.revision, c)),
-        }
-        if event.revision >= last && !commits.last().unwrap().1.more {
-            return commits;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_address_restarts_the_sync_and_keeps_revisions_history_and_intents() {
     let a = Sim::start(generated(40)).await;
@@ -135,7 +109,7 @@ async fn a_new_address_restarts_the_sync_and_keeps_revisions_history_and_intents
     // History from 1: consecutive revisions, the first commit on b a replace
     // that prunes a's own leaf, and replaying it all gives running.
     let running = client::running(&mut client, "r1", on_b).await;
-    let commits = history(&mut client, "r1", running.revision).await;
+    let commits = client::history(&mut client, "r1", running.revision).await;
     let revisions: Vec<u64> = commits.iter().map(|(r, _)| *r).collect();
     assert_eq!(revisions, (1..=revisions.len() as u64).collect::<Vec<_>>());
     let first_on_b = commits
@@ -145,16 +119,7 @@ async fn a_new_address_restarts_the_sync_and_keeps_revisions_history_and_intents
     assert!(first_on_b.0 > on_a);
     assert!(first_on_b.1.replace, "{:?}", first_on_b.0);
     assert!(first_on_b.1.deletes.iter().any(|p| p == "/system/only-a"));
-    let mut replayed: BTreeMap<String, gnmi::TypedValue> = BTreeMap::new();
-    for (_, c) in &commits {
-        for d in &c.deletes {
-            replayed.remove(d);
-        }
-        for l in &c.updates {
-            replayed.insert(l.path.clone(), l.value.clone().unwrap());
-        }
-    }
-    assert_eq!(replayed, running.leaves);
+    assert_eq!(client::replay(&commits), running.leaves);
     assert_eq!(
         client::get_intent(&mut client, "r1", "banner").await.name,
         "banner"
