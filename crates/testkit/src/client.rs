@@ -104,6 +104,22 @@ pub async fn running(client: &mut Client, name: &str, min_revision: u64) -> Runn
         .unwrap_or_else(|s| panic!("running of {name} at {min_revision} or later: {s:?}"))
 }
 
+/// Creates datastore `name` of the device at `address` (PROTO, committing
+/// every 10 ms: quick to follow a churning device) and waits for its first
+/// revision.
+pub async fn create_synced(client: &mut Client, name: &str, address: impl ToString) {
+    client
+        .create_datastore(
+            crate::datastore::DatastoreBuilder::new(name, address)
+                .encoding(pb::Encoding::Proto)
+                .commit_interval_ms(10)
+                .create(),
+        )
+        .await
+        .unwrap_or_else(|s| panic!("CreateDatastore {name}: {s:?}"));
+    wait_revision(client, name, 1).await;
+}
+
 /// Waits until `name` has committed `revision` (or a later one); returns the
 /// revision reached. Reads no leaves.
 pub async fn wait_revision(client: &mut Client, name: &str, revision: u64) -> u64 {

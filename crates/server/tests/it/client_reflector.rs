@@ -18,7 +18,6 @@ use netsync_server::Config;
 use netsync_server::log::Retention;
 use netsync_sim::{InitialState, SimConfig};
 use netsync_testkit::client::{self, Client, converge, wait_revision};
-use netsync_testkit::datastore::DatastoreBuilder;
 use netsync_testkit::sim::{Sim, generated};
 use netsync_testkit::within;
 use tonic::Code;
@@ -68,16 +67,7 @@ async fn churning(addr: SocketAddr, rate: f64) -> Sim {
 async fn churning_on(addr: SocketAddr, config: SimConfig, rate: f64) -> Sim {
     let sim = Sim::start(config).await;
     let mut client = Client::new(netsync_testkit::channel(addr).await);
-    client
-        .create_datastore(
-            DatastoreBuilder::new("r1", sim.addr)
-                .encoding(pb::Encoding::Proto)
-                .commit_interval_ms(10)
-                .create(),
-        )
-        .await
-        .unwrap();
-    wait_revision(&mut client, "r1", 1).await;
+    client::create_synced(&mut client, "r1", sim.addr).await;
     sim.start_churn(rate).await;
     sim
 }

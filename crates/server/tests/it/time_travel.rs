@@ -87,16 +87,7 @@ fn at(name: &str, revision: u64, path: &str) -> pb::GetRunningRequest {
 async fn a_read_at_a_past_revision_equals_the_replayed_history() {
     let sim = Sim::start(generated(50)).await;
     let (_dir, server, mut client) = support::start().await;
-    client
-        .create_datastore(
-            DatastoreBuilder::new("r1", sim.addr)
-                .encoding(pb::Encoding::Proto)
-                .commit_interval_ms(10)
-                .create(),
-        )
-        .await
-        .unwrap();
-    wait_revision(&mut client, "r1", 1).await;
+    client::create_synced(&mut client, "r1", sim.addr).await;
     let (mut history, _closer) = record_history(client.clone(), "r1");
     sim.start_churn(400.0).await;
 
@@ -190,16 +181,7 @@ async fn a_compacted_revision_is_out_of_range_naming_the_oldest_readable() {
     };
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
-    client
-        .create_datastore(
-            DatastoreBuilder::new("r1", sim.addr)
-                .encoding(pb::Encoding::Proto)
-                .commit_interval_ms(10)
-                .create(),
-        )
-        .await
-        .unwrap();
-    wait_revision(&mut client, "r1", 1).await;
+    client::create_synced(&mut client, "r1", sim.addr).await;
     let (mut history, _closer) = record_history(client.clone(), "r1");
     sim.start_churn(400.0).await;
     let mut now = 1;

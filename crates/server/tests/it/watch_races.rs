@@ -13,7 +13,6 @@ use netsync_proto::gnmi;
 use netsync_proto::netsync::v1 as pb;
 use netsync_server::log::Retention;
 use netsync_testkit::client::{self, Client, wait_revision};
-use netsync_testkit::datastore::DatastoreBuilder;
 use netsync_testkit::sim::{Sim, generated};
 use netsync_testkit::within;
 use tokio::sync::watch;
@@ -149,16 +148,7 @@ fn state_at(commits: &[Commit], revision: u64) -> BTreeMap<String, gnmi::TypedVa
 async fn watchers_replaying_from_the_past_while_commits_land_see_every_revision_once() {
     let sim = Sim::start(generated(200)).await;
     let (_dir, server, mut client) = support::start().await;
-    client
-        .create_datastore(
-            DatastoreBuilder::new("r1", sim.addr)
-                .encoding(pb::Encoding::Proto)
-                .commit_interval_ms(10)
-                .create(),
-        )
-        .await
-        .unwrap();
-    wait_revision(&mut client, "r1", 1).await;
+    client::create_synced(&mut client, "r1", sim.addr).await;
     sim.start_churn(300.0).await;
     let early = wait_revision(&mut client, "r1", 40).await;
 
@@ -428,16 +418,7 @@ async fn compaction_during_a_slow_replay_cuts_the_watcher_and_never_leaves_a_gap
     config.api_limits.max_watcher_bytes = 16 << 10;
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
-    client
-        .create_datastore(
-            DatastoreBuilder::new("r1", sim.addr)
-                .encoding(pb::Encoding::Proto)
-                .commit_interval_ms(10)
-                .create(),
-        )
-        .await
-        .unwrap();
-    wait_revision(&mut client, "r1", 1).await;
+    client::create_synced(&mut client, "r1", sim.addr).await;
     sim.start_churn(400.0).await;
 
     // A watcher that keeps up, from now on: the reference.
