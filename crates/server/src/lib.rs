@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod limits;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod reconcile;
 pub mod replicas;
 pub mod rpc_layer;
@@ -220,6 +221,17 @@ pub async fn serve(
                     db::Connect::postgres(&config.db).map_err(store::StoreOpenError::from)?,
                 );
             let replicas = replicas::Replicas::new(replica.clone(), fence, pool);
+            // The listener holds a connection of its own for good.
+            let listen_pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(
+                    db::Connect::postgres(&config.db).map_err(store::StoreOpenError::from)?,
+                );
+            tokio::spawn(notify::run(
+                replicas.notices().clone(),
+                listen_pool,
+                stop_leases.clone(),
+            ));
             tracing::info!(replica = %replica.id, lease = ?replica.lease, "serving as a replica: datastores are synced under leases");
             let task = tokio::spawn(replicas::run(
                 replicas.clone(),

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ReplicaConfig;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::notify::Notices;
 use crate::store::{DatastoreRow, Store};
 use crate::writer::Fence;
 
@@ -61,6 +62,8 @@ pub struct Replicas {
     healthy: watch::Sender<bool>,
     /// The lease manager's connections, also used to name an owner.
     pool: PgPool,
+    /// What other replicas change (see [`crate::notify`]).
+    notices: Arc<Notices>,
 }
 
 impl Replicas {
@@ -75,7 +78,13 @@ impl Replicas {
             losses: AtomicU64::new(0),
             healthy: watch::Sender::new(true),
             pool,
+            notices: Notices::new(),
         })
+    }
+
+    /// What other replicas change: commits, intents, datastores.
+    pub fn notices(&self) -> &Arc<Notices> {
+        &self.notices
     }
 
     /// This replica's id.

@@ -705,6 +705,14 @@ async fn transaction(
             let Conn::Postgres(pg) = conn else {
                 unreachable!("the connection stays what it was")
             };
+            // Other replicas follow commits through the log; this wakes them
+            // (delivered at COMMIT, and never for a rolled-back one).
+            let committed: Vec<&str> = jobs
+                .iter()
+                .filter(|j| !j.refused())
+                .filter_map(|j| j.revision().map(|(datastore, _)| datastore))
+                .collect();
+            crate::notify::send(pg, crate::notify::Channel::Commits, &committed).await?;
             // A transaction gets a transaction id at its first write.
             let wrote: bool = sqlx::query_scalar("SELECT txid_current_if_assigned() IS NOT NULL")
                 .fetch_one(&mut *pg)

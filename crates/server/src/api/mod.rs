@@ -56,6 +56,20 @@ pub struct NetSyncService {
     replicas: Option<Arc<Replicas>>,
 }
 
+/// Where a datastore a call names is synced (see
+/// [`NetSyncService::placement`]).
+#[allow(
+    dead_code,
+    reason = "the calls answered on any replica use it as they come"
+)]
+enum Placement {
+    /// Here: its running sync and the uid of the incarnation it syncs.
+    Here(Arc<SyncHandle>, String),
+    /// Replica mode: by another replica (or by none, between two owners);
+    /// the datastore as the database has it.
+    Elsewhere(Box<StoredDatastore>),
+}
+
 /// Runs `work` to its end even if the client goes away: a handler's future is
 /// dropped at its next await when the call is cancelled, and a write that
 /// changes both the store and the engine's memory must not stop between the
@@ -114,10 +128,7 @@ impl NetSyncService {
             return Ok(sync);
         }
         match self.engine.stopped(name) {
-            Some(reason) => Err(Error::FailedPrecondition(format!(
-                "datastore {name:?} is stopped: {reason}; DeleteDatastore removes it and what is \
-                 stored of it, so that it can be created again"
-            ))),
+            Some(reason) => Err(stopped(name, &reason)),
             None => match &self.replicas {
                 Some(replicas) => Err(replicas.not_here(name).await),
                 None => Err(Error::NotFound {
@@ -151,6 +162,41 @@ impl NetSyncService {
             return Err(store::uid_mismatch(name, &uid, expected_uid));
         }
         Ok((sync, uid))
+    }
+
+    /// Where datastore `name` (given in request field `field`) is synced:
+    /// here, as [`require_incarnation`](Self::require_incarnation) finds it,
+    /// or, in replica mode, by another replica, with what the database has
+    /// of it (calls about it are then answered from the database). The same
+    /// errors otherwise: NOT_FOUND, FAILED_PRECONDITION for a stopped one or
+    /// another uid than `expected_uid`.
+    #[allow(
+        dead_code,
+        reason = "the calls answered on any replica use it as they come"
+    )]
+    async fn placement(
+        &self,
+        field: &str,
+        name: &str,
+        expected_uid: &str,
+    ) -> Result<Placement, Error> {
+        check_name(field, name)?;
+        if self.replicas.is_none() || self.engine.get(name).is_some() {
+            let (sync, uid) = self.require_incarnation(field, name, expected_uid).await?;
+            return Ok(Placement::Here(sync, uid));
+        }
+        if let Some(reason) = self.engine.stopped(name) {
+            return Err(stopped(name, &reason));
+        }
+        match self.store.get_datastore_row(name).await? {
+            DatastoreRow::Readable(ds) => {
+                if !expected_uid.is_empty() && expected_uid != ds.uid {
+                    return Err(store::uid_mismatch(name, &ds.uid, expected_uid));
+                }
+                Ok(Placement::Elsewhere(Box::new(ds)))
+            }
+            DatastoreRow::Unreadable { reason, .. } => Err(stopped(name, &reason)),
+        }
     }
 
     /// WatchSync, its messages encoded (see [`NetSyncRoutes`]).
@@ -273,6 +319,15 @@ impl NetSyncService {
 }
 
 /// Checks a datastore name given in request field `field`.
+/// FAILED_PRECONDITION for a call about datastore `name`, held stopped
+/// for `reason`.
+fn stopped(name: &str, reason: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "datastore {name:?} is stopped: {reason}; DeleteDatastore removes it and what is stored \
+         of it, so that it can be created again"
+    ))
+}
+
 fn check_name(field: &str, name: &str) -> Result<(), Error> {
     if name.is_empty() {
         return Err(Error::invalid(field, "is required"));
