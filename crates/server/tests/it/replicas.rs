@@ -8,6 +8,9 @@
 //! datastore's history replayed from revision 1 has consecutive revisions and
 //! equals running.
 //!
+//! Other modules about replicas build on the helpers here (`Replica`,
+//! `settled`, `create`, `histories_are_whole`, `database`).
+//!
 //! These run whatever `NETSYNC_TEST_DB` says (replicas exist only on
 //! PostgreSQL); they pass without running when PostgreSQL is missing, unless
 //! `NETSYNC_REQUIRE_POSTGRES=1`.
@@ -33,18 +36,18 @@ use tonic::transport::Channel;
 use crate::support::{Netsyncd, Options, assert_status, http_get, sample};
 
 /// The lease of every replica here: short, so that failovers are quick.
-const LEASE: u64 = 3;
+pub(crate) const LEASE: u64 = 3;
 
 /// One replica: its process, id, client and metrics address.
-struct Replica {
-    id: String,
-    server: Netsyncd,
-    client: NetSyncClient<Channel>,
-    metrics: SocketAddr,
+pub(crate) struct Replica {
+    pub(crate) id: String,
+    pub(crate) server: Netsyncd,
+    pub(crate) client: NetSyncClient<Channel>,
+    pub(crate) metrics: SocketAddr,
 }
 
 impl Replica {
-    async fn start(url: &str, id: &str) -> Self {
+    pub(crate) async fn start(url: &str, id: &str) -> Self {
         let server = Netsyncd::start_with(
             Path::new("unused"),
             Options {
@@ -75,14 +78,14 @@ impl Replica {
         }
     }
 
-    async fn metric(&self, series: &str) -> f64 {
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
         let (_, _, body) = http_get(self.metrics, "/metrics").await;
         sample(&body, series).unwrap_or_else(|| panic!("{series} not in {body}"))
     }
 }
 
 /// Each datastore's lease: (owner while valid, epoch).
-async fn leases(db: &PgPool) -> BTreeMap<String, (Option<String>, i64)> {
+pub(crate) async fn leases(db: &PgPool) -> BTreeMap<String, (Option<String>, i64)> {
     let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
         "SELECT datastore, CASE WHEN expires > now() THEN owner END, epoch FROM leases",
     )
@@ -95,7 +98,7 @@ async fn leases(db: &PgPool) -> BTreeMap<String, (Option<String>, i64)> {
 /// Waits until every one of `names` is owned by the replica of `live` that
 /// rendezvous hashing picks and is IN_SYNC there; returns the owners and
 /// the time it took.
-async fn settled(
+pub(crate) async fn settled(
     db: &PgPool,
     live: &mut [&mut Replica],
     names: &[String],
@@ -146,7 +149,7 @@ async fn settled(
 }
 
 /// Datastores `ds-00`.. on `sim`, created through `replica`.
-async fn create(replica: &mut Replica, sim: &Sim, count: usize) -> Vec<String> {
+pub(crate) async fn create(replica: &mut Replica, sim: &Sim, count: usize) -> Vec<String> {
     let names: Vec<String> = (0..count).map(|i| format!("ds-{i:03}")).collect();
     for name in &names {
         replica
@@ -166,7 +169,7 @@ async fn create(replica: &mut Replica, sim: &Sim, count: usize) -> Vec<String> {
 /// equals the device, the history from revision 1 has consecutive revisions
 /// and replays to running, and the epochs of its commit rows never go down
 /// (no commit of an older lease after one of a newer).
-async fn histories_are_whole(
+pub(crate) async fn histories_are_whole(
     db: &PgPool,
     replicas: &mut [&mut Replica],
     owners: &BTreeMap<String, String>,
@@ -202,7 +205,7 @@ async fn histories_are_whole(
     }
 }
 
-async fn database() -> Option<(String, PgPool)> {
+pub(crate) async fn database() -> Option<(String, PgPool)> {
     let cluster = PgCluster::shared()?;
     let url = cluster.fresh_database();
     let db = PgPool::connect(&url).await.unwrap();
