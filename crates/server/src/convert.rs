@@ -13,7 +13,7 @@ use netsync_core::datastore::{
 use netsync_core::intent::{Deviation, Intent};
 use netsync_core::notification::Decoder;
 use netsync_core::running::{Key, Subtree, Value};
-use netsync_core::sync::SyncState;
+use netsync_core::sync::{SyncHandle, SyncState};
 use netsync_proto::gnmi::{self, typed_value};
 use netsync_proto::netsync::v1 as pb;
 
@@ -685,6 +685,37 @@ pub fn deviation_to_proto(d: &Deviation) -> pb::Deviation {
         intent: d.intent.clone(),
         expected: d.expected.clone(),
         actual: d.actual.clone(),
+    }
+}
+
+/// A datastore's status as its sync has it now (`Datastore.status`).
+pub fn status_to_proto(sync: &SyncHandle) -> pb::DatastoreStatus {
+    let status = sync.status();
+    let snapshot = sync.snapshot();
+    let stats = sync.stats();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let mut last_error = status.last_error;
+    if status.backpressure {
+        last_error = format!("ingest paused: too many uncommitted changes; {last_error}");
+    }
+    pb::DatastoreStatus {
+        state: state_to_proto(status.state) as i32,
+        revision: snapshot.revision,
+        last_commit_time: snapshot.time.map(timestamp_to_proto),
+        last_error,
+        leaves: snapshot.running.len() as u64,
+        stats: Some(pb::SyncStats {
+            notifications_received: get(&stats.notifications),
+            updates_received: get(&stats.updates),
+            deletes_received: get(&stats.deletes),
+            commits: get(&stats.commits),
+            resyncs: get(&stats.resyncs),
+            reconnects: get(&stats.reconnects),
+            pending: status.pending,
+            // `dropped` (deprecated) stays 0: nothing counts lost changes,
+            // the engine resyncs instead (counted in `resyncs`).
+            ..Default::default()
+        }),
     }
 }
 

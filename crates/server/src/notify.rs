@@ -77,6 +77,9 @@ pub enum Notice {
 pub struct Notices {
     /// Every notice, for subscribers that follow many datastores.
     all: broadcast::Sender<Notice>,
+    /// The notices of each channel (and every [`Notice::Missed`]): commits
+    /// are many, and most subscribers want only the rarer others.
+    channels: HashMap<Channel, broadcast::Sender<Notice>>,
     /// Per channel and datastore, a counter moved at each notification (and
     /// at each [`Notice::Missed`]): one cheap wake-up per waiter, with no
     /// filtering of every other datastore's notices.
@@ -90,6 +93,10 @@ impl Notices {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             all: broadcast::channel(4096).0,
+            channels: Channel::ALL
+                .into_iter()
+                .map(|c| (c, broadcast::channel(1024).0))
+                .collect(),
             counters: Mutex::new(HashMap::new()),
             missed: watch::channel(0).0,
         })
@@ -99,6 +106,13 @@ impl Notices {
     /// `RecvError::Lagged`, which means the same as [`Notice::Missed`].
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.all.subscribe()
+    }
+
+    /// The notices of `channel` from now on, and every [`Notice::Missed`].
+    /// A subscriber that falls behind gets `RecvError::Lagged`, which means
+    /// the same as [`Notice::Missed`].
+    pub fn subscribe_to(&self, channel: Channel) -> broadcast::Receiver<Notice> {
+        self.channels[&channel].subscribe()
     }
 
     /// A waiter for changes of `datastore` on `channel`; create it before
@@ -136,6 +150,14 @@ impl Notices {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .retain(|_, counter| counter.receiver_count() > 0);
+            }
+        }
+        match &notice {
+            Notice::Changed { channel, .. } => _ = self.channels[channel].send(notice.clone()),
+            Notice::Missed => {
+                for sender in self.channels.values() {
+                    let _ = sender.send(Notice::Missed);
+                }
             }
         }
         let _ = self.all.send(notice);
@@ -269,6 +291,22 @@ mod tests {
         let start = tokio::time::Instant::now();
         waiter.wait().await;
         assert_eq!(start.elapsed(), Duration::ZERO, "a missed notice wakes it");
+    }
+
+    #[test]
+    fn a_channel_subscriber_gets_its_channel_and_every_missed_notice() {
+        let notices = Notices::new();
+        let mut datastores = notices.subscribe_to(Channel::Datastores);
+        let changed = |channel| Notice::Changed {
+            channel,
+            datastore: "a".into(),
+        };
+        notices.publish(changed(Channel::Commits));
+        notices.publish(changed(Channel::Datastores));
+        notices.publish(Notice::Missed);
+        assert_eq!(datastores.try_recv(), Ok(changed(Channel::Datastores)));
+        assert_eq!(datastores.try_recv(), Ok(Notice::Missed));
+        assert!(datastores.try_recv().is_err());
     }
 
     #[test]

@@ -32,18 +32,26 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use netsync_proto::netsync::v1 as pb;
+use prost::Message;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReplicaConfig;
+use crate::convert;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::notify::Notices;
+use crate::notify::{Channel, Notices};
 use crate::store::{DatastoreRow, Store};
 use crate::writer::Fence;
+
+/// How long a round waits after a datastore was created elsewhere, for the
+/// rest of a burst of creates.
+const BURST: Duration = Duration::from_millis(100);
 
 /// This replica's view of the leases, shared with the API and metrics.
 #[derive(Debug)]
@@ -54,6 +62,10 @@ pub struct Replicas {
     /// or expired), for the API's answer to calls about datastores synced
     /// elsewhere.
     owners: Mutex<HashMap<String, Option<String>>>,
+    /// The status each datastore's owner last published (owner, encoded
+    /// `DatastoreStatus`), as last read: what this replica shows of the
+    /// datastores it does not sync.
+    statuses: Mutex<HashMap<String, (String, Vec<u8>)>>,
     /// Runs a round now (a datastore was created here).
     wake: Notify,
     takeovers: AtomicU64,
@@ -73,6 +85,7 @@ impl Replicas {
             config,
             fence,
             owners: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             takeovers: AtomicU64::new(0),
             losses: AtomicU64::new(0),
@@ -162,27 +175,72 @@ impl Replicas {
         }
     }
 
-    /// Reads every lease's owner again, for [`Replicas::owner_note`] to be
-    /// current (GetDatastore, ListDatastores); keeps the last round's view
-    /// if the database cannot say.
-    pub async fn refresh_owners(&self) {
+    /// Reads the leases and published statuses again (of `name` only, or
+    /// of every datastore), for [`Replicas::status`] to be current
+    /// (GetDatastore, ListDatastores); keeps the last view of what the
+    /// database cannot say.
+    pub async fn refresh(&self, name: Option<&str>) {
         let leases: Result<Vec<(String, Option<String>)>, sqlx::Error> = sqlx::query_as(
-            "SELECT datastore, CASE WHEN expires > now() THEN owner END FROM leases",
+            "SELECT datastore, CASE WHEN expires > now() THEN owner END FROM leases \
+             WHERE $1::text IS NULL OR datastore = $1",
         )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await;
+        let statuses: Result<Vec<(String, String, Vec<u8>)>, sqlx::Error> = sqlx::query_as(
+            "SELECT datastore, owner, status FROM sync_status WHERE $1::text IS NULL OR datastore = $1",
+        )
+        .bind(name)
         .fetch_all(&self.pool)
         .await;
         if let Ok(leases) = leases {
-            *self.owners.lock().expect("lock") = leases.into_iter().collect();
+            let mut owners = self.owners.lock().expect("lock");
+            if name.is_none() {
+                owners.clear();
+            }
+            owners.extend(leases);
+        }
+        if let Ok(rows) = statuses {
+            let mut statuses = self.statuses.lock().expect("lock");
+            match name {
+                None => statuses.clear(),
+                Some(name) => _ = statuses.remove(name),
+            }
+            statuses.extend(rows.into_iter().map(|(d, o, s)| (d, (o, s))));
         }
     }
 
-    /// The owner named in `name`'s status when this replica does not sync it.
-    pub fn owner_note(&self, name: &str) -> Option<String> {
-        match self.owners.lock().expect("lock").get(name)? {
-            Some(owner) if owner != &self.config.id => Some(format!("synced by replica {owner:?}")),
-            Some(_) => None,
-            None => Some("waiting for a replica to take its lease".into()),
-        }
+    /// The status of datastore `name`, which this replica does not sync:
+    /// as its owner last published it (at most a lease round old),
+    /// CONNECTING while a replica is starting it, STOPPED while no replica
+    /// holds its lease; `None` if no lease of that name is known.
+    pub fn status(&self, name: &str) -> Option<pb::DatastoreStatus> {
+        let owner = self.owners.lock().expect("lock").get(name)?.clone();
+        let waiting = |state: pb::SyncState, why: String| pb::DatastoreStatus {
+            state: state as i32,
+            last_error: why,
+            stats: Some(pb::SyncStats::default()),
+            ..Default::default()
+        };
+        let Some(owner) = owner else {
+            return Some(waiting(
+                pb::SyncState::Stopped,
+                "waiting for a replica to take its lease".into(),
+            ));
+        };
+        let published = self
+            .statuses
+            .lock()
+            .expect("lock")
+            .get(name)
+            .filter(|(by, _)| *by == owner)
+            .and_then(|(_, status)| pb::DatastoreStatus::decode(status.as_slice()).ok());
+        Some(published.unwrap_or_else(|| {
+            waiting(
+                pb::SyncState::Connecting,
+                format!("being started by replica {owner:?}"),
+            )
+        }))
     }
 }
 
@@ -197,6 +255,8 @@ struct Manager {
     /// started, by this process's monotonic clock: the lease surely lasts
     /// until then plus the lease length.
     renewed: HashMap<String, Instant>,
+    /// The status last published of each owned datastore (encoded).
+    published: HashMap<String, Vec<u8>>,
 }
 
 /// Runs the lease manager of `replicas` until `stop`, then stops its syncs
@@ -222,14 +282,23 @@ pub async fn run(
         engine,
         orders,
         renewed: HashMap::new(),
+        published: HashMap::new(),
     };
     let mut ticks = tokio::time::interval(period);
     // After a pause (SIGSTOP), one round, not a burst of them.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A datastore created through another replica is taken by its owner at
+    // once, not at the owner's next tick.
+    let mut notices = manager.replicas.notices.subscribe_to(Channel::Datastores);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = manager.replicas.wake.notified() => {}
+            _ = notices.recv() => {
+                // Creates come in bursts: one round for the burst.
+                tokio::time::sleep(BURST).await;
+                notices = notices.resubscribe();
+            }
             () = stop.cancelled() => break,
         }
         manager.fence_expired();
@@ -365,6 +434,11 @@ impl Manager {
                 self.renewed.insert(name, started);
             }
         }
+        // Not a reason to fail the round (the leases are renewed): the
+        // next round publishes again.
+        if let Err(e) = self.publish().await {
+            tracing::warn!(error = %e, "cannot publish the statuses of this replica's datastores");
+        }
         for (name, (owner, epoch, valid)) in &rows {
             if owned.contains_key(*name) || desired(&live, name) != Some(me.as_str()) {
                 continue;
@@ -404,6 +478,42 @@ impl Manager {
                 self.order(Order::Start(name.to_string()));
             }
         }
+        Ok(())
+    }
+
+    /// Publishes the status of each datastore synced here that changed
+    /// since the last round, for the other replicas to show: one statement,
+    /// and only for leases this replica still holds.
+    async fn publish(&mut self) -> Result<(), sqlx::Error> {
+        let owned = self.replicas.fence.owned();
+        self.published.retain(|name, _| owned.contains_key(name));
+        let mut names = Vec::new();
+        let mut statuses = Vec::new();
+        for name in owned.keys() {
+            let Some(sync) = self.engine.get(name) else {
+                continue;
+            };
+            let status = convert::status_to_proto(&sync).encode_to_vec();
+            if self.published.get(name) != Some(&status) {
+                names.push(name.clone());
+                statuses.push(status);
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO sync_status (datastore, owner, status) \
+             SELECT m.datastore, $1, m.status FROM unnest($2::text[], $3::bytea[]) AS m(datastore, status) \
+             JOIN leases l ON l.datastore = m.datastore AND l.owner = $1 \
+             ON CONFLICT (datastore) DO UPDATE SET owner = excluded.owner, status = excluded.status",
+        )
+        .bind(self.me())
+        .bind(&names)
+        .bind(&statuses)
+        .execute(&self.pool)
+        .await?;
+        self.published.extend(names.into_iter().zip(statuses));
         Ok(())
     }
 

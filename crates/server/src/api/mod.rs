@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::Stream;
@@ -301,18 +300,24 @@ impl NetSyncService {
         out.labels = ds.labels.clone().into_iter().collect();
         out.create_time = Some(convert::timestamp_to_proto(ds.create_time));
         out.uid = ds.uid.clone();
-        out.status = Some(match self.engine.get(&ds.spec.name) {
-            Some(sync) => status_view(&sync),
-            None => pb::DatastoreStatus {
-                state: pb::SyncState::Stopped as i32,
-                last_error: self
-                    .engine
-                    .stopped(&ds.spec.name)
-                    .or_else(|| self.replicas.as_ref()?.owner_note(&ds.spec.name))
-                    .unwrap_or_default(),
-                stats: Some(pb::SyncStats::default()),
-                ..Default::default()
-            },
+        let name = &ds.spec.name;
+        out.status = Some(match self.engine.get(name) {
+            Some(sync) => convert::status_to_proto(&sync),
+            None => self
+                .engine
+                .stopped(name)
+                .map(|reason| pb::DatastoreStatus {
+                    state: pb::SyncState::Stopped as i32,
+                    last_error: reason,
+                    stats: Some(pb::SyncStats::default()),
+                    ..Default::default()
+                })
+                .or_else(|| self.replicas.as_ref()?.status(name))
+                .unwrap_or_else(|| pb::DatastoreStatus {
+                    state: pb::SyncState::Stopped as i32,
+                    stats: Some(pb::SyncStats::default()),
+                    ..Default::default()
+                }),
         });
         out
     }
@@ -349,36 +354,6 @@ fn row_labels(row: &DatastoreRow) -> &std::collections::BTreeMap<String, String>
     match row {
         DatastoreRow::Readable(ds) => &ds.labels,
         DatastoreRow::Unreadable { .. } => &NONE,
-    }
-}
-
-fn status_view(sync: &SyncHandle) -> pb::DatastoreStatus {
-    let status = sync.status();
-    let snapshot = sync.snapshot();
-    let stats = sync.stats();
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let mut last_error = status.last_error;
-    if status.backpressure {
-        last_error = format!("ingest paused: too many uncommitted changes; {last_error}");
-    }
-    pb::DatastoreStatus {
-        state: convert::state_to_proto(status.state) as i32,
-        revision: snapshot.revision,
-        last_commit_time: snapshot.time.map(convert::timestamp_to_proto),
-        last_error,
-        leaves: snapshot.running.len() as u64,
-        stats: Some(pb::SyncStats {
-            notifications_received: get(&stats.notifications),
-            updates_received: get(&stats.updates),
-            deletes_received: get(&stats.deletes),
-            commits: get(&stats.commits),
-            resyncs: get(&stats.resyncs),
-            reconnects: get(&stats.reconnects),
-            pending: status.pending,
-            // `dropped` (deprecated) stays 0: nothing counts lost changes,
-            // the engine resyncs instead (counted in `resyncs`).
-            ..Default::default()
-        }),
     }
 }
 
@@ -435,7 +410,7 @@ impl NetSync for NetSyncService {
         let name = request.into_inner().name;
         let row = self.require_datastore("name", &name).await?;
         if let Some(replicas) = &self.replicas {
-            replicas.refresh_owners().await;
+            replicas.refresh(Some(&name)).await;
         }
         Ok(Response::new(self.row_view(&row)))
     }
@@ -457,7 +432,7 @@ impl NetSync for NetSyncService {
         let after = page::after(&scope, &req.page_token)?;
         let rows = self.store.list_datastore_rows().await?;
         if let Some(replicas) = &self.replicas {
-            replicas.refresh_owners().await;
+            replicas.refresh(None).await;
         }
         let matching: Vec<DatastoreRow> = rows
             .into_iter()

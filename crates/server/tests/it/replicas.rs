@@ -252,12 +252,48 @@ async fn three_replicas_sync_each_datastore_exactly_once_and_refuse_the_others_n
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, &[name, &format!("{owner:?}")]);
-    let listed = client::list_datastores(&mut b.client, "", pb::DatastoreView::Basic)
-        .await
+    // Every replica shows every datastore's status as its owner published
+    // it (within a lease round): all 300 IN_SYNC on each.
+    for replica in [&mut a, &mut b, &mut c] {
+        let started = Instant::now();
+        loop {
+            let listed = client::list_datastores(&mut replica.client, "", pb::DatastoreView::Basic)
+                .await
+                .unwrap();
+            assert_eq!(listed.len(), 300);
+            let behind: Vec<_> = listed
+                .iter()
+                .filter(|d| {
+                    let status = d.status.clone().unwrap_or_default();
+                    status.state != pb::SyncState::InSync as i32 || status.revision == 0
+                })
+                .map(|d| (&d.name, &d.status))
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{} shows {} datastores not IN_SYNC, e.g. {:?}",
+                replica.id,
+                behind.len(),
+                behind[0]
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // GetDatastore on a replica that does not sync it: the owner's status.
+    let owner_replica = [&mut b, &mut c]
+        .into_iter()
+        .find(|r| r.id == *owner)
         .unwrap();
-    assert_eq!(listed.len(), 300);
-    let status = client::status(&mut a.client, name).await;
-    assert!(status.last_error.contains(owner.as_str()), "{status:?}");
+    let theirs = client::status(&mut owner_replica.client, name).await;
+    let shown = client::status(&mut a.client, name).await;
+    assert_eq!(shown.state, pb::SyncState::InSync as i32, "{shown:?}");
+    assert!(
+        shown.revision >= 1 && shown.revision <= theirs.revision,
+        "{shown:?} against the owner's {theirs:?}"
+    );
 
     // A delete through a replica that does not own it: the owner stops it.
     let owner_replica = [&b, &c].into_iter().find(|r| r.id == *owner).unwrap();
