@@ -338,6 +338,16 @@ impl Store {
             .collect())
     }
 
+    /// How many datastores the registry holds.
+    pub async fn count_datastores(&self) -> Result<usize, Error> {
+        let count: i64 = on_readers!(&self.readers, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM datastores")
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
     /// Replaces the declaration and labels of an existing datastore, in one
     /// write; `NotFound` if absent (deleted meanwhile). Running, the log and
     /// intents are not touched.

@@ -385,7 +385,14 @@ impl NetSync for NetSyncService {
         let replicas = self.replicas.clone();
         let stored = to_completion(async move {
             let _creating = creating.lock().await;
-            if engine.count() >= max_datastores {
+            // Replicas: the database's datastores (every replica may come to
+            // sync all of them after failovers). Two replicas creating at
+            // the same moment may each pass with one place left.
+            let count = match &replicas {
+                Some(_) => store.count_datastores().await?,
+                None => engine.count(),
+            };
+            if count >= max_datastores {
                 return Err(Error::ResourceExhausted(format!(
                     "datastore limit of {max_datastores} reached (max_datastores); delete one before creating another"
                 )));

@@ -48,6 +48,11 @@ pub(crate) struct Replica {
 
 impl Replica {
     pub(crate) async fn start(url: &str, id: &str) -> Self {
+        Self::start_with(url, id, &[]).await
+    }
+
+    /// A replica started with `more` flags besides those of every replica.
+    pub(crate) async fn start_with(url: &str, id: &str, more: &[&str]) -> Self {
         let server = Netsyncd::start_with(
             Path::new("unused"),
             Options {
@@ -60,8 +65,10 @@ impl Replica {
                     "--metrics-listen",
                     "127.0.0.1:0",
                 ]
-                .map(String::from)
-                .to_vec(),
+                .iter()
+                .chain(more)
+                .map(|s| s.to_string())
+                .collect(),
                 db_url: Some(url.to_string()),
                 ..Default::default()
             },
@@ -542,6 +549,37 @@ async fn the_database_refuses_a_stale_owners_commit_and_the_rest_of_its_batch_co
     let refused = log.persist("d", commit(2)).await.unwrap_err();
     assert!(refused.contains("no longer owns"), "{refused}");
     store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_datastores_counts_the_databases_datastores_on_every_replica() {
+    let Some((url, _db)) = database().await else {
+        return;
+    };
+    let sim = Sim::start(generated(5)).await;
+    let mut a = Replica::start_with(&url, "a", &["--max-datastores", "4"]).await;
+    let mut b = Replica::start_with(&url, "b", &["--max-datastores", "4"]).await;
+    for i in 0..4 {
+        let replica = if i % 2 == 0 { &mut a } else { &mut b };
+        replica
+            .client
+            .create_datastore(DatastoreBuilder::new(&format!("m{i}"), sim.addr).create())
+            .await
+            .unwrap();
+    }
+    // Each replica created two and syncs about two: the limit is the
+    // database's four.
+    for replica in [&mut a, &mut b] {
+        let refused = replica
+            .client
+            .create_datastore(DatastoreBuilder::new("m4", sim.addr).create())
+            .await
+            .unwrap_err();
+        assert_status(&refused, Code::ResourceExhausted, &["max_datastores"]);
+    }
+    for replica in [a, b] {
+        assert!(replica.server.terminate().success());
+    }
 }
 
 #[test]
