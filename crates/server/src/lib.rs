@@ -71,6 +71,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// Replica mode: this replica does not agree with the live ones.
+    #[error("replicas: {0}")]
+    Replicas(String),
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -220,6 +223,9 @@ pub async fn serve(
                 .connect_lazy_with(
                     db::Connect::postgres(&config.db).map_err(store::StoreOpenError::from)?,
                 );
+            replicas::check_peers(&pool, replica)
+                .await
+                .map_err(ServeError::Replicas)?;
             let replicas = replicas::Replicas::new(replica.clone(), fence, pool);
             // The listener holds a connection of its own for good.
             let listen_pool = sqlx::postgres::PgPoolOptions::new()

@@ -244,6 +244,37 @@ impl Replicas {
     }
 }
 
+/// Checks, before a replica serves, that the live replicas use its lease
+/// length: every replica decides expiry with its own setting, so a shorter
+/// one would take over leases another still renews in time for itself. An
+/// error names the flag, the other replica and both values.
+pub async fn check_peers(pool: &PgPool, config: &ReplicaConfig) -> Result<(), String> {
+    let peers: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, lease_ms FROM replicas \
+         WHERE id <> $1 AND lease_ms IS NOT NULL AND lease_ms <> $2 \
+           AND seen > now() - make_interval(secs => lease_ms / 1000.0)",
+    )
+    .bind(&config.id)
+    .bind(lease_ms(config))
+    .fetch_all(pool)
+    .await
+    .map_err(|e| format!("cannot read the other replicas: {e}"))?;
+    match peers.first() {
+        None => Ok(()),
+        Some((id, theirs)) => Err(format!(
+            "--lease-seconds {} differs from replica {id:?}'s {} s: every replica of a database \
+             must use the same lease length",
+            config.lease.as_secs_f64(),
+            *theirs as f64 / 1000.0
+        )),
+    }
+}
+
+/// The lease length as the `replicas` table records it.
+fn lease_ms(config: &ReplicaConfig) -> i64 {
+    i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The lease manager's own state.
 struct Manager {
     replicas: Arc<Replicas>,
@@ -354,10 +385,11 @@ impl Manager {
         let me = self.me().to_string();
         let lease = self.lease_secs();
         sqlx::query(
-            "INSERT INTO replicas (id, seen) VALUES ($1, now()) \
-             ON CONFLICT (id) DO UPDATE SET seen = now()",
+            "INSERT INTO replicas (id, seen, lease_ms) VALUES ($1, now(), $2) \
+             ON CONFLICT (id) DO UPDATE SET seen = now(), lease_ms = $2",
         )
         .bind(&me)
+        .bind(lease_ms(&self.replicas.config))
         .execute(&self.pool)
         .await?;
         // Datastores created before replica mode have no lease row yet.

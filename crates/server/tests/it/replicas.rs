@@ -582,6 +582,52 @@ async fn max_datastores_counts_the_databases_datastores_on_every_replica() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_lease_length_than_the_live_ones_is_refused_at_start() {
+    let Some((url, db)) = database().await else {
+        return;
+    };
+    let a = Replica::start(&url, "a").await;
+    // Its first round records its lease length.
+    let started = Instant::now();
+    loop {
+        // An error while a still migrates the database.
+        let recorded: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT lease_ms FROM replicas WHERE id = 'a'")
+                .fetch_optional(&db)
+                .await
+                .unwrap_or_default();
+        if recorded == Some(Some(LEASE as i64 * 1000)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a never recorded its lease: {recorded:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = Netsyncd::run_to_exit(&[
+        "--db",
+        &url,
+        "--replicas",
+        "--replica-id",
+        "b",
+        "--lease-seconds",
+        "7",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--lease-seconds 7 differs from replica \"a\"'s 3 s"),
+        "{stderr}"
+    );
+    // The same length is welcome.
+    let b = Replica::start(&url, "b").await;
+    for replica in [a, b] {
+        assert!(replica.server.terminate().success());
+    }
+}
+
 #[test]
 fn replicas_on_sqlite_are_refused_at_start_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
