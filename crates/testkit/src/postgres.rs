@@ -52,7 +52,15 @@ impl PgCluster {
     /// not start.
     pub fn start() -> Option<Self> {
         let tools = tools::postgres()?;
-        Some(Self::start_with(tools, true))
+        Some(Self::start_as(tools, true, None))
+    }
+
+    /// Starts a new cluster that takes only TLS connections on its port,
+    /// with certificate `server` (see [`crate::pki`]); `None` as for
+    /// [`PgCluster::start`].
+    pub fn start_tls(server: &crate::pki::Leaf) -> Option<Self> {
+        let tools = tools::postgres()?;
+        Some(Self::start_as(tools, true, Some(server)))
     }
 
     /// The cluster shared by every test of this process, started at first
@@ -62,12 +70,12 @@ impl PgCluster {
         SHARED
             .get_or_init(|| {
                 let tools = tools::postgres()?;
-                Some(Self::start_with(tools, false))
+                Some(Self::start_as(tools, false, None))
             })
             .as_ref()
     }
 
-    fn start_with(tools: Postgres, remove: bool) -> Self {
+    fn start_as(tools: Postgres, remove: bool, tls: Option<&crate::pki::Leaf>) -> Self {
         let as_postgres = rustix::process::geteuid().is_root();
         let dir = std::env::temp_dir().join(format!(
             "netsync-pg-{}-{}",
@@ -100,6 +108,10 @@ impl PgCluster {
             .output()
             .expect("initdb runs");
         tools::assert_success("initdb", &initdb);
+        let tls_options = match tls {
+            Some(server) => cluster.take_only_tls(server),
+            None => String::new(),
+        };
         // A free port, taken back from the system just before the start; a
         // port taken meanwhile fails the start, which is tried again.
         let mut last = None;
@@ -109,7 +121,7 @@ impl PgCluster {
                 .expect("a free port")
                 .port();
             let options = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300{tls_options}",
                 cluster.dir.display()
             );
             let started = cluster
@@ -134,6 +146,39 @@ impl PgCluster {
             "PostgreSQL does not start: {:?}\nits log:\n{log}",
             last.expect("tried")
         );
+    }
+
+    /// Puts `server`'s certificate and key in the data directory (the key
+    /// private to the account that runs the cluster, as PostgreSQL demands)
+    /// and lets loopback TCP in only over TLS (`hostssl`); returns the
+    /// server options that turn TLS on.
+    fn take_only_tls(&self, server: &crate::pki::Leaf) -> String {
+        let data = self.data();
+        let write = |name: &str, contents: &str| {
+            let path = data.join(name);
+            std::fs::write(&path, contents).expect("a file in the data directory");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            if self.as_postgres {
+                let chown = Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&path)
+                    .output()
+                    .expect("chown runs");
+                tools::assert_success("chown postgres: of a TLS file", &chown);
+            }
+        };
+        write("server.crt", &server.cert_pem);
+        write("server.key", &server.key_pem);
+        // The socket (local) stays open for the test's own set-up; TCP only
+        // over TLS.
+        write(
+            "pg_hba.conf",
+            &format!(
+                "local all all trust\nhostssl all {USER} 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n"
+            ),
+        );
+        " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into()
     }
 
     /// The cluster's data directory.

@@ -20,6 +20,7 @@ mod intent_values;
 mod intents;
 mod limits;
 mod observability;
+mod postgres_tls;
 mod process;
 mod reconcile;
 mod reconcile_lifecycle;
