@@ -93,7 +93,17 @@ pub enum Connect {
 impl Connect {
     /// PostgreSQL options from a `postgres://` URL.
     pub fn postgres(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-        Ok(PgConnectOptions::from_str(url)?.application_name("netsyncd"))
+        use sqlx::ConnectOptions;
+        // No per-statement log: sqlx would ask `tracing::enabled!` after
+        // every statement, on the runtime's threads (SQLite's run on a thread
+        // of their own), and that question, answered no by both of our
+        // per-layer filters, left the next span created on that thread
+        // disabled: the reconcile job's span went missing from the traces.
+        // Slow statements are still logged (WARN, over 1 s), so a slow
+        // statement may still cost one span.
+        Ok(PgConnectOptions::from_str(url)?
+            .application_name("netsyncd")
+            .log_statements(log::LevelFilter::Off))
     }
 }
 

@@ -562,9 +562,6 @@ async fn terminate_with_logs(daemon: Netsyncd) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_reach_an_otlp_collector() {
-    // On SQLite whatever NETSYNC_TEST_DB says: on PostgreSQL the reconcile
-    // job's span is not entered (its log lines name only the worker's span)
-    // and never exported; not understood yet, tracked in the issue notes.
     let collector = GrpcCollector::start(None).await;
     let sim = Sim::start(generated(20)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -591,7 +588,6 @@ async fn traces_reach_an_otlp_collector() {
                 // The commit's own line ("committed") is at debug.
                 env("RUST_LOG", "info,netsync_core=debug"),
             ],
-            sqlite: true,
             ..Default::default()
         },
     );
