@@ -94,13 +94,14 @@ impl Connect {
     /// PostgreSQL options from a `postgres://` URL.
     pub fn postgres(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
         use sqlx::ConnectOptions;
-        // No per-statement log: sqlx would ask `tracing::enabled!` after
-        // every statement, on the runtime's threads (SQLite's run on a thread
-        // of their own), and that question, answered no by both of our
-        // per-layer filters, left the next span created on that thread
-        // disabled: the reconcile job's span went missing from the traces.
+        // No per-statement log. With it, the reconcile job's span went
+        // missing from the traces, reproducibly, and never without it: sqlx
+        // asks `tracing::enabled!` after every statement, on the runtime's
+        // threads (SQLite's statements run on a thread of their own), and
+        // that question, answered no by both of our per-layer filters,
+        // seems to leave the next span created on that thread disabled.
         // Slow statements are still logged (WARN, over 1 s), so a slow
-        // statement may still cost one span.
+        // statement may still cost a span.
         Ok(PgConnectOptions::from_str(url)?
             .application_name("netsyncd")
             .log_statements(log::LevelFilter::Off))
