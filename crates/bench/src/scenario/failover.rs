@@ -141,19 +141,10 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         tokio::time::sleep(POLL).await;
     }
 
-    // Just before the kill: every lease, what is left of the victim's, and
-    // the revisions it had published.
+    // Just before the kill: every lease, and the revisions the victim had
+    // published of the datastores it owns.
     let victim = REPLICAS[VICTIM];
     let leases_before = leases(&db).await?;
-    let left: HashMap<String, f64> = sqlx::query_as::<_, (String, f64)>(
-        "SELECT datastore, extract(epoch FROM expires - now())::float8 FROM leases \
-         WHERE owner = $1 AND expires > now()",
-    )
-    .bind(victim)
-    .fetch_all(&db)
-    .await?
-    .into_iter()
-    .collect();
     let published: HashMap<String, u64> = netsync_testkit::client::list_datastores(
         &mut replicas[VICTIM].api.client,
         "",
@@ -162,17 +153,38 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     .await
     .context("ListDatastores on the replica to be killed")?
     .into_iter()
-    .filter(|d| left.contains_key(&d.name))
+    .filter(|d| leases_before[&d.name].owner.as_deref() == Some(victim))
     .map(|d| (d.name, d.status.map_or(0, |s| s.revision)))
     .collect();
     ensure!(
-        !left.is_empty(),
+        !published.is_empty(),
         "{victim} owns no datastore of {}: nothing to fail over",
         names.len()
     );
     let killed = replicas.remove(VICTIM);
     let killed_at = Instant::now();
     killed.process.kill_hard().await?;
+    // What was left of its leases at the kill, read once it can renew no
+    // more (a round between a read and the kill would lengthen them): the
+    // time left now, plus the time since the kill.
+    let since_kill = killed_at.elapsed();
+    let left: HashMap<String, f64> = sqlx::query_as::<_, (String, f64)>(
+        "SELECT datastore, extract(epoch FROM expires - now())::float8 FROM leases \
+         WHERE owner = $1",
+    )
+    .bind(victim)
+    .fetch_all(&db)
+    .await?
+    .into_iter()
+    .filter(|(name, _)| published.contains_key(name))
+    .map(|(name, left)| (name, left + since_kill.as_secs_f64()))
+    .collect();
+    ensure!(
+        left.len() == published.len(),
+        "{victim} held {} leases at the kill, {} a moment later",
+        published.len(),
+        left.len()
+    );
 
     // Until every datastore it owned is IN_SYNC on a survivor, at a revision
     // after the ones it had published.
