@@ -277,7 +277,7 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.count("leaves_each", leaves);
     report.count("lease_seconds", lease.as_secs());
     report.count("moved_datastores", left.len() as u64);
-    report.seconds("all_in_sync_seconds", settle_time);
+    report.seconds("settled_seconds", settle_time);
     report.seconds("lease_left_p50_seconds", percentile(&lease_left, 0.5));
     report.seconds("lease_left_max_seconds", percentile(&lease_left, 1.0));
     report.seconds("takeover_p50_seconds", percentile(&takeover, 0.5));
@@ -292,8 +292,9 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.at_most("failover_total_seconds", TARGET_SECONDS);
     report.at_most("other_datastores_moved", 0.0);
     report.note(format!(
-        "3 replicas, {victim} killed with SIGKILL while the device changed {}/s; per datastore it \
-         owned: lease_left = its lease's time left at the kill (database clock), takeover = kill \
+        "3 replicas; settled = first CreateDatastore to all IN_SYNC on their lease's owner with \
+         no lease moved for a lease; {victim} killed with SIGKILL while the device changed {}/s; \
+         per datastore it owned: lease_left = its lease's time left at the kill (database clock), takeover = kill \
          to a survivor's lease, resync = that to IN_SYNC there at a new revision, failover = \
          kill to IN_SYNC (total: the last one); polled every {} ms; target for 1,000 datastores",
         sizes.failover_churn_rate,
