@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
 use netsync_proto::netsync::v1 as pb;
@@ -51,11 +51,13 @@ struct Replica {
 }
 
 /// A datastore's lease as the database has it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Lease {
     /// The owner while the lease is valid; `None`: free or expired.
     owner: Option<String>,
     epoch: i64,
+    /// When it expires, seconds since the Unix epoch.
+    expires: f64,
 }
 
 /// Runs the scenario.
@@ -73,6 +75,7 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     };
     let url = cluster.fresh_database();
     let lease = sizes.failover_lease;
+    let lease_seconds = lease.as_secs_f64();
     let mut sim = start_sim(&ctx.bins, &dir.join("sim"), sizes.failover_leaves).await?;
     let mut device = Device::connect(sim.addr).await?;
     let leaves = device.counters().await?.leaves;
@@ -163,6 +166,7 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     );
     let killed = replicas.remove(VICTIM);
     let killed_at = Instant::now();
+    let killed_wall = unix_seconds(SystemTime::now());
     killed.process.kill_hard().await?;
     // What was left of its leases at the kill, read once it can renew no
     // more (a round between a read and the kill would lengthen them): the
@@ -187,12 +191,20 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     );
 
     // Until every datastore it owned is IN_SYNC on a survivor, at a revision
-    // after the ones it had published.
-    let mut taken: HashMap<String, Duration> = HashMap::new();
+    // after the ones it had published. When a lease was taken is read from
+    // the row as first seen taken: its expiry less the lease, as the taking
+    // round set it (the next renewal is a round away, several polls later).
+    // The database runs on this machine, so its clock is this one's.
+    let mut taken: HashMap<String, f64> = HashMap::new();
     let mut synced: HashMap<String, Duration> = HashMap::new();
     let give_up = killed_at + sizes.deadline;
+    // The longest read of leases and states: what a polled time may lag by,
+    // beside the sleep between reads.
+    let mut longest_read = Duration::ZERO;
     while synced.len() < left.len() {
+        let read = Instant::now();
         let (leases_now, states) = owned_states(&db, &mut replicas).await?;
+        longest_read = longest_read.max(read.elapsed());
         let at = killed_at.elapsed();
         for name in left.keys() {
             let lease = &leases_now[name];
@@ -201,7 +213,9 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
             if !moved {
                 continue;
             }
-            taken.entry(name.clone()).or_insert(at);
+            taken
+                .entry(name.clone())
+                .or_insert(lease.expires - lease_seconds);
             let done = states.get(name).is_some_and(|(_, s)| {
                 in_sync(s) && s.revision > published.get(name).copied().unwrap_or(0)
             });
@@ -223,9 +237,21 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     device.stop_churn().await?;
 
     // No revision lost or written twice across the move, and nothing else
-    // moved.
+    // moved. The new owner's first commit (its resync's) and when it was
+    // made.
     let mut faults = Vec::new();
+    let mut first_commit: HashMap<String, f64> = HashMap::new();
     for name in left.keys() {
+        let first: Option<i64> = sqlx::query_scalar(
+            "SELECT min(time_us) FROM commits WHERE datastore = $1 AND epoch > $2",
+        )
+        .bind(name)
+        .bind(leases_before[name].epoch)
+        .fetch_one(&db)
+        .await?;
+        if let Some(us) = first {
+            first_commit.insert(name.clone(), us as f64 / 1e6);
+        }
         let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
             "SELECT revision, epoch FROM commits WHERE datastore = $1 ORDER BY revision",
         )
@@ -254,23 +280,18 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     settle_and_compare(&mut device, &mut replica.api, &[first], sizes.deadline).await?;
     check_running(&mut replicas, &mut sim)?;
 
-    let sorted = |map: &HashMap<String, Duration>| {
-        let mut values: Vec<Duration> = map.values().copied().collect();
+    let sorted = |values: &mut dyn Iterator<Item = f64>| {
+        let mut values: Vec<Duration> = values
+            .map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX))
+            .collect();
         values.sort();
         values
     };
-    let takeover = sorted(&taken);
-    let failover = sorted(&synced);
-    let mut resync: Vec<Duration> = synced
-        .iter()
-        .map(|(name, at)| at.saturating_sub(taken[name]))
-        .collect();
-    resync.sort();
-    let mut lease_left: Vec<Duration> = left
-        .values()
-        .map(|s| Duration::from_secs_f64(s.max(0.0)))
-        .collect();
-    lease_left.sort();
+    let lease_left = sorted(&mut left.values().copied());
+    let takeover = sorted(&mut taken.values().map(|at| at - killed_wall));
+    let resync = sorted(&mut first_commit.iter().map(|(name, at)| at - taken[name]));
+    let committed = sorted(&mut first_commit.values().map(|at| at - killed_wall));
+    let failover = sorted(&mut synced.values().map(Duration::as_secs_f64));
 
     let mut report = Report::new("failover", ctx.quick);
     report.count("datastores", names.len() as u64);
@@ -284,8 +305,11 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.seconds("takeover_max_seconds", percentile(&takeover, 1.0));
     report.seconds("resync_p50_seconds", percentile(&resync, 0.5));
     report.seconds("resync_max_seconds", percentile(&resync, 1.0));
+    report.seconds("committed_p50_seconds", percentile(&committed, 0.5));
+    report.seconds("committed_max_seconds", percentile(&committed, 1.0));
     report.seconds("failover_p50_seconds", percentile(&failover, 0.5));
     report.seconds("failover_total_seconds", percentile(&failover, 1.0));
+    report.seconds("longest_poll_seconds", longest_read);
     report.flag("revisions_whole", true);
     report.count("other_datastores_moved", others_moved as u64);
     report.flag("running_equals_device", true);
@@ -294,13 +318,23 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
     report.note(format!(
         "3 replicas; settled = first CreateDatastore to all IN_SYNC on their lease's owner with \
          no lease moved for a lease; {victim} killed with SIGKILL while the device changed {}/s; \
-         per datastore it owned: lease_left = its lease's time left at the kill (database clock), takeover = kill \
-         to a survivor's lease, resync = that to IN_SYNC there at a new revision, failover = \
-         kill to IN_SYNC (total: the last one); polled every {} ms; target for 1,000 datastores",
+         per datastore it owned: lease_left = its lease's time left at the kill, takeover = kill \
+         to a survivor's lease, resync = that to the survivor's first commit, committed = kill \
+         to that commit (times of the database's rows); failover = kill to IN_SYNC on the \
+         survivor at a new revision, polled every {} ms plus the poll's own time (longest_poll) \
+         (total: the last one); target for \
+         1,000 datastores",
         sizes.failover_churn_rate,
         POLL.as_millis()
     ));
     Ok(report)
+}
+
+/// `time` as seconds since the Unix epoch, as the database writes times.
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// Fails if a replica or the simulator has exited.
@@ -349,15 +383,25 @@ async fn wait_live(
 
 /// Every datastore's lease.
 async fn leases(db: &PgPool) -> anyhow::Result<HashMap<String, Lease>> {
-    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-        "SELECT datastore, CASE WHEN expires > now() THEN owner END, epoch FROM leases",
+    let rows: Vec<(String, Option<String>, i64, f64)> = sqlx::query_as(
+        "SELECT datastore, CASE WHEN expires > now() THEN owner END, epoch, \
+         extract(epoch FROM expires)::float8 FROM leases",
     )
     .fetch_all(db)
     .await
     .context("reading the leases")?;
     Ok(rows
         .into_iter()
-        .map(|(name, owner, epoch)| (name, Lease { owner, epoch }))
+        .map(|(name, owner, epoch, expires)| {
+            (
+                name,
+                Lease {
+                    owner,
+                    epoch,
+                    expires,
+                },
+            )
+        })
         .collect())
 }
 
