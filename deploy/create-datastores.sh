@@ -8,6 +8,8 @@
 set -eu
 
 NETSYNCD=${NETSYNCD:-netsyncd:50051}
+# Put before each datastore's name (the replicas profile's one-shot sets it).
+NAME_PREFIX=${NAME_PREFIX:-}
 
 # netsyncd binds its port before it opens the database and reloads the stored datastores, so a
 # connection can succeed long before it answers: each check has its own deadline, and only
@@ -51,5 +53,5 @@ create() {
 }
 
 wait_serving
-create device1 device1:57400
-create device2 device2:57400
+create "${NAME_PREFIX}device1" device1:57400
+create "${NAME_PREFIX}device2" device2:57400

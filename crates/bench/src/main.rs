@@ -3,7 +3,7 @@
 //! their gRPC APIs only.
 //!
 //! ```text
-//! cargo run --release -p netsync-bench -- <initial-sync|churn|stall|restart|fleet|watchers|fleet-churn|intent-apply|all> [--quick]
+//! cargo run --release -p netsync-bench -- <initial-sync|churn|stall|restart|fleet|watchers|fleet-churn|intent-apply|failover|all> [--quick]
 //! ```
 //!
 //! Each scenario prints a table (metric, value, target, met or not) and one
@@ -76,9 +76,16 @@ struct Cli {
     /// commit_interval of the datastores, milliseconds.
     #[arg(long, value_name = "MS")]
     commit_interval_ms: Option<u64>,
-    /// Datastores (fleet, fleet-churn).
+    /// Datastores (fleet, fleet-churn, failover).
     #[arg(long, value_name = "N")]
     datastores: Option<usize>,
+    /// Leaves of the device every datastore syncs (fleet, fleet-churn,
+    /// failover).
+    #[arg(long, value_name = "N")]
+    datastore_leaves: Option<usize>,
+    /// The replicas' --lease-seconds in failover.
+    #[arg(long, value_name = "SECONDS")]
+    lease_seconds: Option<u64>,
     /// fleet-churn: run netsyncd under strace, filtered to fsync and
     /// fdatasync, and report the calls it makes (for a netsyncd that does not
     /// count its store transactions). strace slows netsyncd: use such a run
@@ -87,7 +94,8 @@ struct Cli {
     trace_fsyncs: bool,
     /// Store in PostgreSQL instead of SQLite: a throwaway cluster (initdb and
     /// pg_ctl from PATH or /usr/lib/postgresql/*/bin), one database per
-    /// scenario.
+    /// scenario. failover runs on PostgreSQL always (skipped, saying so, where
+    /// there is none and NETSYNC_REQUIRE_POSTGRES is not 1).
     #[arg(long)]
     postgres: bool,
     /// Keep every scenario's directory (databases, logs); a failed scenario's
@@ -124,6 +132,20 @@ impl Cli {
             anyhow::ensure!(datastores > 0, "--datastores must be above 0");
             sizes.fleet_datastores = datastores;
             sizes.fleet_churn_datastores = datastores;
+            sizes.failover_datastores = datastores;
+        }
+        if let Some(leaves) = self.datastore_leaves {
+            anyhow::ensure!(leaves > 0, "--datastore-leaves must be above 0");
+            sizes.fleet_leaves = leaves;
+            sizes.fleet_churn_leaves = leaves;
+            sizes.failover_leaves = leaves;
+        }
+        if let Some(seconds) = self.lease_seconds {
+            anyhow::ensure!(
+                (1..=3600).contains(&seconds),
+                "--lease-seconds must be between 1 and 3600"
+            );
+            sizes.failover_lease = Duration::from_secs(seconds);
         }
         if let Some(ms) = self.commit_interval_ms {
             anyhow::ensure!(ms > 0, "--commit-interval-ms must be above 0");

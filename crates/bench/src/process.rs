@@ -145,6 +145,16 @@ impl Process {
         Ok(self.guard.check_running()?)
     }
 
+    /// Kills it with SIGKILL, as a crash or a lost node would end it (no
+    /// shutdown: nothing released, nothing flushed), and reaps it.
+    pub async fn kill_hard(mut self) -> anyhow::Result<ExitStatus> {
+        let name = self.guard.name().to_string();
+        let exit = tokio::task::spawn_blocking(move || self.guard.kill())
+            .await
+            .with_context(|| format!("the thread killing {name} panicked"))?;
+        Ok(exit?)
+    }
+
     /// Sends SIGTERM and waits up to `deadline` for the exit status (killing
     /// it if it does not exit in time). A tracer passes the signal on to the
     /// program it started and exits with it.
@@ -263,6 +273,19 @@ pub async fn start_netsyncd_with(
     dir: &Path,
     options: NetsyncdOptions,
 ) -> anyhow::Result<Process> {
+    start_netsyncd_on(bins, dir, database(bins, dir), &[], options).await
+}
+
+/// A netsyncd in `dir` storing in `db` (a SQLite path or a PostgreSQL URL:
+/// replicas share one), with `args` after the harness's flags and before
+/// `bins.netsyncd_args`.
+pub async fn start_netsyncd_on(
+    bins: &Binaries,
+    dir: &Path,
+    db: std::ffi::OsString,
+    args: &[String],
+    options: NetsyncdOptions,
+) -> anyhow::Result<Process> {
     std::fs::create_dir_all(dir)?;
     let trace = dir.join("fsyncs.strace");
     let mut command = if options.trace_fsyncs {
@@ -280,7 +303,7 @@ pub async fn start_netsyncd_with(
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .arg("--db")
-        .arg(database(bins, dir))
+        .arg(db)
         // The scenarios open more than the defaults let a client have: 1,000
         // datastores (the default cap exactly) and 101 watchers of one.
         .args([
@@ -293,6 +316,7 @@ pub async fn start_netsyncd_with(
         command.args(["--metrics-listen", "127.0.0.1:0"]);
     }
     command
+        .args(args)
         .args(&bins.netsyncd_args)
         .env(PURGE_DELAY.0, PURGE_DELAY.1)
         .current_dir(dir);

@@ -713,10 +713,11 @@ mod tests {
         assert_eq!(Config::resolve(parse(&[])).unwrap().health_listen, None);
     }
 
-    /// The Kubernetes manifests' configuration is one netsyncd accepts: mutual
-    /// TLS on the API and the plaintext health listener for the probes.
-    #[test]
-    fn the_kubernetes_configuration_is_accepted() {
+    /// The shipped configuration file `path` (under the repository's
+    /// `deploy/kubernetes/`) with its TLS files, taken from a Secret in the
+    /// cluster, written to a temporary folder; returns the folder and the
+    /// file that points at them.
+    fn shipped_with_secrets(path: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let ca = netsync_testkit::pki::Ca::new("cluster CA");
         let server = ca.server(&["netsyncd"]);
@@ -728,13 +729,23 @@ mod tests {
             std::fs::write(dir.path().join(name), pem).unwrap();
         }
         let shipped = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/netsync.toml"),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/kubernetes")
+                .join(path),
         )
         .unwrap();
         assert!(shipped.contains("/etc/netsync-tls/"), "{shipped}");
         let file = dir.path().join("netsync.toml");
         let secrets = format!("{}/", dir.path().display());
         std::fs::write(&file, shipped.replace("/etc/netsync-tls/", &secrets)).unwrap();
+        (dir, file)
+    }
+
+    /// The Kubernetes manifests' configuration is one netsyncd accepts: mutual
+    /// TLS on the API and the plaintext health listener for the probes.
+    #[test]
+    fn the_kubernetes_configuration_is_accepted() {
+        let (_dir, file) = shipped_with_secrets("netsync.toml");
         let mut args = parse(&[]);
         args.config = Some(file);
         let config = Config::resolve(args).unwrap();
@@ -745,6 +756,41 @@ mod tests {
         assert!(
             tls.client_ca_pem.is_some(),
             "clients must present a certificate"
+        );
+    }
+
+    /// The replicas' configuration (deploy/kubernetes/replicas) makes a
+    /// replica once the pod gives the database and the id (as NETSYNC_DB and
+    /// NETSYNC_REPLICA_ID; flags here, which win over the file alike), and
+    /// nothing without a database: it names none itself.
+    #[test]
+    fn the_kubernetes_replicas_configuration_is_accepted() {
+        let (_dir, file) = shipped_with_secrets("replicas/netsync.toml");
+        let mut args = parse(&[
+            "--db",
+            "postgres://netsync@db/netsync",
+            "--replica-id",
+            "netsyncd-1",
+        ]);
+        args.config = Some(file.clone());
+        let config = Config::resolve(args).unwrap();
+        assert_eq!(
+            config.replica,
+            Some(ReplicaConfig {
+                id: "netsyncd-1".into(),
+                lease: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(config.health_listen.as_deref(), Some("0.0.0.0:8081"));
+        assert!(config.authorization.is_some(), "authorization by identity");
+        assert!(config.tls.is_some(), "TLS on the API");
+
+        let mut args = parse(&[]);
+        args.config = Some(file);
+        let error = Config::resolve(args).unwrap_err();
+        assert!(
+            error.to_string().contains("--replicas needs a PostgreSQL"),
+            "{error}"
         );
     }
 

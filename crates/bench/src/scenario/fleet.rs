@@ -28,8 +28,38 @@ pub struct Synced {
     pub datastores: Vec<pb::Datastore>,
 }
 
-/// Creates the datastores `specs` ([`CONCURRENT_CREATES`] calls in flight)
-/// and waits, up to `deadline`, until every datastore of netsyncd is IN_SYNC.
+/// Datastore `name` of a fleet on the simulator at `device`: its own gNMI
+/// target name, as a device multiplexing targets would be addressed.
+pub fn fleet_datastore(
+    name: &str,
+    device: std::net::SocketAddr,
+    commit_interval: Duration,
+) -> pb::Datastore {
+    let mut spec = datastore(name, device, commit_interval);
+    if let Some(target) = spec.target.as_mut() {
+        target.target_name = name.to_string();
+    }
+    spec
+}
+
+/// Creates the datastores `specs`, [`CONCURRENT_CREATES`] calls in flight;
+/// returns how many.
+pub async fn create_all(
+    api: &Netsync,
+    specs: impl Iterator<Item = pb::Datastore>,
+) -> anyhow::Result<usize> {
+    Ok(futures::stream::iter(specs.map(|spec| {
+        let mut api = api.clone();
+        async move { api.create(spec).await }
+    }))
+    .buffer_unordered(CONCURRENT_CREATES)
+    .try_collect::<Vec<()>>()
+    .await?
+    .len())
+}
+
+/// Creates the datastores `specs` ([`create_all`]) and waits, up to
+/// `deadline`, until every datastore of netsyncd is IN_SYNC.
 pub async fn create_in_sync(
     api: &Netsync,
     specs: impl Iterator<Item = pb::Datastore>,
@@ -38,14 +68,7 @@ pub async fn create_in_sync(
     netsyncd: &mut Process,
 ) -> anyhow::Result<Synced> {
     let start = Instant::now();
-    let created = futures::stream::iter(specs.map(|spec| {
-        let mut api = api.clone();
-        async move { api.create(spec).await }
-    }))
-    .buffer_unordered(CONCURRENT_CREATES)
-    .try_collect::<Vec<()>>()
-    .await?
-    .len();
+    let created = create_all(api, specs).await?;
     let created_time = start.elapsed();
     let mut api = api.clone();
     loop {
@@ -86,13 +109,9 @@ pub async fn run(ctx: &Ctx, dir: &Path) -> anyhow::Result<Report> {
         .collect();
 
     let device_addr = sim.addr;
-    let specs = names.iter().map(|name| {
-        let mut spec = datastore(name, device_addr, sizes.commit_interval);
-        if let Some(target) = spec.target.as_mut() {
-            target.target_name = name.clone();
-        }
-        spec
-    });
+    let specs = names
+        .iter()
+        .map(|name| fleet_datastore(name, device_addr, sizes.commit_interval));
     let synced = create_in_sync(&api, specs, sizes.deadline, &mut sim, &mut netsyncd).await?;
     let (created, in_sync_time, all) = (synced.created, synced.in_sync, synced.datastores);
     let memory = netsyncd.memory()?;

@@ -1,8 +1,9 @@
-//! The scenarios of issue 6 and what they share: their sizes, the churn
+//! The scenarios of issue 6 (and `failover`, of replica mode) and what they share: their sizes, the churn
 //! measurement windows, and the end-of-run check that running equals the
 //! device.
 
 mod churn;
+mod failover;
 mod fleet;
 mod fleet_churn;
 mod initial_sync;
@@ -48,13 +49,16 @@ pub enum Scenario {
     FleetChurn,
     /// SetIntent to APPLIED on datastores of a churning device.
     IntentApply,
+    /// Three replicas on PostgreSQL, one killed: time until its datastores
+    /// are IN_SYNC on the others.
+    Failover,
     /// Every scenario, in this order.
     All,
 }
 
 impl Scenario {
     /// Every scenario `all` runs, in order.
-    pub const EACH: [Scenario; 8] = [
+    pub const EACH: [Scenario; 9] = [
         Scenario::InitialSync,
         Scenario::Churn,
         Scenario::Stall,
@@ -63,6 +67,7 @@ impl Scenario {
         Scenario::Watchers,
         Scenario::FleetChurn,
         Scenario::IntentApply,
+        Scenario::Failover,
     ];
 
     /// The name used on the command line and in the JSON.
@@ -76,6 +81,7 @@ impl Scenario {
             Scenario::Watchers => "watchers",
             Scenario::FleetChurn => "fleet-churn",
             Scenario::IntentApply => "intent-apply",
+            Scenario::Failover => "failover",
             Scenario::All => "all",
         }
     }
@@ -154,6 +160,17 @@ pub struct Sizes {
     /// The measuring window of `intent-apply`: long enough for a few hundred
     /// writes, so that the p99 is not the maximum.
     pub apply_window: Duration,
+    /// Datastores in `failover`, shared out among the three replicas.
+    pub failover_datastores: usize,
+    /// Leaves of the `failover` device.
+    pub failover_leaves: usize,
+    /// The replicas' lease in `failover`: a killed replica's datastores wait
+    /// for its expiry and the next round (a third of it) before their resync.
+    pub failover_lease: Duration,
+    /// Leaf changes per second of the `failover` device, which every
+    /// datastore sees: revisions go on across the kill, so that one lost or
+    /// written twice would show.
+    pub failover_churn_rate: f64,
     /// Generous deadline of every wait (a sync, a state, a marker).
     pub deadline: Duration,
 }
@@ -192,6 +209,13 @@ impl Sizes {
             apply_churn_rate: 10_000.0,
             apply_datastores: 8,
             apply_window: Duration::from_secs(60),
+            failover_datastores: 1_000,
+            failover_leaves: 2_000,
+            // Failover = what is left of the lease (up to 5 s) + a round (up
+            // to 1.7 s) + the resync of a third of the fleet: the 15 s
+            // target leaves the resync about 8 s.
+            failover_lease: Duration::from_secs(5),
+            failover_churn_rate: 1.0,
             deadline: Duration::from_secs(300),
         }
     }
@@ -229,6 +253,10 @@ impl Sizes {
             apply_churn_rate: 2_000.0,
             apply_datastores: 2,
             apply_window: Duration::from_secs(4),
+            failover_datastores: 30,
+            failover_leaves: 200,
+            failover_lease: Duration::from_secs(3),
+            failover_churn_rate: 1.0,
             deadline: Duration::from_secs(60),
         }
     }
@@ -258,6 +286,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx, dir: &Path) -> anyhow::Result<Re
         Scenario::Watchers => watchers::run(ctx, dir).await,
         Scenario::FleetChurn => fleet_churn::run(ctx, dir).await,
         Scenario::IntentApply => intent_apply::run(ctx, dir).await,
+        Scenario::Failover => failover::run(ctx, dir).await,
         Scenario::All => bail!("`all` is a list of scenarios, not one"),
     }
 }
