@@ -67,15 +67,15 @@ pub async fn run(
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = backstop.tick() => pickup.look(false).await,
+            _ = backstop.tick() => pickup.look(false, "backstop").await,
             notice = notices.recv() => match notice {
                 Ok(Notice::Changed { channel: Channel::Intents, datastore }) => {
                     if pickup.engine.get(&datastore).is_some() {
-                        pickup.one(&datastore, None).await;
+                        pickup.one(&datastore, None, "notified").await;
                     }
                 }
                 Ok(Notice::Changed { .. }) => {}
-                Ok(Notice::Missed) | Err(RecvError::Lagged(_)) => pickup.look(true).await,
+                Ok(Notice::Missed) | Err(RecvError::Lagged(_)) => pickup.look(true, "missed").await,
                 Err(RecvError::Closed) => return,
             },
         }
@@ -94,8 +94,9 @@ struct Pickup {
 
 impl Pickup {
     /// Looks at every datastore synced here: those whose counters say there
-    /// is something to pick up (every one if `all`) are brought up to date.
-    async fn look(&mut self, all: bool) {
+    /// is something to pick up (every one if `all`) are brought up to date;
+    /// `why` names the occasion in the log.
+    async fn look(&mut self, all: bool, why: &'static str) {
         let synced: Vec<String> = self
             .engine
             .members()
@@ -116,7 +117,7 @@ impl Pickup {
             let now = counters.get(&name).copied().unwrap_or_default();
             let behind = self.seen.get(&name) != Some(&now.intents);
             if all || behind || now.resyncs > now.resyncs_done {
-                self.one(&name, Some(now)).await;
+                self.one(&name, Some(now), why).await;
             }
         }
     }
@@ -145,8 +146,8 @@ impl Pickup {
 
     /// Brings datastore `name` up to date: its intents reloaded, its worker
     /// woken, a Resync asked elsewhere done. `read`: its counters, read
-    /// just now.
-    async fn one(&mut self, name: &str, read: Option<Counters>) {
+    /// just now; `why`: the occasion, for the log.
+    async fn one(&mut self, name: &str, read: Option<Counters>, why: &'static str) {
         // Read before the intents: a write in between moves the counter
         // past the one kept, so the next look loads again (changing
         // nothing, or what came after).
@@ -162,6 +163,9 @@ impl Pickup {
         };
         match self.engine.reload_intents(name).await {
             Ok(changed) => {
+                if changed {
+                    tracing::info!(datastore = %name, by = why, "intent changes made on other replicas picked up");
+                }
                 self.seen.insert(name.to_string(), counters.intents);
                 // Woken even if nothing changed here: the job row may be
                 // one a claim passed over while it was being written.
@@ -173,6 +177,7 @@ impl Pickup {
             }
         }
         if counters.resyncs > counters.resyncs_done {
+            tracing::info!(datastore = %name, by = why, "resync asked on another replica");
             self.resync(name, counters.resyncs).await;
         }
     }
@@ -182,7 +187,6 @@ impl Pickup {
         let Some(sync) = self.engine.get(name) else {
             return;
         };
-        tracing::info!(datastore = %name, "resync asked on another replica");
         sync.resync();
         self.engine.resynced(name).await;
         let datastore = name.to_string();
