@@ -22,11 +22,11 @@
 //! owner meanwhile (a new owner does it on top of the resync every start
 //! does: harmless).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Conn, Readers};
@@ -65,19 +65,46 @@ pub async fn run(
     let mut backstop = tokio::time::interval(BACKSTOP);
     backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             () = stop.cancelled() => return,
-            _ = backstop.tick() => pickup.look(false, "backstop").await,
-            notice = notices.recv() => match notice {
-                Ok(Notice::Changed { channel: Channel::Intents, datastore }) => {
-                    if pickup.engine.get(&datastore).is_some() {
-                        pickup.one(&datastore, None, "notified").await;
-                    }
+            _ = backstop.tick() => {
+                pickup.look(false, "backstop").await;
+                continue;
+            }
+            notice = notices.recv() => notice,
+        };
+        // What came meanwhile is taken together: a burst of writes to one
+        // datastore costs one reload.
+        let mut changed = BTreeSet::new();
+        let mut missed = false;
+        let mut next = first;
+        loop {
+            match next {
+                Ok(Notice::Changed {
+                    channel: Channel::Intents,
+                    datastore,
+                }) => {
+                    changed.insert(datastore);
                 }
                 Ok(Notice::Changed { .. }) => {}
-                Ok(Notice::Missed) | Err(RecvError::Lagged(_)) => pickup.look(true, "missed").await,
+                Ok(Notice::Missed) | Err(RecvError::Lagged(_)) => missed = true,
                 Err(RecvError::Closed) => return,
-            },
+            }
+            next = match notices.try_recv() {
+                Ok(notice) => Ok(notice),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => break,
+            };
+        }
+        if missed {
+            pickup.look(true, "missed").await;
+            continue;
+        }
+        for datastore in changed {
+            if pickup.engine.get(&datastore).is_some() {
+                pickup.one(&datastore, None, "notified").await;
+            }
         }
     }
 }
@@ -105,7 +132,8 @@ impl Pickup {
             .collect();
         // Forgotten when no longer synced here: a datastore synced here
         // again is looked at afresh.
-        self.seen.retain(|name, _| synced.contains(name));
+        let here: HashSet<&String> = synced.iter().collect();
+        self.seen.retain(|name, _| here.contains(name));
         let counters = match self.counters(&synced).await {
             Ok(counters) => counters,
             Err(e) => {

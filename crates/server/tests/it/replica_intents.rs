@@ -133,6 +133,18 @@ async fn jobs_applied(replica: &Replica, name: &str) -> Option<f64> {
     )
 }
 
+/// Waits for the owner's job to send a Set (a Revert event APPLYING).
+async fn applying(events: &mut tonic::Streaming<pb::SyncEvent>) {
+    loop {
+        let event = client::next_event(events).await;
+        if let Some(pb::sync_event::Event::Revert(r)) = event.event
+            && r.phase == pb::RevertPhase::Applying as i32
+        {
+            return;
+        }
+    }
+}
+
 fn set_request(name: &str, intent: Option<pb::Intent>) -> pb::SetIntentRequest {
     pb::SetIntentRequest {
         datastore: name.into(),
@@ -208,7 +220,7 @@ async fn an_intent_set_on_a_replica_that_does_not_sync_it_is_applied_by_the_owne
         assert_eq!(there.message(), here.message());
     }
     assert!(
-        sim.leaves().await.get(MOTD).is_none(),
+        !sim.leaves().await.contains_key(MOTD),
         "nothing was written"
     );
 
@@ -236,7 +248,16 @@ async fn an_intent_set_on_a_replica_that_does_not_sync_it_is_applied_by_the_owne
     // the device holds it, the owner shows it APPLIED, and only the owner
     // ran a job for it.
     let revision = client::status(&mut owner, &name).await.revision;
+    let mut events = client::watch(&mut owner, &name, 0).await;
+    let started = Instant::now();
     let written = set_intent(&mut writer, &name, remote.clone()).await;
+    let replied = started.elapsed();
+    applying(&mut events).await;
+    eprintln!(
+        "SetIntent on a replica that does not sync it: answered in {replied:?}, the owner's \
+         job sending its Set {:?} after the call",
+        started.elapsed()
+    );
     assert_eq!(
         written.status.as_ref().unwrap().state,
         pb::IntentState::Pending as i32
