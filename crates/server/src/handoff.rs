@@ -143,7 +143,13 @@ impl Pickup {
         };
         for name in synced {
             let now = counters.get(&name).copied().unwrap_or_default();
-            let behind = self.seen.get(&name) != Some(&now.intents);
+            // First seen here (just started, its intents loaded from the
+            // database): reloaded if any intent write ever moved its
+            // counter, since one may have committed after that load. None
+            // did: nothing to pick up, which spares a takeover of many
+            // datastores as many reloads.
+            let seen = *self.seen.entry(name.clone()).or_insert(0);
+            let behind = seen != now.intents;
             if all || behind || now.resyncs > now.resyncs_done {
                 self.one(&name, Some(now), why).await;
             }
