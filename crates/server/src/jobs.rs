@@ -3,10 +3,12 @@
 //! trigger coalesces into the queued row. Claiming a job, absorbing the queued
 //! row into the running one, and finishing are each one transaction; a
 //! running row left behind (a crash, a failed finish) is claimed again by the
-//! next [`take_due`]. Writes run inside the one writer's
-//! transactions (see [`crate::writer`]), so a read-then-write here is never
-//! interleaved with another writer, and an intent row and the job that
-//! applies it commit together.
+//! next [`take_due`]. Writes run inside the writer's transactions (see
+//! [`crate::writer`]), so an intent row and the job that applies it commit
+//! together. With one netsyncd a read-then-write here is never interleaved
+//! with another writer. Replicas on PostgreSQL each have a writer: only the
+//! datastore's owner claims (fenced), but any replica may queue (an intent
+//! write), so the rows read are locked (see [`Lock`]).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
