@@ -401,6 +401,82 @@ impl Engine {
         }
     }
 
+    /// Reloads the intents of `name` from the database and applies what
+    /// differs from memory (replica mode: written or deleted on another
+    /// replica), under [`Engine::intent_lock`] so that this replica's own
+    /// writes, which hold it from their store write to their memory update,
+    /// are seen whole: reloading after one of them changes nothing. Each
+    /// intent written elsewhere is PENDING and makes a running job plan
+    /// again, as a write here does; one that today's validation refuses is
+    /// held aside as at start. Returns whether anything changed.
+    pub async fn reload_intents(&self, name: &str) -> Result<bool, Error> {
+        let Some(entry) = self.entry(name) else {
+            return Ok(false);
+        };
+        let _writing = entry.lock.clone().lock_owned().await;
+        let stored = self.store.list_intents(name).await?;
+        let spec = entry.sync.spec();
+        let mut changed = false;
+        let mut names = std::collections::BTreeSet::new();
+        for proto in stored {
+            names.insert(proto.name.clone());
+            let held = entry.sync.intent(&proto.name);
+            // Equal as stored, or as validated (an intent loaded at start
+            // from an older netsync's form): either way nothing changed.
+            let same = |intent: &Intent| {
+                held.as_ref()
+                    .is_some_and(|h| h == intent || convert::intent_to_proto(h) == proto)
+            };
+            match convert::intent_for_datastore(proto.clone(), "intent", spec) {
+                Ok(intent) => {
+                    let was_unusable = entry
+                        .unusable
+                        .lock()
+                        .expect("lock")
+                        .contains_key(&intent.name);
+                    if was_unusable || !same(&intent) {
+                        tracing::info!(datastore = %name, intent = %intent.name, "intent written on another replica picked up");
+                        entry.unusable.lock().expect("lock").remove(&intent.name);
+                        entry.tracker.written(&intent.name);
+                        entry.sync.set_intent(intent);
+                        changed = true;
+                    }
+                }
+                Err(e) => {
+                    let mut unusable = entry.unusable.lock().expect("lock");
+                    if unusable.get(&proto.name) != Some(&proto) {
+                        let error = format!(
+                            "the stored intent cannot be used: {} {}; it is not sent to the \
+                             device until SetIntent replaces it (DeleteIntent removes it)",
+                            e.field, e.message
+                        );
+                        tracing::error!(datastore = %name, intent = %proto.name, %error, "stored intent refused by today's validation");
+                        entry.sync.remove_intent(&proto.name);
+                        entry.tracker.unusable(&proto.name, error);
+                        unusable.insert(proto.name.clone(), proto);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        let gone: Vec<String> = entry
+            .sync
+            .intents()
+            .into_iter()
+            .map(|i| i.name)
+            .chain(entry.unusable.lock().expect("lock").keys().cloned())
+            .filter(|n| !names.contains(n))
+            .collect();
+        for intent in gone {
+            tracing::info!(datastore = %name, %intent, "intent deleted on another replica picked up");
+            entry.sync.remove_intent(&intent);
+            entry.unusable.lock().expect("lock").remove(&intent);
+            entry.tracker.removed(&intent);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
     /// Stored intent `intent` of `name` that today's validation refuses, as
     /// stored, with its (FAILING) status; see [`Engine::start`].
     pub fn unusable_intent(&self, name: &str, intent: &str) -> Option<pb::Intent> {

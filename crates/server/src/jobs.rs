@@ -3,10 +3,12 @@
 //! trigger coalesces into the queued row. Claiming a job, absorbing the queued
 //! row into the running one, and finishing are each one transaction; a
 //! running row left behind (a crash, a failed finish) is claimed again by the
-//! next [`take_due`]. Writes run inside the one writer's
-//! transactions (see [`crate::writer`]), so a read-then-write here is never
-//! interleaved with another writer, and an intent row and the job that
-//! applies it commit together.
+//! next [`take_due`]. Writes run inside the writer's transactions (see
+//! [`crate::writer`]), so an intent row and the job that applies it commit
+//! together. With one netsyncd a read-then-write here is never interleaved
+//! with another writer. Replicas on PostgreSQL each have a writer: only the
+//! datastore's owner claims (fenced), but any replica may queue (an intent
+//! write), so the rows read are locked (see [`Lock`]).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -74,20 +76,12 @@ pub async fn enqueue(conn: &mut Conn, datastore: &str, trigger: &Trigger) -> Res
         Trigger::Withdraw(paths) => (now, vec![], paths.iter().map(|k| k.to_string()).collect()),
         Trigger::Revert(debounce) => (now + *debounce, vec![], vec![]),
     };
-    let existing: Option<Columns> = on_conn!(&mut *conn, conn => {
-        sqlx::query_as(
-            "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = $1 AND running = $2",
-        )
-        .bind(datastore)
-        .bind(false)
-        .fetch_optional(&mut *conn)
-        .await?
-    });
+    // Locked (PostgreSQL) until the commit: a write on another replica
+    // than the owner waits for a claim of the owner in progress, and then
+    // sees that the row it read is running now (and queues a new one).
+    let existing = get(conn, datastore, false, Lock::Wait).await?;
     let created = existing.is_none();
-    let mut job = match existing {
-        Some(row) => decode(row)?,
-        None => Job::default(),
-    };
+    let mut job = existing.unwrap_or_default();
     // The earliest start wins: under steady drift a revert still runs once
     // the first debounce has passed.
     job.not_before = Some(job.not_before.map_or(not_before, |t| t.min(not_before)));
@@ -156,18 +150,55 @@ async fn put(conn: &mut Conn, datastore: &str, running: bool, job: &Job) -> Resu
     Ok(())
 }
 
+/// How [`get`] locks the row it reads on PostgreSQL, until the commit.
+/// SQLite has one writer: every transaction there is alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// `FOR UPDATE`: waits for a transaction that holds it (an intent write
+    /// queueing a job must see a claim that went first).
+    Wait,
+    /// `FOR UPDATE SKIP LOCKED`: the owner's claims pass over a row an
+    /// intent write of another replica is changing; that write's
+    /// notification wakes the owner's worker when it commits.
+    Skip,
+}
+
 /// The job row of `datastore` in state `running` (false: queued, true:
-/// running).
-async fn get(conn: &mut Conn, datastore: &str, running: bool) -> Result<Option<Job>, Error> {
-    let row: Option<Columns> = on_conn!(conn, conn => {
-        sqlx::query_as(
-            "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = $1 AND running = $2",
-        )
-        .bind(datastore)
-        .bind(running)
-        .fetch_optional(&mut *conn)
-        .await?
-    });
+/// running), locked (see [`Lock`]).
+async fn get(
+    conn: &mut Conn,
+    datastore: &str,
+    running: bool,
+    lock: Lock,
+) -> Result<Option<Job>, Error> {
+    let row: Option<Columns> = match conn {
+        Conn::Sqlite(conn) => {
+            sqlx::query_as(
+                "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs WHERE datastore = $1 AND running = $2",
+            )
+            .bind(datastore)
+            .bind(running)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        Conn::Postgres(conn) => {
+            let query = match lock {
+                Lock::Wait => {
+                    "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs \
+                     WHERE datastore = $1 AND running = $2 FOR UPDATE"
+                }
+                Lock::Skip => {
+                    "SELECT not_before_us, apply, withdrawn FROM reconcile_jobs \
+                     WHERE datastore = $1 AND running = $2 FOR UPDATE SKIP LOCKED"
+                }
+            };
+            sqlx::query_as(query)
+                .bind(datastore)
+                .bind(running)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
     row.map(decode).transpose()
 }
 
@@ -184,7 +215,11 @@ async fn remove(conn: &mut Conn, datastore: &str, running: bool) -> Result<(), E
 }
 
 /// Claims the job of `datastore` to run, in one transaction; else says how
-/// long until the queued one is due (`None`: nothing queued).
+/// long until the queued one is due (`None`: nothing queued). Only the
+/// owner claims (fenced in replica mode), and on PostgreSQL it passes over
+/// rows locked by an intent write in progress (`FOR UPDATE SKIP LOCKED`):
+/// it never waits for another replica's transaction, and is woken when that
+/// write commits.
 ///
 /// The claimed job is the queued one if it is due, merged into a running row
 /// that is still there: a job whose end could not be recorded ([`finish`]
@@ -199,8 +234,8 @@ pub async fn take_due(
     writer
         .write_owned(&datastore.clone(), move |conn| {
             Box::pin(async move {
-                let leftover = get(conn, &datastore, true).await?;
-                let queued = get(conn, &datastore, false).await?;
+                let leftover = get(conn, &datastore, true, Lock::Skip).await?;
+                let queued = get(conn, &datastore, false, Lock::Skip).await?;
                 let now = SystemTime::now();
                 let wait = queued.as_ref().and_then(|job| {
                     job.not_before
@@ -246,10 +281,12 @@ pub async fn absorb(writer: &Writer, datastore: &str) -> Result<Option<Job>, Err
     writer
         .write_owned(&datastore.clone(), move |conn| {
             Box::pin(async move {
-                let Some(queued) = get(conn, &datastore, false).await? else {
+                let Some(queued) = get(conn, &datastore, false, Lock::Skip).await? else {
                     return Ok(None);
                 };
-                let mut job = get(conn, &datastore, true).await?.unwrap_or_default();
+                let mut job = get(conn, &datastore, true, Lock::Skip)
+                    .await?
+                    .unwrap_or_default();
                 job.merge(queued);
                 remove(conn, &datastore, false).await?;
                 put(conn, &datastore, true, &job).await?;

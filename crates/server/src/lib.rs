@@ -9,6 +9,7 @@ pub mod db;
 pub mod dry_run;
 pub mod engine;
 pub mod error;
+pub mod handoff;
 pub mod health_probe;
 pub mod intent_status;
 pub mod jobs;
@@ -213,7 +214,7 @@ pub async fn serve(
     // A replica syncs the datastores whose leases it takes, started by its
     // lease manager; it loads none here.
     let stop_leases = tokio_util::sync::CancellationToken::new();
-    let (replicas, lease_manager) = match (&config.replica, fence) {
+    let (replicas, lease_manager, handoffs) = match (&config.replica, fence) {
         (Some(replica), Some(fence)) => {
             // Its own connections: renewals never queue behind the writer's
             // batches.
@@ -245,9 +246,17 @@ pub async fn serve(
                 engine.clone(),
                 stop_leases.clone(),
             ));
-            (Some(replicas), Some(task))
+            // Intent writes and Resyncs made on other replicas reach the
+            // datastores synced here.
+            let handoffs = tokio::spawn(handoff::run(
+                replicas.clone(),
+                store.clone(),
+                engine.clone(),
+                stop_leases.clone(),
+            ));
+            (Some(replicas), Some(task), Some(handoffs))
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     // Every stored datastore's running is loaded and served at once; its sync
     // then resumes with a resync. One whose rows cannot be loaded is served
@@ -422,6 +431,9 @@ pub async fn serve(
     // the others take them within a round.
     stop_leases.cancel();
     if let Some(task) = lease_manager {
+        let _ = task.await;
+    }
+    if let Some(task) = handoffs {
         let _ = task.await;
     }
     engine.stop_all().await;

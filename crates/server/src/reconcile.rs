@@ -857,6 +857,21 @@ pub fn dry_run(
     plan_write(sync.spec(), &snapshot, sync.intents(), failing, intent)
 }
 
+/// [`dry_run`] on a replica that does not sync the datastore: planned the
+/// same way from what the database holds, `snapshot` (running at its newest
+/// committed revision) and `intents` (the stored ones today's validation
+/// takes). Intent statuses live with the owner, so no intent counts as
+/// FAILING here: the leaves of one the owner holds back as FAILING may be
+/// in this plan.
+pub fn dry_run_stored(
+    spec: &DatastoreSpec,
+    snapshot: &Snapshot,
+    intents: Vec<Intent>,
+    intent: Intent,
+) -> Result<DryRun, String> {
+    plan_write(spec, snapshot, intents, BTreeSet::new(), intent)
+}
+
 /// What writing `intent` would do: the first Set of the job the write
 /// would queue (an apply of `intent`, which also reverts the drift of
 /// revertive intents when revert is enabled, as every job does), planned by

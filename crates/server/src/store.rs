@@ -23,6 +23,7 @@ use crate::convert::{self, Secrets};
 use crate::db::{Backend, Conn, Connect, Readers, on_conn, on_readers};
 use crate::error::Error;
 use crate::jobs::{self, Trigger};
+use crate::notify::{self, Channel};
 use crate::stored_time::{from_micros, to_micros};
 use crate::writer::{ConnectError, Fence, PageLimit, Writer, WriterOptions};
 
@@ -402,41 +403,73 @@ impl Store {
             .await
     }
 
-    /// Creates or replaces an intent of `datastore` and queues `triggers`
-    /// (applying it, withdrawing the leaves it no longer sets), in one
-    /// transaction; returns whether a new job was queued (rather than merged
-    /// into a queued one). Writes nothing unless the datastore is still the
-    /// incarnation `uid` (see [`check_uid`]).
+    /// Creates or replaces `intent` of `datastore` and queues the job that
+    /// applies it, in one transaction; returns whether a new job was queued
+    /// (rather than merged into a queued one) and the intent as stored.
+    /// The leaves the previous version set and this one does not leave the
+    /// device in the same job (unless another intent provides them, as on
+    /// DeleteIntent): those of the previous version as stored, read in the
+    /// transaction and checked against `spec` (a stored intent today's
+    /// validation refuses was never sent, so withdraws nothing), and
+    /// `dropped_in_memory`, those of the version the caller's sync holds.
+    /// `stamp`: the intent's revision is the newest committed in the
+    /// database, read in the transaction (a replica that does not sync the
+    /// datastore has no running of its own to take it from). Writes nothing
+    /// unless the datastore is still the incarnation `uid` (see
+    /// [`check_uid`]). In replica mode the owner is told (see
+    /// [`hand_off_intents`]).
     pub async fn put_intent(
         &self,
         datastore: &str,
         uid: &str,
         intent: &netsync_core::intent::Intent,
-        triggers: Vec<Trigger>,
-    ) -> Result<bool, Error> {
-        let body = convert::intent_to_proto(intent).encode_to_vec();
-        let (datastore, name) = (datastore.to_string(), intent.name.clone());
-        let uid = uid.to_string();
+        spec: &DatastoreSpec,
+        dropped_in_memory: Vec<netsync_core::running::Key>,
+        stamp: bool,
+    ) -> Result<(bool, netsync_core::intent::Intent), Error> {
+        let (datastore, mut intent) = (datastore.to_string(), intent.clone());
+        let (uid, spec) = (uid.to_string(), spec.clone());
+        let replicated = self.writer.fence().is_some();
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
                     check_uid(conn, &datastore, &uid).await?;
+                    if replicated {
+                        hand_off_intents(conn, &datastore).await?;
+                    }
+                    let previous = stored_intent(conn, &datastore, &intent.name, false).await?;
+                    if stamp {
+                        let newest: Option<i64> = on_conn!(&mut *conn, conn => {
+                            sqlx::query_scalar("SELECT MAX(revision) FROM commits WHERE datastore = $1")
+                                .bind(&datastore)
+                                .fetch_one(&mut *conn)
+                                .await?
+                        });
+                        intent.revision = newest.map_or(0, |r| r as u64);
+                    }
+                    let mut dropped: BTreeSet<_> = dropped_in_memory.into_iter().collect();
+                    dropped.extend(usable_leaves(previous.as_deref(), &spec));
+                    dropped.retain(|k| !intent.updates.contains_key(k));
+                    let body = convert::intent_to_proto(&intent).encode_to_vec();
                     on_conn!(&mut *conn, conn => {
                         sqlx::query(
                             "INSERT INTO intents (datastore, name, body) VALUES ($1, $2, $3) \
                              ON CONFLICT (datastore, name) DO UPDATE SET body = excluded.body",
                         )
                         .bind(&datastore)
-                        .bind(&name)
+                        .bind(&intent.name)
                         .bind(body)
                         .execute(&mut *conn)
                         .await?;
                     });
-                    let mut created = false;
-                    for trigger in &triggers {
-                        created |= jobs::enqueue(conn, &datastore, trigger).await?;
+                    // Through the reconcile queue, even when non-revertive.
+                    let mut created =
+                        jobs::enqueue(conn, &datastore, &Trigger::Apply(intent.name.clone())).await?;
+                    if !dropped.is_empty() {
+                        let withdraw = Trigger::Withdraw(dropped.into_iter().collect());
+                        created |= jobs::enqueue(conn, &datastore, &withdraw).await?;
                     }
-                    Ok(created)
+                    Ok((created, intent))
                 })
             })
             .await
@@ -444,38 +477,36 @@ impl Store {
 
     /// Deletes an intent and queues the job that withdraws its leaves, in one
     /// transaction; returns whether a new job was queued. `in_memory` says
-    /// whether the engine holds the intent, `withdrawn` are the leaves it
-    /// holds for it: an intent held in only one of the two places is still
+    /// whether the caller's sync holds the intent, `withdrawn` are the leaves
+    /// it holds for it: an intent held in only one of the two places is still
     /// deleted (and its leaves, from either, withdrawn), so that the store and
-    /// the engine agree again. `NotFound` only when neither holds it.
-    /// `withdraw_stored`: whether the stored row's leaves are withdrawn too
-    /// (not for an intent the engine holds aside as unusable). Deletes
-    /// nothing unless the datastore is still the incarnation `uid` (see
-    /// [`check_uid`]).
+    /// the engine agree again. `NotFound` only when neither holds it. The
+    /// stored row's leaves are withdrawn if it passes today's validation
+    /// against `spec` (one that does not was never sent to the device by
+    /// this netsync: deleting it sends nothing either). Deletes nothing
+    /// unless the datastore is still the incarnation `uid` (see
+    /// [`check_uid`]). In replica mode the owner is told (see
+    /// [`hand_off_intents`]).
     pub async fn delete_intent(
         &self,
         datastore: &str,
         uid: &str,
         name: &str,
+        spec: &DatastoreSpec,
         in_memory: bool,
         withdrawn: Vec<netsync_core::running::Key>,
-        withdraw_stored: bool,
     ) -> Result<bool, Error> {
         let (datastore, name) = (datastore.to_string(), name.to_string());
-        let uid = uid.to_string();
+        let (uid, spec) = (uid.to_string(), spec.clone());
+        let replicated = self.writer.fence().is_some();
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
                     check_uid(conn, &datastore, &uid).await?;
-                    let body: Option<Vec<u8>> = on_conn!(&mut *conn, conn => {
-                        sqlx::query_scalar(
-                            "DELETE FROM intents WHERE datastore = $1 AND name = $2 RETURNING body",
-                        )
-                        .bind(&datastore)
-                        .bind(&name)
-                        .fetch_optional(&mut *conn)
-                        .await?
-                    });
+                    if replicated {
+                        hand_off_intents(conn, &datastore).await?;
+                    }
+                    let body = stored_intent(conn, &datastore, &name, true).await?;
                     if body.is_none() && !in_memory {
                         return Err(Error::NotFound {
                             kind: "intent",
@@ -483,17 +514,37 @@ impl Store {
                         });
                     }
                     let mut withdrawn: BTreeSet<_> = withdrawn.into_iter().collect();
-                    // The stored leaves too, when the engine lost them. A body
-                    // that cannot be read adds none (it is deleted all the same).
-                    if let Some(body) = body
-                        && withdraw_stored
-                        && let Ok(proto) = netsync_proto::netsync::v1::Intent::decode(&body[..])
-                        && let Ok(stored) = convert::intent_from_proto(proto, "stored")
-                    {
-                        withdrawn.extend(stored.updates.into_keys());
-                    }
+                    // The stored leaves too, when the engine lost them.
+                    withdrawn.extend(usable_leaves(body.as_deref(), &spec));
                     let trigger = Trigger::Withdraw(withdrawn.into_iter().collect());
                     jobs::enqueue(conn, &datastore, &trigger).await
+                })
+            })
+            .await
+    }
+
+    /// Asks the owner of `datastore` (another replica) to resync it: a
+    /// counter it compares with the resyncs it did, so the request survives
+    /// a lost notification and a change of owner (see [`crate::handoff`]).
+    /// Asks nothing unless the datastore is still the incarnation `uid`.
+    pub async fn hand_off_resync(&self, datastore: &str, uid: &str) -> Result<(), Error> {
+        let (datastore, uid) = (datastore.to_string(), uid.to_string());
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    check_uid(conn, &datastore, &uid).await?;
+                    let Conn::Postgres(pg) = conn else {
+                        return Ok(());
+                    };
+                    sqlx::query(
+                        "INSERT INTO handoffs (datastore, resyncs) VALUES ($1, 1) \
+                         ON CONFLICT (datastore) DO UPDATE SET resyncs = handoffs.resyncs + 1",
+                    )
+                    .bind(&datastore)
+                    .execute(&mut *pg)
+                    .await?;
+                    notify::send(pg, Channel::Intents, &[&datastore]).await?;
+                    Ok(())
                 })
             })
             .await
@@ -663,6 +714,59 @@ async fn check_uid(conn: &mut Conn, datastore: &str, uid: &str) -> Result<(), Er
         )),
         Some(_) => Ok(()),
     }
+}
+
+/// In replica mode, first thing in an intent write's transaction (after
+/// [`check_uid`]): moves the datastore's `handoffs.intents` counter and
+/// notifies [`Channel::Intents`] at commit, so that its owner reloads its
+/// intents (see [`crate::handoff`]). The counter's row lock, held until the
+/// commit, also makes the intent writes of one datastore, from every
+/// replica, one at a time: each reads the previous version of its intent
+/// only after the one before it committed.
+async fn hand_off_intents(conn: &mut Conn, datastore: &str) -> Result<(), Error> {
+    let Conn::Postgres(pg) = conn else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO handoffs (datastore, intents) VALUES ($1, 1) \
+         ON CONFLICT (datastore) DO UPDATE SET intents = handoffs.intents + 1",
+    )
+    .bind(datastore)
+    .execute(&mut *pg)
+    .await?;
+    notify::send(pg, Channel::Intents, &[datastore]).await?;
+    Ok(())
+}
+
+/// The stored body of intent `name` of `datastore`, if any, inside a
+/// write's transaction; `delete`: the row is deleted too.
+async fn stored_intent(
+    conn: &mut Conn,
+    datastore: &str,
+    name: &str,
+    delete: bool,
+) -> Result<Option<Vec<u8>>, Error> {
+    let query = if delete {
+        "DELETE FROM intents WHERE datastore = $1 AND name = $2 RETURNING body"
+    } else {
+        "SELECT body FROM intents WHERE datastore = $1 AND name = $2"
+    };
+    Ok(on_conn!(conn, conn => {
+        sqlx::query_scalar(query)
+            .bind(datastore)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?
+    }))
+}
+
+/// The leaves a stored intent body sets, if it passes today's validation
+/// against `spec`; none otherwise (it was never sent to the device).
+fn usable_leaves(body: Option<&[u8]>, spec: &DatastoreSpec) -> Vec<netsync_core::running::Key> {
+    body.and_then(|body| netsync_proto::netsync::v1::Intent::decode(body).ok())
+        .and_then(|proto| convert::intent_for_datastore(proto, "stored", spec).ok())
+        .map(|intent| intent.updates.into_keys().collect())
+        .unwrap_or_default()
 }
 
 /// Gives every datastore row without a uid (stored before uids existed, or

@@ -17,7 +17,6 @@ use crate::convert::{self, Secrets};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::intent_status::IntentStatus;
-use crate::jobs::Trigger;
 use crate::limits::{ApiLimits, WatchMemory, WatcherSlots};
 use crate::reconcile;
 use crate::replicas::Replicas;
@@ -196,6 +195,85 @@ impl NetSyncService {
             }
             DatastoreRow::Unreadable { reason, .. } => Err(stopped(name, &reason)),
         }
+    }
+
+    /// SetIntent of a datastore another replica syncs (`ds`, as stored):
+    /// validated as its owner validates, against the stored declaration;
+    /// written with the job that applies it, the owner told (see
+    /// [`crate::handoff`]). The reply is the owner's: PENDING, at the
+    /// newest revision committed. `validate_only` plans from the database.
+    async fn set_intent_elsewhere(
+        &self,
+        req: pb::SetIntentRequest,
+        ds: StoredDatastore,
+    ) -> Result<pb::Intent, Error> {
+        let intent = req
+            .intent
+            .ok_or_else(|| Error::invalid("intent", "is required"))?;
+        let mut intent = convert::intent_for_datastore(intent, "intent", &ds.spec)?;
+        if req.validate_only {
+            let name = &req.datastore;
+            let log = self.engine.log();
+            let revision = log.newest(name).await?.unwrap_or(0);
+            let running = if revision == 0 {
+                netsync_core::running::Running::new()
+            } else {
+                log.read_at(name, revision).await?
+            };
+            let snapshot = netsync_core::sync::Snapshot {
+                revision,
+                time: None,
+                running,
+            };
+            // The stored intents as the owner holds them: those today's
+            // validation refuses are held aside there too.
+            let intents = self
+                .store
+                .list_intents(name)
+                .await?
+                .into_iter()
+                .filter_map(|i| convert::intent_for_datastore(i, "intent", &ds.spec).ok())
+                .collect();
+            let plan = reconcile::dry_run_stored(&ds.spec, &snapshot, intents, intent.clone())
+                .map_err(|e| {
+                    tracing::error!(datastore = %name, intent = %intent.name, error = %e, "cannot plan an intent");
+                    Error::Internal(format!("cannot plan the intent: {e}"))
+                })?;
+            intent.revision = plan.revision;
+            let mut reply = convert::intent_with_status(&intent, &IntentStatus::pending());
+            reply.plan = Some(convert::plan_to_proto(&plan));
+            return Ok(reply);
+        }
+        let store = self.store.clone();
+        to_completion(async move {
+            let (_, intent) = store
+                .put_intent(&req.datastore, &ds.uid, &intent, &ds.spec, Vec::new(), true)
+                .await?;
+            tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set; its owner applies it");
+            Ok(convert::intent_with_status(&intent, &IntentStatus::pending()))
+        })
+        .await
+    }
+
+    /// DeleteIntent of a datastore another replica syncs (`ds`, as stored):
+    /// deleted with the job that withdraws its leaves, the owner told.
+    async fn delete_intent_elsewhere(
+        &self,
+        req: pb::DeleteIntentRequest,
+        ds: StoredDatastore,
+    ) -> Result<(), Error> {
+        if req.name.is_empty() {
+            return Err(Error::invalid("name", "is required"));
+        }
+        let store = self.store.clone();
+        to_completion(async move {
+            store
+                .delete_intent(&req.datastore, &ds.uid, &req.name, &ds.spec, false, Vec::new())
+                .await?;
+            tracing::info!(datastore = %req.datastore, intent = %req.name, "intent deleted; its owner withdraws it");
+            Ok(())
+        })
+        .await
     }
 
     /// WatchSync, its messages encoded (see [`NetSyncRoutes`]).
@@ -575,7 +653,16 @@ impl NetSync for NetSyncService {
         request: Request<pb::ResyncRequest>,
     ) -> Result<Response<pb::ResyncResponse>, Status> {
         let name = request.into_inner().name;
-        let sync = self.require_sync("name", &name).await?;
+        let sync = match self.placement("name", &name, "").await? {
+            Placement::Here(sync, _) => sync,
+            Placement::Elsewhere(ds) => {
+                // Handed to the owner through the database: done by it
+                // within a notification, or a backstop if that is lost.
+                let store = self.store.clone();
+                to_completion(async move { store.hand_off_resync(&name, &ds.uid).await }).await?;
+                return Ok(Response::new(pb::ResyncResponse {}));
+            }
+        };
         sync.resync();
         // Intents FAILING are tried again: a Resync is one of the two ways
         // (with writing the intent) to resume their auto-revert.
@@ -633,9 +720,15 @@ impl NetSync for NetSyncService {
         request: Request<pb::SetIntentRequest>,
     ) -> Result<Response<pb::Intent>, Status> {
         let req = request.into_inner();
-        let (sync, uid) = self
-            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
-            .await?;
+        let (sync, uid) = match self
+            .placement("datastore", &req.datastore, &req.expected_uid)
+            .await?
+        {
+            Placement::Here(sync, uid) => (sync, uid),
+            Placement::Elsewhere(ds) => {
+                return Ok(Response::new(self.set_intent_elsewhere(req, *ds).await?));
+            }
+        };
         let intent = req
             .intent
             .ok_or_else(|| Error::invalid("intent", "is required"))?;
@@ -665,22 +758,15 @@ impl NetSync for NetSyncService {
             // queue, even when non-revertive) are written in one transaction.
             // Leaves the previous version set and this one does not leave the
             // device too, unless another intent provides them, as on
-            // DeleteIntent.
-            let mut triggers = vec![Trigger::Apply(intent.name.clone())];
+            // DeleteIntent: those of the version held here and of the one
+            // stored (in replica mode, possibly written on another replica
+            // and not picked up yet).
             let dropped: Vec<_> = sync
                 .intent(&intent.name)
-                .map(|old| {
-                    old.updates
-                        .into_keys()
-                        .filter(|k| !intent.updates.contains_key(k))
-                        .collect()
-                })
+                .map(|old| old.updates.into_keys().collect())
                 .unwrap_or_default();
-            if !dropped.is_empty() {
-                triggers.push(Trigger::Withdraw(dropped));
-            }
-            let queued = store
-                .put_intent(&req.datastore, &uid, &intent, triggers)
+            let (queued, _) = store
+                .put_intent(&req.datastore, &uid, &intent, sync.spec(), dropped, false)
                 .await?;
             tracing::info!(datastore = %req.datastore, intent = %intent.name, "intent set");
             let status = engine.intent_written(&req.datastore, &intent.name);
@@ -742,9 +828,16 @@ impl NetSync for NetSyncService {
         request: Request<pb::DeleteIntentRequest>,
     ) -> Result<Response<pb::DeleteIntentResponse>, Status> {
         let req = request.into_inner();
-        let (sync, uid) = self
-            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
-            .await?;
+        let (sync, uid) = match self
+            .placement("datastore", &req.datastore, &req.expected_uid)
+            .await?
+        {
+            Placement::Here(sync, uid) => (sync, uid),
+            Placement::Elsewhere(ds) => {
+                self.delete_intent_elsewhere(req, *ds).await?;
+                return Ok(Response::new(pb::DeleteIntentResponse {}));
+            }
+        };
         if req.name.is_empty() {
             return Err(Error::invalid("name", "is required").into());
         }
@@ -761,17 +854,17 @@ impl NetSync for NetSyncService {
                 .as_ref()
                 .map(|i| i.updates.keys().cloned().collect())
                 .unwrap_or_default();
+            // A stored intent today's checks refuse was never sent to the
+            // device by this netsync: deleting it sends nothing either
+            // (checked against the datastore's spec in the transaction).
             let queued = store
                 .delete_intent(
                     &req.datastore,
                     &uid,
                     &req.name,
+                    sync.spec(),
                     in_memory.is_some(),
                     withdrawn,
-                    // A stored intent today's checks refuse was never sent
-                    // to the device by this netsync: deleting it sends
-                    // nothing either.
-                    engine.unusable_intent(&req.datastore, &req.name).is_none(),
                 )
                 .await?;
             sync.remove_intent(&req.name);
