@@ -287,7 +287,7 @@ impl Store {
                         name: name.clone(),
                     })?;
                     if free_lease {
-                        on_conn!(conn, conn => {
+                        on_conn!(&mut *conn, conn => {
                             sqlx::query(
                                 "INSERT INTO leases (datastore, owner, epoch, expires) \
                                  VALUES ($1, NULL, 0, CURRENT_TIMESTAMP)",
@@ -297,6 +297,7 @@ impl Store {
                             .await?;
                         });
                     }
+                    datastore_changed(conn, &name).await?;
                     Ok(uid)
                 })
             })
@@ -347,7 +348,7 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let updated = on_conn!(conn, conn => {
+                    let updated = on_conn!(&mut *conn, conn => {
                         sqlx::query("UPDATE datastores SET spec = $1 WHERE name = $2")
                             .bind(spec)
                             .bind(&name)
@@ -361,6 +362,7 @@ impl Store {
                             name,
                         });
                     }
+                    datastore_changed(conn, &name).await?;
                     Ok(())
                 })
             })
@@ -373,7 +375,7 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let deleted = on_conn!(conn, conn => {
+                    let deleted = on_conn!(&mut *conn, conn => {
                         sqlx::query("DELETE FROM datastores WHERE name = $1")
                             .bind(&name)
                             .execute(&mut *conn)
@@ -386,6 +388,7 @@ impl Store {
                             name,
                         });
                     }
+                    datastore_changed(conn, &name).await?;
                     Ok(())
                 })
             })
@@ -617,6 +620,17 @@ pub enum StoreOpenError {
     /// The database or its lock file cannot be created or locked.
     #[error("cannot create or lock {}: {}", .0.display(), .1)]
     Lock(PathBuf, String),
+}
+
+/// PostgreSQL: notifies the other replicas, inside the write's transaction,
+/// that datastore `name` was created, updated or deleted (their watches of
+/// many datastores look at the registry again). Nothing on SQLite, which
+/// one process serves.
+async fn datastore_changed(conn: &mut Conn, name: &str) -> Result<(), Error> {
+    if let Conn::Postgres(pg) = conn {
+        crate::notify::send(pg, crate::notify::Channel::Datastores, &[name]).await?;
+    }
+    Ok(())
 }
 
 /// The FAILED_PRECONDITION error for a request meant for incarnation

@@ -244,28 +244,60 @@ impl NetSyncService {
                 format,
                 memory: self.watch_memory.clone(),
                 stopping: self.stopping.clone(),
+                follow: self.follow(),
             })
             .await?;
             return Ok(Response::new(Box::pin(slot.hold(stream))));
         }
-        let (sync, uid) = self
-            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
+        let placement = self
+            .placement("datastore", &req.datastore, &req.expected_uid)
             .await?;
         let slot = self.watchers.take(&req.datastore)?;
-        let stream = watch::watch(
-            sync,
-            uid,
-            self.engine.log().clone(),
-            req.from_revision,
-            0,
-            format,
-            &self.watch_memory,
-            self.stopping.clone(),
-        )
-        .await?;
+        let log = self.engine.log().clone();
+        let stream = match (placement, self.follow()) {
+            (Placement::Here(sync, uid), follow) => {
+                watch::watch(
+                    sync,
+                    uid,
+                    log,
+                    req.from_revision,
+                    0,
+                    format,
+                    &self.watch_memory,
+                    self.stopping.clone(),
+                    follow,
+                )
+                .await?
+            }
+            (Placement::Elsewhere(ds), Some(follow)) => {
+                watch::watch_log(
+                    ds.spec.name,
+                    ds.uid,
+                    log,
+                    req.from_revision,
+                    0,
+                    format,
+                    &self.watch_memory,
+                    self.stopping.clone(),
+                    follow,
+                )
+                .await?
+            }
+            (Placement::Elsewhere(_), None) => {
+                unreachable!("a datastore is placed elsewhere only in replica mode")
+            }
+        };
         // The slot is given back when the client's stream is dropped, not when
         // the watch task notices: that may wait for the next event.
         Ok(Response::new(Box::pin(slot.hold(stream))))
+    }
+
+    /// Replica mode: what a watch needs to follow a datastore from the log.
+    fn follow(&self) -> Option<watch::Follow> {
+        self.replicas.as_ref().map(|replicas| watch::Follow {
+            notices: replicas.notices().clone(),
+            store: self.store.clone(),
+        })
     }
 
     /// The API view of a registry row: [`datastore_view`](Self::datastore_view),
@@ -614,8 +646,8 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<Self::GetRunningStream>, Status> {
         let timeout = request_timeout(&request);
         let req = request.into_inner();
-        let (sync, _) = self
-            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
+        let placement = self
+            .placement("datastore", &req.datastore, &req.expected_uid)
             .await?;
         let read = running::Read {
             format: convert::ValueFormat::from_proto("value_format", req.value_format)?,
@@ -624,7 +656,27 @@ impl NetSync for NetSyncService {
             revision: req.revision,
             with_owner: req.with_owner,
         };
-        let stream = running::get_running(&sync, self.engine.log(), read, timeout).await?;
+        let log = self.engine.log();
+        let stream = match (placement, &self.replicas) {
+            (Placement::Here(sync, _), _) => {
+                running::get_running(&sync, log, read, timeout).await?
+            }
+            // Another replica syncs it: read from the database.
+            (Placement::Elsewhere(ds), Some(replicas)) => {
+                running::get_running_stored(
+                    &ds,
+                    log,
+                    &self.store,
+                    replicas.notices(),
+                    read,
+                    timeout,
+                )
+                .await?
+            }
+            (Placement::Elsewhere(_), None) => {
+                unreachable!("a datastore is placed elsewhere only in replica mode")
+            }
+        };
         Ok(Response::new(stream))
     }
 
