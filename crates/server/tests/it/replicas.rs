@@ -48,6 +48,11 @@ pub(crate) struct Replica {
 
 impl Replica {
     pub(crate) async fn start(url: &str, id: &str) -> Self {
+        Self::start_with(url, id, &[]).await
+    }
+
+    /// A replica started with `more` flags too.
+    pub(crate) async fn start_with(url: &str, id: &str, more: &[&str]) -> Self {
         let server = Netsyncd::start_with(
             Path::new("unused"),
             Options {
@@ -60,8 +65,10 @@ impl Replica {
                     "--metrics-listen",
                     "127.0.0.1:0",
                 ]
-                .map(String::from)
-                .to_vec(),
+                .iter()
+                .chain(more)
+                .map(|arg| arg.to_string())
+                .collect(),
                 db_url: Some(url.to_string()),
                 ..Default::default()
             },
@@ -240,15 +247,12 @@ async fn three_replicas_sync_each_datastore_exactly_once_and_refuse_the_others_n
         assert_eq!(replica.metric("netsync_lease_losses_total").await, 0.0);
     }
 
-    // A call about a datastore synced elsewhere: UNAVAILABLE naming the
-    // owner. The registry answers on every replica.
+    // A call that needs the sync of a datastore synced elsewhere:
+    // UNAVAILABLE naming the owner. The registry answers on every replica.
     let (name, owner) = owners.iter().find(|(_, o)| **o != "a").unwrap();
     let status = a
         .client
-        .get_running(pb::GetRunningRequest {
-            datastore: name.clone(),
-            ..Default::default()
-        })
+        .resync(pb::ResyncRequest { name: name.clone() })
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, &[name, &format!("{owner:?}")]);
