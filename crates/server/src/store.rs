@@ -321,6 +321,19 @@ impl Store {
         Ok(read_row(name, &spec, create_time_us, uid))
     }
 
+    /// The uid of datastore `name`, if there is one of that name (a row
+    /// whose declaration cannot be used too).
+    pub async fn datastore_uid(&self, name: &str) -> Result<Option<String>, Error> {
+        let row: Option<(Option<String>,)> = on_readers!(&self.readers, pool => {
+            sqlx::query_as("SELECT uid FROM datastores WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        // As `read_row` reads a row written before uids: "".
+        Ok(row.map(|(uid,)| uid.unwrap_or_default()))
+    }
+
     /// Reads every registry row, sorted by name; a row whose declaration
     /// cannot be used is listed too, as [`DatastoreRow::Unreadable`].
     pub async fn list_datastore_rows(&self) -> Result<Vec<DatastoreRow>, Error> {

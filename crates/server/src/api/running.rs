@@ -140,15 +140,11 @@ pub async fn get_running_stored(
             break newest;
         }
         // Deleted meanwhile: as the owner answers when its sync stops.
-        match store.get_datastore_row(name).await {
-            Ok(row) if row_uid(&row) == ds.uid => {}
-            Ok(_) | Err(Error::NotFound { .. }) => {
-                return Err(Error::NotFound {
-                    kind: "datastore",
-                    name: name.to_string(),
-                });
-            }
-            Err(e) => return Err(e),
+        if store.datastore_uid(name).await?.as_deref() != Some(ds.uid.as_str()) {
+            return Err(Error::NotFound {
+                kind: "datastore",
+                name: name.to_string(),
+            });
         }
         if tokio::time::timeout_at(deadline, committed.wait())
             .await
@@ -183,14 +179,6 @@ pub async fn get_running_stored(
         None
     };
     Ok(stream(revision, running, owners, path, format))
-}
-
-/// The uid of a registry row.
-fn row_uid(row: &crate::store::DatastoreRow) -> &str {
-    match row {
-        crate::store::DatastoreRow::Readable(ds) => &ds.uid,
-        crate::store::DatastoreRow::Unreadable { uid, .. } => uid,
-    }
 }
 
 /// The error for a read at `at`, after `latest`, the newest revision.

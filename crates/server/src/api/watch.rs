@@ -57,7 +57,7 @@ use crate::limits::WatchMemory;
 use crate::limits::watch_memory::{Push, QueueWriter};
 use crate::log::CommitLog;
 use crate::notify::{Channel, Notices};
-use crate::store::{DatastoreRow, Store};
+use crate::store::Store;
 use crate::watch::{self, Parts};
 
 /// A WatchSync response stream: encoded `SyncEvent`s.
@@ -419,23 +419,25 @@ impl Watcher {
             // next wait at once.
             let mut committed = follow.notices.waiter(Channel::Commits, &self.name);
             let mut changed = follow.notices.waiter(Channel::Datastores, &self.name);
-            // The incarnation is checked before each read: the rows read
-            // after it are its own unless it was deleted, created again and
-            // committed up to `next` in between.
-            match follow.store.get_datastore_row(&self.name).await {
-                Ok(row) if row_uid(&row) == self.uid => {
-                    if let Err(over) = self.replay(0).await {
-                        return over;
+            // Reads only the rows of the incarnation watched (see
+            // `replay`); when there is nothing new, the datastore may be
+            // gone.
+            let before = self.next;
+            if let Err(over) = self.replay(0).await {
+                return over;
+            }
+            if self.next == before {
+                match follow.store.datastore_uid(&self.name).await {
+                    Ok(Some(uid)) if uid == self.uid => {}
+                    Ok(_) => {
+                        let name = &self.name;
+                        return self.finish(|next| Ended::Closed.status(name, next));
                     }
-                }
-                Ok(_) | Err(Error::NotFound { .. }) => {
-                    let name = &self.name;
-                    return self.finish(|next| Ended::Closed.status(name, next));
-                }
-                // The database is unreachable for a moment: looked at again
-                // at the next wake-up (the backstop at the latest).
-                Err(e) => {
-                    tracing::warn!(datastore = %self.name, error = %e, "a watch cannot read the datastore; it tries again");
+                    // The database is unreachable for a moment: looked at
+                    // again at the next wake-up (the backstop at the latest).
+                    Err(e) => {
+                        tracing::warn!(datastore = %self.name, error = %e, "a watch cannot read the datastore; it tries again");
+                    }
                 }
             }
             loop {
@@ -578,10 +580,14 @@ impl Watcher {
     /// first `skip` parts (already queued); advances `next`.
     async fn replay(&mut self, mut skip: usize) -> Result<(), Over> {
         loop {
+            // Following the log (replica mode), only the rows of the
+            // incarnation watched.
+            let uid = self.follow.as_ref().map(|_| self.uid.as_str());
             let page = match self
                 .log
-                .read_page(
+                .read_page_of(
                     &self.name,
+                    uid,
                     self.next,
                     REPLAY_PAGE_COMMITS,
                     REPLAY_PAGE_BYTES,
@@ -614,14 +620,6 @@ impl Watcher {
                 self.queue.set_next(self.next);
             }
         }
-    }
-}
-
-/// The uid of a registry row.
-fn row_uid(row: &DatastoreRow) -> &str {
-    match row {
-        DatastoreRow::Readable(ds) => &ds.uid,
-        DatastoreRow::Unreadable { uid, .. } => uid,
     }
 }
 

@@ -39,7 +39,7 @@ struct Copy {
 pub(crate) struct Fleet {
     copies: BTreeMap<String, Copy>,
     /// The token of the last Progress event.
-    token: String,
+    pub(crate) token: String,
     pub(crate) progress: usize,
     /// Every Baseline and Left: (datastore, "baseline" or "left", revision,
     /// reason).
