@@ -343,7 +343,10 @@ impl Merger {
                 biased;
                 () = self.stopping.cancelled() => return Err(Stop(Some(shutting_down()))),
                 () = self.out.closed() => return Err(Stop(None)),
-                changed = self.members_changed.changed() => {
+                // Replica mode: starts and stops of syncs here change no
+                // member (its watch goes on from the log), so only the
+                // database is looked at.
+                changed = self.members_changed.changed(), if self.follow.is_none() => {
                     if changed.is_err() {
                         return Err(Stop(Some(shutting_down())));
                     }

@@ -156,16 +156,24 @@ async fn epoch(db: &PgPool, name: &str, revision: u64) -> i64 {
         .unwrap()
 }
 
-/// Code, text and `ErrorInfo` of a status: what a client can tell of it.
-fn seen(status: &Status) -> (Code, String, Option<(String, BTreeMap<String, String>)>) {
+/// What a client can tell of a status: code, text, `ErrorInfo` reason and
+/// metadata.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    code: Code,
+    message: String,
+    info: Option<(String, BTreeMap<String, String>)>,
+}
+
+fn seen(status: &Status) -> Seen {
     use tonic_types::StatusExt;
-    let info = status.get_details_error_info().map(|info| {
-        (
-            info.reason.clone(),
-            info.metadata.clone().into_iter().collect(),
-        )
-    });
-    (status.code(), status.message().to_string(), info)
+    Seen {
+        code: status.code(),
+        message: status.message().to_string(),
+        info: status
+            .get_details_error_info()
+            .map(|info| (info.reason, info.metadata.into_iter().collect())),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,7 +598,7 @@ async fn a_non_owner_gives_the_owners_errors_waits_for_min_revision_and_ends_wat
         found.push(seen(&status));
         errors.push(found);
     }
-    let codes: Vec<Code> = errors[0].iter().map(|e| e.0).collect();
+    let codes: Vec<Code> = errors[0].iter().map(|e| e.code).collect();
     assert_eq!(
         codes,
         [
