@@ -614,6 +614,28 @@ async fn a_non_owner_gives_the_owners_errors_waits_for_min_revision_and_ends_wat
         "the non-owner's errors are the owner's"
     );
 
+    // with_owner names the same intents on both: the owner's in memory,
+    // the other's as stored.
+    let running = client::running(&mut b.client, &name, quiet).await;
+    let (path, value) = running.leaves.iter().next().expect("leaves");
+    client::set_intent(
+        &mut b.client,
+        &name,
+        pb::Intent {
+            name: "kept".into(),
+            updates: vec![pb::Leaf {
+                path: path.clone(),
+                value: Some(value.clone()),
+                owner: String::new(),
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let owned = client::owners(&mut b.client, &name, "").await;
+    assert_eq!(owned[path], "kept");
+    assert_eq!(client::owners(&mut a.client, &name, "").await, owned);
+
     // A deleted datastore ends the watches of both as the owner's ends.
     let mut on_owner = Followed::start(&mut b.client, &name, 0).await;
     let mut elsewhere = Followed::start(&mut a.client, &name, 0).await;
