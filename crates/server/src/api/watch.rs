@@ -403,6 +403,9 @@ impl Watcher {
             let name = &self.name;
             return self.finish(|next| Ended::Closed.status(name, next));
         }
+        // The stopped sync's ring (events and their encodings) is let go of,
+        // not kept for as long as this watch follows the log.
+        self.events = broadcast::channel(1).1;
         self.follow_log().await
     }
 
