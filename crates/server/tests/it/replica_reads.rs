@@ -327,7 +327,22 @@ async fn an_owners_watch_goes_on_from_the_log_when_the_datastore_moves_to_a_join
         running_at(&mut c.client, &name, later).await.leaves
     );
     sim.stop_churn().await;
-    for replica in [a, b, c] {
+
+    // Its replica shutting down ends it as any watch: SHUTTING_DOWN, with
+    // the revision to resume from.
+    let (old, others): (Vec<Replica>, Vec<Replica>) =
+        [a, b, c].into_iter().partition(|r| r.id == owner);
+    for replica in old {
+        assert!(replica.server.terminate().success());
+    }
+    let status = loop {
+        match watched.event().await {
+            Ok(event) => watched.apply(event),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(cut_from(&status, &name, "SHUTTING_DOWN"), watched.next);
+    for replica in others {
         assert!(replica.server.terminate().success());
     }
 }
