@@ -156,15 +156,11 @@ pub async fn get_running_stored(
             )));
         }
     };
-    let revision = if at == 0 { newest } else { at };
-    if revision > newest {
+    if at > newest {
         return Err(not_yet(name, at, newest));
     }
-    let running = if revision == 0 {
-        Running::new()
-    } else {
-        log.read_at(name, revision).await?
-    };
+    let revision = if at == 0 { newest } else { at };
+    let running = read_stored(log, name, revision).await?;
     // The intents as stored now, right after the read; those today's
     // validation refuses decide nothing, as on the owner.
     let owners = if with_owner {
@@ -179,6 +175,29 @@ pub async fn get_running_stored(
         None
     };
     Ok(stream(revision, running, owners, path, format))
+}
+
+/// Running of `name` at `revision` (0: empty), read from the log. Compaction
+/// may remove the snapshot a read started from while it reads (a short log,
+/// a busy owner): when the revision is still readable after all (the error
+/// names an oldest readable revision at or below it), the read is tried
+/// again, a few times, before its error is given. On the owner the current
+/// revision never fails so (it is in memory); here it must not either.
+async fn read_stored(log: &CommitLog, name: &str, revision: u64) -> Result<Running, Error> {
+    if revision == 0 {
+        return Ok(Running::new());
+    }
+    let mut attempts = 3;
+    loop {
+        match log.read_at(name, revision).await {
+            Err(Error::Revision {
+                reason: RevisionReason::NotKept,
+                bound: Some(oldest),
+                ..
+            }) if oldest <= revision && attempts > 1 => attempts -= 1,
+            read => return read,
+        }
+    }
 }
 
 /// The error for a read at `at`, after `latest`, the newest revision.
