@@ -91,6 +91,23 @@ pub struct Engine {
     /// Counts changes of the set of syncs and of their labels: a watch of
     /// many datastores looks at [`Engine::members`] again when it moves.
     members_changed: watch::Sender<u64>,
+    /// Held across a restart, so that two updates of one datastore (made
+    /// here and noticed from another replica) never run two restarts at
+    /// once; see [`Engine::take_update`].
+    restarting: tokio::sync::Mutex<()>,
+}
+
+/// What [`Engine::take_update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// The declaration changed: the sync restarted with it.
+    Restarted,
+    /// Only the labels changed.
+    Relabelled,
+    /// Nothing changed.
+    Unchanged,
+    /// The datastore is not synced here (or another incarnation is).
+    NotSynced,
 }
 
 impl std::fmt::Debug for Engine {
@@ -115,6 +132,7 @@ impl Engine {
             entries: Mutex::new(HashMap::new()),
             stopped: Mutex::new(HashMap::new()),
             members_changed: watch::Sender::new(0),
+            restarting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -588,9 +606,38 @@ impl Engine {
     /// Watches of many datastores see it as one change, after the new sync
     /// started (never the datastore gone in between).
     pub async fn restart(&self, ds: &StoredDatastore) {
+        let _one = self.restarting.lock().await;
+        self.restart_now(ds).await;
+    }
+
+    async fn restart_now(&self, ds: &StoredDatastore) {
         self.stop_quietly(&ds.spec.name).await;
         self.start_quietly(ds).await;
         self.announce_members();
+    }
+
+    /// Brings the sync of `ds` (if this incarnation is synced here) to its
+    /// stored row, as read after an UpdateDatastore made on another replica:
+    /// restarts it if its declaration changed ([`Engine::restart`]), else
+    /// takes its labels. One at a time with [`Engine::restart`], and judged
+    /// under the same lock, so an update made here and noticed again
+    /// restarts the sync once.
+    pub async fn take_update(&self, ds: &StoredDatastore) -> Update {
+        let _one = self.restarting.lock().await;
+        let Some(member) = self.member(&ds.spec.name) else {
+            return Update::NotSynced;
+        };
+        if member.uid != ds.uid {
+            Update::NotSynced
+        } else if *member.sync.spec() != ds.spec {
+            self.restart_now(ds).await;
+            Update::Restarted
+        } else if member.labels != ds.labels {
+            self.set_labels(&ds.spec.name, &ds.labels);
+            Update::Relabelled
+        } else {
+            Update::Unchanged
+        }
     }
 
     /// Stops everything.

@@ -389,6 +389,22 @@ impl CommitLog {
         max_commits: u32,
         max_bytes: usize,
     ) -> Result<Vec<StoredCommit>, Error> {
+        self.read_page_of(datastore, None, from, max_commits, max_bytes)
+            .await
+    }
+
+    /// [`read_page`](Self::read_page), of incarnation `uid` only when
+    /// given: nothing once the datastore was deleted or created again, even
+    /// if the new one has reached `from` (each statement reads one snapshot,
+    /// so the rows it gives are of the incarnation it saw).
+    pub async fn read_page_of(
+        &self,
+        datastore: &str,
+        uid: Option<&str>,
+        from: u64,
+        max_commits: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredCommit>, Error> {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         // SQLite reads a blob's length from its record header, without
         // reading the blob; PostgreSQL from the value's header (without
@@ -397,11 +413,14 @@ impl CommitLog {
         let sizes: Vec<(i64, i64)> = on_readers!(self.store.readers(), pool => {
             sqlx::query_as(
                 "SELECT revision, CAST(length(body) AS BIGINT) FROM commits WHERE datastore = $1 \
-                 AND revision >= $2 ORDER BY revision LIMIT $3",
+                 AND revision >= $2 AND ($4 IS NULL OR EXISTS (SELECT 1 FROM datastores \
+                     WHERE name = $1 AND COALESCE(uid, '') = $4)) \
+                 ORDER BY revision LIMIT $3",
             )
             .bind(datastore)
             .bind(from)
             .bind(i64::from(max_commits))
+            .bind(uid)
             .fetch_all(pool)
             .await?
         });
@@ -423,11 +442,14 @@ impl CommitLog {
         let rows: Vec<(i64, i64, bool, Vec<u8>)> = on_readers!(self.store.readers(), pool => {
             sqlx::query_as(
                 "SELECT revision, time_us, replace, body FROM commits WHERE datastore = $1 \
-                 AND revision >= $2 AND revision <= $3 ORDER BY revision",
+                 AND revision >= $2 AND revision <= $3 AND ($4 IS NULL OR EXISTS ( \
+                     SELECT 1 FROM datastores WHERE name = $1 AND COALESCE(uid, '') = $4)) \
+                 ORDER BY revision",
             )
             .bind(datastore)
             .bind(from)
             .bind(last)
+            .bind(uid)
             .fetch_all(pool)
             .await?
         });

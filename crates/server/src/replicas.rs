@@ -29,7 +29,7 @@
 //! ([`crate::writer::Fence`]), so a replica that wakes up late writes
 //! nothing; the stop only ends a sync that can no longer commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,15 +37,15 @@ use std::time::Duration;
 use netsync_proto::netsync::v1 as pb;
 use prost::Message;
 use sqlx::postgres::PgPool;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReplicaConfig;
 use crate::convert;
-use crate::engine::Engine;
+use crate::engine::{Engine, Update};
 use crate::error::Error;
-use crate::notify::{Channel, Notices};
+use crate::notify::{Channel, Notice, Notices};
 use crate::store::{DatastoreRow, Store};
 use crate::writer::Fence;
 
@@ -325,10 +325,33 @@ pub async fn run(
         tokio::select! {
             _ = ticks.tick() => {}
             () = manager.replicas.wake.notified() => {}
-            _ = notices.recv() => {
-                // Creates come in bursts: one round for the burst.
+            notice = notices.recv() => {
+                // Creates come in bursts: one round for the burst. A notice
+                // about a datastore synced here may be an update made
+                // elsewhere; after a lost one, every datastore synced here
+                // is read again.
                 tokio::time::sleep(BURST).await;
-                notices = notices.resubscribe();
+                let mut changed = BTreeSet::new();
+                let mut all = false;
+                let mut next = Some(notice);
+                while let Some(notice) = next.take() {
+                    match notice {
+                        Ok(Notice::Changed { datastore, .. }) => _ = changed.insert(datastore),
+                        Ok(Notice::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => all = true,
+                        Err(broadcast::error::RecvError::Closed) => {}
+                    }
+                    next = match notices.try_recv() {
+                        Ok(notice) => Some(Ok(notice)),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            Some(Err(broadcast::error::RecvError::Lagged(n)))
+                        }
+                        Err(_) => None,
+                    };
+                }
+                let owned = manager.replicas.fence.owned();
+                for name in owned.into_keys().filter(|name| all || changed.contains(name)) {
+                    manager.order(Order::Refresh(name));
+                }
             }
             () = stop.cancelled() => break,
         }
@@ -594,6 +617,9 @@ enum Order {
     Free(String, i64),
     /// Start the sync of a datastore whose lease was taken.
     Start(String),
+    /// Read a datastore synced here again: updated through another replica
+    /// (its sync restarts with the new declaration, or takes the new labels).
+    Refresh(String),
 }
 
 /// Starts and stops syncs as the lease manager orders, on a task of its own:
@@ -610,6 +636,7 @@ async fn syncs(
         match order {
             Order::Stop(name) => engine.stop(&name).await,
             Order::Free(name, epoch) => free(&pool, &replicas.config.id, &name, epoch).await,
+            Order::Refresh(name) => refresh(&store, &engine, &name).await,
             Order::Start(name) => {
                 // Lost or released meanwhile (a later order stops it).
                 let Some(epoch) = replicas.fence.epoch(&name) else {
@@ -631,6 +658,32 @@ async fn syncs(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Brings the sync of `name` (if it runs here) up to its stored row: an
+/// UpdateDatastore made on another replica restarts it with the new
+/// declaration or gives it the new labels, as on this one.
+async fn refresh(store: &Store, engine: &Engine, name: &str) {
+    if engine.member(name).is_none() {
+        return;
+    }
+    match store.get_datastore_row(name).await {
+        Ok(DatastoreRow::Readable(ds)) => match engine.take_update(&ds).await {
+            Update::Restarted => {
+                tracing::info!(datastore = %name, address = %ds.spec.target.address, "datastore updated through another replica; its sync restarted");
+            }
+            Update::Relabelled => {
+                tracing::info!(datastore = %name, "datastore labels updated through another replica");
+            }
+            Update::Unchanged | Update::NotSynced => {}
+        },
+        // Unusable now: the next start (a restart of this replica, another
+        // owner) holds it stopped; deleted: the lease rounds stop it.
+        Ok(DatastoreRow::Unreadable { .. }) => {}
+        Err(e) => {
+            tracing::warn!(datastore = %name, error = %e, "cannot read a datastore updated elsewhere; read again at the next notice");
         }
     }
 }

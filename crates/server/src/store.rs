@@ -288,7 +288,7 @@ impl Store {
                         name: name.clone(),
                     })?;
                     if free_lease {
-                        on_conn!(conn, conn => {
+                        on_conn!(&mut *conn, conn => {
                             sqlx::query(
                                 "INSERT INTO leases (datastore, owner, epoch, expires) \
                                  VALUES ($1, NULL, 0, CURRENT_TIMESTAMP)",
@@ -298,6 +298,7 @@ impl Store {
                             .await?;
                         });
                     }
+                    datastore_changed(conn, &name).await?;
                     Ok(uid)
                 })
             })
@@ -319,6 +320,19 @@ impl Store {
             name: name.to_string(),
         })?;
         Ok(read_row(name, &spec, create_time_us, uid))
+    }
+
+    /// The uid of datastore `name`, if there is one of that name (a row
+    /// whose declaration cannot be used too).
+    pub async fn datastore_uid(&self, name: &str) -> Result<Option<String>, Error> {
+        let row: Option<(Option<String>,)> = on_readers!(&self.readers, pool => {
+            sqlx::query_as("SELECT uid FROM datastores WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        // As `read_row` reads a row written before uids: "".
+        Ok(row.map(|(uid,)| uid.unwrap_or_default()))
     }
 
     /// Reads every registry row, sorted by name; a row whose declaration
@@ -358,7 +372,7 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let updated = on_conn!(conn, conn => {
+                    let updated = on_conn!(&mut *conn, conn => {
                         sqlx::query("UPDATE datastores SET spec = $1 WHERE name = $2")
                             .bind(spec)
                             .bind(&name)
@@ -372,6 +386,7 @@ impl Store {
                             name,
                         });
                     }
+                    datastore_changed(conn, &name).await?;
                     Ok(())
                 })
             })
@@ -384,7 +399,7 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let deleted = on_conn!(conn, conn => {
+                    let deleted = on_conn!(&mut *conn, conn => {
                         sqlx::query("DELETE FROM datastores WHERE name = $1")
                             .bind(&name)
                             .execute(&mut *conn)
@@ -397,6 +412,7 @@ impl Store {
                             name,
                         });
                     }
+                    datastore_changed(conn, &name).await?;
                     Ok(())
                 })
             })
@@ -678,6 +694,17 @@ pub enum StoreOpenError {
     /// The database or its lock file cannot be created or locked.
     #[error("cannot create or lock {}: {}", .0.display(), .1)]
     Lock(PathBuf, String),
+}
+
+/// PostgreSQL: notifies the other replicas, inside the write's transaction,
+/// that datastore `name` was created, updated or deleted (their watches of
+/// many datastores look at the registry again). Nothing on SQLite, which
+/// one process serves.
+async fn datastore_changed(conn: &mut Conn, name: &str) -> Result<(), Error> {
+    if let Conn::Postgres(pg) = conn {
+        crate::notify::send(pg, crate::notify::Channel::Datastores, &[name]).await?;
+    }
+    Ok(())
 }
 
 /// The FAILED_PRECONDITION error for a request meant for incarnation

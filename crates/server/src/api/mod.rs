@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, Secrets};
-use crate::engine::Engine;
+use crate::engine::{Engine, Update};
 use crate::error::Error;
 use crate::intent_status::IntentStatus;
 use crate::limits::{ApiLimits, WatchMemory, WatcherSlots};
@@ -321,28 +321,60 @@ impl NetSyncService {
                 format,
                 memory: self.watch_memory.clone(),
                 stopping: self.stopping.clone(),
+                follow: self.follow(),
             })
             .await?;
             return Ok(Response::new(Box::pin(slot.hold(stream))));
         }
-        let (sync, uid) = self
-            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
+        let placement = self
+            .placement("datastore", &req.datastore, &req.expected_uid)
             .await?;
         let slot = self.watchers.take(&req.datastore)?;
-        let stream = watch::watch(
-            sync,
-            uid,
-            self.engine.log().clone(),
-            req.from_revision,
-            0,
-            format,
-            &self.watch_memory,
-            self.stopping.clone(),
-        )
-        .await?;
+        let log = self.engine.log().clone();
+        let stream = match (placement, self.follow()) {
+            (Placement::Here(sync, uid), follow) => {
+                watch::watch(
+                    sync,
+                    uid,
+                    log,
+                    req.from_revision,
+                    0,
+                    format,
+                    &self.watch_memory,
+                    self.stopping.clone(),
+                    follow,
+                )
+                .await?
+            }
+            (Placement::Elsewhere(ds), Some(follow)) => {
+                watch::watch_log(
+                    ds.spec.name,
+                    ds.uid,
+                    log,
+                    req.from_revision,
+                    0,
+                    format,
+                    &self.watch_memory,
+                    self.stopping.clone(),
+                    follow,
+                )
+                .await?
+            }
+            (Placement::Elsewhere(_), None) => {
+                unreachable!("a datastore is placed elsewhere only in replica mode")
+            }
+        };
         // The slot is given back when the client's stream is dropped, not when
         // the watch task notices: that may wait for the next event.
         Ok(Response::new(Box::pin(slot.hold(stream))))
+    }
+
+    /// Replica mode: what a watch needs to follow a datastore from the log.
+    fn follow(&self) -> Option<watch::Follow> {
+        self.replicas.as_ref().map(|replicas| watch::Follow {
+            notices: replicas.notices().clone(),
+            store: self.store.clone(),
+        })
     }
 
     /// The API view of a registry row: [`datastore_view`](Self::datastore_view),
@@ -549,14 +581,12 @@ impl NetSync for NetSyncService {
             .datastore
             .ok_or_else(|| Error::invalid("datastore", "is required"))?;
         check_name("datastore.name", &update.name)?;
-        // A replica updates only what it syncs: the restart that follows
-        // must happen where the sync runs.
-        if let Some(replicas) = &self.replicas
-            && self.engine.get(&update.name).is_none()
-            && self.engine.stopped(&update.name).is_none()
-        {
-            return Err(replicas.not_here(&update.name).await.into());
-        }
+        // Replicas: a datastore synced elsewhere is updated in the database
+        // only; its owner restarts the sync (or takes the new labels) when
+        // the database notifies the change, see `replicas::refresh`.
+        let here = self.replicas.is_none()
+            || self.engine.get(&update.name).is_some()
+            || self.engine.stopped(&update.name).is_some();
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let (store, engine, changing) = (
             self.store.clone(),
@@ -594,11 +624,25 @@ impl NetSync for NetSyncService {
             }
             // Stored first, in one write: if that fails nothing changed.
             store.update_datastore(&new).await?;
-            if new.spec != old.spec {
-                engine.restart(&new).await;
+            if !here {
+                tracing::info!(datastore = %name, "datastore updated; the replica that syncs it takes the update");
+                return Ok(new);
+            }
+            // Through the engine's one-at-a-time check: on a replica, the
+            // database's notification of this very update may have been
+            // taken first (then nothing is left to do here).
+            let update = engine.take_update(&new).await;
+            let restarted = match update {
+                Update::Restarted => true,
+                Update::NotSynced if new.spec != old.spec => {
+                    engine.restart(&new).await;
+                    true
+                }
+                _ => false,
+            };
+            if restarted {
                 tracing::info!(datastore = %name, address = %new.spec.target.address, "datastore updated; its sync restarted");
-            } else {
-                engine.set_labels(&name, &new.labels);
+            } else if new.labels != old.labels {
                 tracing::info!(datastore = %name, "datastore labels updated");
             }
             Ok(new)
@@ -683,8 +727,8 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<Self::GetRunningStream>, Status> {
         let timeout = request_timeout(&request);
         let req = request.into_inner();
-        let (sync, _) = self
-            .require_incarnation("datastore", &req.datastore, &req.expected_uid)
+        let placement = self
+            .placement("datastore", &req.datastore, &req.expected_uid)
             .await?;
         let read = running::Read {
             format: convert::ValueFormat::from_proto("value_format", req.value_format)?,
@@ -693,7 +737,27 @@ impl NetSync for NetSyncService {
             revision: req.revision,
             with_owner: req.with_owner,
         };
-        let stream = running::get_running(&sync, self.engine.log(), read, timeout).await?;
+        let log = self.engine.log();
+        let stream = match (placement, &self.replicas) {
+            (Placement::Here(sync, _), _) => {
+                running::get_running(&sync, log, read, timeout).await?
+            }
+            // Another replica syncs it: read from the database.
+            (Placement::Elsewhere(ds), Some(replicas)) => {
+                running::get_running_stored(
+                    &ds,
+                    log,
+                    &self.store,
+                    replicas.notices(),
+                    read,
+                    timeout,
+                )
+                .await?
+            }
+            (Placement::Elsewhere(_), None) => {
+                unreachable!("a datastore is placed elsewhere only in replica mode")
+            }
+        };
         Ok(Response::new(stream))
     }
 

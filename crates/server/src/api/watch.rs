@@ -14,6 +14,18 @@
 //! The revision it is sending does not count: a client that reads along is
 //! never cut for one large commit.
 //!
+//! In replica mode a datastore synced by another replica is watched from
+//! the log alone ([`watch_log`]): the same replay, then, after each wake-up
+//! of [`crate::notify`] (a commit of the datastore notified, a reconnect of
+//! the listener, or the 5 s backstop), what the log has after the last
+//! revision queued. Such a watch goes at its client's pace, as a replay
+//! does. The owner's own watches do the same once its sync stops while the
+//! datastore is still there (its lease moved to another replica, or an
+//! UpdateDatastore restarted it): they continue from the log, and the client
+//! sees no break. Either ends as the owner's does when the datastore is
+//! deleted (UNAVAILABLE, `SYNC_STOPPED`, naming the revision to resume from)
+//! or when netsyncd shuts down.
+//!
 //! Messages are sent as the bytes they were encoded to, through a codec of
 //! ours for this one method ([`NetSyncRoutes`]): one encoding of a live event
 //! serves every watcher. A watcher that asked for `VALUE_FORMAT_SCALAR`
@@ -44,6 +56,8 @@ use crate::error::{Error, RevisionReason};
 use crate::limits::WatchMemory;
 use crate::limits::watch_memory::{Push, QueueWriter};
 use crate::log::CommitLog;
+use crate::notify::{Channel, Notices};
+use crate::store::Store;
 use crate::watch::{self, Parts};
 
 /// A WatchSync response stream: encoded `SyncEvent`s.
@@ -56,11 +70,22 @@ const REPLAY_PAGE_COMMITS: u32 = 64;
 /// at most (a single larger commit is read alone).
 const REPLAY_PAGE_BYTES: usize = 1 << 20;
 
+/// Replica mode: what a watch needs to follow a datastore from the log
+/// (see [`watch_log`]).
+#[derive(Debug, Clone)]
+pub struct Follow {
+    /// Wakes the watch when the datastore is committed to or changed.
+    pub notices: Arc<Notices>,
+    /// Says whether the datastore is still the incarnation watched.
+    pub store: Store,
+}
+
 /// Starts a watch of `sync` (incarnation `uid` of its datastore, which every
 /// event carries) from revision `from` (0: from now on; else without the
 /// first `skip` parts of that revision, which its client has), its messages
 /// queued within `memory`'s budgets, ended with UNAVAILABLE when `stopping`
-/// is cancelled.
+/// is cancelled. With `follow` (replica mode), it continues from the log
+/// when the sync stops while the datastore is still there.
 #[allow(
     clippy::too_many_arguments,
     reason = "each is one thing the watch needs; a struct would only name them twice"
@@ -74,6 +99,7 @@ pub async fn watch(
     format: ValueFormat,
     memory: &Arc<WatchMemory>,
     stopping: CancellationToken,
+    follow: Option<Follow>,
 ) -> Result<EncodedStream, Error> {
     // Subscribe before looking at the log, so nothing falls between the two.
     let (live, watching) = sync.subscribe_watching();
@@ -87,6 +113,111 @@ pub async fn watch(
     } else {
         current
     };
+    check_from(&log, &name, from, current, durable).await?;
+    let next = if from == 0 { current + 1 } else { from };
+    let status = sync.status();
+    let state = pb::StateChanged {
+        state: convert::state_to_proto(status.state) as i32,
+        reason: "current state".into(),
+    };
+    let (queue, reader) = memory.queue(&name);
+    queue.set_next(next);
+    let watcher = Watcher {
+        name,
+        uid,
+        log,
+        queue,
+        format,
+        events: live,
+        stopping,
+        next,
+        budget: memory.per_watcher(),
+        max_waiting: sync.event_buffer(),
+        waiting: VecDeque::new(),
+        waiting_bytes: 0,
+        closed: false,
+        follow,
+    };
+    // Drop our handle clone: the task must not keep a deleted datastore alive.
+    drop(sync);
+    tokio::spawn(async move {
+        // Counted as watching (the committer encodes events ahead) until
+        // the watch ends.
+        let _watching = watching;
+        // However it ends, the queue's status (if any) has been set; the
+        // stream ends once the client has read what is queued.
+        let replay = (from > 0).then_some(skip);
+        let _ = watcher.run(replay, state).await;
+    });
+    Ok(reader.into_stream())
+}
+
+/// Replica mode: starts a watch of datastore `name` (incarnation `uid`),
+/// which another replica syncs, from the log alone: as [`watch`] does, with
+/// the newest logged revision as the current one. Its first event, a
+/// `StateChanged` like the owner's, says the state is not known here (the
+/// owner's state changes and reverts are not logged).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one thing the watch needs; a struct would only name them twice"
+)]
+pub async fn watch_log(
+    name: String,
+    uid: String,
+    log: Arc<CommitLog>,
+    from: u64,
+    skip: usize,
+    format: ValueFormat,
+    memory: &Arc<WatchMemory>,
+    stopping: CancellationToken,
+    follow: Follow,
+) -> Result<EncodedStream, Error> {
+    let current = log.newest(&name).await?.unwrap_or(0);
+    check_from(&log, &name, from, current, current).await?;
+    let next = if from == 0 { current + 1 } else { from };
+    let state = pb::StateChanged {
+        state: pb::SyncState::Unspecified as i32,
+        reason: "current state: synced by another replica, whose state is not followed here".into(),
+    };
+    // No ring of live events: closed from the start, so the watcher goes
+    // on to the log once its replay is done.
+    let (_, events) = broadcast::channel(1);
+    let (queue, reader) = memory.queue(&name);
+    queue.set_next(next);
+    let watcher = Watcher {
+        name,
+        uid,
+        log,
+        queue,
+        format,
+        events,
+        stopping,
+        next,
+        budget: memory.per_watcher(),
+        max_waiting: 0,
+        waiting: VecDeque::new(),
+        waiting_bytes: 0,
+        closed: true,
+        follow: Some(follow),
+    };
+    tokio::spawn(async move {
+        let replay = (from > 0).then_some(skip);
+        let _ = watcher.run(replay, state).await;
+    });
+    Ok(reader.into_stream())
+}
+
+/// Refuses a watch from revision `from` of `name`, whose current revision is
+/// `current` (`durable` in the log), when `from` is not committed yet or no
+/// longer kept.
+async fn check_from(
+    log: &CommitLog,
+    name: &str,
+    from: u64,
+    current: u64,
+    durable: u64,
+) -> Result<(), Error> {
+    let name = name.to_string();
     if from > durable + 1 {
         // Revisions are consecutive from 1: a later one does not exist yet.
         // Waiting for it would hide that the client holds revisions of another
@@ -118,41 +249,7 @@ pub async fn watch(
             });
         }
     }
-    let next = if from == 0 { current + 1 } else { from };
-    let status = sync.status();
-    let state = pb::StateChanged {
-        state: convert::state_to_proto(status.state) as i32,
-        reason: "current state".into(),
-    };
-    let (queue, reader) = memory.queue(&name);
-    queue.set_next(next);
-    let watcher = Watcher {
-        name,
-        uid,
-        log,
-        queue,
-        format,
-        events: live,
-        stopping,
-        next,
-        budget: memory.per_watcher(),
-        max_waiting: sync.event_buffer(),
-        waiting: VecDeque::new(),
-        waiting_bytes: 0,
-        closed: false,
-    };
-    // Drop our handle clone: the task must not keep a deleted datastore alive.
-    drop(sync);
-    tokio::spawn(async move {
-        // Counted as watching (the committer encodes events ahead) until
-        // the watch ends.
-        let _watching = watching;
-        // However it ends, the queue's status (if any) has been set; the
-        // stream ends once the client has read what is queued.
-        let replay = (from > 0).then_some(skip);
-        let _ = watcher.run(replay, state).await;
-    });
-    Ok(reader.into_stream())
+    Ok(())
 }
 
 /// Why a watch ended.
@@ -232,8 +329,11 @@ struct Watcher {
     /// sizes, oldest first.
     waiting: VecDeque<(Arc<Event>, usize)>,
     waiting_bytes: usize,
-    /// The ring is closed: after `waiting`, the watch ends.
+    /// The ring is closed: after `waiting`, the watch ends, or goes on
+    /// from the log with `follow`.
     closed: bool,
+    /// Replica mode: how to follow the datastore from the log.
+    follow: Option<Follow>,
 }
 
 impl Watcher {
@@ -279,8 +379,7 @@ impl Watcher {
             return Ok(event);
         }
         if self.closed {
-            let name = &self.name;
-            return Err(self.finish(|next| Ended::Closed.status(name, next)));
+            return Err(self.sync_stopped().await);
         }
         tokio::select! {
             biased;
@@ -290,10 +389,74 @@ impl Watcher {
                 Err(broadcast::error::RecvError::Lagged(_)) => Err(self.cut(Ended::Lagged)),
                 Err(broadcast::error::RecvError::Closed) => {
                     self.closed = true;
-                    let name = &self.name;
-                    Err(self.finish(|next| Ended::Closed.status(name, next)))
+                    Err(self.sync_stopped().await)
                 }
             },
+        }
+    }
+
+    /// The ring closed (its sync stopped) and every live event was queued:
+    /// the watch ends, or in replica mode goes on from the log while the
+    /// datastore is there.
+    async fn sync_stopped(&mut self) -> Over {
+        if self.follow.is_none() {
+            let name = &self.name;
+            return self.finish(|next| Ended::Closed.status(name, next));
+        }
+        // The stopped sync's ring (events and their encodings) is let go of,
+        // not kept for as long as this watch follows the log.
+        self.events = broadcast::channel(1).1;
+        self.follow_log().await
+    }
+
+    /// Follows the log from `next`: reads what is new after each wake-up
+    /// (a commit notified, the listener reconnected, the backstop), until
+    /// the datastore is deleted (or replaced by another incarnation), the
+    /// client leaves or netsyncd shuts down.
+    async fn follow_log(&mut self) -> Over {
+        let Some(follow) = self.follow.clone() else {
+            unreachable!("only a watch that follows the log gets here")
+        };
+        loop {
+            // Made before reading: a commit notified while we read wakes the
+            // next wait at once.
+            let mut committed = follow.notices.waiter(Channel::Commits, &self.name);
+            let mut changed = follow.notices.waiter(Channel::Datastores, &self.name);
+            // Reads only the rows of the incarnation watched (see
+            // `replay`); when there is nothing new, the datastore may be
+            // gone.
+            let before = self.next;
+            if let Err(over) = self.replay(0).await {
+                return over;
+            }
+            if self.next == before {
+                match follow.store.datastore_uid(&self.name).await {
+                    Ok(Some(uid)) if uid == self.uid => {}
+                    Ok(_) => {
+                        let name = &self.name;
+                        return self.finish(|next| Ended::Closed.status(name, next));
+                    }
+                    // The database is unreachable for a moment: looked at
+                    // again at the next wake-up (the backstop at the latest).
+                    Err(e) => {
+                        tracing::warn!(datastore = %self.name, error = %e, "a watch cannot read the datastore; it tries again");
+                    }
+                }
+            }
+            loop {
+                tokio::select! {
+                    biased;
+                    () = self.stopping.cancelled() => return self.cut(Ended::ShuttingDown),
+                    // Also when the client left or the watch was cut.
+                    () = self.queue.writable() => {
+                        if self.queue.stopped() {
+                            return Over;
+                        }
+                    }
+                    () = committed.wait() => break,
+                    () = changed.wait() => break,
+                }
+            }
         }
     }
 
@@ -420,10 +583,14 @@ impl Watcher {
     /// first `skip` parts (already queued); advances `next`.
     async fn replay(&mut self, mut skip: usize) -> Result<(), Over> {
         loop {
+            // Following the log (replica mode), only the rows of the
+            // incarnation watched.
+            let uid = self.follow.as_ref().map(|_| self.uid.as_str());
             let page = match self
                 .log
-                .read_page(
+                .read_page_of(
                     &self.name,
+                    uid,
                     self.next,
                     REPLAY_PAGE_COMMITS,
                     REPLAY_PAGE_BYTES,

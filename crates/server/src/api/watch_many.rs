@@ -27,6 +27,14 @@
 //!
 //! Membership comes from [`Engine::members`], looked at again whenever
 //! [`Engine::members_changed`] moves (a sync started or stopped, labels set).
+//! In replica mode it comes from the database instead, every datastore
+//! whichever replica syncs it, looked at again at each notification of the
+//! `Datastores` channel (a datastore created, updated or deleted through any
+//! replica), after a reconnect of the listener, and every
+//! [`crate::notify::BACKSTOP`]. A datastore synced here is followed by its
+//! sync's watch, any other one from the log (see [`super::watch`]); neither
+//! ends when the datastore's lease moves (the first goes on from the log),
+//! so the positions stay exact through failovers and rebalancing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
@@ -38,20 +46,22 @@ use bytes::Bytes;
 use netsync_core::sync::SyncHandle;
 use netsync_proto::netsync::v1 as pb;
 use prost::Message as _;
-use tokio::sync::{mpsc, watch as tokio_watch};
+use tokio::sync::{broadcast, mpsc, watch as tokio_watch};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use super::watch::{EncodedStream, watch};
+use super::watch::{EncodedStream, Follow, watch, watch_log};
 use crate::convert::{self, ValueFormat};
-use crate::engine::{Engine, Member};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::limits::WatchMemory;
 use crate::log::CommitLog;
+use crate::notify::{self, Channel, Notice};
 use crate::selector::Selector;
+use crate::store::DatastoreRow;
 
 /// A quiet stream sends Progress at most this often.
 const QUIET_PROGRESS: Duration = Duration::from_secs(1);
@@ -75,6 +85,35 @@ pub struct Many {
     pub memory: Arc<WatchMemory>,
     /// Cancelled when netsyncd shuts down.
     pub stopping: CancellationToken,
+    /// Replica mode: every datastore of the database is a member, followed
+    /// from the log when another replica syncs it.
+    pub follow: Option<Follow>,
+}
+
+/// A datastore the watch can follow.
+#[derive(Debug, Clone)]
+struct Member {
+    /// Its sync, when this process runs it (always, outside replica mode).
+    sync: Option<Arc<SyncHandle>>,
+    /// The incarnation.
+    uid: String,
+    /// Its labels.
+    labels: BTreeMap<String, String>,
+}
+
+impl Member {
+    fn of_engine(member: crate::engine::Member) -> Self {
+        Self {
+            sync: Some(member.sync),
+            uid: member.uid,
+            labels: member.labels,
+        }
+    }
+
+    /// Its sync, not kept alive (none when followed from the log).
+    fn weak_sync(&self) -> Weak<SyncHandle> {
+        self.sync.as_ref().map_or_else(Weak::new, Arc::downgrade)
+    }
 }
 
 /// Starts a watch of many datastores: validates the selector and the token
@@ -101,6 +140,9 @@ pub async fn watch_many(many: Many) -> Result<EncodedStream, Error> {
     let watches = many.stopping.child_token();
     let mut merger = Merger {
         members_changed: many.engine.members_changed(),
+        notices: many.follow.as_ref().map(|f| f.notices.subscribe()),
+        follow: many.follow,
+        look_by: Instant::now() + notify::BACKSTOP,
         engine: many.engine,
         log: many.log,
         selector,
@@ -159,6 +201,13 @@ struct Merger {
     /// Ends the datastores' watches (a child of `stopping`).
     watches: CancellationToken,
     members_changed: tokio_watch::Receiver<u64>,
+    /// Replica mode: every notification, to look at the members again when
+    /// a datastore changed.
+    notices: Option<broadcast::Receiver<Notice>>,
+    /// Replica mode: how datastores are followed from the log.
+    follow: Option<Follow>,
+    /// Replica mode: the members are looked at again by then at the latest.
+    look_by: Instant,
     out: mpsc::Sender<Result<Bytes, Status>>,
     streams: StreamMap<String, EncodedStream>,
     followed: BTreeMap<String, Followed>,
@@ -189,7 +238,7 @@ impl Merger {
     /// Follows every matching member: from the token's positions, else from
     /// now on, each announced with a Baseline.
     async fn begin(&mut self, resumed: Option<Token>) -> Result<(), Error> {
-        let members = self.members();
+        let members = members(&self.engine, self.follow.as_ref()).await?;
         let resumed_any = resumed.is_some();
         let mut positions: HashMap<String, Position> = resumed
             .map(|t| {
@@ -237,15 +286,6 @@ impl Merger {
             .map(|(name, m)| (name.clone(), m.uid.clone()))
             .collect();
         Ok(())
-    }
-
-    /// Every member, by name.
-    fn members(&self) -> BTreeMap<String, Member> {
-        self.engine
-            .members()
-            .into_iter()
-            .map(|m| (m.sync.name().to_string(), m))
-            .collect()
     }
 
     async fn run(mut self) {
@@ -303,12 +343,16 @@ impl Merger {
                 biased;
                 () = self.stopping.cancelled() => return Err(Stop(Some(shutting_down()))),
                 () = self.out.closed() => return Err(Stop(None)),
-                changed = self.members_changed.changed() => {
+                // Replica mode: starts and stops of syncs here change no
+                // member (its watch goes on from the log), so only the
+                // database is looked at.
+                changed = self.members_changed.changed(), if self.follow.is_none() => {
                     if changed.is_err() {
                         return Err(Stop(Some(shutting_down())));
                     }
                     self.look_again().await?;
                 }
+                () = datastores_changed(&mut self.notices, self.look_by) => self.look_again().await?,
                 Some((name, message)) = futures::StreamExt::next(&mut self.streams) => {
                     match message {
                         Ok(bytes) => {
@@ -349,14 +393,31 @@ impl Merger {
             return Ok(());
         };
         let (uid, next, parts) = (followed.uid.clone(), followed.next, followed.parts);
-        match status.code() {
-            // Cut for being slow: the log has what it had not sent.
-            Code::ResourceExhausted => match self.engine.member(name) {
+        if self.follow.is_some() && status.code() == Code::Unavailable {
+            if self.stopping.is_cancelled() {
+                return Err(Stop(Some(shutting_down())));
+            }
+            // Replica mode: its watch follows the log through lease moves,
+            // so it ended for its deletion (the next look says Left), or
+            // could not read the log for a moment (it goes on).
+            match member(&self.engine, self.follow.as_ref(), name).await? {
                 Some(member) if member.uid == uid => {
                     self.follow(name, &member, next, parts).await?;
                 }
                 _ => self.detach(name),
-            },
+            }
+            return Ok(());
+        }
+        match status.code() {
+            // Cut for being slow: the log has what it had not sent.
+            Code::ResourceExhausted => {
+                match member(&self.engine, self.follow.as_ref(), name).await? {
+                    Some(member) if member.uid == uid => {
+                        self.follow(name, &member, next, parts).await?;
+                    }
+                    _ => self.detach(name),
+                }
+            }
             Code::Unavailable => {
                 if self.stopping.is_cancelled() {
                     return Err(Stop(Some(shutting_down())));
@@ -364,17 +425,16 @@ impl Merger {
                 // Its sync stopped: restarted (a new sync is, or will be,
                 // a member) or deleted (the next look says Left).
                 let old = followed.sync.clone();
-                match self.engine.member(name) {
+                match member(&self.engine, self.follow.as_ref(), name).await? {
                     Some(member)
-                        if member.uid == uid
-                            && !Weak::ptr_eq(&old, &Arc::downgrade(&member.sync)) =>
+                        if member.uid == uid && !Weak::ptr_eq(&old, &member.weak_sync()) =>
                     {
                         self.follow(name, &member, next, parts).await?;
                     }
                     _ => self.detach(name),
                 }
             }
-            Code::OutOfRange => match self.engine.member(name) {
+            Code::OutOfRange => match member(&self.engine, self.follow.as_ref(), name).await? {
                 Some(member) if member.uid == uid => {
                     let reason = format!("revisions from {next} are no longer kept");
                     self.join_now(name, &member, &reason).await?;
@@ -396,7 +456,8 @@ impl Merger {
     /// The members changed: follows the datastores that came to match,
     /// lets go of those that left, continues those whose sync restarted.
     async fn look_again(&mut self) -> Result<(), Stop> {
-        let members = self.members();
+        self.look_by = Instant::now() + notify::BACKSTOP;
+        let members = members(&self.engine, self.follow.as_ref()).await?;
         let gone: Vec<(String, String)> = self
             .followed
             .iter()
@@ -419,7 +480,7 @@ impl Merger {
                 continue;
             }
             match self.followed.get(name) {
-                Some(f) if f.detached && !Weak::ptr_eq(&f.sync, &Arc::downgrade(&member.sync)) => {
+                Some(f) if f.detached && !Weak::ptr_eq(&f.sync, &member.weak_sync()) => {
                     let (next, parts) = (f.next, f.parts);
                     self.follow(name, member, next, parts).await?;
                 }
@@ -473,7 +534,7 @@ impl Merger {
     /// Follows `member` from its current revision on, announced with a
     /// Baseline at it.
     async fn join_now(&mut self, name: &str, member: &Member, reason: &str) -> Result<(), Error> {
-        let current = member.sync.snapshot().revision;
+        let current = current(&self.log, name, member).await?;
         self.baseline(name, member, current, reason);
         self.follow(name, member, current + 1, 0).await
     }
@@ -501,17 +562,21 @@ impl Merger {
         next: u64,
         parts: u64,
     ) -> Result<(), Error> {
-        let (stream, next, parts) = match self.watch(member, next, parts).await {
+        let (stream, next, parts) = match self.watch(name, member, next, parts).await {
             Ok(stream) => (stream, next, parts),
             Err(Error::Revision { .. }) => {
-                let current = member.sync.snapshot().revision;
+                let current = current(&self.log, name, member).await?;
                 self.baseline(
                     name,
                     member,
                     current,
                     &format!("revisions from {next} are no longer kept"),
                 );
-                (self.watch(member, current + 1, 0).await?, current + 1, 0)
+                (
+                    self.watch(name, member, current + 1, 0).await?,
+                    current + 1,
+                    0,
+                )
             }
             Err(e) => return Err(e),
         };
@@ -521,7 +586,7 @@ impl Merger {
             name.to_string(),
             Followed {
                 uid: member.uid.clone(),
-                sync: Arc::downgrade(&member.sync),
+                sync: member.weak_sync(),
                 next,
                 parts,
                 detached: false,
@@ -531,19 +596,31 @@ impl Merger {
     }
 
     /// The single watch of `member` from `next`, its first `parts` parts
-    /// skipped. (Not an `async fn` of `&self`: the merger would have to be
+    /// skipped: its sync's, or in replica mode the log's when it runs
+    /// elsewhere. (Not an `async fn` of `&self`: the merger would have to be
     /// `Sync` for its task to hold that across the wait.)
     fn watch(
         &self,
+        name: &str,
         member: &Member,
         next: u64,
         parts: u64,
     ) -> impl Future<Output = Result<EncodedStream, Error>> + Send + use<> {
-        let (sync, uid) = (member.sync.clone(), member.uid.clone());
-        let (log, format) = (self.log.clone(), self.format);
+        let (sync, uid, name) = (member.sync.clone(), member.uid.clone(), name.to_string());
+        let (log, format, follow) = (self.log.clone(), self.format, self.follow.clone());
         let (memory, watches) = (self.memory.clone(), self.watches.clone());
         let skip = usize::try_from(parts).unwrap_or(usize::MAX);
-        async move { watch(sync, uid, log, next, skip, format, &memory, watches).await }
+        async move {
+            match (sync, follow) {
+                (Some(sync), follow) => {
+                    watch(sync, uid, log, next, skip, format, &memory, watches, follow).await
+                }
+                (None, Some(follow)) => {
+                    watch_log(name, uid, log, next, skip, format, &memory, watches, follow).await
+                }
+                (None, None) => unreachable!("outside replica mode every member has its sync"),
+            }
+        }
     }
 
     /// A Progress event with the token of every followed datastore's
@@ -571,6 +648,97 @@ impl Merger {
             event: Some(pb::sync_event::Event::Progress(pb::Progress {})),
             ..Default::default()
         })
+    }
+}
+
+/// Replica mode: returns when a datastore may have been created, changed or
+/// deleted (notified, notifications missed, or the backstop); never outside
+/// replica mode.
+async fn datastores_changed(notices: &mut Option<broadcast::Receiver<Notice>>, backstop: Instant) {
+    let Some(notices) = notices else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(backstop) => return,
+            notice = notices.recv() => match notice {
+                Ok(Notice::Changed { channel: Channel::Datastores, .. })
+                | Ok(Notice::Missed)
+                | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Ok(Notice::Changed { .. }) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            },
+        }
+    }
+}
+
+/// Every member, by name: the engine's syncs, or in replica mode every
+/// datastore in the database (but those held stopped, whose declaration
+/// cannot be used), with its sync when it runs here.
+async fn members(
+    engine: &Engine,
+    follow: Option<&Follow>,
+) -> Result<BTreeMap<String, Member>, Error> {
+    let Some(follow) = follow else {
+        return Ok(engine
+            .members()
+            .into_iter()
+            .map(|m| (m.sync.name().to_string(), Member::of_engine(m)))
+            .collect());
+    };
+    Ok(follow
+        .store
+        .list_datastore_rows()
+        .await?
+        .into_iter()
+        .filter_map(|row| match row {
+            DatastoreRow::Readable(ds) => {
+                let member = stored_member(engine, ds.spec.name.clone(), ds.uid, ds.labels);
+                Some(member)
+            }
+            DatastoreRow::Unreadable { .. } => None,
+        })
+        .collect())
+}
+
+/// The member `name`, if there is one.
+async fn member(
+    engine: &Engine,
+    follow: Option<&Follow>,
+    name: &str,
+) -> Result<Option<Member>, Error> {
+    let Some(follow) = follow else {
+        return Ok(engine.member(name).map(Member::of_engine));
+    };
+    match follow.store.get_datastore_row(name).await {
+        Ok(DatastoreRow::Readable(ds)) => Ok(Some(
+            stored_member(engine, ds.spec.name, ds.uid, ds.labels).1,
+        )),
+        Ok(DatastoreRow::Unreadable { .. }) | Err(Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A datastore of the database as a member: with its sync if this
+/// replica runs that incarnation.
+fn stored_member(
+    engine: &Engine,
+    name: String,
+    uid: String,
+    labels: BTreeMap<String, String>,
+) -> (String, Member) {
+    let sync = engine
+        .get_with_uid(&name)
+        .filter(|(_, synced)| *synced == uid)
+        .map(|(sync, _)| sync);
+    (name, Member { sync, uid, labels })
+}
+
+/// The current revision of `member`: its sync's, or the newest logged.
+async fn current(log: &CommitLog, name: &str, member: &Member) -> Result<u64, Error> {
+    match &member.sync {
+        Some(sync) => Ok(sync.snapshot().revision),
+        None => Ok(log.newest(name).await?.unwrap_or(0)),
     }
 }
 

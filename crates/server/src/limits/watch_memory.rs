@@ -312,6 +312,12 @@ impl QueueWriter {
         self.0.writable.notified().await;
     }
 
+    /// Whether the watch has ended (cut, or its client left): nothing more
+    /// is queued. [`writable`](Self::writable) returns when that happens.
+    pub fn stopped(&self) -> bool {
+        self.0.lock().stopped
+    }
+
     /// Bytes queued now.
     pub fn bytes(&self) -> usize {
         self.0.lock().bytes

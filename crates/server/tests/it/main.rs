@@ -26,6 +26,7 @@ mod reconcile;
 mod reconcile_lifecycle;
 mod reconcile_property;
 mod replica_intents;
+mod replica_reads;
 mod replicas;
 mod storage;
 mod sync;

@@ -34,6 +34,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::support::{Netsyncd, Options, assert_status, http_get, sample};
+use crate::watch_many::{readdress, relabel};
 
 /// The lease of every replica here: short, so that failovers are quick.
 pub(crate) const LEASE: u64 = 3;
@@ -220,7 +221,7 @@ pub(crate) async fn database() -> Option<(String, PgPool)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_sync_each_datastore_exactly_once_and_refuse_the_others_naming_the_owner() {
+async fn three_replicas_sync_each_datastore_exactly_once_and_every_replica_shows_every_status() {
     let Some((url, db)) = database().await else {
         return;
     };
@@ -247,18 +248,7 @@ async fn three_replicas_sync_each_datastore_exactly_once_and_refuse_the_others_n
         assert_eq!(replica.metric("netsync_lease_losses_total").await, 0.0);
     }
 
-    // A call about a datastore synced elsewhere: UNAVAILABLE naming the
-    // owner. The registry answers on every replica.
     let (name, owner) = owners.iter().find(|(_, o)| **o != "a").unwrap();
-    let status = a
-        .client
-        .get_running(pb::GetRunningRequest {
-            datastore: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unavailable, &[name, &format!("{owner:?}")]);
     // Every replica shows every datastore's status as its owner published
     // it (within a lease round): all 300 IN_SYNC on each.
     for replica in [&mut a, &mut b, &mut c] {
@@ -549,6 +539,62 @@ async fn the_database_refuses_a_stale_owners_commit_and_the_rest_of_its_batch_co
     let refused = log.persist("d", commit(2)).await.unwrap_err();
     assert!(refused.contains("no longer owns"), "{refused}");
     store.close().await;
+}
+
+/// UpdateDatastore through a replica that does not sync the datastore: the
+/// owner takes it from the database's notification and restarts the sync
+/// once; through the owner, the notification of its own update restarts
+/// nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_through_any_replica_restarts_the_sync_once_on_its_owner() {
+    let Some((url, db)) = database().await else {
+        return;
+    };
+    let sim = Sim::start(generated(20)).await;
+    let other = Sim::start(generated(30)).await;
+    let mut a = Replica::start(&url, "a").await;
+    let mut b = Replica::start(&url, "b").await;
+    let names = create(&mut a, &sim, 1).await;
+    let (owners, _) = settled(&db, &mut [&mut a, &mut b], &names).await;
+    let name = &names[0];
+    let (owner, elsewhere) = if owners[name] == "a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let restarts = |replica: &Replica, message: &str| {
+        replica
+            .server
+            .logs()
+            .iter()
+            .filter(|l| l.get("message").and_then(|m| m.as_str()) == Some(message))
+            .count()
+    };
+    const NOTICED: &str = "datastore updated through another replica; its sync restarted";
+    const LOCAL: &str = "datastore updated; its sync restarted";
+
+    readdress(&mut elsewhere.client, name, &other).await;
+    converge_by_meaning(&mut owner.client, name, &other).await;
+    assert_eq!(restarts(owner, NOTICED), 1);
+    assert_eq!(restarts(elsewhere, LOCAL) + restarts(elsewhere, NOTICED), 0);
+
+    readdress(&mut owner.client, name, &sim).await;
+    converge_by_meaning(&mut owner.client, name, &sim).await;
+    // Notices are taken in order: once a later relabel through the other
+    // replica is taken, the notice of the owner's own update was too.
+    relabel(&mut elsewhere.client, name, &[("site", "lab")]).await;
+    owner.server.wait_for_log("the relabel taken", |line| {
+        (line.get("message")?.as_str()? == "datastore labels updated through another replica")
+            .then_some(())
+    });
+    assert_eq!(
+        restarts(owner, NOTICED) + restarts(owner, LOCAL),
+        2,
+        "one restart per update"
+    );
+    for replica in [a, b] {
+        assert!(replica.server.terminate().success());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

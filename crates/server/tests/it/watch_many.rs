@@ -33,13 +33,14 @@ struct Copy {
     partial: Option<(u64, pb::Commit)>,
 }
 
-/// What a client of a watch of many datastores holds.
+/// What a client of a watch of many datastores holds (also used by the
+/// tests of replicas).
 #[derive(Debug, Clone, Default)]
-struct Fleet {
+pub(crate) struct Fleet {
     copies: BTreeMap<String, Copy>,
     /// The token of the last Progress event.
-    token: String,
-    progress: usize,
+    pub(crate) token: String,
+    pub(crate) progress: usize,
     /// Every Baseline and Left: (datastore, "baseline" or "left", revision,
     /// reason).
     changes: Vec<(String, &'static str, u64, String)>,
@@ -127,7 +128,7 @@ impl Fleet {
     }
 
     /// Applies events until `done` holds (within the deadline).
-    async fn until(
+    pub(crate) async fn until(
         &mut self,
         client: &mut Client,
         events: &mut tonic::Streaming<pb::SyncEvent>,
@@ -146,12 +147,12 @@ impl Fleet {
     }
 
     /// The revision of `name`'s copy (0 if not followed).
-    fn revision(&self, name: &str) -> u64 {
+    pub(crate) fn revision(&self, name: &str) -> u64 {
         self.copies.get(name).map_or(0, |c| c.revision)
     }
 
     /// The Baselines and Lefts of `name`: (kind, reason).
-    fn changes_of(&self, name: &str) -> Vec<(&'static str, String)> {
+    pub(crate) fn changes_of(&self, name: &str) -> Vec<(&'static str, String)> {
         self.changes
             .iter()
             .filter(|(n, ..)| n == name)
@@ -160,7 +161,7 @@ impl Fleet {
     }
 
     /// Every copy equals running at its revision.
-    async fn assert_equal_to_running(&self, client: &mut Client) {
+    pub(crate) async fn assert_equal_to_running(&self, client: &mut Client) {
         for (name, copy) in &self.copies {
             let running = running_at(client, name, copy.revision).await;
             assert_eq!(copy.leaves, running.leaves, "{name} at {}", copy.revision);
@@ -168,7 +169,7 @@ impl Fleet {
     }
 }
 
-async fn add(client: &mut Client, name: &str, sim: &Sim, labels: &[(&str, &str)]) {
+pub(crate) async fn add(client: &mut Client, name: &str, sim: &Sim, labels: &[(&str, &str)]) {
     let mut builder = DatastoreBuilder::new(name, sim.addr)
         .encoding(pb::Encoding::Proto)
         .commit_interval_ms(50);
@@ -181,7 +182,7 @@ async fn add(client: &mut Client, name: &str, sim: &Sim, labels: &[(&str, &str)]
         .unwrap();
 }
 
-async fn relabel(client: &mut Client, name: &str, labels: &[(&str, &str)]) {
+pub(crate) async fn relabel(client: &mut Client, name: &str, labels: &[(&str, &str)]) {
     client
         .update_datastore(pb::UpdateDatastoreRequest {
             datastore: Some(pb::Datastore {
@@ -200,7 +201,7 @@ async fn relabel(client: &mut Client, name: &str, labels: &[(&str, &str)]) {
         .unwrap();
 }
 
-async fn readdress(client: &mut Client, name: &str, sim: &Sim) {
+pub(crate) async fn readdress(client: &mut Client, name: &str, sim: &Sim) {
     client
         .update_datastore(pb::UpdateDatastoreRequest {
             datastore: Some(pb::Datastore {
@@ -219,7 +220,7 @@ async fn readdress(client: &mut Client, name: &str, sim: &Sim) {
         .unwrap();
 }
 
-async fn delete(client: &mut Client, name: &str) {
+pub(crate) async fn delete(client: &mut Client, name: &str) {
     client
         .delete_datastore(pb::DeleteDatastoreRequest { name: name.into() })
         .await
