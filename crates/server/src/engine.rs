@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use futures::future::BoxFuture;
+use netsync_core::datastore::DatastoreSpec;
 use netsync_core::device::{GnmiTarget, RequestStream, ResponseStream, Target, TargetError};
 use netsync_core::intent::Intent;
 use netsync_core::sync::{RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncLimits};
@@ -22,6 +23,7 @@ use crate::intent_status::{IntentStatus, Tracker};
 use crate::jobs::{self, Trigger};
 use crate::log::CommitLog;
 use crate::reconcile::{JobStats, ReconcileConfig, Worker};
+use crate::status_record::{self, Recorder};
 use crate::store::{Store, StoredDatastore};
 
 /// One datastore's running parts: its sync and its reconcile worker.
@@ -45,6 +47,8 @@ struct Entry {
     unusable: Mutex<BTreeMap<String, pb::Intent>>,
     /// The datastore's labels, for watches of many datastores.
     labels: Mutex<BTreeMap<String, String>>,
+    /// Replica mode: records the intent statuses in the database.
+    recorder: Mutex<Option<Recorder>>,
 }
 
 impl Entry {
@@ -173,13 +177,20 @@ impl Engine {
     /// ListIntents) as FAILING with the reason as its last error, is never
     /// sent to the device, and is logged; SetIntent replaces it,
     /// DeleteIntent removes it.
+    ///
+    /// In replica mode, intents start from the statuses an earlier owner
+    /// recorded (see [`crate::status_record`]): a FAILING intent stays
+    /// FAILING across a failover, as it would on the same process, instead
+    /// of being tried again at once.
     pub async fn start(&self, ds: &StoredDatastore) {
-        self.start_quietly(ds).await;
+        self.start_quietly(ds, true).await;
         self.announce_members();
     }
 
-    /// [`Engine::start`], without announcing the change of members.
-    async fn start_quietly(&self, ds: &StoredDatastore) {
+    /// [`Engine::start`], without announcing the change of members;
+    /// `restore`: whether intents start from their recorded statuses
+    /// (replica mode) rather than PENDING.
+    async fn start_quietly(&self, ds: &StoredDatastore, restore: bool) {
         let spec = &ds.spec;
         let loaded = match self.log.load(&spec.name).await {
             Ok(initial) => match self.store.list_intents(&spec.name).await {
@@ -193,20 +204,16 @@ impl Engine {
                 let mut intents = Vec::new();
                 let mut unusable = Vec::new();
                 for proto in stored {
-                    match convert::intent_for_datastore(proto.clone(), "intent", spec) {
+                    match check_stored_intent(spec, proto.clone()) {
                         Ok(intent) => intents.push(intent),
-                        Err(e) => {
-                            let error = format!(
-                                "the stored intent cannot be used: {} {}; it is not sent to the \
-                                 device until SetIntent replaces it (DeleteIntent removes it)",
-                                e.field, e.message
-                            );
+                        Err(error) => {
                             tracing::error!(datastore = %spec.name, intent = %proto.name, %error, "stored intent refused by today's validation");
                             unusable.push((proto, error));
                         }
                     }
                 }
-                self.start_with(ds, initial, intents, unusable);
+                let recording = self.recording(&spec.name, restore).await;
+                self.start_with(ds, initial, intents, unusable, recording);
             }
             Err((part, error)) => {
                 tracing::error!(datastore = %spec.name, %error, "cannot load {part}: the datastore stays stopped until it is deleted");
@@ -235,8 +242,38 @@ impl Engine {
 
     /// Starts syncing a datastore that has nothing stored yet.
     pub fn start_new(&self, ds: &StoredDatastore) {
-        self.start_with(ds, Snapshot::default(), Vec::new(), Vec::new());
+        let recording = self
+            .store
+            .writer()
+            .epoch_of(&ds.spec.name)
+            .ok()
+            .flatten()
+            .map(|epoch| Recording {
+                epoch,
+                stored: HashMap::new(),
+                restore: false,
+            });
+        self.start_with(ds, Snapshot::default(), Vec::new(), Vec::new(), recording);
         self.announce_members();
+    }
+
+    /// Replica mode: how the statuses of `name`, whose lease this replica
+    /// holds, are recorded; `None` outside replica mode (or if the lease
+    /// went meanwhile: a later order stops the sync). Statuses that cannot
+    /// be read start PENDING (logged): they are derived, not declared.
+    async fn recording(&self, name: &str, restore: bool) -> Option<Recording> {
+        let epoch = self.store.writer().epoch_of(name).ok().flatten()?;
+        let stored = status_record::load(&self.store, name)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(datastore = %name, %error, "cannot read the recorded intent statuses; intents start PENDING");
+                HashMap::new()
+            });
+        Some(Recording {
+            epoch,
+            stored,
+            restore,
+        })
     }
 
     fn start_with(
@@ -245,6 +282,7 @@ impl Engine {
         initial: Snapshot,
         intents: Vec<Intent>,
         unusable: Vec<(pb::Intent, String)>,
+        recording: Option<Recording>,
     ) {
         let (spec, uid) = (&ds.spec, ds.uid.as_str());
         if self.entries.lock().expect("lock").contains_key(&spec.name) {
@@ -271,6 +309,9 @@ impl Engine {
         // Every loaded intent starts PENDING: the worker marks APPLIED those
         // that running holds once the sync is IN_SYNC.
         let tracker = Arc::new(Tracker::new(intents.iter().map(|i| i.name.clone())));
+        if let Some(recording) = recording.as_ref().filter(|r| r.restore) {
+            tracker.restore(&recording.stored);
+        }
         for intent in intents {
             sync.set_intent(intent);
         }
@@ -281,6 +322,18 @@ impl Engine {
                 (proto.name.clone(), proto)
             })
             .collect();
+        let recorder = recording.map(|recording| {
+            Recorder::start(
+                spec.name.clone(),
+                tracker.clone(),
+                recording.stored,
+                status_record::database_sink(
+                    self.store.writer().clone(),
+                    spec.name.clone(),
+                    Some(recording.epoch),
+                ),
+            )
+        });
         let wake = Arc::new(Notify::new());
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let (stop_worker, stopped) = watch::channel(false);
@@ -306,6 +359,7 @@ impl Engine {
             jobs,
             unusable: Mutex::new(unusable),
             labels: Mutex::new(ds.labels.clone()),
+            recorder: Mutex::new(recorder),
         });
         let old = self
             .entries
@@ -406,12 +460,7 @@ impl Engine {
     pub fn unusable_intent(&self, name: &str, intent: &str) -> Option<pb::Intent> {
         let entry = self.entry(name)?;
         let proto = entry.unusable.lock().expect("lock").get(intent).cloned()?;
-        Some(pb::Intent {
-            status: Some(convert::intent_status_to_proto(
-                &entry.tracker.status(intent),
-            )),
-            ..proto
-        })
+        Some(unusable_view(proto, &entry.tracker.status(intent)))
     }
 
     /// Every stored intent of `name` that today's validation refuses, by
@@ -513,7 +562,7 @@ impl Engine {
     /// started (never the datastore gone in between).
     pub async fn restart(&self, ds: &StoredDatastore) {
         self.stop_quietly(&ds.spec.name).await;
-        self.start_quietly(ds).await;
+        self.start_quietly(ds, false).await;
         self.announce_members();
     }
 
@@ -554,7 +603,68 @@ async fn stop_entry(entry: Arc<Entry>) {
     if let Some(worker) = worker {
         let _ = worker.await;
     }
+    // Once the worker changes no status any more: the last ones recorded
+    // (under the epoch the sync started with, before the lease is freed)
+    // are those the next owner starts from.
+    let recorder = entry.recorder.lock().expect("lock").take();
+    if let Some(recorder) = recorder {
+        recorder.stop().await;
+    }
     entry.sync.stop().await;
+}
+
+/// How a sync started in replica mode records its intents' statuses.
+struct Recording {
+    /// The lease epoch the sync was started under: its recordings are
+    /// fenced by it.
+    epoch: i64,
+    /// What the table holds for the datastore now.
+    stored: HashMap<String, IntentStatus>,
+    /// Whether the intents start from `stored` (a takeover or a start)
+    /// rather than PENDING (a restart by UpdateDatastore, as on a single
+    /// netsyncd).
+    restore: bool,
+}
+
+/// A stored intent through the validation and flattening SetIntent applies
+/// today: the intent to sync, or why it cannot be used, in the words its
+/// FAILING status shows (see [`Engine::start`]). The one check, whoever
+/// shows the intent: the owner at load, another replica reading it from the
+/// database ([`crate::status_record::stored_intents`]).
+pub fn check_stored_intent(spec: &DatastoreSpec, proto: pb::Intent) -> Result<Intent, String> {
+    convert::intent_for_datastore(proto, "intent", spec).map_err(|e| {
+        format!(
+            "the stored intent cannot be used: {} {}; it is not sent to the device until \
+             SetIntent replaces it (DeleteIntent removes it)",
+            e.field, e.message
+        )
+    })
+}
+
+/// A stored intent that today's validation refuses, as GetIntent shows it:
+/// as stored, with `status`.
+fn unusable_view(proto: pb::Intent, status: &IntentStatus) -> pb::Intent {
+    pb::Intent {
+        status: Some(convert::intent_status_to_proto(status)),
+        ..proto
+    }
+}
+
+/// A stored intent as GetIntent shows it, whoever answers: through today's
+/// validation ([`check_stored_intent`]) with `status` (PENDING if none), or,
+/// if validation refuses it, as stored and FAILING with why, as the owner
+/// holds it aside.
+pub fn intent_view(
+    spec: &DatastoreSpec,
+    proto: pb::Intent,
+    status: Option<IntentStatus>,
+) -> pb::Intent {
+    match check_stored_intent(spec, proto.clone()) {
+        Ok(intent) => {
+            convert::intent_with_status(&intent, &status.unwrap_or_else(IntentStatus::pending))
+        }
+        Err(error) => unusable_view(proto, &IntentStatus::unusable(error)),
+    }
 }
 
 /// A target that cannot be built (e.g. unsupported settings): every call fails
