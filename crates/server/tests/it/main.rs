@@ -24,6 +24,7 @@ mod process;
 mod reconcile;
 mod reconcile_lifecycle;
 mod reconcile_property;
+mod replica_intent_reads;
 mod replicas;
 mod storage;
 mod sync;

@@ -48,6 +48,11 @@ pub(crate) struct Replica {
 
 impl Replica {
     pub(crate) async fn start(url: &str, id: &str) -> Self {
+        Self::start_with(url, id, &[]).await
+    }
+
+    /// [`Replica::start`] with more flags (`extra`).
+    pub(crate) async fn start_with(url: &str, id: &str, extra: &[&str]) -> Self {
         let server = Netsyncd::start_with(
             Path::new("unused"),
             Options {
@@ -60,8 +65,10 @@ impl Replica {
                     "--metrics-listen",
                     "127.0.0.1:0",
                 ]
-                .map(String::from)
-                .to_vec(),
+                .iter()
+                .chain(extra)
+                .map(|arg| arg.to_string())
+                .collect(),
                 db_url: Some(url.to_string()),
                 ..Default::default()
             },
