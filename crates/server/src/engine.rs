@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use futures::future::BoxFuture;
-use netsync_core::datastore::DatastoreSpec;
 use netsync_core::device::{GnmiTarget, RequestStream, ResponseStream, Target, TargetError};
 use netsync_core::intent::Intent;
 use netsync_core::sync::{RevertEvent, RevertPhase, Snapshot, SyncHandle, SyncLimits};
@@ -204,7 +203,7 @@ impl Engine {
                 let mut intents = Vec::new();
                 let mut unusable = Vec::new();
                 for proto in stored {
-                    match check_stored_intent(spec, proto.clone()) {
+                    match convert::check_stored_intent(spec, proto.clone()) {
                         Ok(intent) => intents.push(intent),
                         Err(error) => {
                             tracing::error!(datastore = %spec.name, intent = %proto.name, %error, "stored intent refused by today's validation");
@@ -460,7 +459,10 @@ impl Engine {
     pub fn unusable_intent(&self, name: &str, intent: &str) -> Option<pb::Intent> {
         let entry = self.entry(name)?;
         let proto = entry.unusable.lock().expect("lock").get(intent).cloned()?;
-        Some(unusable_view(proto, &entry.tracker.status(intent)))
+        Some(convert::unusable_intent_view(
+            proto,
+            &entry.tracker.status(intent),
+        ))
     }
 
     /// Every stored intent of `name` that today's validation refuses, by
@@ -624,47 +626,6 @@ struct Recording {
     /// rather than PENDING (a restart by UpdateDatastore, as on a single
     /// netsyncd).
     restore: bool,
-}
-
-/// A stored intent through the validation and flattening SetIntent applies
-/// today: the intent to sync, or why it cannot be used, in the words its
-/// FAILING status shows (see [`Engine::start`]). The one check, whoever
-/// shows the intent: the owner at load, another replica reading it from the
-/// database ([`crate::status_record::stored_intents`]).
-pub fn check_stored_intent(spec: &DatastoreSpec, proto: pb::Intent) -> Result<Intent, String> {
-    convert::intent_for_datastore(proto, "intent", spec).map_err(|e| {
-        format!(
-            "the stored intent cannot be used: {} {}; it is not sent to the device until \
-             SetIntent replaces it (DeleteIntent removes it)",
-            e.field, e.message
-        )
-    })
-}
-
-/// A stored intent that today's validation refuses, as GetIntent shows it:
-/// as stored, with `status`.
-fn unusable_view(proto: pb::Intent, status: &IntentStatus) -> pb::Intent {
-    pb::Intent {
-        status: Some(convert::intent_status_to_proto(status)),
-        ..proto
-    }
-}
-
-/// A stored intent as GetIntent shows it, whoever answers: through today's
-/// validation ([`check_stored_intent`]) with `status` (PENDING if none), or,
-/// if validation refuses it, as stored and FAILING with why, as the owner
-/// holds it aside.
-pub fn intent_view(
-    spec: &DatastoreSpec,
-    proto: pb::Intent,
-    status: Option<IntentStatus>,
-) -> pb::Intent {
-    match check_stored_intent(spec, proto.clone()) {
-        Ok(intent) => {
-            convert::intent_with_status(&intent, &status.unwrap_or_else(IntentStatus::pending))
-        }
-        Err(error) => unusable_view(proto, &IntentStatus::unusable(error)),
-    }
 }
 
 /// A target that cannot be built (e.g. unsupported settings): every call fails

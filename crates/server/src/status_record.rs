@@ -30,8 +30,8 @@ use netsync_proto::netsync::v1 as pb;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::convert;
 use crate::db::{on_conn, on_readers};
-use crate::engine;
 use crate::error::Error;
 use crate::intent_status::{IntentState, IntentStatus, Tracker};
 use crate::store::{self, Store};
@@ -110,7 +110,7 @@ type Row = (
 
 /// The intents of `ds` as stored (only `only`, if given), sorted by name, as
 /// its owner shows them: each through today's validation
-/// ([`engine::check_stored_intent`]), with its recorded status (PENDING when
+/// ([`convert::check_stored_intent`]), with its recorded status (PENDING when
 /// none is recorded yet); one that validation refuses as stored, FAILING
 /// with why, as the owner holds it aside.
 pub async fn stored_intents(
@@ -155,7 +155,7 @@ pub async fn stored_intents(
                 }
                 _ => None,
             };
-            Ok(engine::intent_view(ds, proto, status))
+            Ok(convert::stored_intent_view(ds, proto, status))
         })
         .collect()
 }

@@ -9,7 +9,6 @@ use netsync_core::running::Running;
 use netsync_proto::netsync::v1 as pb;
 
 use crate::convert::{self, ValueFormat};
-use crate::engine::check_stored_intent;
 use crate::error::Error;
 use crate::log::CommitLog;
 use crate::store::{Store, StoredDatastore};
@@ -115,7 +114,7 @@ pub async fn stored_deviations(
         .list_intents(name)
         .await?
         .into_iter()
-        .filter_map(|proto| check_stored_intent(&ds.spec, proto).ok())
+        .filter_map(|proto| convert::check_stored_intent(&ds.spec, proto).ok())
         .collect();
     // Proportional to the intents' claims (and running below their
     // absence claims): on the blocking pool, as large reads are.
