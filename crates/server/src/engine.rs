@@ -605,14 +605,15 @@ async fn stop_entry(entry: Arc<Entry>) {
     if let Some(worker) = worker {
         let _ = worker.await;
     }
+    entry.sync.stop().await;
     // Once the worker changes no status any more: the last ones recorded
     // (under the epoch the sync started with, before the lease is freed)
-    // are those the next owner starts from.
+    // are those the next owner starts from. After the sync's stop, which a
+    // lease not renewed in time wants at once, whatever the database does.
     let recorder = entry.recorder.lock().expect("lock").take();
     if let Some(recorder) = recorder {
         recorder.stop().await;
     }
-    entry.sync.stop().await;
 }
 
 /// How a sync started in replica mode records its intents' statuses.

@@ -340,8 +340,11 @@ mod tests {
 
     use super::*;
 
+    /// Each write a test sink was given.
+    type Writes = Arc<Mutex<Vec<Vec<(String, IntentStatus)>>>>;
+
     /// A sink that remembers each write.
-    fn sink() -> (Sink, Arc<Mutex<Vec<Vec<(String, IntentStatus)>>>>) {
+    fn sink() -> (Sink, Writes) {
         let writes = Arc::new(Mutex::new(Vec::new()));
         let seen = writes.clone();
         let sink: Sink = Arc::new(move |changed| {
