@@ -191,8 +191,11 @@ impl Engine {
     /// (replica mode) rather than PENDING.
     async fn start_quietly(&self, ds: &StoredDatastore, restore: bool) {
         let spec = &ds.spec;
+        // Replica mode: the lease epoch this sync starts under (none if the
+        // lease went meanwhile: a later order stops the sync).
+        let epoch = self.store.writer().epoch_of(&spec.name).ok().flatten();
         let loaded = match self.log.load(&spec.name).await {
-            Ok(initial) => match self.store.list_intents(&spec.name).await {
+            Ok(initial) => match self.load_intents(&spec.name, epoch.is_some()).await {
                 Ok(intents) => Ok((initial, intents)),
                 Err(error) => Err(("intents", error)),
             },
@@ -202,7 +205,11 @@ impl Engine {
             Ok((initial, stored)) => {
                 let mut intents = Vec::new();
                 let mut unusable = Vec::new();
-                for proto in stored {
+                let mut statuses = HashMap::new();
+                for (proto, status) in stored {
+                    if let Some(status) = status {
+                        statuses.insert(proto.name.clone(), status);
+                    }
                     match convert::check_stored_intent(spec, proto.clone()) {
                         Ok(intent) => intents.push(intent),
                         Err(error) => {
@@ -211,7 +218,11 @@ impl Engine {
                         }
                     }
                 }
-                let recording = self.recording(&spec.name, restore).await;
+                let recording = epoch.map(|epoch| Recording {
+                    epoch,
+                    stored: statuses,
+                    restore,
+                });
                 self.start_with(ds, initial, intents, unusable, recording);
             }
             Err((part, error)) => {
@@ -256,23 +267,20 @@ impl Engine {
         self.announce_members();
     }
 
-    /// Replica mode: how the statuses of `name`, whose lease this replica
-    /// holds, are recorded; `None` outside replica mode (or if the lease
-    /// went meanwhile: a later order stops the sync). Statuses that cannot
-    /// be read start PENDING (logged): they are derived, not declared.
-    async fn recording(&self, name: &str, restore: bool) -> Option<Recording> {
-        let epoch = self.store.writer().epoch_of(name).ok().flatten()?;
-        let stored = status_record::load(&self.store, name)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::warn!(datastore = %name, %error, "cannot read the recorded intent statuses; intents start PENDING");
-                HashMap::new()
-            });
-        Some(Recording {
-            epoch,
-            stored,
-            restore,
-        })
+    /// The stored intents of `name`, with their recorded statuses if
+    /// `with_statuses` (replica mode): read in the one statement that reads
+    /// the intents, so that a failover, which starts syncs one after the
+    /// other, pays no extra round trip per datastore for them.
+    async fn load_intents(
+        &self,
+        name: &str,
+        with_statuses: bool,
+    ) -> Result<Vec<(pb::Intent, Option<IntentStatus>)>, Error> {
+        if with_statuses {
+            return status_record::intents_with_statuses(&self.store, name, None).await;
+        }
+        let intents = self.store.list_intents(name).await?;
+        Ok(intents.into_iter().map(|proto| (proto, None)).collect())
     }
 
     fn start_with(

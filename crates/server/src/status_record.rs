@@ -2,7 +2,7 @@
 //! datastore records its intents' statuses ([`Recorder`]), the other
 //! replicas answer GetIntent and ListIntents from them with the stored
 //! intents ([`stored_intents`]), and the next owner starts from them
-//! ([`load`], [`crate::intent_status::Tracker::restore`]).
+//! ([`intents_with_statuses`], [`crate::intent_status::Tracker::restore`]).
 //!
 //! Recording is off the reconcile path: a status change only notifies the
 //! recorder (one atomic operation, see
@@ -78,25 +78,6 @@ fn from_row(
     })
 }
 
-/// The statuses recorded for the intents of `datastore`, by intent name.
-pub async fn load(store: &Store, datastore: &str) -> Result<HashMap<String, IntentStatus>, Error> {
-    let rows: Vec<(String, String, i64, i64, String)> = on_readers!(store.readers(), pool => {
-        sqlx::query_as(
-            "SELECT name, state, applied_revision, attempts, last_error FROM intent_statuses \
-             WHERE datastore = $1",
-        )
-        .bind(datastore)
-        .fetch_all(pool)
-        .await?
-    });
-    Ok(rows
-        .into_iter()
-        .filter_map(|(name, state, applied, attempts, error)| {
-            Some((name, from_row(&state, applied, attempts, error)?))
-        })
-        .collect())
-}
-
 /// One stored intent row, with the status recorded for it (read in one
 /// statement, so the two belong to the same moment).
 type Row = (
@@ -108,17 +89,13 @@ type Row = (
     Option<String>,
 );
 
-/// The intents of `ds` as stored (only `only`, if given), sorted by name, as
-/// its owner shows them: each through today's validation
-/// ([`convert::check_stored_intent`]), with its recorded status (PENDING when
-/// none is recorded yet); one that validation refuses as stored, FAILING
-/// with why, as the owner holds it aside.
-pub async fn stored_intents(
+/// The intents of `datastore` as stored (only `only`, if given), sorted by
+/// name, each with its recorded status if there is one.
+pub async fn intents_with_statuses(
     store: &Store,
-    ds: &DatastoreSpec,
+    datastore: &str,
     only: Option<&str>,
-) -> Result<Vec<pb::Intent>, Error> {
-    let name = ds.name.as_str();
+) -> Result<Vec<(pb::Intent, Option<IntentStatus>)>, Error> {
     let mut rows: Vec<Row> = match only {
         None => on_readers!(store.readers(), pool => {
             sqlx::query_as(
@@ -127,7 +104,7 @@ pub async fn stored_intents(
                    ON s.datastore = i.datastore AND s.name = i.name \
                  WHERE i.datastore = $1",
             )
-            .bind(name)
+            .bind(datastore)
             .fetch_all(pool)
             .await?
         }),
@@ -138,7 +115,7 @@ pub async fn stored_intents(
                    ON s.datastore = i.datastore AND s.name = i.name \
                  WHERE i.datastore = $1 AND i.name = $2",
             )
-            .bind(name)
+            .bind(datastore)
             .bind(intent)
             .fetch_all(pool)
             .await?
@@ -148,16 +125,33 @@ pub async fn stored_intents(
     rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     rows.into_iter()
         .map(|(intent, body, state, applied, attempts, error)| {
-            let proto = store::decode_intent(name, intent, &body)?;
+            let proto = store::decode_intent(datastore, intent, &body)?;
             let status = match (state, applied, attempts, error) {
                 (Some(state), Some(applied), Some(attempts), Some(error)) => {
                     from_row(&state, applied, attempts, error)
                 }
                 _ => None,
             };
-            Ok(convert::stored_intent_view(ds, proto, status))
+            Ok((proto, status))
         })
         .collect()
+}
+
+/// The intents of `ds` as stored (only `only`, if given), sorted by name, as
+/// its owner shows them: each through today's validation
+/// ([`convert::check_stored_intent`]), with its recorded status (PENDING
+/// when none is recorded yet); one that validation refuses as stored,
+/// FAILING with why, as the owner holds it aside.
+pub async fn stored_intents(
+    store: &Store,
+    ds: &DatastoreSpec,
+    only: Option<&str>,
+) -> Result<Vec<pb::Intent>, Error> {
+    Ok(intents_with_statuses(store, &ds.name, only)
+        .await?
+        .into_iter()
+        .map(|(proto, status)| convert::stored_intent_view(ds, proto, status))
+        .collect())
 }
 
 /// Where the recorder writes: the statuses that changed, each with its
