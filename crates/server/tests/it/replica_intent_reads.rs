@@ -298,6 +298,32 @@ async fn intents_of_the_owner_are_shown_on_every_replica_with_their_statuses() {
             .await
             .unwrap();
     assert_eq!(rows, ["refused"]);
+
+    // A rewrite of the intent row (as SetIntent on any replica does) drops
+    // its recorded status in the same statement: PENDING everywhere until
+    // its owner records again.
+    sqlx::query("UPDATE intents SET body = body WHERE datastore = $1 AND name = 'refused'")
+        .bind(ds)
+        .execute(&db)
+        .await
+        .unwrap();
+    for other in others.iter_mut() {
+        let shown = get_intent(&mut other.client, ds, "refused").await;
+        assert_eq!(state(&shown), pb::IntentState::Pending, "{shown:?}");
+    }
+
+    // The datastore deleted through a replica that does not sync it: its
+    // statuses go with it.
+    others[0]
+        .client
+        .delete_datastore(pb::DeleteDatastoreRequest { name: ds.into() })
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM intent_statuses")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
     sim.clear_faults().await;
     for replica in replicas {
         assert!(replica.server.terminate().success());
