@@ -313,8 +313,9 @@ impl Engine {
             spec.name.clone(),
             uid.to_string(),
         ));
-        // Every loaded intent starts PENDING: the worker marks APPLIED those
-        // that running holds once the sync is IN_SYNC.
+        // Every loaded intent starts PENDING (in replica mode, as recorded):
+        // the worker marks APPLIED those PENDING that running holds once the
+        // sync is IN_SYNC.
         let tracker = Arc::new(Tracker::new(intents.iter().map(|i| i.name.clone())));
         if let Some(recording) = recording.as_ref().filter(|r| r.restore) {
             tracker.restore(&recording.stored);
