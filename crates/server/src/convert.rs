@@ -631,6 +631,45 @@ pub fn intent_with_status(intent: &Intent, status: &IntentStatus) -> pb::Intent 
     }
 }
 
+/// A stored intent through the validation and flattening SetIntent applies
+/// today: the intent to sync, or why it cannot be used, in the words its
+/// FAILING status shows (see `Engine::start`). The one check, whoever shows
+/// the intent: the owner at load, another replica reading it from the
+/// database (`status_record::stored_intents`).
+pub fn check_stored_intent(spec: &DatastoreSpec, proto: pb::Intent) -> Result<Intent, String> {
+    intent_for_datastore(proto, "intent", spec).map_err(|e| {
+        format!(
+            "the stored intent cannot be used: {} {}; it is not sent to the device until \
+             SetIntent replaces it (DeleteIntent removes it)",
+            e.field, e.message
+        )
+    })
+}
+
+/// A stored intent that today's validation refuses, as GetIntent shows it:
+/// as stored, with `status`.
+pub fn unusable_intent_view(proto: pb::Intent, status: &IntentStatus) -> pb::Intent {
+    pb::Intent {
+        status: Some(intent_status_to_proto(status)),
+        ..proto
+    }
+}
+
+/// A stored intent as GetIntent shows it, whoever answers: through today's
+/// validation ([`check_stored_intent`]) with `status` (PENDING if none), or,
+/// if validation refuses it, as stored and FAILING with why, as the owner
+/// holds it aside.
+pub fn stored_intent_view(
+    spec: &DatastoreSpec,
+    proto: pb::Intent,
+    status: Option<IntentStatus>,
+) -> pb::Intent {
+    match check_stored_intent(spec, proto.clone()) {
+        Ok(intent) => intent_with_status(&intent, &status.unwrap_or_else(IntentStatus::pending)),
+        Err(error) => unusable_intent_view(proto, &IntentStatus::unusable(error)),
+    }
+}
+
 /// The wire form of an intent's status.
 pub fn intent_status_to_proto(status: &IntentStatus) -> pb::IntentStatus {
     pb::IntentStatus {

@@ -22,6 +22,7 @@ use crate::intent_status::{IntentStatus, Tracker};
 use crate::jobs::{self, Trigger};
 use crate::log::CommitLog;
 use crate::reconcile::{JobStats, ReconcileConfig, Worker};
+use crate::status_record::{self, Recorder};
 use crate::store::{Store, StoredDatastore};
 
 /// One datastore's running parts: its sync and its reconcile worker.
@@ -45,6 +46,8 @@ struct Entry {
     unusable: Mutex<BTreeMap<String, pb::Intent>>,
     /// The datastore's labels, for watches of many datastores.
     labels: Mutex<BTreeMap<String, String>>,
+    /// Replica mode: records the intent statuses in the database.
+    recorder: Mutex<Option<Recorder>>,
 }
 
 impl Entry {
@@ -191,16 +194,26 @@ impl Engine {
     /// ListIntents) as FAILING with the reason as its last error, is never
     /// sent to the device, and is logged; SetIntent replaces it,
     /// DeleteIntent removes it.
+    ///
+    /// In replica mode, intents start from the statuses an earlier owner
+    /// recorded (see [`crate::status_record`]): a FAILING intent stays
+    /// FAILING across a failover, as it would on the same process, instead
+    /// of being tried again at once.
     pub async fn start(&self, ds: &StoredDatastore) {
-        self.start_quietly(ds).await;
+        self.start_quietly(ds, true).await;
         self.announce_members();
     }
 
-    /// [`Engine::start`], without announcing the change of members.
-    async fn start_quietly(&self, ds: &StoredDatastore) {
+    /// [`Engine::start`], without announcing the change of members;
+    /// `restore`: whether intents start from their recorded statuses
+    /// (replica mode) rather than PENDING.
+    async fn start_quietly(&self, ds: &StoredDatastore, restore: bool) {
         let spec = &ds.spec;
+        // Replica mode: the lease epoch this sync starts under (none if the
+        // lease went meanwhile: a later order stops the sync).
+        let epoch = self.store.writer().epoch_of(&spec.name).ok().flatten();
         let loaded = match self.log.load(&spec.name).await {
-            Ok(initial) => match self.store.list_intents(&spec.name).await {
+            Ok(initial) => match self.load_intents(&spec.name, epoch.is_some()).await {
                 Ok(intents) => Ok((initial, intents)),
                 Err(error) => Err(("intents", error)),
             },
@@ -210,21 +223,25 @@ impl Engine {
             Ok((initial, stored)) => {
                 let mut intents = Vec::new();
                 let mut unusable = Vec::new();
-                for proto in stored {
-                    match convert::intent_for_datastore(proto.clone(), "intent", spec) {
+                let mut statuses = HashMap::new();
+                for (proto, status) in stored {
+                    if let Some(status) = status {
+                        statuses.insert(proto.name.clone(), status);
+                    }
+                    match convert::check_stored_intent(spec, proto.clone()) {
                         Ok(intent) => intents.push(intent),
-                        Err(e) => {
-                            let error = format!(
-                                "the stored intent cannot be used: {} {}; it is not sent to the \
-                                 device until SetIntent replaces it (DeleteIntent removes it)",
-                                e.field, e.message
-                            );
+                        Err(error) => {
                             tracing::error!(datastore = %spec.name, intent = %proto.name, %error, "stored intent refused by today's validation");
                             unusable.push((proto, error));
                         }
                     }
                 }
-                self.start_with(ds, initial, intents, unusable);
+                let recording = epoch.map(|epoch| Recording {
+                    epoch,
+                    stored: statuses,
+                    restore,
+                });
+                self.start_with(ds, initial, intents, unusable, recording);
             }
             Err((part, error)) => {
                 tracing::error!(datastore = %spec.name, %error, "cannot load {part}: the datastore stays stopped until it is deleted");
@@ -253,8 +270,35 @@ impl Engine {
 
     /// Starts syncing a datastore that has nothing stored yet.
     pub fn start_new(&self, ds: &StoredDatastore) {
-        self.start_with(ds, Snapshot::default(), Vec::new(), Vec::new());
+        let recording = self
+            .store
+            .writer()
+            .epoch_of(&ds.spec.name)
+            .ok()
+            .flatten()
+            .map(|epoch| Recording {
+                epoch,
+                stored: HashMap::new(),
+                restore: false,
+            });
+        self.start_with(ds, Snapshot::default(), Vec::new(), Vec::new(), recording);
         self.announce_members();
+    }
+
+    /// The stored intents of `name`, with their recorded statuses if
+    /// `with_statuses` (replica mode): read in the one statement that reads
+    /// the intents, so that a failover, which starts syncs one after the
+    /// other, pays no extra round trip per datastore for them.
+    async fn load_intents(
+        &self,
+        name: &str,
+        with_statuses: bool,
+    ) -> Result<Vec<(pb::Intent, Option<IntentStatus>)>, Error> {
+        if with_statuses {
+            return status_record::intents_with_statuses(&self.store, name, None).await;
+        }
+        let intents = self.store.list_intents(name).await?;
+        Ok(intents.into_iter().map(|proto| (proto, None)).collect())
     }
 
     fn start_with(
@@ -263,6 +307,7 @@ impl Engine {
         initial: Snapshot,
         intents: Vec<Intent>,
         unusable: Vec<(pb::Intent, String)>,
+        recording: Option<Recording>,
     ) {
         let (spec, uid) = (&ds.spec, ds.uid.as_str());
         if self.entries.lock().expect("lock").contains_key(&spec.name) {
@@ -286,9 +331,13 @@ impl Engine {
             spec.name.clone(),
             uid.to_string(),
         ));
-        // Every loaded intent starts PENDING: the worker marks APPLIED those
-        // that running holds once the sync is IN_SYNC.
+        // Every loaded intent starts PENDING (in replica mode, as recorded):
+        // the worker marks APPLIED those PENDING that running holds once the
+        // sync is IN_SYNC.
         let tracker = Arc::new(Tracker::new(intents.iter().map(|i| i.name.clone())));
+        if let Some(recording) = recording.as_ref().filter(|r| r.restore) {
+            tracker.restore(&recording.stored);
+        }
         for intent in intents {
             sync.set_intent(intent);
         }
@@ -299,6 +348,18 @@ impl Engine {
                 (proto.name.clone(), proto)
             })
             .collect();
+        let recorder = recording.map(|recording| {
+            Recorder::start(
+                spec.name.clone(),
+                tracker.clone(),
+                recording.stored,
+                status_record::database_sink(
+                    self.store.writer().clone(),
+                    spec.name.clone(),
+                    Some(recording.epoch),
+                ),
+            )
+        });
         let wake = Arc::new(Notify::new());
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let (stop_worker, stopped) = watch::channel(false);
@@ -324,6 +385,7 @@ impl Engine {
             jobs,
             unusable: Mutex::new(unusable),
             labels: Mutex::new(ds.labels.clone()),
+            recorder: Mutex::new(recorder),
         });
         let old = self
             .entries
@@ -500,12 +562,10 @@ impl Engine {
     pub fn unusable_intent(&self, name: &str, intent: &str) -> Option<pb::Intent> {
         let entry = self.entry(name)?;
         let proto = entry.unusable.lock().expect("lock").get(intent).cloned()?;
-        Some(pb::Intent {
-            status: Some(convert::intent_status_to_proto(
-                &entry.tracker.status(intent),
-            )),
-            ..proto
-        })
+        Some(convert::unusable_intent_view(
+            proto,
+            &entry.tracker.status(intent),
+        ))
     }
 
     /// Every stored intent of `name` that today's validation refuses, by
@@ -612,7 +672,7 @@ impl Engine {
 
     async fn restart_now(&self, ds: &StoredDatastore) {
         self.stop_quietly(&ds.spec.name).await;
-        self.start_quietly(ds).await;
+        self.start_quietly(ds, false).await;
         self.announce_members();
     }
 
@@ -678,6 +738,27 @@ async fn stop_entry(entry: Arc<Entry>) {
         let _ = worker.await;
     }
     entry.sync.stop().await;
+    // Once the worker changes no status any more: the last ones recorded
+    // (under the epoch the sync started with, before the lease is freed)
+    // are those the next owner starts from. After the sync's stop, which a
+    // lease not renewed in time wants at once, whatever the database does.
+    let recorder = entry.recorder.lock().expect("lock").take();
+    if let Some(recorder) = recorder {
+        recorder.stop().await;
+    }
+}
+
+/// How a sync started in replica mode records its intents' statuses.
+struct Recording {
+    /// The lease epoch the sync was started under: its recordings are
+    /// fenced by it.
+    epoch: i64,
+    /// What the table holds for the datastore now.
+    stored: HashMap<String, IntentStatus>,
+    /// Whether the intents start from `stored` (a takeover or a start)
+    /// rather than PENDING (a restart by UpdateDatastore, as on a single
+    /// netsyncd).
+    restore: bool,
 }
 
 /// A target that cannot be built (e.g. unsupported settings): every call fails

@@ -4,18 +4,21 @@
 //! intent in a row did not stick. Also the generation that intent writes
 //! bump, which makes a running job plan again.
 //!
-//! Kept in memory only. A restart starts every intent PENDING, and the
-//! worker marks APPLIED those that running shows once the sync is IN_SYNC
-//! (or once a job brings them there); a FAILING intent is therefore tried
-//! again after a restart, as after a Resync.
+//! Kept in memory. A restart starts every intent PENDING, and the worker
+//! marks APPLIED those that running shows once the sync is IN_SYNC (or once
+//! a job brings them there); a FAILING intent is therefore tried again after
+//! a restart, as after a Resync. In replica mode the statuses are also
+//! recorded in the database for the other replicas and for the next owner
+//! (see [`crate::status_record`]), which starts from them
+//! ([`Tracker::restore`]): a failover is not a restart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use netsync_core::running::Key;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// Where an intent stands on the device.
@@ -53,6 +56,17 @@ impl IntentStatus {
             last_error: String::new(),
         }
     }
+
+    /// The status of a stored intent that today's validation refuses
+    /// (`error` says why): FAILING until written again or deleted.
+    pub fn unusable(error: String) -> Self {
+        Self {
+            state: IntentState::Failing,
+            applied_revision: 0,
+            attempts: 0,
+            last_error: error,
+        }
+    }
 }
 
 /// Who a planned leaf is for: the intent that decides it, or
@@ -75,6 +89,8 @@ struct Track {
     /// [`Tracker::unusable`]): FAILING until written again or deleted, and
     /// not tried again by a Resync, which cannot make it usable.
     unusable: bool,
+    /// Which write of the intent this is about (see [`Tracker::statuses`]).
+    version: u64,
 }
 
 impl Track {
@@ -84,6 +100,7 @@ impl Track {
             failures: 0,
             failed_at: None,
             unusable: false,
+            version: 0,
         }
     }
 }
@@ -102,6 +119,8 @@ struct State {
     intents: HashMap<String, Track>,
     withdrawals: Track,
     sent: HashMap<Key, Sent>,
+    /// Intent writes seen (the versions of [`Track`]).
+    writes: u64,
 }
 
 impl State {
@@ -164,6 +183,8 @@ pub struct Tracker {
     not_stuck: AtomicU64,
     /// Intents FAILING now.
     failing: AtomicU64,
+    /// Notified when a status changes (see [`Tracker::changes`]).
+    changed: Arc<Notify>,
 }
 
 impl Tracker {
@@ -174,11 +195,52 @@ impl Tracker {
                 intents: names.into_iter().map(|n| (n, Track::new())).collect(),
                 withdrawals: Track::new(),
                 sent: HashMap::new(),
+                writes: 0,
             }),
             generation: watch::Sender::new(0),
             not_stuck: AtomicU64::new(0),
             failing: AtomicU64::new(0),
+            changed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified (one stored permit, so none is lost between two waits) when
+    /// a status may have changed: what the recorder of the statuses waits
+    /// for. A notification costs the changer one atomic operation, whoever
+    /// listens.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    fn announce(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Every intent's status now, by name, with the version of the intent
+    /// it is about: a number that changes whenever the intent is written
+    /// again (or deleted and written), so that a status equal to an earlier
+    /// one is still told apart when it is about a later write.
+    pub fn statuses(&self) -> HashMap<String, (u64, IntentStatus)> {
+        self.lock()
+            .intents
+            .iter()
+            .map(|(name, track)| (name.clone(), (track.version, track.status.clone())))
+            .collect()
+    }
+
+    /// Starts the intents of `stored` from these statuses (recorded by an
+    /// earlier owner, see [`crate::status_record`]) instead of PENDING: a
+    /// FAILING intent stays FAILING, an APPLIED one keeps its revision.
+    /// Failures in a row start at zero. Names this tracker does not know are
+    /// ignored. Called at load, before the worker starts.
+    pub fn restore(&self, stored: &HashMap<String, IntentStatus>) {
+        let mut state = self.lock();
+        for (name, status) in stored {
+            if let Some(track) = state.intents.get_mut(name) {
+                track.status = status.clone();
+            }
+        }
+        self.count_failing(&state);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -237,11 +299,20 @@ impl Tracker {
     /// jobs plan again. Returns its status.
     pub fn written(&self, name: &str) -> IntentStatus {
         let mut state = self.lock();
-        state.intents.insert(name.to_string(), Track::new());
+        state.writes += 1;
+        let version = state.writes;
+        state.intents.insert(
+            name.to_string(),
+            Track {
+                version,
+                ..Track::new()
+            },
+        );
         state.sent.retain(|_, s| s.owner != name);
         self.count_failing(&state);
         drop(state);
         self.bump();
+        self.announce();
         IntentStatus::pending()
     }
 
@@ -252,20 +323,20 @@ impl Tracker {
     /// worker starts.
     pub fn unusable(&self, name: &str, error: String) {
         let mut state = self.lock();
+        state.writes += 1;
+        let version = state.writes;
         state.intents.insert(
             name.to_string(),
             Track {
-                status: IntentStatus {
-                    state: IntentState::Failing,
-                    applied_revision: 0,
-                    attempts: 0,
-                    last_error: error,
-                },
+                status: IntentStatus::unusable(error),
                 unusable: true,
+                version,
                 ..Track::new()
             },
         );
         self.count_failing(&state);
+        drop(state);
+        self.announce();
     }
 
     /// Intent `name` was deleted; running jobs plan again.
@@ -276,6 +347,7 @@ impl Tracker {
         self.count_failing(&state);
         drop(state);
         self.bump();
+        self.announce();
     }
 
     /// The datastore is resynced: every FAILING intent is PENDING again and
@@ -290,7 +362,10 @@ impl Tracker {
             }
             if track.status.state == IntentState::Failing {
                 were_failing.push(name.clone());
-                *track = Track::new();
+                *track = Track {
+                    version: track.version,
+                    ..Track::new()
+                };
             } else {
                 track.failures = 0;
                 track.failed_at = None;
@@ -301,6 +376,9 @@ impl Tracker {
         self.count_failing(&state);
         drop(state);
         self.bump();
+        if !were_failing.is_empty() {
+            self.announce();
+        }
         were_failing.sort();
         were_failing
     }
@@ -365,6 +443,9 @@ impl Tracker {
         }
         judgement.wait = (!wait.is_zero()).then_some(wait);
         self.count_failing(&state);
+        if !judgement.failed.is_empty() {
+            self.announce();
+        }
         self.not_stuck
             .fetch_add(judgement.failed.len() as u64, Ordering::Relaxed);
         judgement
@@ -378,6 +459,8 @@ impl Tracker {
                 track.status.attempts = track.status.attempts.saturating_add(1);
             }
         }
+        drop(state);
+        self.announce();
     }
 
     /// The device answered (or did not, within the confirm timeout) a Set
@@ -432,6 +515,8 @@ impl Tracker {
             }
         }
         self.count_failing(&state);
+        drop(state);
+        self.announce();
         newly_failing
     }
 
@@ -443,6 +528,8 @@ impl Tracker {
                 track.status.last_error = error.to_string();
             }
         }
+        drop(state);
+        self.announce();
     }
 
     /// Running at `revision` holds every intent not in `deviating`: those
@@ -450,16 +537,24 @@ impl Tracker {
     /// APPLIED at `revision`. FAILING ones stay so.
     pub fn confirm(&self, revision: u64, deviating: &BTreeSet<String>, involved: &BTreeSet<Owner>) {
         let mut state = self.lock();
+        let mut changed = false;
         for (name, track) in &mut state.intents {
             let status = &mut track.status;
             if status.state == IntentState::Failing || deviating.contains(name) {
                 continue;
             }
             if status.state == IntentState::Pending || involved.contains(name) {
+                changed |= status.state != IntentState::Applied
+                    || status.applied_revision != revision
+                    || !status.last_error.is_empty();
                 status.state = IntentState::Applied;
                 status.applied_revision = revision;
                 status.last_error.clear();
             }
+        }
+        drop(state);
+        if changed {
+            self.announce();
         }
     }
 }

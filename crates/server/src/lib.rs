@@ -21,6 +21,7 @@ pub mod reconcile;
 pub mod replicas;
 pub mod rpc_layer;
 pub mod selector;
+pub mod status_record;
 pub mod store;
 pub mod stored_time;
 mod supervise;

@@ -585,19 +585,7 @@ impl Store {
         });
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         rows.into_iter()
-            .map(|(name, body)| {
-                let mut proto =
-                    netsync_proto::netsync::v1::Intent::decode(&body[..]).map_err(|e| {
-                        Error::Damaged {
-                            datastore: datastore.to_string(),
-                            what: format!("intent {name:?} is damaged"),
-                            detail: e.to_string(),
-                        }
-                    })?;
-                // The row's name is the one GetIntent and DeleteIntent find.
-                proto.name = name;
-                Ok(proto)
-            })
+            .map(|(name, body)| decode_intent(datastore, name, &body))
             .collect()
     }
 
@@ -621,6 +609,24 @@ impl Store {
             }
         }
     }
+}
+
+/// The stored intent row `name` of `datastore` (its `body`), named by its
+/// row; `Damaged` if the bytes do not decode.
+pub fn decode_intent(
+    datastore: &str,
+    name: String,
+    body: &[u8],
+) -> Result<netsync_proto::netsync::v1::Intent, Error> {
+    let mut proto =
+        netsync_proto::netsync::v1::Intent::decode(body).map_err(|e| Error::Damaged {
+            datastore: datastore.to_string(),
+            what: format!("intent {name:?} is damaged"),
+            detail: e.to_string(),
+        })?;
+    // The row's name is the one GetIntent and DeleteIntent find.
+    proto.name = name;
+    Ok(proto)
 }
 
 /// Takes an exclusive lock on `PATH.lock` for the life of the process, so

@@ -427,6 +427,25 @@ impl Writer {
         self.submit(Box::new(work), None, fence).await
     }
 
+    /// Like [`Writer::write_owned`], under the lease epoch `epoch` taken
+    /// earlier ([`Writer::epoch_of`]) rather than the one held now: for the
+    /// last writes of a sync being stopped, whose epoch the fence has already
+    /// let go of but whose lease row is still its own until freed. Refused by
+    /// the database, as any fenced piece, once the lease moved on.
+    pub async fn write_owned_at<T, F>(
+        &self,
+        datastore: &str,
+        epoch: Option<i64>,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, Error>> + Send + 'static,
+    {
+        let fence = self.fence_check(datastore, epoch);
+        self.submit(Box::new(work), None, fence).await
+    }
+
     /// The lease epoch under which this replica writes `datastore`: `None`
     /// outside replica mode; NotOwner if this replica does not own it.
     pub fn epoch_of(&self, datastore: &str) -> Result<Option<i64>, Error> {

@@ -21,8 +21,10 @@ use crate::limits::{ApiLimits, WatchMemory, WatcherSlots};
 use crate::reconcile;
 use crate::replicas::Replicas;
 use crate::selector::Selector;
+use crate::status_record;
 use crate::store::{self, DatastoreRow, Store, StoredDatastore};
 
+mod intents;
 mod page;
 mod running;
 mod watch;
@@ -848,17 +850,29 @@ impl NetSync for NetSyncService {
         request: Request<pb::GetIntentRequest>,
     ) -> Result<Response<pb::Intent>, Status> {
         let req = request.into_inner();
-        let sync = self.require_sync("datastore", &req.datastore).await?;
+        let not_found = || Error::NotFound {
+            kind: "intent",
+            name: req.name.clone(),
+        };
+        let sync = match self.placement("datastore", &req.datastore, "").await? {
+            Placement::Here(sync, _) => sync,
+            // Synced by another replica: as stored, with the status its
+            // owner recorded.
+            Placement::Elsewhere(ds) => {
+                let stored =
+                    status_record::stored_intents(&self.store, &ds.spec, Some(&req.name)).await?;
+                return Ok(Response::new(
+                    stored.into_iter().next().ok_or_else(not_found)?,
+                ));
+            }
+        };
         if let Some(intent) = sync.intent(&req.name) {
             let status = self.engine.intent_status(&req.datastore, &req.name);
             return Ok(Response::new(convert::intent_with_status(&intent, &status)));
         }
         // A stored intent today's validation refuses is shown as stored.
         let unusable = self.engine.unusable_intent(&req.datastore, &req.name);
-        Ok(Response::new(unusable.ok_or_else(|| Error::NotFound {
-            kind: "intent",
-            name: req.name.clone(),
-        })?))
+        Ok(Response::new(unusable.ok_or_else(not_found)?))
     }
 
     async fn list_intents(
@@ -867,24 +881,26 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::ListIntentsResponse>, Status> {
         let req = request.into_inner();
         let name = req.datastore;
-        let sync = self.require_sync("datastore", &name).await?;
-        let size = page::size(req.page_size)?;
-        let scope = format!("intents\n{name}");
-        let after = page::after(&scope, &req.page_token)?;
-        let mut intents: Vec<pb::Intent> = sync
-            .intents()
-            .iter()
-            .map(|i| convert::intent_with_status(i, &self.engine.intent_status(&name, &i.name)))
-            .collect();
-        // With the stored intents today's validation refuses, by name too.
-        intents.extend(self.engine.unusable_intents(&name));
-        intents.sort_by(|a, b| a.name.cmp(&b.name));
-        let (intents, next_page_token) =
-            page::page(intents, |i| &i.name, &scope, after.as_deref(), size);
-        Ok(Response::new(pb::ListIntentsResponse {
-            intents,
-            next_page_token,
-        }))
+        let placement = self.placement("datastore", &name, "").await?;
+        let page = intents::PageRequest::intents(&name, req.page_size, &req.page_token)?;
+        let intents = match placement {
+            Placement::Here(sync, _) => {
+                let mut intents: Vec<pb::Intent> = sync
+                    .intents()
+                    .iter()
+                    .map(|i| {
+                        convert::intent_with_status(i, &self.engine.intent_status(&name, &i.name))
+                    })
+                    .collect();
+                // With the stored intents today's validation refuses.
+                intents.extend(self.engine.unusable_intents(&name));
+                intents
+            }
+            Placement::Elsewhere(ds) => {
+                status_record::stored_intents(&self.store, &ds.spec, None).await?
+            }
+        };
+        Ok(Response::new(intents::intents_page(intents, &page)))
     }
 
     async fn delete_intent(
@@ -947,22 +963,22 @@ impl NetSync for NetSyncService {
     ) -> Result<Response<pb::GetDeviationsResponse>, Status> {
         let req = request.into_inner();
         let format = convert::ValueFormat::from_proto("value_format", req.value_format)?;
-        let sync = self.require_sync("datastore", &req.datastore).await?;
-        let size = page::size(req.page_size)?;
-        let scope = format!("deviations\n{}", req.datastore);
-        let after = page::after(&scope, &req.page_token)?;
-        let (revision, deviations) = sync.deviations();
-        let mut deviations: Vec<pb::Deviation> = deviations
-            .iter()
-            .map(|d| format.deviation(convert::deviation_to_proto(d)))
-            .collect();
-        deviations.sort_by(|a, b| a.path.cmp(&b.path));
-        let (deviations, next_page_token) =
-            page::page(deviations, |d| &d.path, &scope, after.as_deref(), size);
-        Ok(Response::new(pb::GetDeviationsResponse {
+        let placement = self.placement("datastore", &req.datastore, "").await?;
+        let page =
+            intents::PageRequest::deviations(&req.datastore, req.page_size, &req.page_token)?;
+        let (revision, deviations) = match placement {
+            Placement::Here(sync, _) => sync.deviations(),
+            // Synced by another replica: from running at its newest stored
+            // revision and the stored intents.
+            Placement::Elsewhere(ds) => {
+                intents::stored_deviations(&self.store, self.engine.log(), &ds).await?
+            }
+        };
+        Ok(Response::new(intents::deviations_page(
             revision,
-            deviations,
-            next_page_token,
-        }))
+            &deviations,
+            format,
+            &page,
+        )))
     }
 }

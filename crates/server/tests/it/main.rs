@@ -25,6 +25,7 @@ mod process;
 mod reconcile;
 mod reconcile_lifecycle;
 mod reconcile_property;
+mod replica_intent_reads;
 mod replica_intents;
 mod replica_reads;
 mod replicas;
