@@ -376,6 +376,7 @@ impl NetSyncService {
         self.replicas.as_ref().map(|replicas| watch::Follow {
             notices: replicas.notices().clone(),
             store: self.store.clone(),
+            replicas: replicas.clone(),
         })
     }
 

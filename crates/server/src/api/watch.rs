@@ -78,6 +78,9 @@ pub struct Follow {
     pub notices: Arc<Notices>,
     /// Says whether the datastore is still the incarnation watched.
     pub store: Store,
+    /// The state the datastore's owner last published, which a watch from
+    /// the log opens with.
+    pub replicas: Arc<crate::replicas::Replicas>,
 }
 
 /// Starts a watch of `sync` (incarnation `uid` of its datastore, which every
@@ -175,9 +178,21 @@ pub async fn watch_log(
     let current = log.newest(&name).await?.unwrap_or(0);
     check_from(&log, &name, from, current, current).await?;
     let next = if from == 0 { current + 1 } else { from };
-    let state = pb::StateChanged {
-        state: pb::SyncState::Unspecified as i32,
-        reason: "current state: synced by another replica, whose state is not followed here".into(),
+    // The owner's state as it last published it (at most a lease round
+    // old); its later changes are not in the log, and not followed here.
+    follow.replicas.refresh(Some(&name)).await;
+    let state = match follow.replicas.status(&name) {
+        Some(status) => pb::StateChanged {
+            state: status.state,
+            reason: "current state, as the replica that syncs it last published it; its later \
+                     changes are not followed here"
+                .into(),
+        },
+        None => pb::StateChanged {
+            state: pb::SyncState::Unspecified as i32,
+            reason: "current state: synced by another replica, whose state is not followed here"
+                .into(),
+        },
     };
     // No ring of live events: closed from the start, so the watcher goes
     // on to the log once its replay is done.

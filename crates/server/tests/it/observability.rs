@@ -1023,11 +1023,15 @@ async fn every_log_line_of_a_sync_names_its_datastore() {
     );
     let commit_writes = lines_of(&logs, "sqlx::query", "summary", "INSERT INTO commits");
     let job_takes = lines_of(&logs, "sqlx::query", "summary", "UPDATE reconcile_jobs");
-    for (what, lines) in [
-        ("hyper-util's connect", &connecting),
-        ("sqlx's INSERT INTO commits", &commit_writes),
-        ("sqlx's UPDATE reconcile_jobs", &job_takes),
-    ] {
+    let mut dependencies = vec![("hyper-util's connect", &connecting)];
+    if crate::support::on_postgres() {
+        // PostgreSQL connections log no statement (db.rs says why).
+        assert!(commit_writes.is_empty() && job_takes.is_empty());
+    } else {
+        dependencies.push(("sqlx's INSERT INTO commits", &commit_writes));
+        dependencies.push(("sqlx's UPDATE reconcile_jobs", &job_takes));
+    }
+    for (what, lines) in dependencies {
         assert!(!lines.is_empty(), "{what} logs no line at debug any more");
         for line in lines {
             assert_eq!(datastore_of(line), Some("r1"), "{line}");

@@ -194,6 +194,24 @@ async fn a_non_owner_reads_and_watches_as_the_owner_and_its_watches_go_through_a
         .find(|(_, o)| *o == "b")
         .map(|(n, _)| n.clone())
         .expect("b owns one of six");
+    // A watch on a replica that does not sync it opens with the owner's
+    // state as the owner last published it (within a lease round).
+    let started = std::time::Instant::now();
+    while client::status(&mut c.client, &name).await.state != pb::SyncState::InSync as i32 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "c never showed {name} IN_SYNC"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut opening = client::watch(&mut c.client, &name, 0).await;
+    match client::next_event(&mut opening).await.event {
+        Some(Event::StateChanged(state)) => {
+            assert_eq!(state.state, pb::SyncState::InSync as i32, "{state:?}")
+        }
+        other => panic!("a watch opens with the state: {other:?}"),
+    }
+    drop(opening);
     sim.start_churn(20.0).await;
     wait_revision(&mut b.client, &name, 3).await;
     let mut on_a = Followed::start(&mut a.client, &name, 1).await;
