@@ -23,7 +23,7 @@ use crate::jobs::{self, Trigger};
 use crate::log::CommitLog;
 use crate::reconcile::{JobStats, ReconcileConfig, Worker};
 use crate::status_record::{self, Recorder};
-use crate::store::{Store, StoredDatastore};
+use crate::store::{DatastoreRow, Store, StoredDatastore};
 
 /// One datastore's running parts: its sync and its reconcile worker.
 struct Entry {
@@ -212,6 +212,13 @@ impl Engine {
         // Replica mode: the lease epoch this sync starts under (none if the
         // lease went meanwhile: a later order stops the sync).
         let epoch = self.store.writer().epoch_of(&spec.name).ok().flatten();
+        // A replica starts only what it holds the lease of: a sync started
+        // after its lease went (a restart racing the lease manager) would
+        // run beside the new owner's, out of the lease rounds' sight.
+        if self.store.writer().fence().is_some() && epoch.is_none() {
+            tracing::warn!(datastore = %spec.name, "not started: this replica no longer holds its lease");
+            return;
+        }
         let loaded = match self.log.load(&spec.name).await {
             Ok(initial) => match self.load_intents(&spec.name, epoch.is_some()).await {
                 Ok(intents) => Ok((initial, intents)),
@@ -644,6 +651,9 @@ impl Engine {
     /// Stops the sync and the worker of `name` and waits for them to end (or
     /// lets go of it, if it is held stopped).
     pub async fn stop(&self, name: &str) {
+        // Not in the middle of a restart, which would start the sync again
+        // after this stop found nothing to stop.
+        let _one = self.restarting.lock().await;
         self.stop_quietly(name).await;
         self.announce_members();
     }
@@ -684,6 +694,14 @@ impl Engine {
     /// restarts the sync once.
     pub async fn take_update(&self, ds: &StoredDatastore) -> Update {
         let _one = self.restarting.lock().await;
+        // The row as it is now: `ds` was read before the lock, and an update
+        // made meanwhile (and restarted for) must not be undone by it.
+        let ds = match self.store.get_datastore_row(&ds.spec.name).await {
+            Ok(DatastoreRow::Readable(row)) => row,
+            // Deleted, unusable or unreadable now: nothing to take here.
+            _ => return Update::Unchanged,
+        };
+        let ds = &ds;
         let Some(member) = self.member(&ds.spec.name) else {
             return Update::NotSynced;
         };

@@ -587,6 +587,7 @@ impl NetSync for NetSyncService {
         // Replicas: a datastore synced elsewhere is updated in the database
         // only; its owner restarts the sync (or takes the new labels) when
         // the database notifies the change, see `replicas::refresh`.
+        let replicated = self.replicas.is_some();
         let here = self.replicas.is_none()
             || self.engine.get(&update.name).is_some()
             || self.engine.stopped(&update.name).is_some();
@@ -637,7 +638,9 @@ impl NetSync for NetSyncService {
             let update = engine.take_update(&new).await;
             let restarted = match update {
                 Update::Restarted => true,
-                Update::NotSynced if new.spec != old.spec => {
+                // A replica never starts a sync here: only its lease manager
+                // does, under a lease (it may have gone meanwhile).
+                Update::NotSynced if new.spec != old.spec && !replicated => {
                     engine.restart(&new).await;
                     true
                 }
