@@ -20,6 +20,11 @@ use crate::error::Error;
 use crate::stored_time::{from_micros, to_micros};
 use crate::writer::Writer;
 
+/// PostgreSQL: the first key of the advisory lock that makes the enqueues
+/// of one datastore one after the other ("nq"); the second is a hash of the
+/// datastore's name.
+const QUEUE_LOCK_CLASS: i32 = 0x6e71;
+
 /// Why a job is queued.
 #[derive(Debug, Clone)]
 pub enum Trigger {
@@ -79,6 +84,19 @@ pub async fn enqueue(conn: &mut Conn, datastore: &str, trigger: &Trigger) -> Res
     // Locked (PostgreSQL) until the commit: a write on another replica
     // than the owner waits for a claim of the owner in progress, and then
     // sees that the row it read is running now (and queues a new one).
+    // FOR UPDATE locks nothing while there is no queued row: two replicas
+    // queueing at once (the owner's revert, another's intent write) would
+    // each write a job of its own trigger alone, the second overwriting the
+    // first. A transaction-scoped lock of the datastore's queue makes them
+    // one after the other (two-key advisory locks: another key space than
+    // the writer's one-key session lock).
+    if let Conn::Postgres(pg) = &mut *conn {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(QUEUE_LOCK_CLASS)
+            .bind(datastore)
+            .execute(&mut *pg)
+            .await?;
+    }
     let existing = get(conn, datastore, false, Lock::Wait).await?;
     let created = existing.is_none();
     let mut job = existing.unwrap_or_default();
