@@ -61,7 +61,7 @@ pub async fn run(
         engine,
         seen: HashMap::new(),
     };
-    let mut notices = replicas.notices().subscribe();
+    let mut notices = replicas.notices().subscribe_to(Channel::Intents);
     let mut backstop = tokio::time::interval(BACKSTOP);
     backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
