@@ -299,14 +299,39 @@ async fn intents_of_the_owner_are_shown_on_every_replica_with_their_statuses() {
             .unwrap();
     assert_eq!(rows, ["refused"]);
 
-    // A rewrite of the intent row (as SetIntent on any replica does) drops
-    // its recorded status in the same statement: PENDING everywhere until
-    // its owner records again.
+    // The same body written again (a retried SetIntent) keeps the status;
+    // a changed body (as SetIntent of another version on any replica
+    // writes) drops it in the same statement: PENDING everywhere until its
+    // owner records again. The change here is an unknown field appended
+    // (field 1000, varint 1), which decoding skips.
+    let before: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM intent_statuses WHERE datastore = $1")
+            .bind(ds)
+            .fetch_all(&db)
+            .await
+            .unwrap();
     sqlx::query("UPDATE intents SET body = body WHERE datastore = $1 AND name = 'refused'")
         .bind(ds)
         .execute(&db)
         .await
         .unwrap();
+    let after: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM intent_statuses WHERE datastore = $1")
+            .bind(ds)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        after, before,
+        "the same body written again keeps the status"
+    );
+    sqlx::query(
+        "UPDATE intents SET body = body || '\\xc03e01'::bytea WHERE datastore = $1 AND name = 'refused'",
+    )
+    .bind(ds)
+    .execute(&db)
+    .await
+    .unwrap();
     for other in others.iter_mut() {
         let shown = get_intent(&mut other.client, ds, "refused").await;
         assert_eq!(state(&shown), pb::IntentState::Pending, "{shown:?}");
