@@ -228,7 +228,10 @@ pub async fn serve(
             replicas::check_peers(&pool, replica)
                 .await
                 .map_err(ServeError::Replicas)?;
-            let replicas = replicas::Replicas::new(replica.clone(), fence, pool);
+            let db::Readers::Postgres(reads) = store.readers() else {
+                unreachable!("--replicas is refused on SQLite at start");
+            };
+            let replicas = replicas::Replicas::new(replica.clone(), fence, pool, reads.clone());
             // The listener holds a connection of its own for good.
             let listen_pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)

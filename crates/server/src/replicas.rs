@@ -76,11 +76,16 @@ pub struct Replicas {
     pool: PgPool,
     /// What other replicas change (see [`crate::notify`]).
     notices: Arc<Notices>,
+    /// The API's reads of leases and statuses (GetDatastore, ListDatastores,
+    /// watches): the store's readers, never the lease manager's own
+    /// connections, so that a burst of calls cannot hold up renewals.
+    reads: PgPool,
 }
 
 impl Replicas {
-    /// The replica `config`, whose writes `fence` fences.
-    pub fn new(config: ReplicaConfig, fence: Arc<Fence>, pool: PgPool) -> Arc<Self> {
+    /// The replica `config`, whose writes `fence` fences, its lease manager
+    /// on `pool` (its own connections), the API's reads on `reads`.
+    pub fn new(config: ReplicaConfig, fence: Arc<Fence>, pool: PgPool, reads: PgPool) -> Arc<Self> {
         Arc::new(Self {
             config,
             fence,
@@ -92,6 +97,7 @@ impl Replicas {
             healthy: watch::Sender::new(true),
             pool,
             notices: Notices::new(),
+            reads,
         })
     }
 
@@ -148,7 +154,7 @@ impl Replicas {
             "SELECT CASE WHEN expires > now() THEN owner END FROM leases WHERE datastore = $1",
         )
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reads)
         .await;
         let owner = match lease {
             Ok(lease) => lease.map(|(owner,)| owner),
@@ -185,13 +191,13 @@ impl Replicas {
              WHERE $1::text IS NULL OR datastore = $1",
         )
         .bind(name)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await;
         let statuses: Result<Vec<(String, String, Vec<u8>)>, sqlx::Error> = sqlx::query_as(
             "SELECT datastore, owner, status FROM sync_status WHERE $1::text IS NULL OR datastore = $1",
         )
         .bind(name)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await;
         if let Ok(leases) = leases {
             let mut owners = self.owners.lock().expect("lock");
